@@ -1,0 +1,53 @@
+//! Alarm rules (`[[alarms]]`).
+
+use crate::event::{Category, Priority};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// One alarm rule on one point. Exactly one of `equals`, `high`, `low`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlarmRuleConfig {
+    /// The watched point, `device/point`.
+    pub point: String,
+    /// Rule id, needed only when a point has several rules; the alarm key is
+    /// then `device/point/id` (otherwise `device/point`).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// State rule: raise while the value equals this (`true`, `false` or a
+    /// number, e.g. a panel status code).
+    #[serde(default)]
+    pub equals: Option<toml::Value>,
+    /// High threshold: raise while value > `high`; clear when it falls
+    /// below `high - hysteresis`.
+    #[serde(default)]
+    pub high: Option<f64>,
+    /// Low threshold: raise while value < `low`; clear when it rises above
+    /// `low + hysteresis`.
+    #[serde(default)]
+    pub low: Option<f64>,
+    /// Hysteresis (dead band) of a threshold rule, in the point's unit.
+    #[serde(default)]
+    pub hysteresis: f64,
+    /// On-delay (debounce): the condition must hold this long, in seconds,
+    /// before the alarm is raised.
+    #[serde(rename = "on_delay_s", with = "crate::config::duration", default)]
+    pub on_delay: Duration,
+    /// Off-delay: the condition must be gone this long, in seconds, before
+    /// the alarm returns to normal.
+    #[serde(rename = "off_delay_s", with = "crate::config::duration", default)]
+    pub off_delay: Duration,
+    /// 1 (life safety) … 5 (information).
+    pub priority: Priority,
+    /// Category (default: the device's).
+    #[serde(default)]
+    pub category: Option<Category>,
+    /// Zone (default: the point's, then the device's).
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Message shown to guards and sent to the platform.
+    pub message: String,
+    /// Latching: once raised, the alarm stays active until acknowledged,
+    /// even if the condition clears. Default: `true` for `fire`, else `false`.
+    #[serde(default)]
+    pub latching: Option<bool>,
+}

@@ -1,0 +1,174 @@
+//! Wiring: open the journal, start the alarm task, drivers and uplink, and
+//! run the one shutdown path.
+//!
+//! Shutdown order: stop drivers → the alarm task drains the bus and records
+//! what is pending → `gateway.stopped` is recorded → the uplink gets a short
+//! grace to deliver, publishes `status: offline (shutdown)` and disconnects →
+//! the journal is flushed. A second SIGTERM/SIGINT exits at once.
+
+use crate::alarm::task::{self as alarm_task, AlarmRequest};
+use crate::config::LoadedConfig;
+use crate::drivers::modbus;
+use crate::event::{EventKind, NewEvent, Priority};
+use crate::journal::Journal;
+use crate::point::BusMessage;
+use crate::status::GatewayStatus;
+use crate::uplink::{self, IncomingCommand, UplinkContext};
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Name of the uplink's journal cursor.
+pub const UPLINK_SINK: &str = "uplink";
+
+/// Capacity of the driver bus. When full, drivers wait (alarms are never
+/// dropped); a poll cycle is at most delayed.
+const BUS_CAPACITY: usize = 1024;
+
+/// How long the uplink may keep delivering after the drivers stopped.
+const UPLINK_GRACE: Duration = Duration::from_secs(3);
+
+/// A running gateway.
+pub struct Gateway {
+    pub journal: Journal,
+    pub status: Arc<GatewayStatus>,
+    pub alarm_requests: mpsc::Sender<AlarmRequest>,
+    shutdown: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Start every task. Returns once the journal is open and the tasks run.
+    pub async fn start(cfg: LoadedConfig) -> anyhow::Result<Gateway> {
+        let cfg = Arc::new(cfg);
+        let c = &cfg.config;
+        let password = match &c.uplink.password {
+            Some(src) => Some(src.resolve().context("uplink password")?),
+            None => None,
+        };
+        let journal = Journal::open(&c.journal, &c.site.gateway, &[UPLINK_SINK])
+            .with_context(|| format!("opening journal at {}", c.journal.path.display()))?;
+        let status = Arc::new(GatewayStatus::new(
+            c.devices.iter().filter(|d| d.enabled).count() as u64,
+        ));
+        journal
+            .record(vec![NewEvent::system(
+                EventKind::GatewayStarted,
+                Priority::INFO,
+                serde_json::json!({
+                    "version": status.version,
+                    "boot_id": status.boot_id,
+                }),
+            )])
+            .await
+            .context("recording gateway.started")?;
+
+        let shutdown = CancellationToken::new();
+        let (bus_tx, bus_rx) = mpsc::channel::<BusMessage>(BUS_CAPACITY);
+        let (req_tx, req_rx) = mpsc::channel::<AlarmRequest>(64);
+        let (cmd_tx, cmd_rx) = mpsc::channel::<IncomingCommand>(64);
+
+        let drivers = modbus::spawn(&cfg, bus_tx, shutdown.child_token());
+        let alarm = tokio::spawn(alarm_task::run(
+            cfg.clone(),
+            journal.clone(),
+            status.clone(),
+            bus_rx,
+            req_rx,
+        ));
+        let uplink_stop = CancellationToken::new();
+        let uplink = tokio::spawn(uplink::run(
+            UplinkContext {
+                config: c.uplink.clone(),
+                password,
+                site: c.site.id.clone(),
+                gateway: c.site.gateway.clone(),
+                journal: journal.clone(),
+                status: status.clone(),
+                commands: cmd_tx,
+            },
+            uplink_stop.clone(),
+        ));
+        let commands = tokio::spawn(crate::command::run(cmd_rx, req_tx.clone(), journal.clone()));
+
+        let done = {
+            let shutdown = shutdown.clone();
+            let journal = journal.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                tracing::info!("stopping drivers");
+                for d in drivers {
+                    let _ = d.await;
+                }
+                let _ = alarm.await;
+                let _ = journal
+                    .record(vec![NewEvent::system(
+                        EventKind::GatewayStopped,
+                        Priority::INFO,
+                        serde_json::json!({"reason": "shutdown"}),
+                    )])
+                    .await;
+                // Let the uplink deliver what it can, then stop it.
+                let deadline = tokio::time::Instant::now() + UPLINK_GRACE;
+                while tokio::time::Instant::now() < deadline
+                    && journal.acked_seq(UPLINK_SINK) < journal.stats().last_seq
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                uplink_stop.cancel();
+                let _ = uplink.await;
+                commands.abort();
+                if let Err(e) = journal.flush().await {
+                    tracing::error!(error = %e, "journal flush at shutdown failed");
+                }
+                tracing::info!("gateway stopped");
+            })
+        };
+        Ok(Gateway {
+            journal,
+            status,
+            alarm_requests: req_tx,
+            shutdown,
+            done,
+        })
+    }
+
+    /// Begin the ordered shutdown.
+    pub fn stop(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Wait until the shutdown has completed.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// `estate-gateway run`: start, then stop on SIGTERM/SIGINT.
+pub async fn run(cfg: LoadedConfig) -> anyhow::Result<()> {
+    let gw = Gateway::start(cfg).await?;
+    tracing::info!(boot_id = %gw.status.boot_id, "gateway running");
+    wait_for_signal().await;
+    tracing::info!("shutdown requested");
+    gw.stop();
+    // A second signal exits at once.
+    tokio::select! {
+        _ = gw.wait() => Ok(()),
+        _ = wait_for_signal() => {
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(130);
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

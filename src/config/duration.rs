@@ -1,0 +1,19 @@
+//! Durations in config are numbers of seconds (`poll_interval_s = 0.5`),
+//! typed as [`std::time::Duration`] in Rust.
+
+use serde::{Deserialize, Deserializer, Serializer};
+use std::time::Duration;
+
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let secs = f64::deserialize(d)?;
+    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        return Err(serde::de::Error::custom(format!(
+            "expected a number of seconds ≥ 0, got {secs}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}

@@ -1,0 +1,384 @@
+//! Typed configuration: one TOML file, loaded and validated at once.
+//!
+//! Config structs live next to the code that uses them (`drivers`, `alarm`,
+//! `journal`, `uplink`, `telemetry`); this module composes them, loads the
+//! file, and reports every problem at once with file, line and key.
+
+pub mod duration;
+pub mod points;
+pub mod secret;
+mod validate;
+
+pub use points::{PointMeta, PointTable};
+
+use crate::alarm::AlarmRuleConfig;
+use crate::drivers::modbus::SerialBusConfig;
+use crate::drivers::DeviceConfig;
+use crate::journal::JournalConfig;
+use crate::telemetry::TelemetryConfig;
+use crate::uplink::UplinkConfig;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// Identity of this gateway (`[site]`).
+    pub site: SiteConfig,
+    /// Logging (`[log]`).
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The durable event journal (`[journal]`).
+    #[serde(default)]
+    pub journal: JournalConfig,
+    /// The central platform's broker (`[uplink]`).
+    pub uplink: UplinkConfig,
+    /// Telemetry by exception (`[telemetry]`).
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// RS-485 lines for Modbus RTU (`[[serial_buses]]`).
+    #[serde(default)]
+    pub serial_buses: Vec<SerialBusConfig>,
+    /// Field devices (`[[devices]]`).
+    #[serde(default)]
+    pub devices: Vec<DeviceConfig>,
+    /// Alarm rules (`[[alarms]]`).
+    #[serde(default)]
+    pub alarms: Vec<AlarmRuleConfig>,
+}
+
+/// Identity (`[site]`). Both ids appear in every uplink topic:
+/// `estate/v1/{id}/{gateway}/`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SiteConfig {
+    /// Site (estate) id, `[a-z0-9-]{1,64}`.
+    pub id: String,
+    /// This gateway's id within the site, `[a-z0-9-]{1,64}`. Event ids start with it.
+    pub gateway: String,
+    /// Human-readable name of the villa cluster.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Logging (`[log]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogConfig {
+    /// Level filter in `RUST_LOG` syntax (`info`, `estate_gateway=debug`).
+    /// The `RUST_LOG` environment variable, when set, wins.
+    #[serde(default = "default_level")]
+    pub level: String,
+    /// `auto` (journald-friendly under systemd, else text), `text` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_level(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Auto,
+    Text,
+    Json,
+}
+
+/// One segment of a key path (`devices[2].points[0].address`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+/// A key path inside the config file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyPath(pub Vec<Seg>);
+
+impl KeyPath {
+    pub fn root() -> KeyPath {
+        KeyPath(Vec::new())
+    }
+    pub fn key(&self, k: &str) -> KeyPath {
+        let mut v = self.0.clone();
+        v.push(Seg::Key(k.to_string()));
+        KeyPath(v)
+    }
+    pub fn index(&self, i: usize) -> KeyPath {
+        let mut v = self.0.clone();
+        v.push(Seg::Index(i));
+        KeyPath(v)
+    }
+}
+
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for s in &self.0 {
+            match s {
+                Seg::Key(k) => {
+                    if !first {
+                        f.write_str(".")?;
+                    }
+                    f.write_str(k)?;
+                }
+                Seg::Index(i) => write!(f, "[{i}]")?,
+            }
+            first = false;
+        }
+        if first {
+            f.write_str("(top level)")?;
+        }
+        Ok(())
+    }
+}
+
+/// One problem in a config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(
+                f,
+                "{}:{}: {}: {}",
+                self.file.display(),
+                l,
+                self.key,
+                self.message
+            ),
+            None => write!(f, "{}: {}: {}", self.file.display(), self.key, self.message),
+        }
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigProblem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A loaded, validated configuration with its derived point table.
+#[derive(Clone, Debug)]
+pub struct LoadedConfig {
+    pub config: Config,
+    pub points: PointTable,
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Non-fatal findings (e.g. a keepalive too long for 20 s supervision).
+    pub warnings: Vec<ConfigProblem>,
+}
+
+/// Read, parse and validate a config file.
+pub fn load(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigProblem {
+            file: path.to_path_buf(),
+            line: None,
+            key: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        }])
+    })?;
+    load_str(&text, path)
+}
+
+/// Parse and validate config text; `path` names it in problems.
+pub fn load_str(text: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
+    let lines = LineIndex::new(text);
+    let problem = |line: Option<usize>, key: String, message: String| ConfigProblem {
+        file: path.to_path_buf(),
+        line,
+        key,
+        message,
+    };
+    let doc: toml_edit::ImDocument<String> = match text.parse() {
+        Ok(d) => d,
+        Err(e) => {
+            let e: toml_edit::TomlError = e;
+            let line = e.span().map(|s| lines.line_of(s.start));
+            return Err(ConfigErrors(vec![problem(
+                line,
+                "(syntax)".into(),
+                first_line(e.message()),
+            )]));
+        }
+    };
+    let mut unknown: Vec<KeyPath> = Vec::new();
+    let de = toml::Deserializer::new(text);
+    let parsed: Result<Config, toml::de::Error> =
+        serde_ignored::deserialize(de, |p| unknown.push(ignored_path(&p)));
+    let mut problems: Vec<ConfigProblem> = unknown
+        .iter()
+        .map(|k| {
+            problem(
+                locate(&doc, &lines, k),
+                k.to_string(),
+                "unknown key (misspelled, or not valid here)".into(),
+            )
+        })
+        .collect();
+    let config = match parsed {
+        Ok(c) => c,
+        Err(e) => {
+            let line = e.span().map(|s| lines.line_of(s.start));
+            let key = toml_error_key(&e);
+            problems.push(problem(line, key, first_line(e.message())));
+            return Err(ConfigErrors(problems));
+        }
+    };
+    let findings = validate::validate(&config);
+    let mut warnings = Vec::new();
+    for f in findings {
+        let p = problem(locate(&doc, &lines, &f.key), f.key.to_string(), f.message);
+        if f.warning {
+            warnings.push(p);
+        } else {
+            problems.push(p);
+        }
+    }
+    if !problems.is_empty() {
+        problems.sort_by_key(|p| p.line.unwrap_or(0));
+        return Err(ConfigErrors(problems));
+    }
+    let points = PointTable::build(&config);
+    Ok(LoadedConfig {
+        config,
+        points,
+        path: path.to_path_buf(),
+        warnings,
+    })
+}
+
+fn first_line(s: &str) -> String {
+    s.trim().lines().next().unwrap_or("invalid").to_string()
+}
+
+fn toml_error_key(e: &toml::de::Error) -> String {
+    // toml's message names the offending key in its text; the span gives the line.
+    let _ = e;
+    "(value)".into()
+}
+
+fn ignored_path(p: &serde_ignored::Path<'_>) -> KeyPath {
+    fn walk(p: &serde_ignored::Path<'_>, out: &mut Vec<Seg>) {
+        use serde_ignored::Path as P;
+        match p {
+            P::Root => {}
+            P::Seq { parent, index } => {
+                walk(parent, out);
+                out.push(Seg::Index(*index));
+            }
+            P::Map { parent, key } => {
+                walk(parent, out);
+                out.push(Seg::Key(key.clone()));
+            }
+            P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+                walk(parent, out)
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(p, &mut v);
+    KeyPath(v)
+}
+
+/// Line of a key path in the document: the deepest part of the path that exists.
+fn locate(doc: &toml_edit::ImDocument<String>, lines: &LineIndex, key: &KeyPath) -> Option<usize> {
+    use toml_edit::Item;
+    let mut item: &Item = doc.as_item();
+    let mut best: Option<usize> = None;
+    for seg in &key.0 {
+        match seg {
+            Seg::Key(k) => {
+                let Some(table) = item.as_table_like() else {
+                    break;
+                };
+                let Some((kk, next)) = table.get_key_value(k) else {
+                    break;
+                };
+                if let Some(span) = kk.span() {
+                    best = Some(lines.line_of(span.start));
+                }
+                item = next;
+            }
+            Seg::Index(i) => {
+                if let Some(aot) = item.as_array_of_tables() {
+                    let Some(t) = aot.get(*i) else { break };
+                    if let Some(span) = t.span() {
+                        best = Some(lines.line_of(span.start));
+                    }
+                    // Descend into the table.
+                    let Some(next) = aot_item(item, *i) else {
+                        break;
+                    };
+                    item = next;
+                } else if let Some(arr) = item.as_array() {
+                    let Some(v) = arr.get(*i) else { break };
+                    if let Some(span) = v.span() {
+                        best = Some(lines.line_of(span.start));
+                    }
+                    break;
+                } else {
+                    break;
+                }
+            }
+        }
+    }
+    best
+}
+
+fn aot_item(item: &toml_edit::Item, i: usize) -> Option<&toml_edit::Item> {
+    // `ArrayOfTables` exposes tables, not items; index through `Item`'s Index impl.
+    item.get(i)
+}
+
+/// Byte offset → 1-based line number.
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex { starts }
+    }
+    fn line_of(&self, offset: usize) -> usize {
+        match self.starts.binary_search(&offset) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,124 @@
+//! Secrets: read from a file or an environment variable, never inline, and
+//! redacted by type in every `Debug`, `Display` and `Serialize`.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::PathBuf;
+
+/// A secret value (password, token). Its formatting never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    /// The secret itself: call only where it is handed to a peer.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
+
+/// Where a secret comes from. Exactly one of `file` or `env`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SecretSource {
+    /// Path of a file holding the secret (trailing newline trimmed). Keep it
+    /// readable by the service user only (mode 0600).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// Name of an environment variable holding the secret (e.g. set through
+    /// systemd's `LoadCredential=` or an `EnvironmentFile=`).
+    #[serde(default)]
+    pub env: Option<String>,
+}
+
+/// Why a secret could not be read. Never contains the secret.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("set exactly one of `file` or `env`")]
+    Ambiguous,
+    #[error("cannot read secret file {path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("environment variable {0} is not set")]
+    EnvMissing(String),
+    #[error("secret is empty")]
+    Empty,
+}
+
+impl SecretSource {
+    pub fn resolve(&self) -> Result<Secret, SecretError> {
+        let raw = match (&self.file, &self.env) {
+            (Some(path), None) => {
+                std::fs::read_to_string(path).map_err(|source| SecretError::File {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            (None, Some(var)) => {
+                std::env::var(var).map_err(|_| SecretError::EnvMissing(var.clone()))?
+            }
+            _ => return Err(SecretError::Ambiguous),
+        };
+        let trimmed = raw.trim_end_matches(['\r', '\n']);
+        if trimmed.is_empty() {
+            return Err(SecretError::Empty);
+        }
+        Ok(Secret::new(trimmed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacted_everywhere() {
+        let s = Secret::new("hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!format!("{s}").contains("hunter2"));
+        assert!(!serde_json::to_string(&s).unwrap().contains("hunter2"));
+        assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn reads_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pw");
+        std::fs::write(&p, "s3cret\n").unwrap();
+        let src = SecretSource {
+            file: Some(p),
+            env: None,
+        };
+        assert_eq!(src.resolve().unwrap().expose(), "s3cret");
+        let src = SecretSource {
+            file: None,
+            env: Some("ESTATE_GW_TEST_SURELY_UNSET".into()),
+        };
+        assert!(matches!(src.resolve(), Err(SecretError::EnvMissing(_))));
+        assert!(matches!(
+            SecretSource::default().resolve(),
+            Err(SecretError::Ambiguous)
+        ));
+    }
+}

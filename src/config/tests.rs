@@ -1,0 +1,119 @@
+use super::*;
+use std::path::Path;
+
+const MINIMAL: &str = r#"
+[site]
+id = "palm-bay"
+gateway = "gw-north-1"
+
+[uplink]
+host = "127.0.0.1"
+
+[[devices]]
+id = "fire-panel-a"
+category = "fire"
+life_safety = true
+[devices.modbus]
+host = "127.0.0.1"
+port = 5020
+
+[[devices.points]]
+id = "zone-3"
+register = "coil"
+address = 3
+
+[[alarms]]
+point = "fire-panel-a/zone-3"
+equals = true
+priority = 1
+message = "Smoke detector zone 3"
+"#;
+
+fn load(s: &str) -> Result<LoadedConfig, ConfigErrors> {
+    load_str(s, Path::new("gw.toml"))
+}
+
+#[test]
+fn minimal_config_loads() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.points.len(), 1);
+    assert_eq!(c.points.find("fire-panel-a/zone-3"), Some(0));
+    assert_eq!(c.config.uplink.port(), 1883);
+    assert!(c.warnings.is_empty());
+}
+
+#[test]
+fn unknown_keys_are_errors_with_lines() {
+    let text = MINIMAL
+        .replace("address = 3", "address = 3\nadress = 4")
+        .replace("[uplink]\nhost", "[uplink]\nhots = \"x\"\nhost");
+    let errs = load(&text).unwrap_err().0;
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    let e = errs
+        .iter()
+        .find(|e| e.key == "devices[0].points[0].adress")
+        .unwrap();
+    let line = text.lines().position(|l| l.starts_with("adress")).unwrap() + 1;
+    assert_eq!(e.line, Some(line));
+    assert!(errs.iter().any(|e| e.key == "uplink.hots"));
+    assert!(errs[0].to_string().starts_with("gw.toml:"));
+}
+
+#[test]
+fn type_errors_name_the_line() {
+    let text = MINIMAL.replace("port = 5020", "port = \"five\"");
+    let errs = load(&text).unwrap_err().0;
+    assert_eq!(errs.len(), 1);
+    let line = text.lines().position(|l| l.contains("\"five\"")).unwrap() + 1;
+    assert_eq!(errs[0].line, Some(line), "{errs:?}");
+}
+
+#[test]
+fn validation_collects_every_problem() {
+    let text = MINIMAL
+        .replace("id = \"palm-bay\"", "id = \"Palm Bay\"")
+        .replace("priority = 1", "priority = 1\nhigh = 3.0")
+        .replace(
+            "point = \"fire-panel-a/zone-3\"",
+            "point = \"fire-panel-a/zone-9\"",
+        )
+        .replace("port = 5020", "port = 5020\nbus = \"rs485-1\"");
+    let errs = load(&text).unwrap_err().0;
+    let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
+    assert!(keys.contains(&"site.id"), "{keys:?}");
+    assert!(keys.contains(&"alarms[0].point"), "{keys:?}");
+    assert!(keys.contains(&"devices[0].modbus.bus"), "{keys:?}");
+    for e in &errs {
+        assert!(e.line.is_some(), "no line for {e}");
+    }
+}
+
+#[test]
+fn syntax_error_has_line() {
+    let errs = load("[site]\nid = \"a\"\ngateway = \n").unwrap_err().0;
+    assert_eq!(errs[0].line, Some(3), "{errs:?}");
+}
+
+#[test]
+fn long_keepalive_warns() {
+    let c = load(&MINIMAL.replace("[uplink]\n", "[uplink]\nkeepalive_s = 30\n")).unwrap();
+    assert_eq!(c.warnings.len(), 1);
+    assert_eq!(c.warnings[0].key, "uplink.keepalive_s");
+}
+
+#[test]
+fn example_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Secrets of the example point at files that do not exist here.
+        let text = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("password"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if let Err(e) = load_str(&text, &path) {
+            panic!("config/example.toml: {e}");
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! Semantic checks over a parsed config. Collects every finding.
+
+use super::{Config, KeyPath};
+use crate::drivers::{PointType, RegisterKind};
+use std::collections::{HashMap, HashSet};
+
+pub(super) struct Finding {
+    pub key: KeyPath,
+    pub message: String,
+    pub warning: bool,
+}
+
+#[derive(Default)]
+struct Findings(Vec<Finding>);
+
+impl Findings {
+    fn err(&mut self, key: KeyPath, message: impl Into<String>) {
+        self.0.push(Finding {
+            key,
+            message: message.into(),
+            warning: false,
+        });
+    }
+    fn warn(&mut self, key: KeyPath, message: impl Into<String>) {
+        self.0.push(Finding {
+            key,
+            message: message.into(),
+            warning: true,
+        });
+    }
+}
+
+/// `[a-z0-9-]{1,64}`: ids used in topics, keys and file names.
+pub fn is_valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+const ID_RULE: &str = "must be 1–64 characters of a-z, 0-9 and '-'";
+
+pub(super) fn validate(c: &Config) -> Vec<Finding> {
+    let mut f = Findings::default();
+    let root = KeyPath::root();
+
+    // [site]
+    let site = root.key("site");
+    if !is_valid_id(&c.site.id) {
+        f.err(site.key("id"), format!("{:?} {ID_RULE}", c.site.id));
+    }
+    if !is_valid_id(&c.site.gateway) {
+        f.err(
+            site.key("gateway"),
+            format!("{:?} {ID_RULE}", c.site.gateway),
+        );
+    }
+
+    // [log]
+    if tracing_subscriber::EnvFilter::try_new(&c.log.level).is_err() {
+        f.err(
+            root.key("log").key("level"),
+            format!(
+                "{:?} is not a valid level filter (e.g. \"info\", \"estate_gateway=debug\")",
+                c.log.level
+            ),
+        );
+    }
+
+    // [journal]
+    let j = root.key("journal");
+    if c.journal.max_bytes < 1024 * 1024 {
+        f.err(j.key("max_bytes"), "must be at least 1048576 (1 MiB)");
+    }
+    if c.journal.cache_bytes < 64 * 1024 {
+        f.err(j.key("cache_bytes"), "must be at least 65536");
+    }
+    if c.journal.telemetry_flush.is_zero() {
+        f.err(j.key("telemetry_flush_s"), "must be greater than 0");
+    }
+
+    // [uplink]
+    let u = root.key("uplink");
+    let up = &c.uplink;
+    if up.host.trim().is_empty() {
+        f.err(u.key("host"), "must not be empty");
+    }
+    if up.port == Some(0) {
+        f.err(u.key("port"), "must be 1–65535");
+    }
+    if let Some(id) = &up.client_id {
+        if id.is_empty() || id.len() > 128 {
+            f.err(u.key("client_id"), "must be 1–128 characters");
+        }
+    }
+    let ka = up.keepalive.as_secs_f64();
+    if !(1.0..=3600.0).contains(&ka) {
+        f.err(u.key("keepalive_s"), "must be between 1 and 3600 seconds");
+    } else if ka > 8.0 {
+        f.warn(
+            u.key("keepalive_s"),
+            format!("{ka} s: the platform will see a dead link only after ~{:.0} s (SP6 needs ≤ 20 s; use ≤ 8)", ka * 1.5 + 3.0),
+        );
+    }
+    if up.heartbeat.is_zero() {
+        f.err(u.key("heartbeat_s"), "must be greater than 0");
+    }
+    if up.ack_timeout.is_zero() {
+        f.err(u.key("ack_timeout_s"), "must be greater than 0");
+    }
+    if up.inflight == 0 || up.inflight > 1000 {
+        f.err(u.key("inflight"), "must be 1–1000");
+    }
+    if up.telemetry_qos > 1 {
+        f.err(u.key("telemetry_qos"), "must be 0 or 1");
+    }
+    if up.reconnect_min.is_zero() {
+        f.err(u.key("reconnect_min_s"), "must be greater than 0");
+    }
+    if up.reconnect_max < up.reconnect_min {
+        f.err(u.key("reconnect_max_s"), "must be at least reconnect_min_s");
+    }
+    if let Some(pw) = &up.password {
+        if up.username.is_none() {
+            f.err(u.key("username"), "a password needs a username");
+        }
+        if let Err(e) = pw.resolve() {
+            f.err(u.key("password"), e.to_string());
+        }
+    }
+    if let Some(tls) = &up.tls {
+        let t = u.key("tls");
+        check_readable(&mut f, t.key("ca_file"), &tls.ca_file);
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(c), Some(k)) => {
+                check_readable(&mut f, t.key("cert_file"), c);
+                check_readable(&mut f, t.key("key_file"), k);
+            }
+            (None, None) => {}
+            (Some(_), None) => f.err(t.key("key_file"), "cert_file needs key_file"),
+            (None, Some(_)) => f.err(t.key("cert_file"), "key_file needs cert_file"),
+        }
+    }
+
+    // [telemetry]
+    let t = root.key("telemetry");
+    if !(c.telemetry.deadband.is_finite() && c.telemetry.deadband >= 0.0) {
+        f.err(t.key("deadband"), "must be a number ≥ 0");
+    }
+    if c.telemetry.max_interval.is_zero() {
+        f.err(t.key("max_interval_s"), "must be greater than 0");
+    }
+    if c.telemetry.max_points_per_message == 0 {
+        f.err(t.key("max_points_per_message"), "must be at least 1");
+    }
+
+    // [[serial_buses]]
+    let mut buses = HashSet::new();
+    for (i, b) in c.serial_buses.iter().enumerate() {
+        let k = root.key("serial_buses").index(i);
+        if !is_valid_id(&b.id) {
+            f.err(k.key("id"), format!("{:?} {ID_RULE}", b.id));
+        } else if !buses.insert(b.id.as_str()) {
+            f.err(k.key("id"), format!("duplicate serial bus id {:?}", b.id));
+        }
+        if b.path.is_empty() {
+            f.err(k.key("path"), "must not be empty");
+        }
+        if !(300..=1_000_000).contains(&b.baud) {
+            f.err(
+                k.key("baud"),
+                format!("{} is not a usable baud rate (300–1000000)", b.baud),
+            );
+        }
+        if !matches!(b.data_bits, 7 | 8) {
+            f.err(k.key("data_bits"), "must be 7 or 8");
+        }
+        if !matches!(b.stop_bits, 1 | 2) {
+            f.err(k.key("stop_bits"), "must be 1 or 2");
+        }
+    }
+
+    // [[devices]]
+    let mut device_ids: HashMap<&str, usize> = HashMap::new();
+    let mut tcp_units: HashMap<(String, u16, u8), usize> = HashMap::new();
+    let mut rtu_units: HashMap<(&str, u8), usize> = HashMap::new();
+    for (di, d) in c.devices.iter().enumerate() {
+        let k = root.key("devices").index(di);
+        if !is_valid_id(&d.id) {
+            f.err(k.key("id"), format!("{:?} {ID_RULE}", d.id));
+        } else if let Some(prev) = device_ids.insert(d.id.as_str(), di) {
+            f.err(
+                k.key("id"),
+                format!("duplicate device id {:?} (also devices[{prev}])", d.id),
+            );
+        }
+        if let Some(z) = &d.zone {
+            if !is_valid_id(z) {
+                f.err(k.key("zone"), format!("{z:?} {ID_RULE}"));
+            }
+        }
+        if d.poll_interval.as_millis() < 10 {
+            f.err(k.key("poll_interval_s"), "must be at least 0.01");
+        }
+        if d.timeout.as_millis() < 1 {
+            f.err(k.key("timeout_s"), "must be at least 0.001");
+        }
+        if d.offline_after == 0 {
+            f.err(k.key("offline_after"), "must be at least 1");
+        }
+        match &d.modbus {
+            None => f.err(
+                k.clone(),
+                format!(
+                    "device {:?} has no protocol section (add [devices.modbus])",
+                    d.id
+                ),
+            ),
+            Some(m) => {
+                let mk = k.key("modbus");
+                match (&m.host, &m.bus) {
+                    (Some(h), None) => {
+                        if h.trim().is_empty() {
+                            f.err(mk.key("host"), "must not be empty");
+                        }
+                        if m.port == 0 {
+                            f.err(mk.key("port"), "must be 1–65535");
+                        }
+                        if let Some(prev) = tcp_units.insert((h.clone(), m.port, m.unit), di) {
+                            f.err(
+                                mk.key("unit"),
+                                format!(
+                                    "unit {} at {h}:{} is also devices[{prev}]",
+                                    m.unit, m.port
+                                ),
+                            );
+                        }
+                    }
+                    (None, Some(b)) => {
+                        if !buses.contains(b.as_str()) {
+                            f.err(mk.key("bus"), format!("no [[serial_buses]] with id {b:?}"));
+                        }
+                        if m.unit == 0 || m.unit > 247 {
+                            f.err(mk.key("unit"), "an RTU slave's unit id must be 1–247");
+                        }
+                        if let Some(prev) = rtu_units.insert((b.as_str(), m.unit), di) {
+                            f.err(
+                                mk.key("unit"),
+                                format!("unit {} on bus {b:?} is also devices[{prev}]", m.unit),
+                            );
+                        }
+                    }
+                    (Some(_), Some(_)) => f.err(
+                        mk.key("bus"),
+                        "set either host (Modbus TCP) or bus (Modbus RTU), not both",
+                    ),
+                    (None, None) => f.err(mk.clone(), "set host (Modbus TCP) or bus (Modbus RTU)"),
+                }
+                if !(1..=125).contains(&m.max_registers_per_read) {
+                    f.err(mk.key("max_registers_per_read"), "must be 1–125");
+                }
+                if !(1..=2000).contains(&m.max_bits_per_read) {
+                    f.err(mk.key("max_bits_per_read"), "must be 1–2000");
+                }
+                if m.backoff_max.is_zero() {
+                    f.err(mk.key("backoff_max_s"), "must be greater than 0");
+                }
+            }
+        }
+        let mut point_ids = HashSet::new();
+        for (pi, p) in d.points.iter().enumerate() {
+            let pk = k.key("points").index(pi);
+            if !is_valid_id(&p.id) {
+                f.err(pk.key("id"), format!("{:?} {ID_RULE}", p.id));
+            } else if !point_ids.insert(p.id.as_str()) {
+                f.err(
+                    pk.key("id"),
+                    format!("duplicate point id {:?} in device {:?}", p.id, d.id),
+                );
+            }
+            if let Some(z) = &p.zone {
+                if !is_valid_id(z) {
+                    f.err(pk.key("zone"), format!("{z:?} {ID_RULE}"));
+                }
+            }
+            if !(p.scale.is_finite() && p.scale != 0.0) {
+                f.err(pk.key("scale"), "must be a non-zero number");
+            }
+            if !p.offset.is_finite() {
+                f.err(pk.key("offset"), "must be a number");
+            }
+            if let Some(db) = p.deadband {
+                if !(db.is_finite() && db >= 0.0) {
+                    f.err(pk.key("deadband"), "must be a number ≥ 0");
+                }
+            }
+            if d.modbus.is_some() {
+                let Some(reg) = p.register else {
+                    f.err(
+                        pk.clone(),
+                        "a Modbus point needs `register` (coil, discrete_input, holding, input)",
+                    );
+                    continue;
+                };
+                let Some(addr) = p.address else {
+                    f.err(pk.clone(), "a Modbus point needs `address`");
+                    continue;
+                };
+                if reg.is_bit() {
+                    if p.kind != PointType::Bool {
+                        f.err(
+                            pk.key("type"),
+                            format!("a {reg:?} point is a bit: type must be \"bool\""),
+                        );
+                    }
+                    if p.bit.is_some() {
+                        f.err(
+                            pk.key("bit"),
+                            "`bit` applies to registers, not to coils or discrete inputs",
+                        );
+                    }
+                } else {
+                    match (p.kind, p.bit) {
+                        (PointType::Bool, None) => f.err(
+                            pk.key("bit"),
+                            "a bool point on a register needs `bit` (0–15)",
+                        ),
+                        (PointType::Bool, Some(b)) if b > 15 => {
+                            f.err(pk.key("bit"), "must be 0–15")
+                        }
+                        (_, Some(_)) if p.kind != PointType::Bool => {
+                            f.err(pk.key("bit"), "`bit` is only for type \"bool\"")
+                        }
+                        _ => {}
+                    }
+                    if addr as u32 + p.kind.registers() as u32 > 65536 {
+                        f.err(pk.key("address"), "value runs past register 65535");
+                    }
+                }
+                if p.writable && reg == RegisterKind::DiscreteInput
+                    || p.writable && reg == RegisterKind::Input
+                {
+                    f.err(
+                        pk.key("writable"),
+                        format!("{reg:?} registers are read-only"),
+                    );
+                }
+            }
+        }
+    }
+
+    // [[alarms]]
+    let mut keys: HashMap<String, usize> = HashMap::new();
+    let mut rules_per_point: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (ai, a) in c.alarms.iter().enumerate() {
+        let k = root.key("alarms").index(ai);
+        let found = a.point.split_once('/').and_then(|(dev, pt)| {
+            c.devices
+                .iter()
+                .find(|d| d.id == dev)
+                .and_then(|d| d.points.iter().find(|p| p.id == pt).map(|p| (d, p)))
+        });
+        let Some((_dev, pt)) = found else {
+            f.err(
+                k.key("point"),
+                format!(
+                    "no point {:?} (expected \"device/point\" of a configured point)",
+                    a.point
+                ),
+            );
+            continue;
+        };
+        rules_per_point
+            .entry(a.point.as_str())
+            .or_default()
+            .push(ai);
+        if let Some(id) = &a.id {
+            if !is_valid_id(id) {
+                f.err(k.key("id"), format!("{id:?} {ID_RULE}"));
+            }
+        }
+        let n = a.equals.is_some() as u8 + a.high.is_some() as u8 + a.low.is_some() as u8;
+        if n != 1 {
+            f.err(k.clone(), "set exactly one of `equals`, `high` or `low`");
+        }
+        if let Some(v) = &a.equals {
+            match v {
+                toml::Value::Boolean(_) => {
+                    if pt.kind != PointType::Bool {
+                        f.err(
+                            k.key("equals"),
+                            format!("point {:?} is {:?}, not bool", a.point, pt.kind),
+                        );
+                    }
+                }
+                toml::Value::Integer(_) | toml::Value::Float(_) => {
+                    if pt.kind == PointType::Bool {
+                        f.err(
+                            k.key("equals"),
+                            format!("point {:?} is bool: use true or false", a.point),
+                        );
+                    }
+                }
+                _ => f.err(k.key("equals"), "must be true, false or a number"),
+            }
+        }
+        if (a.high.is_some() || a.low.is_some()) && pt.kind == PointType::Bool {
+            f.err(
+                k.clone(),
+                format!("point {:?} is bool: use `equals`, not a threshold", a.point),
+            );
+        }
+        for (name, v) in [("high", a.high), ("low", a.low)] {
+            if let Some(v) = v {
+                if !v.is_finite() {
+                    f.err(k.key(name), "must be a finite number");
+                }
+            }
+        }
+        if !(a.hysteresis.is_finite() && a.hysteresis >= 0.0) {
+            f.err(k.key("hysteresis"), "must be a number ≥ 0");
+        }
+        if let Some(z) = &a.zone {
+            if !is_valid_id(z) {
+                f.err(k.key("zone"), format!("{z:?} {ID_RULE}"));
+            }
+        }
+        if a.message.trim().is_empty() {
+            f.err(k.key("message"), "must not be empty");
+        }
+        let key = match &a.id {
+            Some(id) => format!("{}/{}", a.point, id),
+            None => a.point.clone(),
+        };
+        if let Some(prev) = keys.insert(key.clone(), ai) {
+            f.err(k.key("id"), format!("alarm key {key:?} is also alarms[{prev}]: give each rule on a point a distinct `id`"));
+        }
+    }
+    for (point, rules) in rules_per_point {
+        if rules.len() > 1 {
+            for &ai in &rules {
+                if c.alarms[ai].id.is_none() {
+                    f.err(
+                        root.key("alarms").index(ai).key("point"),
+                        format!(
+                            "point {point:?} has {} rules: each needs an `id`",
+                            rules.len()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    f.0
+}
+
+fn check_readable(f: &mut Findings, key: KeyPath, path: &std::path::Path) {
+    if let Err(e) = std::fs::File::open(path) {
+        f.err(key, format!("cannot read {}: {e}", path.display()));
+    }
+}

@@ -1,0 +1,326 @@
+//! The one event type that flows drivers → alarm engine → journal → sinks.
+//!
+//! A [`NewEvent`] is what a producer (alarm engine, driver supervisor, uplink,
+//! command path) hands to the journal; the journal gives it a `seq` and `id`
+//! and it becomes an [`Event`], serialized exactly as the uplink contract's
+//! `events` payload.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Wall-clock time, serialized as RFC 3339 UTC with milliseconds
+/// (`2026-11-26T21:04:05.123Z`), as the uplink contract requires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(pub chrono::DateTime<chrono::Utc>);
+
+impl Timestamp {
+    pub fn now() -> Self {
+        Timestamp(chrono::Utc::now())
+    }
+    /// Milliseconds since the Unix epoch.
+    pub fn unix_ms(&self) -> i64 {
+        self.0.timestamp_millis()
+    }
+    pub fn from_unix_ms(ms: i64) -> Option<Self> {
+        chrono::DateTime::from_timestamp_millis(ms).map(Timestamp)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.format("%Y-%m-%dT%H:%M:%S%.3fZ"))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        chrono::DateTime::parse_from_rfc3339(&s)
+            .map(|t| Timestamp(t.with_timezone(&chrono::Utc)))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// What happened. Serialized as the contract's dotted `kind` string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    #[serde(rename = "alarm.raised")]
+    AlarmRaised,
+    #[serde(rename = "alarm.cleared")]
+    AlarmCleared,
+    #[serde(rename = "alarm.acknowledged")]
+    AlarmAcknowledged,
+    #[serde(rename = "alarm.shelved")]
+    AlarmShelved,
+    #[serde(rename = "device.offline")]
+    DeviceOffline,
+    #[serde(rename = "device.online")]
+    DeviceOnline,
+    #[serde(rename = "camera.video_loss")]
+    CameraVideoLoss,
+    #[serde(rename = "camera.video_restored")]
+    CameraVideoRestored,
+    #[serde(rename = "command.executed")]
+    CommandExecuted,
+    #[serde(rename = "config.changed")]
+    ConfigChanged,
+    #[serde(rename = "gateway.started")]
+    GatewayStarted,
+    #[serde(rename = "gateway.stopped")]
+    GatewayStopped,
+    #[serde(rename = "gateway.tamper")]
+    GatewayTamper,
+    /// The gateway lost its link to the central platform (recorded locally,
+    /// delivered once the link is back).
+    #[serde(rename = "uplink.lost")]
+    UplinkLost,
+    /// The link to the central platform is back.
+    #[serde(rename = "uplink.restored")]
+    UplinkRestored,
+    /// The journal evicted telemetry or refused data because of its size cap.
+    #[serde(rename = "journal.pressure")]
+    JournalPressure,
+}
+
+impl EventKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EventKind::AlarmRaised => "alarm.raised",
+            EventKind::AlarmCleared => "alarm.cleared",
+            EventKind::AlarmAcknowledged => "alarm.acknowledged",
+            EventKind::AlarmShelved => "alarm.shelved",
+            EventKind::DeviceOffline => "device.offline",
+            EventKind::DeviceOnline => "device.online",
+            EventKind::CameraVideoLoss => "camera.video_loss",
+            EventKind::CameraVideoRestored => "camera.video_restored",
+            EventKind::CommandExecuted => "command.executed",
+            EventKind::ConfigChanged => "config.changed",
+            EventKind::GatewayStarted => "gateway.started",
+            EventKind::GatewayStopped => "gateway.stopped",
+            EventKind::GatewayTamper => "gateway.tamper",
+            EventKind::UplinkLost => "uplink.lost",
+            EventKind::UplinkRestored => "uplink.restored",
+            EventKind::JournalPressure => "journal.pressure",
+        }
+    }
+}
+
+/// Contract categories.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    Fire,
+    Intrusion,
+    Perimeter,
+    Access,
+    Hvac,
+    Video,
+    System,
+}
+
+impl Category {
+    /// Fire alarms latch and are never disarmable.
+    pub fn is_life_safety(&self) -> bool {
+        matches!(self, Category::Fire)
+    }
+}
+
+/// Priority 1 (life safety) … 5 (information).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub struct Priority(u8);
+
+impl Priority {
+    pub const LIFE_SAFETY: Priority = Priority(1);
+    pub const HIGH: Priority = Priority(2);
+    pub const MEDIUM: Priority = Priority(3);
+    pub const LOW: Priority = Priority(4);
+    pub const INFO: Priority = Priority(5);
+    pub fn new(p: u8) -> Option<Priority> {
+        (1..=5).contains(&p).then_some(Priority(p))
+    }
+    pub fn get(&self) -> u8 {
+        self.0
+    }
+}
+
+impl TryFrom<u8> for Priority {
+    type Error = String;
+    fn try_from(v: u8) -> Result<Self, String> {
+        Priority::new(v).ok_or_else(|| format!("priority must be 1..=5, got {v}"))
+    }
+}
+
+impl From<Priority> for u8 {
+    fn from(p: Priority) -> u8 {
+        p.0
+    }
+}
+
+/// Where an event comes from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Source {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub point: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+}
+
+/// ISA-18.2 alarm states as the contract spells them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmState {
+    Normal,
+    ActiveUnacked,
+    ActiveAcked,
+    ReturnedUnacked,
+    /// Suppressed by an operator until an expiry (ISA-18.2 "shelved").
+    Shelved,
+}
+
+/// The `alarm` object of an alarm event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlarmInfo {
+    /// Stable key of the alarm: `device/point`, or `device/point/rule` when a
+    /// point has several rules.
+    pub key: String,
+    pub state: AlarmState,
+    /// The value that caused the transition (`null` when the device is offline).
+    pub value: serde_json::Value,
+    pub message: String,
+    /// Who acknowledged or shelved it (acknowledged/shelved events only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    /// Operator's comment (acknowledged/shelved events only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// True when the alarm latches (stays active until acknowledged, e.g. fire).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub latched: bool,
+}
+
+/// An attachment such as a video clip.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Attachment {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: String,
+    pub url: String,
+}
+
+/// An event before the journal records it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    pub ts: Timestamp,
+    pub kind: EventKind,
+    pub priority: Priority,
+    pub category: Category,
+    pub source: Source,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<AlarmInfo>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+    /// Kind-specific details (e.g. a device's last error, a command's
+    /// outcome). Added field, allowed by the contract.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+}
+
+impl NewEvent {
+    /// A system event with no alarm body.
+    pub fn system(kind: EventKind, priority: Priority, detail: serde_json::Value) -> NewEvent {
+        NewEvent {
+            ts: Timestamp::now(),
+            kind,
+            priority,
+            category: Category::System,
+            source: Source::default(),
+            alarm: None,
+            attachments: Vec::new(),
+            detail: Some(detail),
+        }
+    }
+
+    /// True for events that must never be evicted for telemetry and are
+    /// journaled durably before they count as recorded. All events are;
+    /// this exists so call sites say what they rely on.
+    pub fn is_alarm(&self) -> bool {
+        self.alarm.is_some()
+    }
+}
+
+/// A recorded event: exactly the contract's `events` payload.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: String,
+    pub seq: u64,
+    #[serde(flatten)]
+    pub body: NewEvent,
+}
+
+/// The contract's event id: `{gateway}:{seq as 16 hex digits}`.
+pub fn event_id(gateway: &str, seq: u64) -> String {
+    format!("{gateway}:{seq:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_as_contract() {
+        let ev = Event {
+            id: event_id("gw-north-1", 42),
+            seq: 42,
+            body: NewEvent {
+                ts: Timestamp::from_unix_ms(1_795_813_445_123).unwrap(),
+                kind: EventKind::AlarmRaised,
+                priority: Priority::LIFE_SAFETY,
+                category: Category::Fire,
+                source: Source {
+                    device: Some("fire-panel-a".into()),
+                    point: Some("zone-3".into()),
+                    zone: Some("villa-12".into()),
+                },
+                alarm: Some(AlarmInfo {
+                    key: "fire-panel-a/zone-3".into(),
+                    state: AlarmState::ActiveUnacked,
+                    value: serde_json::Value::Bool(true),
+                    message: "Smoke detector zone 3".into(),
+                    operator: None,
+                    comment: None,
+                    latched: false,
+                }),
+                attachments: vec![],
+                detail: None,
+            },
+        };
+        let v: serde_json::Value = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["id"], "gw-north-1:000000000000002a");
+        assert_eq!(v["seq"], 42);
+        assert_eq!(v["ts"], "2026-11-27T21:04:05.123Z");
+        assert_eq!(v["kind"], "alarm.raised");
+        assert_eq!(v["priority"], 1);
+        assert_eq!(v["category"], "fire");
+        assert_eq!(v["source"]["zone"], "villa-12");
+        assert_eq!(v["alarm"]["state"], "active_unacked");
+        assert!(v.get("attachments").is_none());
+        let back: Event = serde_json::from_value(v).unwrap();
+        assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn priority_bounds() {
+        assert!(Priority::new(0).is_none());
+        assert!(Priority::new(6).is_none());
+        assert!(serde_json::from_str::<Priority>("7").is_err());
+    }
+}

@@ -1,0 +1,61 @@
+//! Journal settings (`[journal]`).
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The durable local event log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JournalConfig {
+    /// Directory of the journal's store. Created if missing.
+    #[serde(default = "default_path")]
+    pub path: PathBuf,
+    /// Size cap of the journal on disk, in bytes. Past it, the oldest
+    /// telemetry is evicted; alarms and events are never evicted for telemetry.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// Memory the storage engine may use as page cache, in bytes.
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: u64,
+    /// `fsync` the store's files before an event counts as recorded, so a
+    /// power cut cannot lose it. Turn off only on storage with its own
+    /// power-loss protection.
+    #[serde(default = "yes")]
+    pub fsync: bool,
+    /// How often buffered telemetry is flushed to disk, in seconds (events
+    /// are flushed before they count as recorded, regardless).
+    #[serde(
+        rename = "telemetry_flush_s",
+        with = "crate::config::duration",
+        default = "default_flush"
+    )]
+    pub telemetry_flush: Duration,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            path: default_path(),
+            max_bytes: default_max_bytes(),
+            cache_bytes: default_cache_bytes(),
+            fsync: true,
+            telemetry_flush: default_flush(),
+        }
+    }
+}
+
+fn default_path() -> PathBuf {
+    PathBuf::from("/var/lib/estate-gateway/journal")
+}
+fn default_max_bytes() -> u64 {
+    512 * 1024 * 1024
+}
+fn default_cache_bytes() -> u64 {
+    1024 * 1024
+}
+fn yes() -> bool {
+    true
+}
+fn default_flush() -> Duration {
+    Duration::from_secs(5)
+}

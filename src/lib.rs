@@ -1,0 +1,34 @@
+//! estate-gateway: the edge gateway of a villa estate's security system.
+//!
+//! Data flows one way, commands the other:
+//!
+//! ```text
+//! drivers/ ──BusMessage──▶ alarm/ (engine task) ──NewEvent──▶ journal/ ──▶ uplink/
+//!  modbus                  telemetry/ (by exception) ─────────▶ journal/      (central platform)
+//! ```
+//!
+//! - [`config`]: the typed TOML file, loading and validation (every problem at once).
+//! - [`event`]: the one event type, serialized as the uplink contract says.
+//! - [`point`]: point values, qualities and the bus messages drivers send.
+//! - [`drivers`]: field protocols (Modbus TCP/RTU), one task each, never dying.
+//! - [`alarm`]: rules, ISA-18.2 states, latching, delays (pure), and its task.
+//! - [`telemetry`]: report by exception (pure).
+//! - [`journal`]: durable event log on sled with per-sink cursors.
+//! - [`uplink`]: MQTT to the central platform.
+//! - [`status`]: live counters for the heartbeat.
+//! - [`app`]: wiring, signals and the one shutdown path.
+//! - [`demo`]: simulated devices and platform for `estate-gateway demo`.
+
+pub mod alarm;
+pub mod app;
+pub mod command;
+pub mod config;
+pub mod demo;
+pub mod drivers;
+pub mod event;
+pub mod journal;
+pub mod logging;
+pub mod point;
+pub mod status;
+pub mod telemetry;
+pub mod uplink;
