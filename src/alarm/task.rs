@@ -72,7 +72,7 @@ pub async fn run(
                     }
                     BusMessage::DeviceStatus { device, ts, online, reason } => {
                         let Some(&di) = device_index.get(&*device) else { continue };
-                        if offline[di] == !online {
+                        if offline[di] != online {
                             continue;
                         }
                         offline[di] = !online;
