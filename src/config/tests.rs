@@ -143,9 +143,17 @@ fn reference_documents_every_key_in_use() {
         let text = std::fs::read_to_string(root.join(f)).unwrap();
         // The demo's template has `{placeholders}` for values.
         let text = if f.ends_with("demo.toml") {
-            text.replace("\"{journal}\"", "\"x\"")
-                .replace('{', "1")
-                .replace('}', "")
+            // Replace each `{placeholder}` with a number.
+            let mut out = String::new();
+            let mut rest = text.as_str();
+            while let Some(i) = rest.find('{') {
+                let j = rest[i..].find('}').unwrap() + i;
+                out.push_str(&rest[..i]);
+                out.push('1');
+                rest = &rest[j + 1..];
+            }
+            out.push_str(rest);
+            out.replace("path = 1", "path = \"x\"")
         } else {
             text
         };
