@@ -161,7 +161,11 @@ fn reference_documents_every_key_in_use() {
     }
     let missing: Vec<_> = used
         .iter()
-        .filter(|k| !doc.contains(&format!("`{k}`")) && !doc.contains(&format!("[{k}]")))
+        .filter(|k| {
+            !doc.contains(&format!("`{k}`"))
+                && !doc.contains(&format!("[{k}]"))
+                && !doc.contains(&format!(".{k}]"))
+        })
         .collect();
     assert!(
         missing.is_empty(),
