@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""Scenario benchmark of the whole gateway against real peers.
+
+N Modbus TCP devices (pymodbus servers, in this process) are polled by the
+real `estate-gateway` binary every second for holding registers 0..R-1 and
+coil 0, with an alarm rule on the coil; the gateway forwards to a real
+mosquitto at QoS 1. Each device's coil flips at random every 2-6 s. Over the
+measured window this prints the gateway process's CPU seconds, its peak RSS,
+its own delay from the device's reply to receipt by a subscriber on the
+broker (event `ts`, taken when the reply arrived, to the subscriber's receive
+time: ms resolution), and lost alarms (flips without their event).
+
+Output: one JSON object on the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+
+import paho.mqtt.client as mqtt
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def rss_kib(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def config(args, ports, broker_port, journal) -> str:
+    out = [
+        '[site]\nid = "bench"\ngateway = "gw-bench"\n',
+        '[log]\nlevel = "warn"\n',
+        f'[journal]\npath = "{journal}"\n',
+        f'[uplink]\nhost = "127.0.0.1"\nport = {broker_port}\nkeepalive_s = 5\nheartbeat_s = 15\n',
+        f"[telemetry]\nevery_poll = {'true' if args.every_poll else 'false'}\nmax_interval_s = 300\nbatch_s = 1\n",
+    ]
+    for i, port in enumerate(ports):
+        out.append(
+            f'[[devices]]\nid = "dev-{i}"\ncategory = "perimeter"\nzone = "zone-{i}"\n'
+            f"poll_interval_s = 1\ntimeout_s = 1\n"
+            f'[devices.modbus]\nhost = "127.0.0.1"\nport = {port}\n'
+            f'[[devices.points]]\nid = "alarm"\nregister = "coil"\naddress = 0\n'
+        )
+        for r in range(args.registers):
+            out.append(
+                f'[[devices.points]]\nid = "r{r}"\nregister = "holding"\naddress = {r}\ntype = "u16"\n'
+            )
+        out.append(
+            f'[[alarms]]\npoint = "dev-{i}/alarm"\nequals = true\npriority = 2\nmessage = "Zone {i} breach"\n'
+        )
+    return "\n".join(out)
+
+
+class Subscriber:
+    def __init__(self, port: int):
+        self.events: list[tuple[float, dict]] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-platform")
+        self.client.on_message = self.on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe("estate/v1/bench/gw-bench/events", qos=1)
+        self.client.loop_start()
+
+    def on_message(self, _c, _u, msg):
+        now = time.time()
+        try:
+            ev = json.loads(msg.payload)
+        except ValueError:
+            return
+        with self.lock:
+            self.events.append((now, ev))
+
+    def stop(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def parse_ts(s: str) -> float:
+    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+
+def percentile(xs, p):
+    if not xs:
+        return None
+    xs = sorted(xs)
+    k = min(len(xs) - 1, max(0, round(p / 100 * (len(xs) - 1))))
+    return xs[k]
+
+
+async def run(args) -> dict:
+    tmp = tempfile.mkdtemp(prefix="estate-bench-")
+    broker_port = free_port()
+    with open(f"{tmp}/mosquitto.conf", "w") as f:
+        f.write(f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\n")
+    broker = subprocess.Popen([args.mosquitto, "-c", f"{tmp}/mosquitto.conf"], stderr=subprocess.DEVNULL)
+
+    servers, ports = [], []
+    for _ in range(args.devices):
+        port = free_port()
+        regs = [random.randrange(0, 65536) for _ in range(max(args.registers, 1))]
+        dev = SimDevice(
+            id=1,
+            simdata=(
+                [SimData(0, count=16, values=False, datatype=DataType.BITS)],
+                [SimData(0, count=16, values=False, datatype=DataType.BITS)],
+                [SimData(0, count=len(regs), values=regs, datatype=DataType.REGISTERS)],
+                [SimData(0, count=16, values=0, datatype=DataType.REGISTERS)],
+            ),
+        )
+        s = ModbusTcpServer(dev, address=("127.0.0.1", port))
+        await s.serve_forever(background=True)
+        servers.append(s)
+        ports.append(port)
+
+    journal = f"{tmp}/journal"
+    with open(f"{tmp}/gw.toml", "w") as f:
+        f.write(config(args, ports, broker_port, journal))
+    time.sleep(0.3)
+    sub = Subscriber(broker_port)
+    gw = subprocess.Popen([args.binary, "run", "--config", f"{tmp}/gw.toml"], stderr=open(f"{tmp}/gw.log", "w"))
+    await asyncio.sleep(args.warmup)
+
+    state = [False] * args.devices
+    next_flip = [time.monotonic() + random.uniform(0, 4) for _ in range(args.devices)]
+    flips = 0
+    cpu0 = cpu_seconds(gw.pid)
+    t0 = time.monotonic()
+    end = t0 + args.duration
+    while time.monotonic() < end:
+        now = time.monotonic()
+        for i in range(args.devices):
+            if now >= next_flip[i]:
+                state[i] = not state[i]
+                await servers[i].context.async_setValues(1, 5, 0, [state[i]])
+                flips += 1
+                next_flip[i] = now + random.uniform(2, 6)
+        await asyncio.sleep(0.02)
+    cpu = cpu_seconds(gw.pid) - cpu0
+    elapsed = time.monotonic() - t0
+    await asyncio.sleep(3)  # the last flips' alarms
+    peak_rss = rss_kib(gw.pid, "VmHWM")
+    rss_now = rss_kib(gw.pid, "VmRSS")
+    gw.send_signal(signal.SIGTERM)
+    try:
+        gw.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        gw.kill()
+    sub.stop()
+    broker.terminate()
+    for s in servers:
+        await s.shutdown()
+
+    with sub.lock:
+        events = list(sub.events)
+    alarms = [(t, e) for t, e in events if e.get("kind") in ("alarm.raised", "alarm.cleared")]
+    delays = [(t - parse_ts(e["ts"])) * 1000.0 for t, e in alarms]
+    seqs = [e["seq"] for _, e in events]
+    # Each flip must produce exactly one raised/cleared event; events of
+    # flips made during warmup don't exist (flips start after warmup).
+    lost = max(0, flips - len({e["id"] for _, e in alarms}))
+    result = {
+        "scenario": f"{args.devices} devices x {args.registers} registers + coil @1Hz, "
+        + ("every value every poll" if args.every_poll else "report by exception"),
+        "window_s": round(elapsed, 1),
+        "cpu_s": round(cpu, 3),
+        "cpu_s_per_60s": round(cpu * 60.0 / elapsed, 3),
+        "cpu_pct_one_core": round(cpu / elapsed * 100.0, 2),
+        "peak_rss_mib": round(peak_rss / 1024.0, 2),
+        "rss_end_mib": round(rss_now / 1024.0, 2),
+        "flips": flips,
+        "alarm_events": len(alarms),
+        "lost_alarms": lost,
+        "delay_ms_p50": percentile(delays, 50) and round(percentile(delays, 50), 2),
+        "delay_ms_p99": percentile(delays, 99) and round(percentile(delays, 99), 2),
+        "seq_gap_free": seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else None,
+    }
+    if args.keep:
+        result["dir"] = tmp
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--binary", default="target/release/estate-gateway")
+    ap.add_argument("--mosquitto", default=shutil.which("mosquitto") or "/usr/sbin/mosquitto")
+    ap.add_argument("--devices", type=int, default=50)
+    ap.add_argument("--registers", type=int, default=100)
+    ap.add_argument("--duration", type=float, default=60)
+    ap.add_argument("--warmup", type=float, default=5)
+    ap.add_argument("--every-poll", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, journal)")
+    args = ap.parse_args()
+    print(json.dumps(asyncio.run(run(args))))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
