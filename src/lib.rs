@@ -30,5 +30,6 @@ pub mod journal;
 pub mod logging;
 pub mod point;
 pub mod status;
+pub mod supervise;
 pub mod telemetry;
 pub mod uplink;
