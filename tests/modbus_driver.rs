@@ -438,3 +438,35 @@ async fn rtu_two_slaves_on_one_bus_and_an_absent_one() {
         assert!(worst < Duration::from_millis(900), "{dev}: gap {worst:?}");
     }
 }
+
+#[tokio::test]
+async fn disabled_devices_and_pointless_devices_are_not_polled() {
+    let text = format!(
+        r#"{HEAD}
+[[devices]]
+id = "spare"
+enabled = false
+[devices.modbus]
+host = "127.0.0.1"
+port = 1
+[[devices.points]]
+id = "x"
+register = "coil"
+address = 0
+
+[[devices]]
+id = "empty"
+[devices.modbus]
+host = "127.0.0.1"
+port = 2
+"#
+    );
+    let cfg = load(&text);
+    let (tx, mut rx) = mpsc::channel(8);
+    let handles = modbus::spawn(&cfg, tx, CancellationToken::new());
+    assert!(
+        handles.is_empty(),
+        "no endpoint task for disabled or empty devices"
+    );
+    assert!(rx.recv().await.is_none(), "nothing is sent");
+}
