@@ -302,6 +302,11 @@ async fn tcp_device_goes_offline_when_killed_and_online_when_back() {
     // offline_after = 3 polls at 0.1 s (connection refused fails at once).
     let took = killed.elapsed();
     assert!(took < Duration::from_secs(2), "offline after {took:?}");
+    // Not at the first failed poll: the third comes ≥ 2 intervals after the first.
+    assert!(
+        took >= Duration::from_millis(190),
+        "offline too early: {took:?}"
+    );
     assert!(reason.is_some());
 
     // No repeated offline messages while it stays down.
