@@ -26,7 +26,9 @@ pub fn free_port() -> u16 {
 
 /// True when CI demands every peer (`REQUIRE_PEERS=1`).
 pub fn peers_required() -> bool {
-    std::env::var("REQUIRE_PEERS").map(|v| v == "1").unwrap_or(false)
+    std::env::var("REQUIRE_PEERS")
+        .map(|v| v == "1")
+        .unwrap_or(false)
 }
 
 /// Returns the peer, or: under `REQUIRE_PEERS=1` panics; otherwise prints a
