@@ -1,17 +1,17 @@
 //! Polling cost of the Modbus driver (issue's scenario A, driver part):
 //! 50 Modbus TCP devices on loopback, each polled every second for holding
 //! registers 0–99 and coil 0, on a current_thread runtime. Prints the CPU
-//! time of the runtime's thread. A benchmark, not a timed test: ignored by
-//! default, run with
+//! time of the runtime's thread. Run with
 //!
 //! ```text
-//! cargo test --release --test modbus_bench -- --ignored --nocapture
+//! cargo bench --bench modbus_poll
 //! ```
 //!
 //! `BENCH_SECS` sets the measured duration (default 60).
 
+#[path = "../tests/common/mod.rs"]
 mod common;
-#[path = "common/modbus_sim.rs"]
+#[path = "../tests/common/modbus_sim.rs"]
 mod modbus_sim;
 
 use estate_gateway::config::load_str;
@@ -33,9 +33,7 @@ fn thread_cpu() -> Duration {
     Duration::from_nanos(ns)
 }
 
-#[test]
-#[ignore = "benchmark: run with --ignored --nocapture"]
-fn fifty_devices_at_one_hertz() {
+fn main() {
     let ports: Vec<u16> = (0..DEVICES).map(|_| common::free_port()).collect();
     let Some(sim) = ModbusSim::start_tcp_ports(&ports, &[1]) else {
         return;
