@@ -331,7 +331,7 @@ impl AlarmEngine {
             tracing::warn!(device_index, "status of an unknown device ignored");
             return;
         };
-        if dev.offline == !online {
+        if dev.offline != online {
             return;
         }
         dev.offline = !online;
