@@ -783,8 +783,11 @@ mod prop {
                 a.key, e.kind, a.state
             ));
         }
-        if e.kind == Raised && a.value.is_null() && !a.key.starts_with("device/") {
-            return Err(format!("{} raised without a value", a.key));
+        // Unknown is neither alarm nor normal: a point alarm is raised and
+        // cleared only on a known value.
+        if matches!(e.kind, Raised | Cleared) && a.value.is_null() && !a.key.starts_with("device/")
+        {
+            return Err(format!("{} {:?} without a known value", a.key, e.kind));
         }
         if (e.kind == Acked) != a.operator.is_some() {
             return Err(format!("{}: operator on a {:?} event", a.key, e.kind));
