@@ -49,6 +49,12 @@
 //! raises a priority-1 alarm with key `device/<id>/comm`, which returns when
 //! the device answers again and follows the same state table (not latching).
 //!
+//! # Restarts
+//!
+//! [`AlarmEngine::snapshot`] saves every alarm not in normal;
+//! [`AlarmEngine::restore`] puts them back into a fresh engine, so a latched
+//! fire alarm or an unacknowledged one survives a restart of the gateway.
+//!
 //! # Cost
 //!
 //! [`AlarmEngine::on_reading`] runs for every polled value. Rules are indexed
@@ -70,6 +76,7 @@ use crate::event::{
 };
 use crate::point::{PointIndex, Quality, Value};
 use condition::{Condition, Target};
+use serde::Deserialize;
 use state::{Core, Transitions};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -83,7 +90,28 @@ pub enum AlarmError {
     UnknownAlarm(String),
     #[error("alarm {0:?} is not awaiting acknowledgement")]
     NotUnacked(String),
+    #[error("unreadable alarm snapshot: {0}")]
+    Snapshot(String),
 }
+
+/// Saved alarm states ([`AlarmEngine::snapshot`]).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Snapshot {
+    version: u32,
+    alarms: Vec<SavedAlarm>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedAlarm {
+    key: String,
+    state: AlarmState,
+    /// The condition (after delays) when saved.
+    condition: bool,
+}
+
+const SNAPSHOT_VERSION: u32 = 1;
 
 /// Priority of `device.offline` / `device.online` events.
 const DEVICE_EVENT_PRIORITY: Priority = Priority::MEDIUM;
@@ -438,6 +466,78 @@ impl AlarmEngine {
             .collect();
         v.sort_by(|a, b| a.priority.cmp(&b.priority).then_with(|| a.key.cmp(&b.key)));
         v
+    }
+
+    /// The states worth keeping across a restart: every alarm not in normal,
+    /// as JSON (`{"version": 1, "alarms": [{"key", "state", "condition"}]}`).
+    pub fn snapshot(&self) -> serde_json::Value {
+        let alarms = self
+            .alarms
+            .iter()
+            .filter(|a| a.core.state() != AlarmState::Normal)
+            .map(|a| {
+                let (state, condition) = a.core.saved();
+                SavedAlarm {
+                    key: a.def.key.to_string(),
+                    state,
+                    condition,
+                }
+            })
+            .collect();
+        serde_json::to_value(Snapshot {
+            version: SNAPSHOT_VERSION,
+            alarms,
+        })
+        .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Restore states saved by [`snapshot`](Self::snapshot) into a freshly
+    /// built engine, before any reading. Returns how many alarms were
+    /// restored.
+    ///
+    /// Point alarms keep their state silently (the platform already knows
+    /// it); their condition is unknown until the next good value, so a
+    /// latched fire alarm stays in until acknowledged and an unacknowledged
+    /// alarm still needs its acknowledgement. Keys no longer configured are
+    /// skipped with a warning.
+    ///
+    /// Communication-loss alarms cannot keep their condition: after a restart
+    /// every device counts as online until its driver says otherwise. They
+    /// are returned (active_unacked → returned_unacked, active_acked →
+    /// normal) with `alarm.cleared` events in `out`; a device still
+    /// unreachable raises its alarm again once the driver gives up on it.
+    pub fn restore(
+        &mut self,
+        now: Instant,
+        ts: Timestamp,
+        snapshot: &serde_json::Value,
+        out: &mut Vec<NewEvent>,
+    ) -> Result<usize, AlarmError> {
+        let snap =
+            Snapshot::deserialize(snapshot).map_err(|e| AlarmError::Snapshot(e.to_string()))?;
+        if snap.version != SNAPSHOT_VERSION {
+            return Err(AlarmError::Snapshot(format!(
+                "version {} (this gateway reads {SNAPSHOT_VERSION})",
+                snap.version
+            )));
+        }
+        let mut restored = 0;
+        for saved in snap.alarms {
+            let Some(&i) = self.by_key.get(saved.key.as_str()) else {
+                tracing::warn!(key = %saved.key, state = ?saved.state, "saved alarm no longer configured; dropped");
+                continue;
+            };
+            let alarm = &mut self.alarms[i as usize];
+            alarm.core.restore(saved.state, saved.condition);
+            if alarm.def.condition.is_none() {
+                // Communication loss: the device counts as online now.
+                let step = alarm.core.observe(now, Some(false));
+                emit(alarm, step.transitions, ts, None, None, None, out);
+            }
+            tracing::info!(key = %saved.key, state = ?alarm.core.state(), "alarm state restored");
+            restored += 1;
+        }
+        Ok(restored)
     }
 
     /// Drop timers at the top of the heap that no alarm waits for any more,
