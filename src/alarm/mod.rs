@@ -333,6 +333,13 @@ impl AlarmEngine {
             let Some(condition) = alarm.def.condition else {
                 continue;
             };
+            // A delay that ran out before this reading counts, even if
+            // `tick` has not run yet: the outcome must not depend on when
+            // the task got round to it.
+            if let Some(at) = alarm.core.pending().filter(|at| *at <= now) {
+                let t = alarm.core.fire(at);
+                emit(alarm, t, ts, None, None, None, out);
+            }
             let cond = value.and_then(|v| condition.eval(v, alarm.core.raw()));
             alarm.value = if cond.is_some() { value } else { None };
             let step = alarm.core.observe(now, cond);

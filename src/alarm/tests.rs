@@ -451,6 +451,23 @@ fn on_delay_raises_only_after_condition_held() {
 }
 
 #[test]
+fn expired_on_delay_counts_even_if_tick_is_late() {
+    let mut b = Bench::new();
+    b.read(0, FENCE, Value::Bool(true));
+    // No tick at 2 s (the task was busy); the next reading is normal.
+    let evs = b.read(2500, FENCE, Value::Bool(false));
+    assert_eq!(kinds(&evs), [(Raised, Some(ActiveUnacked))]);
+    assert_eq!(
+        evs[0].alarm.as_ref().unwrap().value,
+        serde_json::json!(true)
+    );
+    // ... and the off-delay starts from that reading.
+    assert_eq!(b.engine.next_deadline(), Some(b.at(7500)));
+    assert!(b.tick(2600).is_empty(), "the stale timer does nothing");
+    assert_eq!(kinds(&b.tick(7500)), [(Cleared, Some(ReturnedUnacked))]);
+}
+
+#[test]
 fn on_delay_condition_gone_early_raises_nothing() {
     let mut b = Bench::new();
     b.read(0, FENCE, Value::Bool(true));
