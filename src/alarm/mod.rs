@@ -32,7 +32,9 @@
 //! | active_unacked   | acknowledge, condition active  | active_acked     | `alarm.acknowledged` (active_acked)       |
 //! | active_unacked   | condition normal, not latching | returned_unacked | `alarm.cleared` (returned_unacked)        |
 //! | active_unacked   | condition normal, latching     | active_unacked   | nothing: the alarm stays in               |
+//! | active_unacked   | condition active again, latching | active_unacked | nothing                                 |
 //! | active_unacked   | acknowledge, latching, condition known normal | normal | `alarm.acknowledged` (active_acked), then `alarm.cleared` (normal) |
+//! | active_unacked   | acknowledge, latching, condition unknown | active_acked | `alarm.acknowledged` (active_acked); cleared on the next good normal value |
 //! | active_acked     | condition normal (known)       | normal           | `alarm.cleared` (normal)                  |
 //! | returned_unacked | acknowledge                    | normal           | `alarm.acknowledged` (normal)             |
 //! | returned_unacked | condition active again         | active_unacked   | `alarm.raised` (re-activation)            |
