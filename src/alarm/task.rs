@@ -127,8 +127,8 @@ pub async fn run(
         }
     }
     // Bus closed: drivers are stopped. Flush pending telemetry.
-    let far = Instant::now() + Duration::from_secs(3600 * 24 * 365);
-    while let Some(payload) = telemetry.take_due(far) {
+    let now = Instant::now();
+    while let Some(payload) = telemetry.flush(now) {
         let _ = journal.record_telemetry(&payload);
     }
     tracing::debug!("alarm task stopped");
