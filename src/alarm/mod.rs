@@ -48,7 +48,7 @@
 //!
 //! [`AlarmEngine::on_device_status`] emits `device.offline` / `device.online`
 //! (priority 3, the device's category). For a `life_safety` device it also
-//! raises a priority-1 alarm with key `device/<id>/comm`, which returns when
+//! raises a priority-1 alarm with key `<device>/comm`, which returns when
 //! the device answers again and follows the same state table (not latching).
 //!
 //! # Restarts
@@ -253,7 +253,7 @@ impl AlarmEngine {
                 let name = d.name.as_deref().unwrap_or(&d.id);
                 alarms.push(Alarm {
                     def: AlarmDef {
-                        key: format!("device/{}/comm", d.id).into(),
+                        key: format!("{}/comm", d.id).into(),
                         condition: None,
                         priority: Priority::LIFE_SAFETY,
                         category: d.category,

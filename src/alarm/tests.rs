@@ -627,7 +627,7 @@ fn point_zone_overrides_device_zone() {
 #[test]
 fn comm_loss_of_life_safety_device_is_an_alarm() {
     let mut b = Bench::new();
-    let key = "device/fire-panel-a/comm";
+    let key = "fire-panel-a/comm";
     let evs = b.device(0, "fire-panel-a", false);
     assert_eq!(
         kinds(&evs),
@@ -672,7 +672,7 @@ fn comm_loss_of_life_safety_device_is_an_alarm() {
 #[test]
 fn comm_loss_acked_while_offline_clears_on_return() {
     let mut b = Bench::new();
-    let key = "device/fire-panel-a/comm";
+    let key = "fire-panel-a/comm";
     b.device(0, "fire-panel-a", false);
     assert_eq!(
         kinds(&b.ack(10, key).unwrap()),
@@ -695,7 +695,7 @@ fn comm_loss_of_other_devices_is_an_event_only() {
     assert_eq!(b.engine.active_count(), 0);
     let evs = b.device(10, "fence", true);
     assert_eq!(kinds(&evs), [(EventKind::DeviceOnline, None)]);
-    assert_eq!(b.engine.state("device/fence/comm"), None);
+    assert_eq!(b.engine.state("fence/comm"), None);
     // Out-of-range device index: nothing, no panic.
     b.engine
         .on_device_status(b.at(20), Bench::ts(20), 99, false, None, &mut b.out);
@@ -767,7 +767,7 @@ mod prop {
         "hvac-1/supply-temp/high",
         "hvac-1/supply-temp/low",
         "hvac-1/status",
-        "device/fire-panel-a/comm",
+        "fire-panel-a/comm",
     ];
 
     fn op() -> impl Strategy<Value = Op> {
@@ -802,8 +802,7 @@ mod prop {
         }
         // Unknown is neither alarm nor normal: a point alarm is raised and
         // cleared only on a known value.
-        if matches!(e.kind, Raised | Cleared) && a.value.is_null() && !a.key.starts_with("device/")
-        {
+        if matches!(e.kind, Raised | Cleared) && a.value.is_null() && !a.key.ends_with("/comm") {
             return Err(format!("{} {:?} without a known value", a.key, e.kind));
         }
         if (e.kind == Acked) != a.operator.is_some() {
@@ -887,7 +886,7 @@ mod prop {
                 prop_assert_eq!(r.engine.state(key), b.engine.state(key), "{}", key);
             }
             for e in &out {
-                prop_assert_eq!(e.alarm.as_ref().map(|a| a.key.as_str()), Some("device/fire-panel-a/comm"));
+                prop_assert_eq!(e.alarm.as_ref().map(|a| a.key.as_str()), Some("fire-panel-a/comm"));
             }
         }
     }

@@ -272,6 +272,11 @@ pub(super) fn validate(c: &Config) -> Vec<Finding> {
             let pk = k.key("points").index(pi);
             if !is_valid_id(&p.id) {
                 f.err(pk.key("id"), format!("{:?} {ID_RULE}", p.id));
+            } else if p.id == "comm" {
+                f.err(
+                    pk.key("id"),
+                    "\"comm\" is reserved: `{device}/comm` is the device's communication-loss alarm",
+                );
             } else if !point_ids.insert(p.id.as_str()) {
                 f.err(
                     pk.key("id"),
