@@ -172,3 +172,19 @@ fn reference_documents_every_key_in_use() {
         "keys missing from docs/configuration.md: {missing:?}"
     );
 }
+
+#[test]
+fn unplannable_device_is_a_config_error() {
+    let text = MINIMAL
+        .replace("port = 5020", "port = 5020\nmax_registers_per_read = 1")
+        .replace(
+            "[[alarms]]",
+            "[[devices.points]]\nid = \"energy\"\nregister = \"holding\"\naddress = 10\ntype = \"u32\"\n\n[[alarms]]",
+        );
+    let errs = load(&text).unwrap_err().0;
+    assert!(
+        errs.iter()
+            .any(|e| e.key == "devices[0].modbus" && e.message.contains("cannot plan")),
+        "{errs:?}"
+    );
+}

@@ -267,6 +267,23 @@ pub(super) fn validate(c: &Config) -> Vec<Finding> {
                 }
             }
         }
+        if let Some(m) = &d.modbus {
+            // The same read planner the driver uses: a device it cannot plan
+            // would never be polled.
+            let points: Vec<(u32, &crate::drivers::PointConfig)> = d
+                .points
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.register.is_some() && p.address.is_some())
+                .map(|(i, p)| (i as u32, p))
+                .collect();
+            if let Err(e) = crate::drivers::modbus::plan::plan(
+                &points,
+                crate::drivers::modbus::plan::Limits::from_config(m),
+            ) {
+                f.err(k.key("modbus"), format!("cannot plan reads: {e}"));
+            }
+        }
         let mut point_ids = HashSet::new();
         for (pi, p) in d.points.iter().enumerate() {
             let pk = k.key("points").index(pi);
