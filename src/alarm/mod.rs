@@ -65,6 +65,7 @@
 
 mod condition;
 mod config;
+pub mod persist;
 mod state;
 pub mod task;
 #[cfg(test)]
@@ -102,6 +103,9 @@ pub enum AlarmError {
 struct Snapshot {
     version: u32,
     alarms: Vec<SavedAlarm>,
+    /// Devices reported offline when saved.
+    #[serde(default)]
+    offline_devices: Vec<String>,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -402,6 +406,11 @@ impl AlarmEngine {
         }
     }
 
+    /// True while `device_index` is reported offline.
+    pub fn device_offline(&self, device_index: usize) -> bool {
+        self.devices.get(device_index).is_some_and(|d| d.offline)
+    }
+
     /// Fire the on/off delays due at `now`.
     pub fn tick(&mut self, now: Instant, ts: Timestamp, out: &mut Vec<NewEvent>) {
         while let Some(&Reverse((at, i))) = self.timers.peek() {
@@ -493,9 +502,16 @@ impl AlarmEngine {
                 }
             })
             .collect();
+        let offline_devices = self
+            .devices
+            .iter()
+            .filter(|d| d.offline)
+            .map(|d| d.id.to_string())
+            .collect();
         serde_json::to_value(Snapshot {
             version: SNAPSHOT_VERSION,
             alarms,
+            offline_devices,
         })
         .unwrap_or(serde_json::Value::Null)
     }
@@ -510,18 +526,11 @@ impl AlarmEngine {
     /// alarm still needs its acknowledgement. Keys no longer configured are
     /// skipped with a warning.
     ///
-    /// Communication-loss alarms cannot keep their condition: after a restart
-    /// every device counts as online until its driver says otherwise. They
-    /// are returned (active_unacked → returned_unacked, active_acked →
-    /// normal) with `alarm.cleared` events in `out`; a device still
-    /// unreachable raises its alarm again once the driver gives up on it.
-    pub fn restore(
-        &mut self,
-        now: Instant,
-        ts: Timestamp,
-        snapshot: &serde_json::Value,
-        out: &mut Vec<NewEvent>,
-    ) -> Result<usize, AlarmError> {
+    /// Devices saved as offline stay offline, with their communication-loss
+    /// alarms, until the caller reports them online (the alarm task does so
+    /// at a restored-offline device's first answer): a restart neither
+    /// repeats `device.offline` nor hides that the device came back.
+    pub fn restore(&mut self, snapshot: &serde_json::Value) -> Result<usize, AlarmError> {
         let snap =
             Snapshot::deserialize(snapshot).map_err(|e| AlarmError::Snapshot(e.to_string()))?;
         if snap.version != SNAPSHOT_VERSION {
@@ -529,6 +538,12 @@ impl AlarmEngine {
                 "version {} (this gateway reads {SNAPSHOT_VERSION})",
                 snap.version
             )));
+        }
+        for id in &snap.offline_devices {
+            match self.devices.iter_mut().find(|d| &*d.id == id.as_str()) {
+                Some(d) => d.offline = true,
+                None => tracing::warn!(device = %id, "saved offline device no longer configured"),
+            }
         }
         let mut restored = 0;
         for saved in snap.alarms {
@@ -538,11 +553,6 @@ impl AlarmEngine {
             };
             let alarm = &mut self.alarms[i as usize];
             alarm.core.restore(saved.state, saved.condition);
-            if alarm.def.condition.is_none() {
-                // Communication loss: the device counts as online now.
-                let step = alarm.core.observe(now, Some(false));
-                emit(alarm, step.transitions, ts, None, None, None, out);
-            }
             tracing::info!(key = %saved.key, state = ?alarm.core.state(), "alarm state restored");
             restored += 1;
         }

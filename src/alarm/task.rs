@@ -3,6 +3,7 @@
 //! resulting events durably, and serves operator actions (acknowledge) so
 //! that alarm state has exactly one owner.
 
+use super::persist::StateFile;
 use super::{AlarmEngine, AlarmError};
 use crate::config::LoadedConfig;
 use crate::event::{NewEvent, Timestamp};
@@ -46,7 +47,18 @@ pub async fn run(
         .enumerate()
         .map(|(i, d)| (d.id.as_str(), i))
         .collect();
-    let mut offline = vec![false; cfg.config.devices.len()];
+    let state_file = StateFile::in_dir(&cfg.config.journal.path);
+    restore(&mut engine, &state_file);
+    let mut offline: Vec<bool> = (0..cfg.config.devices.len())
+        .map(|di| engine.device_offline(di))
+        .collect();
+    for _ in offline.iter().filter(|o| **o) {
+        status.devices_online.fetch_sub(1, Ordering::Relaxed);
+        status.devices_offline.fetch_add(1, Ordering::Relaxed);
+    }
+    status
+        .alarms_active
+        .store(engine.active_count() as u64, Ordering::Relaxed);
     let mut requests_open = true;
     loop {
         let deadline = earliest(engine.next_deadline(), telemetry.next_deadline());
@@ -62,7 +74,14 @@ pub async fn run(
                 let Some(msg) = msg else { break };
                 let now = Instant::now();
                 match msg {
-                    BusMessage::Readings { ts, readings, .. } => {
+                    BusMessage::Readings { device, ts, readings, .. } => {
+                        if let Some(&di) = device_index.get(&*device) {
+                            if offline[di] {
+                                // Offline before a restart; answering now.
+                                set_online(&mut offline, di, true, &status);
+                                engine.on_device_status(now, ts, di, true, None, &mut out);
+                            }
+                        }
                         for r in &readings {
                             engine.on_reading(now, ts, r.point, Some(r.value), Quality::Good, &mut out);
                             if telemetry_on {
@@ -75,15 +94,7 @@ pub async fn run(
                         if offline[di] != online {
                             continue;
                         }
-                        offline[di] = !online;
-                        let (up, down) = (&status.devices_online, &status.devices_offline);
-                        if online {
-                            up.fetch_add(1, Ordering::Relaxed);
-                            down.fetch_sub(1, Ordering::Relaxed);
-                        } else {
-                            up.fetch_sub(1, Ordering::Relaxed);
-                            down.fetch_add(1, Ordering::Relaxed);
-                        }
+                        set_online(&mut offline, di, online, &status);
                         engine.on_device_status(now, ts, di, online, reason.as_deref(), &mut out);
                         if !online {
                             // Every point of the device goes bad.
@@ -117,6 +128,9 @@ pub async fn run(
             status
                 .alarms_active
                 .store(engine.active_count() as u64, Ordering::Relaxed);
+            // After the events are durable: a crash in between can only
+            // repeat an alarm after the restart, never lose one.
+            save(&state_file, engine.snapshot()).await;
         }
         if telemetry_on {
             while let Some(payload) = telemetry.take_due(now) {
@@ -132,6 +146,46 @@ pub async fn run(
         let _ = journal.record_telemetry(&payload);
     }
     tracing::debug!("alarm task stopped");
+}
+
+fn set_online(offline: &mut [bool], di: usize, online: bool, status: &GatewayStatus) {
+    offline[di] = !online;
+    let (up, down) = (&status.devices_online, &status.devices_offline);
+    if online {
+        up.fetch_add(1, Ordering::Relaxed);
+        down.fetch_sub(1, Ordering::Relaxed);
+    } else {
+        up.fetch_sub(1, Ordering::Relaxed);
+        down.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Restore alarm states saved before a restart. A missing or unreadable
+/// file starts from normal (logged): readings re-raise what is active.
+fn restore(engine: &mut AlarmEngine, file: &StateFile) {
+    match file.load() {
+        Ok(None) => {}
+        Ok(Some(snapshot)) => match engine.restore(&snapshot) {
+            Ok(n) => tracing::info!(alarms = n, "alarm states restored"),
+            Err(e) => {
+                tracing::error!(error = %e, file = %file.path().display(), "alarm states not restored")
+            }
+        },
+        Err(e) => {
+            tracing::error!(error = %e, file = %file.path().display(), "cannot read saved alarm states; starting from normal")
+        }
+    }
+}
+
+/// Save the alarm states without blocking the runtime (fsync).
+async fn save(file: &StateFile, snapshot: serde_json::Value) {
+    let file = file.clone();
+    let r = tokio::task::spawn_blocking(move || file.save(&snapshot)).await;
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot save alarm states"),
+        Err(e) => tracing::error!(error = %e, "alarm state save task failed"),
+    }
 }
 
 /// Record events, retrying until the journal takes them: an alarm is never

@@ -880,13 +880,9 @@ mod prop {
             // A restart keeps every point alarm's state.
             let snap = b.engine.snapshot();
             let mut r = Bench::new();
-            let mut out = Vec::new();
-            r.engine.restore(r.at(0), Bench::ts(0), &snap, &mut out).unwrap();
+            r.engine.restore(&snap).unwrap();
             for key in &KEYS[..6] {
                 prop_assert_eq!(r.engine.state(key), b.engine.state(key), "{}", key);
-            }
-            for e in &out {
-                prop_assert_eq!(e.alarm.as_ref().map(|a| a.key.as_str()), Some("fire-panel-a/comm"));
             }
         }
     }
@@ -895,15 +891,11 @@ mod prop {
 mod snapshot {
     use super::*;
 
-    fn restored(b: &Bench) -> (Bench, Vec<NewEvent>, usize) {
+    fn restored(b: &Bench) -> (Bench, usize) {
         let snap = b.engine.snapshot();
         let mut fresh = Bench::new();
-        let mut out = Vec::new();
-        let n = fresh
-            .engine
-            .restore(fresh.at(0), Bench::ts(0), &snap, &mut out)
-            .unwrap();
-        (fresh, out, n)
+        let n = fresh.engine.restore(&snap).unwrap();
+        (fresh, n)
     }
 
     #[test]
@@ -911,7 +903,7 @@ mod snapshot {
         let mut b = Bench::new();
         assert_eq!(
             b.engine.snapshot(),
-            serde_json::json!({"version": 1, "alarms": []})
+            serde_json::json!({"version": 1, "alarms": [], "offline_devices": []})
         );
         b.read(0, FIRE3, Value::Bool(true));
         b.read(0, FIRE4, Value::Bool(true));
@@ -921,7 +913,7 @@ mod snapshot {
             serde_json::json!({"version": 1, "alarms": [
                 {"key": FIRE3, "state": "active_unacked", "condition": true},
                 {"key": FIRE4, "state": "returned_unacked", "condition": false},
-            ]})
+            ], "offline_devices": []})
         );
     }
 
@@ -930,8 +922,7 @@ mod snapshot {
         let mut b = Bench::new();
         b.read(0, FIRE3, Value::Bool(true));
         b.read(10, FIRE3, Value::Bool(false));
-        let (mut r, out, n) = restored(&b);
-        assert!(out.is_empty());
+        let (mut r, n) = restored(&b);
         assert_eq!(n, 1);
         assert_eq!(r.state(FIRE3), ActiveUnacked);
         assert_eq!(r.engine.active_count(), 1);
@@ -948,7 +939,7 @@ mod snapshot {
         let mut b = Bench::new();
         b.read(0, FIRE4, Value::Bool(true));
         b.ack(5, FIRE4).unwrap();
-        let (mut r, _, _) = restored(&b);
+        let (mut r, _) = restored(&b);
         assert_eq!(r.state(FIRE4), ActiveAcked);
         assert!(r.read(100, FIRE4, Value::Bool(true)).is_empty());
         assert_eq!(
@@ -962,7 +953,7 @@ mod snapshot {
         let mut b = Bench::new();
         b.read(0, FIRE4, Value::Bool(true));
         b.read(1, FIRE4, Value::Bool(false));
-        let (mut r, _, _) = restored(&b);
+        let (mut r, _) = restored(&b);
         assert!(r.bad(50, FIRE4).is_empty());
         assert_eq!(
             kinds(&r.read(100, FIRE4, Value::Bool(true))),
@@ -971,20 +962,21 @@ mod snapshot {
     }
 
     #[test]
-    fn comm_alarm_returns_on_restore() {
+    fn comm_alarm_and_offline_device_survive_restart() {
         let mut b = Bench::new();
         b.device(0, "fire-panel-a", false);
-        let (mut r, out, n) = restored(&b);
+        let (mut r, n) = restored(&b);
         assert_eq!(n, 1);
-        assert_eq!(kinds(&out), [(Cleared, Some(ReturnedUnacked))]);
-        assert_eq!(out[0].ts, Bench::ts(0));
-        // Still unreachable: the driver reports it again and it re-raises.
-        let evs = r.device(10, "fire-panel-a", false);
+        assert_eq!(r.state("fire-panel-a/comm"), ActiveUnacked);
+        assert!(r.engine.device_offline(0));
+        // Still unreachable: no second offline event, no second raise.
+        assert!(r.device(10, "fire-panel-a", false).is_empty());
+        // Back: online, and the alarm returns.
         assert_eq!(
-            kinds(&evs),
+            kinds(&r.device(20, "fire-panel-a", true)),
             [
-                (EventKind::DeviceOffline, None),
-                (Raised, Some(ActiveUnacked))
+                (EventKind::DeviceOnline, None),
+                (Cleared, Some(ReturnedUnacked))
             ]
         );
     }
@@ -992,13 +984,11 @@ mod snapshot {
     #[test]
     fn unknown_keys_skipped_and_bad_snapshots_refused() {
         let mut b = Bench::new();
-        let mut out = Vec::new();
-        let t = b.at(0);
         let v = serde_json::json!({"version": 1, "alarms": [
             {"key": "gone/point", "state": "active_unacked", "condition": true},
             {"key": FIRE4, "state": "active_unacked", "condition": false},
         ]});
-        assert_eq!(b.engine.restore(t, Bench::ts(0), &v, &mut out), Ok(1));
+        assert_eq!(b.engine.restore(&v), Ok(1));
         // Non-latching active_unacked with the condition gone is repaired.
         assert_eq!(b.state(FIRE4), ReturnedUnacked);
         for bad in [
@@ -1008,10 +998,9 @@ mod snapshot {
             serde_json::json!("nonsense"),
         ] {
             assert!(matches!(
-                b.engine.restore(t, Bench::ts(0), &bad, &mut out),
+                b.engine.restore(&bad),
                 Err(AlarmError::Snapshot(_))
             ));
         }
-        assert!(out.is_empty());
     }
 }
