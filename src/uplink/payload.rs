@@ -198,7 +198,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&on.to_bytes()).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"state": "online", "since": "2026-11-18T08:26:40.123Z",
+            serde_json::json!({"state": "online", "since": "2026-11-18T11:06:40.123Z",
                 "version": "1.2.0", "boot_id": "b00t"})
         );
         let will: serde_json::Value =
@@ -227,7 +227,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&hb.to_bytes()).unwrap();
         assert_eq!(
             v,
-            serde_json::json!({"ts": "2026-11-18T08:26:40.123Z", "uptime_s": 3600, "backlog": 0,
+            serde_json::json!({"ts": "2026-11-18T11:06:40.123Z", "uptime_s": 3600, "backlog": 0,
                 "devices_online": 41, "devices_offline": 1, "cameras_online": 4,
                 "alarms_active": 2})
         );
@@ -251,6 +251,6 @@ mod tests {
                 .unwrap();
         assert_eq!(v["request_id"], "r9");
         assert_eq!(v["ok"], false);
-        assert_eq!(v["executed_at"], "2026-11-18T08:26:40.123Z");
+        assert_eq!(v["executed_at"], "2026-11-18T11:06:40.123Z");
     }
 }
