@@ -424,9 +424,13 @@ pub enum LinkChange {
 enum LinkState {
     /// Not connected yet since start; no attempt has failed.
     Starting,
-    Up { since: Instant },
+    Up {
+        since: Instant,
+    },
     /// Down since `since`; `uplink.lost` was reported.
-    Down { since: Instant },
+    Down {
+        since: Instant,
+    },
 }
 
 /// The link's state, reporting only changes (not every failed retry).

@@ -16,8 +16,8 @@ use crate::event::{EventKind, NewEvent, Priority, Timestamp};
 use crate::journal::{Journal, JournalHead, StoredEvent, StoredTelemetry};
 use crate::status::GatewayStatus;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing,
-    QoS, Transport,
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
+    Transport,
 };
 use std::collections::VecDeque;
 use std::future::Future;
@@ -51,11 +51,11 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 /// Wait after a journal read error before reading again.
 const JOURNAL_RETRY: Duration = Duration::from_secs(1);
 
-type PollOutput = (EventLoop, Option<Result<Event, ConnectionError>>);
+type PollOutput = (Box<EventLoop>, Option<Result<Event, ConnectionError>>);
 type PollFuture = Pin<Box<dyn Future<Output = PollOutput> + Send>>;
 
 /// Poll once, owning the event loop; `abort` resets the connection.
-fn poll_once(mut el: EventLoop, abort: Arc<Notify>) -> PollFuture {
+fn poll_once(mut el: Box<EventLoop>, abort: Arc<Notify>) -> PollFuture {
     Box::pin(async move {
         let r = tokio::select! {
             biased;
@@ -159,7 +159,11 @@ struct Uplink {
 }
 
 /// Build the MQTT options (without the will, set before each attempt).
-fn mqtt_options(ctx: &UplinkContext, cap: usize, inflight: u16) -> Result<MqttOptions, UplinkError> {
+fn mqtt_options(
+    ctx: &UplinkContext,
+    cap: usize,
+    inflight: u16,
+) -> Result<MqttOptions, UplinkError> {
     let cfg = &ctx.config;
     let client_id = cfg
         .client_id
@@ -261,13 +265,13 @@ pub(super) async fn run(ctx: UplinkContext, shutdown: CancellationToken) {
         acked_seq = acked,
         "uplink starting"
     );
-    let start = up.start_attempt(eventloop);
+    let start = up.start_attempt(Box::new(eventloop));
     up.main_loop(start, replies_rx, shutdown).await;
 }
 
 impl Uplink {
     /// Set the will for the next connection attempt and poll.
-    fn start_attempt(&mut self, mut el: EventLoop) -> PollFuture {
+    fn start_attempt(&mut self, mut el: Box<EventLoop>) -> PollFuture {
         if el.network.is_none() {
             self.attempt_at = Timestamp::now();
             let will =
@@ -289,7 +293,7 @@ impl Uplink {
         shutdown: CancellationToken,
     ) {
         let mut poller: Option<PollFuture> = Some(first);
-        let mut parked: Option<(EventLoop, tokio::time::Instant)> = None;
+        let mut parked: Option<(Box<EventLoop>, tokio::time::Instant)> = None;
         let mut heartbeat = tokio::time::interval(self.cfg.heartbeat.max(Duration::from_secs(1)));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
@@ -454,13 +458,22 @@ impl Uplink {
         }
         let online =
             StatusPayload::online(self.attempt_at, self.status.version, &self.status.boot_id);
-        self.publish_other(self.topics.status(), QoS::AtLeastOnce, true, online.to_bytes());
+        self.publish_other(
+            self.topics.status(),
+            QoS::AtLeastOnce,
+            true,
+            online.to_bytes(),
+        );
     }
 
     /// The connection dropped or an attempt failed; returns the wait before
     /// the next attempt.
     fn on_failure(&mut self, now: Instant, reason: &str) -> Duration {
-        if self.link.up_for(now).is_some_and(|d| d >= STABLE_CONNECTION) {
+        if self
+            .link
+            .up_for(now)
+            .is_some_and(|d| d >= STABLE_CONNECTION)
+        {
             self.backoff.reset();
         }
         self.connected = false;
@@ -471,7 +484,11 @@ impl Uplink {
         let delay = self.backoff.next_delay(fastrand::f64());
         match self.link.on_failure(now, reason) {
             Some(change) => {
-                tracing::warn!(reason, retry_in_ms = delay.as_millis() as u64, "uplink lost");
+                tracing::warn!(
+                    reason,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "uplink lost"
+                );
                 self.record_link_change(change);
             }
             None => tracing::debug!(
@@ -636,16 +653,17 @@ impl Uplink {
             cameras_online: GatewayStatus::get(&s.cameras_online),
             alarms_active: GatewayStatus::get(&s.alarms_active),
         };
-        self.publish_other(self.topics.heartbeat(), QoS::AtMostOnce, false, hb.to_bytes());
+        self.publish_other(
+            self.topics.heartbeat(),
+            QoS::AtMostOnce,
+            false,
+            hb.to_bytes(),
+        );
     }
 
     /// Events recorded but not yet acknowledged.
     fn backlog(&self) -> u64 {
-        let last = self
-            .head
-            .as_ref()
-            .map(|h| h.borrow().last_seq)
-            .unwrap_or(0);
+        let last = self.head.as_ref().map(|h| h.borrow().last_seq).unwrap_or(0);
         last.saturating_sub(self.pipeline.events.acked())
     }
 
@@ -795,7 +813,7 @@ impl Uplink {
 
     /// Clean stop: publish `offline` (reason shutdown), disconnect, and keep
     /// polling until the disconnect is written (bounded).
-    async fn shutdown(&mut self, el: EventLoop) {
+    async fn shutdown(&mut self, el: Box<EventLoop>) {
         let mut el = el;
         if self.connected {
             let bye = StatusPayload::shutdown(
@@ -834,9 +852,6 @@ impl Uplink {
         self.connected = false;
         self.status.uplink_connected.store(false, Ordering::Relaxed);
         self.flush_acks(Instant::now(), true);
-        tracing::info!(
-            acked_seq = self.pipeline.events.acked(),
-            "uplink stopped"
-        );
+        tracing::info!(acked_seq = self.pipeline.events.acked(), "uplink stopped");
     }
 }
