@@ -151,7 +151,11 @@ struct Uplink {
     ack_events_due: Option<u64>,
     ack_telemetry_due: Option<u64>,
     last_ack_flush: Instant,
+    /// Command results waiting to be published.
     results: VecDeque<(String, Vec<u8>)>,
+    /// Command results published and awaiting PUBACK, by token.
+    results_in_flight: std::collections::BTreeMap<u64, (String, Vec<u8>)>,
+    next_result_token: u64,
     replies_tx: mpsc::Sender<(String, Vec<u8>)>,
     abort: Arc<Notify>,
     head: Option<watch::Receiver<JournalHead>>,
@@ -253,6 +257,8 @@ pub(super) async fn run(ctx: UplinkContext, shutdown: CancellationToken) {
         ack_telemetry_due: None,
         last_ack_flush: Instant::now(),
         results: VecDeque::new(),
+        results_in_flight: std::collections::BTreeMap::new(),
+        next_result_token: 0,
         replies_tx,
         abort: Arc::new(Notify::new()),
         phase: Phase::Offline,
@@ -479,6 +485,11 @@ impl Uplink {
         self.connected = false;
         self.status.uplink_connected.store(false, Ordering::Relaxed);
         self.pipeline.on_disconnect();
+        // Command results not confirmed by the broker go out again, first.
+        let unconfirmed = std::mem::take(&mut self.results_in_flight);
+        for (_, r) in unconfirmed.into_iter().rev() {
+            self.results.push_front(r);
+        }
         self.events_ahead.reset();
         self.telemetry_ahead.reset();
         let delay = self.backoff.next_delay(fastrand::f64());
@@ -529,6 +540,11 @@ impl Uplink {
         }
         if let Some(k) = acks.telemetry {
             self.ack_telemetry_due = Some(k);
+        }
+        if let Some(token) = acks.result {
+            if let Some((id, _)) = self.results_in_flight.remove(&token) {
+                tracing::debug!(request_id = %id, "command result delivered");
+            }
         }
     }
 
@@ -614,12 +630,25 @@ impl Uplink {
         });
     }
 
+    /// Publish waiting command results (QoS 1); each is kept until its
+    /// PUBACK so that a reconnect sends it again.
     fn send_results(&mut self) {
         while let Some((id, body)) = self.results.pop_front() {
             let topic = self.topics.cmd_result(&id);
-            if !self.publish_other(topic, QoS::AtLeastOnce, false, body.clone()) {
-                self.results.push_front((id, body));
-                break;
+            match self
+                .client
+                .try_publish(topic, QoS::AtLeastOnce, false, body.clone())
+            {
+                Ok(()) => {
+                    let token = self.next_result_token;
+                    self.next_result_token += 1;
+                    self.pipeline.submit_result(token);
+                    self.results_in_flight.insert(token, (id, body));
+                }
+                Err(_) => {
+                    self.results.push_front((id, body));
+                    break;
+                }
             }
         }
     }

@@ -241,8 +241,8 @@ fn pipeline_routes_acks_to_lanes() {
     assert_eq!(
         p.on_outgoing_publish(0).unwrap(),
         Acks {
-            events: None,
-            telemetry: Some(1)
+            telemetry: Some(1),
+            ..Acks::default()
         },
         "QoS 0 telemetry is delivered once written"
     );
@@ -251,6 +251,27 @@ fn pipeline_routes_acks_to_lanes() {
     assert_eq!(p.on_puback(1), Acks::default(), "the status PUBACK");
     assert_eq!(p.on_puback(2).events, Some(2));
     assert_eq!(p.outstanding(), 0);
+}
+
+#[test]
+fn command_results_are_reported_on_puback() {
+    let now = t0();
+    let mut p = Pipeline::new(
+        Lane::new(Confirm::OnPubAck, 4, 0),
+        Lane::new(Confirm::OnWrite, 4, 0),
+    );
+    p.submit_result(7);
+    p.submit_event(1, now).unwrap();
+    assert_eq!(p.on_outgoing_publish(5).unwrap(), Acks::default());
+    assert_eq!(p.on_outgoing_publish(6).unwrap(), Acks::default());
+    assert_eq!(
+        p.on_puback(5),
+        Acks {
+            result: Some(7),
+            ..Acks::default()
+        }
+    );
+    assert_eq!(p.on_puback(5), Acks::default(), "reported once");
 }
 
 #[test]
