@@ -83,7 +83,11 @@ fn start(
     cfg: UplinkConfig,
     password: &str,
     journal: &Journal,
-) -> (Arc<GatewayStatus>, CancellationToken, tokio::task::JoinHandle<()>) {
+) -> (
+    Arc<GatewayStatus>,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
     let status = Arc::new(GatewayStatus::new(0));
     let stop = CancellationToken::new();
     let (tx, _rx) = tokio::sync::mpsc::channel(1);

@@ -278,6 +278,9 @@ pub(super) async fn run(ctx: UplinkContext, shutdown: CancellationToken) {
 impl Uplink {
     /// Set the will for the next connection attempt and poll.
     fn start_attempt(&mut self, mut el: Box<EventLoop>) -> PollFuture {
+        // A fresh reset signal per connection: a reset asked for the last
+        // one must not abort this one.
+        self.abort = Arc::new(Notify::new());
         if el.network.is_none() {
             self.attempt_at = Timestamp::now();
             let will =
@@ -712,7 +715,7 @@ impl Uplink {
                 timeout_ms = stall.as_millis() as u64,
                 "no PUBACK in time: resetting the connection"
             );
-            self.abort.notify_one();
+            self.reset_connection();
             return;
         }
         if self.cfg.end_to_end_ack && self.pipeline.events.overdue(now, self.cfg.ack_timeout) {
@@ -774,7 +777,7 @@ impl Uplink {
             if let Err(e) = self.pipeline.submit_event(seq, now) {
                 // Cannot happen (free and order checked); reset to be safe.
                 tracing::error!(error = %e, seq, "event window out of step: resetting");
-                self.abort.notify_one();
+                self.reset_connection();
                 return;
             }
         }
@@ -826,10 +829,17 @@ impl Uplink {
             self.telemetry_ahead.buf.pop_front();
             if let Err(e) = self.pipeline.submit_telemetry(key, qos as u8, now) {
                 tracing::error!(error = %e, key, "telemetry window out of step: resetting");
-                self.abort.notify_one();
+                self.reset_connection();
                 return;
             }
         }
+    }
+
+    /// Drop the current connection: the poll is aborted, the failure path
+    /// cleans up and reconnects. Nothing more is submitted meanwhile.
+    fn reset_connection(&mut self) {
+        self.connected = false;
+        self.abort.notify_one();
     }
 
     fn update_phase(&mut self) {
