@@ -550,3 +550,86 @@ async fn heartbeat_and_telemetry() {
     assert_eq!(v["backlog"], 0);
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_sends_events_before_telemetry() {
+    let Some(broker) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open_journal(dir.path());
+    let mut sub = Subscriber::connect(
+        broker.port(),
+        "platform",
+        &[topic("events"), topic("telemetry")],
+        false,
+    )
+    .await;
+    // Telemetry recorded first, events later: events still go first.
+    for i in 0..20 {
+        let t = format!(r#"{{"ts":"2026-11-26T21:04:05.123Z","points":[],"n":{i}}}"#);
+        journal.record_telemetry(t.as_bytes()).unwrap();
+    }
+    record(&journal, 500).await;
+    let gw = start(config(broker.port()), &journal);
+
+    let mut events = 0;
+    let mut telemetry = Vec::new();
+    while events < 500 || telemetry.len() < 20 {
+        let m = sub
+            .next(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("{events} events, {} telemetry", telemetry.len()));
+        if m.topic.ends_with("/events") {
+            assert!(
+                telemetry.is_empty(),
+                "event {} arrived after telemetry",
+                m.json()["seq"]
+            );
+            events += 1;
+        } else {
+            telemetry.push(m.json()["n"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(
+        telemetry,
+        (0..20).collect::<Vec<_>>(),
+        "telemetry oldest first"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_result_waits_for_the_link() {
+    let Some(mut broker) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open_journal(dir.path());
+    let mut gw = start(config(broker.port()), &journal);
+    gw.wait_connected(true, Duration::from_secs(10)).await;
+    let mut sub =
+        Subscriber::connect(broker.port(), "platform", &[topic("cmd_result/+")], true).await;
+    let received = loop {
+        sub.publish(&topic("cmd/req-9"), br#"{"action":"open_door"}"#)
+            .await;
+        if let Ok(Some(c)) = tokio::time::timeout(Duration::from_secs(1), gw.commands.recv()).await
+        {
+            break c;
+        }
+    };
+    // The link drops while the command runs; the result goes out once it is back.
+    broker.stop();
+    gw.wait_connected(false, Duration::from_secs(10)).await;
+    received
+        .reply
+        .send(br#"{"request_id":"req-9","ok":true}"#.to_vec())
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.start();
+    let m = sub
+        .expect("/cmd_result/req-9", Duration::from_secs(15))
+        .await;
+    assert_eq!(m.json()["ok"], true);
+    gw.shutdown().await;
+}
