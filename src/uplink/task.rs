@@ -311,8 +311,10 @@ impl Uplink {
 
         loop {
             let wake = parked.as_ref().map(|(_, at)| *at);
+            // Not biased: during a long backlog drain the event loop is
+            // always ready, and heartbeats, timeouts and command results
+            // must still get their turn.
             let step = tokio::select! {
-                biased;
                 _ = shutdown.cancelled() => Step::Shutdown,
                 out = next_poll(&mut poller) => Step::Polled(out),
                 _ = sleep_until_opt(wake) => Step::Reconnect,
