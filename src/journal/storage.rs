@@ -113,8 +113,8 @@ impl SledStorage {
         let data_path = dir.join("db");
         let data_file = File::open(&data_path)
             .map_err(|e| StorageError::ctx(&format!("opening {}", data_path.display()), e))?;
-        let dir_file =
-            File::open(dir).map_err(|e| StorageError::ctx(&format!("opening {}", dir.display()), e))?;
+        let dir_file = File::open(dir)
+            .map_err(|e| StorageError::ctx(&format!("opening {}", dir.display()), e))?;
         Ok(SledStorage {
             db,
             dir: dir.to_path_buf(),
@@ -142,7 +142,12 @@ impl SledStorage {
         let entries = match std::fs::read_dir(&blobs) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(StorageError::ctx(&format!("listing {}", blobs.display()), e)),
+            Err(e) => {
+                return Err(StorageError::ctx(
+                    &format!("listing {}", blobs.display()),
+                    e,
+                ))
+            }
         };
         let mut any = false;
         for entry in entries.flatten() {
@@ -312,6 +317,9 @@ impl Storage for MemStorage {
     }
     fn size_on_disk(&self) -> Result<u64, StorageError> {
         let g = self.lock();
-        Ok(g.durable.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum())
+        Ok(g.durable
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum())
     }
 }

@@ -127,7 +127,10 @@ fn concurrent_records_share_a_flush() {
         out
     });
     let flushes = mem.counts().0 - f0;
-    assert!(flushes <= 10, "100 concurrent records took {flushes} flushes");
+    assert!(
+        flushes <= 10,
+        "100 concurrent records took {flushes} flushes"
+    );
     all.sort();
     assert_eq!(all, (1..=100).collect::<Vec<_>>());
 }
@@ -229,7 +232,10 @@ fn telemetry_lane_reads_acks_and_persists_keys() {
         j.record_telemetry(&[i]).unwrap();
     }
     let t = j.read_telemetry(0, 10).unwrap();
-    assert_eq!(t.iter().map(|t| t.key).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        t.iter().map(|t| t.key).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
     assert_eq!(t[2].payload, vec![2]);
     j.ack_telemetry("uplink", 3).unwrap();
     assert_eq!(j.acked_telemetry("uplink"), 3);
@@ -267,7 +273,10 @@ fn telemetry_written_lazily_is_flushed_by_the_committer() {
     // The committer flushes on its own; no record() or flush() call.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while mem.counts().0 == f0 {
-        assert!(std::time::Instant::now() < deadline, "telemetry never flushed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "telemetry never flushed"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     mem.crash();
