@@ -434,6 +434,8 @@ impl Journal {
     /// On error the events may still become durable later (the storage
     /// accepted them but the flush failed); a caller that retries may then
     /// record them twice, under new seqs. Duplicates beat a lost alarm.
+    /// Dropping the returned future before it completes does not withdraw
+    /// the events: they are recorded all the same.
     pub async fn record(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, JournalError> {
         if events.is_empty() {
             return Ok(Vec::new());

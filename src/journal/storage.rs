@@ -244,6 +244,7 @@ struct MemInner {
     durable: BTreeMap<Vec<u8>, Vec<u8>>,
     flushes: u64,
     syncs: u64,
+    entries_read: u64,
     flush_delay: std::time::Duration,
 }
 
@@ -265,6 +266,10 @@ impl MemStorage {
         let mut g = self.lock();
         g.live = g.durable.clone();
     }
+    /// How many entries `get` and `range` have returned so far.
+    pub fn entries_read(&self) -> u64 {
+        self.lock().entries_read
+    }
     /// How many times flush and sync were called.
     pub fn counts(&self) -> (u64, u64) {
         let g = self.lock();
@@ -274,7 +279,10 @@ impl MemStorage {
 
 impl Storage for MemStorage {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.lock().live.get(key).cloned())
+        let mut g = self.lock();
+        let v = g.live.get(key).cloned();
+        g.entries_read += u64::from(v.is_some());
+        Ok(v)
     }
     fn apply(&self, batch: Batch) -> Result<(), StorageError> {
         let mut g = self.lock();
@@ -294,13 +302,15 @@ impl Storage for MemStorage {
         if start > end {
             return Ok(Vec::new());
         }
-        Ok(self
-            .lock()
+        let mut g = self.lock();
+        let out: Vec<Entry> = g
             .live
             .range(start.to_vec()..=end.to_vec())
             .take(max)
             .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+            .collect();
+        g.entries_read += out.len() as u64;
+        Ok(out)
     }
     fn flush(&self) -> Result<(), StorageError> {
         let delay = self.lock().flush_delay;

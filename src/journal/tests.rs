@@ -164,6 +164,27 @@ fn seq_continues_across_reopen_even_when_everything_was_acked() {
 }
 
 #[test]
+fn open_reads_a_few_keys_whatever_the_backlog() {
+    let rt = rt();
+    let mem = Arc::new(MemStorage::new());
+    let j = mem_journal(&mem, &mem_cfg(), &["uplink", "push"]);
+    rt.block_on(j.record((1..=20_000).map(ev).collect()))
+        .unwrap();
+    for _ in 0..5000 {
+        j.record_telemetry(b"t").unwrap();
+    }
+    j.ack_events("uplink", 10).unwrap();
+    rt.block_on(j.flush()).unwrap();
+    drop(j);
+    let before = mem.entries_read();
+    let j = mem_journal(&mem, &mem_cfg(), &["uplink", "push"]);
+    let read = mem.entries_read() - before;
+    assert!(read <= 10, "open read {read} entries");
+    let s = j.stats();
+    assert_eq!((s.events, s.telemetry, s.last_seq), (20_000, 5000, 20_000));
+}
+
+#[test]
 fn cursors_are_independent_and_removal_waits_for_every_sink() {
     let rt = rt();
     let mem = Arc::new(MemStorage::new());
