@@ -1,8 +1,11 @@
-//! A backlog recorded while the broker was away drains at full speed once it
-//! is back (QoS 1 to mosquitto on loopback; the window stays full).
+//! Backlog drain rate: events recorded while the broker was away, delivered
+//! to mosquitto at QoS 1 on loopback once it is back, on the gateway's
+//! single-threaded runtime. Run with `cargo bench --bench uplink`
+//! (`BACKLOG=N` sets the number of events, default 100000).
 
+#[path = "../tests/common/mod.rs"]
 mod common;
-#[path = "common/mosquitto.rs"]
+#[path = "../tests/common/mosquitto.rs"]
 mod mosquitto;
 
 use estate_gateway::app::UPLINK_SINK;
@@ -15,10 +18,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-const BACKLOG: u64 = 20_000;
+fn main() {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(bench());
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backlog_drains_at_full_speed() {
+async fn bench() {
+    let backlog: u64 = std::env::var("BACKLOG")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
     let Some(mut broker) = Mosquitto::start_or_skip() else {
         return;
     };
@@ -30,7 +42,7 @@ async fn backlog_drains_at_full_speed() {
         ..JournalConfig::default()
     };
     let journal = Journal::open(&jcfg, "gw-bench", &[UPLINK_SINK]).unwrap();
-    for _ in 0..BACKLOG / 1000 {
+    for _ in 0..backlog / 1000 {
         let batch: Vec<NewEvent> = (0..1000)
             .map(|i| {
                 NewEvent::system(
@@ -76,7 +88,7 @@ async fn backlog_drains_at_full_speed() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     broker.start();
     let target = journal.stats().last_seq;
-    assert!(target > BACKLOG);
+    assert!(target > backlog);
 
     // Time from the first acknowledgement to the last.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -94,18 +106,11 @@ async fn backlog_drains_at_full_speed() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let rate = (target - a0) as f64 / t0.elapsed().as_secs_f64();
-    eprintln!(
-        "backlog drained at {rate:.0} events/s ({} events)",
-        target - a0
+    println!(
+        "uplink backlog drain: {} events to mosquitto at QoS 1 in {:.2} s = {rate:.0} events/s (target >= 20000)",
+        target - a0,
+        t0.elapsed().as_secs_f64()
     );
-    // The 20,000/s target holds for an optimised build; an unoptimised test
-    // build only has to show the window is kept full (no serial PUBACK waits).
-    let floor = if cfg!(debug_assertions) {
-        2_000.0
-    } else {
-        20_000.0
-    };
-    assert!(rate >= floor, "{rate:.0} events/s is below {floor}");
     stop.cancel();
     task.await.unwrap();
 }
