@@ -86,7 +86,7 @@ fn main() -> ExitCode {
         }
         Command::Demo { duration_s } => {
             estate_gateway::logging::init(&estate_gateway::config::LogConfig {
-                level: "warn,estate_gateway::demo=info".into(),
+                level: "warn,rumqttd=off".into(),
                 ..Default::default()
             });
             report(runtime().block_on(estate_gateway::demo::run(duration_s)))

@@ -34,6 +34,29 @@ pub struct Codec {
     pub word_order: Order,
     pub scale: f64,
     pub offset: f64,
+    /// Decimal places of raw × scale + offset for integer raws (0.1 → 1),
+    /// so `123 × 0.1` reads 12.3, not 12.300000000000001.
+    pub decimals: u32,
+}
+
+/// Decimal places needed to write `x` exactly (at most 9).
+fn decimals_of(x: f64) -> u32 {
+    (0..=9)
+        .find(|&d| {
+            let s = x * 10f64.powi(d as i32);
+            (s - s.round()).abs() <= 1e-9 * s.abs().max(1.0)
+        })
+        .unwrap_or(9)
+}
+
+fn round_to(v: f64, decimals: u32) -> f64 {
+    let m = 10f64.powi(decimals as i32);
+    let r = (v * m).round() / m;
+    if r.is_finite() {
+        r
+    } else {
+        v
+    }
 }
 
 impl Codec {
@@ -46,6 +69,7 @@ impl Codec {
             word_order: p.word_order,
             scale: p.scale,
             offset: p.offset,
+            decimals: decimals_of(p.scale).max(decimals_of(p.offset)),
         }
     }
 
@@ -58,7 +82,10 @@ impl Codec {
         if self.identity() {
             Value::Int(raw)
         } else {
-            Value::Float(raw as f64 * self.scale + self.offset)
+            Value::Float(round_to(
+                raw as f64 * self.scale + self.offset,
+                self.decimals,
+            ))
         }
     }
 
@@ -86,7 +113,14 @@ impl Codec {
             PointType::U32 => self.engineering_int(self.raw32(regs) as i64),
             PointType::I32 => self.engineering_int(self.raw32(regs) as i32 as i64),
             PointType::F32 => {
-                let f = f32::from_bits(self.raw32(regs)) as f64;
+                // An f32 carries ~7 significant digits: widen it through its
+                // shortest decimal form so 21.1 stays 21.1.
+                let f32v = f32::from_bits(self.raw32(regs));
+                let f = if f32v.is_finite() {
+                    f32v.to_string().parse::<f64>().unwrap_or(f32v as f64)
+                } else {
+                    f32v as f64
+                };
                 Value::Float(f * self.scale + self.offset)
             }
         })
@@ -215,6 +249,7 @@ mod tests {
             word_order: wo,
             scale: 1.0,
             offset: 0.0,
+            decimals: 0,
         }
     }
 
@@ -258,6 +293,20 @@ mod tests {
         let c = codec(PointType::F32, Order::Big, Order::Big);
         let regs = encode_u32(21.5f32.to_bits(), Order::Big, Order::Big);
         assert_eq!(c.decode_registers(&regs).unwrap(), Value::Float(21.5));
+        let regs = encode_u32(21.1f32.to_bits(), Order::Big, Order::Big);
+        assert_eq!(c.decode_registers(&regs).unwrap(), Value::Float(21.1));
+    }
+
+    #[test]
+    fn scaled_integers_have_no_binary_noise() {
+        let mut c = codec(PointType::U16, Order::Big, Order::Big);
+        c.scale = 0.1;
+        c.decimals = decimals_of(0.1);
+        assert_eq!(c.decode_registers(&[197]).unwrap(), Value::Float(19.7));
+        assert_eq!(c.decode_registers(&[123]).unwrap(), Value::Float(12.3));
+        assert_eq!(decimals_of(0.25), 2);
+        assert_eq!(decimals_of(2.0), 0);
+        assert_eq!(decimals_of(-273.15), 2);
     }
 
     #[test]
@@ -330,12 +379,17 @@ mod tests {
             let (regs, n) = c.encode_registers(Value::Float(f as f64)).unwrap();
             prop_assert_eq!(n, 2);
             prop_assert_eq!(raw_u32(regs, bo, wo), bits);
-            prop_assert_eq!(c.decode_registers(&regs).unwrap(), Value::Float(f as f64));
+            // The decoded f64 is the f32's shortest decimal form: narrowing
+            // it gives the same f32 back.
+            match c.decode_registers(&regs).unwrap() {
+                Value::Float(d) => prop_assert_eq!((d as f32).to_bits(), bits),
+                v => prop_assert!(false, "{:?}", v),
+            }
         }
 
         #[test]
         fn scaled_values_round_trip(raw: i16, scale in prop_oneof![Just(0.1), Just(0.5), Just(2.0), Just(-1.0)], offset in -1000i32..1000, bo in order()) {
-            let c = Codec { scale, offset: offset as f64, ..codec(PointType::I16, bo, Order::Big) };
+            let c = Codec { scale, offset: offset as f64, decimals: decimals_of(scale), ..codec(PointType::I16, bo, Order::Big) };
             let regs = [encode_u16(raw as u16, bo)];
             let v = c.decode_registers(&regs).unwrap();
             prop_assert!(matches!(v, Value::Float(_)));
