@@ -216,8 +216,12 @@ impl Shared {
         let mut batch = Batch::default();
         batch.put(keys::META, meta.encode());
         batch.ops.extend(deletes.ops);
-        self.storage.apply(batch)?;
+        // Whether or not every write went through, go on from the new
+        // position: keys left behind are at or below it, and the next
+        // open deletes them.
+        let res = self.storage.apply(batch);
         st.meta = meta;
+        res?;
         self.dirty.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -256,8 +260,12 @@ impl Shared {
         let mut batch = Batch::default();
         batch.put(keys::META, meta.encode());
         batch.ops.extend(deletes.ops);
-        self.storage.apply(batch)?;
+        // Whether or not every write went through, go on from the new
+        // position: keys left behind are at or below it, and the next
+        // open deletes them.
+        let res = self.storage.apply(batch);
         st.meta = meta;
+        res?;
         self.dirty.store(true, Ordering::SeqCst);
         Ok(removed)
     }
