@@ -5,9 +5,10 @@
 //!
 //! - **events** (alarms and every other [`Event`]): each gets the next `seq`
 //!   (1, 2, 3, … gap-free, across restarts) and its contract id, and is
-//!   stored as the contract JSON payload. [`Journal::record`] returns only
-//!   once the events are durable (storage flush, then `fsync`), with group
-//!   commit: concurrent callers share one flush.
+//!   stored as the contract JSON payload, packed in blocks of consecutive
+//!   events. [`Journal::record`] returns only once the events are durable
+//!   (storage flush, then `fsync`), with group commit: a committer thread
+//!   writes and flushes for every caller waiting at that moment.
 //! - **telemetry**: opaque payloads under their own `u64` keys, flushed
 //!   lazily every `telemetry_flush_s`, and the first thing evicted when the
 //!   journal reaches its size cap. Events are never evicted.
@@ -194,7 +195,7 @@ pub(crate) struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves State consistent with what
-        // was applied (it is updated only after a successful apply).
+        // was written (it is updated only after a successful write).
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -568,9 +569,10 @@ impl Journal {
 
     /// Record events: assigns `seq`/`id`, and returns only once they are durable.
     ///
-    /// On error the events may still become durable later (the storage
-    /// accepted them but the flush failed); a caller that retries may then
-    /// record them twice, under new seqs. Duplicates beat a lost alarm.
+    /// On a storage error the events keep their seqs and stay queued (or
+    /// written but not yet flushed): a later commit makes them durable. A
+    /// caller that retries may then record them twice, under new seqs.
+    /// Duplicates beat a lost alarm.
     /// Dropping the returned future before it completes does not withdraw
     /// the events: they are recorded all the same.
     pub async fn record(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, JournalError> {
