@@ -283,6 +283,7 @@ struct MemInner {
     syncs: u64,
     entries_read: u64,
     fail_flush: bool,
+    fail_apply: bool,
     flush_delay: std::time::Duration,
 }
 
@@ -319,6 +320,10 @@ impl MemStorage {
     pub fn set_fail_flush(&self, fail: bool) {
         self.lock().fail_flush = fail;
     }
+    /// Make writes fail (true) or work again (false).
+    pub fn set_fail_apply(&self, fail: bool) {
+        self.lock().fail_apply = fail;
+    }
     /// Writes applied since the last flush.
     pub fn pending(&self) -> usize {
         self.lock().pending.len()
@@ -343,6 +348,9 @@ impl Storage for MemStorage {
     }
     fn apply(&self, batch: Batch) -> Result<(), StorageError> {
         let mut g = self.lock();
+        if g.fail_apply {
+            return Err(StorageError("write failed (simulated)".into()));
+        }
         for op in batch.ops {
             g.pending.push(op.clone());
             apply_op(&mut g.live, op);

@@ -108,6 +108,24 @@ fn record_returns_after_flush_and_fsync() {
 }
 
 #[test]
+fn a_failed_write_keeps_seqs_gap_free() {
+    let rt = rt();
+    let mem = Arc::new(MemStorage::new());
+    let j = mem_journal(&mem, &mem_cfg(), &["uplink"]);
+    mem.set_fail_apply(true);
+    let err = rt.block_on(j.record(vec![ev(1)])).unwrap_err();
+    assert!(err.to_string().contains("write failed"), "{err}");
+    assert!(seqs(&j, 0).is_empty());
+    mem.set_fail_apply(false);
+    // The failed event kept seq 1 and goes out with the next commit.
+    let r = rt.block_on(j.record(vec![ev(2)])).unwrap();
+    assert_eq!(r[0].seq, 2);
+    let held = j.read_events(0, 10).unwrap();
+    assert_eq!(held.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(detail_n(&held[0].payload), 1);
+}
+
+#[test]
 fn concurrent_records_share_a_flush() {
     let rt = rt();
     let mem = Arc::new(MemStorage::with_flush_delay(Duration::from_millis(20)));
