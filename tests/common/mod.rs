@@ -6,6 +6,9 @@
 //! unless `REQUIRE_PEERS=1`, where it fails.
 #![allow(dead_code)]
 
+pub mod gateway;
+pub mod mqtt_sub;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -26,7 +29,9 @@ pub fn free_port() -> u16 {
 
 /// True when CI demands every peer (`REQUIRE_PEERS=1`).
 pub fn peers_required() -> bool {
-    std::env::var("REQUIRE_PEERS").map(|v| v == "1").unwrap_or(false)
+    std::env::var("REQUIRE_PEERS")
+        .map(|v| v == "1")
+        .unwrap_or(false)
 }
 
 /// Returns the peer, or: under `REQUIRE_PEERS=1` panics; otherwise prints a
