@@ -1,16 +1,80 @@
 //! The alarm engine: rules over point values, ISA-18.2 states, latching,
-//! on/off delays. Pure logic: time comes in as arguments.
+//! on/off delays, and communication loss of life-safety devices. Pure logic:
+//! time comes in as arguments (`now: Instant` drives timers, `ts: Timestamp`
+//! stamps events); the engine's task ([`task`]) does the I/O.
 //!
-//! TODO(alarm): implementation in progress.
+//! # Rules
+//!
+//! Each `[[alarms]]` rule watches one point with one condition:
+//! - `equals`: in alarm while the value equals `true`, `false` or a number;
+//! - `high`: in alarm once value > `high`, normal again once value <
+//!   `high - hysteresis`;
+//! - `low`: in alarm once value < `low`, normal again once value >
+//!   `low + hysteresis`.
+//!
+//! `on_delay_s`: the condition must hold that long before the alarm is
+//! raised (if it goes away earlier, nothing happens). `off_delay_s`: the
+//! condition must be gone that long before the alarm returns.
+//!
+//! Only values of quality `good` are judged. A reading without a value, of
+//! quality `bad` or `stale`, or a NaN makes the condition *unknown*: unknown
+//! is not normal, so it never clears or returns an alarm, and it never raises
+//! one. It cancels a running on/off delay; the delay starts again on the next
+//! good value.
+//!
+//! # States (ISA-18.2)
+//!
+//! "Condition" below is the condition after the on/off delays.
+//!
+//! | state            | event                          | next state       | emitted                                   |
+//! |------------------|--------------------------------|------------------|-------------------------------------------|
+//! | normal           | condition active               | active_unacked   | `alarm.raised`                            |
+//! | active_unacked   | acknowledge, condition active  | active_acked     | `alarm.acknowledged` (active_acked)       |
+//! | active_unacked   | condition normal, not latching | returned_unacked | `alarm.cleared` (returned_unacked)        |
+//! | active_unacked   | condition normal, latching     | active_unacked   | nothing: the alarm stays in               |
+//! | active_unacked   | acknowledge, latching, condition known normal | normal | `alarm.acknowledged` (active_acked), then `alarm.cleared` (normal) |
+//! | active_acked     | condition normal (known)       | normal           | `alarm.cleared` (normal)                  |
+//! | returned_unacked | acknowledge                    | normal           | `alarm.acknowledged` (normal)             |
+//! | returned_unacked | condition active again         | active_unacked   | `alarm.raised` (re-activation)            |
+//! | normal, active_acked | acknowledge                | unchanged        | error [`AlarmError::NotUnacked`]          |
+//!
+//! A latched alarm (`latching`, default `true` for category `fire`) thus
+//! needs both an acknowledgement and a normal condition to return to normal,
+//! in either order.
+//!
+//! # Communication loss
+//!
+//! [`AlarmEngine::on_device_status`] emits `device.offline` / `device.online`
+//! (priority 3, the device's category). For a `life_safety` device it also
+//! raises a priority-1 alarm with key `device/<id>/comm`, which returns when
+//! the device answers again and follows the same state table (not latching).
+//!
+//! # Cost
+//!
+//! [`AlarmEngine::on_reading`] runs for every polled value. Rules are indexed
+//! by [`PointIndex`] in a flat table: a point without rules costs two loads
+//! and a compare; nothing allocates unless an event is emitted.
 
+mod condition;
 mod config;
+mod state;
 pub mod task;
+#[cfg(test)]
+mod tests;
+
 pub use config::AlarmRuleConfig;
 
 use crate::config::LoadedConfig;
-use crate::event::{NewEvent, Timestamp};
+use crate::event::{
+    AlarmInfo, AlarmState, Category, EventKind, NewEvent, Priority, Source, Timestamp,
+};
 use crate::point::{PointIndex, Quality, Value};
-use std::time::Instant;
+use condition::{Condition, Target};
+use state::{Core, Transitions};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Failures of operator actions.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -21,59 +85,432 @@ pub enum AlarmError {
     NotUnacked(String),
 }
 
+/// Priority of `device.offline` / `device.online` events.
+const DEVICE_EVENT_PRIORITY: Priority = Priority::MEDIUM;
+
+/// A view of one alarm for status pages and tests.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlarmView {
+    pub key: Arc<str>,
+    pub state: AlarmState,
+    pub priority: Priority,
+    pub category: Category,
+    pub message: Arc<str>,
+    pub latched: bool,
+}
+
+/// What an alarm is about: fixed at load time.
+#[derive(Debug)]
+struct AlarmDef {
+    key: Arc<str>,
+    /// `None` for a device's communication-loss alarm.
+    condition: Option<Condition>,
+    priority: Priority,
+    category: Category,
+    device: Arc<str>,
+    point: Option<Arc<str>>,
+    zone: Option<Arc<str>>,
+    message: Arc<str>,
+}
+
+/// One alarm: definition, state, and the current value (`None` while unknown).
+#[derive(Debug)]
+struct Alarm {
+    def: AlarmDef,
+    core: Core,
+    value: Option<Value>,
+}
+
+/// What the engine needs to know about a device.
+#[derive(Debug)]
+struct DeviceInfo {
+    id: Arc<str>,
+    zone: Option<Arc<str>>,
+    category: Category,
+    offline: bool,
+    /// Index of its communication-loss alarm (life-safety devices only).
+    comm_alarm: Option<u32>,
+}
+
 /// All alarm rules and their states.
-pub struct AlarmEngine {}
+#[derive(Debug)]
+pub struct AlarmEngine {
+    /// Rules of point `p` are `alarms[first[p]..first[p + 1]]`.
+    first: Vec<u32>,
+    /// Point rules sorted by point, then communication-loss alarms.
+    alarms: Vec<Alarm>,
+    by_key: HashMap<Arc<str>, u32>,
+    devices: Vec<DeviceInfo>,
+    /// Armed on/off delays: (due, alarm index). Entries whose alarm no longer
+    /// waits for that instant are stale and skipped.
+    timers: BinaryHeap<Reverse<(Instant, u32)>>,
+}
 
 impl AlarmEngine {
-    pub fn new(_cfg: &LoadedConfig) -> AlarmEngine {
-        todo!()
+    /// Build every rule from the configuration. Rules that validation should
+    /// have refused (unknown point, no condition) are skipped with a warning.
+    pub fn new(cfg: &LoadedConfig) -> AlarmEngine {
+        let c = &cfg.config;
+        let mut rules: Vec<(PointIndex, Alarm)> = Vec::with_capacity(c.alarms.len());
+        for (i, r) in c.alarms.iter().enumerate() {
+            let Some(pi) = cfg.points.find(&r.point) else {
+                tracing::warn!(rule = i, point = %r.point, "alarm rule on an unknown point skipped");
+                continue;
+            };
+            let condition = match (&r.equals, r.high, r.low) {
+                (Some(v), None, None) => Target::from_toml(v).map(Condition::Equals),
+                (None, Some(limit), None) if limit.is_finite() => Some(Condition::High {
+                    limit,
+                    hysteresis: sane_hysteresis(r.hysteresis),
+                }),
+                (None, None, Some(limit)) if limit.is_finite() => Some(Condition::Low {
+                    limit,
+                    hysteresis: sane_hysteresis(r.hysteresis),
+                }),
+                _ => None,
+            };
+            let Some(condition) = condition else {
+                tracing::warn!(rule = i, point = %r.point, "alarm rule without a usable condition skipped");
+                continue;
+            };
+            let meta = cfg.points.get(pi);
+            let category = r.category.unwrap_or(meta.category);
+            let latching = r.latching.unwrap_or(category == Category::Fire);
+            let key: Arc<str> = match &r.id {
+                Some(id) => format!("{}/{}", meta.key, id).into(),
+                None => meta.key.clone(),
+            };
+            rules.push((
+                pi,
+                Alarm {
+                    def: AlarmDef {
+                        key,
+                        condition: Some(condition),
+                        priority: r.priority,
+                        category,
+                        device: meta.device.clone(),
+                        point: Some(meta.point.clone()),
+                        zone: r
+                            .zone
+                            .as_deref()
+                            .map(Arc::from)
+                            .or_else(|| meta.zone.clone()),
+                        message: r.message.as_str().into(),
+                    },
+                    core: Core::new(latching, r.on_delay, r.off_delay),
+                    value: None,
+                },
+            ));
+        }
+        // Stable: rules of one point keep their config order.
+        rules.sort_by_key(|(pi, _)| *pi);
+        let mut first = Vec::with_capacity(cfg.points.len() + 1);
+        let mut next = 0usize;
+        for p in 0..cfg.points.len() as PointIndex {
+            first.push(next as u32);
+            while next < rules.len() && rules[next].0 == p {
+                next += 1;
+            }
+        }
+        first.push(next as u32);
+        let mut alarms: Vec<Alarm> = rules.into_iter().map(|(_, a)| a).collect();
+
+        let mut devices = Vec::with_capacity(c.devices.len());
+        for d in &c.devices {
+            let id: Arc<str> = d.id.as_str().into();
+            let zone: Option<Arc<str>> = d.zone.as_deref().map(Arc::from);
+            let comm_alarm = d.life_safety.then(|| {
+                let name = d.name.as_deref().unwrap_or(&d.id);
+                alarms.push(Alarm {
+                    def: AlarmDef {
+                        key: format!("device/{}/comm", d.id).into(),
+                        condition: None,
+                        priority: Priority::LIFE_SAFETY,
+                        category: d.category,
+                        device: id.clone(),
+                        point: None,
+                        zone: zone.clone(),
+                        message: format!("Communication lost with {name} ({})", d.id).into(),
+                    },
+                    core: Core::new(false, Duration::ZERO, Duration::ZERO),
+                    value: None,
+                });
+                (alarms.len() - 1) as u32
+            });
+            devices.push(DeviceInfo {
+                id,
+                zone,
+                category: d.category,
+                offline: false,
+                comm_alarm,
+            });
+        }
+
+        let mut by_key = HashMap::with_capacity(alarms.len());
+        for (i, a) in alarms.iter().enumerate() {
+            if by_key.insert(a.def.key.clone(), i as u32).is_some() {
+                tracing::warn!(key = %a.def.key, "duplicate alarm key: acknowledgements reach the last rule only");
+            }
+        }
+        tracing::debug!(
+            rules = alarms.len(),
+            points = cfg.points.len(),
+            "alarm engine built"
+        );
+        AlarmEngine {
+            first,
+            alarms,
+            by_key,
+            devices,
+            timers: BinaryHeap::new(),
+        }
     }
-    /// A new value (or a quality change) of a point.
+
+    /// A new value (or a quality change) of a point. Only `good` values with
+    /// a value are judged; anything else makes the rules' conditions unknown.
+    #[inline]
     pub fn on_reading(
         &mut self,
-        _now: Instant,
-        _ts: Timestamp,
-        _point: PointIndex,
-        _value: Option<Value>,
-        _quality: Quality,
-        _out: &mut Vec<NewEvent>,
+        now: Instant,
+        ts: Timestamp,
+        point: PointIndex,
+        value: Option<Value>,
+        quality: Quality,
+        out: &mut Vec<NewEvent>,
     ) {
-        todo!()
+        let p = point as usize;
+        let (Some(&start), Some(&end)) = (self.first.get(p), self.first.get(p + 1)) else {
+            return;
+        };
+        if start == end {
+            return;
+        }
+        self.on_reading_ruled(now, ts, start, end, value, quality, out);
     }
-    /// A device went offline or came back.
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_reading_ruled(
+        &mut self,
+        now: Instant,
+        ts: Timestamp,
+        start: u32,
+        end: u32,
+        value: Option<Value>,
+        quality: Quality,
+        out: &mut Vec<NewEvent>,
+    ) {
+        let value = value.filter(|_| quality == Quality::Good);
+        for i in start..end {
+            let alarm = &mut self.alarms[i as usize];
+            let Some(condition) = alarm.def.condition else {
+                continue;
+            };
+            let cond = value.and_then(|v| condition.eval(v, alarm.core.raw()));
+            alarm.value = if cond.is_some() { value } else { None };
+            let step = alarm.core.observe(now, cond);
+            if let Some(at) = step.schedule {
+                self.timers.push(Reverse((at, i)));
+            }
+            emit(alarm, step.transitions, ts, None, None, None, out);
+        }
+        self.prune_timers();
+    }
+
+    /// A device went offline or came back. Repeated reports of the same
+    /// status are ignored.
     pub fn on_device_status(
         &mut self,
-        _now: Instant,
-        _ts: Timestamp,
-        _device_index: usize,
-        _online: bool,
-        _reason: Option<&str>,
-        _out: &mut Vec<NewEvent>,
+        now: Instant,
+        ts: Timestamp,
+        device_index: usize,
+        online: bool,
+        reason: Option<&str>,
+        out: &mut Vec<NewEvent>,
     ) {
-        todo!()
+        let Some(dev) = self.devices.get_mut(device_index) else {
+            tracing::warn!(device_index, "status of an unknown device ignored");
+            return;
+        };
+        if dev.offline == !online {
+            return;
+        }
+        dev.offline = !online;
+        let detail = if online {
+            None
+        } else {
+            Some(serde_json::json!({ "reason": reason }))
+        };
+        out.push(NewEvent {
+            ts,
+            kind: if online {
+                EventKind::DeviceOnline
+            } else {
+                EventKind::DeviceOffline
+            },
+            priority: DEVICE_EVENT_PRIORITY,
+            category: dev.category,
+            source: Source {
+                device: Some(dev.id.to_string()),
+                point: None,
+                zone: dev.zone.as_deref().map(str::to_string),
+            },
+            alarm: None,
+            attachments: Vec::new(),
+            detail: detail.clone(),
+        });
+        if let Some(ai) = dev.comm_alarm {
+            let alarm = &mut self.alarms[ai as usize];
+            let step = alarm.core.observe(now, Some(!online));
+            emit(alarm, step.transitions, ts, None, None, detail, out);
+        }
     }
-    /// Timers (on/off delays) that have come due.
-    pub fn tick(&mut self, _now: Instant, _ts: Timestamp, _out: &mut Vec<NewEvent>) {
-        todo!()
+
+    /// Fire the on/off delays due at `now`.
+    pub fn tick(&mut self, now: Instant, ts: Timestamp, out: &mut Vec<NewEvent>) {
+        while let Some(&Reverse((at, i))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let alarm = &mut self.alarms[i as usize];
+            let t = alarm.core.fire(at);
+            emit(alarm, t, ts, None, None, None, out);
+        }
     }
+
     /// The next instant `tick` has work to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        todo!()
+        self.timers.peek().map(|Reverse((at, _))| *at)
     }
+
     /// An operator acknowledges an alarm.
     pub fn acknowledge(
         &mut self,
         _now: Instant,
-        _ts: Timestamp,
-        _key: &str,
-        _operator: &str,
-        _comment: Option<&str>,
-        _out: &mut Vec<NewEvent>,
+        ts: Timestamp,
+        key: &str,
+        operator: &str,
+        comment: Option<&str>,
+        out: &mut Vec<NewEvent>,
     ) -> Result<(), AlarmError> {
-        todo!()
+        let Some(&i) = self.by_key.get(key) else {
+            return Err(AlarmError::UnknownAlarm(key.to_string()));
+        };
+        let alarm = &mut self.alarms[i as usize];
+        let t = alarm
+            .core
+            .acknowledge()
+            .map_err(|_| AlarmError::NotUnacked(key.to_string()))?;
+        tracing::info!(key, operator, state = ?alarm.core.state(), "alarm acknowledged");
+        emit(alarm, t, ts, Some(operator), comment, None, out);
+        Ok(())
     }
+
     /// Alarms not in the normal state.
     pub fn active_count(&self) -> usize {
-        todo!()
+        self.alarms
+            .iter()
+            .filter(|a| a.core.state() != AlarmState::Normal)
+            .count()
+    }
+
+    /// The state of the alarm with this key.
+    pub fn state(&self, key: &str) -> Option<AlarmState> {
+        self.by_key
+            .get(key)
+            .map(|&i| self.alarms[i as usize].core.state())
+    }
+
+    /// Every alarm not in the normal state, most urgent first.
+    pub fn active(&self) -> Vec<AlarmView> {
+        let mut v: Vec<AlarmView> = self
+            .alarms
+            .iter()
+            .filter(|a| a.core.state() != AlarmState::Normal)
+            .map(|a| AlarmView {
+                key: a.def.key.clone(),
+                state: a.core.state(),
+                priority: a.def.priority,
+                category: a.def.category,
+                message: a.def.message.clone(),
+                latched: a.core.latching(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.priority.cmp(&b.priority).then_with(|| a.key.cmp(&b.key)));
+        v
+    }
+
+    /// Drop timers at the top of the heap that no alarm waits for any more,
+    /// so that `next_deadline` does not wake the task for nothing.
+    fn prune_timers(&mut self) {
+        while let Some(&Reverse((at, i))) = self.timers.peek() {
+            if self.alarms[i as usize].core.pending() == Some(at) {
+                break;
+            }
+            self.timers.pop();
+        }
+    }
+}
+
+/// Hysteresis must be a finite number ≥ 0 (validation says so); anything
+/// else is taken as 0.
+fn sane_hysteresis(h: f64) -> f64 {
+    if h.is_finite() && h > 0.0 {
+        h
+    } else {
+        0.0
+    }
+}
+
+/// Turn transitions into contract events.
+fn emit(
+    alarm: &Alarm,
+    transitions: Transitions,
+    ts: Timestamp,
+    operator: Option<&str>,
+    comment: Option<&str>,
+    detail: Option<serde_json::Value>,
+    out: &mut Vec<NewEvent>,
+) {
+    if transitions.is_empty() {
+        return;
+    }
+    let d = &alarm.def;
+    for t in transitions.iter() {
+        let operator = (t.kind == EventKind::AlarmAcknowledged)
+            .then_some(operator)
+            .flatten();
+        tracing::info!(
+            key = %d.key,
+            kind = t.kind.as_str(),
+            state = ?t.state,
+            priority = d.priority.get(),
+            "alarm transition"
+        );
+        out.push(NewEvent {
+            ts,
+            kind: t.kind,
+            priority: d.priority,
+            category: d.category,
+            source: Source {
+                device: Some(d.device.to_string()),
+                point: d.point.as_deref().map(str::to_string),
+                zone: d.zone.as_deref().map(str::to_string),
+            },
+            alarm: Some(AlarmInfo {
+                key: d.key.to_string(),
+                state: t.state,
+                value: alarm
+                    .value
+                    .map(|v| v.to_json())
+                    .unwrap_or(serde_json::Value::Null),
+                message: d.message.to_string(),
+                operator: operator.map(str::to_string),
+                comment: operator.and(comment).map(str::to_string),
+                latched: alarm.core.latching(),
+            }),
+            attachments: Vec::new(),
+            detail: detail.clone(),
+        });
     }
 }

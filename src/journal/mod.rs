@@ -1,12 +1,47 @@
 //! The durable local journal: every event is kept here until every sink
 //! that must deliver it has acknowledged it.
 //!
-//! TODO(journal): implementation in progress; see `docs/design/journal.md`.
+//! Two lanes share one store:
+//!
+//! - **events** (alarms and every other [`Event`]): each gets the next `seq`
+//!   (1, 2, 3, … gap-free, across restarts) and its contract id, and is
+//!   stored as the contract JSON payload. [`Journal::record`] returns only
+//!   once the events are durable (storage flush, then `fsync`), with group
+//!   commit: concurrent callers share one flush.
+//! - **telemetry**: opaque payloads under their own `u64` keys, flushed
+//!   lazily every `telemetry_flush_s`, and the first thing evicted when the
+//!   journal reaches its size cap. Events are never evicted.
+//!
+//! Each sink has its own cursor per lane; an entry is removed once every
+//! sink named at [`Journal::open`] has acknowledged it.
+//!
+//! See `docs/design/journal.md` for what is durable when.
 
+mod commit;
 mod config;
-pub use config::JournalConfig;
+mod keys;
+pub mod storage;
+#[cfg(test)]
+mod tests;
 
-use crate::event::{Event, NewEvent};
+pub use config::JournalConfig;
+pub use storage::{MemStorage, SledStorage, Storage, StorageError};
+
+use crate::event::{event_id, Event, NewEvent};
+use commit::{CommitHandle, Committer};
+use keys::Meta;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use storage::Batch;
+use tokio::sync::watch;
+
+/// Largest telemetry payload accepted, in bytes.
+pub const MAX_TELEMETRY_BYTES: usize = 64 * 1024;
+
+/// Entries removed (acknowledged or evicted) per storage batch, so one huge
+/// acknowledgement does not hold the journal's lock for long.
+const REMOVE_CHUNK: usize = 1024;
 
 /// Journal failures.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +52,14 @@ pub enum JournalError {
     Full(String),
     #[error("unknown sink {0:?}")]
     UnknownSink(String),
+    #[error("telemetry payload of {0} bytes exceeds the {MAX_TELEMETRY_BYTES} byte limit")]
+    TooLarge(usize),
+}
+
+impl From<StorageError> for JournalError {
+    fn from(e: StorageError) -> Self {
+        JournalError::Storage(e.0)
+    }
 }
 
 /// A recorded event as stored: its position and its contract JSON payload.
@@ -36,78 +79,607 @@ pub struct StoredTelemetry {
 /// Where the journal's lanes end (published on a watch channel).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct JournalHead {
+    /// Last durable event seq.
     pub last_seq: u64,
+    /// Last telemetry key written.
     pub last_telemetry: u64,
 }
 
-/// Counters for the heartbeat, health and metrics.
+/// Counters for the heartbeat, health and metrics. Maintained as the
+/// journal changes; reading them costs no I/O.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct JournalStats {
+    /// Events held (recorded, not yet acknowledged by every sink).
     pub events: u64,
+    /// Telemetry messages held.
     pub telemetry: u64,
+    /// Size of the store's files (sampled at most every second).
     pub bytes_on_disk: u64,
+    /// Last durable event seq.
     pub last_seq: u64,
+    /// Live data counted against `max_bytes` (keys, values and a fixed
+    /// per-entry overhead).
+    pub live_bytes: u64,
+    /// Events alone exceed `max_bytes`: telemetry is refused, events are
+    /// still recorded.
+    pub pressure: bool,
+    /// Telemetry messages evicted for the size cap since open.
+    pub telemetry_evicted: u64,
+}
+
+/// Mutable state, under one lock. Writers hold it while they assign keys
+/// and apply their batch, so storage order is `seq` order.
+struct State {
+    meta: Meta,
+    event_cursors: BTreeMap<String, u64>,
+    telemetry_cursors: BTreeMap<String, u64>,
+    pressure: bool,
+    telemetry_evicted: u64,
+}
+
+/// What the committer thread shares with the handles.
+pub(crate) struct Shared {
+    storage: Arc<dyn Storage>,
+    state: Mutex<State>,
+    /// Highest seq known durable; readers never see past it.
+    durable_seq: AtomicU64,
+    /// Something other than events (telemetry, cursors) awaits a flush.
+    dirty: AtomicBool,
+    bytes_on_disk: AtomicU64,
+    head: watch::Sender<JournalHead>,
+    fsync: bool,
+    max_bytes: u64,
+    gateway: String,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves State consistent with what
+        // was applied (it is updated only after a successful apply).
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Flush (and fsync, when configured). Runs on the committer thread.
+    pub(crate) fn commit(&self) -> Result<(), StorageError> {
+        self.storage.flush()?;
+        if self.fsync {
+            self.storage.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Publish a new durable seq to readers and watchers.
+    pub(crate) fn set_durable(&self, seq: u64) {
+        let prev = self.durable_seq.fetch_max(seq, Ordering::SeqCst);
+        if seq > prev {
+            self.head.send_modify(|h| h.last_seq = h.last_seq.max(seq));
+        }
+    }
+
+    pub(crate) fn applied_seq(&self) -> u64 {
+        self.lock().meta.last_seq
+    }
+
+    pub(crate) fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, Ordering::SeqCst)
+    }
+
+    pub(crate) fn refresh_size(&self) {
+        match self.storage.size_on_disk() {
+            Ok(n) => self.bytes_on_disk.store(n, Ordering::Relaxed),
+            Err(e) => tracing::debug!(error = %e, "journal size not available"),
+        }
+    }
+
+    /// Remove events up to the slowest sink's cursor, telemetry likewise.
+    /// Works in chunks, releasing the lock between them.
+    fn remove_acknowledged(&self) -> Result<(), JournalError> {
+        loop {
+            let mut st = self.lock();
+            let Some(upto) = st.event_cursors.values().min().copied() else {
+                break;
+            };
+            if upto <= st.meta.events_removed {
+                break;
+            }
+            self.remove_events_chunk(&mut st, upto)?;
+        }
+        loop {
+            let mut st = self.lock();
+            let Some(upto) = st.telemetry_cursors.values().min().copied() else {
+                break;
+            };
+            let upto = upto.min(st.meta.telemetry_last);
+            if upto <= st.meta.telemetry_removed {
+                break;
+            }
+            self.remove_telemetry_chunk(&mut st, upto, None)?;
+        }
+        Ok(())
+    }
+
+    fn remove_events_chunk(&self, st: &mut State, upto: u64) -> Result<(), JournalError> {
+        let from = st.meta.events_removed + 1;
+        let to = upto.min(from + REMOVE_CHUNK as u64 - 1);
+        let entries = self
+            .storage
+            .range(&keys::event(from), &keys::event(to), REMOVE_CHUNK)?;
+        let mut meta = st.meta;
+        let mut batch = Batch::default();
+        for (k, v) in entries {
+            meta.event_bytes = meta.event_bytes.saturating_sub(keys::entry_cost(&k, &v));
+            batch.delete(k);
+        }
+        meta.events_removed = to;
+        batch.put(keys::META, meta.encode());
+        self.storage.apply(batch)?;
+        st.meta = meta;
+        self.dirty.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Remove telemetry up to `upto`, or (with `until_bytes`) the oldest
+    /// telemetry until live bytes fall to that figure. One chunk.
+    fn remove_telemetry_chunk(
+        &self,
+        st: &mut State,
+        upto: u64,
+        until_bytes: Option<u64>,
+    ) -> Result<u64, JournalError> {
+        let from = st.meta.telemetry_removed + 1;
+        let to = upto.min(from + REMOVE_CHUNK as u64 - 1);
+        let entries = self
+            .storage
+            .range(&keys::telemetry(from), &keys::telemetry(to), REMOVE_CHUNK)?;
+        let mut meta = st.meta;
+        let mut batch = Batch::default();
+        let mut removed_upto = to;
+        let mut removed = 0;
+        for (k, v) in entries {
+            if let Some(target) = until_bytes {
+                if meta.live_bytes() <= target {
+                    removed_upto = keys::decode_key(&k).saturating_sub(1);
+                    break;
+                }
+            }
+            meta.telemetry_bytes = meta
+                .telemetry_bytes
+                .saturating_sub(keys::entry_cost(&k, &v));
+            batch.delete(k);
+            removed += 1;
+        }
+        meta.telemetry_removed = removed_upto.max(meta.telemetry_removed);
+        batch.put(keys::META, meta.encode());
+        self.storage.apply(batch)?;
+        st.meta = meta;
+        self.dirty.store(true, Ordering::SeqCst);
+        Ok(removed)
+    }
+
+    /// Enforce the size cap: evict the oldest telemetry while over it; if
+    /// events alone are over it, flag pressure (events are never evicted).
+    fn enforce_cap(&self, st: &mut State) -> Result<(), JournalError> {
+        if st.meta.live_bytes() > self.max_bytes {
+            // Evict down to 95% of the cap so eviction runs in batches, not
+            // on every message.
+            let target = self.max_bytes - self.max_bytes / 20;
+            let mut evicted = 0;
+            while st.meta.live_bytes() > target && st.meta.telemetry_count() > 0 {
+                let last = st.meta.telemetry_last;
+                evicted += self.remove_telemetry_chunk(st, last, Some(target))?;
+            }
+            if evicted > 0 {
+                st.telemetry_evicted += evicted;
+                tracing::warn!(
+                    evicted,
+                    live_bytes = st.meta.live_bytes(),
+                    max_bytes = self.max_bytes,
+                    "journal at its size cap: oldest telemetry evicted"
+                );
+            }
+        }
+        let over = st.meta.event_bytes > self.max_bytes;
+        if over != st.pressure {
+            st.pressure = over;
+            if over {
+                tracing::error!(
+                    events = st.meta.event_count(),
+                    event_bytes = st.meta.event_bytes,
+                    max_bytes = self.max_bytes,
+                    "journal pressure: undelivered events alone exceed the size cap; \
+                     still recording events, refusing telemetry"
+                );
+            } else {
+                tracing::info!(
+                    event_bytes = st.meta.event_bytes,
+                    max_bytes = self.max_bytes,
+                    "journal pressure relieved"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Owns the committer thread; dropping the last handle stops it (after a
+/// final flush) and closes the store.
+struct Inner {
+    shared: Arc<Shared>,
+    committer: CommitHandle,
+    sinks: Vec<String>,
 }
 
 /// Handle to the journal; cheap to clone.
 #[derive(Clone)]
-pub struct Journal {}
+pub struct Journal {
+    inner: Arc<Inner>,
+}
 
 impl Journal {
     /// Open (or create) the journal. `sinks` are the names of every sink
     /// that must acknowledge an event before it may be removed.
-    pub fn open(
-        _cfg: &JournalConfig,
-        _gateway: &str,
-        _sinks: &[&str],
+    ///
+    /// Reads only a few metadata keys: the cost does not grow with the
+    /// backlog. Fails with [`JournalError::Storage`] naming the path when
+    /// another process holds the store.
+    pub fn open(cfg: &JournalConfig, gateway: &str, sinks: &[&str]) -> Result<Journal, JournalError> {
+        let storage = SledStorage::open(&cfg.path, cfg.cache_bytes).map_err(|e| {
+            JournalError::Storage(format!("journal at {}: {e}", cfg.path.display()))
+        })?;
+        Journal::with_storage(Arc::new(storage), cfg, gateway, sinks)
+    }
+
+    /// Open the journal over any storage engine (tests use [`MemStorage`]).
+    /// `cfg.path` and `cfg.cache_bytes` are not used.
+    pub fn with_storage(
+        storage: Arc<dyn Storage>,
+        cfg: &JournalConfig,
+        gateway: &str,
+        sinks: &[&str],
     ) -> Result<Journal, JournalError> {
-        todo!()
+        let mut sinks: Vec<String> = sinks.iter().map(|s| s.to_string()).collect();
+        sinks.sort();
+        sinks.dedup();
+
+        let meta = match storage.get(keys::META)? {
+            Some(raw) => Meta::decode(&raw).ok_or_else(|| {
+                JournalError::Storage(format!(
+                    "journal metadata record is damaged ({} bytes)",
+                    raw.len()
+                ))
+            })?,
+            None => Meta::default(),
+        };
+        check_consistent(storage.as_ref(), &meta)?;
+
+        let mut batch = Batch::default();
+        batch.put(keys::META, meta.encode());
+        let mut event_cursors = BTreeMap::new();
+        let mut telemetry_cursors = BTreeMap::new();
+        for sink in &sinks {
+            let e = read_cursor(storage.as_ref(), &keys::event_cursor(sink))?
+                .unwrap_or(meta.events_removed)
+                .clamp(meta.events_removed, meta.last_seq);
+            let t = read_cursor(storage.as_ref(), &keys::telemetry_cursor(sink))?
+                .unwrap_or(meta.telemetry_removed)
+                .clamp(meta.telemetry_removed, meta.telemetry_last);
+            batch.put(keys::event_cursor(sink), e.to_be_bytes().to_vec());
+            batch.put(keys::telemetry_cursor(sink), t.to_be_bytes().to_vec());
+            event_cursors.insert(sink.clone(), e);
+            telemetry_cursors.insert(sink.clone(), t);
+        }
+        storage.apply(batch)?;
+        storage.flush()?;
+        if cfg.fsync {
+            storage.sync()?;
+        }
+
+        let head = JournalHead {
+            last_seq: meta.last_seq,
+            last_telemetry: meta.telemetry_last,
+        };
+        let (head_tx, _) = watch::channel(head);
+        let shared = Arc::new(Shared {
+            storage,
+            state: Mutex::new(State {
+                meta,
+                event_cursors,
+                telemetry_cursors,
+                pressure: false,
+                telemetry_evicted: 0,
+            }),
+            durable_seq: AtomicU64::new(meta.last_seq),
+            dirty: AtomicBool::new(false),
+            bytes_on_disk: AtomicU64::new(0),
+            head: head_tx,
+            fsync: cfg.fsync,
+            max_bytes: cfg.max_bytes,
+            gateway: gateway.to_string(),
+        });
+        shared.refresh_size();
+        // A sink dropped from the configuration may unblock removal.
+        shared.remove_acknowledged()?;
+        {
+            let mut st = shared.lock();
+            shared.enforce_cap(&mut st)?;
+        }
+        let committer = Committer::spawn(shared.clone(), cfg.telemetry_flush)
+            .map_err(|e| JournalError::Storage(format!("starting journal committer: {e}")))?;
+        tracing::info!(
+            last_seq = meta.last_seq,
+            events = meta.event_count(),
+            telemetry = meta.telemetry_count(),
+            sinks = ?sinks,
+            "journal open"
+        );
+        Ok(Journal {
+            inner: Arc::new(Inner {
+                shared,
+                committer,
+                sinks,
+            }),
+        })
     }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
     /// Record events: assigns `seq`/`id`, and returns only once they are durable.
-    pub async fn record(&self, _events: Vec<NewEvent>) -> Result<Vec<Event>, JournalError> {
-        todo!()
+    ///
+    /// On error the events may still become durable later (the storage
+    /// accepted them but the flush failed); a caller that retries may then
+    /// record them twice, under new seqs. Duplicates beat a lost alarm.
+    pub async fn record(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, JournalError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sh = self.shared();
+        let (recorded, last) = {
+            let mut st = sh.lock();
+            let mut meta = st.meta;
+            let mut batch = Batch::default();
+            let mut out = Vec::with_capacity(events.len());
+            for body in events {
+                meta.last_seq += 1;
+                let seq = meta.last_seq;
+                let ev = Event {
+                    id: event_id(&sh.gateway, seq),
+                    seq,
+                    body,
+                };
+                let payload = serde_json::to_vec(&ev)
+                    .map_err(|e| JournalError::Storage(format!("encoding event {seq}: {e}")))?;
+                let key = keys::event(seq);
+                meta.event_bytes += keys::entry_cost(&key, &payload);
+                batch.put(key.to_vec(), payload);
+                out.push(ev);
+            }
+            batch.put(keys::META, meta.encode());
+            sh.storage.apply(batch)?;
+            st.meta = meta;
+            if let Err(e) = sh.enforce_cap(&mut st) {
+                // The events are applied; eviction can wait for the next write.
+                tracing::warn!(error = %e, "journal size cap not enforced");
+            }
+            (out, meta.last_seq)
+        };
+        self.inner.committer.wait_durable(last).await?;
+        Ok(recorded)
     }
+
     /// Record one telemetry message (durable within `telemetry_flush_s`).
-    pub fn record_telemetry(&self, _payload: &[u8]) -> Result<(), JournalError> {
-        todo!()
+    ///
+    /// Refused with [`JournalError::Full`] while events alone exceed the
+    /// size cap (see [`JournalStats::pressure`]).
+    pub fn record_telemetry(&self, payload: &[u8]) -> Result<(), JournalError> {
+        if payload.len() > MAX_TELEMETRY_BYTES {
+            return Err(JournalError::TooLarge(payload.len()));
+        }
+        let sh = self.shared();
+        let mut st = sh.lock();
+        if st.pressure {
+            return Err(JournalError::Full(format!(
+                "undelivered events take {} bytes of the {} byte cap",
+                st.meta.event_bytes, sh.max_bytes
+            )));
+        }
+        let mut meta = st.meta;
+        meta.telemetry_last += 1;
+        let key = keys::telemetry(meta.telemetry_last);
+        meta.telemetry_bytes += keys::entry_cost(&key, payload);
+        let mut batch = Batch::default();
+        batch.put(key.to_vec(), payload.to_vec());
+        batch.put(keys::META, meta.encode());
+        sh.storage.apply(batch)?;
+        st.meta = meta;
+        sh.dirty.store(true, Ordering::SeqCst);
+        sh.enforce_cap(&mut st)?;
+        let last = st.meta.telemetry_last;
+        drop(st);
+        sh.head.send_modify(|h| h.last_telemetry = last);
+        Ok(())
     }
-    /// Up to `max` events with `seq > after`, oldest first.
-    pub fn read_events(&self, _after: u64, _max: usize) -> Result<Vec<StoredEvent>, JournalError> {
-        todo!()
+
+    /// Up to `max` events with `seq > after`, oldest first. Only durable
+    /// events are returned.
+    pub fn read_events(&self, after: u64, max: usize) -> Result<Vec<StoredEvent>, JournalError> {
+        let sh = self.shared();
+        let durable = sh.durable_seq.load(Ordering::SeqCst);
+        let from = after.max(sh.lock().meta.events_removed).saturating_add(1);
+        if max == 0 || from > durable {
+            return Ok(Vec::new());
+        }
+        Ok(sh
+            .storage
+            .range(&keys::event(from), &keys::event(durable), max)?
+            .into_iter()
+            .map(|(k, v)| StoredEvent {
+                seq: keys::decode_key(&k),
+                payload: v,
+            })
+            .collect())
     }
-    /// `sink` has delivered every event up to `upto` (inclusive).
-    pub fn ack_events(&self, _sink: &str, _upto: u64) -> Result<(), JournalError> {
-        todo!()
+
+    /// `sink` has delivered every event up to `upto` (inclusive). Cursors
+    /// only move forward; `upto` past the last durable seq is clamped.
+    /// Events every sink has acknowledged are removed.
+    pub fn ack_events(&self, sink: &str, upto: u64) -> Result<(), JournalError> {
+        let sh = self.shared();
+        {
+            let mut st = sh.lock();
+            let durable = sh.durable_seq.load(Ordering::SeqCst);
+            let cur = *st
+                .event_cursors
+                .get(sink)
+                .ok_or_else(|| JournalError::UnknownSink(sink.to_string()))?;
+            let upto = upto.min(durable);
+            if upto <= cur {
+                return Ok(());
+            }
+            let mut batch = Batch::default();
+            batch.put(keys::event_cursor(sink), upto.to_be_bytes().to_vec());
+            sh.storage.apply(batch)?;
+            st.event_cursors.insert(sink.to_string(), upto);
+            sh.dirty.store(true, Ordering::SeqCst);
+        }
+        sh.remove_acknowledged()
     }
-    /// Last seq acknowledged by `sink`.
-    pub fn acked_seq(&self, _sink: &str) -> u64 {
-        todo!()
+
+    /// Last seq acknowledged by `sink` (0 for a sink not named at open).
+    pub fn acked_seq(&self, sink: &str) -> u64 {
+        self.shared()
+            .lock()
+            .event_cursors
+            .get(sink)
+            .copied()
+            .unwrap_or(0)
     }
+
     /// Up to `max` telemetry messages with `key > after`, oldest first.
     pub fn read_telemetry(
         &self,
-        _after: u64,
-        _max: usize,
+        after: u64,
+        max: usize,
     ) -> Result<Vec<StoredTelemetry>, JournalError> {
-        todo!()
+        let sh = self.shared();
+        let (from, last) = {
+            let st = sh.lock();
+            (
+                after.max(st.meta.telemetry_removed).saturating_add(1),
+                st.meta.telemetry_last,
+            )
+        };
+        if max == 0 || from > last {
+            return Ok(Vec::new());
+        }
+        Ok(sh
+            .storage
+            .range(&keys::telemetry(from), &keys::telemetry(last), max)?
+            .into_iter()
+            .map(|(k, v)| StoredTelemetry {
+                key: keys::decode_key(&k),
+                payload: v,
+            })
+            .collect())
     }
+
     /// `sink` has delivered telemetry up to `upto` (inclusive).
-    pub fn ack_telemetry(&self, _sink: &str, _upto: u64) -> Result<(), JournalError> {
-        todo!()
+    pub fn ack_telemetry(&self, sink: &str, upto: u64) -> Result<(), JournalError> {
+        let sh = self.shared();
+        {
+            let mut st = sh.lock();
+            let cur = *st
+                .telemetry_cursors
+                .get(sink)
+                .ok_or_else(|| JournalError::UnknownSink(sink.to_string()))?;
+            let upto = upto.min(st.meta.telemetry_last);
+            if upto <= cur {
+                return Ok(());
+            }
+            let mut batch = Batch::default();
+            batch.put(keys::telemetry_cursor(sink), upto.to_be_bytes().to_vec());
+            sh.storage.apply(batch)?;
+            st.telemetry_cursors.insert(sink.to_string(), upto);
+            sh.dirty.store(true, Ordering::SeqCst);
+        }
+        sh.remove_acknowledged()
     }
-    /// Last telemetry key acknowledged by `sink`.
-    pub fn acked_telemetry(&self, _sink: &str) -> u64 {
-        todo!()
+
+    /// Last telemetry key acknowledged by `sink` (0 for an unknown sink).
+    pub fn acked_telemetry(&self, sink: &str) -> u64 {
+        self.shared()
+            .lock()
+            .telemetry_cursors
+            .get(sink)
+            .copied()
+            .unwrap_or(0)
     }
-    /// Notified whenever something is recorded.
-    pub fn watch(&self) -> tokio::sync::watch::Receiver<JournalHead> {
-        todo!()
+
+    /// Notified whenever something is recorded (events once durable).
+    pub fn watch(&self) -> watch::Receiver<JournalHead> {
+        self.shared().head.subscribe()
     }
+
+    /// Current counters (no I/O).
     pub fn stats(&self) -> JournalStats {
-        todo!()
+        let sh = self.shared();
+        let st = sh.lock();
+        let last_seq = sh.durable_seq.load(Ordering::SeqCst);
+        JournalStats {
+            events: last_seq.saturating_sub(st.meta.events_removed),
+            telemetry: st.meta.telemetry_count(),
+            bytes_on_disk: sh.bytes_on_disk.load(Ordering::Relaxed),
+            last_seq,
+            live_bytes: st.meta.live_bytes(),
+            pressure: st.pressure,
+            telemetry_evicted: st.telemetry_evicted,
+        }
     }
+
+    /// The sinks named at open.
+    pub fn sinks(&self) -> &[String] {
+        &self.inner.sinks
+    }
+
     /// Make everything recorded so far durable (shutdown path).
     pub async fn flush(&self) -> Result<(), JournalError> {
-        todo!()
+        let sh = self.shared();
+        sh.dirty.store(true, Ordering::SeqCst);
+        let last = sh.applied_seq();
+        self.inner.committer.wait_durable(last).await
     }
+}
+
+fn read_cursor(storage: &dyn Storage, key: &[u8]) -> Result<Option<u64>, JournalError> {
+    Ok(storage.get(key)?.and_then(|v| keys::decode_u64(&v)))
+}
+
+/// Cheap open-time checks (a few point reads): the newest and oldest held
+/// events exist and nothing lies past the recorded end of either lane.
+fn check_consistent(storage: &dyn Storage, meta: &Meta) -> Result<(), JournalError> {
+    let damaged = |what: String| JournalError::Storage(format!("journal is inconsistent: {what}"));
+    if meta.events_removed > meta.last_seq || meta.telemetry_removed > meta.telemetry_last {
+        return Err(damaged(format!("metadata {meta:?}")));
+    }
+    if meta.event_count() > 0 {
+        for seq in [meta.events_removed + 1, meta.last_seq] {
+            if storage.get(&keys::event(seq))?.is_none() {
+                return Err(damaged(format!("event {seq} missing")));
+            }
+        }
+    }
+    let beyond = storage.range(
+        &keys::event(meta.last_seq.saturating_add(1)),
+        &keys::event(u64::MAX),
+        1,
+    )?;
+    if let Some((k, _)) = beyond.first() {
+        return Err(damaged(format!(
+            "event {} lies past the last seq {}",
+            keys::decode_key(k),
+            meta.last_seq
+        )));
+    }
+    Ok(())
 }

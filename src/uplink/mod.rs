@@ -1,17 +1,52 @@
 //! The uplink to the central platform over MQTT, exactly as
 //! `docs/uplink-contract.md` says.
 //!
-//! TODO(uplink): implementation in progress.
+//! - [`state`]: delivery state without I/O: in-flight windows, packet-id
+//!   bookkeeping, contiguous acknowledgements, link changes, backoff.
+//! - [`payload`]: topics and payloads of the contract.
+//! - `task`: the one task that polls rumqttc's `EventLoop`, reads the
+//!   journal, publishes and acknowledges.
+//! - `tls`: the rustls client configuration (ring provider).
+//!
+//! Delivery: events leave the journal only once acknowledged (the broker's
+//! PUBACK, or with `end_to_end_ack` the platform's `events_ack`), always as a
+//! contiguous prefix of `seq`. The journal, not rumqttc, is the source of
+//! truth: after a reconnect (clean session) publishing restarts after the
+//! last acknowledged `seq`.
 
 mod config;
+pub mod payload;
+pub mod state;
+mod task;
+mod tls;
+
 pub use config::{TlsConfig, UplinkConfig};
 
 use crate::config::secret::Secret;
 use crate::journal::Journal;
 use crate::status::GatewayStatus;
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// Uplink failures. None of them carries a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    /// The TLS material in `[uplink.tls]` cannot be used.
+    #[error("uplink TLS: {path}: {reason}")]
+    Tls { path: PathBuf, reason: String },
+    /// The connection to the broker failed or dropped.
+    #[error("uplink connection: {0}")]
+    Connection(String),
+    /// rumqttc's reports no longer match what was submitted; the connection
+    /// is reset and delivery restarts from the journal.
+    #[error("uplink bookkeeping out of step: {0}")]
+    Desync(#[from] state::Desync),
+    /// The journal could not be read or acknowledged.
+    #[error("uplink journal access: {0}")]
+    Journal(#[from] crate::journal::JournalError),
+}
 
 /// A command from the platform, with where to send its result.
 #[derive(Debug)]
@@ -33,7 +68,9 @@ pub struct UplinkContext {
     pub commands: mpsc::Sender<IncomingCommand>,
 }
 
-/// Run the uplink until shutdown; never returns early.
-pub async fn run(_ctx: UplinkContext, _shutdown: CancellationToken) {
-    todo!()
+/// Run the uplink until shutdown; never returns early. On shutdown it
+/// publishes the retained `status` offline (`reason: shutdown`) and
+/// disconnects.
+pub async fn run(ctx: UplinkContext, shutdown: CancellationToken) {
+    task::run(ctx, shutdown).await
 }

@@ -1,0 +1,863 @@
+use super::*;
+use crate::config::{load_str, LoadedConfig};
+use std::path::Path;
+
+const CONFIG: &str = r#"
+[site]
+id = "palm-bay"
+gateway = "gw-north-1"
+
+[uplink]
+host = "127.0.0.1"
+
+[[devices]]
+id = "fire-panel-a"
+name = "fire panel A"
+category = "fire"
+life_safety = true
+zone = "villa-12"
+[devices.modbus]
+host = "127.0.0.1"
+port = 5021
+[[devices.points]]
+id = "zone-3"
+register = "coil"
+address = 3
+[[devices.points]]
+id = "zone-4"
+register = "coil"
+address = 4
+zone = "villa-14"
+
+[[devices]]
+id = "fence"
+category = "perimeter"
+zone = "perimeter-north"
+[devices.modbus]
+host = "127.0.0.1"
+port = 5022
+[[devices.points]]
+id = "zone-1"
+register = "discrete_input"
+address = 0
+[[devices.points]]
+id = "spare"
+register = "discrete_input"
+address = 1
+
+[[devices]]
+id = "hvac-1"
+category = "hvac"
+[devices.modbus]
+host = "127.0.0.1"
+port = 5023
+[[devices.points]]
+id = "supply-temp"
+register = "holding"
+address = 0
+type = "f32"
+[[devices.points]]
+id = "status"
+register = "holding"
+address = 2
+type = "u16"
+
+[[alarms]]
+point = "fire-panel-a/zone-3"
+equals = true
+priority = 1
+message = "Smoke detector zone 3"
+
+[[alarms]]
+point = "fire-panel-a/zone-4"
+equals = true
+priority = 1
+latching = false
+message = "Heat detector zone 4"
+
+[[alarms]]
+point = "fence/zone-1"
+equals = true
+priority = 2
+on_delay_s = 2
+off_delay_s = 5
+message = "Fence zone 1 cut"
+
+[[alarms]]
+point = "hvac-1/supply-temp"
+id = "high"
+high = 30.0
+hysteresis = 2.0
+priority = 3
+message = "Supply air too hot"
+
+[[alarms]]
+point = "hvac-1/supply-temp"
+id = "low"
+low = 5.0
+hysteresis = 1.0
+priority = 4
+zone = "plant-room"
+message = "Supply air too cold"
+
+[[alarms]]
+point = "hvac-1/status"
+equals = 3
+priority = 3
+category = "system"
+message = "HVAC unit fault"
+"#;
+
+const FIRE3: &str = "fire-panel-a/zone-3";
+const FIRE4: &str = "fire-panel-a/zone-4";
+const FENCE: &str = "fence/zone-1";
+
+fn cfg() -> LoadedConfig {
+    load_str(CONFIG, Path::new("test.toml")).expect("test config loads")
+}
+
+/// An engine with a clock: a base instant plus offsets, never real sleeps.
+struct Bench {
+    cfg: LoadedConfig,
+    engine: AlarmEngine,
+    t0: Instant,
+    out: Vec<NewEvent>,
+}
+
+impl Bench {
+    fn new() -> Bench {
+        let cfg = cfg();
+        let engine = AlarmEngine::new(&cfg);
+        Bench {
+            cfg,
+            engine,
+            t0: Instant::now(),
+            out: Vec::new(),
+        }
+    }
+    fn at(&self, ms: u64) -> Instant {
+        self.t0 + Duration::from_millis(ms)
+    }
+    fn ts(ms: u64) -> Timestamp {
+        Timestamp::from_unix_ms(1_795_813_445_000 + ms as i64).unwrap()
+    }
+    fn point(&self, key: &str) -> PointIndex {
+        self.cfg.points.find(key).unwrap()
+    }
+    /// A good reading at `ms`; returns the events it produced.
+    fn read(&mut self, ms: u64, key: &str, v: Value) -> Vec<NewEvent> {
+        let p = self.point(key);
+        self.engine.on_reading(
+            self.at(ms),
+            Self::ts(ms),
+            p,
+            Some(v),
+            Quality::Good,
+            &mut self.out,
+        );
+        std::mem::take(&mut self.out)
+    }
+    fn bad(&mut self, ms: u64, key: &str) -> Vec<NewEvent> {
+        let p = self.point(key);
+        self.engine.on_reading(
+            self.at(ms),
+            Self::ts(ms),
+            p,
+            None,
+            Quality::Bad,
+            &mut self.out,
+        );
+        std::mem::take(&mut self.out)
+    }
+    fn tick(&mut self, ms: u64) -> Vec<NewEvent> {
+        self.engine.tick(self.at(ms), Self::ts(ms), &mut self.out);
+        std::mem::take(&mut self.out)
+    }
+    fn ack(&mut self, ms: u64, key: &str) -> Result<Vec<NewEvent>, AlarmError> {
+        self.engine.acknowledge(
+            self.at(ms),
+            Self::ts(ms),
+            key,
+            "control-room/zhang",
+            Some("checked on site"),
+            &mut self.out,
+        )?;
+        Ok(std::mem::take(&mut self.out))
+    }
+    fn device(&mut self, ms: u64, device: &str, online: bool) -> Vec<NewEvent> {
+        let di = self
+            .cfg
+            .config
+            .devices
+            .iter()
+            .position(|d| d.id == device)
+            .unwrap();
+        let reason = (!online).then_some("timeout after 3 polls");
+        self.engine
+            .on_device_status(self.at(ms), Self::ts(ms), di, online, reason, &mut self.out);
+        std::mem::take(&mut self.out)
+    }
+    fn state(&self, key: &str) -> AlarmState {
+        self.engine.state(key).unwrap()
+    }
+}
+
+/// (kind, alarm state) of each event, for compact assertions.
+fn kinds(evs: &[NewEvent]) -> Vec<(EventKind, Option<AlarmState>)> {
+    evs.iter()
+        .map(|e| (e.kind, e.alarm.as_ref().map(|a| a.state)))
+        .collect()
+}
+
+use AlarmState::{ActiveAcked, ActiveUnacked, Normal, ReturnedUnacked};
+use EventKind::{AlarmAcknowledged as Acked, AlarmCleared as Cleared, AlarmRaised as Raised};
+
+#[test]
+fn raised_event_has_contract_fields() {
+    let mut b = Bench::new();
+    let evs = b.read(10, FIRE3, Value::Bool(true));
+    assert_eq!(evs.len(), 1);
+    let e = &evs[0];
+    assert_eq!(e.kind, Raised);
+    assert_eq!(e.ts, Bench::ts(10));
+    assert_eq!(e.priority, Priority::LIFE_SAFETY);
+    assert_eq!(e.category, Category::Fire);
+    assert_eq!(e.source.device.as_deref(), Some("fire-panel-a"));
+    assert_eq!(e.source.point.as_deref(), Some("zone-3"));
+    assert_eq!(e.source.zone.as_deref(), Some("villa-12"));
+    let a = e.alarm.as_ref().unwrap();
+    assert_eq!(a.key, FIRE3);
+    assert_eq!(a.state, ActiveUnacked);
+    assert_eq!(a.value, serde_json::json!(true));
+    assert_eq!(a.message, "Smoke detector zone 3");
+    assert!(a.latched, "fire latches by default");
+    assert_eq!(a.operator, None);
+    assert_eq!(b.engine.active_count(), 1);
+}
+
+#[test]
+fn normal_reading_emits_nothing() {
+    let mut b = Bench::new();
+    assert!(b.read(0, FIRE3, Value::Bool(false)).is_empty());
+    assert!(b.read(1, "fence/spare", Value::Bool(true)).is_empty());
+    assert_eq!(b.state(FIRE3), Normal);
+    assert_eq!(b.engine.active_count(), 0);
+    assert_eq!(b.engine.next_deadline(), None);
+}
+
+#[test]
+fn repeated_active_readings_raise_once() {
+    let mut b = Bench::new();
+    assert_eq!(b.read(0, FIRE4, Value::Bool(true)).len(), 1);
+    for i in 1..10 {
+        assert!(b.read(i * 1000, FIRE4, Value::Bool(true)).is_empty());
+    }
+}
+
+#[test]
+fn raise_ack_clear() {
+    let mut b = Bench::new();
+    b.read(0, FIRE4, Value::Bool(true));
+    let evs = b.ack(100, FIRE4).unwrap();
+    assert_eq!(kinds(&evs), [(Acked, Some(ActiveAcked))]);
+    let a = evs[0].alarm.as_ref().unwrap();
+    assert_eq!(a.operator.as_deref(), Some("control-room/zhang"));
+    assert_eq!(a.comment.as_deref(), Some("checked on site"));
+    assert!(!a.latched);
+    assert_eq!(evs[0].ts, Bench::ts(100));
+    assert_eq!(b.state(FIRE4), ActiveAcked);
+    assert_eq!(b.engine.active_count(), 1);
+    let evs = b.read(200, FIRE4, Value::Bool(false));
+    assert_eq!(kinds(&evs), [(Cleared, Some(Normal))]);
+    assert_eq!(
+        evs[0].alarm.as_ref().unwrap().value,
+        serde_json::json!(false)
+    );
+    assert_eq!(evs[0].alarm.as_ref().unwrap().operator, None);
+    assert_eq!(b.engine.active_count(), 0);
+}
+
+#[test]
+fn raise_return_ack() {
+    let mut b = Bench::new();
+    b.read(0, FIRE4, Value::Bool(true));
+    let evs = b.read(100, FIRE4, Value::Bool(false));
+    assert_eq!(kinds(&evs), [(Cleared, Some(ReturnedUnacked))]);
+    assert_eq!(
+        b.engine.active_count(),
+        1,
+        "returned but unacked still counts"
+    );
+    let evs = b.ack(200, FIRE4).unwrap();
+    assert_eq!(kinds(&evs), [(Acked, Some(Normal))]);
+    assert_eq!(b.engine.active_count(), 0);
+}
+
+#[test]
+fn reactivation_from_returned_unacked_raises_again() {
+    let mut b = Bench::new();
+    b.read(0, FIRE4, Value::Bool(true));
+    b.read(100, FIRE4, Value::Bool(false));
+    let evs = b.read(200, FIRE4, Value::Bool(true));
+    assert_eq!(kinds(&evs), [(Raised, Some(ActiveUnacked))]);
+    // One acknowledgement covers it.
+    assert_eq!(
+        kinds(&b.ack(300, FIRE4).unwrap()),
+        [(Acked, Some(ActiveAcked))]
+    );
+}
+
+#[test]
+fn acknowledge_errors() {
+    let mut b = Bench::new();
+    assert_eq!(
+        b.ack(0, "nope/nothing"),
+        Err(AlarmError::UnknownAlarm("nope/nothing".into()))
+    );
+    assert_eq!(b.ack(0, FIRE4), Err(AlarmError::NotUnacked(FIRE4.into())));
+    b.read(0, FIRE4, Value::Bool(true));
+    b.ack(10, FIRE4).unwrap();
+    assert_eq!(b.ack(20, FIRE4), Err(AlarmError::NotUnacked(FIRE4.into())));
+    assert!(b.out.is_empty());
+}
+
+#[test]
+fn latched_fire_stays_until_acked_then_clears() {
+    let mut b = Bench::new();
+    b.read(0, FIRE3, Value::Bool(true));
+    // Condition clears: a latched alarm stays in.
+    assert!(b.read(100, FIRE3, Value::Bool(false)).is_empty());
+    assert_eq!(b.state(FIRE3), ActiveUnacked);
+    // Comes back: still the same alarm, no new raise.
+    assert!(b.read(150, FIRE3, Value::Bool(true)).is_empty());
+    assert!(b.read(160, FIRE3, Value::Bool(false)).is_empty());
+    // Ack with the condition normal: acknowledged, then cleared.
+    let evs = b.ack(200, FIRE3).unwrap();
+    assert_eq!(
+        kinds(&evs),
+        [(Acked, Some(ActiveAcked)), (Cleared, Some(Normal))]
+    );
+    assert!(evs.iter().all(|e| e.alarm.as_ref().unwrap().latched));
+    assert_eq!(b.state(FIRE3), Normal);
+}
+
+#[test]
+fn latched_fire_acked_while_active_clears_when_condition_normal() {
+    let mut b = Bench::new();
+    b.read(0, FIRE3, Value::Bool(true));
+    assert_eq!(
+        kinds(&b.ack(100, FIRE3).unwrap()),
+        [(Acked, Some(ActiveAcked))]
+    );
+    assert_eq!(
+        kinds(&b.read(200, FIRE3, Value::Bool(false))),
+        [(Cleared, Some(Normal))]
+    );
+}
+
+#[test]
+fn latched_fire_acked_while_unknown_waits_for_a_good_normal_value() {
+    let mut b = Bench::new();
+    b.read(0, FIRE3, Value::Bool(true));
+    b.read(50, FIRE3, Value::Bool(false));
+    b.bad(60, FIRE3);
+    // Unknown is not normal: the acknowledgement does not reset it.
+    assert_eq!(
+        kinds(&b.ack(100, FIRE3).unwrap()),
+        [(Acked, Some(ActiveAcked))]
+    );
+    assert!(b.bad(150, FIRE3).is_empty());
+    assert_eq!(
+        kinds(&b.read(200, FIRE3, Value::Bool(false))),
+        [(Cleared, Some(Normal))]
+    );
+}
+
+#[test]
+fn bad_quality_neither_clears_nor_raises() {
+    let mut b = Bench::new();
+    // No raise on bad quality, nor on a value of bad quality.
+    assert!(b.bad(0, FIRE4).is_empty());
+    let p = b.point(FIRE4);
+    b.engine.on_reading(
+        b.at(5),
+        Bench::ts(5),
+        p,
+        Some(Value::Bool(true)),
+        Quality::Bad,
+        &mut b.out,
+    );
+    b.engine.on_reading(
+        b.at(6),
+        Bench::ts(6),
+        p,
+        Some(Value::Bool(true)),
+        Quality::Stale,
+        &mut b.out,
+    );
+    assert!(b.out.is_empty());
+    assert_eq!(b.state(FIRE4), Normal);
+    b.read(10, FIRE4, Value::Bool(true));
+    // Device stops answering: the alarm stays active.
+    assert!(b.bad(20, FIRE4).is_empty());
+    assert_eq!(b.state(FIRE4), ActiveUnacked);
+    // Acknowledged while unknown: stays active_acked, value unknown.
+    let evs = b.ack(30, FIRE4).unwrap();
+    assert_eq!(
+        evs[0].alarm.as_ref().unwrap().value,
+        serde_json::Value::Null
+    );
+    assert!(b.bad(40, FIRE4).is_empty());
+    assert_eq!(b.state(FIRE4), ActiveAcked);
+    assert_eq!(
+        kinds(&b.read(50, FIRE4, Value::Bool(false))),
+        [(Cleared, Some(Normal))]
+    );
+}
+
+#[test]
+fn nan_is_unknown() {
+    let mut b = Bench::new();
+    let hi = "hvac-1/supply-temp/high";
+    b.read(0, "hvac-1/supply-temp", Value::Float(35.0));
+    assert!(b
+        .read(10, "hvac-1/supply-temp", Value::Float(f64::NAN))
+        .is_empty());
+    assert_eq!(b.state(hi), ActiveUnacked);
+    assert!(b
+        .read(20, "hvac-1/supply-temp", Value::Float(f64::NAN))
+        .is_empty());
+}
+
+#[test]
+fn on_delay_raises_only_after_condition_held() {
+    let mut b = Bench::new();
+    assert!(b.read(0, FENCE, Value::Bool(true)).is_empty());
+    assert_eq!(b.engine.next_deadline(), Some(b.at(2000)));
+    assert!(b.tick(1999).is_empty());
+    // Still true meanwhile: the delay is not restarted.
+    assert!(b.read(1000, FENCE, Value::Bool(true)).is_empty());
+    assert_eq!(b.engine.next_deadline(), Some(b.at(2000)));
+    let evs = b.tick(2000);
+    assert_eq!(kinds(&evs), [(Raised, Some(ActiveUnacked))]);
+    assert_eq!(evs[0].ts, Bench::ts(2000));
+    assert_eq!(
+        evs[0].alarm.as_ref().unwrap().value,
+        serde_json::json!(true)
+    );
+    assert_eq!(evs[0].priority, Priority::HIGH);
+    assert_eq!(evs[0].category, Category::Perimeter);
+    assert_eq!(b.engine.next_deadline(), None);
+}
+
+#[test]
+fn on_delay_condition_gone_early_raises_nothing() {
+    let mut b = Bench::new();
+    b.read(0, FENCE, Value::Bool(true));
+    assert!(b.read(1500, FENCE, Value::Bool(false)).is_empty());
+    assert_eq!(b.engine.next_deadline(), None, "cancelled timer is pruned");
+    assert!(b.tick(5000).is_empty());
+    assert_eq!(b.state(FENCE), Normal);
+    // A new episode starts a new delay.
+    b.read(6000, FENCE, Value::Bool(true));
+    assert!(b.tick(7999).is_empty());
+    assert_eq!(kinds(&b.tick(8000)), [(Raised, Some(ActiveUnacked))]);
+}
+
+#[test]
+fn bad_quality_cancels_on_delay() {
+    let mut b = Bench::new();
+    b.read(0, FENCE, Value::Bool(true));
+    b.bad(1000, FENCE);
+    assert!(b.tick(3000).is_empty());
+    assert_eq!(b.state(FENCE), Normal);
+    // Back with the condition: the delay restarts from the good value.
+    b.read(3000, FENCE, Value::Bool(true));
+    assert!(b.tick(4999).is_empty());
+    assert_eq!(kinds(&b.tick(5000)), [(Raised, Some(ActiveUnacked))]);
+}
+
+#[test]
+fn off_delay_returns_only_after_condition_gone_long_enough() {
+    let mut b = Bench::new();
+    b.read(0, FENCE, Value::Bool(true));
+    b.tick(2000);
+    assert!(b.read(3000, FENCE, Value::Bool(false)).is_empty());
+    assert_eq!(b.engine.next_deadline(), Some(b.at(8000)));
+    // Flickers back before the off-delay ends: nothing, the timer is void.
+    assert!(b.read(6000, FENCE, Value::Bool(true)).is_empty());
+    assert!(b.tick(8000).is_empty());
+    assert_eq!(b.state(FENCE), ActiveUnacked);
+    b.read(9000, FENCE, Value::Bool(false));
+    assert!(b.tick(13_999).is_empty());
+    let evs = b.tick(14_000);
+    assert_eq!(kinds(&evs), [(Cleared, Some(ReturnedUnacked))]);
+    assert_eq!(
+        evs[0].alarm.as_ref().unwrap().value,
+        serde_json::json!(false)
+    );
+}
+
+#[test]
+fn bad_quality_during_off_delay_keeps_alarm() {
+    let mut b = Bench::new();
+    b.read(0, FENCE, Value::Bool(true));
+    b.tick(2000);
+    b.ack(2100, FENCE).unwrap();
+    b.read(3000, FENCE, Value::Bool(false));
+    b.bad(4000, FENCE);
+    assert!(b.tick(9000).is_empty());
+    assert_eq!(b.state(FENCE), ActiveAcked);
+    b.read(9000, FENCE, Value::Bool(false));
+    assert!(b.tick(13_999).is_empty());
+    assert_eq!(kinds(&b.tick(14_000)), [(Cleared, Some(Normal))]);
+}
+
+#[test]
+fn ack_during_off_delay_then_clear() {
+    let mut b = Bench::new();
+    b.read(0, FENCE, Value::Bool(true));
+    b.tick(2000);
+    b.read(3000, FENCE, Value::Bool(false));
+    assert_eq!(
+        kinds(&b.ack(4000, FENCE).unwrap()),
+        [(Acked, Some(ActiveAcked))]
+    );
+    assert_eq!(kinds(&b.tick(8000)), [(Cleared, Some(Normal))]);
+}
+
+#[test]
+fn high_threshold_with_hysteresis() {
+    let mut b = Bench::new();
+    let p = "hvac-1/supply-temp";
+    let hi = "hvac-1/supply-temp/high";
+    assert!(b.read(0, p, Value::Float(30.0)).is_empty());
+    let evs = b.read(1, p, Value::Float(30.5));
+    assert_eq!(kinds(&evs), [(Raised, Some(ActiveUnacked))]);
+    assert_eq!(evs[0].alarm.as_ref().unwrap().key, hi);
+    assert_eq!(
+        evs[0].alarm.as_ref().unwrap().value,
+        serde_json::json!(30.5)
+    );
+    assert_eq!(evs[0].priority, Priority::MEDIUM);
+    assert_eq!(evs[0].category, Category::Hvac);
+    // Inside the hysteresis band: still in alarm.
+    assert!(b.read(2, p, Value::Float(29.0)).is_empty());
+    assert!(b.read(3, p, Value::Float(28.0)).is_empty());
+    assert_eq!(
+        kinds(&b.read(4, p, Value::Float(27.9))),
+        [(Cleared, Some(ReturnedUnacked))]
+    );
+    // Inside the band again from below: not in alarm.
+    assert!(b.read(5, p, Value::Float(29.5)).is_empty());
+    assert_eq!(b.state(hi), ReturnedUnacked);
+}
+
+#[test]
+fn low_threshold_with_hysteresis_and_rule_zone() {
+    let mut b = Bench::new();
+    let p = "hvac-1/supply-temp";
+    let evs = b.read(0, p, Value::Float(4.0));
+    assert_eq!(kinds(&evs), [(Raised, Some(ActiveUnacked))]);
+    assert_eq!(evs[0].alarm.as_ref().unwrap().key, "hvac-1/supply-temp/low");
+    assert_eq!(evs[0].source.zone.as_deref(), Some("plant-room"));
+    assert_eq!(evs[0].priority, Priority::LOW);
+    assert!(b.read(1, p, Value::Float(6.0)).is_empty());
+    assert_eq!(
+        kinds(&b.read(2, p, Value::Float(6.5))),
+        [(Cleared, Some(ReturnedUnacked))]
+    );
+}
+
+#[test]
+fn two_rules_on_one_point_are_independent() {
+    let mut b = Bench::new();
+    let p = "hvac-1/supply-temp";
+    b.read(0, p, Value::Float(40.0));
+    let evs = b.read(1, p, Value::Float(0.0));
+    let keys: Vec<_> = evs
+        .iter()
+        .map(|e| (e.alarm.as_ref().unwrap().key.as_str(), e.kind))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("hvac-1/supply-temp/high", Cleared),
+            ("hvac-1/supply-temp/low", Raised)
+        ]
+    );
+    assert_eq!(b.engine.active_count(), 2);
+}
+
+#[test]
+fn numeric_state_rule_and_category_override() {
+    let mut b = Bench::new();
+    assert!(b.read(0, "hvac-1/status", Value::Int(2)).is_empty());
+    let evs = b.read(1, "hvac-1/status", Value::Int(3));
+    assert_eq!(kinds(&evs), [(Raised, Some(ActiveUnacked))]);
+    assert_eq!(evs[0].category, Category::System);
+    assert_eq!(evs[0].alarm.as_ref().unwrap().value, serde_json::json!(3));
+    assert!(!evs[0].alarm.as_ref().unwrap().latched);
+}
+
+#[test]
+fn point_zone_overrides_device_zone() {
+    let mut b = Bench::new();
+    let evs = b.read(0, FIRE4, Value::Bool(true));
+    assert_eq!(evs[0].source.zone.as_deref(), Some("villa-14"));
+}
+
+#[test]
+fn comm_loss_of_life_safety_device_is_an_alarm() {
+    let mut b = Bench::new();
+    let key = "device/fire-panel-a/comm";
+    let evs = b.device(0, "fire-panel-a", false);
+    assert_eq!(
+        kinds(&evs),
+        [
+            (EventKind::DeviceOffline, None),
+            (Raised, Some(ActiveUnacked))
+        ]
+    );
+    let off = &evs[0];
+    assert_eq!(off.priority, Priority::MEDIUM);
+    assert_eq!(off.category, Category::Fire);
+    assert_eq!(off.source.device.as_deref(), Some("fire-panel-a"));
+    assert_eq!(off.source.zone.as_deref(), Some("villa-12"));
+    assert_eq!(
+        off.detail,
+        Some(serde_json::json!({"reason": "timeout after 3 polls"}))
+    );
+    let al = &evs[1];
+    assert_eq!(al.priority, Priority::LIFE_SAFETY);
+    assert_eq!(al.category, Category::Fire);
+    let a = al.alarm.as_ref().unwrap();
+    assert_eq!(a.key, key);
+    assert_eq!(a.value, serde_json::Value::Null);
+    assert!(a
+        .message
+        .starts_with("Communication lost with fire panel A"));
+    assert!(!a.latched);
+    // Repeated status is ignored.
+    assert!(b.device(10, "fire-panel-a", false).is_empty());
+    // Back: device.online and the alarm returns.
+    let evs = b.device(1000, "fire-panel-a", true);
+    assert_eq!(
+        kinds(&evs),
+        [
+            (EventKind::DeviceOnline, None),
+            (Cleared, Some(ReturnedUnacked))
+        ]
+    );
+    assert_eq!(kinds(&b.ack(2000, key).unwrap()), [(Acked, Some(Normal))]);
+}
+
+#[test]
+fn comm_loss_acked_while_offline_clears_on_return() {
+    let mut b = Bench::new();
+    let key = "device/fire-panel-a/comm";
+    b.device(0, "fire-panel-a", false);
+    assert_eq!(
+        kinds(&b.ack(10, key).unwrap()),
+        [(Acked, Some(ActiveAcked))]
+    );
+    let evs = b.device(20, "fire-panel-a", true);
+    assert_eq!(
+        kinds(&evs),
+        [(EventKind::DeviceOnline, None), (Cleared, Some(Normal))]
+    );
+}
+
+#[test]
+fn comm_loss_of_other_devices_is_an_event_only() {
+    let mut b = Bench::new();
+    let evs = b.device(0, "fence", false);
+    assert_eq!(kinds(&evs), [(EventKind::DeviceOffline, None)]);
+    assert_eq!(evs[0].category, Category::Perimeter);
+    assert_eq!(evs[0].source.zone.as_deref(), Some("perimeter-north"));
+    assert_eq!(b.engine.active_count(), 0);
+    let evs = b.device(10, "fence", true);
+    assert_eq!(kinds(&evs), [(EventKind::DeviceOnline, None)]);
+    assert_eq!(b.engine.state("device/fence/comm"), None);
+    // Out-of-range device index: nothing, no panic.
+    b.engine
+        .on_device_status(b.at(20), Bench::ts(20), 99, false, None, &mut b.out);
+    assert!(b.out.is_empty());
+}
+
+#[test]
+fn device_offline_keeps_point_alarms() {
+    // What the task does when a device goes offline: the status, then every
+    // point of it with quality bad.
+    let mut b = Bench::new();
+    b.read(0, FIRE4, Value::Bool(true));
+    b.device(10, "fire-panel-a", false);
+    assert!(b.bad(10, FIRE3).is_empty());
+    assert!(b.bad(10, FIRE4).is_empty());
+    assert_eq!(b.state(FIRE4), ActiveUnacked);
+    assert_eq!(b.engine.active_count(), 2);
+}
+
+#[test]
+fn unknown_point_index_is_ignored() {
+    let mut b = Bench::new();
+    b.engine.on_reading(
+        b.at(0),
+        Bench::ts(0),
+        10_000,
+        Some(Value::Bool(true)),
+        Quality::Good,
+        &mut b.out,
+    );
+    assert!(b.out.is_empty());
+}
+
+#[test]
+fn active_lists_most_urgent_first() {
+    let mut b = Bench::new();
+    b.read(0, "hvac-1/status", Value::Int(3));
+    b.read(0, FIRE4, Value::Bool(true));
+    let v = b.engine.active();
+    assert_eq!(v.len(), 2);
+    assert_eq!(&*v[0].key, FIRE4);
+    assert_eq!(&*v[1].key, "hvac-1/status");
+}
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Read { point: usize, value: Option<f64> },
+        Ack { key: usize },
+        Advance { ms: u64 },
+        Device { index: usize, online: bool },
+    }
+
+    const POINTS: [&str; 5] = [
+        "fire-panel-a/zone-3",
+        "fire-panel-a/zone-4",
+        "fence/zone-1",
+        "hvac-1/supply-temp",
+        "hvac-1/status",
+    ];
+    const KEYS: [&str; 7] = [
+        "fire-panel-a/zone-3",
+        "fire-panel-a/zone-4",
+        "fence/zone-1",
+        "hvac-1/supply-temp/high",
+        "hvac-1/supply-temp/low",
+        "hvac-1/status",
+        "device/fire-panel-a/comm",
+    ];
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..POINTS.len(), proptest::option::weighted(0.85, -5.0f64..40.0))
+                .prop_map(|(point, value)| Op::Read { point, value }),
+            2 => (0..KEYS.len()).prop_map(|key| Op::Ack { key }),
+            2 => (0u64..7000).prop_map(|ms| Op::Advance { ms }),
+            1 => (0..3usize, any::<bool>()).prop_map(|(index, online)| Op::Device { index, online }),
+        ]
+    }
+
+    /// The state an event sequence implies, checked against ISA-18.2.
+    fn apply(model: &mut HashMap<String, AlarmState>, e: &NewEvent) -> Result<(), String> {
+        let Some(a) = &e.alarm else {
+            return Ok(());
+        };
+        let cur = *model.get(&a.key).unwrap_or(&Normal);
+        let ok = match (e.kind, cur, a.state) {
+            (Raised, Normal | ReturnedUnacked, ActiveUnacked) => true,
+            (Acked, ActiveUnacked, ActiveAcked) => true,
+            (Acked, ReturnedUnacked, Normal) => true,
+            (Cleared, ActiveUnacked, ReturnedUnacked) => !a.latched,
+            (Cleared, ActiveAcked, Normal) => true,
+            _ => false,
+        };
+        if !ok {
+            return Err(format!(
+                "invalid transition for {}: {:?} from {cur:?} to {:?}",
+                a.key, e.kind, a.state
+            ));
+        }
+        if e.kind == Raised && a.value.is_null() && !a.key.starts_with("device/") {
+            return Err(format!("{} raised without a value", a.key));
+        }
+        if (e.kind == Acked) != a.operator.is_some() {
+            return Err(format!("{}: operator on a {:?} event", a.key, e.kind));
+        }
+        model.insert(a.key.clone(), a.state);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        #[test]
+        fn transitions_are_always_valid(ops in proptest::collection::vec(op(), 1..120)) {
+            let mut b = Bench::new();
+            let mut model: HashMap<String, AlarmState> = HashMap::new();
+            let mut ms = 0u64;
+            let devices = ["fire-panel-a", "fence", "hvac-1"];
+            for op in ops {
+                let is_advance = matches!(op, Op::Advance { .. });
+                let evs = match op {
+                    Op::Read { point, value } => {
+                        let key = POINTS[point];
+                        let v = value.map(|x| match point {
+                            0..=2 => Value::Bool(x > 17.0),
+                            4 => Value::Int((x as i64).rem_euclid(5)),
+                            _ => Value::Float(x),
+                        });
+                        match v {
+                            Some(v) => b.read(ms, key, v),
+                            None => b.bad(ms, key),
+                        }
+                    }
+                    Op::Ack { key } => {
+                        let before = b.engine.state(KEYS[key]).unwrap();
+                        match b.ack(ms, KEYS[key]) {
+                            Ok(evs) => {
+                                prop_assert!(matches!(before, ActiveUnacked | ReturnedUnacked));
+                                evs
+                            }
+                            Err(e) => {
+                                prop_assert!(!matches!(before, ActiveUnacked | ReturnedUnacked), "{e}");
+                                prop_assert_eq!(b.engine.state(KEYS[key]).unwrap(), before);
+                                Vec::new()
+                            }
+                        }
+                    }
+                    Op::Advance { ms: d } => {
+                        ms += d;
+                        if let Some(dl) = b.engine.next_deadline() {
+                            prop_assert!(dl >= b.t0);
+                        }
+                        b.tick(ms)
+                    }
+                    Op::Device { index, online } => b.device(ms, devices[index], online),
+                };
+                for e in &evs {
+                    prop_assert_eq!(e.ts, Bench::ts(ms));
+                    if let Err(msg) = apply(&mut model, e) {
+                        prop_assert!(false, "{}", msg);
+                    }
+                }
+                // The engine's states are exactly what its events said.
+                for key in KEYS {
+                    let s = b.engine.state(key).unwrap();
+                    prop_assert!(s != AlarmState::Shelved);
+                    prop_assert_eq!(s, *model.get(key).unwrap_or(&Normal), "{}", key);
+                }
+                let active = model.values().filter(|s| **s != Normal).count();
+                prop_assert_eq!(b.engine.active_count(), active);
+                // Nothing due is left behind after a tick.
+                if let Some(dl) = b.engine.next_deadline() {
+                    prop_assert!(dl > b.at(ms) || !is_advance);
+                }
+            }
+        }
+    }
+}

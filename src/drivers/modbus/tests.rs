@@ -1,0 +1,482 @@
+//! Polling-loop tests against a fake transport, on paused virtual time.
+
+use super::endpoint::{DevicePoller, Endpoint, LinkKind};
+use super::plan::{plan, Limits};
+use super::transport::{Connector, ModbusError, Transport};
+use crate::drivers::{Order, PointConfig, PointType, RegisterKind};
+use crate::point::{BusMessage, PointIndex, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Behaviour {
+    Answer,
+    /// Never reply (an absent slave).
+    Hang,
+    Exception(u8),
+}
+
+#[derive(Default)]
+struct FakeState {
+    connects: u32,
+    connect_fails: bool,
+    units: HashMap<u8, Behaviour>,
+    holding: Vec<u16>,
+    coils: Vec<bool>,
+    /// (unit, start, end) of every request.
+    requests: Vec<(u8, Instant, Option<Instant>)>,
+    in_flight: u32,
+    max_in_flight: u32,
+}
+
+type Shared = Arc<Mutex<FakeState>>;
+
+struct FakeConnector(Shared);
+struct FakeLink(Shared);
+
+/// Marks a request finished even when its future is dropped by a timeout.
+struct InFlight(Shared, usize);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = self.0.lock().unwrap();
+        s.in_flight -= 1;
+        s.requests[self.1].2 = Some(Instant::now());
+    }
+}
+
+impl FakeLink {
+    async fn request<T>(
+        &mut self,
+        unit: u8,
+        f: impl FnOnce(&FakeState) -> T,
+    ) -> Result<T, ModbusError> {
+        let (behaviour, guard) = {
+            let mut s = self.0.lock().unwrap();
+            s.in_flight += 1;
+            s.max_in_flight = s.max_in_flight.max(s.in_flight);
+            s.requests.push((unit, Instant::now(), None));
+            let idx = s.requests.len() - 1;
+            let b = s.units.get(&unit).copied().unwrap_or(Behaviour::Hang);
+            (b, InFlight(self.0.clone(), idx))
+        };
+        // A real device takes a moment to answer.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let r = match behaviour {
+            Behaviour::Answer => Ok(f(&self.0.lock().unwrap())),
+            Behaviour::Hang => std::future::pending().await,
+            Behaviour::Exception(code) => Err(ModbusError::Exception {
+                function: "read",
+                code,
+                name: "illegal data address",
+            }),
+        };
+        drop(guard);
+        r
+    }
+}
+
+impl Transport for FakeLink {
+    async fn read_coils(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        cnt: u16,
+    ) -> Result<Vec<bool>, ModbusError> {
+        self.request(unit, |s| {
+            s.coils[addr as usize..(addr + cnt) as usize].to_vec()
+        })
+        .await
+    }
+    async fn read_discrete_inputs(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        cnt: u16,
+    ) -> Result<Vec<bool>, ModbusError> {
+        self.read_coils(unit, addr, cnt).await
+    }
+    async fn read_holding(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        cnt: u16,
+    ) -> Result<Vec<u16>, ModbusError> {
+        self.request(unit, |s| {
+            s.holding[addr as usize..(addr + cnt) as usize].to_vec()
+        })
+        .await
+    }
+    async fn read_input(&mut self, unit: u8, addr: u16, cnt: u16) -> Result<Vec<u16>, ModbusError> {
+        self.read_holding(unit, addr, cnt).await
+    }
+}
+
+impl Connector for FakeConnector {
+    type Link = FakeLink;
+    async fn connect(&mut self) -> Result<FakeLink, ModbusError> {
+        let fails = {
+            let mut s = self.0.lock().unwrap();
+            s.connects += 1;
+            s.connect_fails
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        if fails {
+            Err(ModbusError::Connect {
+                endpoint: "fake".into(),
+                message: "connection refused".into(),
+            })
+        } else {
+            Ok(FakeLink(self.0.clone()))
+        }
+    }
+    fn name(&self) -> &str {
+        "fake"
+    }
+}
+
+fn point(table: RegisterKind, address: u16, kind: PointType) -> PointConfig {
+    PointConfig {
+        id: "p".into(),
+        name: None,
+        register: Some(table),
+        address: Some(address),
+        kind,
+        bit: None,
+        byte_order: Order::Big,
+        word_order: Order::Big,
+        scale: 1.0,
+        offset: 0.0,
+        unit: None,
+        deadband: None,
+        zone: None,
+        telemetry: true,
+        writable: false,
+    }
+}
+
+const LIMITS: Limits = Limits {
+    max_registers: 125,
+    max_bits: 2000,
+    max_gap_registers: 10,
+    max_gap_bits: 64,
+};
+
+/// Device `unit` with points: holding 0 (u16), holding 1–2 (f32), coil 0;
+/// point indexes start at `first`.
+fn device(
+    unit: u8,
+    first: PointIndex,
+    interval_ms: u64,
+    timeout_ms: u64,
+    offline_after: u32,
+    backoff_max_s: u64,
+) -> DevicePoller {
+    let pts = [
+        point(RegisterKind::Holding, 0, PointType::U16),
+        point(RegisterKind::Holding, 1, PointType::F32),
+        point(RegisterKind::Coil, 0, PointType::Bool),
+    ];
+    let refs: Vec<_> = pts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (first + i as PointIndex, p))
+        .collect();
+    DevicePoller::new(
+        &format!("dev-{unit}"),
+        unit,
+        Duration::from_millis(interval_ms),
+        Duration::from_millis(timeout_ms),
+        offline_after,
+        Duration::from_secs(backoff_max_s),
+        plan(&refs, LIMITS).unwrap(),
+        Instant::now(),
+    )
+}
+
+fn fake(units: &[(u8, Behaviour)]) -> Shared {
+    let mut holding = vec![0u16; 200];
+    holding[0] = 42;
+    let f = 21.5f32.to_bits();
+    holding[1] = (f >> 16) as u16;
+    holding[2] = f as u16;
+    let mut coils = vec![false; 200];
+    coils[0] = true;
+    Arc::new(Mutex::new(FakeState {
+        units: units.iter().copied().collect(),
+        holding,
+        coils,
+        ..FakeState::default()
+    }))
+}
+
+fn start(
+    shared: &Shared,
+    kind: LinkKind,
+    devices: Vec<DevicePoller>,
+) -> (
+    mpsc::Receiver<BusMessage>,
+    CancellationToken,
+    JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::channel(64);
+    let token = CancellationToken::new();
+    let ep = Endpoint::new(FakeConnector(shared.clone()), kind, devices, tx).with_seed(7);
+    let h = tokio::spawn(ep.run(token.clone()));
+    (rx, token, h)
+}
+
+fn set(shared: &Shared, unit: u8, b: Behaviour) {
+    shared.lock().unwrap().units.insert(unit, b);
+}
+
+#[tokio::test(start_paused = true)]
+async fn readings_are_decoded_one_message_per_poll() {
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    let (mut rx, token, h) = start(
+        &shared,
+        LinkKind::Tcp,
+        vec![device(1, 10, 1000, 100, 3, 30)],
+    );
+    let t0 = Instant::now();
+    for n in 0..3 {
+        match rx.recv().await.unwrap() {
+            BusMessage::Readings {
+                device, readings, ..
+            } => {
+                assert_eq!(&*device, "dev-1");
+                let mut got: Vec<_> = readings.iter().map(|r| (r.point, r.value)).collect();
+                got.sort_by_key(|(p, _)| *p);
+                assert_eq!(
+                    got,
+                    vec![
+                        (10, Value::Int(42)),
+                        (11, Value::Float(21.5)),
+                        (12, Value::Bool(true))
+                    ]
+                );
+            }
+            m => panic!("{m:?}"),
+        }
+        // Polls start on the interval grid.
+        let late = Instant::now() - t0 - Duration::from_secs(n);
+        assert!(
+            late < Duration::from_millis(50),
+            "poll {n} late by {late:?}"
+        );
+    }
+    assert_eq!(shared.lock().unwrap().connects, 1, "the link is reused");
+    token.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn offline_after_n_failed_polls_then_online() {
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    let (mut rx, token, h) = start(&shared, LinkKind::Tcp, vec![device(1, 0, 1000, 100, 3, 30)]);
+    assert!(matches!(rx.recv().await, Some(BusMessage::Readings { .. })));
+    set(&shared, 1, Behaviour::Hang);
+    let t0 = Instant::now();
+    match rx.recv().await.unwrap() {
+        BusMessage::DeviceStatus {
+            online,
+            reason,
+            device,
+            ..
+        } => {
+            assert!(!online);
+            assert_eq!(&*device, "dev-1");
+            assert!(reason.unwrap().contains("no reply"));
+        }
+        m => panic!("{m:?}"),
+    }
+    // Polls at 1 s, 2 s, 3 s time out; offline at the third.
+    let took = Instant::now() - t0;
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_millis(3300),
+        "{took:?}"
+    );
+    // Each timeout dropped the link: 1 initial + 3 reconnects... (the 3rd
+    // drop's reconnect happens at the next poll).
+    assert_eq!(shared.lock().unwrap().connects, 3);
+    set(&shared, 1, Behaviour::Answer);
+    match rx.recv().await.unwrap() {
+        BusMessage::DeviceStatus { online, reason, .. } => {
+            assert!(online);
+            assert!(reason.is_none());
+        }
+        m => panic!("{m:?}"),
+    }
+    assert!(matches!(rx.recv().await, Some(BusMessage::Readings { .. })));
+    token.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn exception_counts_as_failure_but_keeps_the_link() {
+    let shared = fake(&[(1, Behaviour::Exception(2))]);
+    let (mut rx, token, h) = start(&shared, LinkKind::Tcp, vec![device(1, 0, 1000, 100, 2, 30)]);
+    match rx.recv().await.unwrap() {
+        BusMessage::DeviceStatus { online, reason, .. } => {
+            assert!(!online);
+            assert!(reason.unwrap().contains("exception 2"));
+        }
+        m => panic!("{m:?}"),
+    }
+    assert_eq!(shared.lock().unwrap().connects, 1);
+    token.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn all_units_of_an_endpoint_share_one_link_one_request_at_a_time() {
+    let shared = fake(&[
+        (1, Behaviour::Answer),
+        (2, Behaviour::Answer),
+        (3, Behaviour::Answer),
+    ]);
+    let devices = vec![
+        device(1, 0, 1000, 100, 3, 30),
+        device(2, 3, 500, 100, 3, 30),
+        device(3, 6, 1000, 100, 3, 30),
+    ];
+    let (mut rx, token, h) = start(&shared, LinkKind::Tcp, devices);
+    let mut per_device: HashMap<String, u32> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_millis(9_900);
+    while let Ok(m) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        if let Some(BusMessage::Readings { device, .. }) = m {
+            *per_device.entry(device.to_string()).or_default() += 1;
+        }
+    }
+    let s = shared.lock().unwrap();
+    assert_eq!(s.connects, 1);
+    assert_eq!(s.max_in_flight, 1);
+    drop(s);
+    assert_eq!(per_device["dev-1"], 10);
+    assert_eq!(per_device["dev-2"], 20);
+    assert_eq!(per_device["dev-3"], 10);
+    token.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn dead_slave_is_backed_off_without_stalling_the_bus() {
+    let shared = fake(&[(1, Behaviour::Answer)]); // unit 3 hangs
+    let inter_frame = Duration::from_millis(4);
+    let devices = vec![device(1, 0, 1000, 200, 2, 8), device(3, 3, 1000, 200, 2, 8)];
+    let (mut rx, token, h) = start(&shared, LinkKind::Serial { inter_frame }, devices);
+    let mut live_polls = Vec::new();
+    let mut offline = 0;
+    let t0 = Instant::now();
+    while Instant::now() - t0 < Duration::from_secs(60) {
+        match rx.recv().await.unwrap() {
+            BusMessage::Readings { device, .. } => {
+                assert_eq!(&*device, "dev-1");
+                live_polls.push(Instant::now());
+            }
+            BusMessage::DeviceStatus { device, online, .. } => {
+                assert_eq!(&*device, "dev-3");
+                assert!(!online);
+                offline += 1;
+            }
+        }
+    }
+    token.cancel();
+    h.await.unwrap();
+    assert_eq!(offline, 1, "offline announced once");
+    // The live slave keeps its 1 s rhythm (a dead slave's timeout may delay
+    // one poll by at most the timeout).
+    assert!(live_polls.len() >= 59, "{}", live_polls.len());
+    for w in live_polls.windows(2) {
+        let gap = w[1] - w[0];
+        assert!(gap <= Duration::from_millis(1250), "gap {gap:?}");
+    }
+    let s = shared.lock().unwrap();
+    assert_eq!(s.max_in_flight, 1, "never two requests on the line");
+    let dead = s.requests.iter().filter(|r| r.0 == 3).count();
+    // Without backoff: 60 polls. With 1,2,4,8,8… s (halved by jitter at worst): far fewer.
+    assert!((4..=20).contains(&dead), "dead slave polled {dead} times");
+    // Inter-frame silence between every two requests.
+    for w in s.requests.windows(2) {
+        let end = w[0].2.unwrap();
+        assert!(w[1].1 - end >= inter_frame, "{:?}", w[1].1 - end);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconnects_back_off_but_offline_is_still_on_time() {
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    shared.lock().unwrap().connect_fails = true;
+    let (mut rx, token, h) = start(&shared, LinkKind::Tcp, vec![device(1, 0, 1000, 100, 3, 16)]);
+    let t0 = Instant::now();
+    match rx.recv().await.unwrap() {
+        BusMessage::DeviceStatus { online, reason, .. } => {
+            assert!(!online);
+            assert!(reason.unwrap().contains("connection refused"));
+        }
+        m => panic!("{m:?}"),
+    }
+    let took = Instant::now() - t0;
+    assert!(
+        took < Duration::from_millis(2100),
+        "offline after 3 polls: {took:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let connects = shared.lock().unwrap().connects;
+    // Polls: ~122; connects with 1,2,4,8,16,16… s backoff (jittered): ~10–15.
+    assert!((6..=20).contains(&connects), "{connects} connect attempts");
+    shared.lock().unwrap().connect_fails = false;
+    let mut came_back = false;
+    while let Some(m) = rx.recv().await {
+        if let BusMessage::DeviceStatus { online: true, .. } = m {
+            came_back = true;
+            break;
+        }
+    }
+    assert!(came_back);
+    token.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_is_prompt_during_backoff_and_during_a_request() {
+    // During a reconnect backoff.
+    let shared = fake(&[]);
+    shared.lock().unwrap().connect_fails = true;
+    let (_rx, token, h) = start(&shared, LinkKind::Tcp, vec![device(1, 0, 1000, 100, 1, 30)]);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    token.cancel();
+    let t0 = Instant::now();
+    h.await.unwrap();
+    assert_eq!(Instant::now(), t0);
+
+    // During a request with a long timeout.
+    let shared = fake(&[(1, Behaviour::Hang)]);
+    let (_rx, token, h) = start(
+        &shared,
+        LinkKind::Tcp,
+        vec![device(1, 0, 1000, 60_000, 1, 30)],
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(shared.lock().unwrap().in_flight, 1);
+    token.cancel();
+    let t0 = Instant::now();
+    h.await.unwrap();
+    assert_eq!(Instant::now(), t0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn closed_bus_stops_the_task() {
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    let (rx, _token, h) = start(&shared, LinkKind::Tcp, vec![device(1, 0, 1000, 100, 1, 30)]);
+    drop(rx);
+    tokio::time::timeout(Duration::from_secs(5), h)
+        .await
+        .expect("task ends when nobody listens")
+        .unwrap();
+}

@@ -1,0 +1,297 @@
+//! Hardware access behind two small traits, so the polling logic can be
+//! tested with a fake: a [`Connector`] opens a link (TCP connection, serial
+//! port), a [`Transport`] reads from it. The real implementations wrap
+//! tokio-modbus.
+//!
+//! Timeouts are not the transport's business: the endpoint task wraps every
+//! call in `tokio::time::timeout` and drops the link after one.
+
+use super::config::{Parity, SerialBusConfig};
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+use tokio_modbus::client::{Context, Reader as _};
+use tokio_modbus::prelude::SlaveContext as _;
+use tokio_modbus::{ExceptionCode, Slave};
+
+/// Why a request or a connection failed.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ModbusError {
+    /// No reply within the device's timeout.
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    /// The link could not be opened.
+    #[error("cannot connect to {endpoint}: {message}")]
+    Connect { endpoint: String, message: String },
+    /// The link is down and the next reconnect attempt is not due yet.
+    #[error("not connected ({0})")]
+    NotConnected(String),
+    /// Reading or writing the link failed.
+    #[error("i/o error: {0}")]
+    Io(String),
+    /// The device answered with a Modbus exception.
+    #[error("device exception {code} ({name}) to {function}")]
+    Exception {
+        function: &'static str,
+        code: u8,
+        name: &'static str,
+    },
+    /// The reply does not match the request (wrong header, function or length).
+    #[error("bad reply: {0}")]
+    Protocol(String),
+}
+
+impl ModbusError {
+    /// Must the link be dropped? After a timeout a late reply would be taken
+    /// for the next request's; after an I/O or framing error the link's state
+    /// is unknown. A Modbus exception is a proper reply: the link is fine.
+    pub fn drops_link(&self) -> bool {
+        !matches!(
+            self,
+            ModbusError::Exception { .. } | ModbusError::NotConnected(_)
+        )
+    }
+
+    /// Coarse class used to log an error once per change, not every poll.
+    pub fn class(&self) -> (u8, u8) {
+        match self {
+            ModbusError::Timeout(_) => (0, 0),
+            ModbusError::Connect { .. } | ModbusError::NotConnected(_) => (1, 0),
+            ModbusError::Io(_) => (2, 0),
+            ModbusError::Exception { code, .. } => (3, *code),
+            ModbusError::Protocol(_) => (4, 0),
+        }
+    }
+
+    fn exception(function: &'static str, e: ExceptionCode) -> ModbusError {
+        let name = match e {
+            ExceptionCode::IllegalFunction => "illegal function",
+            ExceptionCode::IllegalDataAddress => "illegal data address",
+            ExceptionCode::IllegalDataValue => "illegal data value",
+            ExceptionCode::ServerDeviceFailure => "server device failure",
+            ExceptionCode::Acknowledge => "acknowledge",
+            ExceptionCode::ServerDeviceBusy => "server device busy",
+            ExceptionCode::MemoryParityError => "memory parity error",
+            ExceptionCode::GatewayPathUnavailable => "gateway path unavailable",
+            ExceptionCode::GatewayTargetDevice => "gateway target device failed to respond",
+            ExceptionCode::Custom(_) => "unknown exception",
+        };
+        ModbusError::Exception {
+            function,
+            code: u8::from(e),
+            name,
+        }
+    }
+}
+
+/// An open link to one endpoint; `unit` selects the device on it.
+pub trait Transport: Send {
+    /// Function 1.
+    fn read_coils(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        cnt: u16,
+    ) -> impl Future<Output = Result<Vec<bool>, ModbusError>> + Send;
+    /// Function 2.
+    fn read_discrete_inputs(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        cnt: u16,
+    ) -> impl Future<Output = Result<Vec<bool>, ModbusError>> + Send;
+    /// Function 3.
+    fn read_holding(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        cnt: u16,
+    ) -> impl Future<Output = Result<Vec<u16>, ModbusError>> + Send;
+    /// Function 4.
+    fn read_input(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        cnt: u16,
+    ) -> impl Future<Output = Result<Vec<u16>, ModbusError>> + Send;
+}
+
+/// Opens links to one endpoint (a TCP host:port, or a serial port).
+pub trait Connector: Send {
+    type Link: Transport;
+    /// Open a new link.
+    fn connect(&mut self) -> impl Future<Output = Result<Self::Link, ModbusError>> + Send;
+    /// The endpoint's name for logs (`host:port`, `/dev/ttyUSB0`).
+    fn name(&self) -> &str;
+}
+
+/// A tokio-modbus client context (TCP or RTU).
+pub struct ModbusLink {
+    ctx: Context,
+}
+
+fn flatten<T>(function: &'static str, r: tokio_modbus::Result<T>) -> Result<T, ModbusError> {
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(code)) => Err(ModbusError::exception(function, code)),
+        Err(tokio_modbus::Error::Transport(e)) => Err(ModbusError::Io(e.to_string())),
+        Err(tokio_modbus::Error::Protocol(e)) => Err(ModbusError::Protocol(e.to_string())),
+    }
+}
+
+fn check_len<T>(v: Vec<T>, cnt: u16) -> Result<Vec<T>, ModbusError> {
+    if v.len() < cnt as usize {
+        Err(ModbusError::Protocol(format!(
+            "asked for {cnt} values, got {}",
+            v.len()
+        )))
+    } else {
+        Ok(v)
+    }
+}
+
+impl Transport for ModbusLink {
+    async fn read_coils(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        cnt: u16,
+    ) -> Result<Vec<bool>, ModbusError> {
+        self.ctx.set_slave(Slave(unit));
+        check_len(
+            flatten("read coils", self.ctx.read_coils(addr, cnt).await)?,
+            cnt,
+        )
+    }
+    async fn read_discrete_inputs(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        cnt: u16,
+    ) -> Result<Vec<bool>, ModbusError> {
+        self.ctx.set_slave(Slave(unit));
+        check_len(
+            flatten(
+                "read discrete inputs",
+                self.ctx.read_discrete_inputs(addr, cnt).await,
+            )?,
+            cnt,
+        )
+    }
+    async fn read_holding(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        cnt: u16,
+    ) -> Result<Vec<u16>, ModbusError> {
+        self.ctx.set_slave(Slave(unit));
+        check_len(
+            flatten(
+                "read holding registers",
+                self.ctx.read_holding_registers(addr, cnt).await,
+            )?,
+            cnt,
+        )
+    }
+    async fn read_input(&mut self, unit: u8, addr: u16, cnt: u16) -> Result<Vec<u16>, ModbusError> {
+        self.ctx.set_slave(Slave(unit));
+        check_len(
+            flatten(
+                "read input registers",
+                self.ctx.read_input_registers(addr, cnt).await,
+            )?,
+            cnt,
+        )
+    }
+}
+
+/// Modbus TCP: one connection to `host:port`, shared by every unit there.
+pub struct TcpConnector {
+    endpoint: String,
+}
+
+impl TcpConnector {
+    pub fn new(host: &str, port: u16) -> TcpConnector {
+        let endpoint = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        TcpConnector { endpoint }
+    }
+}
+
+impl Connector for TcpConnector {
+    type Link = ModbusLink;
+
+    async fn connect(&mut self) -> Result<ModbusLink, ModbusError> {
+        let err = |e: io::Error| ModbusError::Connect {
+            endpoint: self.endpoint.clone(),
+            message: e.to_string(),
+        };
+        let stream = tokio::net::TcpStream::connect(self.endpoint.as_str())
+            .await
+            .map_err(err)?;
+        // Requests are small and latency matters more than packet count.
+        stream.set_nodelay(true).map_err(err)?;
+        Ok(ModbusLink {
+            ctx: tokio_modbus::client::tcp::attach(stream),
+        })
+    }
+
+    fn name(&self) -> &str {
+        &self.endpoint
+    }
+}
+
+/// Modbus RTU: one serial port for every slave on an RS-485 line.
+pub struct RtuConnector {
+    bus: SerialBusConfig,
+}
+
+impl RtuConnector {
+    pub fn new(bus: SerialBusConfig) -> RtuConnector {
+        RtuConnector { bus }
+    }
+}
+
+impl Connector for RtuConnector {
+    type Link = ModbusLink;
+
+    async fn connect(&mut self) -> Result<ModbusLink, ModbusError> {
+        use tokio_serial::{DataBits, SerialPort as _, SerialPortBuilderExt as _, StopBits};
+        let b = &self.bus;
+        let err = |e: tokio_serial::Error| ModbusError::Connect {
+            endpoint: b.path.clone(),
+            message: e.to_string(),
+        };
+        let port = tokio_serial::new(&b.path, b.baud)
+            .data_bits(if b.data_bits == 7 {
+                DataBits::Seven
+            } else {
+                DataBits::Eight
+            })
+            .parity(match b.parity {
+                Parity::None => tokio_serial::Parity::None,
+                Parity::Even => tokio_serial::Parity::Even,
+                Parity::Odd => tokio_serial::Parity::Odd,
+            })
+            .stop_bits(if b.stop_bits == 2 {
+                StopBits::Two
+            } else {
+                StopBits::One
+            })
+            .open_native_async()
+            .map_err(err)?;
+        // Bytes left over from before (a late reply to a timed-out request)
+        // would be taken for the next reply.
+        port.clear(tokio_serial::ClearBuffer::Input).map_err(err)?;
+        Ok(ModbusLink {
+            ctx: tokio_modbus::client::rtu::attach(port),
+        })
+    }
+
+    fn name(&self) -> &str {
+        &self.bus.path
+    }
+}

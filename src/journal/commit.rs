@@ -1,0 +1,141 @@
+//! Group commit: one thread makes the journal durable for every writer.
+//!
+//! A writer applies its batch to storage, then asks the committer to make
+//! everything up to its seq durable and waits. The committer takes every
+//! request queued at that moment, runs one flush (and `fsync`), and answers
+//! them all: while a flush runs, new requests pile up and share the next
+//! one. A request already covered by an earlier flush is answered at once.
+//!
+//! The flush runs on this dedicated thread, never on the async runtime.
+//! Between requests the thread flushes lazily written data (telemetry,
+//! cursors) every `telemetry_flush` and samples the store's size.
+
+use super::{JournalError, Shared};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// How often `bytes_on_disk` is sampled at most.
+const SIZE_EVERY: Duration = Duration::from_secs(1);
+
+type Reply = oneshot::Sender<Result<(), String>>;
+
+struct Request {
+    upto: u64,
+    reply: Reply,
+}
+
+/// Starts the committer thread.
+pub(crate) struct Committer;
+
+impl Committer {
+    pub(crate) fn spawn(shared: Arc<Shared>, lazy_every: Duration) -> std::io::Result<CommitHandle> {
+        let (tx, rx) = mpsc::channel();
+        let lazy_every = lazy_every.max(Duration::from_millis(10));
+        let thread = std::thread::Builder::new()
+            .name("journal-commit".into())
+            .spawn(move || run(shared, rx, lazy_every))?;
+        Ok(CommitHandle {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+/// The writers' side. Dropping it stops the thread after a final flush.
+pub(crate) struct CommitHandle {
+    tx: Option<mpsc::Sender<Request>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CommitHandle {
+    /// Wait until every event up to `upto` (and everything applied before
+    /// this call) is durable.
+    pub(crate) async fn wait_durable(&self, upto: u64) -> Result<(), JournalError> {
+        let stopped = || JournalError::Storage("journal committer has stopped".into());
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(Request { upto, reply })
+            .map_err(|_| stopped())?;
+        rx.await
+            .map_err(|_| stopped())?
+            .map_err(|e| JournalError::Storage(format!("flush failed: {e}")))
+    }
+}
+
+impl Drop for CommitHandle {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!("journal committer panicked");
+            }
+        }
+    }
+}
+
+fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>, lazy_every: Duration) {
+    let mut next_lazy = Instant::now() + lazy_every;
+    let mut last_size = Instant::now();
+    loop {
+        let wait = next_lazy.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(first) => {
+                let mut waiters = vec![first];
+                while let Ok(r) = rx.try_recv() {
+                    waiters.push(r);
+                }
+                let durable = shared.durable_seq.load(Ordering::SeqCst);
+                let dirty = shared.take_dirty();
+                if !dirty && waiters.iter().all(|w| w.upto <= durable) {
+                    for w in waiters {
+                        let _ = w.reply.send(Ok(()));
+                    }
+                    continue;
+                }
+                let res = commit(&shared).map_err(|e| e.to_string());
+                if res.is_err() && dirty {
+                    shared.dirty.store(true, Ordering::SeqCst);
+                }
+                tracing::trace!(batch = waiters.len(), "journal group commit");
+                for w in waiters {
+                    let _ = w.reply.send(res.clone());
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if shared.take_dirty() && commit(&shared).is_err() {
+                    shared.dirty.store(true, Ordering::SeqCst);
+                }
+                next_lazy = Instant::now() + lazy_every;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = commit(&shared);
+                break;
+            }
+        }
+        if last_size.elapsed() >= SIZE_EVERY {
+            shared.refresh_size();
+            last_size = Instant::now();
+        }
+    }
+    tracing::debug!("journal committer stopped");
+}
+
+/// One flush (+ fsync); on success everything applied before it is durable.
+fn commit(shared: &Shared) -> Result<(), super::StorageError> {
+    let target = shared.applied_seq();
+    match shared.commit() {
+        Ok(()) => {
+            shared.set_durable(target);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "journal flush failed");
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! The storage engine behind the journal, as a small trait.
+//!
+//! The journal needs very little from its engine: an ordered byte-keyed map
+//! with atomic multi-key batches, range reads, a flush that survives a
+//! process crash and a sync that survives a power cut. [`SledStorage`] is the
+//! production engine; [`MemStorage`] keeps everything in memory and can
+//! simulate a crash (drop everything not flushed), for tests.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// A storage engine failure, with what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StorageError(pub String);
+
+impl StorageError {
+    fn ctx(what: &str, e: impl std::fmt::Display) -> StorageError {
+        StorageError(format!("{what}: {e}"))
+    }
+}
+
+/// One write of a [`Batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+/// Writes applied atomically: after a crash, either all or none are present.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Put(key.into(), value.into()));
+    }
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
+        self.ops.push(Op::Delete(key.into()));
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// A key/value pair read from storage.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// What the journal needs from a storage engine.
+///
+/// Ordering guarantee the journal relies on: writes become durable in the
+/// order they were applied (a crash keeps a prefix of the applied batches).
+pub trait Storage: Send + Sync + 'static {
+    /// The value at `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Apply `batch` atomically (visible to readers at once, durable after
+    /// the next [`Storage::flush`]).
+    fn apply(&self, batch: Batch) -> Result<(), StorageError>;
+    /// Up to `max` entries with `start <= key <= end`, in key order.
+    fn range(&self, start: &[u8], end: &[u8], max: usize) -> Result<Vec<Entry>, StorageError>;
+    /// Make every applied batch survive a process crash.
+    fn flush(&self) -> Result<(), StorageError>;
+    /// After [`Storage::flush`]: make flushed data survive a power cut
+    /// (`fsync` of the data files and their directory).
+    fn sync(&self) -> Result<(), StorageError>;
+    /// Bytes the store occupies on disk (a `stat`, not a scan).
+    fn size_on_disk(&self) -> Result<u64, StorageError>;
+}
+
+/// The sled engine (one tree; the journal keeps its lanes apart by key
+/// prefix so one batch can span lanes and metadata atomically).
+pub struct SledStorage {
+    db: sled::Db,
+    dir: PathBuf,
+    /// sled's data file, opened by us so we can `fsync` it: `fsync` acts on
+    /// the file, whichever descriptor it is called on.
+    data_file: File,
+    dir_file: File,
+}
+
+impl SledStorage {
+    /// Open (or create) the store in `dir` with a page cache of
+    /// `cache_bytes`. sled's own background flusher is off: the journal
+    /// decides when to flush.
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<SledStorage, StorageError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StorageError::ctx(&format!("creating {}", dir.display()), e))?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(None)
+            .mode(sled::Mode::LowSpace)
+            .open()
+            .map_err(|e| {
+                let msg = e.to_string();
+                if msg.contains("could not acquire lock") {
+                    StorageError(format!(
+                        "cannot open {}: it is locked (in use by another process?): {msg}",
+                        dir.display()
+                    ))
+                } else {
+                    StorageError::ctx(&format!("opening {}", dir.display()), msg)
+                }
+            })?;
+        let data_path = dir.join("db");
+        let data_file = File::open(&data_path)
+            .map_err(|e| StorageError::ctx(&format!("opening {}", data_path.display()), e))?;
+        let dir_file =
+            File::open(dir).map_err(|e| StorageError::ctx(&format!("opening {}", dir.display()), e))?;
+        Ok(SledStorage {
+            db,
+            dir: dir.to_path_buf(),
+            data_file,
+            dir_file,
+        })
+    }
+
+    fn sync_blobs(&self) -> Result<(), StorageError> {
+        // sled writes values too large for its log segments to separate
+        // files under `blobs/` and does not fsync them. The journal's
+        // payloads are small, so this directory is normally empty.
+        let blobs = self.dir.join("blobs");
+        let entries = match std::fs::read_dir(&blobs) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StorageError::ctx(&format!("listing {}", blobs.display()), e)),
+        };
+        let mut any = false;
+        for entry in entries.flatten() {
+            any = true;
+            // A blob may be removed concurrently by sled's GC: skip it.
+            if let Ok(f) = File::open(entry.path()) {
+                f.sync_all().map_err(|e| {
+                    StorageError::ctx(&format!("fsync {}", entry.path().display()), e)
+                })?;
+            }
+        }
+        if any {
+            File::open(&blobs)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| StorageError::ctx(&format!("fsync {}", blobs.display()), e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Storage for SledStorage {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.db
+            .get(key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| StorageError::ctx("read", e))
+    }
+
+    fn apply(&self, batch: Batch) -> Result<(), StorageError> {
+        let mut b = sled::Batch::default();
+        for op in batch.ops {
+            match op {
+                Op::Put(k, v) => b.insert(k, v),
+                Op::Delete(k) => b.remove(k),
+            }
+        }
+        self.db
+            .apply_batch(b)
+            .map_err(|e| StorageError::ctx("write", e))
+    }
+
+    fn range(&self, start: &[u8], end: &[u8], max: usize) -> Result<Vec<Entry>, StorageError> {
+        if start > end {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for kv in self.db.range(start..=end).take(max) {
+            let (k, v) = kv.map_err(|e| StorageError::ctx("range read", e))?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| StorageError::ctx("flush", e))
+    }
+
+    fn sync(&self) -> Result<(), StorageError> {
+        self.data_file
+            .sync_all()
+            .map_err(|e| StorageError::ctx(&format!("fsync {}/db", self.dir.display()), e))?;
+        self.sync_blobs()?;
+        self.dir_file
+            .sync_all()
+            .map_err(|e| StorageError::ctx(&format!("fsync {}", self.dir.display()), e))
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StorageError> {
+        self.db
+            .size_on_disk()
+            .map_err(|e| StorageError::ctx("size on disk", e))
+    }
+}
+
+/// An in-memory engine for tests. [`MemStorage::crash`] drops every write
+/// that was not flushed, as a process crash would.
+#[derive(Default)]
+pub struct MemStorage {
+    inner: Mutex<MemInner>,
+}
+
+#[derive(Default)]
+struct MemInner {
+    live: BTreeMap<Vec<u8>, Vec<u8>>,
+    durable: BTreeMap<Vec<u8>, Vec<u8>>,
+    flushes: u64,
+    syncs: u64,
+    flush_delay: std::time::Duration,
+}
+
+impl MemStorage {
+    pub fn new() -> MemStorage {
+        MemStorage::default()
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Make every flush take `delay` (to observe group commit).
+    pub fn with_flush_delay(delay: std::time::Duration) -> MemStorage {
+        let m = MemStorage::default();
+        m.lock().flush_delay = delay;
+        m
+    }
+    /// Forget every write since the last flush.
+    pub fn crash(&self) {
+        let mut g = self.lock();
+        g.live = g.durable.clone();
+    }
+    /// How many times flush and sync were called.
+    pub fn counts(&self) -> (u64, u64) {
+        let g = self.lock();
+        (g.flushes, g.syncs)
+    }
+}
+
+impl Storage for MemStorage {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.lock().live.get(key).cloned())
+    }
+    fn apply(&self, batch: Batch) -> Result<(), StorageError> {
+        let mut g = self.lock();
+        for op in batch.ops {
+            match op {
+                Op::Put(k, v) => {
+                    g.live.insert(k, v);
+                }
+                Op::Delete(k) => {
+                    g.live.remove(&k);
+                }
+            }
+        }
+        Ok(())
+    }
+    fn range(&self, start: &[u8], end: &[u8], max: usize) -> Result<Vec<Entry>, StorageError> {
+        if start > end {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .lock()
+            .live
+            .range(start.to_vec()..=end.to_vec())
+            .take(max)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+    fn flush(&self) -> Result<(), StorageError> {
+        let delay = self.lock().flush_delay;
+        let snapshot = self.lock().live.clone();
+        std::thread::sleep(delay);
+        let mut g = self.lock();
+        g.durable = snapshot;
+        g.flushes += 1;
+        Ok(())
+    }
+    fn sync(&self) -> Result<(), StorageError> {
+        self.lock().syncs += 1;
+        Ok(())
+    }
+    fn size_on_disk(&self) -> Result<u64, StorageError> {
+        let g = self.lock();
+        Ok(g.durable.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum())
+    }
+}

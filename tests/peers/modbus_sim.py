@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Modbus device simulator for end-to-end tests, built on pymodbus' own servers.
+
+One datastore, several ways in:
+
+* ``--tcp-port N``: a Modbus TCP server (the device under test).
+* ``--rtu-port PATH``: a Modbus RTU server on a serial device (e.g. one end
+  of a socat pty pair), answering the unit ids of ``--units``.
+* ``--control-port N``: a Modbus TCP server on the SAME datastore, so a test
+  can change values (write coils/registers) while the gateway reads them over
+  RTU or TCP.
+
+Every unit id in ``--units`` has coils, discrete inputs, holding and input
+registers at addresses 0..255, all zero at start. A request for a unit id not
+in ``--units`` gets no reply at all (like an absent slave on an RS-485 line).
+
+Prints ``READY`` on stdout once every server listens. Stops on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from pymodbus.exceptions import NoSuchIdException
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+SIZE = 256
+
+
+class SharedStore:
+    """The servers' datastore: pymodbus' SimCore, shared by every server, with
+    unknown unit ids raising NoSuchIdException (so, with
+    ``ignore_missing_devices``, the server stays silent)."""
+
+    def __init__(self, core, units):
+        self.core = core
+        self.units = set(units)
+
+    def device_ids(self):
+        return list(self.units)
+
+    def _check(self, device_id):
+        if device_id not in self.units:
+            raise NoSuchIdException(f"unit {device_id} is not simulated")
+
+    async def async_getValues(self, device_id, func_code, address, count=1):
+        self._check(device_id)
+        return await self.core.async_getValues(device_id, func_code, address, count)
+
+    async def async_setValues(self, device_id, func_code, address, values):
+        self._check(device_id)
+        return await self.core.async_setValues(device_id, func_code, address, values)
+
+
+def device(unit: int) -> SimDevice:
+    bits = lambda: [SimData(0, count=SIZE, values=False, datatype=DataType.BITS)]  # noqa: E731
+    regs = lambda: [SimData(0, count=SIZE, values=0, datatype=DataType.REGISTERS)]  # noqa: E731
+    return SimDevice(id=unit, simdata=(bits(), bits(), regs(), regs()))
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--tcp-port", type=int)
+    ap.add_argument("--rtu-port", help="serial device for the RTU server")
+    ap.add_argument("--baud", type=int, default=19200)
+    ap.add_argument("--control-port", type=int)
+    ap.add_argument("--units", default="1", help="comma-separated unit ids")
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.ERROR)
+    # pymodbus logs deprecations and missing-unit requests at warning/error.
+    logging.getLogger("pymodbus").setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
+
+    units = [int(u) for u in args.units.split(",") if u.strip()]
+    devices = [device(u) for u in units]
+    servers = []
+    store = None
+
+    def add(server):
+        nonlocal store
+        if store is None:
+            store = SharedStore(server.context, units)
+        server.context = store
+        servers.append(server)
+
+    if args.tcp_port:
+        add(ModbusTcpServer(devices, address=("127.0.0.1", args.tcp_port), ignore_missing_devices=True))
+    if args.rtu_port:
+        add(
+            ModbusSerialServer(
+                devices,
+                port=args.rtu_port,
+                baudrate=args.baud,
+                ignore_missing_devices=True,
+                reconnect_delay=0.1,
+            )
+        )
+    if args.control_port:
+        add(ModbusTcpServer(devices, address=("127.0.0.1", args.control_port), ignore_missing_devices=True))
+    if not servers:
+        ap.error("give at least one of --tcp-port, --rtu-port, --control-port")
+
+    for s in servers:
+        await s.serve_forever(background=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print("READY", flush=True)
+    await stop.wait()
+    for s in servers:
+        await s.shutdown()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        sys.exit(0)
