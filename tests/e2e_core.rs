@@ -630,8 +630,10 @@ message = "Smoke detector zone 3"
         "unknown key not reported: {stderr}"
     );
     assert!(
-        stderr.lines().any(|l| l.contains(&format!("{path}:17: "))),
-        "type error not reported on line 17: {stderr}"
+        stderr
+            .lines()
+            .any(|l| l.contains(&format!("{path}:17: devices[0].modbus.port: "))),
+        "type error not reported with its line and key: {stderr}"
     );
 
     // `run` refuses it without starting: non-zero exit, no journal created.
