@@ -419,6 +419,7 @@ fn broker_outage_loses_nothing() {
         flips += 1;
         std::thread::sleep(Duration::from_millis(1500));
     }
+    assert!(gw.is_running(), "the gateway died during the broker outage");
     broker.restart();
     let back = Instant::now();
 
