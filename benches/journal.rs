@@ -277,6 +277,7 @@ fn main() {
     }
     let mut opens = Vec::new();
     let mut rss = Vec::new();
+    let mut rss_before = Vec::new();
     for _ in 0..a.runs {
         let out = Command::new(std::env::current_exe().unwrap())
             .arg("--open-only")
@@ -294,6 +295,7 @@ fn main() {
             .collect();
         assert_eq!(f[3] as u64, a.size, "reopened journal lost events");
         opens.push(f[0]);
+        rss_before.push(f[1]);
         rss.push(f[2]);
     }
     println!(
@@ -303,8 +305,9 @@ fn main() {
         opens.iter().map(|t| (t * 1000.0).round() / 1000.0).collect::<Vec<_>>()
     );
     println!(
-        "RSS after open (whole process):      {:>10.1} MiB",
-        median(rss) / 1024.0
+        "RSS after open (whole process):      {:>10.1} MiB   (before open: {:.1} MiB)",
+        median(rss) / 1024.0,
+        median(rss_before) / 1024.0
     );
 }
 

@@ -80,6 +80,10 @@ pub struct SledStorage {
     /// the file, whichever descriptor it is called on.
     data_file: File,
     dir_file: File,
+    /// File names in the directory at its last `fsync`: the directory
+    /// itself is synced again only when they change (sled created or
+    /// removed a snapshot or blob file).
+    synced_names: Mutex<Vec<std::ffi::OsString>>,
 }
 
 impl SledStorage {
@@ -116,7 +120,18 @@ impl SledStorage {
             dir: dir.to_path_buf(),
             data_file,
             dir_file,
+            synced_names: Mutex::new(Vec::new()),
         })
+    }
+
+    fn dir_names(&self) -> Result<Vec<std::ffi::OsString>, StorageError> {
+        let mut names: Vec<_> = std::fs::read_dir(&self.dir)
+            .map_err(|e| StorageError::ctx(&format!("listing {}", self.dir.display()), e))?
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
     fn sync_blobs(&self) -> Result<(), StorageError> {
@@ -193,9 +208,15 @@ impl Storage for SledStorage {
             .sync_all()
             .map_err(|e| StorageError::ctx(&format!("fsync {}/db", self.dir.display()), e))?;
         self.sync_blobs()?;
-        self.dir_file
-            .sync_all()
-            .map_err(|e| StorageError::ctx(&format!("fsync {}", self.dir.display()), e))
+        let names = self.dir_names()?;
+        let mut synced = self.synced_names.lock().unwrap_or_else(|p| p.into_inner());
+        if *synced != names {
+            self.dir_file
+                .sync_all()
+                .map_err(|e| StorageError::ctx(&format!("fsync {}", self.dir.display()), e))?;
+            *synced = names;
+        }
+        Ok(())
     }
 
     fn size_on_disk(&self) -> Result<u64, StorageError> {

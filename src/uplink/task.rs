@@ -331,6 +331,8 @@ impl Uplink {
                     return;
                 }
                 Step::Polled((mut el, out)) => {
+                    // The completed future must never be polled again.
+                    poller = None;
                     let result = match out {
                         Some(r) => r,
                         None => Err(ConnectionError::Io(std::io::Error::other(

@@ -353,10 +353,11 @@ async fn all_units_of_an_endpoint_share_one_link_one_request_at_a_time() {
             *per_device.entry(device.to_string()).or_default() += 1;
         }
     }
-    let s = shared.lock().unwrap();
-    assert_eq!(s.connects, 1);
-    assert_eq!(s.max_in_flight, 1);
-    drop(s);
+    {
+        let s = shared.lock().unwrap();
+        assert_eq!(s.connects, 1);
+        assert_eq!(s.max_in_flight, 1);
+    }
     assert_eq!(per_device["dev-1"], 10);
     assert_eq!(per_device["dev-2"], 20);
     assert_eq!(per_device["dev-3"], 10);
