@@ -7,6 +7,10 @@
 //! scenario loudly, or fails it under `REQUIRE_PEERS=1` (CI).
 
 mod common;
+#[path = "common/modbus_sim.rs"]
+mod modbus_sim;
+#[path = "common/mosquitto.rs"]
+mod mosquitto;
 
 use common::gateway::{run_cli, GatewayProc};
 use common::mqtt_sub::{MqttSub, Received};
@@ -866,112 +870,45 @@ fn status_retained_shutdown_and_will() {
     gw.kill9();
 }
 
-/// The peers these scenarios drive: a mosquitto broker that can be stopped
-/// and restarted on its port (with persistence, so sessions survive), and
-/// the pymodbus simulator (`tests/peers/modbus_sim.py`) over TCP or over a
-/// socat pty pair for RTU, with a Modbus TCP control port on the same
-/// datastore through which the test flips coils.
+/// The peers these scenarios drive, over the shared helpers: a mosquitto
+/// broker that can be stopped and restarted on its port (with persistence,
+/// so sessions survive), and the pymodbus simulator over TCP or over a socat
+/// pty pair for RTU, with a Modbus TCP control port on the same datastore
+/// through which the test flips coils (synchronously, with retries).
 mod peers {
-    use super::common::gateway::{log_file, signal};
-    use super::common::{free_port, peer_or_skip, python, repo, wait_port, which};
+    use super::modbus_sim::ModbusSim;
+    use super::mosquitto::Mosquitto;
     use std::path::PathBuf;
-    use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
-    const START_TIMEOUT: Duration = Duration::from_secs(20);
-
     /// A mosquitto broker on a free loopback port.
-    pub struct Broker {
-        bin: PathBuf,
-        dir: tempfile::TempDir,
-        port: u16,
-        child: Option<Child>,
-    }
+    pub struct Broker(Mosquitto);
 
     impl Broker {
         /// Start a broker, or skip (`None`) when mosquitto is missing.
         pub fn start() -> Option<Broker> {
-            let bin = peer_or_skip(
-                "mosquitto",
-                which("mosquitto").or_else(|| which("/usr/sbin/mosquitto")),
-                "apt-get install mosquitto",
-            )?;
-            let dir = tempfile::Builder::new()
-                .prefix("mosquitto-")
-                .tempdir()
-                .unwrap();
-            let port = free_port();
-            let conf = format!(
-                "listener {port} 127.0.0.1\n\
-                 allow_anonymous true\n\
-                 persistence true\n\
-                 persistence_location {dir}/\n\
-                 autosave_interval 1\n\
-                 max_queued_messages 100000\n\
-                 log_dest stdout\n\
-                 log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
-                 connection_messages true\n\
-                 user root\n",
-                dir = dir.path().display()
-            );
-            std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
-            let mut b = Broker {
-                bin,
-                dir,
-                port,
-                child: None,
-            };
-            b.restart();
-            Some(b)
+            Mosquitto::start_or_skip().map(Broker)
         }
 
         pub fn port(&self) -> u16 {
-            self.port
+            self.0.port()
         }
 
         /// Stop it the way an operator would (SIGTERM: sessions saved).
         pub fn stop(&mut self) {
-            if let Some(mut c) = self.child.take() {
-                signal(c.id(), "TERM");
-                let _ = c.wait();
-            }
+            self.0.stop();
         }
 
-        /// Start it (again) on the same port and persistence dir.
+        /// Start it again on the same port and persistence dir.
         pub fn restart(&mut self) {
-            assert!(self.child.is_none(), "broker already running");
-            let log = log_file(&self.dir.path().join("mosquitto.log"));
-            let err = log.try_clone().unwrap();
-            let child = Command::new(&self.bin)
-                .arg("-c")
-                .arg(self.dir.path().join("mosquitto.conf"))
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(err)
-                .spawn()
-                .expect("spawn mosquitto");
-            self.child = Some(child);
-            assert!(
-                wait_port(self.port, START_TIMEOUT),
-                "mosquitto did not listen on {}:\n{}",
-                self.port,
-                self.log()
-            );
-        }
-
-        pub fn log(&self) -> String {
-            std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+            self.0.start();
         }
     }
 
     impl Drop for Broker {
         fn drop(&mut self) {
-            if let Some(mut c) = self.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
             if std::thread::panicking() {
-                let log = self.log();
+                let log = self.0.log();
                 let tail: Vec<&str> = log.lines().rev().take(40).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
                 eprintln!(
@@ -984,107 +921,31 @@ mod peers {
 
     /// The pymodbus device simulator.
     pub struct Sim {
-        args: Vec<String>,
-        dir: tempfile::TempDir,
+        inner: Option<ModbusSim>,
+        units: Vec<u8>,
         tcp_port: u16,
         control_port: u16,
-        child: Option<Child>,
-        socat: Option<Child>,
-        python: PathBuf,
-    }
-
-    fn script() -> PathBuf {
-        repo().join("tests/peers/modbus_sim.py")
-    }
-
-    fn find_python() -> Option<PathBuf> {
-        let script = script();
-        peer_or_skip(
-            "pymodbus",
-            python().filter(|_| script.exists()),
-            "run ./scripts/test to create .venv with pymodbus (and tests/peers/modbus_sim.py must exist)",
-        )
     }
 
     impl Sim {
+        fn wrap(inner: ModbusSim, units: &[u8]) -> Sim {
+            Sim {
+                tcp_port: inner.tcp_port.unwrap_or(0),
+                control_port: inner.control_port,
+                inner: Some(inner),
+                units: units.to_vec(),
+            }
+        }
+
         /// Modbus TCP devices with the given unit ids.
         pub fn tcp(units: &[u8]) -> Option<Sim> {
-            let python = find_python()?;
-            let tcp_port = free_port();
-            let control_port = free_port();
-            let args = vec![
-                "--tcp-port".into(),
-                tcp_port.to_string(),
-                "--control-port".into(),
-                control_port.to_string(),
-                "--units".into(),
-                units_arg(units),
-            ];
-            let mut s = Sim {
-                args,
-                dir: tempfile::Builder::new()
-                    .prefix("modbus-sim-")
-                    .tempdir()
-                    .unwrap(),
-                tcp_port,
-                control_port,
-                child: None,
-                socat: None,
-                python,
-            };
-            s.restart();
-            Some(s)
+            ModbusSim::start_tcp(units).map(|s| Sim::wrap(s, units))
         }
 
         /// RTU slaves with the given unit ids on one end of a socat pty
         /// pair; the gateway opens the other end ([`Sim::gateway_tty`]).
         pub fn rtu(units: &[u8], baud: u32) -> Option<Sim> {
-            let python = find_python()?;
-            let socat = peer_or_skip("socat", which("socat"), "apt-get install socat")?;
-            let dir = tempfile::Builder::new()
-                .prefix("modbus-rtu-")
-                .tempdir()
-                .unwrap();
-            let gw_tty = dir.path().join("tty-gateway");
-            let dev_tty = dir.path().join("tty-device");
-            let log = log_file(&dir.path().join("socat.log"));
-            let socat = Command::new(socat)
-                .arg("-d")
-                .arg("-d")
-                .arg(format!("pty,raw,echo=0,link={}", gw_tty.display()))
-                .arg(format!("pty,raw,echo=0,link={}", dev_tty.display()))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn socat");
-            let start = Instant::now();
-            while !(gw_tty.exists() && dev_tty.exists()) {
-                assert!(start.elapsed() < START_TIMEOUT, "socat made no pty pair");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let control_port = free_port();
-            let args = vec![
-                "--rtu-port".into(),
-                dev_tty.display().to_string(),
-                "--baud".into(),
-                baud.to_string(),
-                "--control-port".into(),
-                control_port.to_string(),
-                "--units".into(),
-                units_arg(units),
-            ];
-            let mut s = Sim {
-                args,
-                dir,
-                tcp_port: 0,
-                control_port,
-                child: None,
-                socat: Some(socat),
-                python,
-            };
-            s.restart();
-            Some(s)
+            ModbusSim::start_rtu(units, baud).map(|s| Sim::wrap(s, units))
         }
 
         /// Port of the Modbus TCP device (the gateway polls it).
@@ -1099,7 +960,10 @@ mod peers {
 
         /// The gateway's end of the RTU pty pair.
         pub fn gateway_tty(&self) -> PathBuf {
-            self.dir.path().join("tty-gateway")
+            self.inner
+                .as_ref()
+                .and_then(|s| s.gateway_tty.clone())
+                .expect("not an RTU simulator")
         }
 
         /// Set a coil of `unit` (retries while the simulator starts).
@@ -1118,65 +982,26 @@ mod peers {
 
         /// The device vanishes (SIGKILL: no goodbye on its sockets).
         pub fn kill(&mut self) {
-            if let Some(mut c) = self.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
+            if let Some(s) = self.inner.as_mut() {
+                s.kill();
             }
         }
 
-        /// Start it (again) on the same ports; values start from zero.
+        /// Start a TCP simulator again on the same port (values from zero;
+        /// a new control port).
         pub fn restart(&mut self) {
-            assert!(self.child.is_none(), "simulator already running");
-            let log = log_file(&self.dir.path().join("modbus_sim.log"));
-            let err = log.try_clone().unwrap();
-            let child = Command::new(&self.python)
-                .arg(script())
-                .args(&self.args)
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(err)
-                .spawn()
-                .expect("spawn modbus_sim.py");
-            self.child = Some(child);
-            for port in [self.tcp_port, self.control_port] {
-                if port != 0 && !wait_port(port, START_TIMEOUT) {
-                    panic!("modbus_sim.py did not listen on {port}:\n{}", self.log());
-                }
-            }
+            assert!(self.tcp_port != 0, "restart is for TCP simulators");
+            self.inner = None;
+            let s = ModbusSim::start_tcp_on(self.tcp_port, &self.units)
+                .expect("the simulator ran before, so its peers exist");
+            self.control_port = s.control_port;
+            self.inner = Some(s);
         }
-
-        pub fn log(&self) -> String {
-            std::fs::read_to_string(self.dir.path().join("modbus_sim.log")).unwrap_or_default()
-        }
-    }
-
-    impl Drop for Sim {
-        fn drop(&mut self) {
-            if let Some(mut c) = self.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-            if let Some(mut c) = self.socat.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-            if std::thread::panicking() {
-                eprintln!("----- modbus_sim log -----\n{}", self.log());
-            }
-        }
-    }
-
-    fn units_arg(units: &[u8]) -> String {
-        units
-            .iter()
-            .map(|u| u.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
     }
 
     /// Write one coil over Modbus TCP (function code 5).
     pub fn write_coil(port: u16, unit: u8, addr: u16, value: bool) -> Result<(), String> {
-        use tokio_modbus::client::{tcp, Writer};
+        use tokio_modbus::client::{tcp, Client, Writer};
         use tokio_modbus::Slave;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -1184,15 +1009,14 @@ mod peers {
             .map_err(|e| e.to_string())?;
         rt.block_on(async move {
             let op = async {
-                let addr_s = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-                let mut ctx = tcp::connect_slave(addr_s, Slave(unit))
+                let sock = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                let mut ctx = tcp::connect_slave(sock, Slave(unit))
                     .await
                     .map_err(|e| e.to_string())?;
                 ctx.write_single_coil(addr, value)
                     .await
                     .map_err(|e| e.to_string())?
                     .map_err(|e| format!("exception {e:?}"))?;
-                use tokio_modbus::client::Client;
                 let _ = ctx.disconnect().await;
                 Ok::<(), String>(())
             };
