@@ -285,7 +285,8 @@ fn alarm_flip_arrives_as_contract_event() {
         1
     );
 
-    gw.sigterm(Duration::from_secs(15));
+    let exit = gw.sigterm(Duration::from_secs(15));
+    assert!(exit.success(), "clean shutdown exited with {exit}");
     let upto = gw.journal_info()["last_seq"].as_u64().expect("last_seq");
     wait_all_seqs(&sub, upto, Duration::from_secs(5));
     check_delivery(&sub.messages(), 1, upto);
@@ -447,7 +448,8 @@ fn broker_outage_loses_nothing() {
         back.elapsed()
     );
 
-    gw.sigterm(Duration::from_secs(15));
+    let exit = gw.sigterm(Duration::from_secs(15));
+    assert!(exit.success(), "clean shutdown exited with {exit}");
     let info = gw.journal_info();
     let upto = info["last_seq"].as_u64().expect("last_seq");
     wait_all_seqs(&sub, upto, Duration::from_secs(15));
@@ -539,7 +541,8 @@ fn kill9_repeatedly_loses_no_recorded_event() {
     flipper.join().unwrap();
     std::thread::sleep(Duration::from_secs(1));
     assert!(gw.is_running(), "gateway died by itself after the crashes");
-    gw.sigterm(Duration::from_secs(15));
+    let exit = gw.sigterm(Duration::from_secs(15));
+    assert!(exit.success(), "clean shutdown exited with {exit}");
 
     let info = gw.journal_info();
     let upto = info["last_seq"].as_u64().expect("last_seq");
@@ -557,7 +560,13 @@ fn kill9_repeatedly_loses_no_recorded_event() {
         .values()
         .filter(|e| e["kind"] == "gateway.started")
         .count();
-    assert_eq!(starts, rounds + 1, "one gateway.started per start");
+    // A kill can land before a run recorded gateway.started, never more
+    // than one per run.
+    assert!(
+        (2..=rounds + 1).contains(&starts),
+        "{starts} gateway.started events for {} runs",
+        rounds + 1
+    );
     assert!(
         by_seq.keys().next_back() == Some(&upto),
         "events past the journal's last_seq"
@@ -787,7 +796,8 @@ fn status_retained_shutdown_and_will() {
     // Clean shutdown: retained offline/shutdown.
     let watch = MqttSub::start(broker.port(), &status_topic);
     watch.wait_subscribed(Duration::from_secs(10));
-    gw.sigterm(Duration::from_secs(15));
+    let exit = gw.sigterm(Duration::from_secs(15));
+    assert!(exit.success(), "clean shutdown exited with {exit}");
     watch.wait_for(Duration::from_secs(5), "status offline (shutdown)", |m| {
         m.json()["state"] == "offline"
     });
