@@ -288,7 +288,12 @@ fn main() {
         let line = text
             .lines()
             .find(|l| l.starts_with("OPEN "))
-            .unwrap_or_else(|| panic!("open child failed: {}", String::from_utf8_lossy(&out.stderr)));
+            .unwrap_or_else(|| {
+                panic!(
+                    "open child failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
         let f: Vec<f64> = line[5..]
             .split_whitespace()
             .map(|v| v.parse().unwrap())
@@ -302,7 +307,10 @@ fn main() {
         "open with {} events backlog:     {:>10.3} s          (runs: {:?})",
         a.size,
         median(opens.clone()),
-        opens.iter().map(|t| (t * 1000.0).round() / 1000.0).collect::<Vec<_>>()
+        opens
+            .iter()
+            .map(|t| (t * 1000.0).round() / 1000.0)
+            .collect::<Vec<_>>()
     );
     println!(
         "RSS after open (whole process):      {:>10.1} MiB   (before open: {:.1} MiB)",

@@ -130,7 +130,13 @@ fn child_args(cmd: &mut Command, mode: &str, dir: &Path, fsync: bool, count: Opt
 }
 
 /// Starts a crash-mode child; returns it and a channel of `(seq, tag)`.
-fn spawn_writer(dir: &Path) -> (Child, mpsc::Receiver<(u64, u64)>, std::thread::JoinHandle<()>) {
+fn spawn_writer(
+    dir: &Path,
+) -> (
+    Child,
+    mpsc::Receiver<(u64, u64)>,
+    std::thread::JoinHandle<()>,
+) {
     let mut child = child_command("crash", dir, true, None)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -178,7 +184,10 @@ fn kill_9_never_loses_a_recorded_event() {
         reader.join().unwrap();
         let before = printed.len();
         for (seq, tag) in rx.try_iter() {
-            assert!(printed.insert(seq, tag).is_none(), "seq {seq} printed twice");
+            assert!(
+                printed.insert(seq, tag).is_none(),
+                "seq {seq} printed twice"
+            );
         }
         assert!(printed.len() > before, "round {round}: no progress");
 
@@ -186,7 +195,10 @@ fn kill_9_never_loses_a_recorded_event() {
         let stats = j.stats();
         let acked = j.acked_seq(SINK);
         let max_printed = *printed.keys().last().unwrap();
-        assert!(stats.last_seq >= max_printed, "round {round}: {stats:?} < {max_printed}");
+        assert!(
+            stats.last_seq >= max_printed,
+            "round {round}: {stats:?} < {max_printed}"
+        );
         assert!(stats.last_seq >= last_seq, "last_seq went back");
         assert!(acked <= max_printed.max(last_seq));
         let held = j.read_events(acked, usize::MAX).unwrap();
@@ -258,7 +270,10 @@ fn parse_trace(text: &str, data_file: &str) -> Vec<Step> {
     let mut steps = Vec::new();
     let marker = |call: &str, word: &str| -> Option<u64> {
         let at = call.find(&format!("\"{word} "))? + word.len() + 2;
-        let digits: String = call[at..].chars().take_while(|c| c.is_ascii_digit()).collect();
+        let digits: String = call[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
         digits.parse().ok()
     };
     let classify = |call: &str| -> Option<Step> {
@@ -359,16 +374,17 @@ fn run_traced(strace: &Path, fsync: bool) -> (usize, Vec<u64>) {
 
 #[test]
 fn record_returns_only_after_fsync_of_the_data_file() {
-    let Some(strace) = common::peer_or_skip(
-        "strace",
-        common::which("strace"),
-        "apt-get install strace",
-    ) else {
+    let Some(strace) =
+        common::peer_or_skip("strace", common::which("strace"), "apt-get install strace")
+    else {
         return;
     };
     let (records, bad) = run_traced(&strace, true);
     assert_eq!(records, 20, "expected 20 traced records");
-    assert!(bad.is_empty(), "records returned before an fsync of the data file: {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "records returned before an fsync of the data file: {bad:?}"
+    );
 
     // Control: with fsync off the same check must fail, or it proves nothing.
     let (records, bad) = run_traced(&strace, false);

@@ -302,6 +302,11 @@ async fn tcp_device_goes_offline_when_killed_and_online_when_back() {
     // offline_after = 3 polls at 0.1 s (connection refused fails at once).
     let took = killed.elapsed();
     assert!(took < Duration::from_secs(2), "offline after {took:?}");
+    // Not at the first failed poll: the third comes ≥ 2 intervals after the first.
+    assert!(
+        took >= Duration::from_millis(190),
+        "offline too early: {took:?}"
+    );
     assert!(reason.is_some());
 
     // No repeated offline messages while it stays down.
@@ -437,4 +442,36 @@ async fn rtu_two_slaves_on_one_bus_and_an_absent_one() {
         // Interval + one timeout of the dead slave + scheduling slack.
         assert!(worst < Duration::from_millis(900), "{dev}: gap {worst:?}");
     }
+}
+
+#[tokio::test]
+async fn disabled_devices_and_pointless_devices_are_not_polled() {
+    let text = format!(
+        r#"{HEAD}
+[[devices]]
+id = "spare"
+enabled = false
+[devices.modbus]
+host = "127.0.0.1"
+port = 1
+[[devices.points]]
+id = "x"
+register = "coil"
+address = 0
+
+[[devices]]
+id = "empty"
+[devices.modbus]
+host = "127.0.0.1"
+port = 2
+"#
+    );
+    let cfg = load(&text);
+    let (tx, mut rx) = mpsc::channel(8);
+    let handles = modbus::spawn(&cfg, tx, CancellationToken::new());
+    assert!(
+        handles.is_empty(),
+        "no endpoint task for disabled or empty devices"
+    );
+    assert!(rx.recv().await.is_none(), "nothing is sent");
 }

@@ -157,7 +157,11 @@ impl Gateway {
 /// Collect event messages until every seq in `1..=last` has been seen.
 /// Asserts the platform's view: no gap (each new seq is the next one),
 /// duplicates allowed (at least once), and ids follow the contract.
-async fn collect_events(sub: &mut Subscriber, last: u64, timeout: Duration) -> Vec<serde_json::Value> {
+async fn collect_events(
+    sub: &mut Subscriber,
+    last: u64,
+    timeout: Duration,
+) -> Vec<serde_json::Value> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut max_seen = 0u64;
     let mut firsts = Vec::new();
@@ -216,7 +220,11 @@ async fn events_are_published_in_seq_order_with_contract_fields() {
     }
     assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
     gw.wait_acked(200, Duration::from_secs(5)).await;
-    assert_eq!(journal.read_events(0, 10).unwrap(), vec![], "delivered events leave the journal");
+    assert_eq!(
+        journal.read_events(0, 10).unwrap(),
+        vec![],
+        "delivered events leave the journal"
+    );
     gw.shutdown().await;
 }
 
@@ -296,7 +304,10 @@ async fn will_reports_offline_when_the_gateway_dies() {
     assert_eq!(will.get("reason"), None, "the will is not a clean shutdown");
     let mut expected = online.clone();
     expected["state"] = "offline".into();
-    assert_eq!(will, expected, "the will is the online object with state offline");
+    assert_eq!(
+        will, expected,
+        "the will is the online object with state offline"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,13 +337,19 @@ async fn broker_outage_loses_nothing() {
     gw.wait_connected(false, Duration::from_secs(10)).await;
     // The gateway records its own uplink loss well within 20 s.
     let lost_at = loop {
-        let pending = journal.read_events(journal.acked_seq(UPLINK_SINK), 10_000).unwrap();
+        let pending = journal
+            .read_events(journal.acked_seq(UPLINK_SINK), 10_000)
+            .unwrap();
         if pending.iter().any(|e| {
-            serde_json::from_slice::<serde_json::Value>(&e.payload).unwrap()["kind"] == "uplink.lost"
+            serde_json::from_slice::<serde_json::Value>(&e.payload).unwrap()["kind"]
+                == "uplink.lost"
         }) {
             break stopped.elapsed();
         }
-        assert!(stopped.elapsed() < Duration::from_secs(20), "no uplink.lost within 20 s");
+        assert!(
+            stopped.elapsed() < Duration::from_secs(20),
+            "no uplink.lost within 20 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     eprintln!("uplink.lost recorded {lost_at:?} after the broker stopped");
@@ -347,7 +364,11 @@ async fn broker_outage_loses_nothing() {
         assert!(Instant::now() < deadline, "uplink.restored not recorded");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(journal.stats().last_seq, last, "one lost and one restored, no more");
+    assert_eq!(
+        journal.stats().last_seq,
+        last,
+        "one lost and one restored, no more"
+    );
 
     gw.wait_acked(last, Duration::from_secs(30)).await;
     let events = collect_events(&mut sub, last, Duration::from_secs(30)).await;
@@ -378,7 +399,8 @@ async fn hung_broker_is_detected_and_recovered() {
     gw.wait_connected(false, Duration::from_secs(20)).await;
     eprintln!("hung broker detected after {:?}", paused.elapsed());
     broker.resume();
-    gw.wait_acked(journal.stats().last_seq, Duration::from_secs(30)).await;
+    gw.wait_acked(journal.stats().last_seq, Duration::from_secs(30))
+        .await;
     gw.shutdown().await;
 }
 
@@ -403,7 +425,11 @@ async fn end_to_end_ack_republishes_until_the_platform_confirms() {
     }
     let t_first = Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(journal.acked_seq(UPLINK_SINK), 0, "a PUBACK alone does not remove events");
+    assert_eq!(
+        journal.acked_seq(UPLINK_SINK),
+        0,
+        "a PUBACK alone does not remove events"
+    );
 
     // Nobody confirms: published again, same ids and seqs, same payload.
     let mut again = Vec::new();
@@ -414,9 +440,11 @@ async fn end_to_end_ack_republishes_until_the_platform_confirms() {
     assert_eq!(again, first);
 
     // The platform confirms up to 2, then 3.
-    sub.publish(&topic("events_ack"), br#"{"upto_seq": 2}"#).await;
+    sub.publish(&topic("events_ack"), br#"{"upto_seq": 2}"#)
+        .await;
     gw.wait_acked(2, Duration::from_secs(5)).await;
-    sub.publish(&topic("events_ack"), br#"{"upto_seq": 3}"#).await;
+    sub.publish(&topic("events_ack"), br#"{"upto_seq": 3}"#)
+        .await;
     gw.wait_acked(3, Duration::from_secs(5)).await;
 
     // Nothing is published again once confirmed.
@@ -445,7 +473,8 @@ async fn commands_reach_the_command_path_and_results_come_back() {
     let cmd = br#"{"action":"write_point","target":"hvac-1/fan-run","value":false}"#;
     let received = loop {
         sub.publish(&topic("cmd/req-7"), cmd).await;
-        if let Ok(Some(c)) = tokio::time::timeout(Duration::from_secs(1), gw.commands.recv()).await {
+        if let Ok(Some(c)) = tokio::time::timeout(Duration::from_secs(1), gw.commands.recv()).await
+        {
             break c;
         }
     };
@@ -453,7 +482,9 @@ async fn commands_reach_the_command_path_and_results_come_back() {
     assert_eq!(received.payload, cmd.to_vec());
     let reply = br#"{"request_id":"req-7","ok":true,"executed_at":"2026-11-26T21:04:05.123Z"}"#;
     received.reply.send(reply.to_vec()).unwrap();
-    let m = sub.expect("/cmd_result/req-7", Duration::from_secs(5)).await;
+    let m = sub
+        .expect("/cmd_result/req-7", Duration::from_secs(5))
+        .await;
     assert_eq!(m.payload, reply.to_vec());
 
     // A command whose handler drops the reply still gets an answer.
@@ -517,5 +548,88 @@ async fn heartbeat_and_telemetry() {
     assert_eq!(v["devices_online"], 3);
     assert_eq!(v["alarms_active"], 2);
     assert_eq!(v["backlog"], 0);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_sends_events_before_telemetry() {
+    let Some(broker) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open_journal(dir.path());
+    let mut sub = Subscriber::connect(
+        broker.port(),
+        "platform",
+        &[topic("events"), topic("telemetry")],
+        false,
+    )
+    .await;
+    // Telemetry recorded first, events later: events still go first.
+    for i in 0..20 {
+        let t = format!(r#"{{"ts":"2026-11-26T21:04:05.123Z","points":[],"n":{i}}}"#);
+        journal.record_telemetry(t.as_bytes()).unwrap();
+    }
+    record(&journal, 500).await;
+    let gw = start(config(broker.port()), &journal);
+
+    let mut events = 0;
+    let mut telemetry = Vec::new();
+    while events < 500 || telemetry.len() < 20 {
+        let m = sub
+            .next(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("{events} events, {} telemetry", telemetry.len()));
+        if m.topic.ends_with("/events") {
+            assert!(
+                telemetry.is_empty(),
+                "event {} arrived after telemetry",
+                m.json()["seq"]
+            );
+            events += 1;
+        } else {
+            telemetry.push(m.json()["n"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(
+        telemetry,
+        (0..20).collect::<Vec<_>>(),
+        "telemetry oldest first"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_result_waits_for_the_link() {
+    let Some(mut broker) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open_journal(dir.path());
+    let mut gw = start(config(broker.port()), &journal);
+    gw.wait_connected(true, Duration::from_secs(10)).await;
+    let mut sub =
+        Subscriber::connect(broker.port(), "platform", &[topic("cmd_result/+")], true).await;
+    let received = loop {
+        sub.publish(&topic("cmd/req-9"), br#"{"action":"open_door"}"#)
+            .await;
+        if let Ok(Some(c)) = tokio::time::timeout(Duration::from_secs(1), gw.commands.recv()).await
+        {
+            break c;
+        }
+    };
+    // The link drops while the command runs; the result goes out once it is back.
+    broker.stop();
+    gw.wait_connected(false, Duration::from_secs(10)).await;
+    received
+        .reply
+        .send(br#"{"request_id":"req-9","ok":true}"#.to_vec())
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.start();
+    let m = sub
+        .expect("/cmd_result/req-9", Duration::from_secs(15))
+        .await;
+    assert_eq!(m.json()["ok"], true);
     gw.shutdown().await;
 }

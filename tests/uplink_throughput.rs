@@ -94,10 +94,17 @@ async fn backlog_drains_at_full_speed() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let rate = (target - a0) as f64 / t0.elapsed().as_secs_f64();
-    eprintln!("backlog drained at {rate:.0} events/s ({} events)", target - a0);
+    eprintln!(
+        "backlog drained at {rate:.0} events/s ({} events)",
+        target - a0
+    );
     // The 20,000/s target holds for an optimised build; an unoptimised test
     // build only has to show the window is kept full (no serial PUBACK waits).
-    let floor = if cfg!(debug_assertions) { 2_000.0 } else { 20_000.0 };
+    let floor = if cfg!(debug_assertions) {
+        2_000.0
+    } else {
+        20_000.0
+    };
     assert!(rate >= floor, "{rate:.0} events/s is below {floor}");
     stop.cancel();
     task.await.unwrap();

@@ -32,7 +32,9 @@
 //! | active_unacked   | acknowledge, condition active  | active_acked     | `alarm.acknowledged` (active_acked)       |
 //! | active_unacked   | condition normal, not latching | returned_unacked | `alarm.cleared` (returned_unacked)        |
 //! | active_unacked   | condition normal, latching     | active_unacked   | nothing: the alarm stays in               |
+//! | active_unacked   | condition active again, latching | active_unacked | nothing                                 |
 //! | active_unacked   | acknowledge, latching, condition known normal | normal | `alarm.acknowledged` (active_acked), then `alarm.cleared` (normal) |
+//! | active_unacked   | acknowledge, latching, condition unknown | active_acked | `alarm.acknowledged` (active_acked); cleared on the next good normal value |
 //! | active_acked     | condition normal (known)       | normal           | `alarm.cleared` (normal)                  |
 //! | returned_unacked | acknowledge                    | normal           | `alarm.acknowledged` (normal)             |
 //! | returned_unacked | condition active again         | active_unacked   | `alarm.raised` (re-activation)            |
@@ -48,6 +50,12 @@
 //! (priority 3, the device's category). For a `life_safety` device it also
 //! raises a priority-1 alarm with key `device/<id>/comm`, which returns when
 //! the device answers again and follows the same state table (not latching).
+//!
+//! # Restarts
+//!
+//! [`AlarmEngine::snapshot`] saves every alarm not in normal;
+//! [`AlarmEngine::restore`] puts them back into a fresh engine, so a latched
+//! fire alarm or an unacknowledged one survives a restart of the gateway.
 //!
 //! # Cost
 //!
@@ -70,6 +78,7 @@ use crate::event::{
 };
 use crate::point::{PointIndex, Quality, Value};
 use condition::{Condition, Target};
+use serde::Deserialize;
 use state::{Core, Transitions};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -83,7 +92,28 @@ pub enum AlarmError {
     UnknownAlarm(String),
     #[error("alarm {0:?} is not awaiting acknowledgement")]
     NotUnacked(String),
+    #[error("unreadable alarm snapshot: {0}")]
+    Snapshot(String),
 }
+
+/// Saved alarm states ([`AlarmEngine::snapshot`]).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Snapshot {
+    version: u32,
+    alarms: Vec<SavedAlarm>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedAlarm {
+    key: String,
+    state: AlarmState,
+    /// The condition (after delays) when saved.
+    condition: bool,
+}
+
+const SNAPSHOT_VERSION: u32 = 1;
 
 /// Priority of `device.offline` / `device.online` events.
 const DEVICE_EVENT_PRIORITY: Priority = Priority::MEDIUM;
@@ -305,6 +335,13 @@ impl AlarmEngine {
             let Some(condition) = alarm.def.condition else {
                 continue;
             };
+            // A delay that ran out before this reading counts, even if
+            // `tick` has not run yet: the outcome must not depend on when
+            // the task got round to it.
+            if let Some(at) = alarm.core.pending().filter(|at| *at <= now) {
+                let t = alarm.core.fire(at);
+                emit(alarm, t, ts, None, None, None, out);
+            }
             let cond = value.and_then(|v| condition.eval(v, alarm.core.raw()));
             alarm.value = if cond.is_some() { value } else { None };
             let step = alarm.core.observe(now, cond);
@@ -331,7 +368,7 @@ impl AlarmEngine {
             tracing::warn!(device_index, "status of an unknown device ignored");
             return;
         };
-        if dev.offline == !online {
+        if dev.offline != online {
             return;
         }
         dev.offline = !online;
@@ -438,6 +475,78 @@ impl AlarmEngine {
             .collect();
         v.sort_by(|a, b| a.priority.cmp(&b.priority).then_with(|| a.key.cmp(&b.key)));
         v
+    }
+
+    /// The states worth keeping across a restart: every alarm not in normal,
+    /// as JSON (`{"version": 1, "alarms": [{"key", "state", "condition"}]}`).
+    pub fn snapshot(&self) -> serde_json::Value {
+        let alarms = self
+            .alarms
+            .iter()
+            .filter(|a| a.core.state() != AlarmState::Normal)
+            .map(|a| {
+                let (state, condition) = a.core.saved();
+                SavedAlarm {
+                    key: a.def.key.to_string(),
+                    state,
+                    condition,
+                }
+            })
+            .collect();
+        serde_json::to_value(Snapshot {
+            version: SNAPSHOT_VERSION,
+            alarms,
+        })
+        .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Restore states saved by [`snapshot`](Self::snapshot) into a freshly
+    /// built engine, before any reading. Returns how many alarms were
+    /// restored.
+    ///
+    /// Point alarms keep their state silently (the platform already knows
+    /// it); their condition is unknown until the next good value, so a
+    /// latched fire alarm stays in until acknowledged and an unacknowledged
+    /// alarm still needs its acknowledgement. Keys no longer configured are
+    /// skipped with a warning.
+    ///
+    /// Communication-loss alarms cannot keep their condition: after a restart
+    /// every device counts as online until its driver says otherwise. They
+    /// are returned (active_unacked → returned_unacked, active_acked →
+    /// normal) with `alarm.cleared` events in `out`; a device still
+    /// unreachable raises its alarm again once the driver gives up on it.
+    pub fn restore(
+        &mut self,
+        now: Instant,
+        ts: Timestamp,
+        snapshot: &serde_json::Value,
+        out: &mut Vec<NewEvent>,
+    ) -> Result<usize, AlarmError> {
+        let snap =
+            Snapshot::deserialize(snapshot).map_err(|e| AlarmError::Snapshot(e.to_string()))?;
+        if snap.version != SNAPSHOT_VERSION {
+            return Err(AlarmError::Snapshot(format!(
+                "version {} (this gateway reads {SNAPSHOT_VERSION})",
+                snap.version
+            )));
+        }
+        let mut restored = 0;
+        for saved in snap.alarms {
+            let Some(&i) = self.by_key.get(saved.key.as_str()) else {
+                tracing::warn!(key = %saved.key, state = ?saved.state, "saved alarm no longer configured; dropped");
+                continue;
+            };
+            let alarm = &mut self.alarms[i as usize];
+            alarm.core.restore(saved.state, saved.condition);
+            if alarm.def.condition.is_none() {
+                // Communication loss: the device counts as online now.
+                let step = alarm.core.observe(now, Some(false));
+                emit(alarm, step.transitions, ts, None, None, None, out);
+            }
+            tracing::info!(key = %saved.key, state = ?alarm.core.state(), "alarm state restored");
+            restored += 1;
+        }
+        Ok(restored)
     }
 
     /// Drop timers at the top of the heap that no alarm waits for any more,

@@ -170,6 +170,29 @@ impl Core {
         Ok(t)
     }
 
+    /// What survives a restart: the state and the debounced condition.
+    pub fn saved(&self) -> (AlarmState, bool) {
+        (self.state, self.debounced)
+    }
+
+    /// Restore a saved state. The condition is unknown until the next good
+    /// value; combinations the machine cannot reach are repaired.
+    pub fn restore(&mut self, state: AlarmState, condition: bool) {
+        let (state, debounced) = match (state, condition) {
+            (AlarmState::ActiveUnacked, false) if !self.latching => {
+                (AlarmState::ReturnedUnacked, false)
+            }
+            (AlarmState::ActiveUnacked | AlarmState::ActiveAcked, c) => (state, c),
+            (AlarmState::ReturnedUnacked, _) => (AlarmState::ReturnedUnacked, false),
+            (AlarmState::Normal | AlarmState::Shelved, _) => (AlarmState::Normal, false),
+        };
+        self.state = state;
+        self.debounced = debounced;
+        self.raw = debounced;
+        self.known = false;
+        self.pending = None;
+    }
+
     fn set_debounced(&mut self, c: bool, t: &mut Transitions) {
         self.debounced = c;
         match (c, self.state) {

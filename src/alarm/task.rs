@@ -72,7 +72,7 @@ pub async fn run(
                     }
                     BusMessage::DeviceStatus { device, ts, online, reason } => {
                         let Some(&di) = device_index.get(&*device) else { continue };
-                        if offline[di] == !online {
+                        if offline[di] != online {
                             continue;
                         }
                         offline[di] = !online;
@@ -127,8 +127,8 @@ pub async fn run(
         }
     }
     // Bus closed: drivers are stopped. Flush pending telemetry.
-    let far = Instant::now() + Duration::from_secs(3600 * 24 * 365);
-    while let Some(payload) = telemetry.take_due(far) {
+    let now = Instant::now();
+    while let Some(payload) = telemetry.flush(now) {
         let _ = journal.record_telemetry(&payload);
     }
     tracing::debug!("alarm task stopped");

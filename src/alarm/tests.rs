@@ -451,6 +451,23 @@ fn on_delay_raises_only_after_condition_held() {
 }
 
 #[test]
+fn expired_on_delay_counts_even_if_tick_is_late() {
+    let mut b = Bench::new();
+    b.read(0, FENCE, Value::Bool(true));
+    // No tick at 2 s (the task was busy); the next reading is normal.
+    let evs = b.read(2500, FENCE, Value::Bool(false));
+    assert_eq!(kinds(&evs), [(Raised, Some(ActiveUnacked))]);
+    assert_eq!(
+        evs[0].alarm.as_ref().unwrap().value,
+        serde_json::json!(true)
+    );
+    // ... and the off-delay starts from that reading.
+    assert_eq!(b.engine.next_deadline(), Some(b.at(7500)));
+    assert!(b.tick(2600).is_empty(), "the stale timer does nothing");
+    assert_eq!(kinds(&b.tick(7500)), [(Cleared, Some(ReturnedUnacked))]);
+}
+
+#[test]
 fn on_delay_condition_gone_early_raises_nothing() {
     let mut b = Bench::new();
     b.read(0, FENCE, Value::Bool(true));
@@ -783,8 +800,11 @@ mod prop {
                 a.key, e.kind, a.state
             ));
         }
-        if e.kind == Raised && a.value.is_null() && !a.key.starts_with("device/") {
-            return Err(format!("{} raised without a value", a.key));
+        // Unknown is neither alarm nor normal: a point alarm is raised and
+        // cleared only on a known value.
+        if matches!(e.kind, Raised | Cleared) && a.value.is_null() && !a.key.starts_with("device/")
+        {
+            return Err(format!("{} {:?} without a known value", a.key, e.kind));
         }
         if (e.kind == Acked) != a.operator.is_some() {
             return Err(format!("{}: operator on a {:?} event", a.key, e.kind));
@@ -858,6 +878,141 @@ mod prop {
                     prop_assert!(dl > b.at(ms) || !is_advance);
                 }
             }
+            // A restart keeps every point alarm's state.
+            let snap = b.engine.snapshot();
+            let mut r = Bench::new();
+            let mut out = Vec::new();
+            r.engine.restore(r.at(0), Bench::ts(0), &snap, &mut out).unwrap();
+            for key in &KEYS[..6] {
+                prop_assert_eq!(r.engine.state(key), b.engine.state(key), "{}", key);
+            }
+            for e in &out {
+                prop_assert_eq!(e.alarm.as_ref().map(|a| a.key.as_str()), Some("device/fire-panel-a/comm"));
+            }
         }
+    }
+}
+
+mod snapshot {
+    use super::*;
+
+    fn restored(b: &Bench) -> (Bench, Vec<NewEvent>, usize) {
+        let snap = b.engine.snapshot();
+        let mut fresh = Bench::new();
+        let mut out = Vec::new();
+        let n = fresh
+            .engine
+            .restore(fresh.at(0), Bench::ts(0), &snap, &mut out)
+            .unwrap();
+        (fresh, out, n)
+    }
+
+    #[test]
+    fn snapshot_lists_non_normal_alarms() {
+        let mut b = Bench::new();
+        assert_eq!(
+            b.engine.snapshot(),
+            serde_json::json!({"version": 1, "alarms": []})
+        );
+        b.read(0, FIRE3, Value::Bool(true));
+        b.read(0, FIRE4, Value::Bool(true));
+        b.read(1, FIRE4, Value::Bool(false));
+        assert_eq!(
+            b.engine.snapshot(),
+            serde_json::json!({"version": 1, "alarms": [
+                {"key": FIRE3, "state": "active_unacked", "condition": true},
+                {"key": FIRE4, "state": "returned_unacked", "condition": false},
+            ]})
+        );
+    }
+
+    #[test]
+    fn latched_fire_survives_restart_until_acked() {
+        let mut b = Bench::new();
+        b.read(0, FIRE3, Value::Bool(true));
+        b.read(10, FIRE3, Value::Bool(false));
+        let (mut r, out, n) = restored(&b);
+        assert!(out.is_empty());
+        assert_eq!(n, 1);
+        assert_eq!(r.state(FIRE3), ActiveUnacked);
+        assert_eq!(r.engine.active_count(), 1);
+        // Still normal after restart: stays latched, no new raise.
+        assert!(r.read(100, FIRE3, Value::Bool(false)).is_empty());
+        assert_eq!(
+            kinds(&r.ack(200, FIRE3).unwrap()),
+            [(Acked, Some(ActiveAcked)), (Cleared, Some(Normal))]
+        );
+    }
+
+    #[test]
+    fn restored_alarm_is_not_raised_again_while_active() {
+        let mut b = Bench::new();
+        b.read(0, FIRE4, Value::Bool(true));
+        b.ack(5, FIRE4).unwrap();
+        let (mut r, _, _) = restored(&b);
+        assert_eq!(r.state(FIRE4), ActiveAcked);
+        assert!(r.read(100, FIRE4, Value::Bool(true)).is_empty());
+        assert_eq!(
+            kinds(&r.read(200, FIRE4, Value::Bool(false))),
+            [(Cleared, Some(Normal))]
+        );
+    }
+
+    #[test]
+    fn restored_returned_unacked_still_needs_ack_and_reraises() {
+        let mut b = Bench::new();
+        b.read(0, FIRE4, Value::Bool(true));
+        b.read(1, FIRE4, Value::Bool(false));
+        let (mut r, _, _) = restored(&b);
+        assert!(r.bad(50, FIRE4).is_empty());
+        assert_eq!(
+            kinds(&r.read(100, FIRE4, Value::Bool(true))),
+            [(Raised, Some(ActiveUnacked))]
+        );
+    }
+
+    #[test]
+    fn comm_alarm_returns_on_restore() {
+        let mut b = Bench::new();
+        b.device(0, "fire-panel-a", false);
+        let (mut r, out, n) = restored(&b);
+        assert_eq!(n, 1);
+        assert_eq!(kinds(&out), [(Cleared, Some(ReturnedUnacked))]);
+        assert_eq!(out[0].ts, Bench::ts(0));
+        // Still unreachable: the driver reports it again and it re-raises.
+        let evs = r.device(10, "fire-panel-a", false);
+        assert_eq!(
+            kinds(&evs),
+            [
+                (EventKind::DeviceOffline, None),
+                (Raised, Some(ActiveUnacked))
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_skipped_and_bad_snapshots_refused() {
+        let mut b = Bench::new();
+        let mut out = Vec::new();
+        let t = b.at(0);
+        let v = serde_json::json!({"version": 1, "alarms": [
+            {"key": "gone/point", "state": "active_unacked", "condition": true},
+            {"key": FIRE4, "state": "active_unacked", "condition": false},
+        ]});
+        assert_eq!(b.engine.restore(t, Bench::ts(0), &v, &mut out), Ok(1));
+        // Non-latching active_unacked with the condition gone is repaired.
+        assert_eq!(b.state(FIRE4), ReturnedUnacked);
+        for bad in [
+            serde_json::json!({"version": 2, "alarms": []}),
+            serde_json::json!({"alarms": []}),
+            serde_json::json!({"version": 1, "alarms": [{"key": FIRE3, "state": "burning", "condition": true}]}),
+            serde_json::json!("nonsense"),
+        ] {
+            assert!(matches!(
+                b.engine.restore(t, Bench::ts(0), &bad, &mut out),
+                Err(AlarmError::Snapshot(_))
+            ));
+        }
+        assert!(out.is_empty());
     }
 }

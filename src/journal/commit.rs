@@ -31,7 +31,10 @@ struct Request {
 pub(crate) struct Committer;
 
 impl Committer {
-    pub(crate) fn spawn(shared: Arc<Shared>, lazy_every: Duration) -> std::io::Result<CommitHandle> {
+    pub(crate) fn spawn(
+        shared: Arc<Shared>,
+        lazy_every: Duration,
+    ) -> std::io::Result<CommitHandle> {
         let (tx, rx) = mpsc::channel();
         let lazy_every = lazy_every.max(Duration::from_millis(10));
         let thread = std::thread::Builder::new()

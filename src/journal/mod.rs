@@ -228,9 +228,9 @@ impl Shared {
     ) -> Result<u64, JournalError> {
         let from = st.meta.telemetry_removed + 1;
         let to = upto.min(from + REMOVE_CHUNK as u64 - 1);
-        let entries = self
-            .storage
-            .range(&keys::telemetry(from), &keys::telemetry(to), REMOVE_CHUNK)?;
+        let entries =
+            self.storage
+                .range(&keys::telemetry(from), &keys::telemetry(to), REMOVE_CHUNK)?;
         let mut meta = st.meta;
         let mut batch = Batch::default();
         let mut removed_upto = to;
@@ -322,7 +322,11 @@ impl Journal {
     /// Reads only a few metadata keys: the cost does not grow with the
     /// backlog. Fails with [`JournalError::Storage`] naming the path when
     /// another process holds the store.
-    pub fn open(cfg: &JournalConfig, gateway: &str, sinks: &[&str]) -> Result<Journal, JournalError> {
+    pub fn open(
+        cfg: &JournalConfig,
+        gateway: &str,
+        sinks: &[&str],
+    ) -> Result<Journal, JournalError> {
         let storage = SledStorage::open(&cfg.path, cfg.cache_bytes).map_err(|e| {
             JournalError::Storage(format!("journal at {}: {e}", cfg.path.display()))
         })?;
@@ -430,6 +434,8 @@ impl Journal {
     /// On error the events may still become durable later (the storage
     /// accepted them but the flush failed); a caller that retries may then
     /// record them twice, under new seqs. Duplicates beat a lost alarm.
+    /// Dropping the returned future before it completes does not withdraw
+    /// the events: they are recorded all the same.
     pub async fn record(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, JournalError> {
         if events.is_empty() {
             return Ok(Vec::new());

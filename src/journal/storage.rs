@@ -113,8 +113,8 @@ impl SledStorage {
         let data_path = dir.join("db");
         let data_file = File::open(&data_path)
             .map_err(|e| StorageError::ctx(&format!("opening {}", data_path.display()), e))?;
-        let dir_file =
-            File::open(dir).map_err(|e| StorageError::ctx(&format!("opening {}", dir.display()), e))?;
+        let dir_file = File::open(dir)
+            .map_err(|e| StorageError::ctx(&format!("opening {}", dir.display()), e))?;
         Ok(SledStorage {
             db,
             dir: dir.to_path_buf(),
@@ -142,7 +142,12 @@ impl SledStorage {
         let entries = match std::fs::read_dir(&blobs) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(StorageError::ctx(&format!("listing {}", blobs.display()), e)),
+            Err(e) => {
+                return Err(StorageError::ctx(
+                    &format!("listing {}", blobs.display()),
+                    e,
+                ))
+            }
         };
         let mut any = false;
         for entry in entries.flatten() {
@@ -239,6 +244,7 @@ struct MemInner {
     durable: BTreeMap<Vec<u8>, Vec<u8>>,
     flushes: u64,
     syncs: u64,
+    entries_read: u64,
     flush_delay: std::time::Duration,
 }
 
@@ -260,6 +266,10 @@ impl MemStorage {
         let mut g = self.lock();
         g.live = g.durable.clone();
     }
+    /// How many entries `get` and `range` have returned so far.
+    pub fn entries_read(&self) -> u64 {
+        self.lock().entries_read
+    }
     /// How many times flush and sync were called.
     pub fn counts(&self) -> (u64, u64) {
         let g = self.lock();
@@ -269,7 +279,10 @@ impl MemStorage {
 
 impl Storage for MemStorage {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.lock().live.get(key).cloned())
+        let mut g = self.lock();
+        let v = g.live.get(key).cloned();
+        g.entries_read += u64::from(v.is_some());
+        Ok(v)
     }
     fn apply(&self, batch: Batch) -> Result<(), StorageError> {
         let mut g = self.lock();
@@ -289,13 +302,15 @@ impl Storage for MemStorage {
         if start > end {
             return Ok(Vec::new());
         }
-        Ok(self
-            .lock()
+        let mut g = self.lock();
+        let out: Vec<Entry> = g
             .live
             .range(start.to_vec()..=end.to_vec())
             .take(max)
             .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+            .collect();
+        g.entries_read += out.len() as u64;
+        Ok(out)
     }
     fn flush(&self) -> Result<(), StorageError> {
         let delay = self.lock().flush_delay;
@@ -312,6 +327,9 @@ impl Storage for MemStorage {
     }
     fn size_on_disk(&self) -> Result<u64, StorageError> {
         let g = self.lock();
-        Ok(g.durable.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum())
+        Ok(g.durable
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum())
     }
 }

@@ -127,7 +127,10 @@ fn concurrent_records_share_a_flush() {
         out
     });
     let flushes = mem.counts().0 - f0;
-    assert!(flushes <= 10, "100 concurrent records took {flushes} flushes");
+    assert!(
+        flushes <= 10,
+        "100 concurrent records took {flushes} flushes"
+    );
     all.sort();
     assert_eq!(all, (1..=100).collect::<Vec<_>>());
 }
@@ -158,6 +161,27 @@ fn seq_continues_across_reopen_even_when_everything_was_acked() {
     assert_eq!(r[0].seq, 4);
     assert_eq!(r[0].id, event_id(GW, 4));
     assert_eq!(seqs(&j, 0), vec![4]);
+}
+
+#[test]
+fn open_reads_a_few_keys_whatever_the_backlog() {
+    let rt = rt();
+    let mem = Arc::new(MemStorage::new());
+    let j = mem_journal(&mem, &mem_cfg(), &["uplink", "push"]);
+    rt.block_on(j.record((1..=20_000).map(ev).collect()))
+        .unwrap();
+    for _ in 0..5000 {
+        j.record_telemetry(b"t").unwrap();
+    }
+    j.ack_events("uplink", 10).unwrap();
+    rt.block_on(j.flush()).unwrap();
+    drop(j);
+    let before = mem.entries_read();
+    let j = mem_journal(&mem, &mem_cfg(), &["uplink", "push"]);
+    let read = mem.entries_read() - before;
+    assert!(read <= 10, "open read {read} entries");
+    let s = j.stats();
+    assert_eq!((s.events, s.telemetry, s.last_seq), (20_000, 5000, 20_000));
 }
 
 #[test]
@@ -229,7 +253,10 @@ fn telemetry_lane_reads_acks_and_persists_keys() {
         j.record_telemetry(&[i]).unwrap();
     }
     let t = j.read_telemetry(0, 10).unwrap();
-    assert_eq!(t.iter().map(|t| t.key).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    assert_eq!(
+        t.iter().map(|t| t.key).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
     assert_eq!(t[2].payload, vec![2]);
     j.ack_telemetry("uplink", 3).unwrap();
     assert_eq!(j.acked_telemetry("uplink"), 3);
@@ -267,7 +294,10 @@ fn telemetry_written_lazily_is_flushed_by_the_committer() {
     // The committer flushes on its own; no record() or flush() call.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while mem.counts().0 == f0 {
-        assert!(std::time::Instant::now() < deadline, "telemetry never flushed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "telemetry never flushed"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     mem.crash();

@@ -1,7 +1,43 @@
 //! Telemetry by exception: deadband and max interval per point, batched
-//! into contract `telemetry` messages. Pure logic.
+//! into contract `telemetry` messages. Pure logic: time comes in as
+//! arguments, nothing here does I/O.
 //!
-//! TODO(telemetry): implementation in progress.
+//! # What is reported
+//!
+//! A point's offered value is queued when, compared with the last value
+//! *reported* for that point:
+//! - it moved by more than the point's deadband (floats; bools and integers:
+//!   any change; a change of type or between "no value" and a value counts);
+//! - its quality changed;
+//! - or `max_interval` has passed since the point was last reported.
+//!
+//! The max-interval refresh does not wait for a new offer: the filter keeps
+//! the last offered value of every point and queues it again when it is due
+//! (a device that went offline keeps being reported as `bad`). A refreshed
+//! `good` value that has not been offered again within `max_interval` is
+//! reported as `stale`.
+//!
+//! With `every_poll`, every offered value is queued. Points with
+//! `telemetry = false` are never queued.
+//!
+//! # Batching
+//!
+//! Queued values are gathered for up to `batch` after the first of them was
+//! queued, or until `max_points_per_message` are waiting, then
+//! [`TelemetryFilter::take_due`] hands out one contract payload:
+//!
+//! ```json
+//! {"ts": "…", "points": [{"device": "hvac-1", "point": "supply-temp",
+//!   "value": 18.5, "quality": "good", "ts": "…"}]}
+//! ```
+//!
+//! The message `ts` is the wall-clock time at `now`, derived from the latest
+//! offer's (`Instant`, `Timestamp`) pair, so the filter never reads a clock.
+//!
+//! # Cost
+//!
+//! Per-point state sits in a `Vec` indexed by [`PointIndex`]; an offer that
+//! is not reported does no allocation and no hashing.
 
 mod config;
 pub use config::TelemetryConfig;
@@ -9,32 +45,334 @@ pub use config::TelemetryConfig;
 use crate::config::LoadedConfig;
 use crate::event::Timestamp;
 use crate::point::{PointIndex, Quality, Value};
-use std::time::Instant;
+use serde::ser::{Serialize, SerializeStruct, Serializer};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One observed value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Sample {
+    value: Option<Value>,
+    quality: Quality,
+    ts: Timestamp,
+}
+
+/// Per-point state.
+#[derive(Debug)]
+struct Slot {
+    device: Arc<str>,
+    point: Arc<str>,
+    deadband: f64,
+    enabled: bool,
+    /// Last offered value and when it was offered.
+    last: Option<(Sample, Instant)>,
+    /// Last reported value, quality and when.
+    reported: Option<(Option<Value>, Quality, Instant)>,
+    /// The point has an entry in the refresh heap.
+    scheduled: bool,
+}
+
+/// A value waiting in the current batch.
+#[derive(Clone, Copy, Debug)]
+struct Queued {
+    point: PointIndex,
+    sample: Sample,
+}
 
 /// Decides which values to report and batches them.
-pub struct TelemetryFilter {}
+#[derive(Debug)]
+pub struct TelemetryFilter {
+    slots: Vec<Slot>,
+    every_poll: bool,
+    max_interval: Duration,
+    batch: Duration,
+    max_points: usize,
+    queue: Vec<Queued>,
+    /// When the oldest value of the current batch was queued.
+    batch_started: Option<Instant>,
+    /// Max-interval refreshes: (due, point). An entry may be early (the
+    /// point was reported since); it is then pushed again with its real due.
+    refresh: BinaryHeap<Reverse<(Instant, PointIndex)>>,
+    /// Latest (monotonic, wall-clock) pair seen, to stamp messages.
+    clock: Option<(Instant, Timestamp)>,
+}
 
 impl TelemetryFilter {
-    pub fn new(_cfg: &LoadedConfig) -> TelemetryFilter {
-        todo!()
+    pub fn new(cfg: &LoadedConfig) -> TelemetryFilter {
+        let t = &cfg.config.telemetry;
+        let slots = cfg
+            .points
+            .iter()
+            .map(|(_, m)| Slot {
+                device: m.device.clone(),
+                point: m.point.clone(),
+                deadband: if m.deadband.is_finite() && m.deadband > 0.0 {
+                    m.deadband
+                } else {
+                    0.0
+                },
+                enabled: m.telemetry,
+                last: None,
+                reported: None,
+                scheduled: false,
+            })
+            .collect();
+        TelemetryFilter {
+            slots,
+            every_poll: t.every_poll,
+            // Validation refuses 0; guard anyway against a refresh storm.
+            max_interval: t.max_interval.max(Duration::from_millis(100)),
+            batch: t.batch,
+            max_points: t.max_points_per_message.max(1),
+            queue: Vec::new(),
+            batch_started: None,
+            refresh: BinaryHeap::new(),
+            clock: None,
+        }
     }
+
     /// A point's current value; queued if it passes the deadband / interval.
+    #[inline]
     pub fn offer(
         &mut self,
-        _now: Instant,
-        _ts: Timestamp,
-        _point: PointIndex,
-        _value: Option<Value>,
-        _quality: Quality,
+        now: Instant,
+        ts: Timestamp,
+        point: PointIndex,
+        value: Option<Value>,
+        quality: Quality,
     ) {
-        todo!()
+        let Some(slot) = self.slots.get_mut(point as usize) else {
+            return;
+        };
+        if !slot.enabled {
+            return;
+        }
+        self.clock = Some((now, ts));
+        let sample = Sample { value, quality, ts };
+        slot.last = Some((sample, now));
+        let report = self.every_poll
+            || match slot.reported {
+                None => true,
+                Some((rv, rq, at)) => {
+                    rq != quality
+                        || changed(rv, value, slot.deadband)
+                        || now.saturating_duration_since(at) >= self.max_interval
+                }
+            };
+        if report {
+            self.enqueue(now, point, sample);
+        }
     }
-    /// A finished batch, as a contract `telemetry` JSON payload, if one is due.
-    pub fn take_due(&mut self, _now: Instant) -> Option<Vec<u8>> {
-        todo!()
+
+    /// A finished batch, as a contract `telemetry` JSON payload, if one is
+    /// due at `now`. Call until it returns `None`.
+    pub fn take_due(&mut self, now: Instant) -> Option<Vec<u8>> {
+        self.refresh_due(now);
+        let started = self.batch_started?;
+        if self.queue.len() < self.max_points && now < started + self.batch {
+            return None;
+        }
+        self.take_batch(now)
     }
+
+    /// Everything queued, due or not, batch by batch (for shutdown). Does
+    /// not run max-interval refreshes.
+    pub fn flush(&mut self, now: Instant) -> Option<Vec<u8>> {
+        self.take_batch(now)
+    }
+
     /// When `take_due` (or the max-interval refresh) next has work.
     pub fn next_deadline(&self) -> Option<Instant> {
-        todo!()
+        let batch = self.batch_started.map(|s| {
+            if self.queue.len() >= self.max_points {
+                s
+            } else {
+                s + self.batch
+            }
+        });
+        let refresh = self.refresh.peek().map(|Reverse((at, _))| *at);
+        match (batch, refresh) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Values waiting in the current batch.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn enqueue(&mut self, now: Instant, point: PointIndex, sample: Sample) {
+        let slot = &mut self.slots[point as usize];
+        slot.reported = Some((sample.value, sample.quality, now));
+        if !slot.scheduled {
+            slot.scheduled = true;
+            self.refresh.push(Reverse((now + self.max_interval, point)));
+        }
+        if self.queue.is_empty() {
+            self.batch_started = Some(now);
+        }
+        self.queue.push(Queued { point, sample });
+    }
+
+    /// Queue the last value of every point whose max interval has run out.
+    fn refresh_due(&mut self, now: Instant) {
+        while let Some(&Reverse((at, point))) = self.refresh.peek() {
+            if at > now {
+                break;
+            }
+            self.refresh.pop();
+            let max_interval = self.max_interval;
+            let slot = &mut self.slots[point as usize];
+            slot.scheduled = false;
+            let (Some((_, _, reported_at)), Some((mut sample, offered_at))) =
+                (slot.reported, slot.last)
+            else {
+                continue;
+            };
+            let due = reported_at + max_interval;
+            if due > now {
+                // Reported since this entry was armed: wait for the real due.
+                slot.scheduled = true;
+                self.refresh.push(Reverse((due, point)));
+                continue;
+            }
+            if sample.quality == Quality::Good
+                && due.saturating_duration_since(offered_at) >= max_interval
+            {
+                sample.quality = Quality::Stale;
+            }
+            tracing::trace!(point, "telemetry max-interval refresh");
+            // Counted from when it was due, not from when we got here, so a
+            // late call neither drifts the interval nor delays the batch;
+            // unless a whole interval late, which would refresh twice.
+            let at = if now.saturating_duration_since(due) >= max_interval {
+                now
+            } else {
+                due
+            };
+            self.enqueue(at, point, sample);
+        }
+    }
+
+    fn take_batch(&mut self, now: Instant) -> Option<Vec<u8>> {
+        if self.queue.is_empty() {
+            return None;
+        }
+        let n = self.queue.len().min(self.max_points);
+        let payload = Payload {
+            ts: self.wall_clock(now),
+            points: &self.queue[..n],
+            slots: &self.slots,
+        };
+        let bytes = match serde_json::to_vec(&payload) {
+            Ok(b) => b,
+            Err(e) => {
+                // Cannot happen for these types; never lose the queue silently.
+                tracing::error!(error = %e, points = n, "telemetry batch not serializable; dropped");
+                Vec::new()
+            }
+        };
+        self.queue.drain(..n);
+        if self.queue.is_empty() {
+            self.batch_started = None;
+        }
+        if bytes.is_empty() {
+            return None;
+        }
+        Some(bytes)
+    }
+
+    /// Wall-clock time at `now`, from the latest offer's clock pair.
+    fn wall_clock(&self, now: Instant) -> Timestamp {
+        let Some((at, ts)) = self.clock else {
+            return self
+                .queue
+                .iter()
+                .map(|q| q.sample.ts)
+                .max()
+                .unwrap_or(Timestamp(chrono::DateTime::UNIX_EPOCH));
+        };
+        let ahead = now.saturating_duration_since(at);
+        chrono::Duration::from_std(ahead)
+            .ok()
+            .and_then(|d| ts.0.checked_add_signed(d))
+            .map(Timestamp)
+            .unwrap_or(ts)
     }
 }
+
+/// Did the value move enough to be reported?
+#[inline]
+fn changed(reported: Option<Value>, value: Option<Value>, deadband: f64) -> bool {
+    match (reported, value) {
+        (Some(Value::Float(a)), Some(Value::Float(b))) => {
+            if a.is_nan() || b.is_nan() {
+                a.is_nan() != b.is_nan()
+            } else if a == b {
+                false
+            } else {
+                // Infinite values: inf - inf is NaN, caught by a == b above.
+                (b - a).abs() > deadband
+            }
+        }
+        (a, b) => a != b,
+    }
+}
+
+/// The contract payload, serialized straight from the queue.
+struct Payload<'a> {
+    ts: Timestamp,
+    points: &'a [Queued],
+    slots: &'a [Slot],
+}
+
+impl Serialize for Payload<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Telemetry", 2)?;
+        st.serialize_field("ts", &self.ts)?;
+        st.serialize_field(
+            "points",
+            &Points {
+                points: self.points,
+                slots: self.slots,
+            },
+        )?;
+        st.end()
+    }
+}
+
+struct Points<'a> {
+    points: &'a [Queued],
+    slots: &'a [Slot],
+}
+
+impl Serialize for Points<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.points.iter().map(|q| {
+            let slot = &self.slots[q.point as usize];
+            PointOut {
+                device: &slot.device,
+                point: &slot.point,
+                // NaN and infinities have no JSON form: null.
+                value: q.sample.value.map(|v| v.to_json()),
+                quality: q.sample.quality,
+                ts: q.sample.ts,
+            }
+        }))
+    }
+}
+
+#[derive(serde::Serialize)]
+struct PointOut<'a> {
+    device: &'a str,
+    point: &'a str,
+    value: Option<serde_json::Value>,
+    quality: Quality,
+    ts: Timestamp,
+}
+
+#[cfg(test)]
+mod tests;

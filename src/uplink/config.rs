@@ -53,7 +53,9 @@ pub struct UplinkConfig {
         default = "default_ack_timeout"
     )]
     pub ack_timeout: Duration,
-    /// Events published but not yet acknowledged, at most (the in-flight window).
+    /// Events published but not yet acknowledged, at most (the in-flight
+    /// window). With `end_to_end_ack` an event stays in the window until the
+    /// platform's receipt, so size it for the platform's receipt cadence.
     #[serde(default = "default_inflight")]
     pub inflight: u16,
     /// QoS of telemetry messages: 0 or 1.

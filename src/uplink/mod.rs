@@ -36,16 +36,10 @@ pub enum UplinkError {
     /// The TLS material in `[uplink.tls]` cannot be used.
     #[error("uplink TLS: {path}: {reason}")]
     Tls { path: PathBuf, reason: String },
-    /// The connection to the broker failed or dropped.
-    #[error("uplink connection: {0}")]
-    Connection(String),
     /// rumqttc's reports no longer match what was submitted; the connection
     /// is reset and delivery restarts from the journal.
     #[error("uplink bookkeeping out of step: {0}")]
     Desync(#[from] state::Desync),
-    /// The journal could not be read or acknowledged.
-    #[error("uplink journal access: {0}")]
-    Journal(#[from] crate::journal::JournalError),
 }
 
 /// A command from the platform, with where to send its result.

@@ -174,16 +174,24 @@ mod tests {
         assert_eq!(t.telemetry(), "estate/v1/villa-north/gw-1/telemetry");
         assert_eq!(t.events_ack(), "estate/v1/villa-north/gw-1/events_ack");
         assert_eq!(t.commands_filter(), "estate/v1/villa-north/gw-1/cmd/+");
-        assert_eq!(t.cmd_result("r1"), "estate/v1/villa-north/gw-1/cmd_result/r1");
+        assert_eq!(
+            t.cmd_result("r1"),
+            "estate/v1/villa-north/gw-1/cmd_result/r1"
+        );
     }
 
     #[test]
     fn incoming_topics_are_classified() {
         let t = Topics::new("s", "g");
-        assert_eq!(t.parse("estate/v1/s/g/events_ack"), Some(Downlink::EventsAck));
+        assert_eq!(
+            t.parse("estate/v1/s/g/events_ack"),
+            Some(Downlink::EventsAck)
+        );
         assert_eq!(
             t.parse("estate/v1/s/g/cmd/abc-1"),
-            Some(Downlink::Command { request_id: "abc-1" })
+            Some(Downlink::Command {
+                request_id: "abc-1"
+            })
         );
         assert_eq!(t.parse("estate/v1/s/g/cmd/"), None);
         assert_eq!(t.parse("estate/v1/s/g/cmd/a/b"), None);
@@ -205,7 +213,10 @@ mod tests {
             serde_json::from_slice(&StatusPayload::will(ts(), "1.2.0", "b00t").to_bytes()).unwrap();
         let mut expected = v.clone();
         expected["state"] = "offline".into();
-        assert_eq!(will, expected, "the will is the online object with state offline");
+        assert_eq!(
+            will, expected,
+            "the will is the online object with state offline"
+        );
         let down: serde_json::Value =
             serde_json::from_slice(&StatusPayload::shutdown(ts(), "1.2.0", "b00t").to_bytes())
                 .unwrap();

@@ -38,7 +38,10 @@ pub enum Tag {
     Event { seq: u64, epoch: u64 },
     /// A telemetry message of the journal's telemetry lane.
     Telemetry { key: u64, epoch: u64 },
-    /// Anything else (status, heartbeat, command results): not tracked.
+    /// A command result, known by a token of the caller's choosing: kept
+    /// until its PUBACK so that a reconnect can send it again.
+    Result { token: u64 },
+    /// Anything else (status, heartbeat): not tracked.
     Other,
 }
 
@@ -303,6 +306,8 @@ pub struct Acks {
     pub events: Option<u64>,
     /// Acknowledge telemetry up to this key.
     pub telemetry: Option<u64>,
+    /// The command result with this token reached the broker.
+    pub result: Option<u64>,
 }
 
 /// Both lanes and the packet-id bookkeeping.
@@ -338,7 +343,12 @@ impl Pipeline {
         Ok(tag)
     }
 
-    /// Some other publish (status, heartbeat, command result) was handed to the client.
+    /// A command result (QoS 1) was handed to the client.
+    pub fn submit_result(&mut self, token: u64) {
+        self.subs.push(Tag::Result { token }, 1);
+    }
+
+    /// Some other publish (status, heartbeat) was handed to the client.
     pub fn submit_other(&mut self, qos: u8) {
         self.subs.push(Tag::Other, qos);
     }
@@ -350,7 +360,7 @@ impl Pipeline {
         match tag {
             Tag::Event { seq, epoch } => acks.events = self.events.on_written(seq, epoch),
             Tag::Telemetry { key, epoch } => acks.telemetry = self.telemetry.on_written(key, epoch),
-            Tag::Other => {}
+            Tag::Result { .. } | Tag::Other => {}
         }
         Ok(acks)
     }
@@ -363,6 +373,7 @@ impl Pipeline {
             Some(Tag::Telemetry { key, epoch }) => {
                 acks.telemetry = self.telemetry.on_puback(key, epoch)
             }
+            Some(Tag::Result { token }) => acks.result = Some(token),
             Some(Tag::Other) | None => {}
         }
         acks
@@ -372,7 +383,7 @@ impl Pipeline {
     pub fn on_events_ack(&mut self, upto: u64) -> Acks {
         Acks {
             events: self.events.on_remote_ack(upto),
-            telemetry: None,
+            ..Acks::default()
         }
     }
 
@@ -424,9 +435,13 @@ pub enum LinkChange {
 enum LinkState {
     /// Not connected yet since start; no attempt has failed.
     Starting,
-    Up { since: Instant },
+    Up {
+        since: Instant,
+    },
     /// Down since `since`; `uplink.lost` was reported.
-    Down { since: Instant },
+    Down {
+        since: Instant,
+    },
 }
 
 /// The link's state, reporting only changes (not every failed retry).

@@ -16,8 +16,8 @@ use crate::event::{EventKind, NewEvent, Priority, Timestamp};
 use crate::journal::{Journal, JournalHead, StoredEvent, StoredTelemetry};
 use crate::status::GatewayStatus;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing,
-    QoS, Transport,
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
+    Transport,
 };
 use std::collections::VecDeque;
 use std::future::Future;
@@ -51,11 +51,11 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 /// Wait after a journal read error before reading again.
 const JOURNAL_RETRY: Duration = Duration::from_secs(1);
 
-type PollOutput = (EventLoop, Option<Result<Event, ConnectionError>>);
+type PollOutput = (Box<EventLoop>, Option<Result<Event, ConnectionError>>);
 type PollFuture = Pin<Box<dyn Future<Output = PollOutput> + Send>>;
 
 /// Poll once, owning the event loop; `abort` resets the connection.
-fn poll_once(mut el: EventLoop, abort: Arc<Notify>) -> PollFuture {
+fn poll_once(mut el: Box<EventLoop>, abort: Arc<Notify>) -> PollFuture {
     Box::pin(async move {
         let r = tokio::select! {
             biased;
@@ -151,7 +151,11 @@ struct Uplink {
     ack_events_due: Option<u64>,
     ack_telemetry_due: Option<u64>,
     last_ack_flush: Instant,
+    /// Command results waiting to be published.
     results: VecDeque<(String, Vec<u8>)>,
+    /// Command results published and awaiting PUBACK, by token.
+    results_in_flight: std::collections::BTreeMap<u64, (String, Vec<u8>)>,
+    next_result_token: u64,
     replies_tx: mpsc::Sender<(String, Vec<u8>)>,
     abort: Arc<Notify>,
     head: Option<watch::Receiver<JournalHead>>,
@@ -159,7 +163,11 @@ struct Uplink {
 }
 
 /// Build the MQTT options (without the will, set before each attempt).
-fn mqtt_options(ctx: &UplinkContext, cap: usize, inflight: u16) -> Result<MqttOptions, UplinkError> {
+fn mqtt_options(
+    ctx: &UplinkContext,
+    cap: usize,
+    inflight: u16,
+) -> Result<MqttOptions, UplinkError> {
     let cfg = &ctx.config;
     let client_id = cfg
         .client_id
@@ -249,6 +257,8 @@ pub(super) async fn run(ctx: UplinkContext, shutdown: CancellationToken) {
         ack_telemetry_due: None,
         last_ack_flush: Instant::now(),
         results: VecDeque::new(),
+        results_in_flight: std::collections::BTreeMap::new(),
+        next_result_token: 0,
         replies_tx,
         abort: Arc::new(Notify::new()),
         phase: Phase::Offline,
@@ -261,13 +271,16 @@ pub(super) async fn run(ctx: UplinkContext, shutdown: CancellationToken) {
         acked_seq = acked,
         "uplink starting"
     );
-    let start = up.start_attempt(eventloop);
+    let start = up.start_attempt(Box::new(eventloop));
     up.main_loop(start, replies_rx, shutdown).await;
 }
 
 impl Uplink {
     /// Set the will for the next connection attempt and poll.
-    fn start_attempt(&mut self, mut el: EventLoop) -> PollFuture {
+    fn start_attempt(&mut self, mut el: Box<EventLoop>) -> PollFuture {
+        // A fresh reset signal per connection: a reset asked for the last
+        // one must not abort this one.
+        self.abort = Arc::new(Notify::new());
         if el.network.is_none() {
             self.attempt_at = Timestamp::now();
             let will =
@@ -289,7 +302,7 @@ impl Uplink {
         shutdown: CancellationToken,
     ) {
         let mut poller: Option<PollFuture> = Some(first);
-        let mut parked: Option<(EventLoop, tokio::time::Instant)> = None;
+        let mut parked: Option<(Box<EventLoop>, tokio::time::Instant)> = None;
         let mut heartbeat = tokio::time::interval(self.cfg.heartbeat.max(Duration::from_secs(1)));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
@@ -298,8 +311,10 @@ impl Uplink {
 
         loop {
             let wake = parked.as_ref().map(|(_, at)| *at);
+            // Not biased: during a long backlog drain the event loop is
+            // always ready, and heartbeats, timeouts and command results
+            // must still get their turn.
             let step = tokio::select! {
-                biased;
                 _ = shutdown.cancelled() => Step::Shutdown,
                 out = next_poll(&mut poller) => Step::Polled(out),
                 _ = sleep_until_opt(wake) => Step::Reconnect,
@@ -454,24 +469,42 @@ impl Uplink {
         }
         let online =
             StatusPayload::online(self.attempt_at, self.status.version, &self.status.boot_id);
-        self.publish_other(self.topics.status(), QoS::AtLeastOnce, true, online.to_bytes());
+        self.publish_other(
+            self.topics.status(),
+            QoS::AtLeastOnce,
+            true,
+            online.to_bytes(),
+        );
     }
 
     /// The connection dropped or an attempt failed; returns the wait before
     /// the next attempt.
     fn on_failure(&mut self, now: Instant, reason: &str) -> Duration {
-        if self.link.up_for(now).is_some_and(|d| d >= STABLE_CONNECTION) {
+        if self
+            .link
+            .up_for(now)
+            .is_some_and(|d| d >= STABLE_CONNECTION)
+        {
             self.backoff.reset();
         }
         self.connected = false;
         self.status.uplink_connected.store(false, Ordering::Relaxed);
         self.pipeline.on_disconnect();
+        // Command results not confirmed by the broker go out again, first.
+        let unconfirmed = std::mem::take(&mut self.results_in_flight);
+        for (_, r) in unconfirmed.into_iter().rev() {
+            self.results.push_front(r);
+        }
         self.events_ahead.reset();
         self.telemetry_ahead.reset();
         let delay = self.backoff.next_delay(fastrand::f64());
         match self.link.on_failure(now, reason) {
             Some(change) => {
-                tracing::warn!(reason, retry_in_ms = delay.as_millis() as u64, "uplink lost");
+                tracing::warn!(
+                    reason,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "uplink lost"
+                );
                 self.record_link_change(change);
             }
             None => tracing::debug!(
@@ -512,6 +545,11 @@ impl Uplink {
         }
         if let Some(k) = acks.telemetry {
             self.ack_telemetry_due = Some(k);
+        }
+        if let Some(token) = acks.result {
+            if let Some((id, _)) = self.results_in_flight.remove(&token) {
+                tracing::debug!(request_id = %id, "command result delivered");
+            }
         }
     }
 
@@ -597,12 +635,25 @@ impl Uplink {
         });
     }
 
+    /// Publish waiting command results (QoS 1); each is kept until its
+    /// PUBACK so that a reconnect sends it again.
     fn send_results(&mut self) {
         while let Some((id, body)) = self.results.pop_front() {
             let topic = self.topics.cmd_result(&id);
-            if !self.publish_other(topic, QoS::AtLeastOnce, false, body.clone()) {
-                self.results.push_front((id, body));
-                break;
+            match self
+                .client
+                .try_publish(topic, QoS::AtLeastOnce, false, body.clone())
+            {
+                Ok(()) => {
+                    let token = self.next_result_token;
+                    self.next_result_token += 1;
+                    self.pipeline.submit_result(token);
+                    self.results_in_flight.insert(token, (id, body));
+                }
+                Err(_) => {
+                    self.results.push_front((id, body));
+                    break;
+                }
             }
         }
     }
@@ -636,16 +687,17 @@ impl Uplink {
             cameras_online: GatewayStatus::get(&s.cameras_online),
             alarms_active: GatewayStatus::get(&s.alarms_active),
         };
-        self.publish_other(self.topics.heartbeat(), QoS::AtMostOnce, false, hb.to_bytes());
+        self.publish_other(
+            self.topics.heartbeat(),
+            QoS::AtMostOnce,
+            false,
+            hb.to_bytes(),
+        );
     }
 
     /// Events recorded but not yet acknowledged.
     fn backlog(&self) -> u64 {
-        let last = self
-            .head
-            .as_ref()
-            .map(|h| h.borrow().last_seq)
-            .unwrap_or(0);
+        let last = self.head.as_ref().map(|h| h.borrow().last_seq).unwrap_or(0);
         last.saturating_sub(self.pipeline.events.acked())
     }
 
@@ -665,7 +717,7 @@ impl Uplink {
                 timeout_ms = stall.as_millis() as u64,
                 "no PUBACK in time: resetting the connection"
             );
-            self.abort.notify_one();
+            self.reset_connection();
             return;
         }
         if self.cfg.end_to_end_ack && self.pipeline.events.overdue(now, self.cfg.ack_timeout) {
@@ -727,7 +779,7 @@ impl Uplink {
             if let Err(e) = self.pipeline.submit_event(seq, now) {
                 // Cannot happen (free and order checked); reset to be safe.
                 tracing::error!(error = %e, seq, "event window out of step: resetting");
-                self.abort.notify_one();
+                self.reset_connection();
                 return;
             }
         }
@@ -779,10 +831,17 @@ impl Uplink {
             self.telemetry_ahead.buf.pop_front();
             if let Err(e) = self.pipeline.submit_telemetry(key, qos as u8, now) {
                 tracing::error!(error = %e, key, "telemetry window out of step: resetting");
-                self.abort.notify_one();
+                self.reset_connection();
                 return;
             }
         }
+    }
+
+    /// Drop the current connection: the poll is aborted, the failure path
+    /// cleans up and reconnects. Nothing more is submitted meanwhile.
+    fn reset_connection(&mut self) {
+        self.connected = false;
+        self.abort.notify_one();
     }
 
     fn update_phase(&mut self) {
@@ -795,7 +854,7 @@ impl Uplink {
 
     /// Clean stop: publish `offline` (reason shutdown), disconnect, and keep
     /// polling until the disconnect is written (bounded).
-    async fn shutdown(&mut self, el: EventLoop) {
+    async fn shutdown(&mut self, el: Box<EventLoop>) {
         let mut el = el;
         if self.connected {
             let bye = StatusPayload::shutdown(
@@ -834,9 +893,6 @@ impl Uplink {
         self.connected = false;
         self.status.uplink_connected.store(false, Ordering::Relaxed);
         self.flush_acks(Instant::now(), true);
-        tracing::info!(
-            acked_seq = self.pipeline.events.acked(),
-            "uplink stopped"
-        );
+        tracing::info!(acked_seq = self.pipeline.events.acked(), "uplink stopped");
     }
 }

@@ -24,8 +24,10 @@ use tokio_modbus::Slave;
 pub struct ModbusSim {
     child: Option<Child>,
     socat: Option<Child>,
-    /// Modbus TCP port (TCP mode).
+    /// Modbus TCP port (TCP mode; the first of `tcp_ports`).
     pub tcp_port: Option<u16>,
+    /// Every Modbus TCP port (each a device on the same datastore).
+    pub tcp_ports: Vec<u16>,
     /// Serial device the gateway opens (RTU mode).
     pub gateway_tty: Option<PathBuf>,
     /// Control port (Modbus TCP on the same datastore).
@@ -99,13 +101,22 @@ impl ModbusSim {
 
     /// Modbus TCP on `port` (to restart a killed simulator at the same address).
     pub fn start_tcp_on(port: u16, units: &[u8]) -> Option<ModbusSim> {
+        Self::start_tcp_ports(&[port], units)
+    }
+
+    /// Modbus TCP on each of `ports` (many devices, one datastore).
+    pub fn start_tcp_ports(ports: &[u16], units: &[u8]) -> Option<ModbusSim> {
         let py = python_or_skip()?;
         let control_port = free_port();
         let child = spawn_sim(
             &py,
             &[
                 "--tcp-port".into(),
-                port.to_string(),
+                ports
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
                 "--control-port".into(),
                 control_port.to_string(),
                 "--units".into(),
@@ -115,7 +126,8 @@ impl ModbusSim {
         Some(ModbusSim {
             child: Some(child),
             socat: None,
-            tcp_port: Some(port),
+            tcp_port: ports.first().copied(),
+            tcp_ports: ports.to_vec(),
             gateway_tty: None,
             control_port,
             units: units.to_vec(),
@@ -160,6 +172,7 @@ impl ModbusSim {
             child: Some(child),
             socat: Some(socat),
             tcp_port: None,
+            tcp_ports: Vec::new(),
             gateway_tty: Some(gw_tty),
             control_port,
             units: units.to_vec(),

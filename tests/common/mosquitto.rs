@@ -31,6 +31,13 @@ impl Mosquitto {
     /// Start a broker, or `None` (loud skip; a failure under
     /// `REQUIRE_PEERS=1`) when mosquitto is not installed.
     pub fn start_or_skip() -> Option<Mosquitto> {
+        Mosquitto::start_with_or_skip(|_| String::new())
+    }
+
+    /// As [`Mosquitto::start_or_skip`], with `extra` config lines for the
+    /// listener (TLS files, `password_file`, `allow_anonymous false`, …).
+    /// `extra` gets the broker's directory, to write those files into.
+    pub fn start_with_or_skip(extra: impl FnOnce(&Path) -> String) -> Option<Mosquitto> {
         let bin = peer_or_skip(
             "mosquitto",
             find_bin(),
@@ -39,7 +46,8 @@ impl Mosquitto {
         let dir = tempfile::tempdir().expect("temp dir for mosquitto");
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
-        write_config(&conf, dir.path(), port);
+        let extra = extra(dir.path());
+        write_config(&conf, dir.path(), port, &extra);
         let mut m = Mosquitto {
             bin,
             port,
@@ -59,6 +67,11 @@ impl Mosquitto {
         self.child.is_some()
     }
 
+    /// The broker's directory (config, log, persistence, generated files).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The broker's log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
@@ -72,25 +85,43 @@ impl Mosquitto {
         }
         let mut last_err = String::new();
         // The port was just released by the previous run; retry briefly.
-        for _ in 0..50 {
+        for _ in 0..5 {
+            let stderr = std::fs::File::create(self.dir.path().join("mosquitto.stderr"))
+                .expect("mosquitto stderr file");
             let child = Command::new(&self.bin)
                 .arg("-c")
                 .arg(&self.conf)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(stderr)
                 .spawn()
                 .expect("spawning mosquitto");
             self.child = Some(child);
-            if wait_port(self.port, Duration::from_secs(5)) {
-                return;
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                if wait_port(self.port, Duration::from_millis(50)) {
+                    return;
+                }
+                let exited = self
+                    .child
+                    .as_mut()
+                    .map(|c| !matches!(c.try_wait(), Ok(None)))
+                    .unwrap_or(true);
+                if exited {
+                    break;
+                }
             }
-            last_err = self.log();
+            last_err = format!(
+                "{}{}",
+                std::fs::read_to_string(self.dir.path().join("mosquitto.stderr"))
+                    .unwrap_or_default(),
+                self.log()
+            );
             self.kill();
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(200));
         }
         panic!(
-            "mosquitto did not listen on 127.0.0.1:{} ; log:\n{last_err}",
+            "mosquitto did not listen on 127.0.0.1:{} ; output:\n{last_err}",
             self.port
         );
     }
@@ -153,11 +184,18 @@ impl Drop for Mosquitto {
     }
 }
 
-fn write_config(conf: &Path, dir: &Path, port: u16) {
+fn write_config(conf: &Path, dir: &Path, port: u16, extra: &str) {
+    let anonymous = if extra.contains("allow_anonymous") {
+        ""
+    } else {
+        "allow_anonymous true\n"
+    };
     let text = format!(
         "# generated for a test\n\
          listener {port} 127.0.0.1\n\
-         allow_anonymous true\n\
+         {extra}\n\
+         user root\n\
+         {anonymous}\
          persistence true\n\
          persistence_location {dir}/\n\
          autosave_interval 1\n\

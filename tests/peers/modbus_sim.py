@@ -3,7 +3,8 @@
 
 One datastore, several ways in:
 
-* ``--tcp-port N``: a Modbus TCP server (the device under test).
+* ``--tcp-port N[,N…]``: Modbus TCP servers (the devices under test); several
+  ports give several devices on one datastore (benchmarks).
 * ``--rtu-port PATH``: a Modbus RTU server on a serial device (e.g. one end
   of a socat pty pair), answering the unit ids of ``--units``.
 * ``--control-port N``: a Modbus TCP server on the SAME datastore, so a test
@@ -65,7 +66,7 @@ def device(unit: int) -> SimDevice:
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--tcp-port", type=int)
+    ap.add_argument("--tcp-port", default="", help="comma-separated TCP ports")
     ap.add_argument("--rtu-port", help="serial device for the RTU server")
     ap.add_argument("--baud", type=int, default=19200)
     ap.add_argument("--control-port", type=int)
@@ -88,8 +89,8 @@ async def main() -> None:
         server.context = store
         servers.append(server)
 
-    if args.tcp_port:
-        add(ModbusTcpServer(devices, address=("127.0.0.1", args.tcp_port), ignore_missing_devices=True))
+    for port in (int(p) for p in args.tcp_port.split(",") if p.strip()):
+        add(ModbusTcpServer(devices, address=("127.0.0.1", port), ignore_missing_devices=True))
     if args.rtu_port:
         add(
             ModbusSerialServer(

@@ -10,6 +10,15 @@
 //! [`spawn`] starts one task per TCP endpoint and one per serial bus. Every
 //! successful device poll becomes one [`BusMessage::Readings`]; a device
 //! going offline or coming back becomes a [`BusMessage::DeviceStatus`].
+//!
+//! Writes (commands) are not wired yet. They belong in the endpoint task, the
+//! only owner of the link: give [`endpoint::Endpoint`] an
+//! `mpsc::Receiver<WriteRequest>` (point, value, `oneshot` reply), select on
+//! it next to the poll timer in `run`, and execute a write between two polls
+//! under the same timeout, drop-on-timeout and inter-frame rules;
+//! [`decode::Codec::encode_registers`] already turns a value into registers,
+//! and the [`transport::Transport`] trait gains `write_coil` /
+//! `write_registers`. `spawn` would then return the senders keyed by device.
 
 mod config;
 pub mod decode;

@@ -41,7 +41,10 @@ fn submissions_must_follow_the_cursor() {
     let mut lane = Lane::new(Confirm::OnPubAck, 8, 10);
     assert_eq!(
         lane.submit(10, now),
-        Err(LaneError::OutOfOrder { key: 10, cursor: 10 })
+        Err(LaneError::OutOfOrder {
+            key: 10,
+            cursor: 10
+        })
     );
     lane.submit(12, now).unwrap();
     assert!(lane.submit(11, now).is_err());
@@ -59,7 +62,11 @@ fn acks_only_contiguous_prefixes() {
     assert_eq!(lane.on_puback(1, 0), Some(3), "1..=3 are all acknowledged");
     assert_eq!(lane.acked(), 3);
     assert_eq!(lane.in_flight(), 1);
-    assert_eq!(lane.on_puback(3, 0), None, "a duplicate PUBACK acks nothing");
+    assert_eq!(
+        lane.on_puback(3, 0),
+        None,
+        "a duplicate PUBACK acks nothing"
+    );
     assert_eq!(lane.on_puback(4, 0), Some(4));
     assert_eq!(lane.free(), 8);
 }
@@ -158,7 +165,10 @@ fn overdue_uses_the_oldest_unconfirmed_submission() {
     let now = t0();
     let timeout = Duration::from_secs(30);
     let mut lane = Lane::new(Confirm::EndToEnd, 8, 0);
-    assert!(!lane.overdue(now + timeout * 10, timeout), "empty is never overdue");
+    assert!(
+        !lane.overdue(now + timeout * 10, timeout),
+        "empty is never overdue"
+    );
     lane.submit(1, now).unwrap();
     lane.submit(2, now + Duration::from_secs(20)).unwrap();
     assert!(!lane.overdue(now + Duration::from_secs(29), timeout));
@@ -231,8 +241,8 @@ fn pipeline_routes_acks_to_lanes() {
     assert_eq!(
         p.on_outgoing_publish(0).unwrap(),
         Acks {
-            events: None,
-            telemetry: Some(1)
+            telemetry: Some(1),
+            ..Acks::default()
         },
         "QoS 0 telemetry is delivered once written"
     );
@@ -241,6 +251,27 @@ fn pipeline_routes_acks_to_lanes() {
     assert_eq!(p.on_puback(1), Acks::default(), "the status PUBACK");
     assert_eq!(p.on_puback(2).events, Some(2));
     assert_eq!(p.outstanding(), 0);
+}
+
+#[test]
+fn command_results_are_reported_on_puback() {
+    let now = t0();
+    let mut p = Pipeline::new(
+        Lane::new(Confirm::OnPubAck, 4, 0),
+        Lane::new(Confirm::OnWrite, 4, 0),
+    );
+    p.submit_result(7);
+    p.submit_event(1, now).unwrap();
+    assert_eq!(p.on_outgoing_publish(5).unwrap(), Acks::default());
+    assert_eq!(p.on_outgoing_publish(6).unwrap(), Acks::default());
+    assert_eq!(
+        p.on_puback(5),
+        Acks {
+            result: Some(7),
+            ..Acks::default()
+        }
+    );
+    assert_eq!(p.on_puback(5), Acks::default(), "reported once");
 }
 
 #[test]
@@ -278,7 +309,11 @@ fn link_reports_changes_only() {
     let now = t0();
     let mut l = Link::new();
     assert!(!l.is_up());
-    assert_eq!(l.on_connected(now), None, "first connection is no restoration");
+    assert_eq!(
+        l.on_connected(now),
+        None,
+        "first connection is no restoration"
+    );
     assert!(l.is_up());
     assert_eq!(
         l.on_failure(now + Duration::from_secs(5), "reset"),
@@ -294,7 +329,10 @@ fn link_reports_changes_only() {
             down_for: Duration::from_secs(10)
         })
     );
-    assert_eq!(l.up_for(now + Duration::from_secs(16)), Some(Duration::from_secs(1)));
+    assert_eq!(
+        l.up_for(now + Duration::from_secs(16)),
+        Some(Duration::from_secs(1))
+    );
 }
 
 #[test]
@@ -440,7 +478,7 @@ proptest! {
             }
             prop_assert!(lane.in_flight() <= window);
             prop_assert_eq!(lane.acked(), acked);
-            prop_assert!(acked <= confirmed.max(0));
+            prop_assert!(acked <= confirmed);
             prop_assert!(lane.cursor() >= acked);
         }
     }
