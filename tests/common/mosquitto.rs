@@ -206,11 +206,7 @@ fn write_config(conf: &Path, dir: &Path, port: u16, extra: &str) {
          log_type error\n\
          log_type warning\n\
          log_type notice\n\
-         connection_messages true\n\
-         # Run as root (CI), mosquitto would switch to the user `mosquitto`,\n\
-         # which cannot write the log or the persistence file in this\n\
-         # private temp dir; stay the user that started it.\n\
-         user root\n",
+         connection_messages true\n",
         dir = dir.display()
     );
     std::fs::write(conf, text).expect("writing mosquitto.conf");
