@@ -6,7 +6,7 @@ use std::time::Duration;
 
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let secs = f64::deserialize(d)?;
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(serde::de::Error::custom(format!(
             "expected a number of seconds ≥ 0, got {secs}"
         )));

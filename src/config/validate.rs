@@ -337,9 +337,7 @@ pub(super) fn validate(c: &Config) -> Vec<Finding> {
                         f.err(pk.key("address"), "value runs past register 65535");
                     }
                 }
-                if p.writable && reg == RegisterKind::DiscreteInput
-                    || p.writable && reg == RegisterKind::Input
-                {
+                if p.writable && matches!(reg, RegisterKind::DiscreteInput | RegisterKind::Input) {
                     f.err(
                         pk.key("writable"),
                         format!("{reg:?} registers are read-only"),
