@@ -243,11 +243,17 @@ fn alarm_flip_arrives_as_contract_event() {
 
     let seq = seq_of(&raised);
     assert_eq!(raised["id"], id_of(seq));
+    let ts = raised["ts"].as_str().unwrap_or("");
+    assert!(is_rfc3339_ms_utc(ts), "ts: {ts}");
+    let age = chrono::Utc::now()
+        - chrono::DateTime::parse_from_rfc3339(ts)
+            .unwrap()
+            .with_timezone(&chrono::Utc);
     assert!(
-        is_rfc3339_ms_utc(raised["ts"].as_str().unwrap_or("")),
-        "ts: {}",
-        raised["ts"]
+        age.abs() < chrono::TimeDelta::seconds(10),
+        "ts {ts} is not the time of the flip"
     );
+    assert!(raised.get("attachments").is_none(), "{raised}");
     assert_eq!(raised["priority"], 2);
     assert_eq!(raised["category"], "intrusion");
     assert_eq!(raised["source"]["device"], "access-panel");
@@ -417,6 +423,7 @@ fn broker_outage_loses_nothing() {
 
     broker.stop();
     let outage = Instant::now();
+    let outage_wall = chrono::Utc::now();
     // 30 s of outage with an alarm transition every ~1.5 s.
     while outage.elapsed() < Duration::from_secs(30) {
         state = !state;
@@ -461,6 +468,32 @@ fn broker_outage_loses_nothing() {
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds.len(), flips, "alarm transitions: {kinds:?}");
+    // The gateway recorded its own link loss, within 20 s, and the return.
+    let ts_of = |e: &Value| {
+        chrono::DateTime::parse_from_rfc3339(e["ts"].as_str().unwrap_or(""))
+            .unwrap_or_else(|err| panic!("bad ts in {e}: {err}"))
+            .with_timezone(&chrono::Utc)
+    };
+    let lost: Vec<&Value> = by_seq
+        .values()
+        .filter(|e| e["kind"] == "uplink.lost")
+        .collect();
+    let restored: Vec<&Value> = by_seq
+        .values()
+        .filter(|e| e["kind"] == "uplink.restored")
+        .collect();
+    assert_eq!(lost.len(), 1, "one outage, one uplink.lost: {lost:?}");
+    assert_eq!(
+        restored.len(),
+        1,
+        "one outage, one uplink.restored: {restored:?}"
+    );
+    let detected = ts_of(lost[0]) - outage_wall;
+    assert!(
+        detected < chrono::TimeDelta::seconds(20),
+        "uplink loss recorded {detected} after the broker stopped"
+    );
+    assert!(seq_of(restored[0]) > seq_of(lost[0]));
     for (i, k) in kinds.iter().enumerate() {
         let want = if i % 2 == 0 {
             "alarm.raised"
