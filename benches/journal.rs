@@ -5,6 +5,7 @@
 //! cargo bench --bench journal                  # 1,000,000-event backlog
 //! cargo bench --bench journal -- 20000         # small run
 //! cargo bench --bench journal -- 20000 --recorders 64 --runs 5
+//! cargo bench --bench journal -- 20000 --dir /tmp/jb   # keep the journals
 //! ```
 //!
 //! Every figure is the median of `--runs` runs (default 3). Appends use
@@ -28,6 +29,7 @@ struct Args {
     recorders: usize,
     runs: usize,
     open_only: Option<String>,
+    dir: Option<String>,
 }
 
 fn args() -> Args {
@@ -36,6 +38,7 @@ fn args() -> Args {
         recorders: 256,
         runs: 3,
         open_only: None,
+        dir: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -48,6 +51,7 @@ fn args() -> Args {
             "--recorders" => a.recorders = num("--recorders").max(1) as usize,
             "--runs" => a.runs = num("--runs").max(1) as usize,
             "--open-only" => a.open_only = it.next(),
+            "--dir" => a.dir = it.next(),
             s if s.starts_with("--") => {} // e.g. cargo's `--bench`
             s => a.size = s.parse().expect("size must be a number of events"),
         }
@@ -215,6 +219,11 @@ fn main() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
+    let work = a
+        .dir
+        .clone()
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| tmp.path().to_path_buf());
     let n_append = a.size.clamp(1, 200_000);
     println!(
         "journal bench: backlog {} events, appends of {} events by {} recorders, {} runs (medians)",
@@ -225,7 +234,7 @@ fn main() {
     let mut drains = Vec::new();
     let mut backlog_drains = Vec::new();
     for run in 0..a.runs {
-        let dir = tmp.path().join(format!("append-{run}"));
+        let dir = work.join(format!("append-{run}"));
         let j = Journal::open(&cfg(&dir, true), GW, &[SINK]).unwrap();
         rates.push(append(&j, n_append, a.recorders));
         backlog_drains.push(drain_backlog(&j));
@@ -251,7 +260,7 @@ fn main() {
 
     // Build the backlog quickly (big batches, no fsync), then open it in
     // fresh processes.
-    let dir = tmp.path().join("backlog");
+    let dir = work.join("backlog");
     {
         let start = Instant::now();
         let j = Journal::open(&cfg(&dir, false), GW, &[SINK]).unwrap();

@@ -205,13 +205,17 @@ impl Shared {
             .storage
             .range(&keys::event(from), &keys::event(to), REMOVE_CHUNK)?;
         let mut meta = st.meta;
-        let mut batch = Batch::default();
+        let mut deletes = Batch::default();
         for (k, v) in entries {
             meta.event_bytes = meta.event_bytes.saturating_sub(keys::entry_cost(&k, &v));
-            batch.delete(k);
+            deletes.delete(k);
         }
         meta.events_removed = to;
+        // Metadata first: a crash part-way leaves keys at or below
+        // `events_removed`, which the next open deletes.
+        let mut batch = Batch::default();
         batch.put(keys::META, meta.encode());
+        batch.ops.extend(deletes.ops);
         self.storage.apply(batch)?;
         st.meta = meta;
         self.dirty.store(true, Ordering::SeqCst);
@@ -232,7 +236,7 @@ impl Shared {
             self.storage
                 .range(&keys::telemetry(from), &keys::telemetry(to), REMOVE_CHUNK)?;
         let mut meta = st.meta;
-        let mut batch = Batch::default();
+        let mut deletes = Batch::default();
         let mut removed_upto = to;
         let mut removed = 0;
         for (k, v) in entries {
@@ -245,11 +249,13 @@ impl Shared {
             meta.telemetry_bytes = meta
                 .telemetry_bytes
                 .saturating_sub(keys::entry_cost(&k, &v));
-            batch.delete(k);
+            deletes.delete(k);
             removed += 1;
         }
         meta.telemetry_removed = removed_upto.max(meta.telemetry_removed);
+        let mut batch = Batch::default();
         batch.put(keys::META, meta.encode());
+        batch.ops.extend(deletes.ops);
         self.storage.apply(batch)?;
         st.meta = meta;
         self.dirty.store(true, Ordering::SeqCst);
@@ -354,7 +360,7 @@ impl Journal {
             })?,
             None => Meta::default(),
         };
-        check_consistent(storage.as_ref(), &meta)?;
+        let meta = recover(storage.as_ref(), meta)?;
 
         let mut batch = Batch::default();
         batch.put(keys::META, meta.encode());
@@ -661,31 +667,88 @@ fn read_cursor(storage: &dyn Storage, key: &[u8]) -> Result<Option<u64>, Journal
     Ok(storage.get(key)?.and_then(|v| keys::decode_u64(&v)))
 }
 
-/// Cheap open-time checks (a few point reads): the newest and oldest held
-/// events exist and nothing lies past the recorded end of either lane.
-fn check_consistent(storage: &dyn Storage, meta: &Meta) -> Result<(), JournalError> {
-    let damaged = |what: String| JournalError::Storage(format!("journal is inconsistent: {what}"));
+/// Bring the metadata up to date with the entries after a crash, in a
+/// few bounded reads. Writes are applied in order and a crash keeps a
+/// prefix of them; entries are written before the metadata that counts
+/// them, and the metadata before the deletions it announces. So after a
+/// crash there may be entries past the recorded end of a lane (written,
+/// not yet counted: at most one write's worth), and entries at or below
+/// the recorded start (a removal cut short: at most one chunk). Both are
+/// bounded by what was written since the last metadata write.
+fn recover(storage: &dyn Storage, mut meta: Meta) -> Result<Meta, JournalError> {
     if meta.events_removed > meta.last_seq || meta.telemetry_removed > meta.telemetry_last {
-        return Err(damaged(format!("metadata {meta:?}")));
-    }
-    if meta.event_count() > 0 {
-        for seq in [meta.events_removed + 1, meta.last_seq] {
-            if storage.get(&keys::event(seq))?.is_none() {
-                return Err(damaged(format!("event {seq} missing")));
-            }
-        }
-    }
-    let beyond = storage.range(
-        &keys::event(meta.last_seq.saturating_add(1)),
-        &keys::event(u64::MAX),
-        1,
-    )?;
-    if let Some((k, _)) = beyond.first() {
-        return Err(damaged(format!(
-            "event {} lies past the last seq {}",
-            keys::decode_key(k),
-            meta.last_seq
+        return Err(JournalError::Storage(format!(
+            "journal metadata is inconsistent: {meta:?}"
         )));
     }
-    Ok(())
+    let lanes: [(fn(u64) -> [u8; 9], &str); 2] =
+        [(keys::event, "event"), (keys::telemetry, "telemetry")];
+    for (key, lane) in lanes {
+        let (mut last, mut removed, mut bytes) = if lane == "event" {
+            (meta.last_seq, meta.events_removed, meta.event_bytes)
+        } else {
+            (
+                meta.telemetry_last,
+                meta.telemetry_removed,
+                meta.telemetry_bytes,
+            )
+        };
+        // Entries written after the last metadata write.
+        if let Some((k, _)) = storage.last(&key(last.saturating_add(1)), &key(u64::MAX))? {
+            let end = keys::decode_key(&k);
+            let mut from = last + 1;
+            while from <= end {
+                let chunk = storage.range(&key(from), &key(end), REMOVE_CHUNK)?;
+                let Some((k, _)) = chunk.last() else { break };
+                from = keys::decode_key(k) + 1;
+                bytes += chunk
+                    .iter()
+                    .map(|(k, v)| keys::entry_cost(k, v))
+                    .sum::<u64>();
+            }
+            tracing::info!(
+                lane,
+                from = last + 1,
+                to = end,
+                "journal: recovered entries written before a crash"
+            );
+            last = end;
+        }
+        // A removal cut short.
+        loop {
+            let left = storage.range(&key(0), &key(removed), REMOVE_CHUNK)?;
+            if left.is_empty() {
+                break;
+            }
+            let mut batch = Batch::default();
+            for (k, _) in left {
+                batch.delete(k);
+            }
+            storage.apply(batch)?;
+        }
+        // The oldest held entry must directly follow the removed ones.
+        if last > removed {
+            let first = storage.range(&key(removed + 1), &key(last), 1)?;
+            let first = first.first().map(|(k, _)| keys::decode_key(k));
+            if first != Some(removed + 1) {
+                tracing::error!(
+                    lane,
+                    expected = removed + 1,
+                    found = ?first,
+                    "journal: entries missing at the start of the lane; skipping them"
+                );
+                removed = first.map(|f| f - 1).unwrap_or(last);
+            }
+        }
+        if lane == "event" {
+            (meta.last_seq, meta.events_removed, meta.event_bytes) = (last, removed, bytes);
+        } else {
+            (
+                meta.telemetry_last,
+                meta.telemetry_removed,
+                meta.telemetry_bytes,
+            ) = (last, removed, bytes);
+        }
+    }
+    Ok(meta)
 }

@@ -160,6 +160,19 @@ struct Uplink {
     abort: Arc<Notify>,
     head: Option<watch::Receiver<JournalHead>>,
     phase: Phase,
+    /// `uplink.lost` / `uplink.restored` to record, in order.
+    link_events: mpsc::UnboundedSender<NewEvent>,
+}
+
+/// Record link events one after another (so they keep their order) without
+/// making the event loop wait for durability.
+async fn record_link_events(journal: Journal, mut rx: mpsc::UnboundedReceiver<NewEvent>) {
+    while let Some(ev) = rx.recv().await {
+        let kind = ev.kind;
+        if let Err(e) = journal.record(vec![ev]).await {
+            tracing::error!(error = %e, kind = kind.as_str(), "cannot record uplink event");
+        }
+    }
 }
 
 /// Build the MQTT options (without the will, set before each attempt).
@@ -232,6 +245,10 @@ pub(super) async fn run(ctx: UplinkContext, shutdown: CancellationToken) {
     let acked = ctx.journal.acked_seq(UPLINK_SINK);
     let acked_t = ctx.journal.acked_telemetry(UPLINK_SINK);
     let (replies_tx, replies_rx) = mpsc::channel(MAX_RUNNING_COMMANDS);
+    // Unbounded is fine: one event per link change, and changes are paced
+    // by the reconnect backoff.
+    let (link_tx, link_rx) = mpsc::unbounded_channel();
+    let recorder = tokio::spawn(record_link_events(ctx.journal.clone(), link_rx));
     let mut up = Uplink {
         topics: Topics::new(&ctx.site, &ctx.gateway),
         backoff: Backoff::new(cfg.reconnect_min, cfg.reconnect_max),
@@ -262,6 +279,7 @@ pub(super) async fn run(ctx: UplinkContext, shutdown: CancellationToken) {
         replies_tx,
         abort: Arc::new(Notify::new()),
         phase: Phase::Offline,
+        link_events: link_tx,
     };
     tracing::info!(
         host = %up.cfg.host,
@@ -273,6 +291,14 @@ pub(super) async fn run(ctx: UplinkContext, shutdown: CancellationToken) {
     );
     let start = up.start_attempt(Box::new(eventloop));
     up.main_loop(start, replies_rx, shutdown).await;
+    // Let the recorder finish what is queued, then stop.
+    drop(up);
+    if tokio::time::timeout(SHUTDOWN_DRAIN, recorder)
+        .await
+        .is_err()
+    {
+        tracing::warn!("uplink events still being recorded at shutdown");
+    }
 }
 
 impl Uplink {
@@ -529,14 +555,11 @@ impl Uplink {
                 serde_json::json!({"down_for_s": down_for.as_secs_f64(), "host": self.cfg.host}),
             ),
         };
-        let journal = self.journal.clone();
-        let kind = ev.kind;
-        // Recording waits for durability; the event loop must not.
-        tokio::spawn(async move {
-            if let Err(e) = journal.record(vec![ev]).await {
-                tracing::error!(error = %e, kind = kind.as_str(), "cannot record uplink event");
-            }
-        });
+        // Recording waits for durability; the event loop must not. One
+        // recorder task keeps lost/restored in order.
+        if self.link_events.send(ev).is_err() {
+            tracing::error!("uplink event recorder is gone");
+        }
     }
 
     fn take_acks(&mut self, acks: Acks) {
