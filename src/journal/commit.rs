@@ -100,7 +100,7 @@ fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>, lazy_every: Duration) {
                     }
                     continue;
                 }
-                let res = commit(&shared).map_err(|e| e.to_string());
+                let res = commit(&shared);
                 if res.is_err() && dirty {
                     shared.dirty.store(true, Ordering::SeqCst);
                 }
@@ -128,16 +128,20 @@ fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>, lazy_every: Duration) {
     tracing::debug!("journal committer stopped");
 }
 
-/// One flush (+ fsync); on success everything applied before it is durable.
-fn commit(shared: &Shared) -> Result<(), super::StorageError> {
-    let target = shared.applied_seq();
-    match shared.commit() {
-        Ok(()) => {
+/// Write pending events, then one flush (+ fsync); on success everything
+/// written before it is durable.
+fn commit(shared: &Shared) -> Result<(), String> {
+    let res = shared
+        .write_pending()
+        .map_err(|e| e.to_string())
+        .and_then(|target| shared.commit().map(|()| target).map_err(|e| e.to_string()));
+    match res {
+        Ok(target) => {
             shared.set_durable(target);
             Ok(())
         }
         Err(e) => {
-            tracing::error!(error = %e, "journal flush failed");
+            tracing::error!(error = %e, "journal commit failed");
             Err(e)
         }
     }

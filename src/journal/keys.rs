@@ -1,7 +1,7 @@
 //! Key layout of the journal's single store, and its metadata record.
 //!
 //! ```text
-//! e <seq u64 BE>        event payload (contract JSON)
+//! e <seq u64 BE>        block of events from seq on (see `encode_block`)
 //! t <key u64 BE>        telemetry payload
 //! m                     metadata (Meta, fixed 57 bytes)
 //! c e <sink>            event cursor of a sink (u64 BE)
@@ -51,6 +51,45 @@ pub fn decode_u64(v: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(v.try_into().ok()?))
 }
 
+/// A block is closed (no more events appended) at this many events…
+pub const BLOCK_EVENTS: usize = 16;
+/// …or once its value reaches this many bytes. Keeps sled's nodes (up to
+/// 17 keys) under its 128 KiB inline limit.
+pub const BLOCK_BYTES: usize = 4096;
+
+/// Events are stored in blocks of consecutive seqs, one key per block, so
+/// the storage engine keeps one index entry per block rather than per
+/// event. Value: `count u32 BE`, then per event `len u32 BE` + payload.
+pub fn encode_block<P: AsRef<[u8]>>(payloads: &[P]) -> Vec<u8> {
+    let len: usize = payloads.iter().map(|p| 4 + p.as_ref().len()).sum();
+    let mut v = Vec::with_capacity(4 + len);
+    v.extend_from_slice(&(payloads.len() as u32).to_be_bytes());
+    for p in payloads {
+        v.extend_from_slice(&(p.as_ref().len() as u32).to_be_bytes());
+        v.extend_from_slice(p.as_ref());
+    }
+    v
+}
+
+/// Number of events in a block value (`None` if damaged).
+pub fn block_count(v: &[u8]) -> Option<u64> {
+    Some(u64::from(u32::from_be_bytes(v.get(..4)?.try_into().ok()?)))
+}
+
+/// The payloads of a block value (`None` if damaged).
+pub fn decode_block(v: &[u8]) -> Option<Vec<&[u8]>> {
+    let count = block_count(v)? as usize;
+    let mut out = Vec::with_capacity(count.min(BLOCK_EVENTS * 4));
+    let mut at = 4;
+    for _ in 0..count {
+        let len = u32::from_be_bytes(v.get(at..at + 4)?.try_into().ok()?) as usize;
+        at += 4;
+        out.push(v.get(at..at.checked_add(len)?)?);
+        at += len;
+    }
+    (at == v.len()).then_some(out)
+}
+
 /// What an entry costs against the size cap.
 pub fn entry_cost(key: &[u8], value: &[u8]) -> u64 {
     (key.len() + value.len()) as u64 + ENTRY_OVERHEAD
@@ -74,8 +113,9 @@ pub struct Meta {
     pub telemetry_removed: u64,
     /// Cost of the held telemetry.
     pub telemetry_bytes: u64,
-    /// Reserved (0).
-    pub reserved: u64,
+    /// Cost of the event block holding `last_seq` when this record was
+    /// written (that block is rewritten as events are appended to it).
+    pub tail_cost: u64,
 }
 
 impl Meta {
@@ -99,7 +139,7 @@ impl Meta {
             self.telemetry_last,
             self.telemetry_removed,
             self.telemetry_bytes,
-            self.reserved,
+            self.tail_cost,
         ] {
             v.extend_from_slice(&n.to_be_bytes());
         }
@@ -118,7 +158,7 @@ impl Meta {
             telemetry_last: n(3)?,
             telemetry_removed: n(4)?,
             telemetry_bytes: n(5)?,
-            reserved: n(6)?,
+            tail_cost: n(6)?,
         })
     }
 }
@@ -136,6 +176,20 @@ mod tests {
     }
 
     #[test]
+    fn blocks_round_trip_and_reject_damage() {
+        let b = encode_block(&[b"one".to_vec(), vec![], b"three".to_vec()]);
+        assert_eq!(block_count(&b), Some(3));
+        let d = decode_block(&b).unwrap();
+        assert_eq!(d, vec![&b"one"[..], &b""[..], &b"three"[..]]);
+        assert_eq!(decode_block(&b[..b.len() - 1]), None);
+        assert_eq!(decode_block(&[0, 0]), None);
+        let mut long = b.clone();
+        long.push(0);
+        assert_eq!(decode_block(&long), None);
+        assert_eq!(decode_block(&encode_block::<Vec<u8>>(&[])), Some(vec![]));
+    }
+
+    #[test]
     fn meta_round_trips_and_rejects_damage() {
         let m = Meta {
             last_seq: 9,
@@ -144,7 +198,7 @@ mod tests {
             telemetry_last: 40,
             telemetry_removed: 20,
             telemetry_bytes: 900,
-            reserved: 0,
+            tail_cost: 0,
         };
         assert_eq!(Meta::decode(&m.encode()), Some(m));
         assert_eq!(Meta::decode(&m.encode()[..56]), None);

@@ -5,9 +5,10 @@
 //!
 //! - **events** (alarms and every other [`Event`]): each gets the next `seq`
 //!   (1, 2, 3, … gap-free, across restarts) and its contract id, and is
-//!   stored as the contract JSON payload. [`Journal::record`] returns only
-//!   once the events are durable (storage flush, then `fsync`), with group
-//!   commit: concurrent callers share one flush.
+//!   stored as the contract JSON payload, packed in blocks of consecutive
+//!   events. [`Journal::record`] returns only once the events are durable
+//!   (storage flush, then `fsync`), with group commit: a committer thread
+//!   writes and flushes for every caller waiting at that moment.
 //! - **telemetry**: opaque payloads under their own `u64` keys, flushed
 //!   lazily every `telemetry_flush_s`, and the first thing evicted when the
 //!   journal reaches its size cap. Events are never evicted.
@@ -107,14 +108,73 @@ pub struct JournalStats {
     pub telemetry_evicted: u64,
 }
 
-/// Mutable state, under one lock. Writers hold it while they assign keys
-/// and apply their batch, so storage order is `seq` order.
+/// Mutable state, under one lock. Recorders hold it while they assign
+/// seqs; the committer while it writes them, so storage order is `seq`
+/// order.
 struct State {
     meta: Meta,
+    /// Last seq handed out (`meta.last_seq` is the last one written).
+    assigned_seq: u64,
+    /// Events given a seq and not yet written; the committer writes them.
+    pending: Vec<(u64, Vec<u8>)>,
+    /// The event block holding `meta.last_seq`, kept to append to it
+    /// without reading it back.
+    tail: Option<Tail>,
     event_cursors: BTreeMap<String, u64>,
     telemetry_cursors: BTreeMap<String, u64>,
     pressure: bool,
     telemetry_evicted: u64,
+}
+
+/// The last event block, as written.
+#[derive(Clone)]
+struct Tail {
+    first: u64,
+    payloads: Vec<Vec<u8>>,
+    /// Encoded size of the block.
+    size: usize,
+    /// What the block counts in `meta.event_bytes` (0 before its first write).
+    cost: u64,
+}
+
+impl Tail {
+    fn new(first: u64) -> Tail {
+        Tail {
+            first,
+            payloads: Vec::new(),
+            size: 4,
+            cost: 0,
+        }
+    }
+    fn is_full(&self) -> bool {
+        self.payloads.len() >= keys::BLOCK_EVENTS || self.size >= keys::BLOCK_BYTES
+    }
+    fn push(&mut self, payload: Vec<u8>) {
+        self.size += 4 + payload.len();
+        self.payloads.push(payload);
+    }
+    /// Write (or rewrite) the block, accounting its cost in `meta`.
+    fn put(&mut self, batch: &mut Batch, meta: &mut Meta) {
+        let key = keys::event(self.first);
+        let value = keys::encode_block(&self.payloads);
+        let cost = keys::entry_cost(&key, &value);
+        meta.event_bytes = meta.event_bytes.saturating_sub(self.cost) + cost;
+        self.cost = cost;
+        batch.put(key.to_vec(), value);
+    }
+}
+
+impl State {
+    /// Every event at or below this is acknowledged by every sink (or
+    /// removed): readers start after it.
+    fn held_from(&self) -> u64 {
+        self.event_cursors
+            .values()
+            .min()
+            .copied()
+            .unwrap_or(0)
+            .max(self.meta.events_removed)
+    }
 }
 
 /// What the committer thread shares with the handles.
@@ -135,7 +195,7 @@ pub(crate) struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves State consistent with what
-        // was applied (it is updated only after a successful apply).
+        // was written (it is updated only after a successful write).
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -156,8 +216,50 @@ impl Shared {
         }
     }
 
-    pub(crate) fn applied_seq(&self) -> u64 {
-        self.lock().meta.last_seq
+    /// Write the pending events into their blocks, then the metadata.
+    /// Runs on the committer thread before each flush; returns the last
+    /// seq written. On failure the events stay pending (no seq is lost).
+    pub(crate) fn write_pending(&self) -> Result<u64, JournalError> {
+        let mut st = self.lock();
+        if st.pending.is_empty() {
+            return Ok(st.meta.last_seq);
+        }
+        let pending = std::mem::take(&mut st.pending);
+        let mut meta = st.meta;
+        let mut tail = st.tail.clone();
+        let mut batch = Batch::default();
+        let mut unwritten = false;
+        for (seq, payload) in &pending {
+            if tail.as_ref().is_none_or(Tail::is_full) {
+                tail = Some(Tail::new(*seq));
+            }
+            let Some(t) = tail.as_mut() else { continue };
+            t.push(payload.clone());
+            unwritten = true;
+            if t.is_full() {
+                t.put(&mut batch, &mut meta);
+                unwritten = false;
+            }
+        }
+        if unwritten {
+            if let Some(t) = tail.as_mut() {
+                t.put(&mut batch, &mut meta);
+            }
+        }
+        meta.last_seq = pending.last().map_or(meta.last_seq, |(s, _)| *s);
+        meta.tail_cost = tail.as_ref().map_or(0, |t| t.cost);
+        // Blocks first, then the metadata that counts them.
+        batch.put(keys::META, meta.encode());
+        if let Err(e) = self.storage.apply(batch) {
+            st.pending = pending;
+            return Err(e.into());
+        }
+        st.meta = meta;
+        st.tail = tail;
+        if let Err(e) = self.enforce_cap(&mut st) {
+            tracing::warn!(error = %e, "journal size cap not enforced");
+        }
+        Ok(meta.last_seq)
     }
 
     pub(crate) fn take_dirty(&self) -> bool {
@@ -179,10 +281,9 @@ impl Shared {
             let Some(upto) = st.event_cursors.values().min().copied() else {
                 break;
             };
-            if upto <= st.meta.events_removed {
+            if upto <= st.meta.events_removed || !self.remove_events_chunk(&mut st, upto)? {
                 break;
             }
-            self.remove_events_chunk(&mut st, upto)?;
         }
         loop {
             let mut st = self.lock();
@@ -198,28 +299,51 @@ impl Shared {
         Ok(())
     }
 
-    fn remove_events_chunk(&self, st: &mut State, upto: u64) -> Result<(), JournalError> {
+    /// Remove the oldest event blocks whose every event is at or below
+    /// `upto`. One chunk; false when nothing could be removed.
+    fn remove_events_chunk(&self, st: &mut State, upto: u64) -> Result<bool, JournalError> {
         let from = st.meta.events_removed + 1;
-        let to = upto.min(from + REMOVE_CHUNK as u64 - 1);
-        let entries = self
+        let blocks = self
             .storage
-            .range(&keys::event(from), &keys::event(to), REMOVE_CHUNK)?;
+            .range(&keys::event(from), &keys::event(upto), REMOVE_CHUNK)?;
         let mut meta = st.meta;
         let mut deletes = Batch::default();
-        for (k, v) in entries {
+        let mut removed_tail = false;
+        for (k, v) in blocks {
+            let first = keys::decode_key(&k);
+            let Some(count) = keys::block_count(&v) else {
+                tracing::error!(first, "journal: damaged event block; removal stops here");
+                break;
+            };
+            let last = (first + count).saturating_sub(1).max(first);
+            if last > upto {
+                break;
+            }
             meta.event_bytes = meta.event_bytes.saturating_sub(keys::entry_cost(&k, &v));
+            meta.events_removed = meta.events_removed.max(last);
+            removed_tail |= st.tail.as_ref().is_some_and(|t| t.first == first);
             deletes.delete(k);
         }
-        meta.events_removed = to;
-        // Metadata first: a crash part-way leaves keys at or below
+        if deletes.is_empty() {
+            return Ok(false);
+        }
+        if removed_tail {
+            meta.tail_cost = 0;
+            st.tail = None;
+        }
+        // Metadata first: a crash part-way leaves blocks at or below
         // `events_removed`, which the next open deletes.
         let mut batch = Batch::default();
         batch.put(keys::META, meta.encode());
         batch.ops.extend(deletes.ops);
-        self.storage.apply(batch)?;
+        // Whether or not every write went through, go on from the new
+        // position: blocks left behind are at or below it, and the next
+        // open deletes them.
+        let res = self.storage.apply(batch);
         st.meta = meta;
+        res?;
         self.dirty.store(true, Ordering::SeqCst);
-        Ok(())
+        Ok(true)
     }
 
     /// Remove telemetry up to `upto`, or (with `until_bytes`) the oldest
@@ -256,8 +380,12 @@ impl Shared {
         let mut batch = Batch::default();
         batch.put(keys::META, meta.encode());
         batch.ops.extend(deletes.ops);
-        self.storage.apply(batch)?;
+        // Whether or not every write went through, go on from the new
+        // position: keys left behind are at or below it, and the next
+        // open deletes them.
+        let res = self.storage.apply(batch);
         st.meta = meta;
+        res?;
         self.dirty.store(true, Ordering::SeqCst);
         Ok(removed)
     }
@@ -389,10 +517,14 @@ impl Journal {
             last_telemetry: meta.telemetry_last,
         };
         let (head_tx, _) = watch::channel(head);
+        let tail = load_tail(storage.as_ref(), &meta)?;
         let shared = Arc::new(Shared {
             storage,
             state: Mutex::new(State {
                 meta,
+                assigned_seq: meta.last_seq,
+                pending: Vec::new(),
+                tail,
                 event_cursors,
                 telemetry_cursors,
                 pressure: false,
@@ -437,9 +569,10 @@ impl Journal {
 
     /// Record events: assigns `seq`/`id`, and returns only once they are durable.
     ///
-    /// On error the events may still become durable later (the storage
-    /// accepted them but the flush failed); a caller that retries may then
-    /// record them twice, under new seqs. Duplicates beat a lost alarm.
+    /// On a storage error the events keep their seqs and stay queued (or
+    /// written but not yet flushed): a later commit makes them durable. A
+    /// caller that retries may then record them twice, under new seqs.
+    /// Duplicates beat a lost alarm.
     /// Dropping the returned future before it completes does not withdraw
     /// the events: they are recorded all the same.
     pub async fn record(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, JournalError> {
@@ -449,12 +582,11 @@ impl Journal {
         let sh = self.shared();
         let (recorded, last) = {
             let mut st = sh.lock();
-            let mut meta = st.meta;
-            let mut batch = Batch::default();
+            let mut seq = st.assigned_seq;
             let mut out = Vec::with_capacity(events.len());
+            let mut staged = Vec::with_capacity(events.len());
             for body in events {
-                meta.last_seq += 1;
-                let seq = meta.last_seq;
+                seq += 1;
                 let ev = Event {
                     id: event_id(&sh.gateway, seq),
                     seq,
@@ -462,19 +594,12 @@ impl Journal {
                 };
                 let payload = serde_json::to_vec(&ev)
                     .map_err(|e| JournalError::Storage(format!("encoding event {seq}: {e}")))?;
-                let key = keys::event(seq);
-                meta.event_bytes += keys::entry_cost(&key, &payload);
-                batch.put(key.to_vec(), payload);
+                staged.push((seq, payload));
                 out.push(ev);
             }
-            batch.put(keys::META, meta.encode());
-            sh.storage.apply(batch)?;
-            st.meta = meta;
-            if let Err(e) = sh.enforce_cap(&mut st) {
-                // The events are applied; eviction can wait for the next write.
-                tracing::warn!(error = %e, "journal size cap not enforced");
-            }
-            (out, meta.last_seq)
+            st.assigned_seq = seq;
+            st.pending.extend(staged);
+            (out, seq)
         };
         self.inner.committer.wait_durable(last).await?;
         Ok(recorded)
@@ -518,19 +643,38 @@ impl Journal {
     pub fn read_events(&self, after: u64, max: usize) -> Result<Vec<StoredEvent>, JournalError> {
         let sh = self.shared();
         let durable = sh.durable_seq.load(Ordering::SeqCst);
-        let from = after.max(sh.lock().meta.events_removed).saturating_add(1);
+        let from = after.max(sh.lock().held_from()).saturating_add(1);
         if max == 0 || from > durable {
             return Ok(Vec::new());
         }
-        Ok(sh
+        // The block holding `from` starts at or before it.
+        let start = match sh.storage.last(&keys::event(0), &keys::event(from))? {
+            Some((k, _)) => k,
+            None => keys::event(from).to_vec(),
+        };
+        let blocks = sh
             .storage
-            .range(&keys::event(from), &keys::event(durable), max)?
-            .into_iter()
-            .map(|(k, v)| StoredEvent {
-                seq: keys::decode_key(&k),
-                payload: v,
-            })
-            .collect())
+            .range(&start, &keys::event(durable), max.saturating_add(1))?;
+        let mut out = Vec::new();
+        'blocks: for (k, v) in blocks {
+            let first = keys::decode_key(&k);
+            let Some(payloads) = keys::decode_block(&v) else {
+                tracing::error!(first, "journal: damaged event block skipped");
+                continue;
+            };
+            for (seq, payload) in (first..).zip(payloads) {
+                if seq > durable || out.len() >= max {
+                    break 'blocks;
+                }
+                if seq >= from {
+                    out.push(StoredEvent {
+                        seq,
+                        payload: payload.to_vec(),
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// `sink` has delivered every event up to `upto` (inclusive). Cursors
@@ -639,7 +783,7 @@ impl Journal {
         let st = sh.lock();
         let last_seq = sh.durable_seq.load(Ordering::SeqCst);
         JournalStats {
-            events: last_seq.saturating_sub(st.meta.events_removed),
+            events: last_seq.saturating_sub(st.held_from()),
             telemetry: st.meta.telemetry_count(),
             bytes_on_disk: sh.bytes_on_disk.load(Ordering::Relaxed),
             last_seq,
@@ -658,7 +802,7 @@ impl Journal {
     pub async fn flush(&self) -> Result<(), JournalError> {
         let sh = self.shared();
         sh.dirty.store(true, Ordering::SeqCst);
-        let last = sh.applied_seq();
+        let last = sh.lock().assigned_seq;
         self.inner.committer.wait_durable(last).await
     }
 }
@@ -672,83 +816,169 @@ fn read_cursor(storage: &dyn Storage, key: &[u8]) -> Result<Option<u64>, Journal
 /// prefix of them; entries are written before the metadata that counts
 /// them, and the metadata before the deletions it announces. So after a
 /// crash there may be entries past the recorded end of a lane (written,
-/// not yet counted: at most one write's worth), and entries at or below
-/// the recorded start (a removal cut short: at most one chunk). Both are
-/// bounded by what was written since the last metadata write.
-fn recover(storage: &dyn Storage, mut meta: Meta) -> Result<Meta, JournalError> {
+/// not yet counted: at most one commit's worth), and entries at or below
+/// the recorded start (a removal cut short: at most one chunk).
+fn recover(storage: &dyn Storage, meta: Meta) -> Result<Meta, JournalError> {
     if meta.events_removed > meta.last_seq || meta.telemetry_removed > meta.telemetry_last {
         return Err(JournalError::Storage(format!(
             "journal metadata is inconsistent: {meta:?}"
         )));
     }
-    let lanes: [(fn(u64) -> [u8; 9], &str); 2] =
-        [(keys::event, "event"), (keys::telemetry, "telemetry")];
-    for (key, lane) in lanes {
-        let (mut last, mut removed, mut bytes) = if lane == "event" {
-            (meta.last_seq, meta.events_removed, meta.event_bytes)
-        } else {
-            (
-                meta.telemetry_last,
-                meta.telemetry_removed,
-                meta.telemetry_bytes,
-            )
-        };
-        // Entries written after the last metadata write.
-        if let Some((k, _)) = storage.last(&key(last.saturating_add(1)), &key(u64::MAX))? {
-            let end = keys::decode_key(&k);
-            let mut from = last + 1;
-            while from <= end {
-                let chunk = storage.range(&key(from), &key(end), REMOVE_CHUNK)?;
-                let Some((k, _)) = chunk.last() else { break };
-                from = keys::decode_key(k) + 1;
-                bytes += chunk
-                    .iter()
-                    .map(|(k, v)| keys::entry_cost(k, v))
-                    .sum::<u64>();
-            }
+    let meta = recover_events(storage, meta)?;
+    recover_telemetry(storage, meta)
+}
+
+/// Delete every key in `start..=end`, in chunks.
+fn delete_range(storage: &dyn Storage, start: &[u8], end: &[u8]) -> Result<(), JournalError> {
+    loop {
+        let left = storage.range(start, end, REMOVE_CHUNK)?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        for (k, _) in left {
+            batch.delete(k);
+        }
+        storage.apply(batch)?;
+    }
+}
+
+fn recover_events(storage: &dyn Storage, mut meta: Meta) -> Result<Meta, JournalError> {
+    // A removal cut short: `events_removed` is the last seq of a removed
+    // block, so every block starting at or below it is a leftover.
+    delete_range(storage, &keys::event(0), &keys::event(meta.events_removed))?;
+    // The block that held `last_seq` when the metadata was written (it may
+    // have been rewritten since with more events), and any written after.
+    let anchor = if meta.last_seq > meta.events_removed {
+        storage
+            .last(
+                &keys::event(meta.events_removed + 1),
+                &keys::event(meta.last_seq),
+            )?
+            .map(|(k, _)| keys::decode_key(&k))
+    } else {
+        None
+    };
+    let mut from = anchor.unwrap_or(meta.last_seq + 1);
+    let mut cost = 0;
+    let mut end = meta.last_seq;
+    let mut last_cost = None;
+    loop {
+        let blocks = storage.range(&keys::event(from), &keys::event(u64::MAX), REMOVE_CHUNK)?;
+        let Some((k, _)) = blocks.last() else { break };
+        from = keys::decode_key(k).saturating_add(1);
+        for (k, v) in &blocks {
+            let first = keys::decode_key(k);
+            let count = keys::block_count(v).unwrap_or(1);
+            end = end.max((first + count).saturating_sub(1));
+            let c = keys::entry_cost(k, v);
+            cost += c;
+            last_cost = Some(c);
+        }
+    }
+    if let Some(tail_cost) = last_cost {
+        meta.event_bytes = meta.event_bytes.saturating_sub(meta.tail_cost) + cost;
+        meta.tail_cost = tail_cost;
+        if end > meta.last_seq {
             tracing::info!(
-                lane,
-                from = last + 1,
+                from = meta.last_seq + 1,
                 to = end,
-                "journal: recovered entries written before a crash"
+                "journal: recovered events written before a crash"
             );
-            last = end;
         }
-        // A removal cut short.
-        loop {
-            let left = storage.range(&key(0), &key(removed), REMOVE_CHUNK)?;
-            if left.is_empty() {
-                break;
+        meta.last_seq = end;
+    }
+    // The oldest held block must start right after the removed ones.
+    if meta.last_seq > meta.events_removed {
+        let first = storage.range(
+            &keys::event(meta.events_removed + 1),
+            &keys::event(meta.last_seq),
+            1,
+        )?;
+        let first = first.first().map(|(k, _)| keys::decode_key(k));
+        if first != Some(meta.events_removed + 1) {
+            tracing::error!(
+                expected = meta.events_removed + 1,
+                found = ?first,
+                "journal: events missing at the start of the journal; skipping them"
+            );
+            meta.events_removed = first.map_or(meta.last_seq, |f| f - 1);
+            if first.is_none() {
+                meta.event_bytes = 0;
+                meta.tail_cost = 0;
             }
-            let mut batch = Batch::default();
-            for (k, _) in left {
-                batch.delete(k);
-            }
-            storage.apply(batch)?;
-        }
-        // The oldest held entry must directly follow the removed ones.
-        if last > removed {
-            let first = storage.range(&key(removed + 1), &key(last), 1)?;
-            let first = first.first().map(|(k, _)| keys::decode_key(k));
-            if first != Some(removed + 1) {
-                tracing::error!(
-                    lane,
-                    expected = removed + 1,
-                    found = ?first,
-                    "journal: entries missing at the start of the lane; skipping them"
-                );
-                removed = first.map(|f| f - 1).unwrap_or(last);
-            }
-        }
-        if lane == "event" {
-            (meta.last_seq, meta.events_removed, meta.event_bytes) = (last, removed, bytes);
-        } else {
-            (
-                meta.telemetry_last,
-                meta.telemetry_removed,
-                meta.telemetry_bytes,
-            ) = (last, removed, bytes);
         }
     }
     Ok(meta)
+}
+
+fn recover_telemetry(storage: &dyn Storage, mut meta: Meta) -> Result<Meta, JournalError> {
+    let key = keys::telemetry;
+    // Entries written after the last metadata write.
+    if let Some((k, _)) =
+        storage.last(&key(meta.telemetry_last.saturating_add(1)), &key(u64::MAX))?
+    {
+        let end = keys::decode_key(&k);
+        let mut from = meta.telemetry_last + 1;
+        while from <= end {
+            let chunk = storage.range(&key(from), &key(end), REMOVE_CHUNK)?;
+            let Some((k, _)) = chunk.last() else { break };
+            from = keys::decode_key(k) + 1;
+            meta.telemetry_bytes += chunk
+                .iter()
+                .map(|(k, v)| keys::entry_cost(k, v))
+                .sum::<u64>();
+        }
+        meta.telemetry_last = end;
+    }
+    // A removal cut short.
+    delete_range(storage, &key(0), &key(meta.telemetry_removed))?;
+    // The oldest held entry must directly follow the removed ones.
+    if meta.telemetry_last > meta.telemetry_removed {
+        let first = storage.range(
+            &key(meta.telemetry_removed + 1),
+            &key(meta.telemetry_last),
+            1,
+        )?;
+        let first = first.first().map(|(k, _)| keys::decode_key(k));
+        if first != Some(meta.telemetry_removed + 1) {
+            tracing::warn!(
+                expected = meta.telemetry_removed + 1,
+                found = ?first,
+                "journal: telemetry missing at the start of its lane; skipping it"
+            );
+            meta.telemetry_removed = first.map_or(meta.telemetry_last, |f| f - 1);
+            if first.is_none() {
+                meta.telemetry_bytes = 0;
+            }
+        }
+    }
+    Ok(meta)
+}
+
+/// The block holding `meta.last_seq`, to append to.
+fn load_tail(storage: &dyn Storage, meta: &Meta) -> Result<Option<Tail>, JournalError> {
+    if meta.last_seq <= meta.events_removed {
+        return Ok(None);
+    }
+    let Some((k, v)) = storage.last(
+        &keys::event(meta.events_removed + 1),
+        &keys::event(meta.last_seq),
+    )?
+    else {
+        return Ok(None);
+    };
+    let Some(payloads) = keys::decode_block(&v) else {
+        return Ok(None);
+    };
+    let first = keys::decode_key(&k);
+    if first + payloads.len() as u64 - 1 != meta.last_seq {
+        return Ok(None);
+    }
+    Ok(Some(Tail {
+        first,
+        payloads: payloads.iter().map(|p| p.to_vec()).collect(),
+        size: v.len(),
+        cost: keys::entry_cost(&k, &v),
+    }))
 }

@@ -11,6 +11,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// How long [`SledStorage::open`] waits for sled's lock to be released.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A storage engine failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -96,23 +99,37 @@ impl SledStorage {
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<SledStorage, StorageError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StorageError::ctx(&format!("creating {}", dir.display()), e))?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .flush_every_ms(None)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .map_err(|e| {
-                let msg = e.to_string();
-                if msg.contains("could not acquire lock") {
-                    StorageError(format!(
-                        "cannot open {}: it is locked (in use by another process?): {msg}",
-                        dir.display()
-                    ))
-                } else {
-                    StorageError::ctx(&format!("opening {}", dir.display()), msg)
+        // sled releases its lock only when its background threads are done
+        // with the file, a moment after the last handle is dropped: retry
+        // briefly before reporting another holder.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new()
+                .path(dir)
+                .cache_capacity(cache_bytes)
+                .flush_every_ms(None)
+                .mode(sled::Mode::LowSpace)
+                .open()
+            {
+                Ok(db) => break db,
+                Err(e) => {
+                    let msg = e.to_string();
+                    if !msg.contains("could not acquire lock") {
+                        return Err(StorageError::ctx(
+                            &format!("opening {}", dir.display()),
+                            msg,
+                        ));
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StorageError(format!(
+                            "cannot open {}: it is locked (in use by another process?): {msg}",
+                            dir.display()
+                        )));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
                 }
-            })?;
+            }
+        };
         let data_path = dir.join("db");
         let data_file = File::open(&data_path)
             .map_err(|e| StorageError::ctx(&format!("opening {}", data_path.display()), e))?;
@@ -266,6 +283,7 @@ struct MemInner {
     syncs: u64,
     entries_read: u64,
     fail_flush: bool,
+    fail_apply: bool,
     flush_delay: std::time::Duration,
 }
 
@@ -302,6 +320,10 @@ impl MemStorage {
     pub fn set_fail_flush(&self, fail: bool) {
         self.lock().fail_flush = fail;
     }
+    /// Make writes fail (true) or work again (false).
+    pub fn set_fail_apply(&self, fail: bool) {
+        self.lock().fail_apply = fail;
+    }
     /// Writes applied since the last flush.
     pub fn pending(&self) -> usize {
         self.lock().pending.len()
@@ -326,6 +348,9 @@ impl Storage for MemStorage {
     }
     fn apply(&self, batch: Batch) -> Result<(), StorageError> {
         let mut g = self.lock();
+        if g.fail_apply {
+            return Err(StorageError("write failed (simulated)".into()));
+        }
         for op in batch.ops {
             g.pending.push(op.clone());
             apply_op(&mut g.live, op);

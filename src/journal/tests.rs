@@ -108,6 +108,24 @@ fn record_returns_after_flush_and_fsync() {
 }
 
 #[test]
+fn a_failed_write_keeps_seqs_gap_free() {
+    let rt = rt();
+    let mem = Arc::new(MemStorage::new());
+    let j = mem_journal(&mem, &mem_cfg(), &["uplink"]);
+    mem.set_fail_apply(true);
+    let err = rt.block_on(j.record(vec![ev(1)])).unwrap_err();
+    assert!(err.to_string().contains("write failed"), "{err}");
+    assert!(seqs(&j, 0).is_empty());
+    mem.set_fail_apply(false);
+    // The failed event kept seq 1 and goes out with the next commit.
+    let r = rt.block_on(j.record(vec![ev(2)])).unwrap();
+    assert_eq!(r[0].seq, 2);
+    let held = j.read_events(0, 10).unwrap();
+    assert_eq!(held.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(detail_n(&held[0].payload), 1);
+}
+
+#[test]
 fn concurrent_records_share_a_flush() {
     let rt = rt();
     let mem = Arc::new(MemStorage::with_flush_delay(Duration::from_millis(20)));
@@ -241,7 +259,8 @@ fn large_acknowledgement_removes_in_chunks() {
     assert_eq!(seqs(&j, 0), vec![n]);
     let s = j.stats();
     assert_eq!(s.events, 1);
-    assert!(s.live_bytes < before / 1000 + 200, "{s:?}");
+    // What is left is the block holding the last event.
+    assert!(s.live_bytes < before / 50, "{s:?}");
 }
 
 #[test]
@@ -419,11 +438,20 @@ fn damaged_metadata_is_an_error_not_a_panic() {
     assert_eq!(r[0].seq, 6);
 }
 
-/// Recounts what the store holds, the slow way, to check the counters.
-fn recount(mem: &MemStorage) -> (u64, u64, u64) {
+/// Recounts what the store holds, the slow way, to check the counters:
+/// events above `held_from`, telemetry messages, bytes.
+fn recount(mem: &MemStorage, held_from: u64) -> (u64, u64, u64) {
     let ev = mem
         .range(&keys::event(0), &keys::event(u64::MAX), usize::MAX)
         .unwrap();
+    let events = ev
+        .iter()
+        .map(|(k, v)| {
+            let first = keys::decode_key(k);
+            let n = keys::block_count(v).unwrap();
+            (first..first + n).filter(|s| *s > held_from).count() as u64
+        })
+        .sum();
     let tl = mem
         .range(&keys::telemetry(0), &keys::telemetry(u64::MAX), usize::MAX)
         .unwrap();
@@ -432,7 +460,7 @@ fn recount(mem: &MemStorage) -> (u64, u64, u64) {
         .chain(&tl)
         .map(|(k, v)| keys::entry_cost(k, v))
         .sum();
-    (ev.len() as u64, tl.len() as u64, bytes)
+    (events, tl.len() as u64, bytes)
 }
 
 #[test]
@@ -470,7 +498,7 @@ fn a_crash_after_any_write_recovers_consistent_counts() {
         drop(j);
         let j = mem_journal(&mem, &cfg, &["uplink"]);
         let s = j.stats();
-        let (events, telemetry, bytes) = recount(&mem);
+        let (events, telemetry, bytes) = recount(&mem, j.acked_seq("uplink"));
         assert_eq!(
             (s.events, s.telemetry, s.live_bytes),
             (events, telemetry, bytes),
@@ -594,7 +622,7 @@ proptest! {
             }
             drop(old);
             let j = mem_journal(&mem, &mem_cfg(), &SINKS);
-            let (events, telemetry, bytes) = recount(&mem);
+            let (events, telemetry, bytes) = recount(&mem, SINKS.iter().map(|s| j.acked_seq(s)).min().unwrap());
             let s = j.stats();
             assert_eq!((s.events, s.telemetry, s.live_bytes), (events, telemetry, bytes));
             j
