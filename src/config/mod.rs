@@ -250,7 +250,10 @@ pub fn load_str(text: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
         Ok(c) => c,
         Err(e) => {
             let line = e.span().map(|s| lines.line_of(s.start));
-            let key = toml_error_key(&e);
+            let key = line
+                .and_then(|l| key_on_line(&doc, &lines, l))
+                .map(|k| k.to_string())
+                .unwrap_or_else(|| "(value)".into());
             problems.push(problem(line, key, first_line(e.message())));
             return Err(ConfigErrors(problems));
         }
@@ -282,10 +285,43 @@ fn first_line(s: &str) -> String {
     s.trim().lines().next().unwrap_or("invalid").to_string()
 }
 
-fn toml_error_key(e: &toml::de::Error) -> String {
-    // toml's message names the offending key in its text; the span gives the line.
-    let _ = e;
-    "(value)".into()
+/// The key path of the (deepest) key written on `line`: toml's type errors
+/// carry a span but not the key, so the key is found from the line.
+fn key_on_line(
+    doc: &toml_edit::ImDocument<String>,
+    lines: &LineIndex,
+    line: usize,
+) -> Option<KeyPath> {
+    fn walk(
+        item: &toml_edit::Item,
+        path: &KeyPath,
+        lines: &LineIndex,
+        line: usize,
+        found: &mut Option<KeyPath>,
+    ) {
+        if let Some(aot) = item.as_array_of_tables() {
+            for i in 0..aot.len() {
+                if let Some(next) = aot_item(item, i) {
+                    walk(next, &path.index(i), lines, line, found);
+                }
+            }
+        } else if let Some(table) = item.as_table_like() {
+            for (k, next) in table.iter() {
+                let here = path.key(k);
+                let key_line = table
+                    .get_key_value(k)
+                    .and_then(|(kk, _)| kk.span())
+                    .map(|s| lines.line_of(s.start));
+                if key_line == Some(line) {
+                    *found = Some(here.clone());
+                }
+                walk(next, &here, lines, line, found);
+            }
+        }
+    }
+    let mut found = None;
+    walk(doc.as_item(), &KeyPath::root(), lines, line, &mut found);
+    found
 }
 
 fn ignored_path(p: &serde_ignored::Path<'_>) -> KeyPath {

@@ -66,6 +66,7 @@ fn type_errors_name_the_line() {
     assert_eq!(errs.len(), 1);
     let line = text.lines().position(|l| l.contains("\"five\"")).unwrap() + 1;
     assert_eq!(errs[0].line, Some(line), "{errs:?}");
+    assert_eq!(errs[0].key, "devices[0].modbus.port", "{errs:?}");
 }
 
 #[test]

@@ -6,6 +6,9 @@
 //! unless `REQUIRE_PEERS=1`, where it fails.
 #![allow(dead_code)]
 
+pub mod gateway;
+pub mod mqtt_sub;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
