@@ -220,27 +220,20 @@ pub fn load_str(text: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
         key,
         message,
     };
-    let doc: toml_edit::ImDocument<String> = match text.parse() {
-        Ok(d) => d,
-        Err(e) => {
-            let e: toml_edit::TomlError = e;
-            let line = e.span().map(|s| lines.line_of(s.start));
-            return Err(ConfigErrors(vec![problem(
-                line,
-                "(syntax)".into(),
-                first_line(e.message()),
-            )]));
-        }
-    };
+    // The spanned document (to name lines) is parsed only when there is
+    // something to locate: a large valid file is parsed once, which keeps
+    // the start-up memory peak low on a Pi.
+    let doc_cell: std::cell::OnceCell<Option<toml_edit::ImDocument<String>>> =
+        std::cell::OnceCell::new();
+    let doc = || doc_cell.get_or_init(|| text.parse().ok()).as_ref();
     let mut unknown: Vec<KeyPath> = Vec::new();
-    let de = toml::Deserializer::new(text);
-    let parsed: Result<Config, toml::de::Error> =
-        serde_ignored::deserialize(de, |p| unknown.push(ignored_path(&p)));
+    let parsed: Result<Config, toml::de::Error> = toml::Deserializer::parse(text)
+        .and_then(|de| serde_ignored::deserialize(de, |p| unknown.push(ignored_path(&p))));
     let mut problems: Vec<ConfigProblem> = unknown
         .iter()
         .map(|k| {
             problem(
-                locate(&doc, &lines, k),
+                doc().and_then(|d| locate(d, &lines, k)),
                 k.to_string(),
                 "unknown key (misspelled, or not valid here)".into(),
             )
@@ -250,10 +243,13 @@ pub fn load_str(text: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
         Ok(c) => c,
         Err(e) => {
             let line = e.span().map(|s| lines.line_of(s.start));
-            let key = line
-                .and_then(|l| key_on_line(&doc, &lines, l))
-                .map(|k| k.to_string())
-                .unwrap_or_else(|| "(value)".into());
+            let key = match doc() {
+                None => "(syntax)".to_string(),
+                Some(d) => line
+                    .and_then(|l| key_on_line(d, &lines, l))
+                    .map(|k| k.to_string())
+                    .unwrap_or_else(|| "(value)".into()),
+            };
             problems.push(problem(line, key, first_line(e.message())));
             return Err(ConfigErrors(problems));
         }
@@ -261,7 +257,11 @@ pub fn load_str(text: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     let findings = validate::validate(&config);
     let mut warnings = Vec::new();
     for f in findings {
-        let p = problem(locate(&doc, &lines, &f.key), f.key.to_string(), f.message);
+        let p = problem(
+            doc().and_then(|d| locate(d, &lines, &f.key)),
+            f.key.to_string(),
+            f.message,
+        );
         if f.warning {
             warnings.push(p);
         } else {

@@ -230,6 +230,9 @@ pub(super) async fn run(ctx: UplinkContext, shutdown: CancellationToken) {
     eventloop
         .network_options
         .set_connection_timeout(cfg.keepalive.as_secs().clamp(2, 10));
+    // An alarm is one small packet: send it now, not after Nagle's wait for
+    // the previous packet's ACK (~40 ms with delayed ACKs).
+    eventloop.network_options.set_tcp_nodelay(true);
 
     let confirm = if cfg.end_to_end_ack {
         Confirm::EndToEnd
