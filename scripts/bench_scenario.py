@@ -26,11 +26,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 
-import paho.mqtt.client as mqtt
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -83,27 +81,34 @@ def config(args, ports, broker_port, journal) -> str:
 
 
 class Subscriber:
-    def __init__(self, port: int):
-        self.events: list[tuple[float, dict]] = []
-        self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-platform")
-        self.client.on_message = self.on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe("estate/v1/bench/gw-bench/events", qos=1)
-        self.client.loop_start()
+    """The platform's side: a separate mosquitto_sub process stamps each
+    message with its receive time (`%U`), so this process's own load does not
+    add to the measured delay."""
 
-    def on_message(self, _c, _u, msg):
-        now = time.time()
-        try:
-            ev = json.loads(msg.payload)
-        except ValueError:
-            return
-        with self.lock:
-            self.events.append((now, ev))
+    def __init__(self, port: int, out_path: str):
+        self.out_path = out_path
+        self.proc = subprocess.Popen(
+            [
+                shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub",
+                "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-i", "bench-platform",
+                "-t", "estate/v1/bench/gw-bench/events", "-F", "%U %p",
+            ],
+            stdout=open(out_path, "w"),
+            stderr=subprocess.DEVNULL,
+        )
 
-    def stop(self):
-        self.client.loop_stop()
-        self.client.disconnect()
+    def stop(self) -> list[tuple[float, dict]]:
+        self.proc.terminate()
+        self.proc.wait(timeout=5)
+        events = []
+        with open(self.out_path) as f:
+            for line in f:
+                stamp, _, payload = line.partition(" ")
+                try:
+                    events.append((float(stamp), json.loads(payload)))
+                except ValueError:
+                    pass
+        return events
 
 
 def parse_ts(s: str) -> float:
@@ -147,7 +152,7 @@ async def run(args) -> dict:
     with open(f"{tmp}/gw.toml", "w") as f:
         f.write(config(args, ports, broker_port, journal))
     time.sleep(0.3)
-    sub = Subscriber(broker_port)
+    sub = Subscriber(broker_port, f"{tmp}/received.txt")
     gw = subprocess.Popen([args.binary, "run", "--config", f"{tmp}/gw.toml"], stderr=open(f"{tmp}/gw.log", "w"))
     await asyncio.sleep(args.warmup)
 
@@ -176,13 +181,11 @@ async def run(args) -> dict:
         gw.wait(timeout=20)
     except subprocess.TimeoutExpired:
         gw.kill()
-    sub.stop()
+    events = sub.stop()
     broker.terminate()
     for s in servers:
         await s.shutdown()
 
-    with sub.lock:
-        events = list(sub.events)
     alarms = [(t, e) for t, e in events if e.get("kind") in ("alarm.raised", "alarm.cleared")]
     delays = [(t - parse_ts(e["ts"])) * 1000.0 for t, e in alarms]
     seqs = [e["seq"] for _, e in events]

@@ -70,7 +70,7 @@ impl Gateway {
         let (req_tx, req_rx) = mpsc::channel::<AlarmRequest>(64);
         let (cmd_tx, cmd_rx) = mpsc::channel::<IncomingCommand>(64);
 
-        let drivers = modbus::spawn(&cfg, bus_tx, shutdown.child_token());
+        let drivers = modbus::spawn(&cfg, bus_tx.clone(), shutdown.child_token());
         let alarm = tokio::spawn(alarm_task::run(
             cfg.clone(),
             journal.clone(),
@@ -102,6 +102,9 @@ impl Gateway {
                 for d in drivers {
                     let _ = d.await;
                 }
+                // The bus stays open until now even with no driver running,
+                // so the alarm task serves acknowledgements and timers.
+                drop(bus_tx);
                 let _ = alarm.await;
                 let _ = journal
                     .record(vec![NewEvent::system(

@@ -7,7 +7,7 @@ use super::persist::StateFile;
 use super::{AlarmEngine, AlarmError};
 use crate::config::LoadedConfig;
 use crate::event::{NewEvent, Timestamp};
-use crate::journal::Journal;
+use crate::journal::{Journal, JournalError};
 use crate::point::{BusMessage, Quality};
 use crate::status::GatewayStatus;
 use crate::telemetry::TelemetryFilter;
@@ -16,6 +16,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
+
+/// Longest a changed alarm state waits before it is saved to disk.
+const SAVE_DELAY: Duration = Duration::from_secs(1);
 
 /// Requests to the alarm task from the command path.
 #[derive(Debug)]
@@ -49,8 +52,13 @@ pub async fn run(
         .collect();
     let state_file = StateFile::in_dir(&cfg.config.journal.path);
     restore(&mut engine, &state_file);
-    let mut offline: Vec<bool> = (0..cfg.config.devices.len())
-        .map(|di| engine.device_offline(di))
+    // Disabled devices are not polled: never counted offline.
+    let mut offline: Vec<bool> = cfg
+        .config
+        .devices
+        .iter()
+        .enumerate()
+        .map(|(di, d)| d.enabled && engine.device_offline(di))
         .collect();
     for _ in offline.iter().filter(|o| **o) {
         status.devices_online.fetch_sub(1, Ordering::Relaxed);
@@ -60,8 +68,19 @@ pub async fn run(
         .alarms_active
         .store(engine.active_count() as u64, Ordering::Relaxed);
     let mut requests_open = true;
+    // Operator replies wait until their events are durable.
+    let mut replies: Vec<(
+        oneshot::Sender<Result<(), AlarmError>>,
+        Result<(), AlarmError>,
+    )> = Vec::new();
+    // Saving the states after every change would cost an fsync per alarm:
+    // changes are saved within SAVE_DELAY, acknowledgements at once.
+    let mut save_due: Option<Instant> = None;
     loop {
-        let deadline = earliest(engine.next_deadline(), telemetry.next_deadline());
+        let deadline = earliest(
+            earliest(engine.next_deadline(), telemetry.next_deadline()),
+            save_due,
+        );
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -115,7 +134,7 @@ pub async fn run(
                     None => requests_open = false,
                     Some(AlarmRequest::Acknowledge { key, operator, comment, reply }) => {
                         let r = engine.acknowledge(Instant::now(), Timestamp::now(), &key, &operator, comment.as_deref(), &mut out);
-                        let _ = reply.send(r);
+                        replies.push((reply, r));
                     }
                 }
             }
@@ -128,9 +147,20 @@ pub async fn run(
             status
                 .alarms_active
                 .store(engine.active_count() as u64, Ordering::Relaxed);
-            // After the events are durable: a crash in between can only
-            // repeat an alarm after the restart, never lose one.
+            // Saved after the events are durable: a crash in between can
+            // only repeat an alarm after the restart, never lose one.
+            if replies.is_empty() {
+                save_due.get_or_insert(now + SAVE_DELAY);
+            } else {
+                save_due = Some(now);
+            }
+        }
+        if save_due.is_some_and(|d| d <= now) {
+            save_due = None;
             save(&state_file, engine.snapshot()).await;
+        }
+        for (reply, r) in replies.drain(..) {
+            let _ = reply.send(r);
         }
         if telemetry_on {
             while let Some(payload) = telemetry.take_due(now) {
@@ -140,7 +170,11 @@ pub async fn run(
             }
         }
     }
-    // Bus closed: drivers are stopped. Flush pending telemetry.
+    // Bus closed: drivers are stopped. Save the states, flush telemetry.
+    if !out.is_empty() {
+        record(&journal, std::mem::take(&mut out)).await;
+    }
+    save(&state_file, engine.snapshot()).await;
     let now = Instant::now();
     while let Some(payload) = telemetry.flush(now) {
         let _ = journal.record_telemetry(&payload);
@@ -192,8 +226,9 @@ async fn save(file: &StateFile, snapshot: serde_json::Value) {
 /// dropped because the disk hiccuped.
 async fn record(journal: &Journal, events: Vec<NewEvent>) {
     let mut wait = Duration::from_millis(50);
+    let mut outcome = journal.record(events.clone()).await;
     loop {
-        match journal.record(events.clone()).await {
+        match outcome {
             Ok(recorded) => {
                 for e in &recorded {
                     tracing::info!(
@@ -205,10 +240,32 @@ async fn record(journal: &Journal, events: Vec<NewEvent>) {
                 }
                 return;
             }
+            // Staged with their seqs: wait for them, never record them twice.
+            Err(JournalError::NotDurable {
+                first,
+                last,
+                reason,
+            }) => {
+                tracing::error!(first, last, %reason, "events not yet durable; retrying the flush");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+                outcome = match journal.wait_durable(last).await {
+                    Ok(()) => {
+                        tracing::info!(first, last, "events recorded after retry");
+                        return;
+                    }
+                    Err(e) => Err(JournalError::NotDurable {
+                        first,
+                        last,
+                        reason: e.to_string(),
+                    }),
+                };
+            }
             Err(e) => {
                 tracing::error!(error = %e, events = events.len(), "cannot record events; retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
+                outcome = journal.record(events.clone()).await;
             }
         }
     }

@@ -77,6 +77,29 @@ pub async fn run(
     }
 }
 
+/// The `command.executed` event of a command refused before it reached the
+/// command path (gateway busy, shutting down): every command, done or
+/// refused, is an event.
+pub fn refusal_event(request_id: &str, error: &str) -> NewEvent {
+    NewEvent {
+        ts: Timestamp::now(),
+        kind: EventKind::CommandExecuted,
+        priority: Priority::INFO,
+        category: Category::System,
+        source: Source::default(),
+        alarm: None,
+        attachments: Vec::new(),
+        detail: Some(serde_json::json!({
+            "request_id": request_id,
+            "action": null,
+            "target": null,
+            "operator": null,
+            "ok": false,
+            "error": error,
+        })),
+    }
+}
+
 fn refuse(msg: String) -> Outcome {
     Outcome {
         ok: false,

@@ -101,7 +101,10 @@ fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>, lazy_every: Duration) {
                     continue;
                 }
                 let res = commit(&shared);
-                if res.is_err() && dirty {
+                if res.is_err() {
+                    // Retried by the next request or the lazy timer, so
+                    // staged events become durable without a new record.
+                    let _ = dirty;
                     shared.dirty.store(true, Ordering::SeqCst);
                 }
                 tracing::trace!(batch = waiters.len(), "journal group commit");

@@ -51,6 +51,14 @@ pub enum JournalError {
     Storage(String),
     #[error("journal is full: {0}")]
     Full(String),
+    /// The events were given seqs `first..=last` but are not durable yet
+    /// (the flush failed); they will be with a later commit.
+    #[error("events {first}..={last} recorded but not yet durable: {reason}")]
+    NotDurable {
+        first: u64,
+        last: u64,
+        reason: String,
+    },
     #[error("unknown sink {0:?}")]
     UnknownSink(String),
     #[error("telemetry payload of {0} bytes exceeds the {MAX_TELEMETRY_BYTES} byte limit")]
@@ -296,6 +304,10 @@ impl Shared {
             }
             self.remove_telemetry_chunk(&mut st, upto, None)?;
         }
+        let mut st = self.lock();
+        if st.pressure {
+            self.update_pressure(&mut st);
+        }
         Ok(())
     }
 
@@ -412,6 +424,13 @@ impl Shared {
                 );
             }
         }
+        self.update_pressure(st);
+        Ok(())
+    }
+
+    /// Pressure: undelivered events alone exceed the cap. Recomputed after
+    /// recording and after removal, so a drained backlog lifts it at once.
+    fn update_pressure(&self, st: &mut State) {
         let over = st.meta.event_bytes > self.max_bytes;
         if over != st.pressure {
             st.pressure = over;
@@ -431,7 +450,6 @@ impl Shared {
                 );
             }
         }
-        Ok(())
     }
 }
 
@@ -601,8 +619,22 @@ impl Journal {
             st.pending.extend(staged);
             (out, seq)
         };
-        self.inner.committer.wait_durable(last).await?;
-        Ok(recorded)
+        match self.inner.committer.wait_durable(last).await {
+            Ok(()) => Ok(recorded),
+            // The events keep their seqs: re-recording them would duplicate
+            // them under new ids. Wait with `wait_durable(last)` instead.
+            Err(e) => Err(JournalError::NotDurable {
+                first: last + 1 - recorded.len() as u64,
+                last,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Wait until every event up to `seq` is durable (after a
+    /// [`JournalError::NotDurable`] from [`record`](Self::record)).
+    pub async fn wait_durable(&self, seq: u64) -> Result<(), JournalError> {
+        self.inner.committer.wait_durable(seq).await
     }
 
     /// Record one telemetry message (durable within `telemetry_flush_s`).
@@ -690,14 +722,15 @@ impl Journal {
                 .get(sink)
                 .ok_or_else(|| JournalError::UnknownSink(sink.to_string()))?;
             let upto = upto.min(durable);
-            if upto <= cur {
-                return Ok(());
+            // An ack that moves nothing still retries a removal that failed
+            // after the cursor was written.
+            if upto > cur {
+                let mut batch = Batch::default();
+                batch.put(keys::event_cursor(sink), upto.to_be_bytes().to_vec());
+                sh.storage.apply(batch)?;
+                st.event_cursors.insert(sink.to_string(), upto);
+                sh.dirty.store(true, Ordering::SeqCst);
             }
-            let mut batch = Batch::default();
-            batch.put(keys::event_cursor(sink), upto.to_be_bytes().to_vec());
-            sh.storage.apply(batch)?;
-            st.event_cursors.insert(sink.to_string(), upto);
-            sh.dirty.store(true, Ordering::SeqCst);
         }
         sh.remove_acknowledged()
     }
@@ -750,14 +783,13 @@ impl Journal {
                 .get(sink)
                 .ok_or_else(|| JournalError::UnknownSink(sink.to_string()))?;
             let upto = upto.min(st.meta.telemetry_last);
-            if upto <= cur {
-                return Ok(());
+            if upto > cur {
+                let mut batch = Batch::default();
+                batch.put(keys::telemetry_cursor(sink), upto.to_be_bytes().to_vec());
+                sh.storage.apply(batch)?;
+                st.telemetry_cursors.insert(sink.to_string(), upto);
+                sh.dirty.store(true, Ordering::SeqCst);
             }
-            let mut batch = Batch::default();
-            batch.put(keys::telemetry_cursor(sink), upto.to_be_bytes().to_vec());
-            sh.storage.apply(batch)?;
-            st.telemetry_cursors.insert(sink.to_string(), upto);
-            sh.dirty.store(true, Ordering::SeqCst);
         }
         sh.remove_acknowledged()
     }

@@ -391,6 +391,10 @@ impl Uplink {
                             el.clean();
                             el.pending.clear();
                             el.state.events.clear();
+                            // rumqttc keeps a stashed packet-id collision
+                            // across `clean()`; left set, it would stop every
+                            // later request from being sent (rumqtt #1014).
+                            el.state.collision = None;
                             let delay = self.on_failure(now, &reason);
                             parked = Some((el, tokio::time::Instant::now() + delay));
                         }
@@ -623,16 +627,15 @@ impl Uplink {
         tracing::info!(request_id = %request_id, "command received");
         let Ok(permit) = self.running_commands.clone().try_acquire_owned() else {
             tracing::warn!(request_id = %request_id, "command refused: too many running");
-            let reply = payload::command_unanswered(
-                &request_id,
-                "gateway busy: too many commands running",
-                Timestamp::now(),
-            );
+            let error = "gateway busy: too many commands running";
+            let reply = payload::command_unanswered(&request_id, error, Timestamp::now());
+            record_refusal(&self.journal, &request_id, error);
             self.results.push_back((request_id, reply));
             return;
         };
         let commands = self.commands.clone();
         let replies = self.replies_tx.clone();
+        let journal = self.journal.clone();
         let body = body.to_vec();
         tokio::spawn(async move {
             let _permit = permit;
@@ -642,20 +645,16 @@ impl Uplink {
                 payload: body,
                 reply: tx,
             };
+            let refused = |error: &str| {
+                record_refusal(&journal, &request_id, error);
+                payload::command_unanswered(&request_id, error, Timestamp::now())
+            };
             let result = match commands.send(cmd).await {
                 Ok(()) => match rx.await {
                     Ok(r) => r,
-                    Err(_) => payload::command_unanswered(
-                        &request_id,
-                        "command ended without a result",
-                        Timestamp::now(),
-                    ),
+                    Err(_) => refused("command ended without a result"),
                 },
-                Err(_) => payload::command_unanswered(
-                    &request_id,
-                    "command path unavailable",
-                    Timestamp::now(),
-                ),
+                Err(_) => refused("command path unavailable"),
             };
             let _ = replies.send((request_id, result)).await;
         });
@@ -921,4 +920,16 @@ impl Uplink {
         self.flush_acks(Instant::now(), true);
         tracing::info!(acked_seq = self.pipeline.events.acked(), "uplink stopped");
     }
+}
+
+/// Record the `command.executed` event of a command refused here, without
+/// blocking the event loop.
+fn record_refusal(journal: &Journal, request_id: &str, error: &str) {
+    let journal = journal.clone();
+    let event = crate::command::refusal_event(request_id, error);
+    tokio::spawn(async move {
+        if let Err(e) = journal.record(vec![event]).await {
+            tracing::error!(error = %e, "cannot record a refused command");
+        }
+    });
 }
