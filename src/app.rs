@@ -153,6 +153,7 @@ impl Gateway {
 pub async fn run(cfg: LoadedConfig) -> anyhow::Result<()> {
     let gw = Gateway::start(cfg).await?;
     tracing::info!(boot_id = %gw.status.boot_id, "gateway running");
+    release_startup_memory();
     wait_for_signal().await;
     tracing::info!("shutdown requested");
     gw.stop();
@@ -163,6 +164,16 @@ pub async fn run(cfg: LoadedConfig) -> anyhow::Result<()> {
             tracing::warn!("second signal: exiting now");
             std::process::exit(130);
         }
+    }
+}
+
+/// Give back to the OS what start-up (config parsing, journal recovery)
+/// freed: glibc keeps freed heap pages otherwise, and a Pi has little RAM.
+fn release_startup_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

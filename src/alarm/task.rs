@@ -17,6 +17,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
+/// An operator's reply, sent once its events are durable.
+type PendingReply = (
+    oneshot::Sender<Result<(), AlarmError>>,
+    Result<(), AlarmError>,
+);
+
 /// Longest a changed alarm state waits before it is saved to disk.
 const SAVE_DELAY: Duration = Duration::from_secs(1);
 
@@ -69,10 +75,7 @@ pub async fn run(
         .store(engine.active_count() as u64, Ordering::Relaxed);
     let mut requests_open = true;
     // Operator replies wait until their events are durable.
-    let mut replies: Vec<(
-        oneshot::Sender<Result<(), AlarmError>>,
-        Result<(), AlarmError>,
-    )> = Vec::new();
+    let mut replies: Vec<PendingReply> = Vec::new();
     // Saving the states after every change would cost an fsync per alarm:
     // changes are saved within SAVE_DELAY, acknowledgements at once.
     let mut save_due: Option<Instant> = None;

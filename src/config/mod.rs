@@ -198,6 +198,13 @@ pub struct LoadedConfig {
     pub warnings: Vec<ConfigProblem>,
 }
 
+impl LoadedConfig {
+    /// The configuration of a point of the point table.
+    pub fn point_config(&self, meta: &PointMeta) -> &crate::drivers::PointConfig {
+        &self.config.devices[meta.device_index].points[meta.point_index]
+    }
+}
+
 /// Read, parse and validate a config file.
 pub fn load(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {

@@ -2,7 +2,6 @@
 //! drivers and the alarm engine pass small integers, not strings.
 
 use super::Config;
-use crate::drivers::PointConfig;
 use crate::event::Category;
 use crate::point::PointIndex;
 use std::collections::HashMap;
@@ -26,7 +25,9 @@ pub struct PointMeta {
     /// Included in telemetry.
     pub telemetry: bool,
     pub writable: bool,
-    pub config: PointConfig,
+    /// Index of the point in its device's `points` (see
+    /// [`LoadedConfig::point_config`](super::LoadedConfig::point_config)).
+    pub point_index: usize,
 }
 
 /// All points of all devices, in config order.
@@ -41,7 +42,7 @@ impl PointTable {
         let mut t = PointTable::default();
         for (device_index, d) in config.devices.iter().enumerate() {
             let device: Arc<str> = d.id.as_str().into();
-            for p in &d.points {
+            for (point_index, p) in d.points.iter().enumerate() {
                 let key: Arc<str> = format!("{}/{}", d.id, p.id).into();
                 let idx = t.points.len() as PointIndex;
                 t.by_key.insert(key.clone(), idx);
@@ -56,7 +57,7 @@ impl PointTable {
                     deadband: p.deadband.unwrap_or(config.telemetry.deadband),
                     telemetry: p.telemetry,
                     writable: p.writable,
-                    config: p.clone(),
+                    point_index,
                 });
             }
         }

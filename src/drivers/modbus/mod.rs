@@ -64,7 +64,7 @@ pub fn spawn(
             .points
             .iter()
             .filter(|(_, p)| p.device_index == di)
-            .map(|(i, p)| (i, &p.config))
+            .map(|(i, p)| (i, cfg.point_config(p)))
             .collect();
         if points.is_empty() {
             info!(device = %d.id, "device has no points; not polled");
