@@ -59,7 +59,7 @@ def config(args, ports, broker_port, journal) -> str:
     out = [
         '[site]\nid = "bench"\ngateway = "gw-bench"\n',
         '[log]\nlevel = "warn"\n',
-        f'[journal]\npath = "{journal}"\n',
+        f'[journal]\npath = "{journal}"\nfsync = {"false" if args.no_fsync else "true"}\n',
         f'[uplink]\nhost = "127.0.0.1"\nport = {broker_port}\nkeepalive_s = 5\nheartbeat_s = 15\n',
         f"[telemetry]\nevery_poll = {'true' if args.every_poll else 'false'}\nmax_interval_s = 300\nbatch_s = 1\n",
     ]
@@ -194,7 +194,8 @@ async def run(args) -> dict:
     lost = max(0, flips - len({e["id"] for _, e in alarms}))
     result = {
         "scenario": f"{args.devices} devices x {args.registers} registers + coil @1Hz, "
-        + ("every value every poll" if args.every_poll else "report by exception"),
+        + ("every value every poll" if args.every_poll else "report by exception")
+        + (", journal fsync off" if args.no_fsync else ""),
         "window_s": round(elapsed, 1),
         "cpu_s": round(cpu, 3),
         "cpu_s_per_60s": round(cpu * 60.0 / elapsed, 3),
@@ -224,6 +225,7 @@ def main():
     ap.add_argument("--duration", type=float, default=60)
     ap.add_argument("--warmup", type=float, default=5)
     ap.add_argument("--every-poll", action="store_true")
+    ap.add_argument("--no-fsync", action="store_true", help="journal fsync off (to show its cost)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, journal)")
     args = ap.parse_args()
     print(json.dumps(asyncio.run(run(args))))
