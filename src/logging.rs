@@ -4,7 +4,7 @@
 use crate::config::{LogConfig, LogFormat};
 use std::fmt;
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::fmt::format::{DefaultFields, Format, Full, Writer};
+use tracing_subscriber::fmt::format::{Format, Full, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
@@ -54,6 +54,3 @@ where
         self.0.format_event(ctx, w, ev)
     }
 }
-
-#[allow(dead_code)]
-fn _assert_fields(_: DefaultFields) {}
