@@ -244,9 +244,11 @@ impl Storage for SledStorage {
     }
 
     fn sync(&self) -> Result<(), StorageError> {
+        // fdatasync: the data and the metadata needed to read it back (the
+        // file's size) reach the device; only timestamps are left out.
         self.data_file
-            .sync_all()
-            .map_err(|e| StorageError::ctx(&format!("fsync {}/db", self.dir.display()), e))?;
+            .sync_data()
+            .map_err(|e| StorageError::ctx(&format!("fdatasync {}/db", self.dir.display()), e))?;
         self.sync_blobs()?;
         let names = self.dir_names()?;
         let mut synced = self.synced_names.lock().unwrap_or_else(|p| p.into_inner());
