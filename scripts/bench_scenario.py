@@ -63,17 +63,18 @@ def config(args, ports, broker_port, journal) -> str:
         f'[uplink]\nhost = "127.0.0.1"\nport = {broker_port}\nkeepalive_s = 5\nheartbeat_s = 15\n',
         f"[telemetry]\nevery_poll = {'true' if args.every_poll else 'false'}\nmax_interval_s = 300\nbatch_s = 1\n",
     ]
+    # The devices are one model: their points are one profile, as a
+    # technician would write it.
+    out.append('[[profiles]]\nid = "bench-device"\n')
+    out.append('[[profiles.points]]\nid = "alarm"\nregister = "coil"\naddress = 0\n')
+    for r in range(args.registers):
+        out.append(f'[[profiles.points]]\nid = "r{r}"\nregister = "holding"\naddress = {r}\ntype = "u16"\n')
     for i, port in enumerate(ports):
         out.append(
             f'[[devices]]\nid = "dev-{i}"\ncategory = "perimeter"\nzone = "zone-{i}"\n'
-            f"poll_interval_s = 1\ntimeout_s = 1\n"
+            f'profile = "bench-device"\npoll_interval_s = 1\ntimeout_s = 1\n'
             f'[devices.modbus]\nhost = "127.0.0.1"\nport = {port}\n'
-            f'[[devices.points]]\nid = "alarm"\nregister = "coil"\naddress = 0\n'
         )
-        for r in range(args.registers):
-            out.append(
-                f'[[devices.points]]\nid = "r{r}"\nregister = "holding"\naddress = {r}\ntype = "u16"\n'
-            )
         out.append(
             f'[[alarms]]\npoint = "dev-{i}/alarm"\nequals = true\npriority = 2\nmessage = "Zone {i} breach"\n'
         )

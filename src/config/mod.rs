@@ -6,6 +6,7 @@
 
 pub mod duration;
 pub mod points;
+mod profiles;
 pub mod secret;
 mod validate;
 
@@ -13,7 +14,7 @@ pub use points::{PointMeta, PointTable};
 
 use crate::alarm::AlarmRuleConfig;
 use crate::drivers::modbus::SerialBusConfig;
-use crate::drivers::DeviceConfig;
+use crate::drivers::{DeviceConfig, ProfileConfig};
 use crate::journal::JournalConfig;
 use crate::telemetry::TelemetryConfig;
 use crate::uplink::UplinkConfig;
@@ -40,6 +41,9 @@ pub struct Config {
     /// RS-485 lines for Modbus RTU (`[[serial_buses]]`).
     #[serde(default)]
     pub serial_buses: Vec<SerialBusConfig>,
+    /// Device profiles: point lists shared by identical devices (`[[profiles]]`).
+    #[serde(default)]
+    pub profiles: Vec<ProfileConfig>,
     /// Field devices (`[[devices]]`).
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
@@ -261,7 +265,12 @@ pub fn load_str(text: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
             return Err(ConfigErrors(problems));
         }
     };
-    let findings = validate::validate(&config);
+    let mut config = config;
+    let (origins, mut findings) = profiles::expand(&mut config);
+    findings.extend(validate::validate(&config, &origins));
+    // A problem in a profile's point is found once per device using it.
+    let mut seen = std::collections::HashSet::new();
+    findings.retain(|f| seen.insert((f.key.to_string(), f.message.clone())));
     let mut warnings = Vec::new();
     for f in findings {
         let p = problem(

@@ -192,3 +192,97 @@ fn unplannable_device_is_a_config_error() {
         "{errs:?}"
     );
 }
+
+const PROFILED: &str = r#"
+[site]
+id = "palm-bay"
+gateway = "gw-north-1"
+
+[uplink]
+host = "127.0.0.1"
+
+[[profiles]]
+id = "ahu-v2"
+name = "Air handler, model 2"
+[[profiles.points]]
+id = "supply-temp"
+register = "holding"
+address = 0
+type = "i16"
+scale = 0.1
+[[profiles.points]]
+id = "fan-run"
+register = "coil"
+address = 0
+
+[[devices]]
+id = "hvac-1"
+profile = "ahu-v2"
+[devices.modbus]
+host = "127.0.0.1"
+[[devices.points]]
+id = "filter-dirty"
+register = "discrete_input"
+address = 4
+
+[[devices]]
+id = "hvac-2"
+profile = "ahu-v2"
+[devices.modbus]
+host = "127.0.0.2"
+
+[[alarms]]
+point = "hvac-2/supply-temp"
+high = 30.0
+priority = 4
+message = "Supply air too warm"
+"#;
+
+#[test]
+fn profiles_give_devices_their_points() {
+    let c = load(PROFILED).unwrap_or_else(|e| panic!("{e}"));
+    let ids = |d: usize| -> Vec<&str> {
+        c.config.devices[d]
+            .points
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect()
+    };
+    assert_eq!(ids(0), ["supply-temp", "fan-run", "filter-dirty"]);
+    assert_eq!(ids(1), ["supply-temp", "fan-run"]);
+    assert_eq!(c.points.len(), 5);
+    let i = c.points.find("hvac-2/supply-temp").unwrap();
+    assert_eq!(c.point_config(c.points.get(i)).scale, 0.1);
+}
+
+#[test]
+fn profile_problems_are_reported_once_at_the_profile() {
+    let text = PROFILED
+        .replace(
+            "address = 0\ntype = \"i16\"",
+            "address = 0\ntype = \"bool\"",
+        )
+        .replace(
+            "profile = \"ahu-v2\"\n[devices.modbus]\nhost = \"127.0.0.2\"",
+            "profile = \"ahu-v9\"\n[devices.modbus]\nhost = \"127.0.0.2\"",
+        );
+    let errs = load(&text).unwrap_err().0;
+    let bit: Vec<_> = errs
+        .iter()
+        .filter(|e| e.key == "profiles[0].points[0].bit")
+        .collect();
+    assert_eq!(bit.len(), 1, "{errs:?}");
+    // `bit` is missing: the point's table header names the place.
+    let header = text
+        .lines()
+        .position(|l| l == "[[profiles.points]]")
+        .unwrap()
+        + 1;
+    assert_eq!(bit[0].line, Some(header), "{:?}", bit[0]);
+    let unknown = errs
+        .iter()
+        .find(|e| e.key == "devices[1].profile")
+        .expect("unknown profile");
+    assert!(unknown.message.contains("ahu-v9"));
+    assert!(unknown.line.is_some());
+}

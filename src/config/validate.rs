@@ -10,6 +10,16 @@ pub(super) struct Finding {
     pub warning: bool,
 }
 
+impl Finding {
+    pub(super) fn error(key: KeyPath, message: String) -> Finding {
+        Finding {
+            key,
+            message,
+            warning: false,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Findings(Vec<Finding>);
 
@@ -38,9 +48,9 @@ pub fn is_valid_id(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-const ID_RULE: &str = "must be 1–64 characters of a-z, 0-9 and '-'";
+pub(super) const ID_RULE: &str = "must be 1–64 characters of a-z, 0-9 and '-'";
 
-pub(super) fn validate(c: &Config) -> Vec<Finding> {
+pub(super) fn validate(c: &Config, origins: &super::profiles::Origins) -> Vec<Finding> {
     let mut f = Findings::default();
     let root = KeyPath::root();
 
@@ -286,7 +296,11 @@ pub(super) fn validate(c: &Config) -> Vec<Finding> {
         }
         let mut point_ids = HashSet::new();
         for (pi, p) in d.points.iter().enumerate() {
-            let pk = k.key("points").index(pi);
+            let pk = origins
+                .get(di)
+                .and_then(|o| o.get(pi))
+                .cloned()
+                .unwrap_or_else(|| k.key("points").index(pi));
             if !is_valid_id(&p.id) {
                 f.err(pk.key("id"), format!("{:?} {ID_RULE}", p.id));
             } else if p.id == "comm" {

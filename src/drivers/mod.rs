@@ -55,7 +55,25 @@ pub struct DeviceConfig {
     /// Modbus settings (TCP endpoint or RS-485 bus and unit id).
     #[serde(default)]
     pub modbus: Option<modbus::ModbusDeviceConfig>,
-    /// The device's points.
+    /// Id of a `[[profiles]]` entry whose points this device has (before
+    /// its own `points`): identical devices share one point list.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// The device's points (after loading: the profile's, then its own).
+    #[serde(default)]
+    pub points: Vec<PointConfig>,
+}
+
+/// A device profile (`[[profiles]]`): the point list of a device model,
+/// shared by every device that names it in `profile`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProfileConfig {
+    /// Profile id, `[a-z0-9-]{1,64}`, referenced by devices' `profile`.
+    pub id: String,
+    /// Human-readable name (e.g. the device model).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The model's points, exactly as in `[[devices.points]]`.
     #[serde(default)]
     pub points: Vec<PointConfig>,
 }
