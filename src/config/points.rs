@@ -39,9 +39,14 @@ pub struct PointTable {
 
 impl PointTable {
     pub fn build(config: &Config) -> PointTable {
-        let mut t = PointTable::default();
+        let total: usize = config.devices.iter().map(|d| d.points.len()).sum();
+        let mut t = PointTable {
+            points: Vec::with_capacity(total),
+            by_key: HashMap::with_capacity(total),
+        };
         for (device_index, d) in config.devices.iter().enumerate() {
             let device: Arc<str> = d.id.as_str().into();
+            let device_zone: Option<Arc<str>> = d.zone.as_deref().map(Arc::from);
             for (point_index, p) in d.points.iter().enumerate() {
                 let key: Arc<str> = format!("{}/{}", d.id, p.id).into();
                 let idx = t.points.len() as PointIndex;
@@ -51,7 +56,11 @@ impl PointTable {
                     point: p.id.as_str().into(),
                     key,
                     device_index,
-                    zone: p.zone.as_deref().or(d.zone.as_deref()).map(Arc::from),
+                    zone: p
+                        .zone
+                        .as_deref()
+                        .map(Arc::from)
+                        .or_else(|| device_zone.clone()),
                     category: d.category,
                     unit: p.unit.as_deref().map(Arc::from),
                     deadband: p.deadband.unwrap_or(config.telemetry.deadband),

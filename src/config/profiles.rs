@@ -6,10 +6,40 @@ use super::validate::{is_valid_id, Finding, ID_RULE};
 use super::{Config, KeyPath};
 use std::collections::HashMap;
 
-/// Where each point of each device came from: `origins[device][point]` is
-/// the key path of its definition (`profiles[k].points[m]` or
-/// `devices[i].points[n]`).
-pub(super) type Origins = Vec<Vec<KeyPath>>;
+/// Where each point of each device came from: `origins[device]` says how
+/// many of its first points are its profile's (and which profile).
+pub(super) type Origins = Vec<Origin>;
+
+/// The source of one device's points.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Origin {
+    /// Profile index and how many points came from it (they come first).
+    pub profile: Option<(usize, usize)>,
+}
+
+impl Origin {
+    /// Key path of the definition of point `i` of device `device`:
+    /// `profiles[k].points[m]` or `devices[d].points[n]`.
+    pub(super) fn point_key(&self, device: usize, i: usize) -> KeyPath {
+        match self.profile {
+            Some((k, n)) if i < n => KeyPath::root()
+                .key("profiles")
+                .index(k)
+                .key("points")
+                .index(i),
+            Some((_, n)) => KeyPath::root()
+                .key("devices")
+                .index(device)
+                .key("points")
+                .index(i - n),
+            None => KeyPath::root()
+                .key("devices")
+                .index(device)
+                .key("points")
+                .index(i),
+        }
+    }
+}
 
 /// Expand profiles into devices; returns the points' origins and the
 /// problems found with profiles themselves.
@@ -30,32 +60,26 @@ pub(super) fn expand(c: &mut Config) -> (Origins, Vec<Finding>) {
     }
     let mut origins = Vec::with_capacity(c.devices.len());
     for (di, d) in c.devices.iter_mut().enumerate() {
-        let dk = root.key("devices").index(di);
-        let own: Vec<KeyPath> = (0..d.points.len())
-            .map(|i| dk.key("points").index(i))
-            .collect();
         let Some(name) = &d.profile else {
-            origins.push(own);
+            origins.push(Origin::default());
             continue;
         };
         let Some(&pi) = by_id.get(name) else {
             findings.push(Finding::error(
-                dk.key("profile"),
+                root.key("devices").index(di).key("profile"),
                 format!("no [[profiles]] with id {name:?}"),
             ));
-            origins.push(own);
+            origins.push(Origin::default());
             continue;
         };
         let profile = &c.profiles[pi];
-        let pk = root.key("profiles").index(pi);
-        let mut points = profile.points.clone();
-        let mut from: Vec<KeyPath> = (0..points.len())
-            .map(|i| pk.key("points").index(i))
-            .collect();
+        let mut points = Vec::with_capacity(profile.points.len() + d.points.len());
+        points.extend(profile.points.iter().cloned());
         points.append(&mut d.points);
-        from.extend(own);
         d.points = points;
-        origins.push(from);
+        origins.push(Origin {
+            profile: Some((pi, profile.points.len())),
+        });
     }
     (origins, findings)
 }

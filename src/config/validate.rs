@@ -298,8 +298,7 @@ pub(super) fn validate(c: &Config, origins: &super::profiles::Origins) -> Vec<Fi
         for (pi, p) in d.points.iter().enumerate() {
             let pk = origins
                 .get(di)
-                .and_then(|o| o.get(pi))
-                .cloned()
+                .map(|o| o.point_key(di, pi))
                 .unwrap_or_else(|| k.key("points").index(pi));
             if !is_valid_id(&p.id) {
                 f.err(pk.key("id"), format!("{:?} {ID_RULE}", p.id));
