@@ -211,12 +211,14 @@ impl<C: Connector> Endpoint<C> {
                         _ = &mut sleep => {}
                     }
                 }
-                let keep = tokio::select! {
+                // Shutdown may cut the request short, but not the hand-over
+                // of what was already read: the alarm task drains the bus.
+                let messages = tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => break,
-                    keep = self.poll(i) => keep,
+                    m = self.poll(i) => m,
                 };
-                if !keep {
+                if !self.send(messages).await {
                     info!("bus closed; endpoint task stops");
                     break;
                 }
@@ -239,12 +241,22 @@ impl<C: Connector> Endpoint<C> {
 
     /// Poll device `i` once and schedule its next poll. False when the bus
     /// is closed.
-    async fn poll(&mut self, i: usize) -> bool {
+    async fn poll(&mut self, i: usize) -> [Option<BusMessage>; 2] {
         let span = self.devices[i].span.clone();
         self.poll_inner(i).instrument(span).await
     }
 
-    async fn poll_inner(&mut self, i: usize) -> bool {
+    /// Hand a poll's messages to the bus; false once the bus is closed.
+    async fn send(&mut self, messages: [Option<BusMessage>; 2]) -> bool {
+        for m in messages.into_iter().flatten() {
+            if self.bus.send(m).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn poll_inner(&mut self, i: usize) -> [Option<BusMessage>; 2] {
         let result = self.read_device(i).await;
         let now = Instant::now();
         let jitter = self.rng.f64();
@@ -304,12 +316,7 @@ impl<C: Connector> Endpoint<C> {
                 };
             }
         }
-        for m in messages.into_iter().flatten() {
-            if self.bus.send(m).await.is_err() {
-                return false;
-            }
-        }
-        true
+        messages
     }
 
     /// Open the link if it is down and a reconnect is due.
