@@ -204,3 +204,27 @@ fn default_type() -> PointType {
 fn one() -> f64 {
     1.0
 }
+
+#[cfg(test)]
+impl PointConfig {
+    /// A Modbus point with defaults, for tests.
+    pub(crate) fn modbus(register: RegisterKind, address: u16, kind: PointType) -> PointConfig {
+        PointConfig {
+            id: "p".into(),
+            name: None,
+            register: Some(register),
+            address: Some(address),
+            kind,
+            bit: None,
+            byte_order: Order::Big,
+            word_order: Order::Big,
+            scale: 1.0,
+            offset: 0.0,
+            unit: None,
+            deadband: None,
+            zone: None,
+            telemetry: true,
+            writable: false,
+        }
+    }
+}

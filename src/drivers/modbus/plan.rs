@@ -181,27 +181,11 @@ pub fn plan(points: &[(PointIndex, &PointConfig)], limits: Limits) -> Result<Rea
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drivers::{Order, PointType};
+    use crate::drivers::PointType;
     use proptest::prelude::*;
 
     fn pt(table: RegisterKind, address: u16, kind: PointType) -> PointConfig {
-        PointConfig {
-            id: "p".into(),
-            name: None,
-            register: Some(table),
-            address: Some(address),
-            kind,
-            bit: None,
-            byte_order: Order::Big,
-            word_order: Order::Big,
-            scale: 1.0,
-            offset: 0.0,
-            unit: None,
-            deadband: None,
-            zone: None,
-            telemetry: true,
-            writable: false,
-        }
+        PointConfig::modbus(table, address, kind)
     }
 
     const LIMITS: Limits = Limits {

@@ -3,7 +3,7 @@
 use super::endpoint::{DevicePoller, Endpoint, LinkKind};
 use super::plan::{plan, Limits};
 use super::transport::{Connector, ModbusError, Transport};
-use crate::drivers::{Order, PointConfig, PointType, RegisterKind};
+use crate::drivers::{PointConfig, PointType, RegisterKind};
 use crate::point::{BusMessage, PointIndex, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -141,23 +141,7 @@ impl Connector for FakeConnector {
 }
 
 fn point(table: RegisterKind, address: u16, kind: PointType) -> PointConfig {
-    PointConfig {
-        id: "p".into(),
-        name: None,
-        register: Some(table),
-        address: Some(address),
-        kind,
-        bit: None,
-        byte_order: Order::Big,
-        word_order: Order::Big,
-        scale: 1.0,
-        offset: 0.0,
-        unit: None,
-        deadband: None,
-        zone: None,
-        telemetry: true,
-        writable: false,
-    }
+    PointConfig::modbus(table, address, kind)
 }
 
 const LIMITS: Limits = Limits {
