@@ -71,6 +71,13 @@ impl From<StorageError> for JournalError {
     }
 }
 
+/// The journal's two lanes.
+#[derive(Clone, Copy)]
+enum Lane {
+    Events,
+    Telemetry,
+}
+
 /// A recorded event as stored: its position and its contract JSON payload.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredEvent {
@@ -713,26 +720,7 @@ impl Journal {
     /// only move forward; `upto` past the last durable seq is clamped.
     /// Events every sink has acknowledged are removed.
     pub fn ack_events(&self, sink: &str, upto: u64) -> Result<(), JournalError> {
-        let sh = self.shared();
-        {
-            let mut st = sh.lock();
-            let durable = sh.durable_seq.load(Ordering::SeqCst);
-            let cur = *st
-                .event_cursors
-                .get(sink)
-                .ok_or_else(|| JournalError::UnknownSink(sink.to_string()))?;
-            let upto = upto.min(durable);
-            // An ack that moves nothing still retries a removal that failed
-            // after the cursor was written.
-            if upto > cur {
-                let mut batch = Batch::default();
-                batch.put(keys::event_cursor(sink), upto.to_be_bytes().to_vec());
-                sh.storage.apply(batch)?;
-                st.event_cursors.insert(sink.to_string(), upto);
-                sh.dirty.store(true, Ordering::SeqCst);
-            }
-        }
-        sh.remove_acknowledged()
+        self.ack(Lane::Events, sink, upto)
     }
 
     /// Last seq acknowledged by `sink` (0 for a sink not named at open).
@@ -775,19 +763,37 @@ impl Journal {
 
     /// `sink` has delivered telemetry up to `upto` (inclusive).
     pub fn ack_telemetry(&self, sink: &str, upto: u64) -> Result<(), JournalError> {
+        self.ack(Lane::Telemetry, sink, upto)
+    }
+
+    /// Move `sink`'s cursor in `lane` to `upto` (capped at what exists and,
+    /// for events, at what is durable), then remove what every sink has
+    /// acknowledged. An ack that moves nothing still retries a removal that
+    /// failed after the cursor was written.
+    fn ack(&self, lane: Lane, sink: &str, upto: u64) -> Result<(), JournalError> {
         let sh = self.shared();
         {
             let mut st = sh.lock();
-            let cur = *st
-                .telemetry_cursors
+            let (cap, key) = match lane {
+                Lane::Events => (
+                    sh.durable_seq.load(Ordering::SeqCst),
+                    keys::event_cursor(sink),
+                ),
+                Lane::Telemetry => (st.meta.telemetry_last, keys::telemetry_cursor(sink)),
+            };
+            let cursors = match lane {
+                Lane::Events => &mut st.event_cursors,
+                Lane::Telemetry => &mut st.telemetry_cursors,
+            };
+            let cur = *cursors
                 .get(sink)
                 .ok_or_else(|| JournalError::UnknownSink(sink.to_string()))?;
-            let upto = upto.min(st.meta.telemetry_last);
+            let upto = upto.min(cap);
             if upto > cur {
                 let mut batch = Batch::default();
-                batch.put(keys::telemetry_cursor(sink), upto.to_be_bytes().to_vec());
+                batch.put(key, upto.to_be_bytes().to_vec());
                 sh.storage.apply(batch)?;
-                st.telemetry_cursors.insert(sink.to_string(), upto);
+                cursors.insert(sink.to_string(), upto);
                 sh.dirty.store(true, Ordering::SeqCst);
             }
         }
