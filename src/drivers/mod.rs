@@ -5,6 +5,7 @@
 //! lives here; protocol settings sit in each driver's own `config.rs`.
 
 pub mod modbus;
+pub mod write;
 
 use crate::event::Category;
 use serde::{Deserialize, Serialize};
