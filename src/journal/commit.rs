@@ -6,9 +6,14 @@
 //! them all: while a flush runs, new requests pile up and share the next
 //! one. A request already covered by an earlier flush is answered at once.
 //!
-//! The flush runs on this dedicated thread, never on the async runtime.
-//! Between requests the thread flushes lazily written data (telemetry,
-//! cursors) every `telemetry_flush` and samples the store's size.
+//! With a write-ahead log (the sled journal), a commit appends the events
+//! to the WAL and `fdatasync`s it; the store itself is checkpointed
+//! (flushed, synced, WAL reset) every `telemetry_flush`, when the WAL is
+//! full, and on [`CommitHandle::checkpoint`]. Without one, every commit
+//! flushes the store.
+//!
+//! The I/O runs on this dedicated thread, never on the async runtime.
+//! The thread also samples the store's size.
 
 use super::{JournalError, Shared};
 use std::sync::atomic::Ordering;
@@ -24,6 +29,8 @@ type Reply = oneshot::Sender<Result<(), String>>;
 
 struct Request {
     upto: u64,
+    /// Checkpoint the store too (shutdown, explicit flush).
+    full: bool,
     reply: Reply,
 }
 
@@ -57,12 +64,22 @@ impl CommitHandle {
     /// Wait until every event up to `upto` (and everything applied before
     /// this call) is durable.
     pub(crate) async fn wait_durable(&self, upto: u64) -> Result<(), JournalError> {
+        self.request(upto, false).await
+    }
+
+    /// Checkpoint: everything written so far, telemetry and cursors
+    /// included, is durable in the store itself.
+    pub(crate) async fn checkpoint(&self, upto: u64) -> Result<(), JournalError> {
+        self.request(upto, true).await
+    }
+
+    async fn request(&self, upto: u64, full: bool) -> Result<(), JournalError> {
         let stopped = || JournalError::Storage("journal committer has stopped".into());
         let (reply, rx) = oneshot::channel();
         self.tx
             .as_ref()
             .ok_or_else(stopped)?
-            .send(Request { upto, reply })
+            .send(Request { upto, full, reply })
             .map_err(|_| stopped())?;
         rx.await
             .map_err(|_| stopped())?
@@ -93,33 +110,38 @@ fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>, lazy_every: Duration) {
                     waiters.push(r);
                 }
                 let durable = shared.durable_seq.load(Ordering::SeqCst);
-                let dirty = shared.take_dirty();
-                if !dirty && waiters.iter().all(|w| w.upto <= durable) {
-                    for w in waiters {
-                        let _ = w.reply.send(Ok(()));
+                let covered = waiters.iter().all(|w| w.upto <= durable);
+                let full = waiters.iter().any(|w| w.full) || !shared.has_wal();
+                // With a WAL, a request covered by an earlier commit is
+                // answered at once; without one (or for a checkpoint),
+                // only when nothing else awaits a flush either.
+                let res = if covered && !full {
+                    Ok(())
+                } else if full {
+                    let dirty = shared.take_dirty();
+                    if covered && !dirty && !shared.wal_has_records() {
+                        Ok(())
+                    } else {
+                        commit(&shared, true)
                     }
-                    continue;
-                }
-                let res = commit(&shared);
-                if res.is_err() {
-                    // Retried by the next request or the lazy timer, so
-                    // staged events become durable without a new record.
-                    let _ = dirty;
-                    shared.dirty.store(true, Ordering::SeqCst);
-                }
+                } else {
+                    commit(&shared, false)
+                };
                 tracing::trace!(batch = waiters.len(), "journal group commit");
                 for w in waiters {
                     let _ = w.reply.send(res.clone());
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if shared.take_dirty() && commit(&shared).is_err() {
-                    shared.dirty.store(true, Ordering::SeqCst);
+                if shared.take_dirty() || shared.wal_has_records() {
+                    let _ = commit(&shared, true);
                 }
                 next_lazy = Instant::now() + lazy_every;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let _ = commit(&shared);
+                if !shared.abandoned.load(Ordering::SeqCst) {
+                    let _ = commit(&shared, true);
+                }
                 break;
             }
         }
@@ -131,19 +153,27 @@ fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>, lazy_every: Duration) {
     tracing::debug!("journal committer stopped");
 }
 
-/// Write pending events, then one flush (+ fsync); on success everything
-/// written before it is durable.
-fn commit(shared: &Shared) -> Result<(), String> {
+/// Write pending events, then make them durable: with a WAL one
+/// `fdatasync` of it, otherwise (or when `full`) a checkpoint of the store.
+/// On failure the store is marked dirty, so the next request or the lazy
+/// timer retries and staged events become durable without a new record.
+fn commit(shared: &Shared, full: bool) -> Result<(), String> {
     let res = shared
         .write_pending()
         .map_err(|e| e.to_string())
-        .and_then(|target| shared.commit().map(|()| target).map_err(|e| e.to_string()));
+        .and_then(|target| {
+            shared
+                .commit(full)
+                .map(|()| target)
+                .map_err(|e| e.to_string())
+        });
     match res {
         Ok(target) => {
             shared.set_durable(target);
             Ok(())
         }
         Err(e) => {
+            shared.dirty.store(true, Ordering::SeqCst);
             tracing::error!(error = %e, "journal commit failed");
             Err(e)
         }

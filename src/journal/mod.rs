@@ -22,6 +22,7 @@ mod commit;
 mod config;
 mod keys;
 pub mod storage;
+mod wal;
 #[cfg(test)]
 mod tests;
 
@@ -205,6 +206,14 @@ pub(crate) struct Shared {
     fsync: bool,
     max_bytes: u64,
     gateway: String,
+    /// The write-ahead log (`None`: every commit flushes the store).
+    wal: Mutex<Option<wal::Wal>>,
+    /// Events were written to the store but not to the WAL (it was full
+    /// or failed): the next commit must be a checkpoint.
+    needs_checkpoint: AtomicBool,
+    /// Tests: the process "died"; the committer stops without its final
+    /// checkpoint.
+    abandoned: AtomicBool,
 }
 
 impl Shared {
@@ -214,13 +223,57 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Flush (and fsync, when configured). Runs on the committer thread.
-    pub(crate) fn commit(&self) -> Result<(), StorageError> {
+    fn wal(&self) -> MutexGuard<'_, Option<wal::Wal>> {
+        self.wal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the journal has a WAL.
+    pub(crate) fn has_wal(&self) -> bool {
+        self.wal().is_some()
+    }
+
+    /// Make what [`write_pending`](Self::write_pending) wrote durable.
+    /// With a WAL that holds every such event, one `fdatasync` of the WAL;
+    /// otherwise (or when `full`) a checkpoint. Runs on the committer thread.
+    pub(crate) fn commit(&self, full: bool) -> Result<(), StorageError> {
+        if !full && !self.needs_checkpoint.load(Ordering::SeqCst) {
+            let synced = self.wal().as_ref().map(|w| w.sync());
+            match synced {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "journal WAL sync failed; checkpointing instead");
+                    self.needs_checkpoint.store(true, Ordering::SeqCst);
+                }
+                None => {}
+            }
+        }
+        self.checkpoint()
+    }
+
+    /// Flush (and fsync, when configured) the store, then start a new WAL
+    /// generation: everything written so far is durable in the store.
+    pub(crate) fn checkpoint(&self) -> Result<(), StorageError> {
         self.storage.flush()?;
         if self.fsync {
             self.storage.sync()?;
         }
+        self.needs_checkpoint.store(false, Ordering::SeqCst);
+        let mut wal = self.wal();
+        if let Some(w) = wal.as_mut() {
+            if let Err(e) = w.reset() {
+                // Records of the old generation replay as duplicates of
+                // stored seqs, which replay skips; but appending to this
+                // generation again could mix: checkpoint until it works.
+                self.needs_checkpoint.store(true, Ordering::SeqCst);
+                return Err(StorageError(format!("journal WAL reset failed: {e}")));
+            }
+        }
         Ok(())
+    }
+
+    /// The WAL holds records not yet checkpointed into the store.
+    pub(crate) fn wal_has_records(&self) -> bool {
+        self.wal().as_ref().is_some_and(|w| !w.is_empty())
     }
 
     /// Publish a new durable seq to readers and watchers.
@@ -268,6 +321,17 @@ impl Shared {
         if let Err(e) = self.storage.apply(batch) {
             st.pending = pending;
             return Err(e.into());
+        }
+        // Then the WAL, in the same order, under the same lock.
+        if let Some(w) = self.wal().as_mut() {
+            match w.append(pending.iter().map(|(seq, p)| (*seq, p.as_slice()))) {
+                Ok(true) => {}
+                Ok(false) => self.needs_checkpoint.store(true, Ordering::SeqCst),
+                Err(e) => {
+                    tracing::error!(error = %e, "journal WAL write failed; checkpointing instead");
+                    self.needs_checkpoint.store(true, Ordering::SeqCst);
+                }
+            }
         }
         st.meta = meta;
         st.tail = tail;
@@ -489,10 +553,17 @@ impl Journal {
         let storage = SledStorage::open(&cfg.path, cfg.cache_bytes).map_err(|e| {
             JournalError::Storage(format!("journal at {}: {e}", cfg.path.display()))
         })?;
-        Journal::with_storage(Arc::new(storage), cfg, gateway, sinks)
+        Journal::with_storage_and_wal(
+            Arc::new(storage),
+            Some(&cfg.path.join("wal")),
+            cfg,
+            gateway,
+            sinks,
+        )
     }
 
-    /// Open the journal over any storage engine (tests use [`MemStorage`]).
+    /// Open the journal over any storage engine (tests use [`MemStorage`]),
+    /// without a WAL: every commit flushes the store.
     /// `cfg.path` and `cfg.cache_bytes` are not used.
     pub fn with_storage(
         storage: Arc<dyn Storage>,
@@ -500,6 +571,27 @@ impl Journal {
         gateway: &str,
         sinks: &[&str],
     ) -> Result<Journal, JournalError> {
+        Journal::with_storage_and_wal(storage, None, cfg, gateway, sinks)
+    }
+
+    /// Open the journal over a storage engine with the write-ahead log at
+    /// `wal_path` (see `wal.rs`); its records newer than the store's last
+    /// event are replayed into the store first.
+    pub fn with_storage_and_wal(
+        storage: Arc<dyn Storage>,
+        wal_path: Option<&std::path::Path>,
+        cfg: &JournalConfig,
+        gateway: &str,
+        sinks: &[&str],
+    ) -> Result<Journal, JournalError> {
+        let (wal, replay) = match wal_path {
+            None => (None, Vec::new()),
+            Some(path) => {
+                let (w, records) = wal::Wal::open(path, wal::WAL_BYTES, cfg.fsync)
+                    .map_err(|e| JournalError::Storage(format!("journal WAL: {e}")))?;
+                (Some(w), records)
+            }
+        };
         let mut sinks: Vec<String> = sinks.iter().map(|s| s.to_string()).collect();
         sinks.sort();
         sinks.dedup();
@@ -543,12 +635,14 @@ impl Journal {
         };
         let (head_tx, _) = watch::channel(head);
         let tail = load_tail(storage.as_ref(), &meta)?;
+        let pending = replayable(replay, meta.last_seq);
+        let assigned_seq = pending.last().map_or(meta.last_seq, |(s, _)| *s);
         let shared = Arc::new(Shared {
             storage,
             state: Mutex::new(State {
                 meta,
-                assigned_seq: meta.last_seq,
-                pending: Vec::new(),
+                assigned_seq,
+                pending,
                 tail,
                 event_cursors,
                 telemetry_cursors,
@@ -562,7 +656,22 @@ impl Journal {
             fsync: cfg.fsync,
             max_bytes: cfg.max_bytes,
             gateway: gateway.to_string(),
+            wal: Mutex::new(wal),
+            needs_checkpoint: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
         });
+        if assigned_seq > meta.last_seq {
+            tracing::info!(
+                from = meta.last_seq + 1,
+                to = assigned_seq,
+                "journal: events recovered from the WAL"
+            );
+        }
+        // Replayed events into the store, then a checkpoint: the WAL
+        // starts its first generation of this run empty.
+        let last = shared.write_pending()?;
+        shared.checkpoint()?;
+        shared.set_durable(last);
         shared.refresh_size();
         // A sink dropped from the configuration may unblock removal.
         shared.remove_acknowledged()?;
@@ -590,6 +699,13 @@ impl Journal {
 
     fn shared(&self) -> &Shared {
         &self.inner.shared
+    }
+
+    /// Tests: drop this handle as a killed process would, without the
+    /// committer's final checkpoint.
+    #[cfg(test)]
+    pub(crate) fn abandon(self) {
+        self.shared().abandoned.store(true, Ordering::SeqCst);
     }
 
     /// Record events: assigns `seq`/`id`, and returns only once they are durable.
@@ -839,10 +955,32 @@ impl Journal {
     /// Make everything recorded so far durable (shutdown path).
     pub async fn flush(&self) -> Result<(), JournalError> {
         let sh = self.shared();
-        sh.dirty.store(true, Ordering::SeqCst);
         let last = sh.lock().assigned_seq;
-        self.inner.committer.wait_durable(last).await
+        self.inner.committer.checkpoint(last).await
     }
+}
+
+/// WAL records to replay: those after the store's last event, as long as
+/// their seqs follow on without a gap.
+fn replayable(records: Vec<wal::WalRecord>, last_seq: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut next = last_seq + 1;
+    let mut out = Vec::new();
+    for r in records {
+        if r.seq < next {
+            continue;
+        }
+        if r.seq > next {
+            tracing::error!(
+                expected = next,
+                found = r.seq,
+                "journal: WAL does not follow on from the store; later records not replayed"
+            );
+            break;
+        }
+        out.push((r.seq, r.payload));
+        next += 1;
+    }
+    out
 }
 
 fn read_cursor(storage: &dyn Storage, key: &[u8]) -> Result<Option<u64>, JournalError> {

@@ -90,6 +90,9 @@ pub struct SledStorage {
     /// itself is synced again only when they change (sled created or
     /// removed a snapshot or blob file).
     synced_names: Mutex<Vec<std::ffi::OsString>>,
+    /// Blob files already synced: sled never rewrites a blob in place (a
+    /// new version is a new file), so each needs one `fsync`.
+    synced_blobs: Mutex<std::collections::HashSet<std::ffi::OsString>>,
 }
 
 impl SledStorage {
@@ -141,6 +144,7 @@ impl SledStorage {
             data_file,
             dir_file,
             synced_names: Mutex::new(Vec::new()),
+            synced_blobs: Mutex::new(Default::default()),
         })
     }
 
@@ -169,17 +173,27 @@ impl SledStorage {
                 ))
             }
         };
-        let mut any = false;
+        let mut synced = self.synced_blobs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut present = std::collections::HashSet::new();
+        let mut any_new = false;
         for entry in entries.flatten() {
-            any = true;
+            let name = entry.file_name();
+            present.insert(name.clone());
+            if synced.contains(&name) {
+                continue;
+            }
             // A blob may be removed concurrently by sled's GC: skip it.
             if let Ok(f) = File::open(entry.path()) {
                 f.sync_all().map_err(|e| {
                     StorageError::ctx(&format!("fsync {}", entry.path().display()), e)
                 })?;
             }
+            any_new = true;
+            synced.insert(name);
         }
-        if any {
+        // Forget blobs sled removed (their names are never reused).
+        synced.retain(|n| present.contains(n));
+        if any_new {
             File::open(&blobs)
                 .and_then(|d| d.sync_all())
                 .map_err(|e| StorageError::ctx(&format!("fsync {}", blobs.display()), e))?;

@@ -1,0 +1,349 @@
+//! The write-ahead log: what makes a recorded event durable between two
+//! checkpoints of the store.
+//!
+//! Flushing sled makes it write (and us `fsync`) its log segment and any
+//! node pages it consolidated: hundreds of kilobytes and several files
+//! for one alarm. The WAL instead takes the events' payloads as small
+//! records at the end of a preallocated file and makes them durable with
+//! one `fdatasync`. Because the file's blocks are allocated and written
+//! once, at creation, `fdatasync` flushes data only: no block allocation,
+//! no size change, no filesystem-journal commit.
+//!
+//! The store itself is flushed and synced only at checkpoints (every
+//! `telemetry_flush_s`, when the WAL is full, at shutdown); then the WAL
+//! starts a new generation. At open, records newer than the store's last
+//! event are replayed into it.
+//!
+//! File layout (little-endian):
+//!
+//! ```text
+//! header  (32 bytes): magic "EGWAL\0\0\x01", generation u64, crc32 of the
+//!                     first 16 bytes u32, zero padding
+//! record  (16 + n):   payload length n u32, crc32 of (generation, seq,
+//!                     payload) u32, seq u64, payload
+//! ```
+//!
+//! A new generation overwrites only the header: records of an older
+//! generation that follow fail their checksum (the generation is part of
+//! it) and end the scan, as does an all-zero or torn record.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"EGWAL\0\0\x01";
+const HEADER: u64 = 32;
+const RECORD_HEADER: usize = 16;
+
+/// Size of the WAL file. Larger commits go straight to a checkpoint.
+pub const WAL_BYTES: u64 = 2 * 1024 * 1024;
+
+/// One replayed record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WalRecord {
+    pub seq: u64,
+    pub payload: Vec<u8>,
+}
+
+/// The open WAL file.
+pub struct Wal {
+    file: File,
+    path: PathBuf,
+    generation: u64,
+    /// Offset of the next record.
+    end: u64,
+    capacity: u64,
+    fsync: bool,
+    buf: Vec<u8>,
+}
+
+fn record_crc(generation: u64, seq: u64, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&generation.to_le_bytes());
+    h.update(&seq.to_le_bytes());
+    h.update(payload);
+    h.finalize()
+}
+
+fn header(generation: u64) -> [u8; HEADER as usize] {
+    let mut h = [0u8; HEADER as usize];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..16].copy_from_slice(&generation.to_le_bytes());
+    let crc = crc32fast::hash(&h[..16]);
+    h[16..20].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+fn ctx(what: impl std::fmt::Display, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+impl Wal {
+    /// Open the WAL at `path` (creating and preallocating it when missing,
+    /// short or unreadable) and return the records of its current
+    /// generation, in file order. The caller replays them into the store,
+    /// checkpoints, then calls [`reset`](Self::reset).
+    pub fn open(path: &Path, capacity: u64, fsync: bool) -> io::Result<(Wal, Vec<WalRecord>)> {
+        let capacity = capacity.max(HEADER + 4096);
+        let existed = path.exists();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| ctx(format!("opening {}", path.display()), e))?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data)
+            .map_err(|e| ctx(format!("reading {}", path.display()), e))?;
+        let mut wal = Wal {
+            file,
+            path: path.to_path_buf(),
+            generation: 0,
+            end: HEADER,
+            capacity,
+            fsync,
+            buf: Vec::new(),
+        };
+        let (generation, records, end) = parse(&data);
+        if data.len() as u64 >= capacity && generation.is_some() {
+            wal.generation = generation.unwrap_or(0);
+            wal.end = end;
+            return Ok((wal, records));
+        }
+        if existed && !data.is_empty() && generation.is_none() {
+            tracing::warn!(path = %path.display(), "journal WAL header unreadable; starting a new one");
+        }
+        // Create (or grow) the file: write every block once, so later
+        // `fdatasync`s never allocate.
+        wal.generation = generation.unwrap_or(0);
+        let zeros = vec![0u8; 64 * 1024];
+        let mut off = data.len() as u64;
+        while off < capacity {
+            let n = zeros.len().min((capacity - off) as usize);
+            wal.file
+                .write_all_at(&zeros[..n], off)
+                .map_err(|e| ctx(format!("preallocating {}", path.display()), e))?;
+            off += n as u64;
+        }
+        wal.end = end.min(capacity);
+        if fsync {
+            wal.file
+                .sync_all()
+                .map_err(|e| ctx(format!("fsync {}", path.display()), e))?;
+            if let Some(dir) = path.parent() {
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| ctx(format!("fsync {}", dir.display()), e))?;
+            }
+        }
+        Ok((wal, records))
+    }
+
+    /// Append records (seq, payload) after the last one. Returns `false`,
+    /// writing nothing, when they do not fit: the caller checkpoints instead.
+    /// The records are durable only after [`sync`](Self::sync).
+    pub fn append<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = (u64, &'a [u8])>,
+    ) -> io::Result<bool> {
+        self.buf.clear();
+        for (seq, payload) in records {
+            let Ok(len) = u32::try_from(payload.len()) else {
+                return Ok(false);
+            };
+            self.buf.extend_from_slice(&len.to_le_bytes());
+            self.buf
+                .extend_from_slice(&record_crc(self.generation, seq, payload).to_le_bytes());
+            self.buf.extend_from_slice(&seq.to_le_bytes());
+            self.buf.extend_from_slice(payload);
+        }
+        if self.buf.is_empty() {
+            return Ok(true);
+        }
+        // Keep room for a zero record header after the last record, so a
+        // scan always finds the end inside the file.
+        if self.end + self.buf.len() as u64 + RECORD_HEADER as u64 > self.capacity {
+            return Ok(false);
+        }
+        self.file
+            .write_all_at(&self.buf, self.end)
+            .map_err(|e| ctx(format!("writing {}", self.path.display()), e))?;
+        self.end += self.buf.len() as u64;
+        Ok(true)
+    }
+
+    /// Make the appended records durable (`fdatasync`), when fsync is on.
+    pub fn sync(&self) -> io::Result<()> {
+        if self.fsync {
+            self.file
+                .sync_data()
+                .map_err(|e| ctx(format!("fdatasync {}", self.path.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// Start a new generation: every record so far is in the store (which
+    /// the caller has just checkpointed) and no longer needed.
+    pub fn reset(&mut self) -> io::Result<()> {
+        if self.end == HEADER && self.generation != 0 {
+            return Ok(());
+        }
+        let next = self.generation.wrapping_add(1).max(1);
+        self.file
+            .write_all_at(&header(next), 0)
+            .map_err(|e| ctx(format!("writing {}", self.path.display()), e))?;
+        self.sync()?;
+        self.generation = next;
+        self.end = HEADER;
+        Ok(())
+    }
+
+    /// No record since the last reset.
+    pub fn is_empty(&self) -> bool {
+        self.end == HEADER
+    }
+}
+
+/// Parse a WAL image: (generation if the header is valid, records, end offset).
+fn parse(data: &[u8]) -> (Option<u64>, Vec<WalRecord>, u64) {
+    let mut records = Vec::new();
+    if data.len() < HEADER as usize || &data[..8] != MAGIC {
+        return (None, records, HEADER);
+    }
+    let crc = u32::from_le_bytes(data[16..20].try_into().unwrap_or_default());
+    if crc != crc32fast::hash(&data[..16]) {
+        return (None, records, HEADER);
+    }
+    let generation = u64::from_le_bytes(data[8..16].try_into().unwrap_or_default());
+    let mut off = HEADER as usize;
+    while off + RECORD_HEADER <= data.len() {
+        let h = &data[off..off + RECORD_HEADER];
+        let len = u32::from_le_bytes(h[0..4].try_into().unwrap_or_default()) as usize;
+        let crc = u32::from_le_bytes(h[4..8].try_into().unwrap_or_default());
+        let seq = u64::from_le_bytes(h[8..16].try_into().unwrap_or_default());
+        let start = off + RECORD_HEADER;
+        let Some(payload) = start.checked_add(len).and_then(|e| data.get(start..e)) else {
+            break;
+        };
+        if (len == 0 && crc == 0 && seq == 0) || record_crc(generation, seq, payload) != crc {
+            break;
+        }
+        records.push(WalRecord {
+            seq,
+            payload: payload.to_vec(),
+        });
+        off = start + len;
+    }
+    (Some(generation), records, off as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recs(w: &[(u64, &str)]) -> Vec<WalRecord> {
+        w.iter()
+            .map(|(s, p)| WalRecord {
+                seq: *s,
+                payload: p.as_bytes().to_vec(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_survive_reopen_and_reset_drops_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal");
+        let (mut wal, r) = Wal::open(&path, 8192, true).unwrap();
+        assert!(r.is_empty());
+        wal.reset().unwrap();
+        assert!(wal
+            .append([(1, &b"one"[..]), (2, &b"two"[..])])
+            .unwrap());
+        wal.sync().unwrap();
+        drop(wal);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 8192);
+        let (mut wal, r) = Wal::open(&path, 8192, true).unwrap();
+        assert_eq!(r, recs(&[(1, "one"), (2, "two")]));
+        assert!(wal.append([(3, &b"three"[..])]).unwrap());
+        drop(wal);
+        let (mut wal, r) = Wal::open(&path, 8192, true).unwrap();
+        assert_eq!(r, recs(&[(1, "one"), (2, "two"), (3, "three")]));
+        wal.reset().unwrap();
+        drop(wal);
+        // The old records are still in the file but of the old generation.
+        let (_, r) = Wal::open(&path, 8192, true).unwrap();
+        assert!(r.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn new_generation_hides_longer_old_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal");
+        let (mut wal, _) = Wal::open(&path, 8192, false).unwrap();
+        wal.reset().unwrap();
+        wal.append([(1, &b"aaaa"[..]), (2, &b"bbbb"[..]), (3, &b"cccc"[..])])
+            .unwrap();
+        wal.reset().unwrap();
+        wal.append([(4, &b"dddd"[..])]).unwrap();
+        drop(wal);
+        let (_, r) = Wal::open(&path, 8192, false).unwrap();
+        assert_eq!(r, recs(&[(4, "dddd")]));
+    }
+
+    #[test]
+    fn torn_or_garbage_tail_ends_the_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal");
+        let (mut wal, _) = Wal::open(&path, 8192, false).unwrap();
+        wal.reset().unwrap();
+        wal.append([(1, &b"first"[..]), (2, &b"second"[..])]).unwrap();
+        drop(wal);
+        // Corrupt one byte of the second record's payload.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        let second = HEADER + RECORD_HEADER as u64 + 5 + RECORD_HEADER as u64;
+        f.write_all_at(b"X", second + 2).unwrap();
+        drop(f);
+        let (_, r) = Wal::open(&path, 8192, false).unwrap();
+        assert_eq!(r, recs(&[(1, "first")]));
+    }
+
+    #[test]
+    fn full_wal_refuses_without_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal");
+        let (mut wal, _) = Wal::open(&path, 4096 + HEADER, false).unwrap();
+        wal.reset().unwrap();
+        let big = vec![7u8; 3000];
+        assert!(wal.append([(1, &big[..])]).unwrap());
+        assert!(!wal.append([(2, &big[..])]).unwrap());
+        drop(wal);
+        let (_, r) = Wal::open(&path, 4096 + HEADER, false).unwrap();
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn garbage_file_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal");
+        std::fs::write(&path, b"not a wal at all").unwrap();
+        let (mut wal, r) = Wal::open(&path, 8192, false).unwrap();
+        assert!(r.is_empty());
+        wal.reset().unwrap();
+        wal.append([(9, &b"x"[..])]).unwrap();
+        drop(wal);
+        let (_, r) = Wal::open(&path, 8192, false).unwrap();
+        assert_eq!(r, recs(&[(9, "x")]));
+    }
+
+    #[test]
+    fn parse_never_panics_on_arbitrary_bytes() {
+        let mut data = header(3).to_vec();
+        for i in 0..2000u32 {
+            data.push((i.wrapping_mul(2654435761) >> 13) as u8);
+            let _ = parse(&data);
+        }
+    }
+}
