@@ -44,6 +44,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    one_malloc_arena();
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => match estate_gateway::config::load(&file) {
@@ -148,5 +149,18 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// glibc gives each thread that allocates its own heap arena; the gateway's
+/// few threads (runtime, journal committer, the store's I/O) allocate
+/// little, and separate arenas only hold freed memory apart. One arena
+/// keeps the resident set small on a Pi.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }

@@ -37,6 +37,11 @@ pub struct PointTable {
     by_key: HashMap<Arc<str>, PointIndex>,
 }
 
+/// One shared copy of each distinct string.
+fn intern<'a>(table: &mut HashMap<&'a str, Arc<str>>, s: &'a str) -> Arc<str> {
+    table.entry(s).or_insert_with(|| Arc::from(s)).clone()
+}
+
 impl PointTable {
     pub fn build(config: &Config) -> PointTable {
         let total: usize = config.devices.iter().map(|d| d.points.len()).sum();
@@ -44,6 +49,8 @@ impl PointTable {
             points: Vec::with_capacity(total),
             by_key: HashMap::with_capacity(total),
         };
+        // Identical devices share point ids and units: one allocation each.
+        let mut interned: HashMap<&str, Arc<str>> = HashMap::new();
         for (device_index, d) in config.devices.iter().enumerate() {
             let device: Arc<str> = d.id.as_str().into();
             let device_zone: Option<Arc<str>> = d.zone.as_deref().map(Arc::from);
@@ -53,7 +60,7 @@ impl PointTable {
                 t.by_key.insert(key.clone(), idx);
                 t.points.push(PointMeta {
                     device: device.clone(),
-                    point: p.id.as_str().into(),
+                    point: intern(&mut interned, &p.id),
                     key,
                     device_index,
                     zone: p
@@ -62,7 +69,7 @@ impl PointTable {
                         .map(Arc::from)
                         .or_else(|| device_zone.clone()),
                     category: d.category,
-                    unit: p.unit.as_deref().map(Arc::from),
+                    unit: p.unit.as_deref().map(|u| intern(&mut interned, u)),
                     deadband: p.deadband.unwrap_or(config.telemetry.deadband),
                     telemetry: p.telemetry,
                     writable: p.writable,

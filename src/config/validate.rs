@@ -285,7 +285,7 @@ pub(super) fn validate(c: &Config, origins: &super::profiles::Origins) -> Vec<Fi
                 .iter()
                 .enumerate()
                 .filter(|(_, p)| p.register.is_some() && p.address.is_some())
-                .map(|(i, p)| (i as u32, p))
+                .map(|(i, p)| (i as u32, &**p))
                 .collect();
             if let Err(e) = crate::drivers::modbus::plan::plan(
                 &points,

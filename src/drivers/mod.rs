@@ -9,6 +9,7 @@ pub mod write;
 
 use crate::event::Category;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One field device: a panel, controller or HVAC unit (`[[devices]]`).
@@ -61,8 +62,9 @@ pub struct DeviceConfig {
     #[serde(default)]
     pub profile: Option<String>,
     /// The device's points (after loading: the profile's, then its own).
+    /// Shared: a profile's points are one allocation for all its devices.
     #[serde(default)]
-    pub points: Vec<PointConfig>,
+    pub points: Vec<Arc<PointConfig>>,
 }
 
 /// A device profile (`[[profiles]]`): the point list of a device model,
@@ -76,7 +78,7 @@ pub struct ProfileConfig {
     pub name: Option<String>,
     /// The model's points, exactly as in `[[devices.points]]`.
     #[serde(default)]
-    pub points: Vec<PointConfig>,
+    pub points: Vec<Arc<PointConfig>>,
 }
 
 fn yes() -> bool {
