@@ -59,7 +59,8 @@ def config(args, ports, broker_port, journal) -> str:
     out = [
         '[site]\nid = "bench"\ngateway = "gw-bench"\n',
         '[log]\nlevel = "warn"\n',
-        f'[journal]\npath = "{journal}"\nfsync = {"false" if args.no_fsync else "true"}\n',
+        f'[journal]\npath = "{journal}"\nfsync = {"false" if args.no_fsync else "true"}\n'
+        + (f"telemetry_flush_s = {args.checkpoint_s}\n" if args.checkpoint_s else ""),
         f'[uplink]\nhost = "127.0.0.1"\nport = {broker_port}\nkeepalive_s = 5\nheartbeat_s = 15\n',
         f"[telemetry]\nevery_poll = {'true' if args.every_poll else 'false'}\nmax_interval_s = 300\nbatch_s = 1\n",
     ]
@@ -227,6 +228,7 @@ def main():
     ap.add_argument("--warmup", type=float, default=5)
     ap.add_argument("--every-poll", action="store_true")
     ap.add_argument("--no-fsync", action="store_true", help="journal fsync off (to show its cost)")
+    ap.add_argument("--checkpoint-s", type=int, default=0, help="journal telemetry_flush_s (checkpoint interval)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, journal)")
     args = ap.parse_args()
     print(json.dumps(asyncio.run(run(args))))
