@@ -123,3 +123,6 @@ pub async fn spawn(
     let handle = tokio::spawn(task::run(cfg.clone(), conn, router, bus, wrx, shutdown));
     Ok(vec![handle])
 }
+
+#[cfg(test)]
+mod tests;

@@ -149,7 +149,13 @@ impl<'a> Parsed<'a> {
                     }
                     return Err(MapError::NotJson(format!("{s:?}")));
                 }
-                Ok(Raw::Text(t.trim()))
+                let t = t.trim();
+                // A JSON string without escapes ("ON") reads as its text.
+                let unquoted = t
+                    .strip_prefix('"')
+                    .and_then(|x| x.strip_suffix('"'))
+                    .filter(|x| !x.contains(['"', '\\']));
+                Ok(Raw::Text(unquoted.map(str::trim).unwrap_or(t)))
             }
             Parsed::Json(v) => {
                 let v = if path.needs_json() {
