@@ -148,9 +148,17 @@ fn device_event(kind: &'static str, device: &'static str) -> impl Fn(&Value) -> 
 
 #[test]
 fn json_payload_raises_an_alarm_forwarded_to_the_platform() {
-    let Some(central) = Mosquitto::start_or_skip() else { return };
-    let Some(site_broker) = Mosquitto::start_or_skip() else { return };
-    let cfg = config(central.port(), &site(site_broker.port()), "silence_timeout_s = 30");
+    let Some(central) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let Some(site_broker) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let cfg = config(
+        central.port(),
+        &site(site_broker.port()),
+        "silence_timeout_s = 30",
+    );
     let (mut gw, sub) = start_gateway("mqtt-json-alarm", &central, &cfg);
     let Some(mut fence) = MqttDevice::start_or_skip(
         site_broker.port(),
@@ -162,11 +170,25 @@ fn json_payload_raises_an_alarm_forwarded_to_the_platform() {
     ) else {
         return;
     };
-    fence.publish("fence/north/state", r#"{"voltage": 82, "zones": [{"alarm": false}]}"#);
+    fence.publish(
+        "fence/north/state",
+        r#"{"voltage": 82, "zones": [{"alarm": false}]}"#,
+    );
     let published = Instant::now();
-    fence.publish("fence/north/state", r#"{"voltage": 81, "zones": [{"alarm": true}]}"#);
-    let ev = wait_event(&sub, 10, "fence alarm raised", raised("fence-north/zone-1-alarm"));
-    eprintln!("alarm.raised {:?} after the device's message: {ev}", published.elapsed());
+    fence.publish(
+        "fence/north/state",
+        r#"{"voltage": 81, "zones": [{"alarm": true}]}"#,
+    );
+    let ev = wait_event(
+        &sub,
+        10,
+        "fence alarm raised",
+        raised("fence-north/zone-1-alarm"),
+    );
+    eprintln!(
+        "alarm.raised {:?} after the device's message: {ev}",
+        published.elapsed()
+    );
     assert_eq!(ev["priority"], 2);
     assert_eq!(ev["category"], "perimeter");
     assert_eq!(ev["source"]["device"], "fence-north");
@@ -176,7 +198,10 @@ fn json_payload_raises_an_alarm_forwarded_to_the_platform() {
     assert_eq!(ev["alarm"]["message"], "Fence alarm north zone 1");
 
     // A scaled value: 42 × 0.1 = 4.2 kV is below 5.0.
-    fence.publish("fence/north/state", r#"{"voltage": 42, "zones": [{"alarm": true}]}"#);
+    fence.publish(
+        "fence/north/state",
+        r#"{"voltage": 42, "zones": [{"alarm": true}]}"#,
+    );
     let low = wait_event(&sub, 10, "low voltage", raised("fence-north/voltage/low"));
     assert_eq!(low["alarm"]["value"], 4.2);
 
@@ -189,7 +214,10 @@ fn json_payload_raises_an_alarm_forwarded_to_the_platform() {
     panic.publish("villas/7/panic", "ON");
     let p = wait_event(&sub, 10, "panic raised", raised("panic-villa-7/pressed"));
     assert_eq!(p["priority"], 1);
-    fence.publish("fence/north/state", r#"{"voltage": 80, "zones": [{"alarm": false}]}"#);
+    fence.publish(
+        "fence/north/state",
+        r#"{"voltage": 80, "zones": [{"alarm": false}]}"#,
+    );
     wait_event(&sub, 10, "fence alarm cleared", |e| {
         e["kind"] == "alarm.cleared" && e["alarm"]["key"] == "fence-north/zone-1-alarm"
     });
@@ -199,9 +227,17 @@ fn json_payload_raises_an_alarm_forwarded_to_the_platform() {
 
 #[test]
 fn silence_makes_a_device_offline_and_a_message_brings_it_back() {
-    let Some(central) = Mosquitto::start_or_skip() else { return };
-    let Some(site_broker) = Mosquitto::start_or_skip() else { return };
-    let cfg = config(central.port(), &site(site_broker.port()), "silence_timeout_s = 30");
+    let Some(central) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let Some(site_broker) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let cfg = config(
+        central.port(),
+        &site(site_broker.port()),
+        "silence_timeout_s = 30",
+    );
     let (_gw, sub) = start_gateway("mqtt-silence", &central, &cfg);
     let Some(mut panic) =
         MqttDevice::start_or_skip(site_broker.port(), "panic-7", DeviceOpts::default())
@@ -209,22 +245,44 @@ fn silence_makes_a_device_offline_and_a_message_brings_it_back() {
         return;
     };
     // Started silent: offline after 1.5 s.
-    wait_event(&sub, 10, "panic offline (silent since start)", device_event("device.offline", "panic-villa-7"));
+    wait_event(
+        &sub,
+        10,
+        "panic offline (silent since start)",
+        device_event("device.offline", "panic-villa-7"),
+    );
     let spoke = Instant::now();
     panic.publish("villas/7/panic", "OFF");
-    wait_event(&sub, 10, "panic online", device_event("device.online", "panic-villa-7"));
+    wait_event(
+        &sub,
+        10,
+        "panic online",
+        device_event("device.online", "panic-villa-7"),
+    );
     sub.clear();
     // Silent again: offline again, not before the timeout.
-    let off = wait_event(&sub, 10, "panic offline again", device_event("device.offline", "panic-villa-7"));
+    let off = wait_event(
+        &sub,
+        10,
+        "panic offline again",
+        device_event("device.offline", "panic-villa-7"),
+    );
     let after = spoke.elapsed();
-    assert!(after >= Duration::from_millis(1400), "offline after only {after:?}: {off}");
+    assert!(
+        after >= Duration::from_millis(1400),
+        "offline after only {after:?}: {off}"
+    );
     eprintln!("device.offline {after:?} after the last message: {off}");
 }
 
 #[test]
 fn last_will_makes_a_device_offline() {
-    let Some(central) = Mosquitto::start_or_skip() else { return };
-    let Some(site_broker) = Mosquitto::start_or_skip() else { return };
+    let Some(central) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let Some(site_broker) = Mosquitto::start_or_skip() else {
+        return;
+    };
     // No silence timeout on the fence: only its status topic tells.
     let cfg = config(central.port(), &site(site_broker.port()), "");
     let (_gw, sub) = start_gateway("mqtt-lwt", &central, &cfg);
@@ -238,11 +296,22 @@ fn last_will_makes_a_device_offline() {
     ) else {
         return;
     };
-    fence.publish("fence/north/state", r#"{"voltage": 82, "zones": [{"alarm": false}]}"#);
+    fence.publish(
+        "fence/north/state",
+        r#"{"voltage": 82, "zones": [{"alarm": false}]}"#,
+    );
     let killed = Instant::now();
     fence.kill();
-    let off = wait_event(&sub, 20, "fence-north offline by last will", device_event("device.offline", "fence-north"));
-    eprintln!("device.offline {:?} after the device died: {off}", killed.elapsed());
+    let off = wait_event(
+        &sub,
+        20,
+        "fence-north offline by last will",
+        device_event("device.offline", "fence-north"),
+    );
+    eprintln!(
+        "device.offline {:?} after the device died: {off}",
+        killed.elapsed()
+    );
     // A new session of the device announces itself online again.
     let Some(_fence) = MqttDevice::start_or_skip(
         site_broker.port(),
@@ -254,14 +323,27 @@ fn last_will_makes_a_device_offline() {
     ) else {
         return;
     };
-    wait_event(&sub, 15, "fence-north online again", device_event("device.online", "fence-north"));
+    wait_event(
+        &sub,
+        15,
+        "fence-north online again",
+        device_event("device.online", "fence-north"),
+    );
 }
 
 #[test]
 fn garbage_payloads_are_logged_and_never_stop_the_driver() {
-    let Some(central) = Mosquitto::start_or_skip() else { return };
-    let Some(site_broker) = Mosquitto::start_or_skip() else { return };
-    let cfg = config(central.port(), &site(site_broker.port()), "silence_timeout_s = 30");
+    let Some(central) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let Some(site_broker) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let cfg = config(
+        central.port(),
+        &site(site_broker.port()),
+        "silence_timeout_s = 30",
+    );
     let (mut gw, sub) = start_gateway("mqtt-garbage", &central, &cfg);
     let Some(mut fence) = MqttDevice::start_or_skip(
         site_broker.port(),
@@ -287,8 +369,16 @@ fn garbage_payloads_are_logged_and_never_stop_the_driver() {
     fence.publish_bytes("villas/7/panic", &[0xc3, 0x28]);
     fence.publish("fence/north/status", "rebooting");
     // Still working: a good message raises the alarm.
-    fence.publish("fence/north/state", r#"{"voltage": 82, "zones": [{"alarm": true}]}"#);
-    wait_event(&sub, 10, "alarm after garbage", raised("fence-north/zone-1-alarm"));
+    fence.publish(
+        "fence/north/state",
+        r#"{"voltage": 82, "zones": [{"alarm": true}]}"#,
+    );
+    wait_event(
+        &sub,
+        10,
+        "alarm after garbage",
+        raised("fence-north/zone-1-alarm"),
+    );
     assert!(gw.is_running(), "gateway died on garbage");
     let log = std::fs::read_to_string(gw.dir().join("gateway.log")).unwrap();
     assert!(
@@ -297,7 +387,10 @@ fn garbage_payloads_are_logged_and_never_stop_the_driver() {
             && log.contains("payload is not JSON"),
         "no clear log line for garbage:\n{log}"
     );
-    assert!(log.contains("neither the online nor the offline value"), "{log}");
+    assert!(
+        log.contains("neither the online nor the offline value"),
+        "{log}"
+    );
     // Garbage is not an alarm and not a value: no other alarm was raised.
     let raised_keys: Vec<Value> = sub
         .json_on("/events")
@@ -310,7 +403,9 @@ fn garbage_payloads_are_logged_and_never_stop_the_driver() {
 
 #[test]
 fn embedded_site_broker_takes_independent_clients_and_feeds_the_driver() {
-    let Some(central) = Mosquitto::start_or_skip() else { return };
+    let Some(central) = Mosquitto::start_or_skip() else {
+        return;
+    };
     let port = common::free_port();
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("fence.pw");
@@ -321,7 +416,10 @@ fn embedded_site_broker_takes_independent_clients_and_feeds_the_driver() {
     );
     let cfg = config(central.port(), &embedded, "silence_timeout_s = 30");
     let (mut gw, sub) = start_gateway("mqtt-embedded", &central, &cfg);
-    assert!(common::wait_port(port, Duration::from_secs(5)), "embedded broker not listening");
+    assert!(
+        common::wait_port(port, Duration::from_secs(5)),
+        "embedded broker not listening"
+    );
     // Without an account the broker refuses the client.
     let anonymous = std::process::Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
@@ -342,10 +440,20 @@ fn embedded_site_broker_takes_independent_clients_and_feeds_the_driver() {
     ) else {
         return;
     };
-    fence.publish("fence/north/state", r#"{"voltage": 82, "zones": [{"alarm": true}]}"#);
-    wait_event(&sub, 10, "alarm through the embedded broker", raised("fence-north/zone-1-alarm"));
+    fence.publish(
+        "fence/north/state",
+        r#"{"voltage": 82, "zones": [{"alarm": true}]}"#,
+    );
+    wait_event(
+        &sub,
+        10,
+        "alarm through the embedded broker",
+        raised("fence-north/zone-1-alarm"),
+    );
     assert!(
-        !sub.json_on("/events").iter().any(raised("panic-villa-7/pressed")),
+        !sub.json_on("/events")
+            .iter()
+            .any(raised("panic-villa-7/pressed")),
         "an anonymous client's message was taken"
     );
     // mosquitto_pub with the account works too.
@@ -357,7 +465,12 @@ fn embedded_site_broker_takes_independent_clients_and_feeds_the_driver() {
             .output()
             .expect("mosquitto_pub");
         assert!(out.status.success(), "{out:?}");
-        wait_event(&sub, 10, "panic through the embedded broker", raised("panic-villa-7/pressed"));
+        wait_event(
+            &sub,
+            10,
+            "panic through the embedded broker",
+            raised("panic-villa-7/pressed"),
+        );
     }
     let exit = gw.sigterm(Duration::from_secs(15));
     assert!(exit.success(), "clean shutdown exited with {exit}");
@@ -368,8 +481,12 @@ fn embedded_site_broker_takes_independent_clients_and_feeds_the_driver() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_publish_to_the_command_topic() {
     use estate_gateway::point::Value;
-    let Some(central) = Mosquitto::start_or_skip() else { return };
-    let Some(site_broker) = Mosquitto::start_or_skip() else { return };
+    let Some(central) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let Some(site_broker) = Mosquitto::start_or_skip() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let extra = r#"
 [[devices]]
@@ -402,15 +519,21 @@ id = "state"
 [devices.points.mqtt]
 topic = "state"
 "#;
-    let text = config(central.port(), &site(site_broker.port()), "silence_timeout_s = 30")
-        .replace("@DIR@", &dir.path().display().to_string())
+    let text = config(
+        central.port(),
+        &site(site_broker.port()),
+        "silence_timeout_s = 30",
+    )
+    .replace("@DIR@", &dir.path().display().to_string())
         + extra;
     let cfg = estate_gateway::config::load_str(&text, std::path::Path::new("gw.toml"))
         .unwrap_or_else(|e| panic!("{e}"));
     let points = cfg.points.clone();
     let sub = MqttSub::start(site_broker.port(), "gates/east/#");
     sub.wait_subscribed(Duration::from_secs(10));
-    let gw = estate_gateway::app::Gateway::start(cfg).await.expect("gateway start");
+    let gw = estate_gateway::app::Gateway::start(cfg)
+        .await
+        .expect("gateway start");
     let release = points.find("gate-east/release").unwrap();
     let setpoint = points.find("gate-east/setpoint").unwrap();
     let state = points.find("gate-east/state").unwrap();
@@ -418,7 +541,11 @@ topic = "state"
     // The driver needs its connection first: retry while it reports offline.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match gw.writers.write("gate-east", release, Value::Bool(true), None, t).await {
+        match gw
+            .writers
+            .write("gate-east", release, Value::Bool(true), None, t)
+            .await
+        {
             Ok(()) => break,
             Err(e) if Instant::now() < deadline => {
                 eprintln!("write not yet possible: {e}");
@@ -427,7 +554,9 @@ topic = "state"
             Err(e) => panic!("write failed: {e}"),
         }
     }
-    let got = sub.wait_for(t, "OPEN on the command topic", |m| m.topic == "gates/east/set/release");
+    let got = sub.wait_for(t, "OPEN on the command topic", |m| {
+        m.topic == "gates/east/set/release"
+    });
     assert_eq!(got.text(), "OPEN");
     assert_eq!(got.qos, rumqttc::QoS::AtLeastOnce);
     // Scale undone: 21.5 / 0.5 = 43, on the point's own topic template.
@@ -435,13 +564,33 @@ topic = "state"
         .write("gate-east", setpoint, Value::Float(21.5), None, t)
         .await
         .expect("setpoint write");
-    let got = sub.wait_for(t, "setpoint", |m| m.topic == "gates/east/config/gate-east/setpoint");
+    let got = sub.wait_for(t, "setpoint", |m| {
+        m.topic == "gates/east/config/gate-east/setpoint"
+    });
     assert_eq!(got.text(), "43");
     // Refusals: a value that does not fit, a read-only point.
-    let e = gw.writers.write("gate-east", setpoint, Value::Float(0.3), None, t).await;
-    assert!(matches!(e, Err(estate_gateway::drivers::write::WriteError::BadValue(_))), "{e:?}");
-    let e = gw.writers.write("gate-east", state, Value::Bool(true), None, t).await;
-    assert!(matches!(e, Err(estate_gateway::drivers::write::WriteError::NotWritable)), "{e:?}");
+    let e = gw
+        .writers
+        .write("gate-east", setpoint, Value::Float(0.3), None, t)
+        .await;
+    assert!(
+        matches!(
+            e,
+            Err(estate_gateway::drivers::write::WriteError::BadValue(_))
+        ),
+        "{e:?}"
+    );
+    let e = gw
+        .writers
+        .write("gate-east", state, Value::Bool(true), None, t)
+        .await;
+    assert!(
+        matches!(
+            e,
+            Err(estate_gateway::drivers::write::WriteError::NotWritable)
+        ),
+        "{e:?}"
+    );
     // A pulse: OPEN now, CLOSE after the hold.
     sub.clear();
     let hold = Duration::from_millis(300);
@@ -457,16 +606,27 @@ topic = "state"
     assert_eq!(open.first().map(|m| m.text()), Some("OPEN".to_string()));
     let held = close.at - open[0].at;
     assert!(held >= hold, "released after {held:?}");
-    eprintln!("pulse held {held:?} (asked {hold:?}); whole pulse {:?}", started.elapsed());
+    eprintln!(
+        "pulse held {held:?} (asked {hold:?}); whole pulse {:?}",
+        started.elapsed()
+    );
     gw.stop();
     gw.wait().await;
 }
 
 #[test]
 fn the_driver_survives_a_site_broker_restart() {
-    let Some(central) = Mosquitto::start_or_skip() else { return };
-    let Some(mut site_broker) = Mosquitto::start_or_skip() else { return };
-    let cfg = config(central.port(), &site(site_broker.port()), "silence_timeout_s = 30");
+    let Some(central) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let Some(mut site_broker) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let cfg = config(
+        central.port(),
+        &site(site_broker.port()),
+        "silence_timeout_s = 30",
+    );
     let (gw, sub) = start_gateway("mqtt-broker-restart", &central, &cfg);
     site_broker.stop();
     std::thread::sleep(Duration::from_millis(1500));
@@ -482,12 +642,23 @@ fn the_driver_survives_a_site_broker_restart() {
             .then_some(())
     });
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("site broker connection lost; reconnecting"), "{text}");
+    assert!(
+        text.contains("site broker connection lost; reconnecting"),
+        "{text}"
+    );
     let Some(mut fence) =
         MqttDevice::start_or_skip(site_broker.port(), "fence-north", DeviceOpts::default())
     else {
         return;
     };
-    fence.publish("fence/north/state", r#"{"voltage": 82, "zones": [{"alarm": true}]}"#);
-    wait_event(&sub, 10, "alarm after the broker restart", raised("fence-north/zone-1-alarm"));
+    fence.publish(
+        "fence/north/state",
+        r#"{"voltage": 82, "zones": [{"alarm": true}]}"#,
+    );
+    wait_event(
+        &sub,
+        10,
+        "alarm after the broker restart",
+        raised("fence-north/zone-1-alarm"),
+    );
 }

@@ -43,8 +43,12 @@ impl MqttDevice {
             "pip install -r tests/requirements.txt into .venv",
         )?;
         let mut cmd = Command::new(py);
-        cmd.arg(repo().join("tests/peers/mqtt_device.py"))
-            .args(["--port", &port.to_string(), "--client-id", id]);
+        cmd.arg(repo().join("tests/peers/mqtt_device.py")).args([
+            "--port",
+            &port.to_string(),
+            "--client-id",
+            id,
+        ]);
         if let Some(t) = o.status_topic {
             cmd.args(["--status-topic", t]);
         }
@@ -97,9 +101,11 @@ impl MqttDevice {
         let stdin = self.stdin.as_mut().expect("device stopped");
         writeln!(stdin, "{m}").expect("write to device");
         stdin.flush().unwrap();
-        wait_for(Duration::from_secs(10), "PUBACK of the device's publish", || {
-            (self.count(|l| l.starts_with("sent ")) > n).then_some(())
-        });
+        wait_for(
+            Duration::from_secs(10),
+            "PUBACK of the device's publish",
+            || (self.count(|l| l.starts_with("sent ")) > n).then_some(()),
+        );
     }
 
     fn count(&self, f: impl Fn(&str) -> bool) -> usize {

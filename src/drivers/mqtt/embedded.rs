@@ -57,9 +57,8 @@ pub async fn start(cfg: &EmbeddedBrokerConfig) -> Result<EmbeddedBroker, MqttErr
         Some((user, Secret::new(pw)))
     };
     // Bind once here for a clear error: rumqttd only logs it in its thread.
-    std::net::TcpListener::bind(cfg.listen).map_err(|e| {
-        MqttError::Embedded(format!("cannot listen on {}: {e}", cfg.listen))
-    })?;
+    std::net::TcpListener::bind(cfg.listen)
+        .map_err(|e| MqttError::Embedded(format!("cannot listen on {}: {e}", cfg.listen)))?;
     let text = format!(
         r#"
 id = 0

@@ -24,7 +24,9 @@ pub mod router;
 mod task;
 mod validate;
 
-pub use config::{BrokerUser, EmbeddedBrokerConfig, MqttDeviceConfig, MqttPointConfig, SiteBrokerConfig};
+pub use config::{
+    BrokerUser, EmbeddedBrokerConfig, MqttDeviceConfig, MqttPointConfig, SiteBrokerConfig,
+};
 pub use validate::{validate, MqttFinding};
 
 use crate::config::secret::SecretError;

@@ -256,8 +256,8 @@ impl Typing {
         if self.kind == PointType::Bool {
             return match *raw {
                 Raw::Bool(b) => Ok(Value::Bool(b)),
-                Raw::Number(n) if n == 0.0 => Ok(Value::Bool(false)),
-                Raw::Number(n) if n == 1.0 => Ok(Value::Bool(true)),
+                Raw::Number(0.0) => Ok(Value::Bool(false)),
+                Raw::Number(1.0) => Ok(Value::Bool(true)),
                 Raw::Number(_) => Err(wrong()),
                 Raw::Text(t) => bool_word(t).map(Value::Bool).ok_or_else(wrong),
             };
@@ -411,4 +411,3 @@ pub fn command_topic(template: &str, device: &str, point: &str) -> String {
         .replace("{device}", device)
         .replace("{point}", point)
 }
-

@@ -233,7 +233,13 @@ impl Router {
         self.devices.is_empty()
     }
 
-    fn status_msg(&self, slot: usize, ts: Timestamp, online: bool, reason: Option<String>) -> BusMessage {
+    fn status_msg(
+        &self,
+        slot: usize,
+        ts: Timestamp,
+        online: bool,
+        reason: Option<String>,
+    ) -> BusMessage {
         BusMessage::DeviceStatus {
             device: self.devices[slot].id.clone(),
             ts,
@@ -298,7 +304,10 @@ impl Router {
         }
         let json = routes.iter().any(|r| r.json);
         let parsed = Parsed::new(payload, json);
-        let idxs: Vec<usize> = routes.iter().flat_map(|r| r.points.iter().copied()).collect();
+        let idxs: Vec<usize> = routes
+            .iter()
+            .flat_map(|r| r.points.iter().copied())
+            .collect();
         // (device slot, readings), usually one device per topic.
         let mut by_device: Vec<(usize, Vec<Reading>)> = Vec::with_capacity(1);
         for idx in idxs {

@@ -116,8 +116,8 @@ fn options(c: &Connection) -> Result<MqttOptions, MqttError> {
         o.set_credentials(user.clone(), pw);
     }
     if let Some(tls) = &c.tls {
-        let rustls = crate::uplink::tls::client_config(tls)
-            .map_err(|e| MqttError::Tls(e.to_string()))?;
+        let rustls =
+            crate::uplink::tls::client_config(tls).map_err(|e| MqttError::Tls(e.to_string()))?;
         o.set_transport(Transport::tls_with_config(
             rumqttc::TlsConfiguration::Rustls(rustls),
         ));
@@ -206,12 +206,15 @@ pub async fn run(
     let mut failures: u32 = 0;
     loop {
         let now = Instant::now();
-        let wake = [d.router.next_deadline(), d.releases.iter().map(|r| r.0).min()]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(now + MAX_TICK)
-            .min(now + MAX_TICK);
+        let wake = [
+            d.router.next_deadline(),
+            d.releases.iter().map(|r| r.0).min(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now + MAX_TICK)
+        .min(now + MAX_TICK);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -315,17 +318,23 @@ impl Driver {
                     .filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
                     .count();
                 if refused > 0 {
-                    error!(refused, "site broker refused device subscriptions (check its ACL)");
+                    error!(
+                        refused,
+                        "site broker refused device subscriptions (check its ACL)"
+                    );
                 } else {
-                    debug!(filters = ack.return_codes.len(), "subscribed to device topics");
+                    debug!(
+                        filters = ack.return_codes.len(),
+                        "subscribed to device topics"
+                    );
                 }
             }
             Event::Incoming(Incoming::Publish(p)) => {
                 let now = Instant::now();
                 let topic = p.topic.as_str();
-                let out = self
-                    .router
-                    .on_publish(topic, &p.payload, p.retain, now, Timestamp::now());
+                let out =
+                    self.router
+                        .on_publish(topic, &p.payload, p.retain, now, Timestamp::now());
                 for pr in &out.problems {
                     let meta = self.points.get(pr.point);
                     if pr.first {
@@ -346,7 +355,11 @@ impl Driver {
                 if out.unmatched {
                     self.unmatched += 1;
                     if self.unmatched.is_power_of_two() {
-                        debug!(topic, count = self.unmatched, "message matches no configured point");
+                        debug!(
+                            topic,
+                            count = self.unmatched,
+                            "message matches no configured point"
+                        );
                     }
                 }
                 self.send(out.messages).await?;

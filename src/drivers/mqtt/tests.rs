@@ -27,9 +27,18 @@ fn value(payload: &str, path: Option<&str>, t: &Typing) -> Result<Value, MapErro
 fn json_pointer_and_dotted_path_find_the_same_value() {
     let t = typing(PointType::F32, 1.0, 0.0);
     let p = r#"{"fence": {"zones": [{"kv": 8.2}, {"kv": 7.9}]}}"#;
-    assert_eq!(value(p, Some("/fence/zones/1/kv"), &t), Ok(Value::Float(7.9)));
-    assert_eq!(value(p, Some("fence.zones.1.kv"), &t), Ok(Value::Float(7.9)));
-    assert!(matches!(value(p, Some("fence.zones.5.kv"), &t), Err(MapError::Missing(_))));
+    assert_eq!(
+        value(p, Some("/fence/zones/1/kv"), &t),
+        Ok(Value::Float(7.9))
+    );
+    assert_eq!(
+        value(p, Some("fence.zones.1.kv"), &t),
+        Ok(Value::Float(7.9))
+    );
+    assert!(matches!(
+        value(p, Some("fence.zones.5.kv"), &t),
+        Err(MapError::Missing(_))
+    ));
 }
 
 #[test]
@@ -45,10 +54,20 @@ fn bool_words_numbers_and_strings() {
         (" On \n", true),
         ("\"OFF\"", false),
     ] {
-        assert_eq!(value(payload, None, &b), Ok(Value::Bool(want)), "{payload:?}");
+        assert_eq!(
+            value(payload, None, &b),
+            Ok(Value::Bool(want)),
+            "{payload:?}"
+        );
     }
-    assert!(matches!(value("2", None, &b), Err(MapError::WrongType { .. })));
-    assert!(matches!(value("maybe", None, &b), Err(MapError::WrongType { .. })));
+    assert!(matches!(
+        value("2", None, &b),
+        Err(MapError::WrongType { .. })
+    ));
+    assert!(matches!(
+        value("maybe", None, &b),
+        Err(MapError::WrongType { .. })
+    ));
     let alarm = r#"{"alarm": "ON", "tamper": false, "state": 1}"#;
     assert_eq!(value(alarm, Some("alarm"), &b), Ok(Value::Bool(true)));
     assert_eq!(value(alarm, Some("/tamper"), &b), Ok(Value::Bool(false)));
@@ -60,22 +79,46 @@ fn integers_stay_integers_and_scaling_makes_clean_floats() {
     let i = typing(PointType::I16, 1.0, 0.0);
     assert_eq!(value("-12", None, &i), Ok(Value::Int(-12)));
     assert_eq!(value("{\"v\": \"42\"}", Some("v"), &i), Ok(Value::Int(42)));
-    assert!(matches!(value("40000", None, &i), Err(MapError::OutOfRange { .. })));
-    assert!(matches!(value("1.5", None, &i), Err(MapError::WrongType { .. })));
+    assert!(matches!(
+        value("40000", None, &i),
+        Err(MapError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        value("1.5", None, &i),
+        Err(MapError::WrongType { .. })
+    ));
     let scaled = typing(PointType::U16, 0.1, 0.0);
     assert_eq!(value("123", None, &scaled), Ok(Value::Float(12.3)));
     let f = typing(PointType::F32, 2.0, 1.0);
-    assert_eq!(value("{\"t\": 10.25}", Some("t"), &f), Ok(Value::Float(21.5)));
+    assert_eq!(
+        value("{\"t\": 10.25}", Some("t"), &f),
+        Ok(Value::Float(21.5))
+    );
 }
 
 #[test]
 fn garbage_gives_errors_not_values() {
     let f = typing(PointType::F32, 1.0, 0.0);
-    assert!(matches!(value("{not json", Some("a"), &f), Err(MapError::NotJson(_))));
-    assert!(matches!(value("hello", None, &f), Err(MapError::WrongType { .. })));
-    assert!(matches!(value("NaN", None, &f), Err(MapError::WrongType { .. })));
-    assert!(matches!(value("{\"a\": null}", Some("a"), &f), Err(MapError::Missing(_))));
-    assert!(matches!(value("{\"a\": [1]}", Some("a"), &f), Err(MapError::WrongType { .. })));
+    assert!(matches!(
+        value("{not json", Some("a"), &f),
+        Err(MapError::NotJson(_))
+    ));
+    assert!(matches!(
+        value("hello", None, &f),
+        Err(MapError::WrongType { .. })
+    ));
+    assert!(matches!(
+        value("NaN", None, &f),
+        Err(MapError::WrongType { .. })
+    ));
+    assert!(matches!(
+        value("{\"a\": null}", Some("a"), &f),
+        Err(MapError::Missing(_))
+    ));
+    assert!(matches!(
+        value("{\"a\": [1]}", Some("a"), &f),
+        Err(MapError::WrongType { .. })
+    ));
     let bin = Parsed::new(&[0xff, 0xfe, 0x00], false);
     assert_eq!(bin.get(&Path::Whole), Err(MapError::NotText));
     assert!(Path::parse(Some("a..b")).is_err());
@@ -100,11 +143,23 @@ fn writes_undo_scale_and_use_the_device_words() {
 
 #[test]
 fn status_values_compare_without_case() {
-    assert_eq!(payload::status_of(&Raw::Text("Online"), "online", "offline"), Some(true));
-    assert_eq!(payload::status_of(&Raw::Text("OFFLINE"), "online", "offline"), Some(false));
-    assert_eq!(payload::status_of(&Raw::Bool(true), "true", "false"), Some(true));
+    assert_eq!(
+        payload::status_of(&Raw::Text("Online"), "online", "offline"),
+        Some(true)
+    );
+    assert_eq!(
+        payload::status_of(&Raw::Text("OFFLINE"), "online", "offline"),
+        Some(false)
+    );
+    assert_eq!(
+        payload::status_of(&Raw::Bool(true), "true", "false"),
+        Some(true)
+    );
     assert_eq!(payload::status_of(&Raw::Number(0.0), "1", "0"), Some(false));
-    assert_eq!(payload::status_of(&Raw::Text("rebooting"), "online", "offline"), None);
+    assert_eq!(
+        payload::status_of(&Raw::Text("rebooting"), "online", "offline"),
+        None
+    );
 }
 
 #[test]
@@ -119,7 +174,10 @@ fn topic_filters() {
     assert!(!payload::valid_filter("a/#/b"));
     assert!(!payload::valid_filter("a/b+"));
     assert!(!payload::valid_topic("a/+"));
-    assert_eq!(payload::command_topic("x/{device}/set/{point}", "d", "p"), "x/d/set/p");
+    assert_eq!(
+        payload::command_topic("x/{device}/set/{point}", "d", "p"),
+        "x/d/set/p"
+    );
 }
 
 proptest! {
@@ -265,7 +323,12 @@ fn example_device_loads_and_routes() {
     let mut r = Router::build(&cfg, t0).unwrap();
     assert_eq!(
         r.filters(),
-        vec!["fence/north/energize", "fence/north/state", "fence/north/status", "villas/7/+/panic"]
+        vec![
+            "fence/north/energize",
+            "fence/north/state",
+            "fence/north/status",
+            "villas/7/+/panic"
+        ]
     );
     let ts = Timestamp::now();
     let out = r.on_publish(
@@ -277,16 +340,29 @@ fn example_device_loads_and_routes() {
     );
     assert!(out.problems.is_empty(), "{:?}", out.problems);
     // First message: online, then the readings.
-    assert!(matches!(&out.messages[0], BusMessage::DeviceStatus { online: true, .. }));
-    let BusMessage::Readings { device, readings, replied_at, .. } = &out.messages[1] else {
+    assert!(matches!(
+        &out.messages[0],
+        BusMessage::DeviceStatus { online: true, .. }
+    ));
+    let BusMessage::Readings {
+        device,
+        readings,
+        replied_at,
+        ..
+    } = &out.messages[1]
+    else {
         panic!("{:?}", out.messages)
     };
     assert_eq!(&**device, "fence-north");
     assert_eq!(*replied_at, t0);
     let alarm = cfg.points.find("fence-north/zone-1-alarm").unwrap();
     let volts = cfg.points.find("fence-north/voltage").unwrap();
-    assert!(readings.iter().any(|x| x.point == alarm && x.value == Value::Bool(true)));
-    assert!(readings.iter().any(|x| x.point == volts && x.value == Value::Float(8.2)));
+    assert!(readings
+        .iter()
+        .any(|x| x.point == alarm && x.value == Value::Bool(true)));
+    assert!(readings
+        .iter()
+        .any(|x| x.point == volts && x.value == Value::Float(8.2)));
 
     let out = r.on_publish("villas/7/hall/panic", b"ON", false, t0, ts);
     assert_eq!(out.messages.len(), 2);
@@ -303,7 +379,10 @@ fn garbage_is_a_problem_logged_once_and_the_device_stays_alive() {
     let out = r.on_publish("fence/north/state", b"\x00\xffgarbage", false, t0, ts);
     assert_eq!(out.problems.len(), 2);
     assert!(out.problems.iter().all(|p| p.first));
-    assert!(matches!(&out.messages[..], [BusMessage::DeviceStatus { online: true, .. }]));
+    assert!(matches!(
+        &out.messages[..],
+        [BusMessage::DeviceStatus { online: true, .. }]
+    ));
     let out = r.on_publish("fence/north/state", b"{}", false, t0, ts);
     assert_eq!(out.problems.len(), 2);
     assert!(out.problems.iter().all(|p| !p.first), "{:?}", out.problems);
@@ -313,7 +392,13 @@ fn garbage_is_a_problem_logged_once_and_the_device_stays_alive() {
     assert_eq!(out.messages.len(), 1);
     assert_eq!(out.problems.len(), 1);
     assert!(!out.problems[0].first);
-    let out = r.on_publish("fence/north/state", br#"{"zones": [{"alarm": false}]}"#, false, t0, ts);
+    let out = r.on_publish(
+        "fence/north/state",
+        br#"{"zones": [{"alarm": false}]}"#,
+        false,
+        t0,
+        ts,
+    );
     assert!(out.problems[0].first);
 }
 
@@ -325,9 +410,15 @@ fn status_topic_and_silence_drive_device_status() {
     let ts = Timestamp::now();
     assert_eq!(r.next_deadline(), Some(t0 + Duration::from_secs(30)));
     let out = r.on_publish("fence/north/status", b"online", false, t0, ts);
-    assert!(matches!(&out.messages[..], [BusMessage::DeviceStatus { online: true, .. }]));
+    assert!(matches!(
+        &out.messages[..],
+        [BusMessage::DeviceStatus { online: true, .. }]
+    ));
     let out = r.on_publish("fence/north/status", b"offline", true, t0, ts);
-    assert!(matches!(&out.messages[..], [BusMessage::DeviceStatus { online: false, .. }]));
+    assert!(matches!(
+        &out.messages[..],
+        [BusMessage::DeviceStatus { online: false, .. }]
+    ));
     // Retained data from a device known offline is not taken.
     let out = r.on_publish("fence/north/state", br#"{"voltage": 80}"#, true, t0, ts);
     assert!(out.messages.is_empty());
@@ -337,32 +428,62 @@ fn status_topic_and_silence_drive_device_status() {
     let msgs = r.tick(t0 + Duration::from_secs(59), ts);
     assert!(msgs.is_empty(), "{msgs:?}");
     let msgs = r.tick(t0 + Duration::from_secs(60), ts);
-    assert!(matches!(&msgs[..], [BusMessage::DeviceStatus { online: false, device, .. }] if &**device == "panic-7"));
+    assert!(
+        matches!(&msgs[..], [BusMessage::DeviceStatus { online: false, device, .. }] if &**device == "panic-7")
+    );
 }
 
 fn errors(text: &str) -> Vec<String> {
-    load(text)
-        .map(|_| Vec::new())
-        .unwrap_or_else(|e| e.0.iter().map(|p| format!("{}: {}", p.key, p.message)).collect())
+    load(text).map(|_| Vec::new()).unwrap_or_else(|e| {
+        e.0.iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect()
+    })
 }
 
 #[test]
 fn validation_names_the_protocol_of_each_key() {
-    let e = errors(&CONFIG.replace("id = \"voltage\"", "id = \"voltage\"\nregister = \"holding\"\naddress = 3"));
-    assert!(e.iter().any(|m| m.contains("points[1].register") && m.contains("Modbus key")), "{e:?}");
+    let e = errors(&CONFIG.replace(
+        "id = \"voltage\"",
+        "id = \"voltage\"\nregister = \"holding\"\naddress = 3",
+    ));
+    assert!(
+        e.iter()
+            .any(|m| m.contains("points[1].register") && m.contains("Modbus key")),
+        "{e:?}"
+    );
     assert!(e.iter().any(|m| m.contains("points[1].address")), "{e:?}");
-    let e = errors(&CONFIG.replace("[devices.mqtt]\nsilence_timeout_s = 60", "[devices.mqtt]\nsilence_timeout_s = 60\n[devices.modbus]\nhost = \"10.0.0.1\""));
-    assert!(e.iter().any(|m| m.contains("exactly one protocol")), "{e:?}");
+    let e = errors(&CONFIG.replace(
+        "[devices.mqtt]\nsilence_timeout_s = 60",
+        "[devices.mqtt]\nsilence_timeout_s = 60\n[devices.modbus]\nhost = \"10.0.0.1\"",
+    ));
+    assert!(
+        e.iter().any(|m| m.contains("exactly one protocol")),
+        "{e:?}"
+    );
     let e = errors(&CONFIG.replace("[site_broker]\nhost = \"127.0.0.1\"\n", ""));
     assert!(e.iter().any(|m| m.contains("no [site_broker]")), "{e:?}");
-    let e = errors(&CONFIG.replace("topic = \"energize\"", "topic = \"energize\"\nfilter = \"x\""));
+    let e = errors(&CONFIG.replace(
+        "topic = \"energize\"",
+        "topic = \"energize\"\nfilter = \"x\"",
+    ));
     assert!(e.iter().any(|m| m.contains("not both")), "{e:?}");
     let e = errors(&CONFIG.replace("command_topic = \"fence/north/set/{point}\"\n", ""));
-    assert!(e.iter().any(|m| m.contains("points[2].writable") && m.contains("command_topic")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|m| m.contains("points[2].writable") && m.contains("command_topic")),
+        "{e:?}"
+    );
     let e = errors(&CONFIG.replace("path = \"voltage\"", "path = \"a..b\""));
     assert!(e.iter().any(|m| m.contains("mqtt.path")), "{e:?}");
-    let e = errors(&CONFIG.replace("filter = \"villas/7/+/panic\"", "filter = \"villas/#/panic\""));
-    assert!(e.iter().any(|m| m.contains("not a valid topic filter")), "{e:?}");
+    let e = errors(&CONFIG.replace(
+        "filter = \"villas/7/+/panic\"",
+        "filter = \"villas/#/panic\"",
+    ));
+    assert!(
+        e.iter().any(|m| m.contains("not a valid topic filter")),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -385,7 +506,11 @@ address = 1
 topic = "x"
 "#;
     let e = errors(text);
-    assert!(e.iter().any(|m| m.contains("points[0].mqtt") && m.contains("speaks Modbus")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|m| m.contains("points[0].mqtt") && m.contains("speaks Modbus")),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -395,7 +520,11 @@ fn embedded_broker_off_loopback_needs_accounts() {
         "[site_broker]\n[site_broker.embedded]\nlisten = \"0.0.0.0:1883\"\n",
     );
     let e = errors(&base);
-    assert!(e.iter().any(|m| m.contains("embedded.listen") && m.contains("authentication is required")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|m| m.contains("embedded.listen") && m.contains("authentication is required")),
+        "{e:?}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let pw = dir.path().join("pw");
     std::fs::write(&pw, "fence-secret\n").unwrap();
@@ -430,5 +559,7 @@ fn embedded_broker_off_loopback_needs_accounts() {
 fn a_device_without_liveness_is_a_warning() {
     let text = CONFIG.replace("[devices.mqtt]\nsilence_timeout_s = 60", "[devices.mqtt]");
     let cfg = load(&text).unwrap();
-    assert!(cfg.warnings.iter().any(|w| w.message.contains("neither status_topic nor silence_timeout_s")));
+    assert!(cfg.warnings.iter().any(|w| w
+        .message
+        .contains("neither status_topic nor silence_timeout_s")));
 }

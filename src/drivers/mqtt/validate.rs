@@ -41,7 +41,9 @@ pub fn validate(c: &Config, point_key: &dyn Fn(usize, usize) -> KeyPath) -> Vec<
                 sk.clone(),
                 "set host (an existing broker) or [site_broker.embedded]".into(),
             ),
-            (Some(h), None) if h.trim().is_empty() => err(sk.key("host"), "must not be empty".into()),
+            (Some(h), None) if h.trim().is_empty() => {
+                err(sk.key("host"), "must not be empty".into())
+            }
             _ => {}
         }
         if sb.port == Some(0) {
@@ -53,13 +55,19 @@ pub fn validate(c: &Config, point_key: &dyn Fn(usize, usize) -> KeyPath) -> Vec<
             }
         }
         if !(1.0..=3600.0).contains(&sb.keepalive.as_secs_f64()) {
-            err(sk.key("keepalive_s"), "must be between 1 and 3600 seconds".into());
+            err(
+                sk.key("keepalive_s"),
+                "must be between 1 and 3600 seconds".into(),
+            );
         }
         if sb.reconnect_min.is_zero() {
             err(sk.key("reconnect_min_s"), "must be greater than 0".into());
         }
         if sb.reconnect_max < sb.reconnect_min {
-            err(sk.key("reconnect_max_s"), "must be at least reconnect_min_s".into());
+            err(
+                sk.key("reconnect_max_s"),
+                "must be at least reconnect_min_s".into(),
+            );
         }
         if sb.qos > 1 {
             err(sk.key("qos"), "must be 0 or 1".into());
@@ -83,7 +91,7 @@ pub fn validate(c: &Config, point_key: &dyn Fn(usize, usize) -> KeyPath) -> Vec<
                 if set {
                     err(
                         sk.key(name),
-                        format!("not used with [site_broker.embedded] (the gateway connects to its own broker)"),
+                        "not used with [site_broker.embedded] (the gateway connects to its own broker)".into(),
                     );
                 }
             }
@@ -111,7 +119,10 @@ pub fn validate(c: &Config, point_key: &dyn Fn(usize, usize) -> KeyPath) -> Vec<
                 if u.username.is_empty() {
                     err(uk.key("username"), "must not be empty".into());
                 } else if !names.insert(u.username.as_str()) {
-                    err(uk.key("username"), format!("duplicate user {:?}", u.username));
+                    err(
+                        uk.key("username"),
+                        format!("duplicate user {:?}", u.username),
+                    );
                 }
                 if let Err(e) = u.password.resolve() {
                     err(uk.key("password"), e.to_string());
@@ -147,7 +158,10 @@ pub fn validate(c: &Config, point_key: &dyn Fn(usize, usize) -> KeyPath) -> Vec<
         if c.site_broker.is_none() {
             err(
                 mk.clone(),
-                format!("device {:?} speaks MQTT but there is no [site_broker]", d.id),
+                format!(
+                    "device {:?} speaks MQTT but there is no [site_broker]",
+                    d.id
+                ),
             );
         }
         if let Some(prefix) = &m.topic_prefix {
@@ -160,14 +174,20 @@ pub fn validate(c: &Config, point_key: &dyn Fn(usize, usize) -> KeyPath) -> Vec<
         }
         if let Some(t) = &m.status_topic {
             if !payload::valid_topic(t) {
-                err(mk.key("status_topic"), format!("{t:?} is not a topic (no wildcards)"));
+                err(
+                    mk.key("status_topic"),
+                    format!("{t:?} is not a topic (no wildcards)"),
+                );
             }
         }
         if let Err(e) = Path::parse(m.status_path.as_deref()) {
             err(mk.key("status_path"), e.to_string());
         }
         if m.online_value.eq_ignore_ascii_case(&m.offline_value) {
-            err(mk.key("offline_value"), "must differ from online_value".into());
+            err(
+                mk.key("offline_value"),
+                "must differ from online_value".into(),
+            );
         }
         if m.status_topic.is_none() && m.silence_timeout.is_none() {
             warnings.push(MqttFinding {
@@ -210,20 +230,31 @@ pub fn validate(c: &Config, point_key: &dyn Fn(usize, usize) -> KeyPath) -> Vec<
             };
             let qk = pk.key("mqtt");
             match (&pm.topic, &pm.filter) {
-                (Some(_), Some(_)) => err(qk.key("filter"), "set `topic` or `filter`, not both".into()),
-                (None, None) => err(qk.clone(), "set `topic` (after topic_prefix) or `filter`".into()),
+                (Some(_), Some(_)) => {
+                    err(qk.key("filter"), "set `topic` or `filter`, not both".into())
+                }
+                (None, None) => err(
+                    qk.clone(),
+                    "set `topic` (after topic_prefix) or `filter`".into(),
+                ),
                 (Some(t), None) => {
                     let full = match &m.topic_prefix {
                         Some(prefix) => format!("{prefix}/{t}"),
                         None => t.clone(),
                     };
                     if !payload::valid_filter(&full) {
-                        err(qk.key("topic"), format!("{full:?} is not a valid topic filter"));
+                        err(
+                            qk.key("topic"),
+                            format!("{full:?} is not a valid topic filter"),
+                        );
                     }
                 }
                 (None, Some(f)) => {
                     if !payload::valid_filter(f) {
-                        err(qk.key("filter"), format!("{f:?} is not a valid topic filter"));
+                        err(
+                            qk.key("filter"),
+                            format!("{f:?} is not a valid topic filter"),
+                        );
                     }
                 }
             }
