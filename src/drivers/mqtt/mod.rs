@@ -35,6 +35,7 @@ use crate::drivers::write::Writers;
 use crate::point::BusMessage;
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -122,7 +123,10 @@ pub async fn spawn(
     for d in router.devices() {
         writers.insert(d.id.clone(), wtx.clone());
     }
-    let handle = tokio::spawn(task::run(cfg.clone(), conn, router, bus, wrx, shutdown));
+    let span = tracing::info_span!("site_broker", host = %conn.host, port = conn.port);
+    let handle = tokio::spawn(
+        task::run(cfg.clone(), conn, router, bus, wrx, shutdown).instrument(span),
+    );
     Ok(vec![handle])
 }
 

@@ -154,9 +154,6 @@ pub async fn run(
     mut writes: mpsc::Receiver<WriteRequest>,
     shutdown: CancellationToken,
 ) {
-    let span = tracing::info_span!("site_broker", host = %conn.host, port = conn.port);
-    let _enter = span.enter();
-    drop(_enter);
     let options = loop {
         match options(&conn) {
             Ok(o) => break o,
@@ -233,10 +230,13 @@ pub async fn run(
                     if held {
                         backoff.reset();
                     }
+                    let was_connected = d.connected;
                     d.on_disconnect(&e);
                     failures += 1;
-                    if failures == 1 {
+                    if was_connected {
                         warn!(error = %e, "site broker connection lost; reconnecting");
+                    } else if failures == 1 {
+                        warn!(error = %e, "cannot connect to the site broker; retrying");
                     } else {
                         debug!(error = %e, failures, "site broker still unreachable");
                     }
