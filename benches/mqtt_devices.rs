@@ -13,7 +13,8 @@
 //!    points each from 50 devices); messages turned into bus readings per
 //!    second. Also the router alone (payload mapping, no I/O).
 //!
-//! Run with `cargo bench --bench mqtt_devices` (or `scripts/bench mqtt`).
+//! Run with `cargo bench --bench mqtt_devices` (or `scripts/bench mqtt`);
+//! `JOURNAL_FSYNC=false` shows the share of the journal's fsync.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -48,6 +49,7 @@ gateway = "gw"
 level = "warn"
 [journal]
 path = "{journal}"
+fsync = {fsync}
 [uplink]
 host = "127.0.0.1"
 port = {central}
@@ -57,7 +59,8 @@ enabled = false
 host = "127.0.0.1"
 port = {site}
 "#,
-        journal = journal.display()
+        journal = journal.display(),
+        fsync = std::env::var("JOURNAL_FSYNC").map(|v| v != "false").unwrap_or(true),
     );
     for d in 0..DEVICES {
         s += &format!(
@@ -221,6 +224,7 @@ fn latency(central: &Mosquitto, site: &Mosquitto) {
         "{}",
         serde_json::json!({
             "bench": "mqtt_message_to_platform_alarm",
+            "journal_fsync": std::env::var("JOURNAL_FSYNC").map(|v| v != "false").unwrap_or(true),
             "samples": lat.len(),
             "lost": lost,
             "p50_ms": (pct(&lat, 0.5) * 1000.0).round() / 1000.0,
