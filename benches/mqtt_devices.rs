@@ -60,7 +60,9 @@ host = "127.0.0.1"
 port = {site}
 "#,
         journal = journal.display(),
-        fsync = std::env::var("JOURNAL_FSYNC").map(|v| v != "false").unwrap_or(true),
+        fsync = std::env::var("JOURNAL_FSYNC")
+            .map(|v| v != "false")
+            .unwrap_or(true),
     );
     for d in 0..DEVICES {
         s += &format!(
@@ -158,8 +160,12 @@ fn client_thread(
 }
 
 fn main() {
-    let Some(central) = Mosquitto::start_or_skip() else { return };
-    let Some(site) = Mosquitto::start_or_skip() else { return };
+    let Some(central) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let Some(site) = Mosquitto::start_or_skip() else {
+        return;
+    };
     latency(&central, &site);
     ingest(&site);
     router_alone();
@@ -170,7 +176,11 @@ fn latency(central: &Mosquitto, site: &Mosquitto) {
     let dir = tempfile::tempdir().unwrap();
     let text = config(central.port(), site.port(), &dir.path().join("journal"));
     let cfg = load_str(&text, std::path::Path::new("bench.toml")).unwrap();
-    let (_sub, events) = client_thread(central.port(), "bench-platform", Some("estate/v1/bench/gw/events"));
+    let (_sub, events) = client_thread(
+        central.port(),
+        "bench-platform",
+        Some("estate/v1/bench/gw/events"),
+    );
     let (device, _) = client_thread(site.port(), "bench-device", None);
     // The gateway: one single-threaded runtime, as `estate-gateway run`.
     let stop = CancellationToken::new();
@@ -212,7 +222,11 @@ fn latency(central: &Mosquitto, site: &Mosquitto) {
         let sent = Instant::now();
         rt.block_on(device.publish("fence/7/state", QoS::AtLeastOnce, false, payload))
             .unwrap();
-        let kind = if alarm { "alarm.raised" } else { "alarm.cleared" };
+        let kind = if alarm {
+            "alarm.raised"
+        } else {
+            "alarm.cleared"
+        };
         match wait_kind(kind, Duration::from_secs(5)) {
             Some(at) => lat.push((at - sent).as_secs_f64() * 1000.0),
             None => lost += 1,
@@ -253,9 +267,10 @@ fn ingest(site: &Mosquitto) {
         rt.block_on(async move {
             let stop = CancellationToken::new();
             let mut writers = Writers::new();
-            let _tasks = estate_gateway::drivers::mqtt::spawn(&cfg, bus_tx, stop.clone(), &mut writers)
-                .await
-                .unwrap();
+            let _tasks =
+                estate_gateway::drivers::mqtt::spawn(&cfg, bus_tx, stop.clone(), &mut writers)
+                    .await
+                    .unwrap();
             let _ = subscribed_tx.send(());
             let mut got = 0u64;
             let mut first: Option<Instant> = None;
@@ -336,7 +351,13 @@ fn router_alone() {
     let mut r = estate_gateway::drivers::mqtt::router::Router::build(&cfg, Instant::now()).unwrap();
     let topics: Vec<String> = (0..DEVICES).map(|d| format!("fence/{d}/state")).collect();
     let payloads: Vec<Vec<u8>> = (0..50)
-        .map(|i| format!(r#"{{"voltage": {}, "zones": [{{"alarm": false}}]}}"#, 800 + i).into_bytes())
+        .map(|i| {
+            format!(
+                r#"{{"voltage": {}, "zones": [{{"alarm": false}}]}}"#,
+                800 + i
+            )
+            .into_bytes()
+        })
         .collect();
     let n = 1_000_000usize;
     let ts = estate_gateway::event::Timestamp::now();

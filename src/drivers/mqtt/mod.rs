@@ -35,9 +35,9 @@ use crate::drivers::write::Writers;
 use crate::point::BusMessage;
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use tracing::Instrument;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Writes queued for the connection task, at most.
 const WRITE_QUEUE: usize = 64;
@@ -124,9 +124,8 @@ pub async fn spawn(
         writers.insert(d.id.clone(), wtx.clone());
     }
     let span = tracing::info_span!("site_broker", host = %conn.host, port = conn.port);
-    let handle = tokio::spawn(
-        task::run(cfg.clone(), conn, router, bus, wrx, shutdown).instrument(span),
-    );
+    let handle =
+        tokio::spawn(task::run(cfg.clone(), conn, router, bus, wrx, shutdown).instrument(span));
     Ok(vec![handle])
 }
 
