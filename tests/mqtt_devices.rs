@@ -11,6 +11,8 @@ mod common;
 mod mosquitto;
 #[path = "common/mqtt_device.rs"]
 mod mqtt_device;
+#[path = "common/pki.rs"]
+mod pki;
 
 use common::gateway::GatewayProc;
 use common::mqtt_sub::MqttSub;
@@ -659,6 +661,83 @@ fn the_driver_survives_a_site_broker_restart() {
         &sub,
         10,
         "alarm after the broker restart",
+        raised("fence-north/zone-1-alarm"),
+    );
+}
+
+/// The site broker over mutual TLS with a user name and password, as the
+/// uplink does; the device publishes with mosquitto_pub over the same TLS.
+#[test]
+fn site_broker_over_tls_with_credentials() {
+    let Some(central) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let tools = common::peer_or_skip(
+        "openssl + mosquitto_passwd + mosquitto_pub",
+        (pki::tools_present() && common::which("mosquitto_pub").is_some()).then_some(()),
+        "install openssl and mosquitto-clients",
+    );
+    if tools.is_none() {
+        return;
+    }
+    let Some(site_broker) = Mosquitto::start_with_or_skip(|dir| {
+        pki::make(dir, "gw-devices");
+        format!(
+            "cafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
+             require_certificate true\nallow_anonymous false\npassword_file {d}/passwd\n",
+            d = dir.display()
+        )
+    }) else {
+        return;
+    };
+    let d = site_broker.dir().display().to_string();
+    std::fs::write(
+        site_broker.dir().join("gw.pw"),
+        format!("{}\n", pki::PASSWORD),
+    )
+    .unwrap();
+    let tls = format!(
+        "[site_broker]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"gw-devices\"\n\
+         password = {{ file = \"{d}/gw.pw\" }}\nreconnect_min_s = 0.2\nreconnect_max_s = 1\n\
+         [site_broker.tls]\nca_file = \"{d}/ca.pem\"\ncert_file = \"{d}/client.pem\"\nkey_file = \"{d}/client.key\"\n",
+        port = site_broker.port()
+    );
+    let cfg = config(central.port(), &tls, "silence_timeout_s = 30");
+    let (_gw, sub) = start_gateway("mqtt-tls", &central, &cfg);
+    let out = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &site_broker.port().to_string(),
+            "-q",
+            "1",
+        ])
+        .args(["--cafile", &format!("{d}/ca.pem")])
+        .args([
+            "--cert",
+            &format!("{d}/client.pem"),
+            "--key",
+            &format!("{d}/client.key"),
+        ])
+        .args(["-u", "gw-devices", "-P", pki::PASSWORD, "-i", "fence-north"])
+        .args([
+            "-t",
+            "fence/north/state",
+            "-m",
+            r#"{"voltage": 82, "zones": [{"alarm": true}]}"#,
+        ])
+        .output()
+        .expect("mosquitto_pub");
+    assert!(
+        out.status.success(),
+        "mosquitto_pub over TLS: {out:?}\n{}",
+        site_broker.log()
+    );
+    wait_event(
+        &sub,
+        10,
+        "alarm over a TLS site broker",
         raised("fence-north/zone-1-alarm"),
     );
 }
