@@ -18,6 +18,8 @@ use rumqttc::{
     SubscribeFilter, Transport,
 };
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -166,7 +168,7 @@ pub async fn run(
             }
         }
     };
-    let (client, mut el) = new_link(&options, &conn);
+    let (client, el) = new_link(&options, &conn);
     let qos = if conn.qos == 0 {
         QoS::AtMostOnce
     } else {
@@ -201,9 +203,15 @@ pub async fn run(
     };
     let mut backoff = Backoff::new(conn.reconnect_min, conn.reconnect_max);
     let mut failures: u32 = 0;
+    // The poll future owns the event loop and is never cancelled half-way
+    // (a request rumqttc had taken could be lost); other branches of the
+    // select leave it parked.
+    let mut poller: Option<PollFuture> = Some(poll_once(Box::new(el)));
+    // While waiting to reconnect: the fresh event loop and when to poll it.
+    let mut parked: Option<(Box<EventLoop>, tokio::time::Instant)> = None;
     loop {
         let now = Instant::now();
-        let wake = [
+        let mut wake = [
             d.router.next_deadline(),
             d.releases.iter().map(|r| r.0).min(),
         ]
@@ -212,11 +220,15 @@ pub async fn run(
         .min()
         .unwrap_or(now + MAX_TICK)
         .min(now + MAX_TICK);
+        if let Some((_, at)) = &parked {
+            wake = wake.min(at.into_std());
+        }
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            polled = el.poll() => match polled {
+            (el, polled) = next_poll(&mut poller) => match polled {
                 Ok(ev) => {
+                    poller = Some(poll_once(el));
                     if failures > 0 && matches!(ev, Event::Incoming(Incoming::ConnAck(_))) {
                         info!(after_failures = failures, "site broker connection restored");
                         failures = 0;
@@ -226,7 +238,10 @@ pub async fn run(
                     }
                 }
                 Err(e) => {
-                    let held = d.connected_at.map(|t| t.elapsed() >= STABLE_CONNECTION).unwrap_or(false);
+                    let held = d
+                        .connected_at
+                        .map(|t| t.elapsed() >= STABLE_CONNECTION)
+                        .unwrap_or(false);
                     if held {
                         backoff.reset();
                     }
@@ -243,28 +258,23 @@ pub async fn run(
                     // Nothing of this connection may leak into the next:
                     // a fresh client drops requests still queued (a write
                     // whose caller was told it failed must not go out later).
-                    (d.client, el) = new_link(&options, &conn);
+                    drop(el);
+                    let (client, fresh) = new_link(&options, &conn);
+                    d.client = client;
                     let delay = backoff.next_delay(fastrand::f64());
-                    let until = tokio::time::Instant::now() + delay;
-                    // Keep checking silence and serving writes (refused)
-                    // while waiting.
-                    loop {
-                        let wake = d.router.next_deadline().map(tokio::time::Instant::from_std);
-                        let wake = wake.map(|w| w.min(until)).unwrap_or(until);
-                        tokio::select! {
-                            biased;
-                            _ = shutdown.cancelled() => { d.fail_all(WriteError::ShuttingDown); return; }
-                            _ = tokio::time::sleep_until(wake) => {
-                                if d.tick().await.is_err() { return; }
-                                if tokio::time::Instant::now() >= until { break; }
-                            }
-                            Some(w) = writes.recv() => d.on_write(w),
-                        }
-                    }
+                    parked = Some((Box::new(fresh), tokio::time::Instant::now() + delay));
+                    poller = None;
                 }
             },
             Some(w) = writes.recv() => d.on_write(w),
             _ = tokio::time::sleep_until(wake.into()) => {
+                if let Some((el, at)) = parked.take() {
+                    if tokio::time::Instant::now() >= at {
+                        poller = Some(poll_once(el));
+                    } else {
+                        parked = Some((el, at));
+                    }
+                }
                 if d.tick().await.is_err() {
                     break;
                 }
@@ -274,15 +284,37 @@ pub async fn run(
     d.fail_all(WriteError::ShuttingDown);
     let _ = d.client.try_disconnect();
     // Give the DISCONNECT a moment to go out.
-    let _ = tokio::time::timeout(Duration::from_millis(200), async {
-        while let Ok(ev) = el.poll().await {
-            if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
-                break;
+    if let Some(mut p) = poller.take() {
+        let _ = tokio::time::timeout(Duration::from_millis(200), async move {
+            loop {
+                let (el, r) = p.await;
+                match r {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => p = poll_once(el),
+                }
             }
-        }
-    })
-    .await;
+        })
+        .await;
+    }
     info!("MQTT device driver stopped");
+}
+
+type PollOutput = (Box<EventLoop>, Result<Event, ConnectionError>);
+type PollFuture = Pin<Box<dyn Future<Output = PollOutput> + Send>>;
+
+/// Poll once, owning the event loop (handed back with the result).
+fn poll_once(mut el: Box<EventLoop>) -> PollFuture {
+    Box::pin(async move {
+        let r = el.poll().await;
+        (el, r)
+    })
+}
+
+async fn next_poll(p: &mut Option<PollFuture>) -> PollOutput {
+    match p {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The bus is closed: the gateway is stopping.
