@@ -35,6 +35,8 @@ pub struct Gateway {
     pub journal: Journal,
     pub status: Arc<GatewayStatus>,
     pub alarm_requests: mpsc::Sender<AlarmRequest>,
+    /// Writes to field devices (MQTT devices so far), by device id.
+    pub writers: crate::drivers::write::Writers,
     shutdown: CancellationToken,
     done: tokio::task::JoinHandle<()>,
 }
@@ -70,7 +72,13 @@ impl Gateway {
         let (req_tx, req_rx) = mpsc::channel::<AlarmRequest>(64);
         let (cmd_tx, cmd_rx) = mpsc::channel::<IncomingCommand>(64);
 
-        let drivers = modbus::spawn(&cfg, bus_tx.clone(), shutdown.child_token());
+        let mut writers = crate::drivers::write::Writers::new();
+        let mut drivers = modbus::spawn(&cfg, bus_tx.clone(), shutdown.child_token());
+        drivers.extend(
+            crate::drivers::mqtt::spawn(&cfg, bus_tx.clone(), shutdown.child_token(), &mut writers)
+                .await
+                .context("starting the MQTT device driver")?,
+        );
         let alarm = tokio::spawn(alarm_task::run(
             cfg.clone(),
             journal.clone(),
@@ -133,6 +141,7 @@ impl Gateway {
             journal,
             status,
             alarm_requests: req_tx,
+            writers,
             shutdown,
             done,
         })

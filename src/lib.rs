@@ -4,13 +4,14 @@
 //!
 //! ```text
 //! drivers/ ──BusMessage──▶ alarm/ (engine task) ──NewEvent──▶ journal/ ──▶ uplink/
-//!  modbus                  telemetry/ (by exception) ─────────▶ journal/      (central platform)
+//!  modbus, mqtt            telemetry/ (by exception) ─────────▶ journal/      (central platform)
 //! ```
 //!
 //! - [`config`]: the typed TOML file, loading and validation (every problem at once).
 //! - [`event`]: the one event type, serialized as the uplink contract says.
 //! - [`point`]: point values, qualities and the bus messages drivers send.
-//! - [`drivers`]: field protocols (Modbus TCP/RTU), one task each, never dying.
+//! - [`drivers`]: field protocols (Modbus TCP/RTU, MQTT devices and the
+//!   embedded site broker), one task each, never dying.
 //! - [`alarm`]: rules, ISA-18.2 states, latching, delays (pure), and its task.
 //! - [`telemetry`]: report by exception (pure).
 //! - [`journal`]: durable event log on sled with per-sink cursors.

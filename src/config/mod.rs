@@ -35,6 +35,9 @@ pub struct Config {
     pub journal: JournalConfig,
     /// The central platform's broker (`[uplink]`).
     pub uplink: UplinkConfig,
+    /// The site's MQTT broker for MQTT field devices (`[site_broker]`).
+    #[serde(default)]
+    pub site_broker: Option<crate::drivers::mqtt::SiteBrokerConfig>,
     /// Telemetry by exception (`[telemetry]`).
     #[serde(default)]
     pub telemetry: TelemetryConfig,

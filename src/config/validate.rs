@@ -218,15 +218,23 @@ pub(super) fn validate(c: &Config, origins: &super::profiles::Origins) -> Vec<Fi
         if d.offline_after == 0 {
             f.err(k.key("offline_after"), "must be at least 1");
         }
-        match &d.modbus {
-            None => f.err(
+        match (&d.modbus, &d.mqtt) {
+            (None, None) => f.err(
                 k.clone(),
                 format!(
-                    "device {:?} has no protocol section (add [devices.modbus])",
+                    "device {:?} has no protocol section (add [devices.modbus] or [devices.mqtt])",
                     d.id
                 ),
             ),
-            Some(m) => {
+            (Some(_), Some(_)) => f.err(
+                k.key("mqtt"),
+                format!(
+                    "device {:?} has both [devices.modbus] and [devices.mqtt]: a device speaks exactly one protocol",
+                    d.id
+                ),
+            ),
+            (None, Some(_)) => {}
+            (Some(m), None) => {
                 let mk = k.key("modbus");
                 match (&m.host, &m.bus) {
                     (Some(h), None) => {
@@ -379,6 +387,21 @@ pub(super) fn validate(c: &Config, origins: &super::profiles::Origins) -> Vec<Fi
                     );
                 }
             }
+        }
+    }
+
+    // [site_broker], MQTT devices and their points.
+    let point_key = |di: usize, pi: usize| {
+        origins
+            .get(di)
+            .map(|o| o.point_key(di, pi))
+            .unwrap_or_else(|| root.key("devices").index(di).key("points").index(pi))
+    };
+    for m in crate::drivers::mqtt::validate(c, &point_key) {
+        if m.warning {
+            f.warn(m.key, m.message);
+        } else {
+            f.err(m.key, m.message);
         }
     }
 

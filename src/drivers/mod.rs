@@ -5,6 +5,7 @@
 //! lives here; protocol settings sit in each driver's own `config.rs`.
 
 pub mod modbus;
+pub mod mqtt;
 pub mod write;
 
 use crate::event::Category;
@@ -57,6 +58,10 @@ pub struct DeviceConfig {
     /// Modbus settings (TCP endpoint or RS-485 bus and unit id).
     #[serde(default)]
     pub modbus: Option<modbus::ModbusDeviceConfig>,
+    /// MQTT settings (topics, liveness, command topic). A device has exactly
+    /// one of `modbus` or `mqtt`.
+    #[serde(default)]
+    pub mqtt: Option<mqtt::MqttDeviceConfig>,
     /// Id of a `[[profiles]]` entry whose points this device has (before
     /// its own `points`): identical devices share one point list.
     #[serde(default)]
@@ -199,6 +204,11 @@ pub struct PointConfig {
     /// May commands write this point (issue `write_point`)? Default `false`.
     #[serde(default)]
     pub writable: bool,
+    /// MQTT devices only: where the value comes from (topic, payload path)
+    /// and where writes go. Modbus keys (`register`, `address`, `bit`,
+    /// byte and word order) do not apply to MQTT points.
+    #[serde(default)]
+    pub mqtt: Option<mqtt::MqttPointConfig>,
 }
 
 fn default_type() -> PointType {
@@ -228,6 +238,7 @@ impl PointConfig {
             zone: None,
             telemetry: true,
             writable: false,
+            mqtt: None,
         }
     }
 }

@@ -18,7 +18,7 @@ mod config;
 pub mod payload;
 pub mod state;
 mod task;
-mod tls;
+pub(crate) mod tls;
 
 pub use config::{TlsConfig, UplinkConfig};
 
