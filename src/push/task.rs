@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Events read from the journal per batch.
 const READ_BATCH: usize = 256;
+/// How long a push in flight at shutdown may still take.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Wait after a journal error before trying again.
 const JOURNAL_RETRY: Duration = Duration::from_secs(1);
 
@@ -27,6 +29,11 @@ const JOURNAL_RETRY: Duration = Duration::from_secs(1);
 pub trait Clock: Send + Sync + 'static {
     /// Unix milliseconds.
     fn now_ms(&self) -> i64;
+    /// Notified when the clock jumps (a fake clock in tests); tasks waiting
+    /// for a deadline look at the time again.
+    fn jumps(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// The system clock.
@@ -154,8 +161,16 @@ async fn wait(
         None => Duration::from_secs(60),
     }
     .min(Duration::from_secs(60));
+    let jumps = clock.jumps();
+    let jumped = async {
+        match &jumps {
+            Some(n) => n.notified().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = shutdown.cancelled() => false,
+        _ = jumped => true,
         _ = tokio::time::sleep(sleep) => true,
         r = head.changed() => {
             if r.is_err() {
@@ -255,9 +270,19 @@ async fn run_channel(
                     .collect();
                 let notice = notice(&ctx, &ch, &wording, &items, summary);
                 let attempt = outbox.failures() + 1;
+                let delivery =
+                    deliver(&client, &ch, &creds, &notice, ctx.clock.as_ref(), &mut sms_done);
+                tokio::pin!(delivery);
                 let result = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    r = deliver(&client, &ch, &creds, &notice, ctx.clock.as_ref(), &mut sms_done) => r,
+                    r = &mut delivery => r,
+                    _ = shutdown.cancelled() => {
+                        // Let a request in flight finish (briefly), so a
+                        // clean stop does not repeat a push after restart.
+                        match tokio::time::timeout(SHUTDOWN_GRACE, &mut delivery).await {
+                            Ok(r) => r,
+                            Err(_) => break,
+                        }
+                    }
                 };
                 let now = ctx.clock.now_ms();
                 let ids: Vec<&str> = items.iter().map(|(_, r)| r.alarm.id.as_str()).collect();
@@ -265,6 +290,17 @@ async fn run_channel(
                     Ok(requests) => {
                         sms_done.clear();
                         outbox.delivered(&seqs, summary, requests, now);
+                        // Move the cursor at once: the window in which a
+                        // crash repeats this push is as short as it can be.
+                        let upto = outbox.ack_upto();
+                        if upto > acked {
+                            match ctx.journal.ack_events(&sink, upto) {
+                                Ok(()) => acked = upto,
+                                Err(e) => {
+                                    tracing::error!(error = %e, "push: moving the cursor failed")
+                                }
+                            }
+                        }
                         ctx.status.pushes_sent.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(
                             delivery = %notice.delivery_id,

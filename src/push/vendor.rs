@@ -20,7 +20,7 @@
 use super::config::{ChannelConfig, ChannelKind, Format};
 use crate::config::secret::Secret;
 use base64::Engine;
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::json;
 
 /// Header carrying the generic webhook's timestamp (Unix seconds).
@@ -76,8 +76,17 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// Everything but RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`)
+/// is percent-encoded, as Python's `quote_plus` and Java's `URLEncoder` do
+/// for the characters that can occur here.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 fn url_encode(s: &str) -> String {
-    utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
+    utf8_percent_encode(s, QUERY_VALUE).to_string()
 }
 
 /// DingTalk's `sign` query value: URL-encoded base64 of
