@@ -270,19 +270,21 @@ async fn run_channel(
                     .collect();
                 let notice = notice(&ctx, &ch, &wording, &items, summary);
                 let attempt = outbox.failures() + 1;
-                let delivery =
-                    deliver(&client, &ch, &creds, &notice, ctx.clock.as_ref(), &mut sms_done);
-                tokio::pin!(delivery);
-                let result = tokio::select! {
-                    r = &mut delivery => r,
-                    _ = shutdown.cancelled() => {
+                let result = {
+                    let delivery =
+                        deliver(&client, &ch, &creds, &notice, ctx.clock.as_ref(), &mut sms_done);
+                    tokio::pin!(delivery);
+                    tokio::select! {
+                        r = &mut delivery => Some(r),
                         // Let a request in flight finish (briefly), so a
                         // clean stop does not repeat a push after restart.
-                        match tokio::time::timeout(SHUTDOWN_GRACE, &mut delivery).await {
-                            Ok(r) => r,
-                            Err(_) => break,
+                        _ = shutdown.cancelled() => {
+                            tokio::time::timeout(SHUTDOWN_GRACE, &mut delivery).await.ok()
                         }
                     }
+                };
+                let Some(result) = result else {
+                    break;
                 };
                 let now = ctx.clock.now_ms();
                 let ids: Vec<&str> = items.iter().map(|(_, r)| r.alarm.id.as_str()).collect();
