@@ -385,6 +385,13 @@ pub fn validate(c: &PushConfig, base: &KeyPath) -> Vec<(KeyPath, String)> {
         if ch.kind == ChannelKind::Sms && ch.secret.is_some() != ch.auth_header.is_some() {
             err(at("auth_header"), "`secret` and `auth_header` go together".into());
         }
+        if c.enabled {
+            for (key, src) in [("key", &ch.key), ("secret", &ch.secret)] {
+                if let Some(Err(e)) = src.as_ref().map(|s| s.resolve()) {
+                    err(at(key), e.to_string());
+                }
+            }
+        }
         if !matches!(ch.method.as_str(), "POST" | "GET") {
             err(at("method"), "must be POST or GET".into());
         }
