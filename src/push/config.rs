@@ -487,6 +487,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn validation_names_every_problem() {
+        let c: PushConfig = toml::from_str(
+            r#"
+            utc_offset = "8"
+            [[channels]]
+            name = "Hook"
+            kind = "webhook"
+            [[channels]]
+            name = "ding"
+            kind = "dingtalk"
+            key = { env = "ESTATE_GW_TEST_SURELY_UNSET" }
+            [[tiers]]
+            name = "guards"
+            channels = ["nope"]
+            quiet_hours = { start = "25:00", end = "07:00" }
+            [[rules]]
+            name = "r"
+            priorities = [0]
+            tiers = ["managers"]
+            "#,
+        )
+        .unwrap();
+        let problems: Vec<String> = validate(&c, &KeyPath::root().key("push"))
+            .into_iter()
+            .map(|(k, m)| format!("{k}: {m}"))
+            .collect();
+        for want in [
+            "push.utc_offset",
+            "push.channels[0].name",
+            "push.channels[0].url: required",
+            "push.channels[0].secret: required",
+            "push.channels[1].key: environment variable",
+            "push.tiers[0].channels: no channel named \"nope\"",
+            "push.tiers[0].quiet_hours.start",
+            "push.rules[0].priorities",
+            "push.rules[0].tiers: no tier named \"managers\"",
+        ] {
+            assert!(problems.iter().any(|p| p.starts_with(want)), "{want} not in {problems:#?}");
+        }
+    }
+
+    #[test]
     fn offsets_and_times() {
         assert_eq!(parse_offset("+08:00").unwrap().local_minus_utc(), 8 * 3600);
         assert_eq!(parse_offset("-05:30").unwrap().local_minus_utc(), -(5 * 3600 + 1800));
