@@ -68,6 +68,23 @@ impl Gateway {
             .await
             .context("recording gateway.started")?;
 
+        // Pushes first: a channel secret that cannot be read stops the
+        // start before any other task runs.
+        let push_stop = CancellationToken::new();
+        let pushes = crate::push::spawn(
+            crate::push::PushContext {
+                config: Arc::new(c.push.clone()),
+                site_id: c.site.id.clone(),
+                site_name: c.site.name.clone().unwrap_or_else(|| c.site.id.clone()),
+                gateway: c.site.gateway.clone(),
+                journal: journal.clone(),
+                status: status.clone(),
+                state_dir: c.journal.path.clone(),
+                clock: Arc::new(crate::push::SystemClock),
+            },
+            push_stop.clone(),
+        )
+        .context("starting pushes")?;
         let shutdown = CancellationToken::new();
         let (bus_tx, bus_rx) = mpsc::channel::<BusMessage>(BUS_CAPACITY);
         let (req_tx, req_rx) = mpsc::channel::<AlarmRequest>(64);
@@ -95,21 +112,6 @@ impl Gateway {
             uplink_stop.clone(),
         ));
         let commands = tokio::spawn(crate::command::run(cmd_rx, req_tx.clone(), journal.clone()));
-        let push_stop = CancellationToken::new();
-        let pushes = crate::push::spawn(
-            crate::push::PushContext {
-                config: Arc::new(c.push.clone()),
-                site_id: c.site.id.clone(),
-                site_name: c.site.name.clone().unwrap_or_else(|| c.site.id.clone()),
-                gateway: c.site.gateway.clone(),
-                journal: journal.clone(),
-                status: status.clone(),
-                state_dir: c.journal.path.clone(),
-                clock: Arc::new(crate::push::SystemClock),
-            },
-            push_stop.clone(),
-        )
-        .context("starting pushes")?;
 
         let done = {
             let shutdown = shutdown.clone();
