@@ -107,7 +107,8 @@ async fn run(n: usize) {
         let _ = t.await;
     }
     samples.sort();
-    let q = |p: f64| samples[((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1];
+    let q =
+        |p: f64| samples[((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1];
     let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
     println!(
         "{{\"bench\":\"push_latency\",\"samples\":{},\"p50_ms\":{},\"p99_ms\":{},\"max_ms\":{}}}",

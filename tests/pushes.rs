@@ -179,7 +179,11 @@ const SECRETS: [(&str, &str); 8] = [
 ];
 
 fn marker() -> NewEvent {
-    NewEvent::system(EventKind::ConfigChanged, Priority::INFO, serde_json::json!({}))
+    NewEvent::system(
+        EventKind::ConfigChanged,
+        Priority::INFO,
+        serde_json::json!({}),
+    )
 }
 
 fn alarm(kind: EventKind, n: u32, priority: u8, ts_ms: i64) -> NewEvent {
@@ -334,7 +338,9 @@ async fn every_vendor_gets_its_exact_format_and_signature() {
         sms = sms.url("/sms/send"),
     );
     let s = Setup::start(&cfg, Arc::new(SystemClock));
-    let raised = s.record(alarm(EventKind::AlarmRaised, 3, 1, now_ms())).await;
+    let raised = s
+        .record(alarm(EventKind::AlarmRaised, 3, 1, now_ms()))
+        .await;
     let id = raised.id.clone();
 
     let h = hook.wait_accepted(1, WAIT).remove(0);
@@ -349,14 +355,20 @@ async fn every_vendor_gets_its_exact_format_and_signature() {
     assert_eq!(h.header("content-type"), Some("application/json"));
     let hook_ts = h.header("x-estate-timestamp").unwrap().to_string();
     assert_recent_ms(&format!("{hook_ts}000"));
-    assert_eq!(h.header("x-estate-delivery"), Some(format!("hook:{}", raised.seq).as_str()));
+    assert_eq!(
+        h.header("x-estate-delivery"),
+        Some(format!("hook:{}", raised.seq).as_str())
+    );
     let hj = h.json();
     assert_eq!(hj["kind"], "alarm");
     assert_eq!(hj["site"], "riverside");
     assert_eq!(hj["priority"], 1);
     assert_eq!(hj["alarms"][0]["id"], id.as_str());
     assert_eq!(hj["alarms"][0]["zone"], "villa-12");
-    assert_eq!(hj["alarms"][0]["link"], format!("http://192.168.10.2:8080/alarms/{id}"));
+    assert_eq!(
+        hj["alarms"][0]["link"],
+        format!("http://192.168.10.2:8080/alarms/{id}")
+    );
 
     // WeCom: key in the query, markdown body, Chinese wording.
     assert_eq!(w.path(), "/cgi-bin/webhook/send");
@@ -364,7 +376,15 @@ async fn every_vendor_gets_its_exact_format_and_signature() {
     let wj = w.json();
     assert_eq!(wj["msgtype"], "markdown");
     let content = wj["markdown"]["content"].as_str().unwrap();
-    for x in ["站点", "Riverside Villas", "villa-12", "fence-a / sector-3", "火警", "未确认", &id] {
+    for x in [
+        "站点",
+        "Riverside Villas",
+        "villa-12",
+        "fence-a / sector-3",
+        "火警",
+        "未确认",
+        &id,
+    ] {
         assert!(content.contains(x), "WeCom markdown lacks {x}: {content}");
     }
 
@@ -375,10 +395,20 @@ async fn every_vendor_gets_its_exact_format_and_signature() {
     assert_recent_ms(&ding_ts);
     let dj = d.json();
     assert_eq!(dj["msgtype"], "text");
-    assert_eq!(dj["at"]["atMobiles"], serde_json::json!(["13800000001", "13800000002"]));
+    assert_eq!(
+        dj["at"]["atMobiles"],
+        serde_json::json!(["13800000001", "13800000002"])
+    );
     assert_eq!(dj["at"]["isAtAll"], false);
     let text = dj["text"]["content"].as_str().unwrap();
-    for x in ["Site: Riverside Villas", "Zone: villa-12", "Device: fence-a / sector-3", "Time: ", "State: active, not acknowledged", "fire"] {
+    for x in [
+        "Site: Riverside Villas",
+        "Zone: villa-12",
+        "Device: fence-a / sector-3",
+        "Time: ",
+        "State: active, not acknowledged",
+        "fire",
+    ] {
         assert!(text.contains(x), "DingTalk text lacks {x}: {text}");
     }
 
@@ -388,10 +418,16 @@ async fn every_vendor_gets_its_exact_format_and_signature() {
     assert_eq!(fj["msg_type"], "text");
     let feishu_ts = fj["timestamp"].as_str().unwrap().to_string();
     assert_recent_ms(&format!("{feishu_ts}000"));
-    assert!(fj["content"]["text"].as_str().unwrap().contains("Fence sector 3 breach"));
+    assert!(fj["content"]["text"]
+        .as_str()
+        .unwrap()
+        .contains("Fence sector 3 breach"));
 
     // SMS: one request per phone, template filled, auth header.
-    let mut to: Vec<String> = texts.iter().map(|r| r.json()["to"].as_str().unwrap().to_string()).collect();
+    let mut to: Vec<String> = texts
+        .iter()
+        .map(|r| r.json()["to"].as_str().unwrap().to_string())
+        .collect();
     to.sort();
     assert_eq!(to, vec!["13800000001", "13800000002"]);
     for r in &texts {
@@ -412,7 +448,11 @@ async fn every_vendor_gets_its_exact_format_and_signature() {
     };
     assert_eq!(d.query("sign").unwrap(), expected[0], "DingTalk sign");
     assert_eq!(fj["sign"], expected[1].as_str(), "Feishu sign");
-    assert_eq!(h.header("x-estate-signature").unwrap(), expected[2], "webhook signature");
+    assert_eq!(
+        h.header("x-estate-signature").unwrap(),
+        expected[2],
+        "webhook signature"
+    );
 
     // Every push is visible as an event; nothing failed.
     let last = s.journal.stats().last_seq;
@@ -460,7 +500,9 @@ fn hook_config(url: &str, extra: &str) -> String {
 async fn receiver_failing_three_times_gets_the_push_once() {
     let hook = Receiver::start("{}", 3);
     let s = Setup::start(&hook_config(&hook.url("/h"), ""), Arc::new(SystemClock));
-    let raised = s.record(alarm(EventKind::AlarmRaised, 1, 2, now_ms())).await;
+    let raised = s
+        .record(alarm(EventKind::AlarmRaised, 1, 2, now_ms()))
+        .await;
     hook.wait_accepted(1, WAIT);
     s.wait_cursor(&push::channel_sink("hook"), raised.seq).await;
     // Once delivered, the cursor moved: wait for the push.sent event (recorded
@@ -475,8 +517,14 @@ async fn receiver_failing_three_times_gets_the_push_once() {
     let all = hook.all();
     assert_eq!(all.len(), 4, "3 failures then 1 success: {all:#?}");
     assert_eq!(hook.accepted().len(), 1, "delivered once");
-    let ids: Vec<_> = all.iter().map(|r| r.header("x-estate-delivery").unwrap().to_string()).collect();
-    assert!(ids.iter().all(|i| *i == ids[0]), "same delivery id on every try");
+    let ids: Vec<_> = all
+        .iter()
+        .map(|r| r.header("x-estate-delivery").unwrap().to_string())
+        .collect();
+    assert!(
+        ids.iter().all(|i| *i == ids[0]),
+        "same delivery id on every try"
+    );
     let failed = s.of_kind(EventKind::PushFailed);
     assert_eq!(failed.len(), 3);
     assert_eq!(failed[2].body.detail.as_ref().unwrap()["attempt"], 3);
@@ -484,7 +532,10 @@ async fn receiver_failing_three_times_gets_the_push_once() {
     let sent = s.of_kind(EventKind::PushSent);
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].body.detail.as_ref().unwrap()["attempt"], 4);
-    assert_eq!(sent[0].body.detail.as_ref().unwrap()["alarms"][0], raised.id.as_str());
+    assert_eq!(
+        sent[0].body.detail.as_ref().unwrap()["alarms"][0],
+        raised.id.as_str()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,7 +545,14 @@ async fn storm_is_condensed_but_every_p1_is_pushed_alone() {
     let s = Setup::start(&hook_config(&hook.url("/h"), extra), Arc::new(SystemClock));
     let t = now_ms();
     let evs: Vec<NewEvent> = (0..50)
-        .map(|n| alarm(EventKind::AlarmRaised, n, if n % 17 == 5 { 1 } else { 3 }, t))
+        .map(|n| {
+            alarm(
+                EventKind::AlarmRaised,
+                n,
+                if n % 17 == 5 { 1 } else { 3 },
+                t,
+            )
+        })
         .collect();
     let recorded = s.journal.record(evs).await.unwrap();
     let last = recorded.last().unwrap().seq;
@@ -505,14 +563,24 @@ async fn storm_is_condensed_but_every_p1_is_pushed_alone() {
         let j = r.json();
         let alarms = j["alarms"].as_array().unwrap();
         if j["kind"] == "summary" {
-            assert!(alarms.iter().all(|a| a["priority"] != 1), "P1 folded into a summary");
+            assert!(
+                alarms.iter().all(|a| a["priority"] != 1),
+                "P1 folded into a summary"
+            );
             assert!(j["text"].as_str().unwrap().contains("报警汇总"));
         }
         covered.extend(alarms.iter().map(|a| a["id"].as_str().unwrap().to_string()));
     }
-    let p1 = got.iter().filter(|r| r.json()["priority"] == 1 && r.json()["kind"] == "alarm").count();
+    let p1 = got
+        .iter()
+        .filter(|r| r.json()["priority"] == 1 && r.json()["kind"] == "alarm")
+        .count();
     assert_eq!(p1, 3, "each P1 alone");
-    assert!(got.len() <= 6, "50 alarms condensed into few pushes, got {}", got.len());
+    assert!(
+        got.len() <= 6,
+        "50 alarms condensed into few pushes, got {}",
+        got.len()
+    );
     covered.sort();
     let mut want: Vec<String> = recorded.iter().map(|e| e.id.clone()).collect();
     want.sort();
@@ -560,18 +628,25 @@ async fn escalation_on_a_fake_clock() {
     // Not before N minutes.
     clock.set(t0 + 299_000);
     s.settle_escalation().await;
-    assert!(s.of_kind(EventKind::PushEscalated).is_empty(), "escalated early");
+    assert!(
+        s.of_kind(EventKind::PushEscalated).is_empty(),
+        "escalated early"
+    );
 
     // At N minutes: tier 2.
     clock.set(t0 + 300_000);
     let d = ding.wait_accepted(1, WAIT).remove(0);
     let text = d.json()["text"]["content"].as_str().unwrap().to_string();
-    assert!(text.contains("升级1") && text.contains("5分钟未确认"), "{text}");
+    assert!(
+        text.contains("升级1") && text.contains("5分钟未确认"),
+        "{text}"
+    );
     assert_eq!(wecom.accepted().len(), 1, "tier 1 is not pushed again");
 
     // A restart keeps the escalation: the repeat comes at 300 + 600 s.
     let first = s.of_kind(EventKind::PushEscalated)[0].seq;
-    s.wait_cursor(&push::channel_sink("manager-ding"), first).await;
+    s.wait_cursor(&push::channel_sink("manager-ding"), first)
+        .await;
     s.stop_tasks().await;
     clock.set(t0 + 899_000);
     s.spawn(clock.clone());
@@ -584,15 +659,21 @@ async fn escalation_on_a_fake_clock() {
     assert_eq!(esc[1].body.detail.as_ref().unwrap()["step"], 2);
 
     // Acknowledged: never again.
-    s.record(alarm(EventKind::AlarmAcknowledged, 7, 2, t0 + 901_000)).await;
+    s.record(alarm(EventKind::AlarmAcknowledged, 7, 2, t0 + 901_000))
+        .await;
     s.settle_escalation().await;
     for h in 1..=5 {
         clock.set(t0 + h * 3_600_000);
         s.settle_escalation().await;
     }
-    assert_eq!(s.of_kind(EventKind::PushEscalated).len(), 2, "escalated after acknowledgement");
+    assert_eq!(
+        s.of_kind(EventKind::PushEscalated).len(),
+        2,
+        "escalated after acknowledgement"
+    );
     let m = s.record(marker()).await;
-    s.wait_cursor(&push::channel_sink("manager-ding"), m.seq).await;
+    s.wait_cursor(&push::channel_sink("manager-ding"), m.seq)
+        .await;
     assert_eq!(ding.accepted().len(), 2);
     s.stop_tasks().await;
 }

@@ -103,7 +103,11 @@ fn covered(hook: &Receiver) -> Vec<Vec<String>> {
             let j = r.json();
             if j["kind"] == "summary" {
                 assert!(
-                    j["alarms"].as_array().unwrap().iter().all(|a| a["priority"] != 1),
+                    j["alarms"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|a| a["priority"] != 1),
                     "a P1 alarm folded into a summary: {j}"
                 );
             }
@@ -159,7 +163,14 @@ async fn kill_9_during_a_storm_loses_no_push() {
                     .unwrap()
                     .iter()
                     .map(|a| {
-                        a["key"].as_str().unwrap().rsplit('-').next().unwrap().parse().unwrap()
+                        a["key"]
+                            .as_str()
+                            .unwrap()
+                            .rsplit('-')
+                            .next()
+                            .unwrap()
+                            .parse()
+                            .unwrap()
                     })
                     .collect::<Vec<u16>>()
             })
@@ -169,7 +180,10 @@ async fn kill_9_during_a_storm_loses_no_push() {
         }
         if start.elapsed() > Duration::from_secs(60) {
             gw.save_log();
-            panic!("sectors never pushed: {:?}", sectors.difference(&keys).collect::<Vec<_>>());
+            panic!(
+                "sectors never pushed: {:?}",
+                sectors.difference(&keys).collect::<Vec<_>>()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -195,13 +209,20 @@ async fn kill_9_during_a_storm_loses_no_push() {
         .filter(|e| e.body.kind == EventKind::AlarmRaised)
         .map(|e| e.id)
         .collect();
-    assert!(raised.len() >= SECTORS as usize, "{} alarms recorded", raised.len());
+    assert!(
+        raised.len() >= SECTORS as usize,
+        "{} alarms recorded",
+        raised.len()
+    );
     let pushes = covered(&hook);
     let mut times: BTreeMap<String, usize> = BTreeMap::new();
     for id in pushes.iter().flatten() {
         *times.entry(id.clone()).or_default() += 1;
     }
-    let missing: Vec<_> = raised.iter().filter(|id| !times.contains_key(*id)).collect();
+    let missing: Vec<_> = raised
+        .iter()
+        .filter(|id| !times.contains_key(*id))
+        .collect();
     assert!(missing.is_empty(), "recorded but never pushed: {missing:?}");
     // At least once, not more: a push may repeat only if it was delivered
     // before the kill (its cursor move may not have reached the disk), and

@@ -244,11 +244,7 @@ pub struct RuleConfig {
     pub tiers: Vec<String>,
     /// Wait for an acknowledgement before pushing to the next tier, in
     /// seconds. Absent: no escalation, no repeats.
-    #[serde(
-        rename = "escalate_after_s",
-        with = "opt_duration",
-        default
-    )]
+    #[serde(rename = "escalate_after_s", with = "opt_duration", default)]
     pub escalate_after: Option<Duration>,
     /// After the last tier was reached, push to it again this often until
     /// acknowledged or cleared, in seconds (default: `escalate_after_s`).
@@ -348,10 +344,16 @@ pub fn validate(c: &PushConfig, base: &KeyPath) -> Vec<(KeyPath, String)> {
     let k = |s: &str| PathSeg::Key(s.to_string());
     let id_ok = is_valid_id;
     if parse_offset(&c.utc_offset).is_none() {
-        err(vec![k("utc_offset")], format!("{:?} is not an offset like \"+08:00\"", c.utc_offset));
+        err(
+            vec![k("utc_offset")],
+            format!("{:?} is not an offset like \"+08:00\"", c.utc_offset),
+        );
     }
     if c.retry_min.is_zero() || c.retry_max < c.retry_min {
-        err(vec![k("retry_max_s")], "need 0 < retry_min_s ≤ retry_max_s".into());
+        err(
+            vec![k("retry_max_s")],
+            "need 0 < retry_min_s ≤ retry_max_s".into(),
+        );
     }
     if c.timeout.is_zero() {
         err(vec![k("timeout_s")], "must be greater than 0".into());
@@ -360,21 +362,33 @@ pub fn validate(c: &PushConfig, base: &KeyPath) -> Vec<(KeyPath, String)> {
     for (i, ch) in c.channels.iter().enumerate() {
         let at = |key: &str| vec![k("channels"), PathSeg::Index(i), k(key)];
         if !id_ok(&ch.name) {
-            err(at("name"), format!("{:?} must be 1–64 characters of a-z, 0-9 and '-'", ch.name));
+            err(
+                at("name"),
+                format!("{:?} must be 1–64 characters of a-z, 0-9 and '-'", ch.name),
+            );
         }
         if !names.insert(ch.name.as_str()) {
-            err(at("name"), format!("channel {:?} is defined twice", ch.name));
+            err(
+                at("name"),
+                format!("channel {:?} is defined twice", ch.name),
+            );
         }
         let url = ch.url.as_deref().or(ch.kind.default_url());
         match url {
-            None => err(at("url"), format!("required for a `{:?}` channel", ch.kind).to_lowercase()),
-            Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
-                err(at("url"), format!("{u:?} must start with http:// or https://"))
-            }
+            None => err(
+                at("url"),
+                format!("required for a `{:?}` channel", ch.kind).to_lowercase(),
+            ),
+            Some(u) if !(u.starts_with("http://") || u.starts_with("https://")) => err(
+                at("url"),
+                format!("{u:?} must start with http:// or https://"),
+            ),
             Some(_) => {}
         }
         match ch.kind {
-            ChannelKind::Wecom | ChannelKind::Dingtalk | ChannelKind::Feishu if ch.key.is_none() => {
+            ChannelKind::Wecom | ChannelKind::Dingtalk | ChannelKind::Feishu
+                if ch.key.is_none() =>
+            {
                 err(at("key"), "required: the robot's key/access token".into())
             }
             ChannelKind::Webhook if ch.secret.is_none() => {
@@ -383,7 +397,10 @@ pub fn validate(c: &PushConfig, base: &KeyPath) -> Vec<(KeyPath, String)> {
             _ => {}
         }
         if ch.kind == ChannelKind::Sms && ch.secret.is_some() != ch.auth_header.is_some() {
-            err(at("auth_header"), "`secret` and `auth_header` go together".into());
+            err(
+                at("auth_header"),
+                "`secret` and `auth_header` go together".into(),
+            );
         }
         if c.enabled {
             for (key, src) in [("key", &ch.key), ("secret", &ch.secret)] {
@@ -462,7 +479,10 @@ pub fn validate(c: &PushConfig, base: &KeyPath) -> Vec<(KeyPath, String)> {
         }
     }
     if c.enabled && !c.channels.is_empty() && c.rules.is_empty() {
-        err(vec![k("rules")], "channels are configured but no rule sends anything".into());
+        err(
+            vec![k("rules")],
+            "channels are configured but no rule sends anything".into(),
+        );
     }
     out
 }
@@ -524,14 +544,20 @@ mod tests {
             "push.rules[0].priorities",
             "push.rules[0].tiers: no tier named \"managers\"",
         ] {
-            assert!(problems.iter().any(|p| p.starts_with(want)), "{want} not in {problems:#?}");
+            assert!(
+                problems.iter().any(|p| p.starts_with(want)),
+                "{want} not in {problems:#?}"
+            );
         }
     }
 
     #[test]
     fn offsets_and_times() {
         assert_eq!(parse_offset("+08:00").unwrap().local_minus_utc(), 8 * 3600);
-        assert_eq!(parse_offset("-05:30").unwrap().local_minus_utc(), -(5 * 3600 + 1800));
+        assert_eq!(
+            parse_offset("-05:30").unwrap().local_minus_utc(),
+            -(5 * 3600 + 1800)
+        );
         assert_eq!(parse_offset("UTC").unwrap().local_minus_utc(), 0);
         assert!(parse_offset("08:00").is_none());
         assert!(parse_offset("+25:00").is_none());

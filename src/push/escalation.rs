@@ -35,7 +35,10 @@ impl Tracked {
     fn due_at(&self, k: u32) -> i64 {
         self.raised_ms
             .saturating_add(self.escalate_after_ms)
-            .saturating_add(self.repeat_every_ms.saturating_mul(i64::from(k.saturating_sub(1))))
+            .saturating_add(
+                self.repeat_every_ms
+                    .saturating_mul(i64::from(k.saturating_sub(1))),
+            )
     }
 
     /// The next step to push, if any is left.
@@ -50,7 +53,9 @@ impl Tracked {
         }
         let since = now_ms - self.due_at(1);
         let k = 1 + since.checked_div(self.repeat_every_ms).unwrap_or(0);
-        u32::try_from(k).unwrap_or(u32::MAX).min(self.max_escalations)
+        u32::try_from(k)
+            .unwrap_or(u32::MAX)
+            .min(self.max_escalations)
     }
 
     fn tier_for(&self, step: u32) -> String {

@@ -271,7 +271,10 @@ mod tests {
             o.read(seq, Some(routed(p)));
         }
         let sent = drain(&mut o, 0, 10 * 60_000);
-        let p1: Vec<_> = sent.iter().filter(|(_, s, sum)| !sum && s[0] % 10 == 0).collect();
+        let p1: Vec<_> = sent
+            .iter()
+            .filter(|(_, s, sum)| !sum && s[0] % 10 == 0)
+            .collect();
         assert_eq!(p1.len(), 5, "each P1 alone: {sent:?}");
         assert!(sent.len() <= 7, "condensed: {sent:?}");
         let mut all: Vec<u64> = sent.iter().flat_map(|(_, s, _)| s.clone()).collect();

@@ -100,9 +100,11 @@ pub fn in_quiet_hours(tier: &TierConfig, utc_offset: &str, at: Timestamp) -> boo
     let Some(q) = &tier.quiet_hours else {
         return false;
     };
-    let (Some(start), Some(end), Some(off)) =
-        (parse_hhmm(&q.start), parse_hhmm(&q.end), parse_offset(utc_offset))
-    else {
+    let (Some(start), Some(end), Some(off)) = (
+        parse_hhmm(&q.start),
+        parse_hhmm(&q.end),
+        parse_offset(utc_offset),
+    ) else {
         return false;
     };
     use chrono::Timelike;
@@ -153,8 +155,7 @@ pub fn route(cfg: &PushConfig, channel: &str, event: &Event) -> Option<Routed> {
             })
         }
         EventKind::PushEscalated => {
-            let d: EscalationDetail =
-                serde_json::from_value(event.body.detail.clone()?).ok()?;
+            let d: EscalationDetail = serde_json::from_value(event.body.detail.clone()?).ok()?;
             let tier = tier_of(&d.tier)?;
             if !reaches(tier)
                 || quiet_blocks(tier, &cfg.utc_offset, event.body.ts, d.alarm.priority)
@@ -288,7 +289,12 @@ impl Wording {
         const MAX_LINES: usize = 20;
         let zh = self.language == Language::ZhCn;
         let title = if zh {
-            format!("【报警汇总】{} · {} 条报警（{}秒内）", self.site, items.len(), window_s)
+            format!(
+                "【报警汇总】{} · {} 条报警（{}秒内）",
+                self.site,
+                items.len(),
+                window_s
+            )
         } else {
             format!(
                 "[Alarm summary] {}: {} alarms (within {} s)",
@@ -411,7 +417,10 @@ mod tests {
         assert_eq!(r.phones, vec!["13800000001".to_string()]);
         assert!(route(&c, "ding", &p1).is_none());
         let p3 = raised(2, 3, Category::Hvac, "v1");
-        assert!(route(&c, "wecom", &p3).is_none(), "quiet hours hold back P3");
+        assert!(
+            route(&c, "wecom", &p3).is_none(),
+            "quiet hours hold back P3"
+        );
     }
 
     #[test]
@@ -447,8 +456,28 @@ mod tests {
         let c = cfg();
         let r = route(&c, "wecom", &raised(42, 1, Category::Fire, "villa-12")).unwrap();
         for (lang, words) in [
-            (Language::ZhCn, ["站点", "火警", "villa-12", "panel / p42", "2026-11-28 05:04:05", "未确认"]),
-            (Language::En, ["Site", "fire", "villa-12", "panel / p42", "2026-11-28 05:04:05", "not acknowledged"]),
+            (
+                Language::ZhCn,
+                [
+                    "站点",
+                    "火警",
+                    "villa-12",
+                    "panel / p42",
+                    "2026-11-28 05:04:05",
+                    "未确认",
+                ],
+            ),
+            (
+                Language::En,
+                [
+                    "Site",
+                    "fire",
+                    "villa-12",
+                    "panel / p42",
+                    "2026-11-28 05:04:05",
+                    "not acknowledged",
+                ],
+            ),
         ] {
             let w = Wording {
                 language: lang,
@@ -457,7 +486,10 @@ mod tests {
                 alarm_link: c.alarm_link.clone(),
             };
             let (_, text, md) = w.alarm(&r);
-            for x in words.iter().chain(&["Riverside", "http://gw.local/alarms/gw:000000000000002a"]) {
+            for x in words
+                .iter()
+                .chain(&["Riverside", "http://gw.local/alarms/gw:000000000000002a"])
+            {
                 assert!(text.contains(x), "{text} lacks {x}");
                 assert!(md.contains(x), "{md} lacks {x}");
             }

@@ -271,8 +271,14 @@ async fn run_channel(
                 let notice = notice(&ctx, &ch, &wording, &items, summary);
                 let attempt = outbox.failures() + 1;
                 let result = {
-                    let delivery =
-                        deliver(&client, &ch, &creds, &notice, ctx.clock.as_ref(), &mut sms_done);
+                    let delivery = deliver(
+                        &client,
+                        &ch,
+                        &creds,
+                        &notice,
+                        ctx.clock.as_ref(),
+                        &mut sms_done,
+                    );
                     tokio::pin!(delivery);
                     tokio::select! {
                         r = &mut delivery => Some(r),
@@ -350,7 +356,11 @@ async fn run_channel(
             }
         }
     }
-    tracing::info!(cursor = acked, pending = outbox.pending(), "push channel stopped");
+    tracing::info!(
+        cursor = acked,
+        pending = outbox.pending(),
+        "push channel stopped"
+    );
 }
 
 fn dedup(mut v: Vec<&str>) -> Vec<&str> {
@@ -445,7 +455,10 @@ async fn deliver(
     if ch.kind != ChannelKind::Sms {
         let req = vendor::build(ch, creds, notice, clock.now_ms(), None)
             .map_err(|e| (0, e.to_string()))?;
-        return send(client, ch.kind, req).await.map(|_| 1).map_err(|e| (1, e));
+        return send(client, ch.kind, req)
+            .await
+            .map(|_| 1)
+            .map_err(|e| (1, e));
     }
     let mut requests = 0;
     for phone in &notice.phones {
@@ -614,11 +627,9 @@ pub fn apply(cfg: &PushConfig, esc: &mut Escalations, ev: &Event) -> bool {
                 _ => false,
             }
         }
-        EventKind::AlarmAcknowledged | EventKind::AlarmCleared | EventKind::AlarmShelved => ev
-            .body
-            .alarm
-            .as_ref()
-            .is_some_and(|a| esc.ended(&a.key)),
+        EventKind::AlarmAcknowledged | EventKind::AlarmCleared | EventKind::AlarmShelved => {
+            ev.body.alarm.as_ref().is_some_and(|a| esc.ended(&a.key))
+        }
         _ => false,
     }
 }

@@ -162,7 +162,10 @@ pub fn build(
     };
     match channel.kind {
         ChannelKind::Webhook => {
-            let secret = creds.secret.as_ref().ok_or(BuildError::MissingSecret("secret"))?;
+            let secret = creds
+                .secret
+                .as_ref()
+                .ok_or(BuildError::MissingSecret("secret"))?;
             let ts = now_ms.div_euclid(1000);
             let body = json_body(&notice.data);
             let sig = webhook_signature(ts, &body, secret.expose());
@@ -215,7 +218,11 @@ pub fn build(
                     "at": {"atMobiles": notice.phones, "isAtAll": false},
                 }),
             };
-            Ok(post(with_query(url, &query), vec![json_ct], json_body(&body)))
+            Ok(post(
+                with_query(url, &query),
+                vec![json_ct],
+                json_body(&body),
+            ))
         }
         ChannelKind::Feishu => {
             let token = creds.key.as_ref().ok_or(BuildError::MissingSecret("key"))?;
@@ -232,7 +239,11 @@ pub fn build(
                 body["timestamp"] = json!(ts.to_string());
                 body["sign"] = json!(feishu_sign(ts, secret.expose()));
             }
-            let url = format!("{}/{}", url.trim_end_matches('/'), url_encode(token.expose()));
+            let url = format!(
+                "{}/{}",
+                url.trim_end_matches('/'),
+                url_encode(token.expose())
+            );
             Ok(post(url, vec![json_ct], json_body(&body)))
         }
         ChannelKind::Sms => {
@@ -337,7 +348,8 @@ mod tests {
 
     const DINGTALK_VECTOR: &str = "aZLLrriXgn05YbwaGR7knYsLeJADjr9NwLaNNKpxh4g%3D";
     const FEISHU_VECTOR: &str = "OrBzY1Y01Gq+HgJsl+7OfWcMVwc7YocohQm5iiZwjhU=";
-    const WEBHOOK_VECTOR: &str = "sha256=2ca9484d0c409cd2998fd115eb688d50af3c4591f30a5124d6262b43877ed809";
+    const WEBHOOK_VECTOR: &str =
+        "sha256=2ca9484d0c409cd2998fd115eb688d50af3c4591f30a5124d6262b43877ed809";
 
     fn channel(kind: ChannelKind, format: Format) -> ChannelConfig {
         ChannelConfig {
@@ -380,27 +392,54 @@ mod tests {
     #[test]
     fn vendor_shapes() {
         let n = notice();
-        let r = build(&channel(ChannelKind::Wecom, Format::Text), &creds(), &n, 0, None).unwrap();
+        let r = build(
+            &channel(ChannelKind::Wecom, Format::Text),
+            &creds(),
+            &n,
+            0,
+            None,
+        )
+        .unwrap();
         assert_eq!(r.url, "http://127.0.0.1:9/x?key=k%2F1");
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["msgtype"], "text");
         assert_eq!(v["text"]["mentioned_mobile_list"][0], "13800000001");
 
-        let r = build(&channel(ChannelKind::Dingtalk, Format::Markdown), &creds(), &n, 5, None)
-            .unwrap();
-        assert!(r.url.starts_with("http://127.0.0.1:9/x?access_token=k%2F1&timestamp=5&sign="));
+        let r = build(
+            &channel(ChannelKind::Dingtalk, Format::Markdown),
+            &creds(),
+            &n,
+            5,
+            None,
+        )
+        .unwrap();
+        assert!(r
+            .url
+            .starts_with("http://127.0.0.1:9/x?access_token=k%2F1&timestamp=5&sign="));
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["markdown"]["title"], "T");
 
-        let r = build(&channel(ChannelKind::Feishu, Format::Text), &creds(), &n, 5_999, None)
-            .unwrap();
+        let r = build(
+            &channel(ChannelKind::Feishu, Format::Text),
+            &creds(),
+            &n,
+            5_999,
+            None,
+        )
+        .unwrap();
         assert_eq!(r.url, "http://127.0.0.1:9/x/k%2F1");
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["timestamp"], "5");
         assert_eq!(v["sign"], feishu_sign(5, "s"));
 
-        let r = build(&channel(ChannelKind::Sms, Format::Text), &creds(), &n, 0, Some("+861"))
-            .unwrap();
+        let r = build(
+            &channel(ChannelKind::Sms, Format::Text),
+            &creds(),
+            &n,
+            0,
+            Some("+861"),
+        )
+        .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["to"], "+861");
         assert_eq!(v["msg"], n.text);
@@ -410,7 +449,12 @@ mod tests {
     #[test]
     fn responses() {
         assert!(check_response(ChannelKind::Wecom, 200, br#"{"errcode":0,"errmsg":"ok"}"#).is_ok());
-        assert!(check_response(ChannelKind::Dingtalk, 200, br#"{"errcode":310000,"errmsg":"sign not match"}"#).is_err());
+        assert!(check_response(
+            ChannelKind::Dingtalk,
+            200,
+            br#"{"errcode":310000,"errmsg":"sign not match"}"#
+        )
+        .is_err());
         assert!(check_response(ChannelKind::Feishu, 200, br#"{"code":0,"msg":"success"}"#).is_ok());
         assert!(check_response(ChannelKind::Feishu, 200, br#"{"StatusCode":0}"#).is_ok());
         assert!(check_response(ChannelKind::Webhook, 503, b"").is_err());
