@@ -184,11 +184,11 @@ pub fn build(
             let key = creds.key.as_ref().ok_or(BuildError::MissingSecret("key"))?;
             let body = match channel.format {
                 Format::Text => json!({"msgtype": "text", "text": {
-                    "content": notice.text,
+                    "content": cut(&notice.text, WECOM_TEXT_MAX),
                     "mentioned_mobile_list": notice.phones,
                 }}),
                 Format::Markdown => json!({"msgtype": "markdown", "markdown": {
-                    "content": notice.markdown,
+                    "content": cut(&notice.markdown, WECOM_MARKDOWN_MAX),
                 }}),
             };
             Ok(post(
@@ -315,6 +315,22 @@ pub fn check_response(kind: ChannelKind, status: u16, body: &[u8]) -> Result<(),
         }
         None => Err(format!("response has no `{code_field}`")),
     }
+}
+
+/// WeCom's limits on message content, in bytes of UTF-8.
+const WECOM_TEXT_MAX: usize = 2048;
+const WECOM_MARKDOWN_MAX: usize = 4096;
+
+/// `s` cut to at most `max` bytes at a character boundary, with `…` when cut.
+fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -444,6 +460,14 @@ mod tests {
         assert_eq!(v["to"], "+861");
         assert_eq!(v["msg"], n.text);
         assert!(r.headers.contains(&("X-Api-Key".into(), "s".into())));
+    }
+
+    #[test]
+    fn wecom_content_within_limits() {
+        let long = "报警".repeat(2000);
+        let c = cut(&long, WECOM_TEXT_MAX);
+        assert!(c.len() <= WECOM_TEXT_MAX && c.ends_with('…'));
+        assert_eq!(cut("short", 10), "short");
     }
 
     #[test]
