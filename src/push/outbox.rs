@@ -1,8 +1,9 @@
 //! One channel's delivery state (pure): what to send next, when, and how far
 //! the channel's journal cursor may move.
 //!
-//! - Order: pushes go oldest first; a failing push is retried (backoff
-//!   doubling from `retry_min_s` to `retry_max_s`) before anything newer.
+//! - Order: priority-1 pushes first, then the rest, each oldest first; a
+//!   failing push is retried (backoff doubling from `retry_min_s` to
+//!   `retry_max_s`) before anything after it.
 //! - Rate limit: at most `rate_per_minute` requests in any 60 s.
 //! - Storm: when the alarms pushed within `storm_window_s` plus those
 //!   waiting exceed `storm_threshold`, alarms of priority 2–5 are condensed
@@ -149,15 +150,17 @@ impl Outbox {
         if self.requests.len() >= self.limits.rate_per_minute as usize {
             return Action::Wait(self.requests[0] + 60_000);
         }
-        if !self.storm(now) {
-            return Action::Send {
-                seqs: vec![self.queue[0].seq],
-                summary: false,
-            };
-        }
+        // Priority 1 first, always alone: a failing or slow lower-priority
+        // push never holds a fire alarm back.
         if let Some(p1) = self.queue.iter().find(|i| i.routed.alarm.priority == 1) {
             return Action::Send {
                 seqs: vec![p1.seq],
+                summary: false,
+            };
+        }
+        if !self.storm(now) {
+            return Action::Send {
+                seqs: vec![self.queue[0].seq],
                 summary: false,
             };
         }
@@ -297,6 +300,33 @@ mod tests {
             let in_minute = sent[..i].iter().filter(|(u, _, _)| *u > t - 60_000).count();
             assert!(in_minute < 20, "more than 20 a minute at {t}");
         }
+    }
+
+    #[test]
+    fn p1_is_not_held_back_by_a_failing_push() {
+        let mut l = limits();
+        l.storm_threshold = 1000;
+        let mut o = Outbox::new(l, 0);
+        o.read(1, Some(routed(3)));
+        assert_eq!(
+            o.next(0),
+            Action::Send {
+                seqs: vec![1],
+                summary: false
+            }
+        );
+        o.failed(1, 0);
+        o.read(2, Some(routed(1)));
+        // The backoff is the channel's; once it passes, the P1 goes first.
+        assert_eq!(
+            o.next(1_000),
+            Action::Send {
+                seqs: vec![2],
+                summary: false
+            }
+        );
+        o.delivered(&[2], false, 1, 1_000);
+        assert_eq!(o.ack_upto(), 0, "seq 1 still waits");
     }
 
     #[test]
