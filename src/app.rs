@@ -50,7 +50,10 @@ impl Gateway {
             Some(src) => Some(src.resolve().context("uplink password")?),
             None => None,
         };
-        let journal = Journal::open(&c.journal, &c.site.gateway, &[UPLINK_SINK])
+        let push_sinks = crate::push::sinks(&c.push);
+        let mut sinks = vec![UPLINK_SINK];
+        sinks.extend(push_sinks.iter().map(String::as_str));
+        let journal = Journal::open(&c.journal, &c.site.gateway, &sinks)
             .with_context(|| format!("opening journal at {}", c.journal.path.display()))?;
         let status = Arc::new(GatewayStatus::new(
             c.devices.iter().filter(|d| d.enabled).count() as u64,
@@ -67,6 +70,23 @@ impl Gateway {
             .await
             .context("recording gateway.started")?;
 
+        // Pushes first: a channel secret that cannot be read stops the
+        // start before any other task runs.
+        let push_stop = CancellationToken::new();
+        let pushes = crate::push::spawn(
+            crate::push::PushContext {
+                config: Arc::new(c.push.clone()),
+                site_id: c.site.id.clone(),
+                site_name: c.site.name.clone().unwrap_or_else(|| c.site.id.clone()),
+                gateway: c.site.gateway.clone(),
+                journal: journal.clone(),
+                status: status.clone(),
+                state_dir: c.journal.path.clone(),
+                clock: Arc::new(crate::push::SystemClock),
+            },
+            push_stop.clone(),
+        )
+        .context("starting pushes")?;
         let shutdown = CancellationToken::new();
         let (bus_tx, bus_rx) = mpsc::channel::<BusMessage>(BUS_CAPACITY);
         let (req_tx, req_rx) = mpsc::channel::<AlarmRequest>(64);
@@ -130,6 +150,10 @@ impl Gateway {
                 }
                 uplink_stop.cancel();
                 let _ = uplink.await;
+                push_stop.cancel();
+                for p in pushes {
+                    let _ = p.await;
+                }
                 commands.abort();
                 if let Err(e) = journal.flush().await {
                     tracing::error!(error = %e, "journal flush at shutdown failed");

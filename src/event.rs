@@ -86,6 +86,15 @@ pub enum EventKind {
     /// The journal evicted telemetry or refused data because of its size cap.
     #[serde(rename = "journal.pressure")]
     JournalPressure,
+    /// A push to security staff was delivered (detail: channel, alarms).
+    #[serde(rename = "push.sent")]
+    PushSent,
+    /// A push to security staff failed and will be retried.
+    #[serde(rename = "push.failed")]
+    PushFailed,
+    /// An alarm was not acknowledged in time: pushed to the next tier.
+    #[serde(rename = "push.escalated")]
+    PushEscalated,
 }
 
 impl EventKind {
@@ -107,6 +116,9 @@ impl EventKind {
             EventKind::UplinkLost => "uplink.lost",
             EventKind::UplinkRestored => "uplink.restored",
             EventKind::JournalPressure => "journal.pressure",
+            EventKind::PushSent => "push.sent",
+            EventKind::PushFailed => "push.failed",
+            EventKind::PushEscalated => "push.escalated",
         }
     }
 }

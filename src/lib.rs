@@ -16,6 +16,7 @@
 //! - [`telemetry`]: report by exception (pure).
 //! - [`journal`]: durable event log on sled with per-sink cursors.
 //! - [`uplink`]: MQTT to the central platform.
+//! - [`push`]: alarms to security staff (WeCom, DingTalk, Feishu, webhook, SMS), escalation.
 //! - [`status`]: live counters for the heartbeat.
 //! - [`app`]: wiring, signals and the one shutdown path.
 //! - [`demo`]: simulated devices and platform for `estate-gateway demo`.
@@ -30,6 +31,7 @@ pub mod event;
 pub mod journal;
 pub mod logging;
 pub mod point;
+pub mod push;
 pub mod status;
 pub mod supervise;
 pub mod telemetry;

@@ -19,6 +19,10 @@ pub struct GatewayStatus {
     pub alarms_active: AtomicU64,
     /// True while the uplink is connected to the platform's broker.
     pub uplink_connected: AtomicBool,
+    /// Staff pushes delivered since start.
+    pub pushes_sent: AtomicU64,
+    /// Staff push attempts that failed since start (each is retried).
+    pub pushes_failed: AtomicU64,
 }
 
 impl GatewayStatus {
@@ -34,6 +38,8 @@ impl GatewayStatus {
             cameras_online: AtomicU64::new(0),
             alarms_active: AtomicU64::new(0),
             uplink_connected: AtomicBool::new(false),
+            pushes_sent: AtomicU64::new(0),
+            pushes_failed: AtomicU64::new(0),
         }
     }
 

@@ -53,6 +53,9 @@ pub struct Config {
     /// Alarm rules (`[[alarms]]`).
     #[serde(default)]
     pub alarms: Vec<AlarmRuleConfig>,
+    /// Pushes to security staff (`[push]`).
+    #[serde(default)]
+    pub push: crate::push::PushConfig,
 }
 
 /// Identity (`[site]`). Both ids appear in every uplink topic:

@@ -89,6 +89,11 @@ pub(super) fn validate(c: &Config, origins: &super::profiles::Origins) -> Vec<Fi
         f.err(j.key("telemetry_flush_s"), "must be greater than 0");
     }
 
+    // [push]
+    for (key, message) in crate::push::config::validate(&c.push, &root.key("push")) {
+        f.err(key, message);
+    }
+
     // [uplink]
     let u = root.key("uplink");
     let up = &c.uplink;
