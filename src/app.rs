@@ -13,7 +13,9 @@ use crate::event::{EventKind, NewEvent, Priority};
 use crate::journal::Journal;
 use crate::point::BusMessage;
 use crate::status::GatewayStatus;
+use crate::service::Service;
 use crate::uplink::{self, IncomingCommand, UplinkContext};
+use crate::web;
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,10 @@ pub const UPLINK_SINK: &str = "uplink";
 /// dropped); a poll cycle is at most delayed.
 const BUS_CAPACITY: usize = 1024;
 
+/// Longest a journal flush (with `fsync`, on an SD card) may take before
+/// the committer counts as wedged, on top of `[journal] telemetry_flush_s`.
+const JOURNAL_FLUSH_ALLOWANCE: Duration = Duration::from_secs(20);
+
 /// How long the uplink may keep delivering after the drivers stopped.
 const UPLINK_GRACE: Duration = Duration::from_secs(3);
 
@@ -35,6 +41,8 @@ pub struct Gateway {
     pub journal: Journal,
     pub status: Arc<GatewayStatus>,
     pub alarm_requests: mpsc::Sender<AlarmRequest>,
+    /// Where the web server listens (`None`: `[web] enabled = false`).
+    pub web_addr: Option<std::net::SocketAddr>,
     shutdown: CancellationToken,
     done: tokio::task::JoinHandle<()>,
 }
@@ -50,9 +58,15 @@ impl Gateway {
         };
         let journal = Journal::open(&c.journal, &c.site.gateway, &[UPLINK_SINK])
             .with_context(|| format!("opening journal at {}", c.journal.path.display()))?;
-        let status = Arc::new(GatewayStatus::new(
+        let status = Arc::new(GatewayStatus::with_liveness_grace(
             c.devices.iter().filter(|d| d.enabled).count() as u64,
+            c.service.liveness_grace,
         ));
+        journal.set_heartbeat(
+            status
+                .liveness
+                .register("journal", c.journal.telemetry_flush + JOURNAL_FLUSH_ALLOWANCE),
+        );
         journal
             .record(vec![NewEvent::system(
                 EventKind::GatewayStarted,
@@ -70,7 +84,33 @@ impl Gateway {
         let (req_tx, req_rx) = mpsc::channel::<AlarmRequest>(64);
         let (cmd_tx, cmd_rx) = mpsc::channel::<IncomingCommand>(64);
 
-        let drivers = modbus::spawn(&cfg, bus_tx.clone(), shutdown.child_token());
+        let web_stop = CancellationToken::new();
+        let web = if c.web.enabled {
+            let state = web::WebState {
+                status: status.clone(),
+                journal: journal.clone(),
+                uplink_sink: UPLINK_SINK,
+            };
+            // Alarms matter more than metrics: a taken port is logged
+            // loudly, and the gateway runs on without its web server.
+            match web::spawn(&c.web, state, web_stop.clone()).await {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::error!(error = %e, "web server not started: no /metrics, no /healthz");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let web_addr = web.as_ref().map(|(a, _)| *a);
+
+        let drivers = modbus::spawn_observed(
+            &cfg,
+            bus_tx.clone(),
+            shutdown.child_token(),
+            Some(&status),
+        );
         let alarm = tokio::spawn(alarm_task::run(
             cfg.clone(),
             journal.clone(),
@@ -126,12 +166,17 @@ impl Gateway {
                 if let Err(e) = journal.flush().await {
                     tracing::error!(error = %e, "journal flush at shutdown failed");
                 }
+                web_stop.cancel();
+                if let Some((_, h)) = web {
+                    let _ = h.await;
+                }
                 tracing::info!("gateway stopped");
             })
         };
         Ok(Gateway {
             journal,
             status,
+            web_addr,
             alarm_requests: req_tx,
             shutdown,
             done,
@@ -149,22 +194,33 @@ impl Gateway {
     }
 }
 
-/// `estate-gateway run`: start, then stop on SIGTERM/SIGINT.
+/// `estate-gateway run`: start, tell systemd it is ready, pet its watchdog
+/// while every main loop is alive, then stop on SIGTERM/SIGINT.
 pub async fn run(cfg: LoadedConfig) -> anyhow::Result<()> {
+    let service = Service::from_env();
     let gw = Gateway::start(cfg).await?;
     tracing::info!(boot_id = %gw.status.boot_id, "gateway running");
     release_startup_memory();
+    service.ready();
+    let watchdog_stop = CancellationToken::new();
+    let watchdog = service.spawn_watchdog(gw.status.liveness.clone(), watchdog_stop.clone());
     wait_for_signal().await;
     tracing::info!("shutdown requested");
+    service.stopping();
     gw.stop();
     // A second signal exits at once.
     tokio::select! {
-        _ = gw.wait() => Ok(()),
+        _ = gw.wait() => {}
         _ = wait_for_signal() => {
             tracing::warn!("second signal: exiting now");
             std::process::exit(130);
         }
     }
+    watchdog_stop.cancel();
+    if let Some(w) = watchdog {
+        let _ = w.await;
+    }
+    Ok(())
 }
 
 /// Give back to the OS what start-up (config parsing, journal recovery)

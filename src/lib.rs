@@ -15,7 +15,9 @@
 //! - [`telemetry`]: report by exception (pure).
 //! - [`journal`]: durable event log on sled with per-sink cursors.
 //! - [`uplink`]: MQTT to the central platform.
-//! - [`status`]: live counters for the heartbeat.
+//! - [`status`]: live counters for the heartbeat, metrics and health.
+//! - [`service`]: systemd readiness, watchdog and the main loops' liveness.
+//! - [`web`]: the local HTTP server (`/metrics`, `/healthz`).
 //! - [`app`]: wiring, signals and the one shutdown path.
 //! - [`demo`]: simulated devices and platform for `estate-gateway demo`.
 
@@ -29,7 +31,9 @@ pub mod event;
 pub mod journal;
 pub mod logging;
 pub mod point;
+pub mod service;
 pub mod status;
 pub mod supervise;
 pub mod telemetry;
 pub mod uplink;
+pub mod web;

@@ -2,8 +2,10 @@
 //! page and metrics. Writers are the tasks that own each fact.
 
 use crate::event::Timestamp;
+use crate::service::liveness::Liveness;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Gateway-wide live state.
 #[derive(Debug)]
@@ -19,6 +21,10 @@ pub struct GatewayStatus {
     pub alarms_active: AtomicU64,
     /// True while the uplink is connected to the platform's broker.
     pub uplink_connected: AtomicBool,
+    /// Heartbeats of the main loops (watchdog, `/healthz`).
+    pub liveness: Liveness,
+    /// Per-device poll counters (`/metrics`).
+    pub polls: PollRegistry,
 }
 
 impl GatewayStatus {
@@ -34,6 +40,16 @@ impl GatewayStatus {
             cameras_online: AtomicU64::new(0),
             alarms_active: AtomicU64::new(0),
             uplink_connected: AtomicBool::new(false),
+            liveness: Liveness::default(),
+            polls: PollRegistry::default(),
+        }
+    }
+
+    /// The same, with main loops late after `grace` past their beat.
+    pub fn with_liveness_grace(devices: u64, grace: Duration) -> GatewayStatus {
+        GatewayStatus {
+            liveness: Liveness::new(grace),
+            ..GatewayStatus::new(devices)
         }
     }
 
@@ -43,6 +59,57 @@ impl GatewayStatus {
 
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
+    }
+}
+
+/// One device's poll counters, written by its driver task.
+#[derive(Debug, Default)]
+pub struct PollCounters {
+    /// Polls made (a poll reads every point of the device once).
+    pub polls: AtomicU64,
+    /// Polls that failed (timeout, link down, exception, bad reply).
+    pub errors: AtomicU64,
+    /// Sum of the durations of successful polls, in microseconds.
+    pub latency_us_sum: AtomicU64,
+    /// Duration of the last successful poll, in microseconds.
+    pub last_latency_us: AtomicU64,
+}
+
+impl PollCounters {
+    /// Count one poll; `took` is its duration (latency counts successes only).
+    pub fn record(&self, ok: bool, took: Duration) {
+        self.polls.fetch_add(1, Ordering::Relaxed);
+        if ok {
+            let us = took.as_micros().min(u64::MAX as u128) as u64;
+            self.latency_us_sum.fetch_add(us, Ordering::Relaxed);
+            self.last_latency_us.store(us, Ordering::Relaxed);
+        } else {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Device id → its poll counters, in registration order.
+#[derive(Debug, Default)]
+pub struct PollRegistry {
+    devices: Mutex<Vec<(Arc<str>, Arc<PollCounters>)>>,
+}
+
+impl PollRegistry {
+    /// The counters of `device` (created on first use).
+    pub fn device(&self, device: &Arc<str>) -> Arc<PollCounters> {
+        let mut d = self.devices.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, c)) = d.iter().find(|(id, _)| id == device) {
+            return c.clone();
+        }
+        let c = Arc::new(PollCounters::default());
+        d.push((device.clone(), c.clone()));
+        c
+    }
+
+    /// Every device's counters.
+    pub fn snapshot(&self) -> Vec<(Arc<str>, Arc<PollCounters>)> {
+        self.devices.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 

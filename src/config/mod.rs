@@ -50,6 +50,12 @@ pub struct Config {
     /// Alarm rules (`[[alarms]]`).
     #[serde(default)]
     pub alarms: Vec<AlarmRuleConfig>,
+    /// The local web server: `/metrics`, `/healthz` (`[web]`).
+    #[serde(default)]
+    pub web: crate::web::WebConfig,
+    /// Service supervision: main-loop liveness, watchdog (`[service]`).
+    #[serde(default)]
+    pub service: crate::service::ServiceConfig,
 }
 
 /// Identity (`[site]`). Both ids appear in every uplink topic:

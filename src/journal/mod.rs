@@ -205,9 +205,18 @@ pub(crate) struct Shared {
     fsync: bool,
     max_bytes: u64,
     gateway: String,
+    /// Beaten by the committer thread once per iteration (liveness).
+    heartbeat: std::sync::OnceLock<crate::service::liveness::Heartbeat>,
 }
 
 impl Shared {
+    /// Beat the committer's heartbeat, once one is set.
+    pub(crate) fn beat(&self) {
+        if let Some(hb) = self.heartbeat.get() {
+            hb.beat();
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves State consistent with what
         // was written (it is updated only after a successful write).
@@ -562,6 +571,7 @@ impl Journal {
             fsync: cfg.fsync,
             max_bytes: cfg.max_bytes,
             gateway: gateway.to_string(),
+            heartbeat: std::sync::OnceLock::new(),
         });
         shared.refresh_size();
         // A sink dropped from the configuration may unblock removal.
@@ -590,6 +600,13 @@ impl Journal {
 
     fn shared(&self) -> &Shared {
         &self.inner.shared
+    }
+
+    /// Have the committer thread beat `hb` once per iteration; it wakes at
+    /// least every `telemetry_flush`. Register `hb` with that period plus
+    /// the longest a flush may take. Only the first heartbeat set is kept.
+    pub fn set_heartbeat(&self, hb: crate::service::liveness::Heartbeat) {
+        let _ = self.shared().heartbeat.set(hb);
     }
 
     /// Record events: assigns `seq`/`id`, and returns only once they are durable.

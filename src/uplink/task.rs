@@ -337,8 +337,11 @@ impl Uplink {
         heartbeat.tick().await;
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Housekeeping wakes the loop every 100 ms: a beat per iteration.
+        let alive = self.status.liveness.register("uplink", Duration::from_secs(2));
 
         loop {
+            alive.beat();
             let wake = parked.as_ref().map(|(_, at)| *at);
             // Not biased: during a long backlog drain the event loop is
             // always ready, and heartbeats, timeouts and command results
