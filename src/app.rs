@@ -12,8 +12,8 @@ use crate::drivers::modbus;
 use crate::event::{EventKind, NewEvent, Priority};
 use crate::journal::Journal;
 use crate::point::BusMessage;
-use crate::status::GatewayStatus;
 use crate::service::Service;
+use crate::status::GatewayStatus;
 use crate::uplink::{self, IncomingCommand, UplinkContext};
 use crate::web;
 use anyhow::Context;
@@ -62,11 +62,10 @@ impl Gateway {
             c.devices.iter().filter(|d| d.enabled).count() as u64,
             c.service.liveness_grace,
         ));
-        journal.set_heartbeat(
-            status
-                .liveness
-                .register("journal", c.journal.telemetry_flush + JOURNAL_FLUSH_ALLOWANCE),
-        );
+        journal.set_heartbeat(status.liveness.register(
+            "journal",
+            c.journal.telemetry_flush + JOURNAL_FLUSH_ALLOWANCE,
+        ));
         journal
             .record(vec![NewEvent::system(
                 EventKind::GatewayStarted,
@@ -105,12 +104,8 @@ impl Gateway {
         };
         let web_addr = web.as_ref().map(|(a, _)| *a);
 
-        let drivers = modbus::spawn_observed(
-            &cfg,
-            bus_tx.clone(),
-            shutdown.child_token(),
-            Some(&status),
-        );
+        let drivers =
+            modbus::spawn_observed(&cfg, bus_tx.clone(), shutdown.child_token(), Some(&status));
         let alarm = tokio::spawn(alarm_task::run(
             cfg.clone(),
             journal.clone(),
@@ -132,6 +127,14 @@ impl Gateway {
             uplink_stop.clone(),
         ));
         let commands = tokio::spawn(crate::command::run(cmd_rx, req_tx.clone(), journal.clone()));
+        // Up means every main loop runs: wait for their first beats.
+        let missing = status
+            .liveness
+            .wait_registered(&["alarm", "uplink"], Duration::from_secs(10))
+            .await;
+        if !missing.is_empty() {
+            tracing::error!(?missing, "main loops not running 10 s after start");
+        }
 
         let done = {
             let shutdown = shutdown.clone();

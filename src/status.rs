@@ -109,7 +109,10 @@ impl PollRegistry {
 
     /// Every device's counters.
     pub fn snapshot(&self) -> Vec<(Arc<str>, Arc<PollCounters>)> {
-        self.devices.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

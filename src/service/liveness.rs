@@ -103,7 +103,8 @@ impl Liveness {
         if muted {
             tracing::warn!(loop_name = %name, "test hook: this loop's heartbeat ignores its beats");
         }
-        let due = ms_since(self.inner.base, Instant::now()).saturating_add(period.as_millis() as u64);
+        let due =
+            ms_since(self.inner.base, Instant::now()).saturating_add(period.as_millis() as u64);
         let entry = Arc::new(Entry {
             name,
             period,
@@ -147,6 +148,24 @@ impl Liveness {
     /// [`Liveness::check_at`] now.
     pub fn check(&self) -> Vec<Stale> {
         self.check_at(Instant::now())
+    }
+
+    /// Wait until every loop in `names` has registered (its task runs), at
+    /// most `timeout`; returns the ones still missing.
+    pub async fn wait_registered(&self, names: &[&str], timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let have = self.names();
+            let missing: Vec<String> = names
+                .iter()
+                .filter(|n| !have.iter().any(|h| h == *n))
+                .map(|n| n.to_string())
+                .collect();
+            if missing.is_empty() || Instant::now() >= deadline {
+                return missing;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Names of the loops registered and not retired.

@@ -83,8 +83,7 @@ impl Service {
 
     /// The gateway is up (config, journal, tasks).
     pub fn ready(&self) {
-        self.notifier
-            .notify_or_log("READY=1\nSTATUS=running");
+        self.notifier.notify_or_log("READY=1\nSTATUS=running");
         if self.notifier.is_enabled() {
             tracing::info!(watchdog = ?self.watchdog, "service manager notified: ready");
         }
@@ -109,7 +108,12 @@ impl Service {
 
 /// Pet every half `interval` while nothing is late; log the late loops
 /// whenever that set changes.
-async fn pet(notifier: Arc<Notifier>, interval: Duration, liveness: Liveness, stop: CancellationToken) {
+async fn pet(
+    notifier: Arc<Notifier>,
+    interval: Duration,
+    liveness: Liveness,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval((interval / 2).max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reported: Vec<String> = Vec::new();
@@ -168,7 +172,9 @@ mod tests {
         let alarm = liveness.register("alarm", Duration::from_secs(2));
         let poller = liveness.register("modbus tcp:plc:502", Duration::from_secs(2));
         let stop = CancellationToken::new();
-        let h = service.spawn_watchdog(liveness.clone(), stop.clone()).unwrap();
+        let h = service
+            .spawn_watchdog(liveness.clone(), stop.clone())
+            .unwrap();
         service.ready();
 
         // Both loops beat: petted every second.
@@ -198,7 +204,10 @@ mod tests {
             got[wedged_at..].iter().all(|m| m != "WATCHDOG=1"),
             "petted after the wedge: {got:?}"
         );
-        assert!(got[..wedged_at].len() <= 3, "stopped within period + grace: {got:?}");
+        assert!(
+            got[..wedged_at].len() <= 3,
+            "stopped within period + grace: {got:?}"
+        );
 
         // It beats again: petting resumes.
         poller.beat();

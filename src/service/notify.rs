@@ -59,10 +59,15 @@ impl Notifier {
     /// A notifier for the socket address `addr` (`/path` or `@abstract`).
     pub fn to_socket(addr: &str) -> Result<Notifier, NotifyError> {
         let target = parse_address(addr).ok_or_else(|| NotifyError::BadAddress(addr.into()))?;
-        let socket = UnixDatagram::unbound().map_err(|source| NotifyError::Send {
-            socket: addr.into(),
-            source,
-        })?;
+        // Non-blocking: a service manager slow to read (its queue holds
+        // ~10 datagrams) must never stall the gateway's runtime; a
+        // notification that does not fit is dropped and logged.
+        let socket = UnixDatagram::unbound()
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .map_err(|source| NotifyError::Send {
+                socket: addr.into(),
+                source,
+            })?;
         Ok(Notifier {
             target: Some((addr.to_string(), target)),
             socket: Some(socket),
@@ -175,10 +180,7 @@ mod tests {
             parse_address("/run/systemd/notify"),
             Some(Target::Path("/run/systemd/notify".into()))
         );
-        assert_eq!(
-            parse_address("@sd"),
-            Some(Target::Abstract(b"sd".to_vec()))
-        );
+        assert_eq!(parse_address("@sd"), Some(Target::Abstract(b"sd".to_vec())));
         assert_eq!(parse_address("@"), None);
         assert_eq!(parse_address("relative"), None);
     }
@@ -210,6 +212,19 @@ mod tests {
         let mut buf = [0u8; 64];
         let len = rx.recv(&mut buf).unwrap();
         assert_eq!(&buf[..len], b"WATCHDOG=1");
+    }
+
+    #[test]
+    fn a_full_queue_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let _rx = UnixDatagram::bind(&path).unwrap();
+        let n = Notifier::to_socket(path.to_str().unwrap()).unwrap();
+        // Nobody reads: the queue fills, then sends fail at once.
+        let failed = (0..1000)
+            .filter(|_| n.notify("WATCHDOG=1").is_err())
+            .count();
+        assert!(failed > 0);
     }
 
     #[test]

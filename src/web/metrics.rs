@@ -134,7 +134,11 @@ pub fn render(state: &WebState) -> String {
         "Polls of a field device (each reads all its points once).",
     );
     for (id, c) in &devices {
-        e.sample("estate_gateway_device_polls_total", &[("device", id)], get(&c.polls));
+        e.sample(
+            "estate_gateway_device_polls_total",
+            &[("device", id)],
+            get(&c.polls),
+        );
     }
     e.family(
         "estate_gateway_device_poll_errors_total",

@@ -229,7 +229,9 @@ impl<C: Connector> Endpoint<C> {
                 };
                 let due = self.devices[i].next_poll;
                 if let Some(hb) = &self.heartbeat {
-                    hb.beat_within(due.saturating_duration_since(Instant::now()) + self.poll_budget(i));
+                    hb.beat_within(
+                        due.saturating_duration_since(Instant::now()) + self.poll_budget(i),
+                    );
                 }
                 if due > Instant::now() {
                     sleep.as_mut().reset(due);

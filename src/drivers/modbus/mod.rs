@@ -122,7 +122,10 @@ pub fn spawn_observed(
             bus.clone(),
         );
         if let Some(s) = status {
-            ep = ep.with_heartbeat(s.liveness.register(format!("modbus tcp:{host}:{port}"), HEARTBEAT));
+            ep = ep.with_heartbeat(
+                s.liveness
+                    .register(format!("modbus tcp:{host}:{port}"), HEARTBEAT),
+            );
         }
         handles.push(tokio::spawn(ep.run(shutdown.clone())));
     }
@@ -136,7 +139,10 @@ pub fn spawn_observed(
         };
         let mut ep = Endpoint::new(RtuConnector::new(line.clone()), kind, devices, bus.clone());
         if let Some(s) = status {
-            ep = ep.with_heartbeat(s.liveness.register(format!("modbus rtu:{bus_id}"), HEARTBEAT));
+            ep = ep.with_heartbeat(
+                s.liveness
+                    .register(format!("modbus rtu:{bus_id}"), HEARTBEAT),
+            );
         }
         handles.push(tokio::spawn(ep.run(shutdown.clone())));
     }
