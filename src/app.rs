@@ -8,7 +8,8 @@
 
 use crate::alarm::task::{self as alarm_task, AlarmRequest};
 use crate::config::LoadedConfig;
-use crate::drivers::modbus;
+use crate::drivers::write::Writers;
+use crate::drivers::{gpio, modbus};
 use crate::event::{EventKind, NewEvent, Priority};
 use crate::journal::Journal;
 use crate::point::BusMessage;
@@ -41,6 +42,8 @@ pub struct Gateway {
     pub journal: Journal,
     pub status: Arc<GatewayStatus>,
     pub alarm_requests: mpsc::Sender<AlarmRequest>,
+    /// Writers of the drivers that can set points (GPIO outputs so far).
+    pub writers: Writers,
     /// Where the web server listens (`None`: `[web] enabled = false`).
     pub web_addr: Option<std::net::SocketAddr>,
     shutdown: CancellationToken,
@@ -104,8 +107,16 @@ impl Gateway {
         };
         let web_addr = web.as_ref().map(|(a, _)| *a);
 
-        let drivers =
+        let mut drivers =
             modbus::spawn_observed(&cfg, bus_tx.clone(), shutdown.child_token(), Some(&status));
+        let mut writers = Writers::new();
+        drivers.extend(gpio::spawn(
+            &cfg,
+            bus_tx.clone(),
+            shutdown.child_token(),
+            Some(&status),
+            &mut writers,
+        ));
         let alarm = tokio::spawn(alarm_task::run(
             cfg.clone(),
             journal.clone(),
@@ -180,6 +191,7 @@ impl Gateway {
             journal,
             status,
             web_addr,
+            writers,
             alarm_requests: req_tx,
             shutdown,
             done,

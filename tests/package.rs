@@ -46,15 +46,12 @@ fn build_deb(cargo_deb: &Path, out: &Path) -> PathBuf {
 
 #[test]
 fn deb_contents_and_maintainer_scripts() {
-    let Some(cargo_deb) = peer_or_skip(
-        "cargo-deb",
-        cargo_deb(),
-        "cargo install cargo-deb --locked",
-    ) else {
+    let Some(cargo_deb) =
+        peer_or_skip("cargo-deb", cargo_deb(), "cargo install cargo-deb --locked")
+    else {
         return;
     };
-    let Some(dpkg_deb) = peer_or_skip("dpkg-deb", which("dpkg-deb"), "Debian package dpkg")
-    else {
+    let Some(dpkg_deb) = peer_or_skip("dpkg-deb", which("dpkg-deb"), "Debian package dpkg") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -78,7 +75,10 @@ fn deb_contents_and_maintainer_scripts() {
             .unwrap_or_else(|| panic!("{path} not in the package:\n{list}"))
     };
     assert_eq!(mode_of("/usr/bin/estate-gateway"), "-rwxr-xr-x");
-    assert_eq!(mode_of("/lib/systemd/system/estate-gateway.service"), "-rw-r--r--");
+    assert_eq!(
+        mode_of("/lib/systemd/system/estate-gateway.service"),
+        "-rw-r--r--"
+    );
     // The config may name secret files: not world-readable.
     assert_eq!(mode_of("/etc/estate-gateway/gateway.toml"), "-rw-r-----");
     for doc in ["README.md", "configuration.md", "example.toml", "copyright"] {
@@ -92,12 +92,18 @@ fn deb_contents_and_maintainer_scripts() {
 
     // Control data and maintainer scripts.
     let ctrl = dir.path().join("control");
-    run(Command::new(&dpkg_deb).arg("--control").arg(&deb).arg(&ctrl));
+    run(Command::new(&dpkg_deb)
+        .arg("--control")
+        .arg(&deb)
+        .arg(&ctrl));
     let read = |f: &str| std::fs::read_to_string(ctrl.join(f)).unwrap_or_default();
     assert_eq!(read("conffiles").trim(), "/etc/estate-gateway/gateway.toml");
     let control = read("control");
     assert!(control.contains("Package: estate-gateway"), "{control}");
-    assert!(control.contains("Depends: ") && control.contains("passwd"), "{control}");
+    assert!(
+        control.contains("Depends: ") && control.contains("passwd"),
+        "{control}"
+    );
     let postinst = read("postinst");
     for needle in [
         "useradd --system",
@@ -108,7 +114,10 @@ fn deb_contents_and_maintainer_scripts() {
         "check-config",
         "systemctl restart estate-gateway.service",
     ] {
-        assert!(postinst.contains(needle), "postinst lacks {needle:?}:\n{postinst}");
+        assert!(
+            postinst.contains(needle),
+            "postinst lacks {needle:?}:\n{postinst}"
+        );
     }
     let postrm = read("postrm");
     assert!(postrm.contains("purge)") && postrm.contains("rm -rf /var/lib/estate-gateway"));
@@ -128,7 +137,10 @@ fn deb_contents_and_maintainer_scripts() {
 
     // The unit runs the packaged binary on the packaged config.
     let data = dir.path().join("data");
-    run(Command::new(&dpkg_deb).arg("--extract").arg(&deb).arg(&data));
+    run(Command::new(&dpkg_deb)
+        .arg("--extract")
+        .arg(&deb)
+        .arg(&data));
     let unit =
         std::fs::read_to_string(data.join("lib/systemd/system/estate-gateway.service")).unwrap();
     assert!(unit.contains(

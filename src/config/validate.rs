@@ -218,11 +218,15 @@ pub(super) fn validate(c: &Config, origins: &super::profiles::Origins) -> Vec<Fi
         if d.offline_after == 0 {
             f.err(k.key("offline_after"), "must be at least 1");
         }
+        for (key, message) in crate::drivers::gpio::validate(d, &k) {
+            f.err(key, message);
+        }
         match &d.modbus {
+            None if d.gpio.is_some() => {}
             None => f.err(
                 k.clone(),
                 format!(
-                    "device {:?} has no protocol section (add [devices.modbus])",
+                    "device {:?} has no protocol section (add [devices.modbus] or [devices.gpio])",
                     d.id
                 ),
             ),
