@@ -25,6 +25,8 @@ pub struct GatewayStatus {
     pub liveness: Liveness,
     /// Per-device poll counters (`/metrics`).
     pub polls: PollRegistry,
+    /// Event publishes to the platform: submit → PUBACK (`/metrics`).
+    pub uplink_publish: LatencyCounter,
 }
 
 impl GatewayStatus {
@@ -42,6 +44,7 @@ impl GatewayStatus {
             uplink_connected: AtomicBool::new(false),
             liveness: Liveness::default(),
             polls: PollRegistry::default(),
+            uplink_publish: LatencyCounter::default(),
         }
     }
 
@@ -86,6 +89,21 @@ impl PollCounters {
         } else {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Count and total duration of something timed (a summary without quantiles).
+#[derive(Debug, Default)]
+pub struct LatencyCounter {
+    pub count: AtomicU64,
+    pub sum_us: AtomicU64,
+}
+
+impl LatencyCounter {
+    pub fn record(&self, took: Duration) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let us = took.as_micros().min(u64::MAX as u128) as u64;
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
     }
 }
 

@@ -5,6 +5,8 @@
 //! wedged loop; the unit file passes `systemd-analyze verify`.
 
 mod common;
+#[path = "common/mosquitto.rs"]
+mod mosquitto;
 
 use common::gateway::GatewayProc;
 use common::{free_port, peer_or_skip, python, which};
@@ -17,7 +19,10 @@ use std::time::{Duration, Instant};
 /// an uplink to a broker that is not there (the uplink task retries), and
 /// the web server on `web`.
 fn config(web: u16, grace_s: f64) -> String {
-    let broker = free_port();
+    config_with_broker(web, grace_s, free_port())
+}
+
+fn config_with_broker(web: u16, grace_s: f64, broker: u16) -> String {
     let plc = free_port();
     format!(
         r#"
@@ -327,6 +332,40 @@ fn a_wedged_loop_stops_the_petting_and_fails_healthz() {
         "{metrics}"
     );
     gw.sigterm(Duration::from_secs(20));
+}
+
+/// Connected to a real broker: the uplink metrics move.
+#[test]
+fn uplink_metrics_with_a_broker() {
+    let Some(broker) = mosquitto::Mosquitto::start_or_skip() else {
+        return;
+    };
+    let web = free_port();
+    let mut gw = GatewayProc::new(
+        "service-uplink",
+        &config_with_broker(web, 5.0, broker.port()),
+    );
+    gw.start();
+    assert!(
+        common::wait_port(web, Duration::from_secs(30)),
+        "web server not up"
+    );
+    let metrics = common::wait_for(Duration::from_secs(30), "uplink metrics", || {
+        let (_, _, m) = get(web, "/metrics");
+        let delivered = m.contains("estate_gateway_uplink_connected 1")
+            && m.contains("estate_gateway_uplink_backlog_events 0")
+            && !m.contains("estate_gateway_uplink_publish_duration_seconds_count 0");
+        delivered.then_some(m)
+    });
+    // gateway.started and device.offline were delivered: publish latencies counted.
+    let count: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("estate_gateway_uplink_publish_duration_seconds_count "))
+        .and_then(|v| v.parse().ok())
+        .expect("publish count");
+    assert!(count >= 1.0, "{metrics}");
+    check_with_prometheus_parser(&metrics);
+    assert!(gw.sigterm(Duration::from_secs(20)).success());
 }
 
 #[test]

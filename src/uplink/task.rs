@@ -465,6 +465,11 @@ impl Uplink {
                 self.take_acks(acks);
             }
             Event::Incoming(Incoming::PubAck(ack)) => {
+                if let Some(at) = self.pipeline.event_submitted_at(ack.pkid) {
+                    self.status
+                        .uplink_publish
+                        .record(now.saturating_duration_since(at));
+                }
                 let acks = self.pipeline.on_puback(ack.pkid);
                 self.take_acks(acks);
             }

@@ -264,6 +264,21 @@ pub fn render(state: &WebState) -> String {
             0.0
         },
     );
+    e.family(
+        "estate_gateway_uplink_publish_duration_seconds",
+        Kind::Summary,
+        "Event publishes to the platform, from hand-over to the broker's PUBACK.",
+    )
+    .sample(
+        "estate_gateway_uplink_publish_duration_seconds_sum",
+        &[],
+        get(&s.uplink_publish.sum_us) / 1e6,
+    )
+    .sample(
+        "estate_gateway_uplink_publish_duration_seconds_count",
+        &[],
+        get(&s.uplink_publish.count),
+    );
     e.single(
         "estate_gateway_push_failures_total",
         Kind::Counter,
