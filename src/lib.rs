@@ -10,7 +10,7 @@
 //! - [`config`]: the typed TOML file, loading and validation (every problem at once).
 //! - [`event`]: the one event type, serialized as the uplink contract says.
 //! - [`point`]: point values, qualities and the bus messages drivers send.
-//! - [`drivers`]: field protocols (Modbus TCP/RTU), one task each, never dying.
+//! - [`drivers`]: field protocols (Modbus TCP/RTU, the Pi's GPIO), one task each, never dying.
 //! - [`alarm`]: rules, ISA-18.2 states, latching, delays (pure), and its task.
 //! - [`telemetry`]: report by exception (pure).
 //! - [`journal`]: durable event log on sled with per-sink cursors.
