@@ -346,6 +346,71 @@ mod tests {
         assert_eq!(format_value(-2.0), "-2");
     }
 
+    #[tokio::test]
+    async fn render_reports_devices_journal_and_loops() {
+        use crate::event::{EventKind, NewEvent, Priority};
+        use std::sync::Arc;
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::journal::JournalConfig {
+            path: dir.path().join("journal"),
+            ..Default::default()
+        };
+        let journal = crate::journal::Journal::open(&cfg, "gw", &["uplink"]).unwrap();
+        journal
+            .record(vec![NewEvent::system(
+                EventKind::GatewayStarted,
+                Priority::INFO,
+                serde_json::json!({}),
+            )])
+            .await
+            .unwrap();
+        let status = Arc::new(GatewayStatus::new(1));
+        let plc: Arc<str> = "plc-\"1\"".into();
+        let c = status.polls.device(&plc);
+        c.record(true, Duration::from_millis(20));
+        c.record(true, Duration::from_millis(30));
+        c.record(false, Duration::from_secs(1));
+        status.uplink_publish.record(Duration::from_millis(4));
+        let _alarm = status.liveness.register("alarm", Duration::from_secs(2));
+        let text = render(&WebState {
+            status: status.clone(),
+            journal,
+            uplink_sink: "uplink",
+        });
+        for line in [
+            "estate_gateway_device_polls_total{device=\"plc-\\\"1\\\"\"} 3",
+            "estate_gateway_device_poll_errors_total{device=\"plc-\\\"1\\\"\"} 1",
+            "estate_gateway_device_poll_duration_seconds_sum{device=\"plc-\\\"1\\\"\"} 0.05",
+            "estate_gateway_device_poll_duration_seconds_count{device=\"plc-\\\"1\\\"\"} 2",
+            "estate_gateway_device_last_poll_duration_seconds{device=\"plc-\\\"1\\\"\"} 0.03",
+            "estate_gateway_journal_last_seq 1",
+            "estate_gateway_journal_events 1",
+            "estate_gateway_uplink_backlog_events 1",
+            "estate_gateway_uplink_publish_duration_seconds_count 1",
+            "estate_gateway_uplink_publish_duration_seconds_sum 0.004",
+            "estate_gateway_loop_alive{loop=\"alarm\"} 1",
+            "# TYPE estate_gateway_device_poll_duration_seconds summary",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
+        }
+        // Every family is declared once, before its samples.
+        let mut declared = std::collections::HashSet::new();
+        for l in text.lines() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(declared.insert(name.to_string()), "{name} declared twice");
+            } else if !l.starts_with('#') {
+                let name = l.split(['{', ' ']).next().unwrap();
+                let family = ["_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|f| declared.contains(*f)))
+                    .unwrap_or(name);
+                assert!(declared.contains(family), "{name} before its # TYPE");
+            }
+        }
+    }
+
     #[test]
     fn rss_is_read() {
         assert!(process_rss_bytes().unwrap() > 1024 * 1024);
