@@ -108,6 +108,7 @@ fn deb_contents_and_maintainer_scripts() {
     for needle in [
         "useradd --system",
         "groupadd --system",
+        "for g in dialout gpio",
         "install -d -o \"$USER\" -g \"$USER\" -m 0750 \"$STATE\"",
         "STATE=/var/lib/estate-gateway",
         "enable estate-gateway.service",
