@@ -368,6 +368,26 @@ fn uplink_metrics_with_a_broker() {
     assert!(gw.sigterm(Duration::from_secs(20)).success());
 }
 
+/// A client that never finishes its request does not hold the shutdown.
+#[test]
+fn a_stalled_http_client_does_not_block_shutdown() {
+    let web = free_port();
+    let mut gw = GatewayProc::new("service-stalled-client", &config(web, 5.0));
+    gw.start();
+    assert!(
+        common::wait_port(web, Duration::from_secs(30)),
+        "web server not up"
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", web)).unwrap();
+    // Headers never terminated.
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(gw.sigterm(Duration::from_secs(15)).success());
+    assert!(gw.log().contains("web clients still connected at shutdown"));
+    drop(s);
+}
+
 #[test]
 fn without_notify_socket_runs_normally() {
     let web = free_port();

@@ -17,10 +17,14 @@ use crate::status::GatewayStatus;
 use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// How long requests in progress may finish after shutdown begins.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why the web server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -97,11 +101,25 @@ pub async fn spawn(
     tracing::info!(%addr, "web server listening");
     let app = router(state);
     let handle = tokio::spawn(async move {
+        let stop = shutdown.clone();
         let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "web server stopped");
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .into_future();
+        // Graceful shutdown waits for every open connection: a client that
+        // never finishes its request must not hold the gateway's shutdown.
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            r = served => {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "web server stopped");
+                }
+            }
+            _ = deadline => {
+                tracing::warn!("web clients still connected at shutdown; closing them");
+            }
         }
     });
     Ok((addr, handle))
