@@ -8,12 +8,15 @@
 
 use crate::alarm::task::{self as alarm_task, AlarmRequest};
 use crate::config::LoadedConfig;
-use crate::drivers::modbus;
+use crate::drivers::write::Writers;
+use crate::drivers::{gpio, modbus};
 use crate::event::{EventKind, NewEvent, Priority};
 use crate::journal::Journal;
 use crate::point::BusMessage;
+use crate::service::Service;
 use crate::status::GatewayStatus;
 use crate::uplink::{self, IncomingCommand, UplinkContext};
+use crate::web;
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +30,10 @@ pub const UPLINK_SINK: &str = "uplink";
 /// dropped); a poll cycle is at most delayed.
 const BUS_CAPACITY: usize = 1024;
 
+/// Longest a journal flush (with `fsync`, on an SD card) may take before
+/// the committer counts as wedged, on top of `[journal] telemetry_flush_s`.
+const JOURNAL_FLUSH_ALLOWANCE: Duration = Duration::from_secs(20);
+
 /// How long the uplink may keep delivering after the drivers stopped.
 const UPLINK_GRACE: Duration = Duration::from_secs(3);
 
@@ -35,8 +42,10 @@ pub struct Gateway {
     pub journal: Journal,
     pub status: Arc<GatewayStatus>,
     pub alarm_requests: mpsc::Sender<AlarmRequest>,
-    /// Writes to field devices (MQTT devices so far), by device id.
-    pub writers: crate::drivers::write::Writers,
+    /// Writes to field devices (MQTT devices, GPIO outputs), by device id.
+    pub writers: Writers,
+    /// Where the web server listens (`None`: `[web] enabled = false`).
+    pub web_addr: Option<std::net::SocketAddr>,
     shutdown: CancellationToken,
     done: tokio::task::JoinHandle<()>,
 }
@@ -55,8 +64,13 @@ impl Gateway {
         sinks.extend(push_sinks.iter().map(String::as_str));
         let journal = Journal::open(&c.journal, &c.site.gateway, &sinks)
             .with_context(|| format!("opening journal at {}", c.journal.path.display()))?;
-        let status = Arc::new(GatewayStatus::new(
+        let status = Arc::new(GatewayStatus::with_liveness_grace(
             c.devices.iter().filter(|d| d.enabled).count() as u64,
+            c.service.liveness_grace,
+        ));
+        journal.set_heartbeat(status.liveness.register(
+            "journal",
+            c.journal.telemetry_flush + JOURNAL_FLUSH_ALLOWANCE,
         ));
         journal
             .record(vec![NewEvent::system(
@@ -92,8 +106,37 @@ impl Gateway {
         let (req_tx, req_rx) = mpsc::channel::<AlarmRequest>(64);
         let (cmd_tx, cmd_rx) = mpsc::channel::<IncomingCommand>(64);
 
-        let mut writers = crate::drivers::write::Writers::new();
-        let mut drivers = modbus::spawn(&cfg, bus_tx.clone(), shutdown.child_token());
+        let web_stop = CancellationToken::new();
+        let web = if c.web.enabled {
+            let state = web::WebState {
+                status: status.clone(),
+                journal: journal.clone(),
+                uplink_sink: UPLINK_SINK,
+            };
+            // Alarms matter more than metrics: a taken port is logged
+            // loudly, and the gateway runs on without its web server.
+            match web::spawn(&c.web, state, web_stop.clone()).await {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::error!(error = %e, "web server not started: no /metrics, no /healthz");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let web_addr = web.as_ref().map(|(a, _)| *a);
+
+        let mut drivers =
+            modbus::spawn_observed(&cfg, bus_tx.clone(), shutdown.child_token(), Some(&status));
+        let mut writers = Writers::new();
+        drivers.extend(gpio::spawn(
+            &cfg,
+            bus_tx.clone(),
+            shutdown.child_token(),
+            Some(&status),
+            &mut writers,
+        ));
         drivers.extend(
             crate::drivers::mqtt::spawn(&cfg, bus_tx.clone(), shutdown.child_token(), &mut writers)
                 .await
@@ -120,6 +163,14 @@ impl Gateway {
             uplink_stop.clone(),
         ));
         let commands = tokio::spawn(crate::command::run(cmd_rx, req_tx.clone(), journal.clone()));
+        // Up means every main loop runs: wait for their first beats.
+        let missing = status
+            .liveness
+            .wait_registered(&["alarm", "uplink"], Duration::from_secs(10))
+            .await;
+        if !missing.is_empty() {
+            tracing::error!(?missing, "main loops not running 10 s after start");
+        }
 
         let done = {
             let shutdown = shutdown.clone();
@@ -158,14 +209,19 @@ impl Gateway {
                 if let Err(e) = journal.flush().await {
                     tracing::error!(error = %e, "journal flush at shutdown failed");
                 }
+                web_stop.cancel();
+                if let Some((_, h)) = web {
+                    let _ = h.await;
+                }
                 tracing::info!("gateway stopped");
             })
         };
         Ok(Gateway {
             journal,
             status,
-            alarm_requests: req_tx,
+            web_addr,
             writers,
+            alarm_requests: req_tx,
             shutdown,
             done,
         })
@@ -182,22 +238,33 @@ impl Gateway {
     }
 }
 
-/// `estate-gateway run`: start, then stop on SIGTERM/SIGINT.
+/// `estate-gateway run`: start, tell systemd it is ready, pet its watchdog
+/// while every main loop is alive, then stop on SIGTERM/SIGINT.
 pub async fn run(cfg: LoadedConfig) -> anyhow::Result<()> {
+    let service = Service::from_env();
     let gw = Gateway::start(cfg).await?;
     tracing::info!(boot_id = %gw.status.boot_id, "gateway running");
     release_startup_memory();
+    service.ready();
+    let watchdog_stop = CancellationToken::new();
+    let watchdog = service.spawn_watchdog(gw.status.liveness.clone(), watchdog_stop.clone());
     wait_for_signal().await;
     tracing::info!("shutdown requested");
+    service.stopping();
     gw.stop();
     // A second signal exits at once.
     tokio::select! {
-        _ = gw.wait() => Ok(()),
+        _ = gw.wait() => {}
         _ = wait_for_signal() => {
             tracing::warn!("second signal: exiting now");
             std::process::exit(130);
         }
     }
+    watchdog_stop.cancel();
+    if let Some(w) = watchdog {
+        let _ = w.await;
+    }
+    Ok(())
 }
 
 /// Give back to the OS what start-up (config parsing, journal recovery)

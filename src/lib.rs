@@ -11,13 +11,15 @@
 //! - [`event`]: the one event type, serialized as the uplink contract says.
 //! - [`point`]: point values, qualities and the bus messages drivers send.
 //! - [`drivers`]: field protocols (Modbus TCP/RTU, MQTT devices and the
-//!   embedded site broker), one task each, never dying.
+//!   embedded site broker, the Pi's GPIO), one task each, never dying.
 //! - [`alarm`]: rules, ISA-18.2 states, latching, delays (pure), and its task.
 //! - [`telemetry`]: report by exception (pure).
 //! - [`journal`]: durable event log on sled with per-sink cursors.
 //! - [`uplink`]: MQTT to the central platform.
 //! - [`push`]: alarms to security staff (WeCom, DingTalk, Feishu, webhook, SMS), escalation.
-//! - [`status`]: live counters for the heartbeat.
+//! - [`status`]: live counters for the heartbeat, metrics and health.
+//! - [`service`]: systemd readiness, watchdog and the main loops' liveness.
+//! - [`web`]: the local HTTP server (`/metrics`, `/healthz`).
 //! - [`app`]: wiring, signals and the one shutdown path.
 //! - [`demo`]: simulated devices and platform for `estate-gateway demo`.
 
@@ -32,7 +34,9 @@ pub mod journal;
 pub mod logging;
 pub mod point;
 pub mod push;
+pub mod service;
 pub mod status;
 pub mod supervise;
 pub mod telemetry;
 pub mod uplink;
+pub mod web;

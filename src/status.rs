@@ -2,8 +2,10 @@
 //! page and metrics. Writers are the tasks that own each fact.
 
 use crate::event::Timestamp;
+use crate::service::liveness::Liveness;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Gateway-wide live state.
 #[derive(Debug)]
@@ -23,6 +25,12 @@ pub struct GatewayStatus {
     pub pushes_sent: AtomicU64,
     /// Staff push attempts that failed since start (each is retried).
     pub pushes_failed: AtomicU64,
+    /// Heartbeats of the main loops (watchdog, `/healthz`).
+    pub liveness: Liveness,
+    /// Per-device poll counters (`/metrics`).
+    pub polls: PollRegistry,
+    /// Event publishes to the platform: submit → PUBACK (`/metrics`).
+    pub uplink_publish: LatencyCounter,
 }
 
 impl GatewayStatus {
@@ -40,6 +48,17 @@ impl GatewayStatus {
             uplink_connected: AtomicBool::new(false),
             pushes_sent: AtomicU64::new(0),
             pushes_failed: AtomicU64::new(0),
+            liveness: Liveness::default(),
+            polls: PollRegistry::default(),
+            uplink_publish: LatencyCounter::default(),
+        }
+    }
+
+    /// The same, with main loops late after `grace` past their beat.
+    pub fn with_liveness_grace(devices: u64, grace: Duration) -> GatewayStatus {
+        GatewayStatus {
+            liveness: Liveness::new(grace),
+            ..GatewayStatus::new(devices)
         }
     }
 
@@ -49,6 +68,75 @@ impl GatewayStatus {
 
     pub fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
+    }
+}
+
+/// One device's poll counters, written by its driver task.
+#[derive(Debug, Default)]
+pub struct PollCounters {
+    /// Polls made (a poll reads every point of the device once).
+    pub polls: AtomicU64,
+    /// Polls that failed (timeout, link down, exception, bad reply).
+    pub errors: AtomicU64,
+    /// Sum of the durations of successful polls, in microseconds.
+    pub latency_us_sum: AtomicU64,
+    /// Duration of the last successful poll, in microseconds.
+    pub last_latency_us: AtomicU64,
+}
+
+impl PollCounters {
+    /// Count one poll; `took` is its duration (latency counts successes only).
+    pub fn record(&self, ok: bool, took: Duration) {
+        self.polls.fetch_add(1, Ordering::Relaxed);
+        if ok {
+            let us = took.as_micros().min(u64::MAX as u128) as u64;
+            self.latency_us_sum.fetch_add(us, Ordering::Relaxed);
+            self.last_latency_us.store(us, Ordering::Relaxed);
+        } else {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Count and total duration of something timed (a summary without quantiles).
+#[derive(Debug, Default)]
+pub struct LatencyCounter {
+    pub count: AtomicU64,
+    pub sum_us: AtomicU64,
+}
+
+impl LatencyCounter {
+    pub fn record(&self, took: Duration) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let us = took.as_micros().min(u64::MAX as u128) as u64;
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+}
+
+/// Device id → its poll counters, in registration order.
+#[derive(Debug, Default)]
+pub struct PollRegistry {
+    devices: Mutex<Vec<(Arc<str>, Arc<PollCounters>)>>,
+}
+
+impl PollRegistry {
+    /// The counters of `device` (created on first use).
+    pub fn device(&self, device: &Arc<str>) -> Arc<PollCounters> {
+        let mut d = self.devices.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, c)) = d.iter().find(|(id, _)| id == device) {
+            return c.clone();
+        }
+        let c = Arc::new(PollCounters::default());
+        d.push((device.clone(), c.clone()));
+        c
+    }
+
+    /// Every device's counters.
+    pub fn snapshot(&self) -> Vec<(Arc<str>, Arc<PollCounters>)> {
+        self.devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 

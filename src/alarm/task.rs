@@ -26,6 +26,9 @@ type PendingReply = (
 /// Longest a changed alarm state waits before it is saved to disk.
 const SAVE_DELAY: Duration = Duration::from_secs(1);
 
+/// The task beats its liveness heartbeat at least this often, idle or not.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+
 /// Requests to the alarm task from the command path.
 #[derive(Debug)]
 pub enum AlarmRequest {
@@ -79,10 +82,12 @@ pub async fn run(
     // Saving the states after every change would cost an fsync per alarm:
     // changes are saved within SAVE_DELAY, acknowledgements at once.
     let mut save_due: Option<Instant> = None;
+    let heartbeat = status.liveness.register("alarm", HEARTBEAT);
     loop {
+        heartbeat.beat();
         let deadline = earliest(
             earliest(engine.next_deadline(), telemetry.next_deadline()),
-            save_due,
+            earliest(save_due, Some(heartbeat.next_due().into_std())),
         );
         let sleep = async {
             match deadline {

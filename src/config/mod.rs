@@ -56,6 +56,12 @@ pub struct Config {
     /// Pushes to security staff (`[push]`).
     #[serde(default)]
     pub push: crate::push::PushConfig,
+    /// The local web server: `/metrics`, `/healthz` (`[web]`).
+    #[serde(default)]
+    pub web: crate::web::WebConfig,
+    /// Service supervision: main-loop liveness, watchdog (`[service]`).
+    #[serde(default)]
+    pub service: crate::service::ServiceConfig,
 }
 
 /// Identity (`[site]`). Both ids appear in every uplink topic:

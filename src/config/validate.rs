@@ -223,11 +223,24 @@ pub(super) fn validate(c: &Config, origins: &super::profiles::Origins) -> Vec<Fi
         if d.offline_after == 0 {
             f.err(k.key("offline_after"), "must be at least 1");
         }
+        for (key, message) in crate::drivers::gpio::validate(d, &k) {
+            f.err(key, message);
+        }
+        if d.gpio.is_some() && (d.modbus.is_some() || d.mqtt.is_some()) {
+            f.err(
+                k.key("gpio"),
+                format!(
+                    "device {:?} has [devices.gpio] and another protocol section: a device speaks exactly one protocol",
+                    d.id
+                ),
+            );
+        }
         match (&d.modbus, &d.mqtt) {
+            (None, None) if d.gpio.is_some() => {}
             (None, None) => f.err(
                 k.clone(),
                 format!(
-                    "device {:?} has no protocol section (add [devices.modbus] or [devices.mqtt])",
+                    "device {:?} has no protocol section (add [devices.modbus], [devices.mqtt] or [devices.gpio])",
                     d.id
                 ),
             ),

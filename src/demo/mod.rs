@@ -43,6 +43,9 @@ pub async fn run(duration_s: Option<u64>) -> anyhow::Result<()> {
     let platform = Platform::connect(broker).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let gateway = Gateway::start(cfg).await?;
+    if let Some(addr) = gateway.web_addr {
+        println!("  metrics: http://{addr}/metrics  health: http://{addr}/healthz\n");
+    }
     println!("What the central platform receives (Ctrl-C to stop):\n");
 
     let scenario = tokio::spawn(devices.scenario(platform.client.clone()));

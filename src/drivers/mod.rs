@@ -4,6 +4,7 @@
 //! The device model shared by all drivers ([`DeviceConfig`], [`PointConfig`])
 //! lives here; protocol settings sit in each driver's own `config.rs`.
 
+pub mod gpio;
 pub mod modbus;
 pub mod mqtt;
 pub mod write;
@@ -62,6 +63,9 @@ pub struct DeviceConfig {
     /// one of `modbus` or `mqtt`.
     #[serde(default)]
     pub mqtt: Option<mqtt::MqttDeviceConfig>,
+    /// The Raspberry Pi's own pins (inputs and outputs of this device).
+    #[serde(default)]
+    pub gpio: Option<gpio::GpioDeviceConfig>,
     /// Id of a `[[profiles]]` entry whose points this device has (before
     /// its own `points`): identical devices share one point list.
     #[serde(default)]

@@ -102,6 +102,7 @@ fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>, lazy_every: Duration) {
     let mut next_lazy = Instant::now() + lazy_every;
     let mut last_size = Instant::now();
     loop {
+        shared.beat();
         let wait = next_lazy.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
             Ok(first) => {

@@ -22,9 +22,9 @@ mod commit;
 mod config;
 mod keys;
 pub mod storage;
-mod wal;
 #[cfg(test)]
 mod tests;
+mod wal;
 
 pub use config::JournalConfig;
 pub use storage::{MemStorage, SledStorage, Storage, StorageError};
@@ -214,9 +214,18 @@ pub(crate) struct Shared {
     /// Tests: the process "died"; the committer stops without its final
     /// checkpoint.
     abandoned: AtomicBool,
+    /// Beaten by the committer thread once per iteration (liveness).
+    heartbeat: std::sync::OnceLock<crate::service::liveness::Heartbeat>,
 }
 
 impl Shared {
+    /// Beat the committer's heartbeat, once one is set.
+    pub(crate) fn beat(&self) {
+        if let Some(hb) = self.heartbeat.get() {
+            hb.beat();
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves State consistent with what
         // was written (it is updated only after a successful write).
@@ -659,6 +668,7 @@ impl Journal {
             wal: Mutex::new(wal),
             needs_checkpoint: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
+            heartbeat: std::sync::OnceLock::new(),
         });
         if assigned_seq > meta.last_seq {
             tracing::info!(
@@ -706,6 +716,13 @@ impl Journal {
     #[cfg(test)]
     pub(crate) fn abandon(self) {
         self.shared().abandoned.store(true, Ordering::SeqCst);
+    }
+
+    /// Have the committer thread beat `hb` once per iteration; it wakes at
+    /// least every `telemetry_flush`. Register `hb` with that period plus
+    /// the longest a flush may take. Only the first heartbeat set is kept.
+    pub fn set_heartbeat(&self, hb: crate::service::liveness::Heartbeat) {
+        let _ = self.shared().heartbeat.set(hb);
     }
 
     /// Record events: assigns `seq`/`id`, and returns only once they are durable.

@@ -259,9 +259,7 @@ mod tests {
         let (mut wal, r) = Wal::open(&path, 8192, true).unwrap();
         assert!(r.is_empty());
         wal.reset().unwrap();
-        assert!(wal
-            .append([(1, &b"one"[..]), (2, &b"two"[..])])
-            .unwrap());
+        assert!(wal.append([(1, &b"one"[..]), (2, &b"two"[..])]).unwrap());
         wal.sync().unwrap();
         drop(wal);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 8192);
@@ -299,7 +297,8 @@ mod tests {
         let path = dir.path().join("wal");
         let (mut wal, _) = Wal::open(&path, 8192, false).unwrap();
         wal.reset().unwrap();
-        wal.append([(1, &b"first"[..]), (2, &b"second"[..])]).unwrap();
+        wal.append([(1, &b"first"[..]), (2, &b"second"[..])])
+            .unwrap();
         drop(wal);
         // Corrupt one byte of the second record's payload.
         let f = OpenOptions::new().write(true).open(&path).unwrap();

@@ -150,6 +150,15 @@ impl Lane {
         self.slots.get_mut(i)
     }
 
+    /// When `key` (of `epoch`) was submitted, while it is in flight.
+    pub fn submitted_at(&self, key: u64, epoch: u64) -> Option<Instant> {
+        if epoch != self.epoch {
+            return None;
+        }
+        let i = self.slots.binary_search_by_key(&key, |s| s.key).ok()?;
+        Some(self.slots[i].submitted_at)
+    }
+
     /// The request for `key` was written to the connection.
     /// Returns the new acknowledgement point if it advanced.
     pub fn on_written(&mut self, key: u64, epoch: u64) -> Option<u64> {
@@ -363,6 +372,15 @@ impl Pipeline {
             Tag::Result { .. } | Tag::Other => {}
         }
         Ok(acks)
+    }
+
+    /// When the event publish awaiting PUBACK `pkid` was submitted (ask
+    /// before [`Pipeline::on_puback`]): its publish latency, for metrics.
+    pub fn event_submitted_at(&self, pkid: u16) -> Option<Instant> {
+        match self.subs.by_pkid.get(&pkid)? {
+            Tag::Event { seq, epoch } => self.events.submitted_at(*seq, *epoch),
+            _ => None,
+        }
     }
 
     /// `Incoming::PubAck(pkid)` from the event loop.

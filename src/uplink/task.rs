@@ -14,6 +14,7 @@ use super::{IncomingCommand, UplinkContext, UplinkError};
 use crate::app::UPLINK_SINK;
 use crate::event::{EventKind, NewEvent, Priority, Timestamp};
 use crate::journal::{Journal, JournalHead, StoredEvent, StoredTelemetry};
+use crate::service::liveness::Heartbeat;
 use crate::status::GatewayStatus;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
@@ -44,6 +45,9 @@ const MAX_PACKET: usize = 4 * 1024 * 1024;
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 /// How often timeouts are checked and acknowledgements flushed.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
+
+/// The main loop beats its liveness heartbeat at least this often.
+const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Journal acknowledgements are written at most this often while busy.
 const ACK_FLUSH: Duration = Duration::from_millis(50);
 /// How long the clean shutdown may take to publish `offline` and disconnect.
@@ -213,7 +217,10 @@ pub(super) async fn run(ctx: UplinkContext, shutdown: CancellationToken) {
     let rumqttc_inflight = u16::try_from(window + TELEMETRY_WINDOW + 16).unwrap_or(u16::MAX);
     // Without usable options (e.g. unreadable TLS files) the uplink cannot
     // start; retry slowly, since the files may be fixed in place.
+    // Alive while retrying, too: the gateway runs on locally without it.
+    let alive = ctx.status.liveness.register("uplink", HEARTBEAT);
     let options = loop {
+        alive.beat_within(cfg.reconnect_max + HEARTBEAT);
         match mqtt_options(&ctx, cap, rumqttc_inflight) {
             Ok(o) => break o,
             Err(e) => {
@@ -293,7 +300,7 @@ pub(super) async fn run(ctx: UplinkContext, shutdown: CancellationToken) {
         "uplink starting"
     );
     let start = up.start_attempt(Box::new(eventloop));
-    up.main_loop(start, replies_rx, shutdown).await;
+    up.main_loop(start, replies_rx, shutdown, alive).await;
     // Let the recorder finish what is queued, then stop.
     drop(up);
     if tokio::time::timeout(SHUTDOWN_DRAIN, recorder)
@@ -329,6 +336,7 @@ impl Uplink {
         first: PollFuture,
         mut replies_rx: mpsc::Receiver<(String, Vec<u8>)>,
         shutdown: CancellationToken,
+        alive: Heartbeat,
     ) {
         let mut poller: Option<PollFuture> = Some(first);
         let mut parked: Option<(Box<EventLoop>, tokio::time::Instant)> = None;
@@ -337,8 +345,10 @@ impl Uplink {
         heartbeat.tick().await;
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Housekeeping wakes the loop every 100 ms: a beat per iteration.
 
         loop {
+            alive.beat();
             let wake = parked.as_ref().map(|(_, at)| *at);
             // Not biased: during a long backlog drain the event loop is
             // always ready, and heartbeats, timeouts and command results
@@ -455,6 +465,11 @@ impl Uplink {
                 self.take_acks(acks);
             }
             Event::Incoming(Incoming::PubAck(ack)) => {
+                if let Some(at) = self.pipeline.event_submitted_at(ack.pkid) {
+                    self.status
+                        .uplink_publish
+                        .record(now.saturating_duration_since(at));
+                }
                 let acks = self.pipeline.on_puback(ack.pkid);
                 self.take_acks(acks);
             }

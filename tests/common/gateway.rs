@@ -55,6 +55,7 @@ pub struct GatewayProc {
     log: PathBuf,
     child: Option<Child>,
     starts: u32,
+    env: Vec<(String, String)>,
 }
 
 impl GatewayProc {
@@ -76,6 +77,7 @@ impl GatewayProc {
             log,
             child: None,
             starts: 0,
+            env: Vec::new(),
         }
     }
 
@@ -84,6 +86,11 @@ impl GatewayProc {
         let mut g = GatewayProc::new(name, config);
         g.start();
         g
+    }
+
+    /// Set an environment variable for the next starts.
+    pub fn env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// The temp dir (`@DIR@`).
@@ -128,6 +135,7 @@ impl GatewayProc {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info,estate_gateway=debug");
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         self.child = Some(cmd.spawn().expect("spawn estate-gateway run"));
     }
 

@@ -24,6 +24,8 @@ use super::transport::{Connector, ModbusError, Transport};
 use crate::drivers::RegisterKind;
 use crate::event::Timestamp;
 use crate::point::{BusMessage, Reading};
+use crate::service::liveness::Heartbeat;
+use crate::status::PollCounters;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -52,6 +54,8 @@ pub struct DevicePoller {
     pub health: Health,
     pub next_poll: Instant,
     pub span: tracing::Span,
+    /// Poll counters for `/metrics` (none in tests that do not look).
+    pub counters: Option<Arc<PollCounters>>,
 }
 
 impl DevicePoller {
@@ -77,6 +81,7 @@ impl DevicePoller {
             health: Health::new(offline_after),
             next_poll: start,
             span: tracing::info_span!("modbus_device", device = %id, unit),
+            counters: None,
         }
     }
 }
@@ -146,6 +151,7 @@ pub struct Endpoint<C: Connector> {
     reconnect_max: Duration,
     bus: mpsc::Sender<BusMessage>,
     rng: fastrand::Rng,
+    heartbeat: Option<Heartbeat>,
 }
 
 impl<C: Connector> Endpoint<C> {
@@ -181,6 +187,7 @@ impl<C: Connector> Endpoint<C> {
             reconnect_max,
             bus,
             rng: fastrand::Rng::new(),
+            heartbeat: None,
         }
     }
 
@@ -188,6 +195,24 @@ impl<C: Connector> Endpoint<C> {
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.rng = fastrand::Rng::with_seed(seed);
         self
+    }
+
+    /// Beat `hb` once per loop iteration (liveness for the watchdog).
+    pub fn with_heartbeat(mut self, hb: Heartbeat) -> Self {
+        self.heartbeat = Some(hb);
+        self
+    }
+
+    /// Longest a poll of device `i` may take when nothing hangs: a connect
+    /// and every request each up to the timeout, plus the serial silences.
+    fn poll_budget(&self, i: usize) -> Duration {
+        let d = &self.devices[i];
+        let requests = d.plan.requests.len() as u32;
+        let silence = match self.kind {
+            LinkKind::Serial { inter_frame } => inter_frame * requests,
+            LinkKind::Tcp => Duration::ZERO,
+        };
+        d.timeout * (requests + 1) + silence
     }
 
     /// Poll until `shutdown` (or until the bus closes).
@@ -203,6 +228,11 @@ impl<C: Connector> Endpoint<C> {
                     break;
                 };
                 let due = self.devices[i].next_poll;
+                if let Some(hb) = &self.heartbeat {
+                    hb.beat_within(
+                        due.saturating_duration_since(Instant::now()) + self.poll_budget(i),
+                    );
+                }
                 if due > Instant::now() {
                     sleep.as_mut().reset(due);
                     tokio::select! {
@@ -257,10 +287,14 @@ impl<C: Connector> Endpoint<C> {
     }
 
     async fn poll_inner(&mut self, i: usize) -> [Option<BusMessage>; 2] {
+        let began = Instant::now();
         let result = self.read_device(i).await;
         let now = Instant::now();
         let jitter = self.rng.f64();
         let dev = &mut self.devices[i];
+        if let Some(c) = &dev.counters {
+            c.record(result.is_ok(), now - began);
+        }
         let mut messages: [Option<BusMessage>; 2] = [None, None];
         match result {
             Ok((readings, replied_at)) => {

@@ -34,6 +34,7 @@ pub use config::{ModbusDeviceConfig, Parity, SerialBusConfig};
 use crate::config::LoadedConfig;
 use crate::drivers::PointConfig;
 use crate::point::{BusMessage, PointIndex};
+use crate::status::GatewayStatus;
 use endpoint::{DevicePoller, Endpoint, LinkKind};
 use std::collections::BTreeMap;
 use tokio::sync::mpsc;
@@ -43,6 +44,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 use transport::{RtuConnector, TcpConnector};
 
+/// Period an endpoint task registers its heartbeat with; each iteration
+/// then says when its next one is due (the wait for the next poll plus the
+/// poll's own budget).
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Start one task per TCP endpoint and one per serial bus. Must be called
 /// inside a tokio runtime. Disabled devices and devices without points are
 /// skipped; a device whose reads cannot be planned is logged and skipped.
@@ -50,6 +56,17 @@ pub fn spawn(
     cfg: &LoadedConfig,
     bus: mpsc::Sender<BusMessage>,
     shutdown: CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    spawn_observed(cfg, bus, shutdown, None)
+}
+
+/// [`spawn`], each endpoint task beating a heartbeat in `status`'s liveness
+/// registry (`modbus <endpoint>`) and counting every device's polls.
+pub fn spawn_observed(
+    cfg: &LoadedConfig,
+    bus: mpsc::Sender<BusMessage>,
+    shutdown: CancellationToken,
+    status: Option<&GatewayStatus>,
 ) -> Vec<JoinHandle<()>> {
     let start = Instant::now();
     let mut tcp: BTreeMap<(String, u16), Vec<DevicePoller>> = BTreeMap::new();
@@ -78,7 +95,7 @@ pub fn spawn(
             }
         };
         debug!(device = %d.id, requests = plan.requests.len(), points = points.len(), "read plan");
-        let poller = DevicePoller::new(
+        let mut poller = DevicePoller::new(
             &d.id,
             m.unit,
             d.poll_interval,
@@ -88,6 +105,7 @@ pub fn spawn(
             plan,
             start,
         );
+        poller.counters = status.map(|s| s.polls.device(&poller.id));
         match (&m.host, &m.bus) {
             (Some(host), _) => tcp.entry((host.clone(), m.port)).or_default().push(poller),
             (None, Some(b)) => rtu.entry(b.clone()).or_default().push(poller),
@@ -97,12 +115,18 @@ pub fn spawn(
 
     let mut handles = Vec::new();
     for ((host, port), devices) in tcp {
-        let ep = Endpoint::new(
+        let mut ep = Endpoint::new(
             TcpConnector::new(&host, port),
             LinkKind::Tcp,
             devices,
             bus.clone(),
         );
+        if let Some(s) = status {
+            ep = ep.with_heartbeat(
+                s.liveness
+                    .register(format!("modbus tcp:{host}:{port}"), HEARTBEAT),
+            );
+        }
         handles.push(tokio::spawn(ep.run(shutdown.clone())));
     }
     for (bus_id, devices) in rtu {
@@ -113,7 +137,13 @@ pub fn spawn(
         let kind = LinkKind::Serial {
             inter_frame: line.inter_frame_delay(),
         };
-        let ep = Endpoint::new(RtuConnector::new(line.clone()), kind, devices, bus.clone());
+        let mut ep = Endpoint::new(RtuConnector::new(line.clone()), kind, devices, bus.clone());
+        if let Some(s) = status {
+            ep = ep.with_heartbeat(
+                s.liveness
+                    .register(format!("modbus rtu:{bus_id}"), HEARTBEAT),
+            );
+        }
         handles.push(tokio::spawn(ep.run(shutdown.clone())));
     }
     handles
