@@ -370,7 +370,7 @@ fn run_traced(strace: &Path, fsync: bool) -> (usize, Vec<u64>) {
     // Events are durable through the write-ahead log (the store itself is
     // only checkpointed): its write and fdatasync are what must precede
     // each RECORDED.
-    let data_file = format!("{}/wal", jdir.display());
+    let data_file = format!("{}/wal.0", jdir.display());
     let steps = parse_trace(&text, &data_file);
     records_without_fsync(&steps)
 }

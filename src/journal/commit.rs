@@ -7,10 +7,11 @@
 //! one. A request already covered by an earlier flush is answered at once.
 //!
 //! With a write-ahead log (the sled journal), a commit appends the events
-//! to the WAL and `fdatasync`s it; the store itself is checkpointed
-//! (flushed, synced, WAL reset) every `telemetry_flush`, when the WAL is
-//! full, and on [`CommitHandle::checkpoint`]. Without one, every commit
-//! flushes the store.
+//! to the WAL and `fdatasync`s it. The store is checkpointed every
+//! `telemetry_flush` and when a WAL file fills up, on a background thread
+//! (the WAL switches to its other file first, so commits go on), and in
+//! line on [`CommitHandle::checkpoint`], at shutdown and after a WAL
+//! failure. Without a WAL, every commit flushes the store.
 //!
 //! The I/O runs on this dedicated thread, never on the async runtime.
 //! The thread also samples the store's size.
@@ -98,9 +99,52 @@ impl Drop for CommitHandle {
     }
 }
 
+/// The background checkpoint thread, if one was started.
+#[derive(Default)]
+struct Background(Option<JoinHandle<()>>);
+
+impl Background {
+    fn busy(&self) -> bool {
+        self.0.as_ref().is_some_and(|h| !h.is_finished())
+    }
+    fn join(&mut self) {
+        if let Some(h) = self.0.take() {
+            if h.join().is_err() {
+                tracing::error!("journal checkpoint thread panicked");
+            }
+        }
+    }
+}
+
+/// Flush the store on another thread, then drop the retired WAL file.
+/// Only when no other background checkpoint runs: while one runs, a file
+/// is retired, so the WAL cannot switch files again and the retired file
+/// is the one whose records this flush covers.
+fn start_background(shared: &Arc<Shared>, bg: &mut Background, epoch: u64) {
+    bg.join();
+    let sh = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("journal-checkpoint".into())
+        .spawn(move || {
+            let res = sh.flush_store().and_then(|()| sh.reset_retired_wal(epoch));
+            if let Err(e) = res {
+                sh.dirty.store(true, Ordering::SeqCst);
+                tracing::error!(error = %e, "journal background checkpoint failed; retrying");
+            }
+        });
+    match spawned {
+        Ok(h) => bg.0 = Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "no checkpoint thread; checkpointing in line");
+            let _ = commit(shared, true);
+        }
+    }
+}
+
 fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>, lazy_every: Duration) {
     let mut next_lazy = Instant::now() + lazy_every;
     let mut last_size = Instant::now();
+    let mut bg = Background::default();
     loop {
         shared.beat();
         let wait = next_lazy.saturating_duration_since(Instant::now());
@@ -123,6 +167,7 @@ fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>, lazy_every: Duration) {
                     if covered && !dirty && !shared.wal_has_records() {
                         Ok(())
                     } else {
+                        bg.join();
                         commit(&shared, true)
                     }
                 } else {
@@ -132,14 +177,30 @@ fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>, lazy_every: Duration) {
                 for w in waiters {
                     let _ = w.reply.send(res.clone());
                 }
+                if shared.take_rotated() {
+                    let epoch = shared.wal_epoch();
+                    start_background(&shared, &mut bg, epoch);
+                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if shared.take_dirty() || shared.wal_has_records() {
-                    let _ = commit(&shared, true);
+                    if !shared.has_wal() || shared.needs_checkpoint.load(Ordering::SeqCst) {
+                        bg.join();
+                        let _ = commit(&shared, true);
+                    } else if bg.busy() {
+                        // Still flushing: try again at the next tick.
+                        shared.dirty.store(true, Ordering::SeqCst);
+                    } else if let Some(epoch) = shared.rotate_wal() {
+                        start_background(&shared, &mut bg, epoch);
+                    } else {
+                        // An earlier background checkpoint failed.
+                        let _ = commit(&shared, true);
+                    }
                 }
                 next_lazy = Instant::now() + lazy_every;
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
+                bg.join();
                 if !shared.abandoned.load(Ordering::SeqCst) {
                     let _ = commit(&shared, true);
                 }

@@ -207,7 +207,10 @@ pub(crate) struct Shared {
     max_bytes: u64,
     gateway: String,
     /// The write-ahead log (`None`: every commit flushes the store).
-    wal: Mutex<Option<wal::Wal>>,
+    wal: Mutex<Option<wal::WalPair>>,
+    /// The active WAL file filled up and appends moved to the other one:
+    /// the committer starts a background checkpoint.
+    rotated: AtomicBool,
     /// Events were written to the store but not to the WAL (it was full
     /// or failed): the next commit must be a checkpoint.
     needs_checkpoint: AtomicBool,
@@ -232,7 +235,7 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn wal(&self) -> MutexGuard<'_, Option<wal::Wal>> {
+    fn wal(&self) -> MutexGuard<'_, Option<wal::WalPair>> {
         self.wal.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -259,17 +262,24 @@ impl Shared {
         self.checkpoint()
     }
 
-    /// Flush (and fsync, when configured) the store, then start a new WAL
-    /// generation: everything written so far is durable in the store.
-    pub(crate) fn checkpoint(&self) -> Result<(), StorageError> {
+    /// Flush the store, and `fsync` it when configured.
+    pub(crate) fn flush_store(&self) -> Result<(), StorageError> {
         self.storage.flush()?;
         if self.fsync {
             self.storage.sync()?;
         }
+        Ok(())
+    }
+
+    /// Flush (and fsync, when configured) the store, then empty the WAL:
+    /// everything written so far is durable in the store. Runs on the
+    /// committer thread (nothing is appended meanwhile).
+    pub(crate) fn checkpoint(&self) -> Result<(), StorageError> {
+        self.flush_store()?;
         self.needs_checkpoint.store(false, Ordering::SeqCst);
         let mut wal = self.wal();
         if let Some(w) = wal.as_mut() {
-            if let Err(e) = w.reset() {
+            if let Err(e) = w.reset_all() {
                 // Records of the old generation replay as duplicates of
                 // stored seqs, which replay skips; but appending to this
                 // generation again could mix: checkpoint until it works.
@@ -282,7 +292,39 @@ impl Shared {
 
     /// The WAL holds records not yet checkpointed into the store.
     pub(crate) fn wal_has_records(&self) -> bool {
-        self.wal().as_ref().is_some_and(|w| !w.is_empty())
+        self.wal().as_ref().is_some_and(|w| w.has_records())
+    }
+
+    /// Before a background checkpoint: move WAL appends to the other file.
+    /// The epoch to hand to [`reset_retired_wal`](Self::reset_retired_wal),
+    /// or `None` when that is not possible (an earlier one has not finished).
+    pub(crate) fn rotate_wal(&self) -> Option<u64> {
+        match self.wal().as_mut() {
+            None => Some(0),
+            Some(w) => w.rotate().then(|| w.epoch()),
+        }
+    }
+
+    /// Epoch of the WAL's current file arrangement.
+    pub(crate) fn wal_epoch(&self) -> u64 {
+        self.wal().as_ref().map_or(0, |w| w.epoch())
+    }
+
+    /// After a background checkpoint started in `epoch`: drop the retired
+    /// WAL file's records.
+    pub(crate) fn reset_retired_wal(&self, epoch: u64) -> Result<(), StorageError> {
+        if let Some(w) = self.wal().as_mut() {
+            w.reset_retired(epoch).map_err(|e| {
+                self.needs_checkpoint.store(true, Ordering::SeqCst);
+                StorageError(format!("journal WAL reset failed: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The active WAL file filled up since the last call.
+    pub(crate) fn take_rotated(&self) -> bool {
+        self.rotated.swap(false, Ordering::SeqCst)
     }
 
     /// Publish a new durable seq to readers and watchers.
@@ -333,9 +375,10 @@ impl Shared {
         }
         // Then the WAL, in the same order, under the same lock.
         if let Some(w) = self.wal().as_mut() {
-            match w.append(pending.iter().map(|(seq, p)| (*seq, p.as_slice()))) {
-                Ok(true) => {}
-                Ok(false) => self.needs_checkpoint.store(true, Ordering::SeqCst),
+            match w.append(&pending) {
+                Ok(wal::Appended::Yes) => {}
+                Ok(wal::Appended::Rotated) => self.rotated.store(true, Ordering::SeqCst),
+                Ok(wal::Appended::No) => self.needs_checkpoint.store(true, Ordering::SeqCst),
                 Err(e) => {
                     tracing::error!(error = %e, "journal WAL write failed; checkpointing instead");
                     self.needs_checkpoint.store(true, Ordering::SeqCst);
@@ -562,13 +605,7 @@ impl Journal {
         let storage = SledStorage::open(&cfg.path, cfg.cache_bytes).map_err(|e| {
             JournalError::Storage(format!("journal at {}: {e}", cfg.path.display()))
         })?;
-        Journal::with_storage_and_wal(
-            Arc::new(storage),
-            Some(&cfg.path.join("wal")),
-            cfg,
-            gateway,
-            sinks,
-        )
+        Journal::with_storage_and_wal(Arc::new(storage), Some(&cfg.path), cfg, gateway, sinks)
     }
 
     /// Open the journal over any storage engine (tests use [`MemStorage`]),
@@ -583,20 +620,23 @@ impl Journal {
         Journal::with_storage_and_wal(storage, None, cfg, gateway, sinks)
     }
 
-    /// Open the journal over a storage engine with the write-ahead log at
-    /// `wal_path` (see `wal.rs`); its records newer than the store's last
-    /// event are replayed into the store first.
+    /// Open the journal over a storage engine with the write-ahead log's
+    /// files in `wal_dir` (see `wal.rs`); their records newer than the
+    /// store's last event are replayed into the store first.
     pub fn with_storage_and_wal(
         storage: Arc<dyn Storage>,
-        wal_path: Option<&std::path::Path>,
+        wal_dir: Option<&std::path::Path>,
         cfg: &JournalConfig,
         gateway: &str,
         sinks: &[&str],
     ) -> Result<Journal, JournalError> {
-        let (wal, replay) = match wal_path {
+        let (wal, replay) = match wal_dir {
             None => (None, Vec::new()),
-            Some(path) => {
-                let (w, records) = wal::Wal::open(path, wal::WAL_BYTES, cfg.fsync)
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    JournalError::Storage(format!("creating {}: {e}", dir.display()))
+                })?;
+                let (w, records) = wal::WalPair::open(dir, wal::WAL_BYTES, cfg.fsync)
                     .map_err(|e| JournalError::Storage(format!("journal WAL: {e}")))?;
                 (Some(w), records)
             }
@@ -666,6 +706,7 @@ impl Journal {
             max_bytes: cfg.max_bytes,
             gateway: gateway.to_string(),
             wal: Mutex::new(wal),
+            rotated: AtomicBool::new(false),
             needs_checkpoint: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
             heartbeat: std::sync::OnceLock::new(),

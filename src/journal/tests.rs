@@ -645,8 +645,7 @@ proptest! {
 }
 
 fn wal_journal(mem: &Arc<MemStorage>, dir: &std::path::Path, sinks: &[&str]) -> Journal {
-    Journal::with_storage_and_wal(mem.clone(), Some(&dir.join("wal")), &mem_cfg(), GW, sinks)
-        .unwrap()
+    Journal::with_storage_and_wal(mem.clone(), Some(dir), &mem_cfg(), GW, sinks).unwrap()
 }
 
 #[test]
@@ -720,4 +719,30 @@ proptest! {
             wal_journal(&mem, dir.path(), &SINKS)
         });
     }
+}
+
+#[test]
+fn background_checkpoints_flush_the_store_and_a_crash_still_loses_nothing() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemStorage::new());
+    let cfg = JournalConfig {
+        telemetry_flush: Duration::from_millis(20),
+        ..mem_cfg()
+    };
+    let open = || {
+        Journal::with_storage_and_wal(mem.clone(), Some(dir.path()), &cfg, GW, &["uplink"]).unwrap()
+    };
+    let j = open();
+    let (flushes, _) = mem.counts();
+    for n in 1..=60 {
+        rt.block_on(j.record(vec![ev(n)])).unwrap();
+        // Spread over several checkpoint intervals.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(mem.counts().0 > flushes, "no checkpoint ran");
+    mem.crash();
+    j.abandon();
+    let j = open();
+    assert_eq!(seqs(&j, 0), (1..=60).collect::<Vec<_>>());
 }

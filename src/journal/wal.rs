@@ -346,3 +346,165 @@ mod tests {
         }
     }
 }
+
+/// Two WAL files used in turn, so the store can be checkpointed in the
+/// background: appends move to the other file (which must be empty), the
+/// checkpoint flushes the store, and only then is the retired file reset.
+/// Commits never wait for a checkpoint.
+pub struct WalPair {
+    files: [Wal; 2],
+    active: usize,
+    /// The other file holds records that only a checkpoint started after
+    /// the switch may drop.
+    retired: bool,
+    /// Bumped by every switch and every full reset: a background
+    /// checkpoint resets the retired file only if nothing moved since.
+    epoch: u64,
+}
+
+impl WalPair {
+    /// Open (or create) `dir/wal.0` and `dir/wal.1`; returns the records of
+    /// both, by seq, without duplicates.
+    pub fn open(dir: &Path, capacity: u64, fsync: bool) -> io::Result<(WalPair, Vec<WalRecord>)> {
+        let (a, mut ra) = Wal::open(&dir.join("wal.0"), capacity, fsync)?;
+        let (b, rb) = Wal::open(&dir.join("wal.1"), capacity, fsync)?;
+        ra.extend(rb);
+        ra.sort_by_key(|r| r.seq);
+        ra.dedup_by_key(|r| r.seq);
+        Ok((
+            WalPair {
+                files: [a, b],
+                active: 0,
+                retired: false,
+                epoch: 0,
+            },
+            ra,
+        ))
+    }
+
+    /// Append to the active file; when it is full and the other file is
+    /// free, switch to it (returns `Rotated`: a checkpoint is due).
+    pub fn append(&mut self, records: &[(u64, Vec<u8>)]) -> io::Result<Appended> {
+        let it = || records.iter().map(|(s, p)| (*s, p.as_slice()));
+        if self.files[self.active].append(it())? {
+            return Ok(Appended::Yes);
+        }
+        if !self.rotate() {
+            return Ok(Appended::No);
+        }
+        Ok(if self.files[self.active].append(it())? {
+            Appended::Rotated
+        } else {
+            Appended::No
+        })
+    }
+
+    /// Make the active file's records durable.
+    pub fn sync(&self) -> io::Result<()> {
+        self.files[self.active].sync()
+    }
+
+    /// Before a background checkpoint: move appends to the other file.
+    /// False when that file still waits for an earlier checkpoint.
+    pub fn rotate(&mut self) -> bool {
+        if self.files[self.active].is_empty() {
+            return !self.retired;
+        }
+        if self.retired {
+            return false;
+        }
+        self.active = 1 - self.active;
+        self.retired = true;
+        self.epoch += 1;
+        true
+    }
+
+    /// Current epoch (take it right after [`rotate`](Self::rotate)).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// After a checkpoint that started after [`rotate`](Self::rotate), in
+    /// `epoch`: the retired file's records are in the store. Does nothing
+    /// if the files moved since (a full reset, another switch).
+    pub fn reset_retired(&mut self, epoch: u64) -> io::Result<()> {
+        if self.retired && self.epoch == epoch {
+            self.files[1 - self.active].reset()?;
+            self.retired = false;
+        }
+        Ok(())
+    }
+
+    /// After a checkpoint with no append since it started: both files.
+    pub fn reset_all(&mut self) -> io::Result<()> {
+        self.files[0].reset()?;
+        self.files[1].reset()?;
+        self.retired = false;
+        self.epoch += 1;
+        Ok(())
+    }
+
+    /// Records not yet checkpointed (in either file).
+    pub fn has_records(&self) -> bool {
+        self.retired || !self.files[self.active].is_empty()
+    }
+}
+
+/// Outcome of [`WalPair::append`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Yes,
+    /// Appended after switching files: checkpoint to free the other one.
+    Rotated,
+    /// Not appended (no room): the caller must checkpoint synchronously.
+    No,
+}
+
+#[cfg(test)]
+mod pair_tests {
+    use super::*;
+
+    fn rec(seq: u64) -> (u64, Vec<u8>) {
+        (seq, vec![b'x'; 1200])
+    }
+
+    #[test]
+    fn rotation_keeps_every_record_until_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut p, r) = WalPair::open(dir.path(), 4096 + HEADER, false).unwrap();
+        assert!(r.is_empty());
+        p.reset_all().unwrap();
+        for s in 1..=3 {
+            assert_eq!(p.append(&[rec(s)]).unwrap(), Appended::Yes);
+        }
+        // The first file is full: the pair switches.
+        assert_eq!(p.append(&[rec(4)]).unwrap(), Appended::Rotated);
+        assert_eq!(p.append(&[rec(5)]).unwrap(), Appended::Yes);
+        assert_eq!(p.append(&[rec(6)]).unwrap(), Appended::Yes);
+        // Both full, the first not yet checkpointed: no room.
+        assert_eq!(p.append(&[rec(7)]).unwrap(), Appended::No);
+        drop(p);
+        let (mut p, r) = WalPair::open(dir.path(), 4096 + HEADER, false).unwrap();
+        assert_eq!(
+            r.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5, 6]
+        );
+        // A background checkpoint: rotate, then reset the retired file.
+        p.reset_all().unwrap();
+        p.append(&[rec(7)]).unwrap();
+        assert!(p.rotate());
+        let epoch = p.epoch();
+        p.append(&[rec(8)]).unwrap();
+        assert!(
+            !p.rotate(),
+            "the retired file still waits for its checkpoint"
+        );
+        p.reset_retired(epoch + 1).unwrap();
+        assert!(!p.rotate(), "a stale epoch resets nothing");
+        p.reset_retired(epoch).unwrap();
+        drop(p);
+        let (p, r) = WalPair::open(dir.path(), 4096 + HEADER, false).unwrap();
+        assert_eq!(r.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![8]);
+        assert!(!p.has_records() || p.files.iter().any(|f| !f.is_empty()));
+    }
+}
