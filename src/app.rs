@@ -7,8 +7,11 @@
 //! the journal is flushed. A second SIGTERM/SIGINT exits at once.
 
 use crate::alarm::task::{self as alarm_task, AlarmRequest};
+use crate::arming::{ArmingHandle, SystemClock, WallClock};
+use crate::command::CommandPath;
 use crate::config::LoadedConfig;
 use crate::drivers::modbus;
+use crate::drivers::write::Writers;
 use crate::event::{EventKind, NewEvent, Priority};
 use crate::journal::Journal;
 use crate::point::BusMessage;
@@ -35,6 +38,10 @@ pub struct Gateway {
     pub journal: Journal,
     pub status: Arc<GatewayStatus>,
     pub alarm_requests: mpsc::Sender<AlarmRequest>,
+    /// The one command path (platform commands; the local web page later).
+    pub commands: CommandPath,
+    /// Zone arming.
+    pub arming: ArmingHandle,
     shutdown: CancellationToken,
     done: tokio::task::JoinHandle<()>,
 }
@@ -42,6 +49,15 @@ pub struct Gateway {
 impl Gateway {
     /// Start every task. Returns once the journal is open and the tasks run.
     pub async fn start(cfg: LoadedConfig) -> anyhow::Result<Gateway> {
+        Gateway::start_with_clock(cfg, Arc::new(SystemClock)).await
+    }
+
+    /// [`start`](Self::start) with the wall clock arming schedules follow
+    /// (tests and simulations inject a fake one).
+    pub async fn start_with_clock(
+        cfg: LoadedConfig,
+        clock: Arc<dyn WallClock>,
+    ) -> anyhow::Result<Gateway> {
         let cfg = Arc::new(cfg);
         let c = &cfg.config;
         let password = match &c.uplink.password {
@@ -70,13 +86,33 @@ impl Gateway {
         let (req_tx, req_rx) = mpsc::channel::<AlarmRequest>(64);
         let (cmd_tx, cmd_rx) = mpsc::channel::<IncomingCommand>(64);
 
-        let drivers = modbus::spawn(&cfg, bus_tx.clone(), shutdown.child_token());
-        let alarm = tokio::spawn(alarm_task::run(
+        let mut writers = Writers::new();
+        let drivers = modbus::spawn_with_writers(
+            &cfg,
+            bus_tx.clone(),
+            shutdown.child_token(),
+            &mut writers,
+        );
+        let arming_stop = CancellationToken::new();
+        let (arming, arming_task) = crate::arming::task::spawn(
+            &c.arming,
+            &c.journal.path,
+            journal.clone(),
+            clock,
+            arming_stop.clone(),
+        );
+        let (linkage_tx, linkage_task) =
+            crate::linkage::task::spawn(cfg.clone(), writers.clone(), journal.clone());
+        let alarm = tokio::spawn(alarm_task::run_with(
             cfg.clone(),
             journal.clone(),
             status.clone(),
             bus_rx,
             req_rx,
+            alarm_task::Hooks {
+                linkage: (!c.linkage.is_empty()).then_some(linkage_tx),
+                arming: Some(arming.watch()),
+            },
         ));
         let uplink_stop = CancellationToken::new();
         let uplink = tokio::spawn(uplink::run(
@@ -91,7 +127,14 @@ impl Gateway {
             },
             uplink_stop.clone(),
         ));
-        let commands = tokio::spawn(crate::command::run(cmd_rx, req_tx.clone(), journal.clone()));
+        let command_path = CommandPath::new(
+            cfg.clone(),
+            writers,
+            req_tx.clone(),
+            Some(arming.clone()),
+            journal.clone(),
+        );
+        let commands = tokio::spawn(crate::command::run(cmd_rx, command_path.clone()));
 
         let done = {
             let shutdown = shutdown.clone();
@@ -106,6 +149,11 @@ impl Gateway {
                 // so the alarm task serves acknowledgements and timers.
                 drop(bus_tx);
                 let _ = alarm.await;
+                // The alarm task held the linkage queue: actions already
+                // started finish (or fail) before the journal closes.
+                let _ = linkage_task.await;
+                arming_stop.cancel();
+                let _ = arming_task.await;
                 let _ = journal
                     .record(vec![NewEvent::system(
                         EventKind::GatewayStopped,
@@ -133,6 +181,8 @@ impl Gateway {
             journal,
             status,
             alarm_requests: req_tx,
+            commands: command_path,
+            arming,
             shutdown,
             done,
         })

@@ -86,6 +86,15 @@ pub enum EventKind {
     /// The journal evicted telemetry or refused data because of its size cap.
     #[serde(rename = "journal.pressure")]
     JournalPressure,
+    /// A zone was armed (by its schedule or an operator).
+    #[serde(rename = "zone.armed")]
+    ZoneArmed,
+    /// A zone was disarmed (by its schedule or an operator).
+    #[serde(rename = "zone.disarmed")]
+    ZoneDisarmed,
+    /// A linkage rule's action ran (or failed); the outcome is in `detail`.
+    #[serde(rename = "linkage.executed")]
+    LinkageExecuted,
 }
 
 impl EventKind {
@@ -107,6 +116,9 @@ impl EventKind {
             EventKind::UplinkLost => "uplink.lost",
             EventKind::UplinkRestored => "uplink.restored",
             EventKind::JournalPressure => "journal.pressure",
+            EventKind::ZoneArmed => "zone.armed",
+            EventKind::ZoneDisarmed => "zone.disarmed",
+            EventKind::LinkageExecuted => "linkage.executed",
         }
     }
 }

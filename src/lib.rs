@@ -12,6 +12,9 @@
 //! - [`point`]: point values, qualities and the bus messages drivers send.
 //! - [`drivers`]: field protocols (Modbus TCP/RTU), one task each, never dying.
 //! - [`alarm`]: rules, ISA-18.2 states, latching, delays (pure), and its task.
+//! - [`arming`]: zones armed/disarmed by schedule and operators; survives restarts.
+//! - [`linkage`]: alarm raised/cleared → local actions (doors, fans), no uplink needed.
+//! - [`command`]: the one command path (platform, later the web page), allow-listed, audited.
 //! - [`telemetry`]: report by exception (pure).
 //! - [`journal`]: durable event log on sled with per-sink cursors.
 //! - [`uplink`]: MQTT to the central platform.
@@ -21,12 +24,14 @@
 
 pub mod alarm;
 pub mod app;
+pub mod arming;
 pub mod command;
 pub mod config;
 pub mod demo;
 pub mod drivers;
 pub mod event;
 pub mod journal;
+pub mod linkage;
 pub mod logging;
 pub mod point;
 pub mod status;

@@ -11,8 +11,12 @@ pub mod secret;
 mod validate;
 
 pub use points::{PointMeta, PointTable};
+pub use validate::is_valid_id;
 
 use crate::alarm::AlarmRuleConfig;
+use crate::arming::ArmingConfig;
+use crate::command::CommandsConfig;
+use crate::linkage::LinkageRuleConfig;
 use crate::drivers::modbus::SerialBusConfig;
 use crate::drivers::{DeviceConfig, ProfileConfig};
 use crate::journal::JournalConfig;
@@ -50,6 +54,15 @@ pub struct Config {
     /// Alarm rules (`[[alarms]]`).
     #[serde(default)]
     pub alarms: Vec<AlarmRuleConfig>,
+    /// What commands may do (`[commands]`): allowed actions, write targets, doors.
+    #[serde(default)]
+    pub commands: CommandsConfig,
+    /// Zone arming and schedules (`[arming]`).
+    #[serde(default)]
+    pub arming: ArmingConfig,
+    /// Linkage rules (`[[linkage]]`).
+    #[serde(default)]
+    pub linkage: Vec<LinkageRuleConfig>,
 }
 
 /// Identity (`[site]`). Both ids appear in every uplink topic:
