@@ -87,12 +87,8 @@ impl Gateway {
         let (cmd_tx, cmd_rx) = mpsc::channel::<IncomingCommand>(64);
 
         let mut writers = Writers::new();
-        let drivers = modbus::spawn_with_writers(
-            &cfg,
-            bus_tx.clone(),
-            shutdown.child_token(),
-            &mut writers,
-        );
+        let drivers =
+            modbus::spawn_with_writers(&cfg, bus_tx.clone(), shutdown.child_token(), &mut writers);
         let arming_stop = CancellationToken::new();
         let (arming, arming_task) = crate::arming::task::spawn(
             &c.arming,

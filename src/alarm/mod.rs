@@ -84,8 +84,8 @@
 
 mod condition;
 mod config;
-mod shelve;
 pub mod persist;
+mod shelve;
 mod state;
 pub mod task;
 #[cfg(test)]
@@ -408,8 +408,7 @@ impl AlarmEngine {
                 emit(alarm, armed, t, ts, None, None, None, out);
             }
             let mut cond = value.and_then(|v| condition.eval(v, alarm.core.raw()));
-            if alarm.def.when_disarmed == WhenDisarmed::Ignore && zone_disarmed(&alarm.def, armed)
-            {
+            if alarm.def.when_disarmed == WhenDisarmed::Ignore && zone_disarmed(&alarm.def, armed) {
                 cond = cond.map(|_| false);
             }
             alarm.value = if cond.is_some() { value } else { None };
@@ -467,7 +466,16 @@ impl AlarmEngine {
         if let Some(ai) = dev.comm_alarm {
             let alarm = &mut self.alarms[ai as usize];
             let step = alarm.core.observe(now, Some(!online));
-            emit(alarm, &self.armed, step.transitions, ts, None, None, detail, out);
+            emit(
+                alarm,
+                &self.armed,
+                step.transitions,
+                ts,
+                None,
+                None,
+                detail,
+                out,
+            );
         }
     }
 
@@ -518,7 +526,16 @@ impl AlarmEngine {
             .acknowledge()
             .map_err(|_| AlarmError::NotUnacked(key.to_string()))?;
         tracing::info!(key, operator, state = ?alarm.core.state(), "alarm acknowledged");
-        emit(alarm, &self.armed, t, ts, Some(operator), comment, None, out);
+        emit(
+            alarm,
+            &self.armed,
+            t,
+            ts,
+            Some(operator),
+            comment,
+            None,
+            out,
+        );
         Ok(())
     }
 
@@ -687,9 +704,12 @@ fn emit(
             alarm.quiet = disarmed;
         }
         let d = &alarm.def;
-        let operator = matches!(t.kind, EventKind::AlarmAcknowledged | EventKind::AlarmShelved)
-            .then_some(operator)
-            .flatten();
+        let operator = matches!(
+            t.kind,
+            EventKind::AlarmAcknowledged | EventKind::AlarmShelved
+        )
+        .then_some(operator)
+        .flatten();
         let (priority, detail) = if alarm.quiet {
             let mut v = detail.clone().unwrap_or_else(|| serde_json::json!({}));
             if let Some(o) = v.as_object_mut() {

@@ -6,8 +6,8 @@
 use super::persist::StateFile;
 use super::{AlarmEngine, AlarmError};
 use crate::arming::ArmedZones;
-use crate::event::EventKind;
 use crate::config::LoadedConfig;
+use crate::event::EventKind;
 use crate::event::{NewEvent, Timestamp};
 use crate::journal::{Journal, JournalError};
 use crate::point::{BusMessage, Quality};

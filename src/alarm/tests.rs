@@ -1037,9 +1037,15 @@ impl Bench {
 fn shelved_alarm_is_silent_then_judged_afresh() {
     let mut b = Bench::new();
     b.read(0, FENCE, Value::Bool(true));
-    assert_eq!(kinds(&b.tick(2000)), vec![(EventKind::AlarmRaised, Some(AlarmState::ActiveUnacked))]);
+    assert_eq!(
+        kinds(&b.tick(2000)),
+        vec![(EventKind::AlarmRaised, Some(AlarmState::ActiveUnacked))]
+    );
     let ev = b.shelve(3000, FENCE, 60).unwrap();
-    assert_eq!(kinds(&ev), vec![(EventKind::AlarmShelved, Some(AlarmState::Shelved))]);
+    assert_eq!(
+        kinds(&ev),
+        vec![(EventKind::AlarmShelved, Some(AlarmState::Shelved))]
+    );
     let a = ev[0].alarm.as_ref().unwrap();
     assert_eq!(a.operator.as_deref(), Some("control-room/wang"));
     assert_eq!(a.comment.as_deref(), Some("fence maintenance"));
@@ -1047,7 +1053,10 @@ fn shelved_alarm_is_silent_then_judged_afresh() {
     assert_eq!(b.state(FENCE), AlarmState::Shelved);
     assert!(b.engine.is_shelved(FENCE));
     // While shelved: no acknowledgement needed, nothing annunciated.
-    assert_eq!(b.ack(3500, FENCE), Err(AlarmError::NotUnacked(FENCE.into())));
+    assert_eq!(
+        b.ack(3500, FENCE),
+        Err(AlarmError::NotUnacked(FENCE.into()))
+    );
     assert!(b.read(4000, FENCE, Value::Bool(false)).is_empty());
     assert!(b.tick(10_000).is_empty());
     assert!(b.read(20_000, FENCE, Value::Bool(true)).is_empty());
@@ -1069,7 +1078,10 @@ fn shelved_alarm_is_silent_then_judged_afresh() {
     b.read(65_000, FENCE, Value::Bool(false));
     b.tick(70_000);
     let ev = b.tick(74_000);
-    assert_eq!(kinds(&ev), vec![(EventKind::AlarmShelved, Some(AlarmState::Normal))]);
+    assert_eq!(
+        kinds(&ev),
+        vec![(EventKind::AlarmShelved, Some(AlarmState::Normal))]
+    );
     assert_eq!(b.state(FENCE), AlarmState::Normal);
 }
 
@@ -1077,9 +1089,15 @@ fn shelved_alarm_is_silent_then_judged_afresh() {
 fn life_safety_alarms_cannot_be_shelved() {
     let mut b = Bench::new();
     b.read(0, FIRE3, Value::Bool(true));
-    assert_eq!(b.shelve(1, FIRE3, 60), Err(AlarmError::NotShelvable(FIRE3.into())));
+    assert_eq!(
+        b.shelve(1, FIRE3, 60),
+        Err(AlarmError::NotShelvable(FIRE3.into()))
+    );
     assert_eq!(b.state(FIRE3), AlarmState::ActiveUnacked);
-    assert!(matches!(b.shelve(1, "nope", 60), Err(AlarmError::UnknownAlarm(_))));
+    assert!(matches!(
+        b.shelve(1, "nope", 60),
+        Err(AlarmError::UnknownAlarm(_))
+    ));
 }
 
 #[test]
@@ -1098,7 +1116,11 @@ fn a_shelf_survives_a_restart() {
     assert!(c.tick(62_999).is_empty());
     let ev = c.tick(63_000);
     assert_eq!(ev[0].kind, EventKind::AlarmShelved);
-    assert_eq!(c.state(FENCE), AlarmState::ActiveUnacked, "condition saved active");
+    assert_eq!(
+        c.state(FENCE),
+        AlarmState::ActiveUnacked,
+        "condition saved active"
+    );
 }
 
 #[test]
@@ -1107,7 +1129,10 @@ fn disarmed_zone_records_at_low_priority_but_fire_is_never_disarmed() {
     b.disarm(&["perimeter-north", "villa-12"]);
     b.read(0, FENCE, Value::Bool(true));
     let ev = b.tick(2000);
-    assert_eq!(kinds(&ev), vec![(EventKind::AlarmRaised, Some(AlarmState::ActiveUnacked))]);
+    assert_eq!(
+        kinds(&ev),
+        vec![(EventKind::AlarmRaised, Some(AlarmState::ActiveUnacked))]
+    );
     assert_eq!(ev[0].priority, Priority::INFO);
     let d = ev[0].detail.as_ref().unwrap();
     assert_eq!(d["zone_disarmed"], true);
@@ -1146,7 +1171,10 @@ fn when_disarmed_ignore_and_raise() {
     b.disarm(&[]);
     b.read(6000, FENCE, Value::Bool(true));
     let ev = b.tick(8000);
-    assert_eq!(kinds(&ev), vec![(EventKind::AlarmRaised, Some(AlarmState::ActiveUnacked))]);
+    assert_eq!(
+        kinds(&ev),
+        vec![(EventKind::AlarmRaised, Some(AlarmState::ActiveUnacked))]
+    );
     assert_eq!(ev[0].priority, Priority::HIGH);
 
     let raise = CONFIG.replace(

@@ -139,7 +139,9 @@ pub fn spawn(
     let first = arming.tick(clock.now());
     let (state_tx, state_rx) = watch::channel(Arc::new(ArmedZones::of(&arming)));
     let (tx, rx) = mpsc::channel(16);
-    let h = tokio::spawn(run(arming, first, file, journal, clock, state_tx, rx, shutdown));
+    let h = tokio::spawn(run(
+        arming, first, file, journal, clock, state_tx, rx, shutdown,
+    ));
     (
         ArmingHandle {
             tx,

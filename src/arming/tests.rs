@@ -61,7 +61,10 @@ fn start_days_of_an_overnight_window() {
             .unwrap()
     };
     assert!(!w.contains(&d(26, 23)), "Thursday night");
-    assert!(!w.contains(&d(27, 3)), "Friday early morning belongs to Thursday");
+    assert!(
+        !w.contains(&d(27, 3)),
+        "Friday early morning belongs to Thursday"
+    );
     assert!(w.contains(&d(27, 23)));
     assert!(w.contains(&d(28, 5)), "Saturday early morning");
     assert!(!w.contains(&d(28, 23)));
@@ -106,7 +109,12 @@ fn manual_change_holds_until_the_next_edge() {
     assert!(a.is_armed("perimeter-north"));
     // A guard disarms at night for a patrol.
     let c = a
-        .set("perimeter-north", false, "guard/li", sh(2026, 11, 27, 23, 30))
+        .set(
+            "perimeter-north",
+            false,
+            "guard/li",
+            sh(2026, 11, 27, 23, 30),
+        )
         .unwrap();
     assert_eq!(
         c.source,
@@ -114,9 +122,15 @@ fn manual_change_holds_until_the_next_edge() {
             operator: "guard/li".into()
         }
     );
-    assert!(a.tick(sh(2026, 11, 28, 2, 0)).is_empty(), "schedule does not re-arm mid-window");
+    assert!(
+        a.tick(sh(2026, 11, 28, 2, 0)).is_empty(),
+        "schedule does not re-arm mid-window"
+    );
     assert!(!a.is_armed("perimeter-north"));
-    assert!(a.tick(sh(2026, 11, 28, 6, 0)).is_empty(), "already disarmed at the edge");
+    assert!(
+        a.tick(sh(2026, 11, 28, 6, 0)).is_empty(),
+        "already disarmed at the edge"
+    );
     // Re-armed by the next evening's edge.
     let c = a.tick(sh(2026, 11, 28, 22, 0));
     assert!(c[0].armed);
@@ -180,9 +194,14 @@ fn zone_without_schedule_starts_as_configured_and_is_restored() {
         .unwrap();
     let mut b = Arming::new(&c);
     b.restore(&a.snapshot()).unwrap();
-    assert!(b.tick(sh(2026, 11, 28, 12, 0)).is_empty(), "no initial change after restore");
+    assert!(
+        b.tick(sh(2026, 11, 28, 12, 0)).is_empty(),
+        "no initial change after restore"
+    );
     assert!(!b.is_armed("villa-12"));
-    assert!(b.restore(&serde_json::json!({"version": 9, "zones": []})).is_err());
+    assert!(b
+        .restore(&serde_json::json!({"version": 9, "zones": []}))
+        .is_err());
 }
 
 proptest::proptest! {

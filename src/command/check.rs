@@ -86,9 +86,7 @@ pub fn plan(cfg: &LoadedConfig, cmd: &Command, now: Timestamp) -> Result<Plan, S
             let secs = match &cmd.value {
                 Some(serde_json::Value::Number(n)) => n.as_f64().unwrap_or(-1.0),
                 _ => {
-                    return Err(
-                        "shelve_alarm needs value: the shelving time in seconds".to_string()
-                    )
+                    return Err("shelve_alarm needs value: the shelving time in seconds".to_string())
                 }
             };
             if !(secs > 0.0 && secs <= c.max_shelve.as_secs_f64()) {
@@ -226,8 +224,10 @@ fn check_fits(p: &PointConfig, value: Value) -> Result<Value, String> {
         let codec = Codec::new(p);
         codec.encode_registers(value).map_err(|e| e.to_string())?;
         // An integer point without scaling takes integers only.
-        if matches!(p.kind, PointType::U16 | PointType::I16 | PointType::U32 | PointType::I32)
-            && p.scale == 1.0
+        if matches!(
+            p.kind,
+            PointType::U16 | PointType::I16 | PointType::U32 | PointType::I32
+        ) && p.scale == 1.0
             && p.offset == 0.0
         {
             if let Value::Float(f) = value {

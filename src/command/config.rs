@@ -142,13 +142,17 @@ pub fn validate(c: &crate::config::Config) -> Vec<(crate::config::KeyPath, Strin
         out.push((k.key("write_timeout_s"), "must be greater than 0".into()));
     }
     let points = || {
-        c.devices
-            .iter()
-            .flat_map(|d| d.points.iter().map(move |p| (format!("{}/{}", d.id, p.id), p)))
+        c.devices.iter().flat_map(|d| {
+            d.points
+                .iter()
+                .map(move |p| (format!("{}/{}", d.id, p.id), p))
+        })
     };
     for (i, t) in cc.write_targets.iter().enumerate() {
         let tk = k.key("write_targets").index(i);
-        let matched: Vec<_> = points().filter(|(key, _)| glob_match(&t.point, key)).collect();
+        let matched: Vec<_> = points()
+            .filter(|(key, _)| glob_match(&t.point, key))
+            .collect();
         if matched.is_empty() {
             out.push((tk.key("point"), format!("no point matches {:?}", t.point)));
         }

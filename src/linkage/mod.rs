@@ -211,7 +211,11 @@ fn static_alarms(c: &Config) -> Vec<StaticAlarm> {
                 None => a.point.clone(),
             },
             category: a.category.unwrap_or(d.category),
-            zone: a.zone.clone().or_else(|| p.zone.clone()).or_else(|| d.zone.clone()),
+            zone: a
+                .zone
+                .clone()
+                .or_else(|| p.zone.clone())
+                .or_else(|| d.zone.clone()),
             priority: a.priority,
         });
     }
@@ -233,11 +237,17 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
         } else if let Some(prev) = ids.insert(r.id.as_str(), ri) {
             out.push((
                 k.key("id"),
-                format!("duplicate linkage rule id {:?} (also linkage[{prev}])", r.id),
+                format!(
+                    "duplicate linkage rule id {:?} (also linkage[{prev}])",
+                    r.id
+                ),
             ));
         }
         if r.on.is_empty() {
-            out.push((k.key("on"), "give at least one of \"raised\", \"cleared\"".into()));
+            out.push((
+                k.key("on"),
+                "give at least one of \"raised\", \"cleared\"".into(),
+            ));
         }
         if !(1..=5).contains(&r.priority_min)
             || !(1..=5).contains(&r.priority_max)
