@@ -361,7 +361,7 @@ value = false
         ),
         hvac = device("hvac-1", "hvac", "villa-12", hvac.tcp_port.unwrap(), 0.5),
     );
-    let gw = GatewayProc::start_with("fire-linkage", &config(broker.port(), &body));
+    let _gw = GatewayProc::start_with("fire-linkage", &config(broker.port(), &body));
     let sub = platform(broker.port()).await;
     drop(sub);
     let mut door = Probe::connect(access.control_port, 1).await;

@@ -234,16 +234,15 @@ impl Arming {
             let z = &mut self.zones[i];
             let fresh = std::mem::take(&mut z.fresh);
             match (sched, z.scheduled) {
-                (Some(s), Some(prev)) if s != prev => {
-                    if z.armed != s {
-                        z.armed = s;
-                        out.push(Change {
-                            zone: z.id.clone(),
-                            armed: s,
-                            source: ChangeSource::Schedule,
-                            at: now,
-                        });
-                    }
+                // An edge: applied unless the zone is already there.
+                (Some(s), Some(prev)) if s != prev && z.armed != s => {
+                    z.armed = s;
+                    out.push(Change {
+                        zone: z.id.clone(),
+                        armed: s,
+                        source: ChangeSource::Schedule,
+                        at: now,
+                    });
                 }
                 (Some(s), None) if fresh => {
                     // First start of a scheduled zone: as its schedule says.

@@ -68,7 +68,7 @@ pub fn plan(cfg: &LoadedConfig, cmd: &Command, now: Timestamp) -> Result<Plan, S
             return Err(format!("command expired at {exp}"));
         }
     }
-    if !c.allowed_actions.iter().any(|a| *a == cmd.action) {
+    if !c.allowed_actions.contains(&cmd.action) {
         return Err(format!(
             "action {:?} is not allowed on this gateway",
             cmd.action

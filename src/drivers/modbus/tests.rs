@@ -662,14 +662,15 @@ async fn a_pulse_writes_holds_and_writes_the_opposite() {
     tokio::time::sleep(Duration::from_millis(4900)).await;
     assert!(shared.lock().unwrap().coils[0], "held");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let s = shared.lock().unwrap();
-    assert!(!s.coils[0], "released");
-    let released = s.writes[1].3 - t0;
-    assert!(
-        released >= Duration::from_secs(5) && released < Duration::from_millis(5100),
-        "{released:?}"
-    );
-    drop(s);
+    {
+        let s = shared.lock().unwrap();
+        assert!(!s.coils[0], "released");
+        let released = s.writes[1].3 - t0;
+        assert!(
+            released >= Duration::from_secs(5) && released < Duration::from_millis(5100),
+            "{released:?}"
+        );
+    }
     token.cancel();
     h.await.unwrap();
 }
