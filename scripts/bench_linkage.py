@@ -12,7 +12,9 @@ Each trip sets the fire coil in the panel's datastore (t0); the access
 panel's datastore records when the gateway's write of the release arrives
 (t1, stamped inside the server as the write is applied). Trips land at
 random phases of the poll cycle. Between trips the fire coil and the
-release are reset and the alarm is allowed to return.
+release are reset and the benchmark waits until the gateway has polled the
+panel twice (so the alarm has returned and the next trip raises it again).
+`missed` counts trips without a release write within poll interval + 2 s.
 
 Output: one JSON object on the last line (milliseconds).
 """
@@ -66,6 +68,24 @@ class Recorder:
         if func_code in (5, 15) and address == DOOR_COIL and values and values[0]:
             self.writes.append(time.perf_counter())
             self.event.set()
+        return await self.core.async_setValues(device_id, func_code, address, values)
+
+
+class ReadCounter:
+    """The fire panel's datastore, counting the gateway's polls."""
+
+    def __init__(self, core):
+        self.core = core
+        self.reads = 0
+
+    def device_ids(self):
+        return self.core.device_ids()
+
+    async def async_getValues(self, device_id, func_code, address, count=1):
+        self.reads += 1
+        return await self.core.async_getValues(device_id, func_code, address, count)
+
+    async def async_setValues(self, device_id, func_code, address, values):
         return await self.core.async_setValues(device_id, func_code, address, values)
 
 
@@ -147,6 +167,8 @@ async def run(args) -> dict:
     door = ModbusTcpServer([device()], address=("127.0.0.1", door_port))
     rec = Recorder(door.context)
     door.context = rec
+    polls = ReadCounter(fire.context)
+    fire.context = polls
     await fire.serve_forever(background=True)
     await door.serve_forever(background=True)
     with open(f"{tmp}/gw.toml", "w") as f:
@@ -163,16 +185,20 @@ async def run(args) -> dict:
         for _ in range(args.trips):
             rec.event.clear()
             t0 = time.perf_counter()
-            await fire.context.async_setValues(1, 5, FIRE_COIL, [True])
+            await polls.core.async_setValues(1, 5, FIRE_COIL, [True])
             try:
                 await asyncio.wait_for(rec.event.wait(), timeout=poll + 2.0)
                 delays.append((rec.writes[-1] - t0) * 1000)
             except asyncio.TimeoutError:
                 missed += 1
-            # Reset, let the alarm return, land the next trip at a random phase.
-            await fire.context.async_setValues(1, 5, FIRE_COIL, [False])
+            # Reset; wait until the gateway polled the panel twice since (the
+            # alarm has returned), then land the next trip at a random phase.
+            await polls.core.async_setValues(1, 5, FIRE_COIL, [False])
             await rec.core.async_setValues(1, 5, DOOR_COIL, [False])
-            await asyncio.sleep(poll * 1.5 + random.uniform(0, poll))
+            seen = polls.reads
+            while polls.reads < seen + 2:
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(random.uniform(0, poll))
     finally:
         gw.terminate()
         gw.wait(timeout=10)
