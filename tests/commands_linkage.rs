@@ -181,6 +181,12 @@ register = "coil"
 address = 0
 writable = true
 
+[[alarms]]
+point = "hvac-1/filter-alarm"
+equals = true
+priority = 4
+message = "AHU filter dirty"
+
 [commands]
 write_targets = [
   {{ point = "hvac-1/fan-run" }},
@@ -474,10 +480,11 @@ to = "06:00"
             .with_timezone(&chrono::Utc)
     };
     let clock = std::sync::Arc::new(FakeClock::new(shanghai(12, 0)));
+    // Subscribed before the gateway starts: its first events are not missed.
+    let mut sub = Subscriber::connect(broker.port(), "platform", &[topic("events")], false).await;
     let gw = estate_gateway::app::Gateway::start_with_clock(cfg, clock.clone())
         .await
         .unwrap();
-    let mut sub = Subscriber::connect(broker.port(), "platform", &[topic("events")], false).await;
     let ev = next_event(&mut sub, "zone.disarmed", Duration::from_secs(10)).await;
     assert_eq!(ev["source"]["zone"], "perimeter-north");
     assert_eq!(ev["detail"]["source"], "initial");
