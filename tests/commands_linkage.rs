@@ -375,6 +375,9 @@ value = false
     assert!(!door.coils(9, 1).await[0]);
     assert!(fan.coils(0, 1).await[0]);
 
+    // A persistent platform session: the broker keeps what the gateway
+    // delivers after the outage for it, however the reconnects interleave.
+    let mut sub = Subscriber::connect(broker.port(), "platform-2", &[topic("events")], true).await;
     // The platform is unreachable: actions must not depend on it.
     broker.stop();
     let t0 = Instant::now();
@@ -393,7 +396,6 @@ value = false
 
     // Back online: the alarm and every action's outcome reach the platform.
     broker.start();
-    let mut sub = Subscriber::connect(broker.port(), "platform-2", &[topic("events")], false).await;
     let mut outcomes = Vec::new();
     let mut raised = false;
     let deadline = Instant::now() + Duration::from_secs(20);
