@@ -222,3 +222,23 @@ proptest::proptest! {
         proptest::prop_assert_eq!(w.contains(&t), inside(minute));
     }
 }
+
+#[test]
+fn schedule_follows_local_time_across_a_dst_change() {
+    // Europe/Berlin falls back from CEST (UTC+2) to CET (UTC+1) on
+    // 2026-10-25 at 03:00 local: the night is an hour longer in UTC.
+    let c: ArmingConfig =
+        toml::from_str(&format!("time_zone = \"Europe/Berlin\"\n{}", PERIMETER)).unwrap();
+    let mut a = Arming::new(&c);
+    let utc = |d, h, m| Utc.with_ymd_and_hms(2026, 10, d, h, m, 0).unwrap();
+    a.tick(utc(24, 12, 0));
+    assert!(!a.is_armed("perimeter-north"));
+    // 22:00 CEST = 20:00 UTC.
+    assert!(a.tick(utc(24, 19, 59)).is_empty());
+    assert!(a.tick(utc(24, 20, 0))[0].armed);
+    // 06:00 CET = 05:00 UTC (not 04:00).
+    assert!(a.tick(utc(25, 4, 30)).is_empty());
+    assert!(a.is_armed("perimeter-north"));
+    let c = a.tick(utc(25, 5, 0));
+    assert!(!c[0].armed);
+}

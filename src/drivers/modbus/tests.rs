@@ -706,3 +706,31 @@ async fn a_write_times_out_on_a_silent_device_and_serial_keeps_silence() {
     token.cancel();
     h.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_pulse_release_is_retried() {
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    shared.lock().unwrap().coils[0] = false;
+    let (_rx, writers, token, h) = start_writable(&shared, LinkKind::Tcp);
+    writers
+        .write(
+            "dev-1",
+            2,
+            Value::Bool(true),
+            Some(Duration::from_secs(1)),
+            W,
+        )
+        .await
+        .unwrap();
+    // The device stops answering just before the release is due.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    set(&shared, 1, Behaviour::Hang);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(shared.lock().unwrap().coils[0], "release not written yet");
+    set(&shared, 1, Behaviour::Answer);
+    // Retried one device interval (1 s) after the failed try.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!shared.lock().unwrap().coils[0], "released on retry");
+    token.cancel();
+    h.await.unwrap();
+}
