@@ -7,6 +7,8 @@
 //! the journal is flushed. A second SIGTERM/SIGINT exits at once.
 
 use crate::alarm::task::{self as alarm_task, AlarmRequest};
+use crate::arming::{ArmingHandle, SystemClock, WallClock};
+use crate::command::CommandPath;
 use crate::config::LoadedConfig;
 use crate::drivers::write::Writers;
 use crate::drivers::{gpio, modbus};
@@ -46,6 +48,10 @@ pub struct Gateway {
     pub writers: Writers,
     /// Where the web server listens (`None`: `[web] enabled = false`).
     pub web_addr: Option<std::net::SocketAddr>,
+    /// The one command path (platform commands; the local web page later).
+    pub commands: CommandPath,
+    /// Zone arming.
+    pub arming: ArmingHandle,
     shutdown: CancellationToken,
     done: tokio::task::JoinHandle<()>,
 }
@@ -53,6 +59,15 @@ pub struct Gateway {
 impl Gateway {
     /// Start every task. Returns once the journal is open and the tasks run.
     pub async fn start(cfg: LoadedConfig) -> anyhow::Result<Gateway> {
+        Gateway::start_with_clock(cfg, Arc::new(SystemClock)).await
+    }
+
+    /// [`start`](Self::start) with the wall clock arming schedules follow
+    /// (tests and simulations inject a fake one).
+    pub async fn start_with_clock(
+        cfg: LoadedConfig,
+        clock: Arc<dyn WallClock>,
+    ) -> anyhow::Result<Gateway> {
         let cfg = Arc::new(cfg);
         let c = &cfg.config;
         let password = match &c.uplink.password {
@@ -127,9 +142,16 @@ impl Gateway {
         };
         let web_addr = web.as_ref().map(|(a, _)| *a);
 
-        let mut drivers =
-            modbus::spawn_observed(&cfg, bus_tx.clone(), shutdown.child_token(), Some(&status));
+        // Every driver that can write registers its devices first; then
+        // linkage and the command path get the complete registry.
         let mut writers = Writers::new();
+        let mut drivers = modbus::spawn_full(
+            &cfg,
+            bus_tx.clone(),
+            shutdown.child_token(),
+            Some(&status),
+            &mut writers,
+        );
         drivers.extend(gpio::spawn(
             &cfg,
             bus_tx.clone(),
@@ -142,12 +164,26 @@ impl Gateway {
                 .await
                 .context("starting the MQTT device driver")?,
         );
-        let alarm = tokio::spawn(alarm_task::run(
+        let arming_stop = CancellationToken::new();
+        let (arming, arming_task) = crate::arming::task::spawn(
+            &c.arming,
+            &c.journal.path,
+            journal.clone(),
+            clock,
+            arming_stop.clone(),
+        );
+        let (linkage_tx, linkage_task) =
+            crate::linkage::task::spawn(cfg.clone(), writers.clone(), journal.clone());
+        let alarm = tokio::spawn(alarm_task::run_with(
             cfg.clone(),
             journal.clone(),
             status.clone(),
             bus_rx,
             req_rx,
+            alarm_task::Hooks {
+                linkage: (!c.linkage.is_empty()).then_some(linkage_tx),
+                arming: Some(arming.watch()),
+            },
         ));
         let uplink_stop = CancellationToken::new();
         let uplink = tokio::spawn(uplink::run(
@@ -162,7 +198,14 @@ impl Gateway {
             },
             uplink_stop.clone(),
         ));
-        let commands = tokio::spawn(crate::command::run(cmd_rx, req_tx.clone(), journal.clone()));
+        let command_path = CommandPath::new(
+            cfg.clone(),
+            writers.clone(),
+            req_tx.clone(),
+            Some(arming.clone()),
+            journal.clone(),
+        );
+        let commands = tokio::spawn(crate::command::run(cmd_rx, command_path.clone()));
         // Up means every main loop runs: wait for their first beats.
         let missing = status
             .liveness
@@ -185,6 +228,11 @@ impl Gateway {
                 // so the alarm task serves acknowledgements and timers.
                 drop(bus_tx);
                 let _ = alarm.await;
+                // The alarm task held the linkage queue: actions already
+                // started finish (or fail) before the journal closes.
+                let _ = linkage_task.await;
+                arming_stop.cancel();
+                let _ = arming_task.await;
                 let _ = journal
                     .record(vec![NewEvent::system(
                         EventKind::GatewayStopped,
@@ -222,6 +270,8 @@ impl Gateway {
             web_addr,
             writers,
             alarm_requests: req_tx,
+            commands: command_path,
+            arming,
             shutdown,
             done,
         })

@@ -95,6 +95,15 @@ pub enum EventKind {
     /// An alarm was not acknowledged in time: pushed to the next tier.
     #[serde(rename = "push.escalated")]
     PushEscalated,
+    /// A zone was armed (by its schedule or an operator).
+    #[serde(rename = "zone.armed")]
+    ZoneArmed,
+    /// A zone was disarmed (by its schedule or an operator).
+    #[serde(rename = "zone.disarmed")]
+    ZoneDisarmed,
+    /// A linkage rule's action ran (or failed); the outcome is in `detail`.
+    #[serde(rename = "linkage.executed")]
+    LinkageExecuted,
 }
 
 impl EventKind {
@@ -119,6 +128,9 @@ impl EventKind {
             EventKind::PushSent => "push.sent",
             EventKind::PushFailed => "push.failed",
             EventKind::PushEscalated => "push.escalated",
+            EventKind::ZoneArmed => "zone.armed",
+            EventKind::ZoneDisarmed => "zone.disarmed",
+            EventKind::LinkageExecuted => "linkage.executed",
         }
     }
 }

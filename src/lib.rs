@@ -13,6 +13,9 @@
 //! - [`drivers`]: field protocols (Modbus TCP/RTU, MQTT devices and the
 //!   embedded site broker, the Pi's GPIO), one task each, never dying.
 //! - [`alarm`]: rules, ISA-18.2 states, latching, delays (pure), and its task.
+//! - [`arming`]: zones armed/disarmed by schedule and operators; survives restarts.
+//! - [`linkage`]: alarm raised/cleared → local actions (doors, fans), no uplink needed.
+//! - [`command`]: the one command path (platform, later the web page), allow-listed, audited.
 //! - [`telemetry`]: report by exception (pure).
 //! - [`journal`]: durable event log on sled with per-sink cursors.
 //! - [`uplink`]: MQTT to the central platform.
@@ -25,12 +28,14 @@
 
 pub mod alarm;
 pub mod app;
+pub mod arming;
 pub mod command;
 pub mod config;
 pub mod demo;
 pub mod drivers;
 pub mod event;
 pub mod journal;
+pub mod linkage;
 pub mod logging;
 pub mod point;
 pub mod push;

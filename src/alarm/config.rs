@@ -50,4 +50,21 @@ pub struct AlarmRuleConfig {
     /// even if the condition clears. Default: `true` for `fire`, else `false`.
     #[serde(default)]
     pub latching: Option<bool>,
+    /// What happens when the rule's zone is an arming zone and disarmed:
+    /// `record` (default: the alarm is recorded at priority 5, not raised
+    /// at its priority), `ignore` (nothing is recorded; an active alarm
+    /// returns), `raise` (as if armed). Not allowed on fire or priority-1
+    /// rules: life safety is never disarmed.
+    #[serde(default)]
+    pub when_disarmed: Option<WhenDisarmed>,
+}
+
+/// Behaviour of a rule while its zone is disarmed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenDisarmed {
+    #[default]
+    Record,
+    Ignore,
+    Raise,
 }

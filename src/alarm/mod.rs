@@ -57,6 +57,25 @@
 //! [`AlarmEngine::restore`] puts them back into a fresh engine, so a latched
 //! fire alarm or an unacknowledged one survives a restart of the gateway.
 //!
+//! # Shelving (ISA-18.2)
+//!
+//! [`AlarmEngine::shelve`] suppresses an alarm for a limited time: it goes to
+//! state `shelved` (`alarm.shelved` with the operator), is no longer
+//! annunciated and needs no acknowledgement; its condition is still
+//! followed. When the time is over it is judged afresh: `alarm.shelved`
+//! with the new state (`normal`, or `active_unacked` followed by
+//! `alarm.raised` when the condition holds). Life-safety alarms (fire,
+//! priority 1) cannot be shelved. Shelves survive restarts.
+//!
+//! # Arming
+//!
+//! [`AlarmEngine::set_armed_zones`] tells the engine which zones are
+//! disarmed. A rule whose zone is disarmed follows its `when_disarmed`:
+//! `record` (default) raises the alarm at priority 5 with
+//! `detail.zone_disarmed`, for the whole activation; `ignore` judges the
+//! condition as normal; `raise` ignores arming. Fire and priority-1 alarms
+//! ignore arming whatever the config says.
+//!
 //! # Cost
 //!
 //! [`AlarmEngine::on_reading`] runs for every polled value. Rules are indexed
@@ -66,13 +85,15 @@
 mod condition;
 mod config;
 pub mod persist;
+mod shelve;
 mod state;
 pub mod task;
 #[cfg(test)]
 mod tests;
 
-pub use config::AlarmRuleConfig;
+pub use config::{AlarmRuleConfig, WhenDisarmed};
 
+use crate::arming::ArmedZones;
 use crate::config::LoadedConfig;
 use crate::event::{
     AlarmInfo, AlarmState, Category, EventKind, NewEvent, Priority, Source, Timestamp,
@@ -95,6 +116,8 @@ pub enum AlarmError {
     NotUnacked(String),
     #[error("unreadable alarm snapshot: {0}")]
     Snapshot(String),
+    #[error("alarm {0:?} is a life-safety alarm and cannot be shelved")]
+    NotShelvable(String),
 }
 
 /// Saved alarm states ([`AlarmEngine::snapshot`]).
@@ -115,6 +138,9 @@ struct SavedAlarm {
     state: AlarmState,
     /// The condition (after delays) when saved.
     condition: bool,
+    /// End of the shelf time (shelved alarms only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shelved_until: Option<Timestamp>,
 }
 
 const SNAPSHOT_VERSION: u32 = 1;
@@ -145,6 +171,9 @@ struct AlarmDef {
     point: Option<Arc<str>>,
     zone: Option<Arc<str>>,
     message: Arc<str>,
+    when_disarmed: WhenDisarmed,
+    /// Fire or priority 1: never shelved, never affected by arming.
+    life_safety: bool,
 }
 
 /// One alarm: definition, state, and the current value (`None` while unknown).
@@ -153,6 +182,18 @@ struct Alarm {
     def: AlarmDef,
     core: Core,
     value: Option<Value>,
+    /// This activation was raised while its zone was disarmed (`record`):
+    /// its events go out at priority 5.
+    quiet: bool,
+    /// Shelved until (the instant is filled in at the first tick after a
+    /// restore).
+    shelved_until: Option<(Option<Instant>, Timestamp)>,
+}
+
+impl AlarmDef {
+    fn life_safety(category: Category, priority: Priority) -> bool {
+        category.is_life_safety() || priority == Priority::LIFE_SAFETY
+    }
 }
 
 /// What the engine needs to know about a device.
@@ -178,6 +219,10 @@ pub struct AlarmEngine {
     /// Armed on/off delays: (due, alarm index). Entries whose alarm no longer
     /// waits for that instant are stale and skipped.
     timers: BinaryHeap<Reverse<(Instant, u32)>>,
+    /// Disarmed zones.
+    armed: Arc<ArmedZones>,
+    /// Indexes of shelved alarms.
+    shelved: Vec<u32>,
 }
 
 impl AlarmEngine {
@@ -230,9 +275,13 @@ impl AlarmEngine {
                             .map(Arc::from)
                             .or_else(|| meta.zone.clone()),
                         message: r.message.as_str().into(),
+                        when_disarmed: r.when_disarmed.unwrap_or_default(),
+                        life_safety: AlarmDef::life_safety(category, r.priority),
                     },
                     core: Core::new(latching, r.on_delay, r.off_delay),
                     value: None,
+                    quiet: false,
+                    shelved_until: None,
                 },
             ));
         }
@@ -265,9 +314,13 @@ impl AlarmEngine {
                         point: None,
                         zone: zone.clone(),
                         message: format!("Communication lost with {name} ({})", d.id).into(),
+                        when_disarmed: WhenDisarmed::Raise,
+                        life_safety: true,
                     },
                     core: Core::new(false, Duration::ZERO, Duration::ZERO),
                     value: None,
+                    quiet: false,
+                    shelved_until: None,
                 });
                 (alarms.len() - 1) as u32
             });
@@ -297,7 +350,14 @@ impl AlarmEngine {
             by_key,
             devices,
             timers: BinaryHeap::new(),
+            armed: Arc::new(ArmedZones::default()),
+            shelved: Vec::new(),
         }
+    }
+
+    /// The zones' arming state changed: rules judged from now on follow it.
+    pub fn set_armed_zones(&mut self, armed: Arc<ArmedZones>) {
+        self.armed = armed;
     }
 
     /// A new value (or a quality change) of a point. Only `good` values with
@@ -334,6 +394,7 @@ impl AlarmEngine {
         out: &mut Vec<NewEvent>,
     ) {
         let value = value.filter(|_| quality == Quality::Good);
+        let armed = &*self.armed;
         for i in start..end {
             let alarm = &mut self.alarms[i as usize];
             let Some(condition) = alarm.def.condition else {
@@ -344,15 +405,18 @@ impl AlarmEngine {
             // the task got round to it.
             if let Some(at) = alarm.core.pending().filter(|at| *at <= now) {
                 let t = alarm.core.fire(at);
-                emit(alarm, t, ts, None, None, None, out);
+                emit(alarm, armed, t, ts, None, None, None, out);
             }
-            let cond = value.and_then(|v| condition.eval(v, alarm.core.raw()));
+            let mut cond = value.and_then(|v| condition.eval(v, alarm.core.raw()));
+            if alarm.def.when_disarmed == WhenDisarmed::Ignore && zone_disarmed(&alarm.def, armed) {
+                cond = cond.map(|_| false);
+            }
             alarm.value = if cond.is_some() { value } else { None };
             let step = alarm.core.observe(now, cond);
             if let Some(at) = step.schedule {
                 self.timers.push(Reverse((at, i)));
             }
-            emit(alarm, step.transitions, ts, None, None, None, out);
+            emit(alarm, armed, step.transitions, ts, None, None, None, out);
         }
         self.prune_timers();
     }
@@ -402,7 +466,16 @@ impl AlarmEngine {
         if let Some(ai) = dev.comm_alarm {
             let alarm = &mut self.alarms[ai as usize];
             let step = alarm.core.observe(now, Some(!online));
-            emit(alarm, step.transitions, ts, None, None, detail, out);
+            emit(
+                alarm,
+                &self.armed,
+                step.transitions,
+                ts,
+                None,
+                None,
+                detail,
+                out,
+            );
         }
     }
 
@@ -420,13 +493,18 @@ impl AlarmEngine {
             self.timers.pop();
             let alarm = &mut self.alarms[i as usize];
             let t = alarm.core.fire(at);
-            emit(alarm, t, ts, None, None, None, out);
+            emit(alarm, &self.armed, t, ts, None, None, None, out);
         }
+        self.tick_shelves(now, ts, out);
     }
 
     /// The next instant `tick` has work to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        let timer = self.timers.peek().map(|Reverse((at, _))| *at);
+        match (timer, self.next_unshelve()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// An operator acknowledges an alarm.
@@ -448,7 +526,16 @@ impl AlarmEngine {
             .acknowledge()
             .map_err(|_| AlarmError::NotUnacked(key.to_string()))?;
         tracing::info!(key, operator, state = ?alarm.core.state(), "alarm acknowledged");
-        emit(alarm, t, ts, Some(operator), comment, None, out);
+        emit(
+            alarm,
+            &self.armed,
+            t,
+            ts,
+            Some(operator),
+            comment,
+            None,
+            out,
+        );
         Ok(())
     }
 
@@ -499,6 +586,7 @@ impl AlarmEngine {
                     key: a.def.key.to_string(),
                     state,
                     condition,
+                    shelved_until: a.shelved_until.map(|(_, ts)| ts),
                 }
             })
             .collect();
@@ -552,7 +640,14 @@ impl AlarmEngine {
                 continue;
             };
             let alarm = &mut self.alarms[i as usize];
-            alarm.core.restore(saved.state, saved.condition);
+            match (saved.state, saved.shelved_until) {
+                (AlarmState::Shelved, Some(until)) if !alarm.def.life_safety => {
+                    alarm.core.restore_shelved(saved.condition);
+                    alarm.shelved_until = Some((None, until));
+                    self.shelved.push(i);
+                }
+                _ => alarm.core.restore(saved.state, saved.condition),
+            }
             tracing::info!(key = %saved.key, state = ?alarm.core.state(), "alarm state restored");
             restored += 1;
         }
@@ -581,9 +676,18 @@ fn sane_hysteresis(h: f64) -> f64 {
     }
 }
 
+/// Is the alarm's zone disarmed, for a rule that arming applies to?
+fn zone_disarmed(d: &AlarmDef, armed: &ArmedZones) -> bool {
+    !d.life_safety
+        && d.when_disarmed != WhenDisarmed::Raise
+        && d.zone.as_deref().is_some_and(|z| !armed.is_armed(z))
+}
+
 /// Turn transitions into contract events.
+#[allow(clippy::too_many_arguments)]
 fn emit(
-    alarm: &Alarm,
+    alarm: &mut Alarm,
+    armed: &ArmedZones,
     transitions: Transitions,
     ts: Timestamp,
     operator: Option<&str>,
@@ -594,22 +698,39 @@ fn emit(
     if transitions.is_empty() {
         return;
     }
-    let d = &alarm.def;
+    let disarmed = zone_disarmed(&alarm.def, armed);
     for t in transitions.iter() {
-        let operator = (t.kind == EventKind::AlarmAcknowledged)
-            .then_some(operator)
-            .flatten();
+        if t.kind == EventKind::AlarmRaised {
+            alarm.quiet = disarmed;
+        }
+        let d = &alarm.def;
+        let operator = matches!(
+            t.kind,
+            EventKind::AlarmAcknowledged | EventKind::AlarmShelved
+        )
+        .then_some(operator)
+        .flatten();
+        let (priority, detail) = if alarm.quiet {
+            let mut v = detail.clone().unwrap_or_else(|| serde_json::json!({}));
+            if let Some(o) = v.as_object_mut() {
+                o.insert("zone_disarmed".into(), serde_json::json!(true));
+                o.insert("rule_priority".into(), serde_json::json!(d.priority.get()));
+            }
+            (Priority::INFO, Some(v))
+        } else {
+            (d.priority, detail.clone())
+        };
         tracing::info!(
             key = %d.key,
             kind = t.kind.as_str(),
             state = ?t.state,
-            priority = d.priority.get(),
+            priority = priority.get(),
             "alarm transition"
         );
         out.push(NewEvent {
             ts,
             kind: t.kind,
-            priority: d.priority,
+            priority,
             category: d.category,
             source: Source {
                 device: Some(d.device.to_string()),
@@ -629,7 +750,37 @@ fn emit(
                 latched: alarm.core.latching(),
             }),
             attachments: Vec::new(),
-            detail: detail.clone(),
+            detail,
         });
     }
+    if alarm.core.state() == AlarmState::Normal {
+        alarm.quiet = false;
+    }
+}
+
+/// Config checks of `when_disarmed`: life safety is never disarmed.
+pub fn validate_arming(c: &crate::config::Config) -> Vec<(crate::config::KeyPath, String)> {
+    let mut out = Vec::new();
+    for (ai, a) in c.alarms.iter().enumerate() {
+        let Some(w) = a.when_disarmed else { continue };
+        if w == WhenDisarmed::Raise {
+            continue;
+        }
+        let device_category = a
+            .point
+            .split_once('/')
+            .and_then(|(dev, _)| c.devices.iter().find(|d| d.id == dev))
+            .map(|d| d.category);
+        let category = a.category.or(device_category);
+        if category.is_some_and(|c| c.is_life_safety()) || a.priority == Priority::LIFE_SAFETY {
+            out.push((
+                crate::config::KeyPath::root()
+                    .key("alarms")
+                    .index(ai)
+                    .key("when_disarmed"),
+                "fire and priority-1 (panic) alarms are never disarmable: remove when_disarmed or set it to \"raise\"".into(),
+            ));
+        }
+    }
+    out
 }

@@ -17,8 +17,13 @@ pub struct StateFile {
 
 impl StateFile {
     pub fn in_dir(dir: &Path) -> StateFile {
+        StateFile::named(dir, "alarm-state.json")
+    }
+
+    /// Another state file `name` in `dir` (e.g. the arming states).
+    pub fn named(dir: &Path, name: &str) -> StateFile {
         StateFile {
-            path: dir.join("alarm-state.json"),
+            path: dir.join(name),
         }
     }
 

@@ -71,6 +71,9 @@ pub(super) struct Core {
     latching: bool,
     on_delay: Duration,
     off_delay: Duration,
+    /// Shelved by an operator (ISA-18.2): state `Shelved`, nothing
+    /// annunciated; the condition is still followed.
+    shelved: bool,
 }
 
 impl Core {
@@ -84,7 +87,42 @@ impl Core {
             latching,
             on_delay,
             off_delay,
+            shelved: false,
         }
+    }
+
+    pub fn is_shelved(&self) -> bool {
+        self.shelved
+    }
+
+    /// Shelve the alarm: it leaves whatever state it was in (an unacked
+    /// alarm needs no acknowledgement any more) and reports nothing until
+    /// unshelved. Returns the `alarm.shelved` transition.
+    pub fn shelve(&mut self) -> Transitions {
+        let mut t = Transitions::default();
+        self.shelved = true;
+        self.state = AlarmState::Shelved;
+        t.push(EventKind::AlarmShelved, AlarmState::Shelved);
+        t
+    }
+
+    /// The shelf time is over: the alarm is judged afresh. An active
+    /// condition raises it again; otherwise it is normal.
+    pub fn unshelve(&mut self) -> Transitions {
+        let mut t = Transitions::default();
+        if !self.shelved {
+            return t;
+        }
+        self.shelved = false;
+        if self.debounced {
+            self.state = AlarmState::ActiveUnacked;
+            t.push(EventKind::AlarmShelved, AlarmState::ActiveUnacked);
+            t.push(EventKind::AlarmRaised, AlarmState::ActiveUnacked);
+        } else {
+            self.state = AlarmState::Normal;
+            t.push(EventKind::AlarmShelved, AlarmState::Normal);
+        }
+        t
     }
 
     pub fn state(&self) -> AlarmState {
@@ -193,8 +231,20 @@ impl Core {
         self.pending = None;
     }
 
+    /// Restore a shelved alarm (the caller knows the shelf is still on).
+    pub fn restore_shelved(&mut self, condition: bool) {
+        self.restore(AlarmState::Normal, false);
+        self.debounced = condition;
+        self.raw = condition;
+        self.shelved = true;
+        self.state = AlarmState::Shelved;
+    }
+
     fn set_debounced(&mut self, c: bool, t: &mut Transitions) {
         self.debounced = c;
+        if self.shelved {
+            return;
+        }
         match (c, self.state) {
             (true, AlarmState::Normal | AlarmState::ReturnedUnacked) => {
                 self.state = AlarmState::ActiveUnacked;
@@ -211,6 +261,9 @@ impl Core {
     /// An acknowledged alarm whose condition is known to be normal (and not
     /// about to come back through a pending on-delay) returns to normal.
     fn settle(&mut self, t: &mut Transitions) {
+        if self.shelved {
+            return;
+        }
         if self.state == AlarmState::ActiveAcked && self.known && !self.debounced && !self.raw {
             self.state = AlarmState::Normal;
             t.push(EventKind::AlarmCleared, AlarmState::Normal);

@@ -5,7 +5,9 @@
 
 use super::persist::StateFile;
 use super::{AlarmEngine, AlarmError};
+use crate::arming::ArmedZones;
 use crate::config::LoadedConfig;
+use crate::event::EventKind;
 use crate::event::{NewEvent, Timestamp};
 use crate::journal::{Journal, JournalError};
 use crate::point::{BusMessage, Quality};
@@ -15,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// An operator's reply, sent once its events are durable.
 type PendingReply = (
@@ -38,6 +40,24 @@ pub enum AlarmRequest {
         comment: Option<String>,
         reply: oneshot::Sender<Result<(), AlarmError>>,
     },
+    /// Shelve an alarm for `duration` (ISA-18.2).
+    Shelve {
+        key: String,
+        operator: String,
+        comment: Option<String>,
+        duration: Duration,
+        reply: oneshot::Sender<Result<(), AlarmError>>,
+    },
+}
+
+/// Optional links of the alarm task to arming and linkage.
+#[derive(Debug, Default)]
+pub struct Hooks {
+    /// Alarm raised/cleared events go here as they are produced, before
+    /// they are journaled (linkage acts at once).
+    pub linkage: Option<mpsc::Sender<Vec<NewEvent>>>,
+    /// The zones' arming state.
+    pub arming: Option<watch::Receiver<Arc<ArmedZones>>>,
 }
 
 /// Run until the bus closes (all drivers stopped), then flush what is pending.
@@ -45,10 +65,29 @@ pub async fn run(
     cfg: Arc<LoadedConfig>,
     journal: Journal,
     status: Arc<GatewayStatus>,
+    bus: mpsc::Receiver<BusMessage>,
+    requests: mpsc::Receiver<AlarmRequest>,
+) {
+    run_with(cfg, journal, status, bus, requests, Hooks::default()).await
+}
+
+/// [`run`] with arming and linkage.
+pub async fn run_with(
+    cfg: Arc<LoadedConfig>,
+    journal: Journal,
+    status: Arc<GatewayStatus>,
     mut bus: mpsc::Receiver<BusMessage>,
     mut requests: mpsc::Receiver<AlarmRequest>,
+    hooks: Hooks,
 ) {
+    let Hooks {
+        linkage,
+        arming: mut armed,
+    } = hooks;
     let mut engine = AlarmEngine::new(&cfg);
+    if let Some(a) = &mut armed {
+        engine.set_armed_zones(a.borrow_and_update().clone());
+    }
     let mut telemetry = TelemetryFilter::new(&cfg);
     let telemetry_on = cfg.config.telemetry.enabled;
     let mut out: Vec<NewEvent> = Vec::new();
@@ -144,12 +183,32 @@ pub async fn run(
                         let r = engine.acknowledge(Instant::now(), Timestamp::now(), &key, &operator, comment.as_deref(), &mut out);
                         replies.push((reply, r));
                     }
+                    Some(AlarmRequest::Shelve { key, operator, comment, duration, reply }) => {
+                        let r = engine.shelve(Instant::now(), Timestamp::now(), &key, duration, &operator, comment.as_deref(), &mut out);
+                        replies.push((reply, r));
+                    }
+                }
+            }
+            changed = changed_armed(&mut armed) => {
+                match changed {
+                    Some(z) => engine.set_armed_zones(z),
+                    None => armed = None,
                 }
             }
             _ = sleep => {}
         }
         let now = Instant::now();
         engine.tick(now, Timestamp::now(), &mut out);
+        if let Some(tx) = &linkage {
+            let alarms: Vec<NewEvent> = out
+                .iter()
+                .filter(|e| matches!(e.kind, EventKind::AlarmRaised | EventKind::AlarmCleared))
+                .cloned()
+                .collect();
+            if !alarms.is_empty() && tx.send(alarms).await.is_err() {
+                tracing::error!("linkage task gone; alarms no longer trigger linkage");
+            }
+        }
         if !out.is_empty() {
             record(&journal, std::mem::take(&mut out)).await;
             status
@@ -276,6 +335,19 @@ async fn record(journal: &Journal, events: Vec<NewEvent>) {
                 outcome = journal.record(events.clone()).await;
             }
         }
+    }
+}
+
+/// The next arming change; never resolves without arming.
+async fn changed_armed(
+    armed: &mut Option<watch::Receiver<Arc<ArmedZones>>>,
+) -> Option<Arc<ArmedZones>> {
+    match armed {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(rx.borrow_and_update().clone()),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
     }
 }
 

@@ -1004,3 +1004,195 @@ mod snapshot {
         }
     }
 }
+
+impl Bench {
+    fn with(cfg: LoadedConfig) -> Bench {
+        let engine = AlarmEngine::new(&cfg);
+        Bench {
+            cfg,
+            engine,
+            t0: Instant::now(),
+            out: Vec::new(),
+        }
+    }
+    fn shelve(&mut self, ms: u64, key: &str, secs: u64) -> Result<Vec<NewEvent>, AlarmError> {
+        self.engine.shelve(
+            self.at(ms),
+            Self::ts(ms),
+            key,
+            Duration::from_secs(secs),
+            "control-room/wang",
+            Some("fence maintenance"),
+            &mut self.out,
+        )?;
+        Ok(std::mem::take(&mut self.out))
+    }
+    fn disarm(&mut self, zones: &[&str]) {
+        self.engine
+            .set_armed_zones(Arc::new(ArmedZones::with_disarmed(zones.iter().copied())));
+    }
+}
+
+#[test]
+fn shelved_alarm_is_silent_then_judged_afresh() {
+    let mut b = Bench::new();
+    b.read(0, FENCE, Value::Bool(true));
+    assert_eq!(
+        kinds(&b.tick(2000)),
+        vec![(EventKind::AlarmRaised, Some(AlarmState::ActiveUnacked))]
+    );
+    let ev = b.shelve(3000, FENCE, 60).unwrap();
+    assert_eq!(
+        kinds(&ev),
+        vec![(EventKind::AlarmShelved, Some(AlarmState::Shelved))]
+    );
+    let a = ev[0].alarm.as_ref().unwrap();
+    assert_eq!(a.operator.as_deref(), Some("control-room/wang"));
+    assert_eq!(a.comment.as_deref(), Some("fence maintenance"));
+    assert!(ev[0].detail.as_ref().unwrap()["shelved_until"].is_string());
+    assert_eq!(b.state(FENCE), AlarmState::Shelved);
+    assert!(b.engine.is_shelved(FENCE));
+    // While shelved: no acknowledgement needed, nothing annunciated.
+    assert_eq!(
+        b.ack(3500, FENCE),
+        Err(AlarmError::NotUnacked(FENCE.into()))
+    );
+    assert!(b.read(4000, FENCE, Value::Bool(false)).is_empty());
+    assert!(b.tick(10_000).is_empty());
+    assert!(b.read(20_000, FENCE, Value::Bool(true)).is_empty());
+    assert!(b.tick(22_000).is_empty());
+    assert_eq!(b.engine.next_deadline(), Some(b.at(63_000)));
+    // Shelf over with the condition active: raised again.
+    let ev = b.tick(63_000);
+    assert_eq!(
+        kinds(&ev),
+        vec![
+            (EventKind::AlarmShelved, Some(AlarmState::ActiveUnacked)),
+            (EventKind::AlarmRaised, Some(AlarmState::ActiveUnacked))
+        ]
+    );
+    assert_eq!(ev[0].detail.as_ref().unwrap()["unshelved"], "expired");
+    assert!(!b.engine.is_shelved(FENCE));
+    // Shelved again, condition gone by the end: back to normal quietly.
+    b.shelve(64_000, FENCE, 10).unwrap();
+    b.read(65_000, FENCE, Value::Bool(false));
+    b.tick(70_000);
+    let ev = b.tick(74_000);
+    assert_eq!(
+        kinds(&ev),
+        vec![(EventKind::AlarmShelved, Some(AlarmState::Normal))]
+    );
+    assert_eq!(b.state(FENCE), AlarmState::Normal);
+}
+
+#[test]
+fn life_safety_alarms_cannot_be_shelved() {
+    let mut b = Bench::new();
+    b.read(0, FIRE3, Value::Bool(true));
+    assert_eq!(
+        b.shelve(1, FIRE3, 60),
+        Err(AlarmError::NotShelvable(FIRE3.into()))
+    );
+    assert_eq!(b.state(FIRE3), AlarmState::ActiveUnacked);
+    assert!(matches!(
+        b.shelve(1, "nope", 60),
+        Err(AlarmError::UnknownAlarm(_))
+    ));
+}
+
+#[test]
+fn a_shelf_survives_a_restart() {
+    let mut b = Bench::new();
+    b.read(0, FENCE, Value::Bool(true));
+    b.tick(2000);
+    b.shelve(3000, FENCE, 60).unwrap();
+    let snap = b.engine.snapshot();
+    let mut c = Bench::new();
+    c.engine.restore(&snap).unwrap();
+    assert_eq!(c.state(FENCE), AlarmState::Shelved);
+    // Restarted at 10 s (wall clock): shelved until 63 s, 53 s left.
+    assert!(c.tick(10_000).is_empty());
+    assert_eq!(c.engine.next_deadline(), Some(c.at(63_000)));
+    assert!(c.tick(62_999).is_empty());
+    let ev = c.tick(63_000);
+    assert_eq!(ev[0].kind, EventKind::AlarmShelved);
+    assert_eq!(
+        c.state(FENCE),
+        AlarmState::ActiveUnacked,
+        "condition saved active"
+    );
+}
+
+#[test]
+fn disarmed_zone_records_at_low_priority_but_fire_is_never_disarmed() {
+    let mut b = Bench::new();
+    b.disarm(&["perimeter-north", "villa-12"]);
+    b.read(0, FENCE, Value::Bool(true));
+    let ev = b.tick(2000);
+    assert_eq!(
+        kinds(&ev),
+        vec![(EventKind::AlarmRaised, Some(AlarmState::ActiveUnacked))]
+    );
+    assert_eq!(ev[0].priority, Priority::INFO);
+    let d = ev[0].detail.as_ref().unwrap();
+    assert_eq!(d["zone_disarmed"], true);
+    assert_eq!(d["rule_priority"], 2);
+    // The whole activation stays quiet, even once re-armed.
+    b.disarm(&[]);
+    b.read(3000, FENCE, Value::Bool(false));
+    let ev = b.tick(8000);
+    assert_eq!(ev[0].kind, EventKind::AlarmCleared);
+    assert_eq!(ev[0].priority, Priority::INFO);
+    b.ack(9000, FENCE).unwrap();
+    // Armed now: the next trip is raised at its priority.
+    b.read(10_000, FENCE, Value::Bool(true));
+    let ev = b.tick(12_000);
+    assert_eq!(ev[0].priority, Priority::HIGH);
+    assert!(ev[0].detail.is_none());
+
+    // Fire in a disarmed zone: priority 1 regardless.
+    let mut b = Bench::new();
+    b.disarm(&["villa-12"]);
+    let ev = b.read(0, FIRE3, Value::Bool(true));
+    assert_eq!(ev[0].priority, Priority::LIFE_SAFETY);
+    assert!(ev[0].detail.is_none());
+}
+
+#[test]
+fn when_disarmed_ignore_and_raise() {
+    let ignore = CONFIG.replace(
+        "message = \"Fence zone 1 cut\"",
+        "message = \"Fence zone 1 cut\"\nwhen_disarmed = \"ignore\"",
+    );
+    let mut b = Bench::with(load_str(&ignore, Path::new("t.toml")).unwrap());
+    b.disarm(&["perimeter-north"]);
+    b.read(0, FENCE, Value::Bool(true));
+    assert!(b.tick(5000).is_empty(), "ignored while disarmed");
+    b.disarm(&[]);
+    b.read(6000, FENCE, Value::Bool(true));
+    let ev = b.tick(8000);
+    assert_eq!(
+        kinds(&ev),
+        vec![(EventKind::AlarmRaised, Some(AlarmState::ActiveUnacked))]
+    );
+    assert_eq!(ev[0].priority, Priority::HIGH);
+
+    let raise = CONFIG.replace(
+        "message = \"Fence zone 1 cut\"",
+        "message = \"Fence zone 1 cut\"\nwhen_disarmed = \"raise\"",
+    );
+    let mut b = Bench::with(load_str(&raise, Path::new("t.toml")).unwrap());
+    b.disarm(&["perimeter-north"]);
+    b.read(0, FENCE, Value::Bool(true));
+    assert_eq!(b.tick(2000)[0].priority, Priority::HIGH);
+}
+
+#[test]
+fn when_disarmed_on_fire_is_a_config_error() {
+    let bad = CONFIG.replace(
+        "message = \"Smoke detector zone 3\"",
+        "message = \"Smoke detector zone 3\"\nwhen_disarmed = \"ignore\"",
+    );
+    let err = load_str(&bad, Path::new("t.toml")).unwrap_err().to_string();
+    assert!(err.contains("never disarmable"), "{err}");
+}

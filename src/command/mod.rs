@@ -1,28 +1,55 @@
 //! The one command path: platform commands (and, later, the local web page)
-//! are parsed, checked and executed here, and every command, done or
-//! refused, becomes a `command.executed` event.
+//! are parsed, checked against the allow-list ([`check`]) and executed here,
+//! and every command, done or refused, becomes a `command.executed` event
+//! with its operator.
+//!
+//! [`CommandPath::execute`] takes a parsed [`Command`] and its [`Origin`]
+//! and returns the [`Outcome`]; [`CommandPath::execute_payload`] parses JSON
+//! first (a malformed command is refused, and recorded, too). [`run`] serves
+//! the uplink's `cmd/{request_id}` messages with it.
+
+pub mod check;
+mod config;
+
+pub use check::{Command, Plan};
+pub use config::{validate, CommandsConfig, DoorConfig, WriteTargetConfig, ACTIONS};
 
 use crate::alarm::task::AlarmRequest;
+use crate::arming::ArmingHandle;
+use crate::config::LoadedConfig;
+use crate::drivers::write::Writers;
 use crate::event::{Category, EventKind, NewEvent, Priority, Source, Timestamp};
 use crate::journal::Journal;
 use crate::uplink::IncomingCommand;
-use serde::Deserialize;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-/// A command as the contract spells it.
-#[derive(Debug, Deserialize)]
-struct CommandBody {
-    action: String,
-    #[serde(default)]
-    target: Option<String>,
-    #[serde(default)]
-    value: Option<serde_json::Value>,
-    #[serde(default)]
-    operator: Option<String>,
-    #[serde(default)]
-    expires_at: Option<Timestamp>,
-    #[serde(default)]
-    comment: Option<String>,
+/// Where a command came from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Origin {
+    /// The central platform, `cmd/{request_id}`.
+    Platform { request_id: String },
+    /// The gateway's local web page (signed-in user).
+    Local { session: String },
+}
+
+impl Origin {
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            Origin::Platform { request_id } => {
+                serde_json::json!({"channel": "platform", "request_id": request_id})
+            }
+            Origin::Local { session } => {
+                serde_json::json!({"channel": "local", "session": session})
+            }
+        }
+    }
+    fn request_id(&self) -> Option<&str> {
+        match self {
+            Origin::Platform { request_id } => Some(request_id),
+            Origin::Local { .. } => None,
+        }
+    }
 }
 
 /// Outcome of one command.
@@ -30,29 +57,161 @@ struct CommandBody {
 pub struct Outcome {
     pub ok: bool,
     pub error: Option<String>,
+    pub executed_at: Timestamp,
 }
 
-/// Serve commands until the channel closes.
-pub async fn run(
-    mut commands: mpsc::Receiver<IncomingCommand>,
+/// Everything commands act on; cheap to clone.
+#[derive(Clone)]
+pub struct CommandPath {
+    cfg: Arc<LoadedConfig>,
+    writers: Writers,
     alarms: mpsc::Sender<AlarmRequest>,
+    arming: Option<ArmingHandle>,
     journal: Journal,
-) {
-    while let Some(cmd) = commands.recv().await {
+}
+
+impl CommandPath {
+    pub fn new(
+        cfg: Arc<LoadedConfig>,
+        writers: Writers,
+        alarms: mpsc::Sender<AlarmRequest>,
+        arming: Option<ArmingHandle>,
+        journal: Journal,
+    ) -> CommandPath {
+        CommandPath {
+            cfg,
+            writers,
+            alarms,
+            arming,
+            journal,
+        }
+    }
+
+    /// Parse a JSON command and execute it; a malformed one is refused.
+    pub async fn execute_payload(&self, payload: &[u8], origin: &Origin) -> Outcome {
+        match serde_json::from_slice::<Command>(payload) {
+            Ok(cmd) => self.execute(&cmd, origin).await,
+            Err(e) => {
+                let executed_at = Timestamp::now();
+                let outcome = Outcome {
+                    ok: false,
+                    error: Some(format!("malformed command: {e}")),
+                    executed_at,
+                };
+                self.audit(None, origin, &outcome).await;
+                outcome
+            }
+        }
+    }
+
+    /// Check and execute one command, and record it.
+    pub async fn execute(&self, cmd: &Command, origin: &Origin) -> Outcome {
         let executed_at = Timestamp::now();
-        let parsed: Result<CommandBody, _> = serde_json::from_slice(&cmd.payload);
-        let (outcome, body) = match parsed {
-            Err(e) => (refuse(format!("malformed command: {e}")), None),
-            Ok(body) => (execute(&body, executed_at, &alarms).await, Some(body)),
+        let result = match check::plan(&self.cfg, cmd, executed_at) {
+            Ok(plan) => self.perform(cmd, plan).await,
+            Err(e) => Err(e),
         };
-        let reply = serde_json::json!({
-            "request_id": cmd.request_id,
-            "ok": outcome.ok,
-            "error": outcome.error,
-            "executed_at": executed_at,
-        });
+        let outcome = Outcome {
+            ok: result.is_ok(),
+            error: result.err(),
+            executed_at,
+        };
+        tracing::info!(
+            action = %cmd.action,
+            target = cmd.target.as_deref(),
+            operator = cmd.operator.as_deref(),
+            ok = outcome.ok,
+            error = outcome.error.as_deref(),
+            "command"
+        );
+        self.audit(Some(cmd), origin, &outcome).await;
+        outcome
+    }
+
+    async fn perform(&self, cmd: &Command, plan: Plan) -> Result<(), String> {
+        let operator = cmd.operator.clone().unwrap_or_else(|| "platform".into());
+        let timeout = self.cfg.config.commands.write_timeout;
+        match plan {
+            Plan::Ack { key } => {
+                let (tx, rx) = oneshot::channel();
+                self.alarm_request(
+                    AlarmRequest::Acknowledge {
+                        key,
+                        operator,
+                        comment: cmd.comment.clone(),
+                        reply: tx,
+                    },
+                    rx,
+                )
+                .await
+            }
+            Plan::Shelve { key, duration } => {
+                let (tx, rx) = oneshot::channel();
+                self.alarm_request(
+                    AlarmRequest::Shelve {
+                        key,
+                        operator,
+                        comment: cmd.comment.clone(),
+                        duration,
+                        reply: tx,
+                    },
+                    rx,
+                )
+                .await
+            }
+            Plan::Write {
+                device,
+                point,
+                value,
+            } => self
+                .writers
+                .write(&device, point, value, None, timeout)
+                .await
+                .map_err(|e| e.to_string()),
+            Plan::OpenDoor {
+                device,
+                point,
+                value,
+                pulse,
+            } => self
+                .writers
+                .write(
+                    &device,
+                    point,
+                    crate::point::Value::Bool(value),
+                    Some(pulse),
+                    timeout,
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            Plan::Arm { zone, armed } => match &self.arming {
+                Some(a) => a
+                    .set(&zone, armed, &operator)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("arming is not running".into()),
+            },
+        }
+    }
+
+    async fn alarm_request(
+        &self,
+        req: AlarmRequest,
+        rx: oneshot::Receiver<Result<(), crate::alarm::AlarmError>>,
+    ) -> Result<(), String> {
+        if self.alarms.send(req).await.is_err() {
+            return Err("gateway is shutting down".into());
+        }
+        match rx.await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("gateway is shutting down".into()),
+        }
+    }
+
+    /// Record the `command.executed` event.
+    async fn audit(&self, cmd: Option<&Command>, origin: &Origin, outcome: &Outcome) {
         let event = NewEvent {
-            ts: executed_at,
+            ts: outcome.executed_at,
             kind: EventKind::CommandExecuted,
             priority: Priority::INFO,
             category: Category::System,
@@ -60,17 +219,36 @@ pub async fn run(
             alarm: None,
             attachments: Vec::new(),
             detail: Some(serde_json::json!({
-                "request_id": cmd.request_id,
-                "action": body.as_ref().map(|b| b.action.as_str()),
-                "target": body.as_ref().and_then(|b| b.target.as_deref()),
-                "operator": body.as_ref().and_then(|b| b.operator.as_deref()),
+                "request_id": origin.request_id(),
+                "origin": origin.to_json(),
+                "action": cmd.map(|c| c.action.as_str()),
+                "target": cmd.and_then(|c| c.target.as_deref()),
+                "value": cmd.and_then(|c| c.value.clone()),
+                "operator": cmd.and_then(|c| c.operator.as_deref()),
                 "ok": outcome.ok,
                 "error": outcome.error,
             })),
         };
-        if let Err(e) = journal.record(vec![event]).await {
+        if let Err(e) = self.journal.record(vec![event]).await {
             tracing::error!(error = %e, "cannot record command.executed");
         }
+    }
+}
+
+/// Serve the uplink's commands until the channel closes, one at a time in
+/// arrival order (two writes to one point land in the order sent).
+pub async fn run(mut commands: mpsc::Receiver<IncomingCommand>, path: CommandPath) {
+    while let Some(cmd) = commands.recv().await {
+        let origin = Origin::Platform {
+            request_id: cmd.request_id.clone(),
+        };
+        let outcome = path.execute_payload(&cmd.payload, &origin).await;
+        let reply = serde_json::json!({
+            "request_id": cmd.request_id,
+            "ok": outcome.ok,
+            "error": outcome.error,
+            "executed_at": outcome.executed_at,
+        });
         let _ = cmd
             .reply
             .send(serde_json::to_vec(&reply).unwrap_or_default());
@@ -100,55 +278,5 @@ pub fn refusal_event(request_id: &str, error: &str) -> NewEvent {
     }
 }
 
-fn refuse(msg: String) -> Outcome {
-    Outcome {
-        ok: false,
-        error: Some(msg),
-    }
-}
-
-async fn execute(
-    body: &CommandBody,
-    now: Timestamp,
-    alarms: &mpsc::Sender<AlarmRequest>,
-) -> Outcome {
-    if let Some(exp) = body.expires_at {
-        if exp < now {
-            return refuse(format!("command expired at {exp}"));
-        }
-    }
-    let operator = body.operator.clone().unwrap_or_else(|| "platform".into());
-    match body.action.as_str() {
-        "ack_alarm" => {
-            let Some(key) = body.target.clone() else {
-                return refuse("ack_alarm needs a target (the alarm key)".into());
-            };
-            let (tx, rx) = oneshot::channel();
-            let req = AlarmRequest::Acknowledge {
-                key,
-                operator,
-                comment: body.comment.clone(),
-                reply: tx,
-            };
-            if alarms.send(req).await.is_err() {
-                return refuse("gateway is shutting down".into());
-            }
-            match rx.await {
-                Ok(Ok(())) => Outcome {
-                    ok: true,
-                    error: None,
-                },
-                Ok(Err(e)) => refuse(e.to_string()),
-                Err(_) => refuse("gateway is shutting down".into()),
-            }
-        }
-        "write_point" | "arm_zone" | "disarm_zone" | "shelve_alarm" | "open_door" => {
-            let _ = &body.value;
-            refuse(format!(
-                "action {:?} is not enabled on this gateway",
-                body.action
-            ))
-        }
-        other => refuse(format!("unknown action {other:?}")),
-    }
-}
+#[cfg(test)]
+mod tests;

@@ -11,11 +11,15 @@ pub mod secret;
 mod validate;
 
 pub use points::{PointMeta, PointTable};
+pub use validate::is_valid_id;
 
 use crate::alarm::AlarmRuleConfig;
+use crate::arming::ArmingConfig;
+use crate::command::CommandsConfig;
 use crate::drivers::modbus::SerialBusConfig;
 use crate::drivers::{DeviceConfig, ProfileConfig};
 use crate::journal::JournalConfig;
+use crate::linkage::LinkageRuleConfig;
 use crate::telemetry::TelemetryConfig;
 use crate::uplink::UplinkConfig;
 use serde::{Deserialize, Serialize};
@@ -62,6 +66,15 @@ pub struct Config {
     /// Service supervision: main-loop liveness, watchdog (`[service]`).
     #[serde(default)]
     pub service: crate::service::ServiceConfig,
+    /// What commands may do (`[commands]`): allowed actions, write targets, doors.
+    #[serde(default)]
+    pub commands: CommandsConfig,
+    /// Zone arming and schedules (`[arming]`).
+    #[serde(default)]
+    pub arming: ArmingConfig,
+    /// Linkage rules (`[[linkage]]`).
+    #[serde(default)]
+    pub linkage: Vec<LinkageRuleConfig>,
 }
 
 /// Identity (`[site]`). Both ids appear in every uplink topic:

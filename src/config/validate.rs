@@ -510,6 +510,14 @@ pub(super) fn validate(c: &Config, origins: &super::profiles::Origins) -> Vec<Fi
             f.err(k.key("id"), format!("alarm key {key:?} is also alarms[{prev}]: give each rule on a point a distinct `id`"));
         }
     }
+    for (key, message) in crate::command::validate(c)
+        .into_iter()
+        .chain(crate::arming::validate(c))
+        .chain(crate::linkage::validate(c))
+        .chain(crate::alarm::validate_arming(c))
+    {
+        f.err(key, message);
+    }
     for (point, rules) in rules_per_point {
         if rules.len() > 1 {
             for &ai in &rules {

@@ -23,8 +23,9 @@ pub struct AlarmView {
     pub device: Option<String>,
     #[serde(default)]
     pub point: Option<String>,
-    /// Arming state of the zone when raised, if the event carries one
-    /// (`detail.armed`); absent counts as armed.
+    /// Arming state of the zone when raised: the alarm engine marks an
+    /// alarm of a disarmed zone with `detail.zone_disarmed = true`
+    /// (`detail.armed` is read too); absent counts as armed.
     #[serde(default)]
     pub armed: Option<bool>,
 }
@@ -45,12 +46,13 @@ impl AlarmView {
             zone: ev.body.source.zone.clone(),
             device: ev.body.source.device.clone(),
             point: ev.body.source.point.clone(),
-            armed: ev
-                .body
-                .detail
-                .as_ref()
-                .and_then(|d| d.get("armed"))
-                .and_then(|v| v.as_bool()),
+            armed: ev.body.detail.as_ref().and_then(|d| {
+                d.get("armed").and_then(|v| v.as_bool()).or_else(|| {
+                    d.get("zone_disarmed")
+                        .and_then(|v| v.as_bool())
+                        .map(|disarmed| !disarmed)
+                })
+            }),
         })
     }
 

@@ -17,21 +17,99 @@
 //!   the bus time of the live ones.
 //! - On a serial bus the task keeps the inter-frame silence between requests
 //!   (tokio-modbus does not).
+//!
+//! Writes ([`WriteRequest`]s from commands and linkage rules) arrive on the
+//! endpoint's queue and run between two polls, in arrival order, under the
+//! device's timeout and the same link rules as reads. Coils are written with
+//! function 5, 16-bit registers with 6, 32-bit values with 16, a `bool` on a
+//! register bit by read-modify-write (3 then 6). A pulse writes the value,
+//! replies, and writes the opposite once the hold time is over (retried if
+//! that fails). After a write the device is polled at once, so the new value
+//! reaches the alarm engine and telemetry without waiting a poll interval.
 
+use super::decode::{encode_u16, raw_u16, Codec};
 use super::health::{backoff, Health};
 use super::plan::{ReadPlan, ReadRequest};
 use super::transport::{Connector, ModbusError, Transport};
-use crate::drivers::RegisterKind;
+use crate::drivers::write::{WriteError, WriteRequest};
+use crate::drivers::{PointType, RegisterKind};
 use crate::event::Timestamp;
-use crate::point::{BusMessage, Reading};
+use crate::point::{BusMessage, PointIndex, Reading, Value};
 use crate::service::liveness::Heartbeat;
 use crate::status::PollCounters;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument as _};
+use tracing::{debug, error, info, warn, Instrument as _};
+
+/// How many times the release of a pulse is tried before giving up.
+const RELEASE_ATTEMPTS: u32 = 5;
+
+/// Where a writable point lives on its device.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WriteTarget {
+    pub table: RegisterKind,
+    pub address: u16,
+    pub codec: Codec,
+}
+
+/// The frames one write needs.
+#[derive(Clone, Debug, PartialEq)]
+enum WriteOp {
+    Coil(bool),
+    Register(u16),
+    Registers(Vec<u16>),
+    /// Read-modify-write of one bit of a holding register.
+    Bit {
+        bit: u8,
+        on: bool,
+        codec: Codec,
+    },
+}
+
+impl WriteTarget {
+    /// The frames that write `value` (pure; refuses what does not fit).
+    fn op(&self, value: Value) -> Result<WriteOp, WriteError> {
+        let bad = |m: String| WriteError::BadValue(m);
+        match (self.table, self.codec.kind, value) {
+            (RegisterKind::Coil, _, Value::Bool(b)) => Ok(WriteOp::Coil(b)),
+            (RegisterKind::Coil, _, v) => Err(bad(format!("{v:?} for a coil (needs true/false)"))),
+            (RegisterKind::Holding, PointType::Bool, Value::Bool(on)) => Ok(WriteOp::Bit {
+                bit: self.codec.bit,
+                on,
+                codec: self.codec,
+            }),
+            (RegisterKind::Holding, PointType::Bool, v) => {
+                Err(bad(format!("{v:?} for a bool point (needs true/false)")))
+            }
+            (RegisterKind::Holding, _, v) => {
+                let (regs, n) = self
+                    .codec
+                    .encode_registers(v)
+                    .map_err(|e| bad(e.to_string()))?;
+                Ok(if n == 1 {
+                    WriteOp::Register(regs[0])
+                } else {
+                    WriteOp::Registers(regs[..n].to_vec())
+                })
+            }
+            (t, _, _) => Err(bad(format!("{t:?} is read-only"))),
+        }
+    }
+}
+
+/// A pulse's second half, due at `at`.
+#[derive(Debug)]
+struct Release {
+    at: Instant,
+    device: usize,
+    point: PointIndex,
+    value: bool,
+    attempts: u32,
+}
 
 /// What kind of line the endpoint is.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -56,6 +134,8 @@ pub struct DevicePoller {
     pub span: tracing::Span,
     /// Poll counters for `/metrics` (none in tests that do not look).
     pub counters: Option<Arc<PollCounters>>,
+    /// The device's writable points (empty: the device takes no writes).
+    pub writable: HashMap<PointIndex, WriteTarget>,
 }
 
 impl DevicePoller {
@@ -82,7 +162,14 @@ impl DevicePoller {
             next_poll: start,
             span: tracing::info_span!("modbus_device", device = %id, unit),
             counters: None,
+            writable: HashMap::new(),
         }
+    }
+
+    /// Accept writes to these points.
+    pub fn with_writable(mut self, writable: HashMap<PointIndex, WriteTarget>) -> DevicePoller {
+        self.writable = writable;
+        self
     }
 }
 
@@ -152,6 +239,10 @@ pub struct Endpoint<C: Connector> {
     bus: mpsc::Sender<BusMessage>,
     rng: fastrand::Rng,
     heartbeat: Option<Heartbeat>,
+    /// Writes from commands and linkage (`None`: none, or every sender gone).
+    writes: Option<mpsc::Receiver<WriteRequest>>,
+    /// Pulses waiting for their second write.
+    releases: Vec<Release>,
 }
 
 impl<C: Connector> Endpoint<C> {
@@ -188,7 +279,15 @@ impl<C: Connector> Endpoint<C> {
             bus,
             rng: fastrand::Rng::new(),
             heartbeat: None,
+            writes: None,
+            releases: Vec::new(),
         }
+    }
+
+    /// Serve writes from this queue between polls.
+    pub fn with_writes(mut self, writes: mpsc::Receiver<WriteRequest>) -> Self {
+        self.writes = Some(writes);
+        self
     }
 
     /// Seed the jitter (tests).
@@ -223,11 +322,24 @@ impl<C: Connector> Endpoint<C> {
             let sleep = tokio::time::sleep_until(Instant::now());
             tokio::pin!(sleep);
             loop {
+                // Writes go first: between two polls, in arrival order.
+                if let Some(req) = self.try_next_write() {
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => break,
+                        _ = self.write(req) => {}
+                    }
+                    continue;
+                }
                 let Some(i) = self.next_due() else {
                     shutdown.cancelled().await;
                     break;
                 };
-                let due = self.devices[i].next_poll;
+                let release_due = self.releases.iter().map(|r| r.at).min();
+                let due = match release_due {
+                    Some(r) => r.min(self.devices[i].next_poll),
+                    None => self.devices[i].next_poll,
+                };
                 if let Some(hb) = &self.heartbeat {
                     hb.beat_within(
                         due.saturating_duration_since(Instant::now()) + self.poll_budget(i),
@@ -235,11 +347,36 @@ impl<C: Connector> Endpoint<C> {
                 }
                 if due > Instant::now() {
                     sleep.as_mut().reset(due);
+                    let writes = &mut self.writes;
+                    let woke = tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => break,
+                        w = next_write(writes) => Some(w),
+                        _ = &mut sleep => None,
+                    };
+                    match woke {
+                        Some(Some(req)) => {
+                            tokio::select! {
+                                biased;
+                                _ = shutdown.cancelled() => break,
+                                _ = self.write(req) => {}
+                            }
+                            continue;
+                        }
+                        Some(None) => {
+                            self.writes = None;
+                            continue;
+                        }
+                        None => {}
+                    }
+                }
+                if release_due.is_some_and(|r| r <= Instant::now()) {
                     tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => break,
-                        _ = &mut sleep => {}
+                        _ = self.release() => {}
                     }
+                    continue;
                 }
                 // Shutdown may cut the request short, but not the hand-over
                 // of what was already read: the alarm task drains the bus.
@@ -253,11 +390,223 @@ impl<C: Connector> Endpoint<C> {
                     break;
                 }
             }
+            if !self.releases.is_empty() {
+                warn!(
+                    pending = self.releases.len(),
+                    "stopping with pulse releases not written"
+                );
+            }
             // Dropping `self` closes the link.
             debug!("endpoint task stopped");
         }
         .instrument(span)
         .await
+    }
+
+    /// The next queued write, if one is waiting.
+    fn try_next_write(&mut self) -> Option<WriteRequest> {
+        let rx = self.writes.as_mut()?;
+        match rx.try_recv() {
+            Ok(r) => Some(r),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => {
+                self.writes = None;
+                None
+            }
+        }
+    }
+
+    /// The device serving writable point `point`.
+    fn write_target(&self, point: PointIndex) -> Option<(usize, WriteTarget)> {
+        self.devices
+            .iter()
+            .enumerate()
+            .find_map(|(i, d)| d.writable.get(&point).map(|t| (i, *t)))
+    }
+
+    /// Execute one write request and answer it.
+    async fn write(&mut self, req: WriteRequest) {
+        let WriteRequest {
+            point,
+            value,
+            pulse,
+            reply,
+        } = req;
+        let outcome = self.write_inner(point, value, pulse).await;
+        if let Err(e) = &outcome {
+            warn!(point, value = ?value, error = %e, "write failed");
+        }
+        let _ = reply.send(outcome);
+    }
+
+    async fn write_inner(
+        &mut self,
+        point: PointIndex,
+        value: Value,
+        pulse: Option<Duration>,
+    ) -> Result<(), WriteError> {
+        let Some((di, target)) = self.write_target(point) else {
+            return Err(WriteError::NotWritable);
+        };
+        if pulse.is_some() && !matches!(value, Value::Bool(_)) {
+            return Err(WriteError::BadValue("a pulse needs true or false".into()));
+        }
+        let op = target.op(value)?;
+        let span = self.devices[di].span.clone();
+        self.write_op(di, target, op)
+            .instrument(span.clone())
+            .await
+            .map_err(write_error)?;
+        let _e = span.enter();
+        info!(point, value = ?value, pulse = ?pulse, "written");
+        let now = Instant::now();
+        if let (Some(hold), Value::Bool(b)) = (pulse, value) {
+            // A newer pulse of the same point replaces an older release.
+            self.releases.retain(|r| r.point != point);
+            self.releases.push(Release {
+                at: now + hold,
+                device: di,
+                point,
+                value: !b,
+                attempts: 0,
+            });
+        }
+        // Read the new value back at once.
+        self.devices[di].next_poll = now;
+        Ok(())
+    }
+
+    /// Write the second half of the pulse that is due first.
+    async fn release(&mut self) {
+        let Some(k) = self
+            .releases
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, r)| r.at)
+            .map(|(k, _)| k)
+        else {
+            return;
+        };
+        let mut r = self.releases.swap_remove(k);
+        let Some((di, target)) = self.write_target(r.point) else {
+            return;
+        };
+        let span = self.devices[di].span.clone();
+        let result = match target.op(Value::Bool(r.value)) {
+            Ok(op) => self
+                .write_op(di, target, op)
+                .instrument(span.clone())
+                .await
+                .map_err(write_error),
+            Err(e) => Err(e),
+        };
+        let _e = span.enter();
+        match result {
+            Ok(()) => {
+                info!(point = r.point, value = r.value, "pulse released");
+                self.devices[di].next_poll = Instant::now();
+            }
+            Err(e) => {
+                r.attempts += 1;
+                if r.attempts >= RELEASE_ATTEMPTS {
+                    error!(point = r.point, value = r.value, error = %e, attempts = r.attempts, "pulse release failed; giving up");
+                } else {
+                    error!(point = r.point, value = r.value, error = %e, attempts = r.attempts, "pulse release failed; retrying");
+                    r.at = Instant::now() + self.devices[r.device].interval;
+                    self.releases.push(r);
+                }
+            }
+        }
+    }
+
+    /// Keep the inter-frame silence on a serial line.
+    fn frame_gap(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let ready = match (self.kind, self.last_frame) {
+            (LinkKind::Serial { inter_frame }, Some(t)) => Some(t + inter_frame),
+            _ => None,
+        };
+        async move {
+            if let Some(ready) = ready.filter(|r| *r > Instant::now()) {
+                tokio::time::sleep_until(ready).await;
+            }
+        }
+    }
+
+    fn frame_done(&mut self) {
+        if matches!(self.kind, LinkKind::Serial { .. }) {
+            self.last_frame = Some(Instant::now());
+        }
+    }
+
+    /// Send a write's frames to device `di`, under its timeout and the link rules.
+    async fn write_op(
+        &mut self,
+        di: usize,
+        target: WriteTarget,
+        op: WriteOp,
+    ) -> Result<(), ModbusError> {
+        let timeout = self.devices[di].timeout;
+        let unit = self.devices[di].unit;
+        self.ensure_link(timeout).await?;
+        let addr = target.address;
+        let op = match op {
+            WriteOp::Bit { bit, on, codec } => {
+                self.frame_gap().await;
+                let link = self
+                    .link
+                    .as_mut()
+                    .ok_or_else(|| ModbusError::NotConnected("link closed".into()))?;
+                let r = match tokio::time::timeout(timeout, link.read_holding(unit, addr, 1)).await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(ModbusError::Timeout(timeout)),
+                };
+                self.frame_done();
+                let words = self.link_result(r)?;
+                let Some(&word) = words.first() else {
+                    return Err(ModbusError::Protocol("reply too short".into()));
+                };
+                let raw = raw_u16(word, codec.byte_order);
+                let raw = if on {
+                    raw | (1 << bit)
+                } else {
+                    raw & !(1 << bit)
+                };
+                WriteOp::Register(encode_u16(raw, codec.byte_order))
+            }
+            op => op,
+        };
+        self.frame_gap().await;
+        let link = self
+            .link
+            .as_mut()
+            .ok_or_else(|| ModbusError::NotConnected("link closed".into()))?;
+        let fut = async {
+            match op {
+                WriteOp::Coil(b) => link.write_coil(unit, addr, b).await,
+                WriteOp::Register(w) => link.write_register(unit, addr, w).await,
+                WriteOp::Registers(ws) => link.write_registers(unit, addr, ws).await,
+                WriteOp::Bit { .. } => Err(ModbusError::Protocol("unreachable bit write".into())),
+            }
+        };
+        let r = match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(ModbusError::Timeout(timeout)),
+        };
+        self.frame_done();
+        self.link_result(r)
+    }
+
+    /// Drop the link after an error that leaves it in an unknown state.
+    fn link_result<T>(&mut self, r: Result<T, ModbusError>) -> Result<T, ModbusError> {
+        if let Err(e) = &r {
+            if e.drops_link() {
+                debug!(error = %e, "dropping link");
+                self.link = None;
+                self.reconnect_at = Instant::now();
+            }
+        }
+        r
     }
 
     /// The device due first (ties: the first configured).
@@ -408,14 +757,7 @@ impl<C: Connector> Endpoint<C> {
         let mut readings = Vec::with_capacity(dev.plan.slots.len());
         let mut replied_at = std::time::Instant::now();
         for r in &dev.plan.requests {
-            if let LinkKind::Serial { inter_frame } = self.kind {
-                if let Some(t) = self.last_frame {
-                    let ready = t + inter_frame;
-                    if ready > Instant::now() {
-                        tokio::time::sleep_until(ready).await;
-                    }
-                }
-            }
+            self.frame_gap().await;
             let Some(link) = self.link.as_mut() else {
                 return Err(ModbusError::NotConnected("link closed".into()));
             };
@@ -452,6 +794,27 @@ impl<C: Connector> Endpoint<C> {
     #[cfg(test)]
     pub fn devices(&self) -> &[DevicePoller] {
         &self.devices
+    }
+}
+
+/// The outcome of a failed write, for the caller.
+fn write_error(e: ModbusError) -> WriteError {
+    match e {
+        ModbusError::Timeout(d) => WriteError::Timeout(d),
+        ModbusError::Connect { .. } | ModbusError::NotConnected(_) | ModbusError::Io(_) => {
+            WriteError::Offline
+        }
+        ModbusError::Exception { .. } | ModbusError::Protocol(_) => {
+            WriteError::Refused(e.to_string())
+        }
+    }
+}
+
+/// Wait for the next write; never resolves when there is no queue.
+async fn next_write(writes: &mut Option<mpsc::Receiver<WriteRequest>>) -> Option<WriteRequest> {
+    match writes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

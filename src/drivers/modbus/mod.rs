@@ -11,14 +11,10 @@
 //! successful device poll becomes one [`BusMessage::Readings`]; a device
 //! going offline or coming back becomes a [`BusMessage::DeviceStatus`].
 //!
-//! Writes (commands) are not wired yet. They belong in the endpoint task, the
-//! only owner of the link: give [`endpoint::Endpoint`] an
-//! `mpsc::Receiver<WriteRequest>` (point, value, `oneshot` reply), select on
-//! it next to the poll timer in `run`, and execute a write between two polls
-//! under the same timeout, drop-on-timeout and inter-frame rules;
-//! [`decode::Codec::encode_registers`] already turns a value into registers,
-//! and the [`transport::Transport`] trait gains `write_coil` /
-//! `write_registers`. `spawn` would then return the senders keyed by device.
+//! Writes: [`spawn_with_writers`] gives every endpoint task a queue and
+//! registers it in [`Writers`] for each device the task serves; the task runs
+//! writes between polls (see [`endpoint`]). Only points with
+//! `writable = true` on a coil or holding register accept writes.
 
 mod config;
 pub mod decode;
@@ -32,11 +28,13 @@ pub mod transport;
 pub use config::{ModbusDeviceConfig, Parity, SerialBusConfig};
 
 use crate::config::LoadedConfig;
-use crate::drivers::PointConfig;
+use crate::drivers::write::{WriteRequest, Writers};
+use crate::drivers::{PointConfig, RegisterKind};
 use crate::point::{BusMessage, PointIndex};
 use crate::status::GatewayStatus;
-use endpoint::{DevicePoller, Endpoint, LinkKind};
-use std::collections::BTreeMap;
+use endpoint::{DevicePoller, Endpoint, LinkKind, WriteTarget};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -49,15 +47,29 @@ use transport::{RtuConnector, TcpConnector};
 /// poll's own budget).
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Writes waiting per endpoint task; more wait in the caller's `send`.
+const WRITE_QUEUE: usize = 32;
+
 /// Start one task per TCP endpoint and one per serial bus. Must be called
 /// inside a tokio runtime. Disabled devices and devices without points are
 /// skipped; a device whose reads cannot be planned is logged and skipped.
+/// The tasks take no writes (see [`spawn_with_writers`]).
 pub fn spawn(
     cfg: &LoadedConfig,
     bus: mpsc::Sender<BusMessage>,
     shutdown: CancellationToken,
 ) -> Vec<JoinHandle<()>> {
-    spawn_observed(cfg, bus, shutdown, None)
+    spawn_full(cfg, bus, shutdown, None, &mut Writers::new())
+}
+
+/// [`spawn`], and register each polled device's write queue in `writers`.
+pub fn spawn_with_writers(
+    cfg: &LoadedConfig,
+    bus: mpsc::Sender<BusMessage>,
+    shutdown: CancellationToken,
+    writers: &mut Writers,
+) -> Vec<JoinHandle<()>> {
+    spawn_full(cfg, bus, shutdown, None, writers)
 }
 
 /// [`spawn`], each endpoint task beating a heartbeat in `status`'s liveness
@@ -67,6 +79,18 @@ pub fn spawn_observed(
     bus: mpsc::Sender<BusMessage>,
     shutdown: CancellationToken,
     status: Option<&GatewayStatus>,
+) -> Vec<JoinHandle<()>> {
+    spawn_full(cfg, bus, shutdown, status, &mut Writers::new())
+}
+
+/// Start the Modbus tasks: heartbeats and poll counters in `status` (when
+/// given), and each polled device's write queue registered in `writers`.
+pub fn spawn_full(
+    cfg: &LoadedConfig,
+    bus: mpsc::Sender<BusMessage>,
+    shutdown: CancellationToken,
+    status: Option<&GatewayStatus>,
+    writers: &mut Writers,
 ) -> Vec<JoinHandle<()>> {
     let start = Instant::now();
     let mut tcp: BTreeMap<(String, u16), Vec<DevicePoller>> = BTreeMap::new();
@@ -95,6 +119,23 @@ pub fn spawn_observed(
             }
         };
         debug!(device = %d.id, requests = plan.requests.len(), points = points.len(), "read plan");
+        let writable: HashMap<PointIndex, WriteTarget> = points
+            .iter()
+            .filter(|(i, _)| cfg.points.get(*i).writable)
+            .filter_map(|(i, p)| match (p.register, p.address) {
+                (Some(table @ (RegisterKind::Coil | RegisterKind::Holding)), Some(address)) => {
+                    Some((
+                        *i,
+                        WriteTarget {
+                            table,
+                            address,
+                            codec: decode::Codec::new(p),
+                        },
+                    ))
+                }
+                _ => None,
+            })
+            .collect();
         let mut poller = DevicePoller::new(
             &d.id,
             m.unit,
@@ -104,7 +145,8 @@ pub fn spawn_observed(
             m.backoff_max,
             plan,
             start,
-        );
+        )
+        .with_writable(writable);
         poller.counters = status.map(|s| s.polls.device(&poller.id));
         match (&m.host, &m.bus) {
             (Some(host), _) => tcp.entry((host.clone(), m.port)).or_default().push(poller),
@@ -115,12 +157,14 @@ pub fn spawn_observed(
 
     let mut handles = Vec::new();
     for ((host, port), devices) in tcp {
+        let rx = register_writes(&devices, writers);
         let mut ep = Endpoint::new(
             TcpConnector::new(&host, port),
             LinkKind::Tcp,
             devices,
             bus.clone(),
-        );
+        )
+        .with_writes(rx);
         if let Some(s) = status {
             ep = ep.with_heartbeat(
                 s.liveness
@@ -137,7 +181,9 @@ pub fn spawn_observed(
         let kind = LinkKind::Serial {
             inter_frame: line.inter_frame_delay(),
         };
-        let mut ep = Endpoint::new(RtuConnector::new(line.clone()), kind, devices, bus.clone());
+        let rx = register_writes(&devices, writers);
+        let mut ep = Endpoint::new(RtuConnector::new(line.clone()), kind, devices, bus.clone())
+            .with_writes(rx);
         if let Some(s) = status {
             ep = ep.with_heartbeat(
                 s.liveness
@@ -147,4 +193,16 @@ pub fn spawn_observed(
         handles.push(tokio::spawn(ep.run(shutdown.clone())));
     }
     handles
+}
+
+/// One queue for an endpoint task, registered for each of its devices.
+fn register_writes(
+    devices: &[DevicePoller],
+    writers: &mut Writers,
+) -> mpsc::Receiver<WriteRequest> {
+    let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+    for d in devices {
+        writers.insert(Arc::clone(&d.id), tx.clone());
+    }
+    rx
 }

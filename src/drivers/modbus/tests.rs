@@ -32,6 +32,8 @@ struct FakeState {
     requests: Vec<(u8, Instant, Option<Instant>)>,
     in_flight: u32,
     max_in_flight: u32,
+    /// (unit, function, address, when) of every write frame.
+    writes: Vec<(u8, u8, u16, Instant)>,
 }
 
 type Shared = Arc<Mutex<FakeState>>;
@@ -114,6 +116,37 @@ impl Transport for FakeLink {
     }
     async fn read_input(&mut self, unit: u8, addr: u16, cnt: u16) -> Result<Vec<u16>, ModbusError> {
         self.read_holding(unit, addr, cnt).await
+    }
+    async fn write_coil(&mut self, unit: u8, addr: u16, on: bool) -> Result<(), ModbusError> {
+        let s = self.0.clone();
+        self.request(unit, |_| ()).await?;
+        let mut s = s.lock().unwrap();
+        s.coils[addr as usize] = on;
+        s.writes.push((unit, 5, addr, Instant::now()));
+        Ok(())
+    }
+    async fn write_register(&mut self, unit: u8, addr: u16, word: u16) -> Result<(), ModbusError> {
+        let s = self.0.clone();
+        self.request(unit, |_| ()).await?;
+        let mut s = s.lock().unwrap();
+        s.holding[addr as usize] = word;
+        s.writes.push((unit, 6, addr, Instant::now()));
+        Ok(())
+    }
+    async fn write_registers(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        words: Vec<u16>,
+    ) -> Result<(), ModbusError> {
+        let s = self.0.clone();
+        self.request(unit, |_| ()).await?;
+        let mut s = s.lock().unwrap();
+        for (i, w) in words.iter().enumerate() {
+            s.holding[addr as usize + i] = *w;
+        }
+        s.writes.push((unit, 16, addr, Instant::now()));
+        Ok(())
     }
 }
 
@@ -464,4 +497,240 @@ async fn closed_bus_stops_the_task() {
         .await
         .expect("task ends when nobody listens")
         .unwrap();
+}
+
+/// A device whose points 0..=4 are writable: holding 0 (u16, scale 0.1),
+/// holding 1–2 (f32), coil 0, holding 3 bit 2, holding 4–5 (u32); point
+/// indexes start at 0.
+fn writable_device(unit: u8) -> DevicePoller {
+    use super::decode::Codec;
+    use super::endpoint::WriteTarget;
+    let mut scaled = point(RegisterKind::Holding, 0, PointType::U16);
+    scaled.scale = 0.1;
+    let mut bit = point(RegisterKind::Holding, 3, PointType::Bool);
+    bit.bit = Some(2);
+    let pts = [
+        scaled,
+        point(RegisterKind::Holding, 1, PointType::F32),
+        point(RegisterKind::Coil, 0, PointType::Bool),
+        bit,
+        point(RegisterKind::Holding, 4, PointType::U32),
+    ];
+    let refs: Vec<_> = pts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i as PointIndex, p))
+        .collect();
+    let writable = pts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                i as PointIndex,
+                WriteTarget {
+                    table: p.register.unwrap(),
+                    address: p.address.unwrap(),
+                    codec: Codec::new(p),
+                },
+            )
+        })
+        .collect();
+    DevicePoller::new(
+        &format!("dev-{unit}"),
+        unit,
+        Duration::from_millis(1000),
+        Duration::from_millis(100),
+        3,
+        Duration::from_secs(30),
+        plan(&refs, LIMITS).unwrap(),
+        Instant::now(),
+    )
+    .with_writable(writable)
+}
+
+fn start_writable(
+    shared: &Shared,
+    kind: LinkKind,
+) -> (
+    mpsc::Receiver<BusMessage>,
+    crate::drivers::write::Writers,
+    CancellationToken,
+    JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::channel(64);
+    let (wtx, wrx) = mpsc::channel(8);
+    let mut writers = crate::drivers::write::Writers::new();
+    writers.insert("dev-1".into(), wtx);
+    let token = CancellationToken::new();
+    let ep = Endpoint::new(
+        FakeConnector(shared.clone()),
+        kind,
+        vec![writable_device(1)],
+        tx,
+    )
+    .with_seed(7)
+    .with_writes(wrx);
+    let h = tokio::spawn(ep.run(token.clone()));
+    (rx, writers, token, h)
+}
+
+const W: Duration = Duration::from_secs(5);
+
+#[tokio::test(start_paused = true)]
+async fn writes_use_the_right_function_and_undo_scaling() {
+    use crate::drivers::write::WriteError;
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    shared.lock().unwrap().holding[3] = 0b1001;
+    let (_rx, writers, token, h) = start_writable(&shared, LinkKind::Tcp);
+    // u16 with scale 0.1: 21.5 → raw 215 (function 6).
+    writers
+        .write("dev-1", 0, Value::Float(21.5), None, W)
+        .await
+        .unwrap();
+    // f32: two registers (function 16).
+    writers
+        .write("dev-1", 1, Value::Float(-3.25), None, W)
+        .await
+        .unwrap();
+    // coil (function 5).
+    writers
+        .write("dev-1", 2, Value::Bool(false), None, W)
+        .await
+        .unwrap();
+    // bit 2 of holding 3: read-modify-write keeps the other bits.
+    writers
+        .write("dev-1", 3, Value::Bool(true), None, W)
+        .await
+        .unwrap();
+    writers
+        .write("dev-1", 4, Value::Int(70_000), None, W)
+        .await
+        .unwrap();
+    {
+        let s = shared.lock().unwrap();
+        assert_eq!(s.holding[0], 215);
+        let f = f32::from_bits(((s.holding[1] as u32) << 16) | s.holding[2] as u32);
+        assert_eq!(f, -3.25);
+        assert!(!s.coils[0]);
+        assert_eq!(s.holding[3], 0b1101);
+        assert_eq!(((s.holding[4] as u32) << 16) | s.holding[5] as u32, 70_000);
+        let fns: Vec<u8> = s.writes.iter().map(|w| w.1).collect();
+        assert_eq!(fns, vec![6, 16, 5, 6, 16]);
+    }
+    // Out of range, wrong type, unknown point: refused, nothing written.
+    let n = shared.lock().unwrap().writes.len();
+    assert!(matches!(
+        writers
+            .write("dev-1", 0, Value::Float(7000.0), None, W)
+            .await,
+        Err(WriteError::BadValue(_))
+    ));
+    assert!(matches!(
+        writers.write("dev-1", 2, Value::Int(1), None, W).await,
+        Err(WriteError::BadValue(_))
+    ));
+    assert_eq!(
+        writers.write("dev-1", 99, Value::Bool(true), None, W).await,
+        Err(WriteError::NotWritable)
+    );
+    assert!(matches!(
+        writers.write("nope", 0, Value::Bool(true), None, W).await,
+        Err(WriteError::NoWriter(_))
+    ));
+    assert_eq!(shared.lock().unwrap().writes.len(), n);
+    token.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pulse_writes_holds_and_writes_the_opposite() {
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    shared.lock().unwrap().coils[0] = false;
+    let (_rx, writers, token, h) = start_writable(&shared, LinkKind::Tcp);
+    let t0 = Instant::now();
+    writers
+        .write(
+            "dev-1",
+            2,
+            Value::Bool(true),
+            Some(Duration::from_secs(5)),
+            W,
+        )
+        .await
+        .unwrap();
+    assert!(shared.lock().unwrap().coils[0], "pulse on");
+    tokio::time::sleep(Duration::from_millis(4900)).await;
+    assert!(shared.lock().unwrap().coils[0], "held");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    {
+        let s = shared.lock().unwrap();
+        assert!(!s.coils[0], "released");
+        let released = s.writes[1].3 - t0;
+        assert!(
+            released >= Duration::from_secs(5) && released < Duration::from_millis(5100),
+            "{released:?}"
+        );
+    }
+    token.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_times_out_on_a_silent_device_and_serial_keeps_silence() {
+    use crate::drivers::write::WriteError;
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    let gap = Duration::from_millis(4);
+    let (_rx, writers, token, h) = start_writable(&shared, LinkKind::Serial { inter_frame: gap });
+    writers
+        .write("dev-1", 3, Value::Bool(true), None, W)
+        .await
+        .unwrap();
+    {
+        let s = shared.lock().unwrap();
+        // Every frame starts at least `gap` after the previous one ended.
+        for w in s.requests.windows(2) {
+            let (end, next) = (w[0].2.unwrap(), w[1].1);
+            assert!(next >= end + gap, "{:?} then {:?}", end, next);
+        }
+    }
+    set(&shared, 1, Behaviour::Hang);
+    assert_eq!(
+        writers.write("dev-1", 2, Value::Bool(true), None, W).await,
+        Err(WriteError::Timeout(Duration::from_millis(100)))
+    );
+    set(&shared, 1, Behaviour::Exception(2));
+    assert!(matches!(
+        writers.write("dev-1", 2, Value::Bool(true), None, W).await,
+        Err(WriteError::Refused(_))
+    ));
+    token.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_pulse_release_is_retried() {
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    shared.lock().unwrap().coils[0] = false;
+    let (_rx, writers, token, h) = start_writable(&shared, LinkKind::Tcp);
+    writers
+        .write(
+            "dev-1",
+            2,
+            Value::Bool(true),
+            Some(Duration::from_secs(1)),
+            W,
+        )
+        .await
+        .unwrap();
+    // The device stops answering just before the release is due.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    set(&shared, 1, Behaviour::Hang);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(shared.lock().unwrap().coils[0], "release not written yet");
+    set(&shared, 1, Behaviour::Answer);
+    // Retried one device interval (1 s) after the failed try.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!shared.lock().unwrap().coils[0], "released on retry");
+    token.cancel();
+    h.await.unwrap();
 }

@@ -10,7 +10,7 @@ use super::config::{Parity, SerialBusConfig};
 use std::future::Future;
 use std::io;
 use std::time::Duration;
-use tokio_modbus::client::{Context, Reader as _};
+use tokio_modbus::client::{Context, Reader as _, Writer as _};
 use tokio_modbus::prelude::SlaveContext as _;
 use tokio_modbus::{ExceptionCode, Slave};
 
@@ -114,6 +114,27 @@ pub trait Transport: Send {
         addr: u16,
         cnt: u16,
     ) -> impl Future<Output = Result<Vec<u16>, ModbusError>> + Send;
+    /// Function 5: write one coil.
+    fn write_coil(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        on: bool,
+    ) -> impl Future<Output = Result<(), ModbusError>> + Send;
+    /// Function 6: write one holding register.
+    fn write_register(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        word: u16,
+    ) -> impl Future<Output = Result<(), ModbusError>> + Send;
+    /// Function 16: write consecutive holding registers (32-bit values).
+    fn write_registers(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        words: Vec<u16>,
+    ) -> impl Future<Output = Result<(), ModbusError>> + Send;
 }
 
 /// Opens links to one endpoint (a TCP host:port, or a serial port).
@@ -201,6 +222,32 @@ impl Transport for ModbusLink {
                 self.ctx.read_input_registers(addr, cnt).await,
             )?,
             cnt,
+        )
+    }
+    async fn write_coil(&mut self, unit: u8, addr: u16, on: bool) -> Result<(), ModbusError> {
+        self.ctx.set_slave(Slave(unit));
+        flatten(
+            "write single coil",
+            self.ctx.write_single_coil(addr, on).await,
+        )
+    }
+    async fn write_register(&mut self, unit: u8, addr: u16, word: u16) -> Result<(), ModbusError> {
+        self.ctx.set_slave(Slave(unit));
+        flatten(
+            "write single register",
+            self.ctx.write_single_register(addr, word).await,
+        )
+    }
+    async fn write_registers(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        words: Vec<u16>,
+    ) -> Result<(), ModbusError> {
+        self.ctx.set_slave(Slave(unit));
+        flatten(
+            "write multiple registers",
+            self.ctx.write_multiple_registers(addr, &words).await,
         )
     }
 }

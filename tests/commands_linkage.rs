@@ -1,0 +1,529 @@
+//! End-to-end: commands from the platform, fire linkage and arming, between
+//! real peers: pymodbus device simulators (a fire panel, an access-control
+//! panel, an HVAC unit, a fence controller) and a mosquitto broker standing
+//! in for the central platform.
+//!
+//! A missing peer skips a scenario loudly, or fails it under
+//! `REQUIRE_PEERS=1` (CI).
+
+mod common;
+#[path = "common/modbus_probe.rs"]
+mod modbus_probe;
+#[path = "common/modbus_sim.rs"]
+mod modbus_sim;
+#[path = "common/mosquitto.rs"]
+mod mosquitto;
+
+use common::gateway::GatewayProc;
+use modbus_probe::Probe;
+use modbus_sim::ModbusSim;
+use mosquitto::{Mosquitto, Subscriber};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const ROOT: &str = "estate/v1/e2e/gw/";
+
+fn topic(t: &str) -> String {
+    format!("{ROOT}{t}")
+}
+
+/// Gateway config: journal in the temp dir, fast reconnects, telemetry off.
+fn config(broker: u16, body: &str) -> String {
+    format!(
+        r#"
+[site]
+id = "e2e"
+gateway = "gw"
+
+[log]
+level = "info,estate_gateway=debug"
+format = "text"
+
+[journal]
+path = "@DIR@/journal"
+
+[uplink]
+host = "127.0.0.1"
+port = {broker}
+heartbeat_s = 1
+reconnect_min_s = 0.2
+reconnect_max_s = 1
+
+[telemetry]
+enabled = false
+{body}"#
+    )
+}
+
+/// A Modbus TCP device section with fast polls.
+fn device(id: &str, category: &str, zone: &str, port: u16, poll_s: f64) -> String {
+    format!(
+        r#"
+[[devices]]
+id = "{id}"
+category = "{category}"
+zone = "{zone}"
+poll_interval_s = {poll_s}
+timeout_s = 0.5
+[devices.modbus]
+host = "127.0.0.1"
+port = {port}
+unit = 1
+backoff_max_s = 0.5
+"#
+    )
+}
+
+/// The next event of `kind` (others skipped), or panic after `timeout`.
+async fn next_event(sub: &mut Subscriber, kind: &str, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = sub
+            .next(left)
+            .await
+            .unwrap_or_else(|| panic!("no {kind} event within {timeout:?}"));
+        if m.topic.ends_with("/events") {
+            let v = m.json();
+            if v["kind"] == kind {
+                return v;
+            }
+        }
+    }
+}
+
+/// Publish a command and wait for its `cmd_result` and `command.executed`.
+async fn command(sub: &mut Subscriber, id: &str, payload: &[u8]) -> (Value, Value) {
+    sub.publish(&topic(&format!("cmd/{id}")), payload).await;
+    let mut result = None;
+    let mut event = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while result.is_none() || event.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = sub.next(left).await.unwrap_or_else(|| {
+            panic!("command {id}: result {result:?}, event {event:?} after 10 s")
+        });
+        let v = m.json();
+        if m.topic.ends_with(&format!("/cmd_result/{id}")) {
+            result = Some(v);
+        } else if m.topic.ends_with("/events")
+            && v["kind"] == "command.executed"
+            && v["detail"]["request_id"] == id
+        {
+            event = Some(v);
+        }
+    }
+    (result.unwrap(), event.unwrap())
+}
+
+/// Subscribe as the platform and wait until the gateway subscribed to its
+/// command topic (a probe command is answered).
+async fn platform(broker: u16) -> Subscriber {
+    let mut sub = Subscriber::connect(
+        broker,
+        "platform",
+        &[topic("events"), topic("cmd_result/+")],
+        false,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        sub.publish(&topic("cmd/probe"), br#"{"action":"noop"}"#)
+            .await;
+        if let Some(m) = sub.next(Duration::from_millis(500)).await {
+            if m.topic.ends_with("/cmd_result/probe") {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "gateway never took commands");
+    }
+    sub
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_write_a_coil_and_every_refusal_changes_nothing() {
+    let Some(broker) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let Some(hvac) = ModbusSim::start_tcp(&[1]) else {
+        return;
+    };
+    let Some(access) = ModbusSim::start_tcp(&[1]) else {
+        return;
+    };
+    let body = format!(
+        r#"{hvac}
+[[devices.points]]
+id = "fan-run"
+register = "coil"
+address = 0
+writable = true
+[[devices.points]]
+id = "damper-open"
+register = "coil"
+address = 1
+writable = true
+[[devices.points]]
+id = "filter-alarm"
+register = "coil"
+address = 2
+[[devices.points]]
+id = "setpoint"
+register = "holding"
+address = 0
+type = "i16"
+scale = 0.1
+writable = true
+{access}
+[[devices.points]]
+id = "door-1-release"
+register = "coil"
+address = 0
+writable = true
+
+[[alarms]]
+point = "hvac-1/filter-alarm"
+equals = true
+priority = 4
+message = "AHU filter dirty"
+
+[commands]
+write_targets = [
+  {{ point = "hvac-1/fan-run" }},
+  {{ point = "hvac-1/f*" }},
+  {{ point = "hvac-1/setpoint", min = 16.0, max = 28.0 }},
+]
+[[commands.doors]]
+id = "gate-main"
+output = "access-panel/door-1-release"
+pulse_s = 1
+max_pulse_s = 5
+"#,
+        hvac = device("hvac-1", "hvac", "plant-room", hvac.tcp_port.unwrap(), 0.1),
+        access = device(
+            "access-panel",
+            "access",
+            "main-gate",
+            access.tcp_port.unwrap(),
+            0.1
+        ),
+    );
+    let _gw = GatewayProc::start_with("commands", &config(broker.port(), &body));
+    let mut sub = platform(broker.port()).await;
+    let mut hvac_probe = Probe::connect(hvac.control_port, 1).await;
+    let mut door_probe = Probe::connect(access.control_port, 1).await;
+
+    // A write: the coil changes on the device, the result and the audit
+    // event arrive with the operator.
+    assert!(!hvac_probe.coils(0, 1).await[0]);
+    let (r, e) = command(
+        &mut sub,
+        "w-1",
+        br#"{"action":"write_point","target":"hvac-1/fan-run","value":true,"operator":"control-room/zhang","expires_at":"2099-01-01T00:00:00.000Z"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["request_id"], "w-1");
+    assert!(r["executed_at"].is_string());
+    assert!(hvac_probe.coils(0, 1).await[0], "fan-run coil written");
+    assert_eq!(e["detail"]["operator"], "control-room/zhang");
+    assert_eq!(e["detail"]["ok"], true);
+    assert_eq!(e["detail"]["action"], "write_point");
+    assert_eq!(e["detail"]["target"], "hvac-1/fan-run");
+
+    // A holding register with scaling: 21.5 °C is raw 215.
+    let (r, _) = command(
+        &mut sub,
+        "w-2",
+        br#"{"action":"write_point","target":"hvac-1/setpoint","value":21.5,"operator":"op"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(hvac_probe.holding(0, 1).await[0], 215);
+
+    // Every refusal: ok false with a reason, nothing changes on the devices.
+    let before = (hvac_probe.snapshot().await, door_probe.snapshot().await);
+    let refusals: [(&str, &[u8], &str); 9] = [
+        ("r-expired", br#"{"action":"write_point","target":"hvac-1/fan-run","value":false,"operator":"op","expires_at":"2020-01-01T00:00:00.000Z"}"#, "expired"),
+        ("r-allow", br#"{"action":"write_point","target":"access-panel/door-1-release","value":true,"operator":"op"}"#, "not on the allow-list"),
+        ("r-writable", br#"{"action":"write_point","target":"hvac-1/filter-alarm","value":true,"operator":"op"}"#, "not writable"),
+        ("r-type", br#"{"action":"write_point","target":"hvac-1/fan-run","value":"off","operator":"op"}"#, "expects true or false"),
+        ("r-range", br#"{"action":"write_point","target":"hvac-1/setpoint","value":40,"operator":"op"}"#, "outside the allowed range"),
+        ("r-door", br#"{"action":"open_door","target":"gate-main","value":60,"operator":"op"}"#, "out of range"),
+        ("r-unknown", br#"{"action":"self_destruct","target":"hvac-1/fan-run","operator":"op"}"#, "unknown action"),
+        ("r-malformed", br#"{"action":"write_point","target":"hvac-1/fan-run","value":fa"#, "malformed"),
+        ("r-notarget", br#"{"action":"open_door","operator":"op"}"#, "needs a target"),
+    ];
+    for (id, payload, reason) in refusals {
+        let (r, e) = command(&mut sub, id, payload).await;
+        assert_eq!(r["ok"], false, "{id}: {r}");
+        let err = r["error"].as_str().unwrap_or_default();
+        assert!(err.contains(reason), "{id}: {err:?} lacks {reason:?}");
+        assert_eq!(e["detail"]["ok"], false, "{id}: {e}");
+        assert_eq!(e["detail"]["error"], r["error"]);
+    }
+    let after = (hvac_probe.snapshot().await, door_probe.snapshot().await);
+    assert_eq!(before, after, "a refused command changed a device");
+
+    // open_door pulses the release output: on, then off after 1 s.
+    let t0 = Instant::now();
+    let (r, _) = command(
+        &mut sub,
+        "d-1",
+        br#"{"action":"open_door","target":"gate-main","operator":"control-room/li"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(door_probe.coils(0, 1).await[0], "door released");
+    let off = door_probe
+        .wait_coil(0, false, t0, Duration::from_secs(5))
+        .await
+        .expect("door release ends");
+    assert!(
+        off >= Duration::from_millis(900),
+        "released for only {off:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fire_releases_doors_and_stops_fans_with_the_uplink_down() {
+    let Some(mut broker) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let Some(fire) = ModbusSim::start_tcp(&[1]) else {
+        return;
+    };
+    let Some(access) = ModbusSim::start_tcp(&[1]) else {
+        return;
+    };
+    let Some(hvac) = ModbusSim::start_tcp(&[1]) else {
+        return;
+    };
+    // The air handler runs before the fire.
+    hvac.write_coil(1, 0, true).await;
+    let body = format!(
+        r#"{fire}
+[[devices.points]]
+id = "zone-3"
+register = "coil"
+address = 3
+{access}
+[[devices.points]]
+id = "escape-east-release"
+register = "coil"
+address = 9
+writable = true
+{hvac}
+[[devices.points]]
+id = "fan-run"
+register = "coil"
+address = 0
+writable = true
+
+[[alarms]]
+point = "fire-panel-a/zone-3"
+equals = true
+priority = 1
+message = "Fire: villa 12 smoke detectors"
+
+[[linkage]]
+id = "fire-release-escape-doors"
+category = "fire"
+zone = "villa-*"
+priority_max = 1
+[[linkage.actions]]
+type = "write"
+point = "access-panel/escape-east-release"
+value = true
+[[linkage.actions]]
+type = "notify"
+to = "fire-wardens"
+
+[[linkage]]
+id = "fire-stop-air-handlers"
+category = "fire"
+[[linkage.actions]]
+type = "write"
+point = "hvac-1/fan-run"
+value = false
+"#,
+        fire = device(
+            "fire-panel-a",
+            "fire",
+            "villa-12",
+            fire.tcp_port.unwrap(),
+            0.1
+        )
+        .replace(
+            "category = \"fire\"",
+            "category = \"fire\"\nlife_safety = true"
+        ),
+        access = device(
+            "access-panel",
+            "access",
+            "villa-12",
+            access.tcp_port.unwrap(),
+            0.5
+        ),
+        hvac = device("hvac-1", "hvac", "villa-12", hvac.tcp_port.unwrap(), 0.5),
+    );
+    let _gw = GatewayProc::start_with("fire-linkage", &config(broker.port(), &body));
+    let sub = platform(broker.port()).await;
+    drop(sub);
+    let mut door = Probe::connect(access.control_port, 1).await;
+    let mut fan = Probe::connect(hvac.control_port, 1).await;
+    assert!(!door.coils(9, 1).await[0]);
+    assert!(fan.coils(0, 1).await[0]);
+
+    // A persistent platform session: the broker keeps what the gateway
+    // delivers after the outage for it, however the reconnects interleave.
+    let mut sub = Subscriber::connect(broker.port(), "platform-2", &[topic("events")], true).await;
+    // The platform is unreachable: actions must not depend on it.
+    broker.stop();
+    let t0 = Instant::now();
+    fire.write_coil(1, 3, true).await;
+    let to_door = door
+        .wait_coil(9, true, t0, Duration::from_secs(5))
+        .await
+        .expect("escape door released");
+    let to_fan = fan
+        .wait_coil(0, false, t0, Duration::from_secs(5))
+        .await
+        .expect("fan stopped");
+    eprintln!("fire trip → door release {to_door:?}, → fan stop {to_fan:?} (poll interval 100 ms)");
+    // One fire-panel poll (100 ms) plus the write, with slack for a shared machine.
+    assert!(to_door < Duration::from_secs(1), "{to_door:?}");
+
+    // Back online: the alarm and every action's outcome reach the platform.
+    broker.start();
+    let mut outcomes = Vec::new();
+    let mut raised = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while outcomes.len() < 3 || !raised {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(m) = sub.next(left).await else {
+            panic!("after reconnect: raised {raised}, outcomes {outcomes:?}");
+        };
+        let v = m.json();
+        match v["kind"].as_str() {
+            Some("alarm.raised") if v["alarm"]["key"] == "fire-panel-a/zone-3" => raised = true,
+            Some("linkage.executed") => outcomes.push(v),
+            _ => {}
+        }
+    }
+    let by_target = |t: &str| {
+        outcomes
+            .iter()
+            .find(|o| o["detail"]["target"] == t)
+            .unwrap_or_else(|| panic!("no outcome for {t}: {outcomes:?}"))
+            .clone()
+    };
+    let d = by_target("access-panel/escape-east-release");
+    assert_eq!(d["detail"]["ok"], true, "{d}");
+    assert_eq!(d["detail"]["rule"], "fire-release-escape-doors");
+    assert_eq!(d["detail"]["trigger"]["key"], "fire-panel-a/zone-3");
+    assert_eq!(by_target("hvac-1/fan-run")["detail"]["ok"], true);
+    let n = by_target("fire-wardens");
+    assert_eq!(n["detail"]["ok"], false);
+    assert!(n["detail"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("not wired yet"));
+}
+
+/// Arming with a fake clock, in process: a fence trip outside the armed
+/// window is recorded at priority 5, inside it raised at its priority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fence_trip_inside_and_outside_the_armed_window() {
+    use chrono::TimeZone;
+    use estate_gateway::arming::task::FakeClock;
+    let Some(broker) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let Some(fence) = ModbusSim::start_tcp(&[1]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        r#"{fence}
+[[devices.points]]
+id = "zone-1-alarm"
+register = "coil"
+address = 0
+
+[[alarms]]
+point = "fence-north/zone-1-alarm"
+equals = true
+priority = 2
+message = "Perimeter breach: north wall zone 1"
+
+[arming]
+time_zone = "Asia/Shanghai"
+[[arming.zones]]
+id = "perimeter-north"
+[[arming.zones.schedule]]
+from = "22:00"
+to = "06:00"
+"#,
+        fence = device(
+            "fence-north",
+            "perimeter",
+            "perimeter-north",
+            fence.tcp_port.unwrap(),
+            0.1
+        ),
+    );
+    let text = config(broker.port(), &body).replace("@DIR@", &dir.path().display().to_string());
+    let cfg = estate_gateway::config::load_str(&text, std::path::Path::new("gw.toml")).unwrap();
+    let shanghai = |h, m| {
+        chrono_tz::Asia::Shanghai
+            .with_ymd_and_hms(2026, 11, 27, h, m, 0)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let clock = std::sync::Arc::new(FakeClock::new(shanghai(12, 0)));
+    // Subscribed before the gateway starts: its first events are not missed.
+    let mut sub = Subscriber::connect(broker.port(), "platform", &[topic("events")], false).await;
+    let gw = estate_gateway::app::Gateway::start_with_clock(cfg, clock.clone())
+        .await
+        .unwrap();
+    let ev = next_event(&mut sub, "zone.disarmed", Duration::from_secs(10)).await;
+    assert_eq!(ev["source"]["zone"], "perimeter-north");
+    assert_eq!(ev["detail"]["source"], "initial");
+
+    // Noon: outside the window. Recorded, not raised at alarm priority.
+    fence.write_coil(1, 0, true).await;
+    let ev = next_event(&mut sub, "alarm.raised", Duration::from_secs(10)).await;
+    assert_eq!(ev["priority"], 5, "{ev}");
+    assert_eq!(ev["detail"]["zone_disarmed"], true);
+    fence.write_coil(1, 0, false).await;
+    let ev = next_event(&mut sub, "alarm.cleared", Duration::from_secs(10)).await;
+    assert_eq!(ev["priority"], 5);
+
+    // 22:00 in Shanghai: the schedule arms the zone.
+    clock.set(shanghai(22, 0));
+    let ev = next_event(&mut sub, "zone.armed", Duration::from_secs(10)).await;
+    assert_eq!(ev["detail"]["source"], "schedule");
+    fence.write_coil(1, 0, true).await;
+    let ev = next_event(&mut sub, "alarm.raised", Duration::from_secs(10)).await;
+    assert_eq!(ev["priority"], 2, "{ev}");
+    assert!(ev["detail"].is_null(), "{ev}");
+    assert_eq!(ev["alarm"]["key"], "fence-north/zone-1-alarm");
+
+    // An operator disarms it through the one command path (as the web page will).
+    let out = gw
+        .commands
+        .execute(
+            &serde_json::from_value(json!({"action": "disarm_zone", "target": "perimeter-north", "operator": "guard/li"}))
+                .unwrap(),
+            &estate_gateway::command::Origin::Local {
+                session: "test".into(),
+            },
+        )
+        .await;
+    assert!(out.ok, "{out:?}");
+    let ev = next_event(&mut sub, "zone.disarmed", Duration::from_secs(10)).await;
+    assert_eq!(ev["detail"]["operator"], "guard/li");
+    gw.stop();
+    gw.wait().await;
+}
