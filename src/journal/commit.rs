@@ -141,6 +141,26 @@ fn start_background(shared: &Arc<Shared>, bg: &mut Background, epoch: u64) {
     }
 }
 
+/// Every `lazy_every`: make telemetry, cursors and removals durable, and
+/// empty the WAL, with a checkpoint (in the background when possible).
+fn lazy_checkpoint(shared: &Arc<Shared>, bg: &mut Background) {
+    if !(shared.take_dirty() || shared.wal_has_records()) {
+        return;
+    }
+    if !shared.has_wal() || shared.needs_checkpoint.load(Ordering::SeqCst) {
+        bg.join();
+        let _ = commit(shared, true);
+    } else if bg.busy() {
+        // Still flushing: try again at the next tick.
+        shared.dirty.store(true, Ordering::SeqCst);
+    } else if let Some(epoch) = shared.rotate_wal() {
+        start_background(shared, bg, epoch);
+    } else {
+        // An earlier background checkpoint failed.
+        let _ = commit(shared, true);
+    }
+}
+
 fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>, lazy_every: Duration) {
     let mut next_lazy = Instant::now() + lazy_every;
     let mut last_size = Instant::now();
@@ -182,23 +202,7 @@ fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>, lazy_every: Duration) {
                     start_background(&shared, &mut bg, epoch);
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if shared.take_dirty() || shared.wal_has_records() {
-                    if !shared.has_wal() || shared.needs_checkpoint.load(Ordering::SeqCst) {
-                        bg.join();
-                        let _ = commit(&shared, true);
-                    } else if bg.busy() {
-                        // Still flushing: try again at the next tick.
-                        shared.dirty.store(true, Ordering::SeqCst);
-                    } else if let Some(epoch) = shared.rotate_wal() {
-                        start_background(&shared, &mut bg, epoch);
-                    } else {
-                        // An earlier background checkpoint failed.
-                        let _ = commit(&shared, true);
-                    }
-                }
-                next_lazy = Instant::now() + lazy_every;
-            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 bg.join();
                 if !shared.abandoned.load(Ordering::SeqCst) {
@@ -206,6 +210,13 @@ fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>, lazy_every: Duration) {
                 }
                 break;
             }
+        }
+        // Also under a steady stream of requests (which `recv_timeout`
+        // serves before its timeout): lazily written data stays durable
+        // within `lazy_every`.
+        if Instant::now() >= next_lazy {
+            lazy_checkpoint(&shared, &mut bg);
+            next_lazy = Instant::now() + lazy_every;
         }
         if last_size.elapsed() >= SIZE_EVERY {
             shared.refresh_size();

@@ -630,13 +630,26 @@ impl Journal {
         gateway: &str,
         sinks: &[&str],
     ) -> Result<Journal, JournalError> {
+        Journal::with_storage_and_wal_sized(storage, wal_dir, wal::WAL_BYTES, cfg, gateway, sinks)
+    }
+
+    /// [`with_storage_and_wal`](Self::with_storage_and_wal) with WAL files
+    /// of `wal_bytes` (tests: small files fill up and switch quickly).
+    pub(crate) fn with_storage_and_wal_sized(
+        storage: Arc<dyn Storage>,
+        wal_dir: Option<&std::path::Path>,
+        wal_bytes: u64,
+        cfg: &JournalConfig,
+        gateway: &str,
+        sinks: &[&str],
+    ) -> Result<Journal, JournalError> {
         let (wal, replay) = match wal_dir {
             None => (None, Vec::new()),
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     JournalError::Storage(format!("creating {}: {e}", dir.display()))
                 })?;
-                let (w, records) = wal::WalPair::open(dir, wal::WAL_BYTES, cfg.fsync)
+                let (w, records) = wal::WalPair::open(dir, wal_bytes, cfg.fsync)
                     .map_err(|e| JournalError::Storage(format!("journal WAL: {e}")))?;
                 (Some(w), records)
             }

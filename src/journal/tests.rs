@@ -746,3 +746,94 @@ fn background_checkpoints_flush_the_store_and_a_crash_still_loses_nothing() {
     let j = open();
     assert_eq!(seqs(&j, 0), (1..=60).collect::<Vec<_>>());
 }
+
+fn small_wal_journal(mem: &Arc<MemStorage>, dir: &std::path::Path, cfg: &JournalConfig) -> Journal {
+    // 4 KiB files: a few events fill one, so the files switch (background
+    // checkpoints) and both fill up (in-line checkpoints) within a test.
+    Journal::with_storage_and_wal_sized(mem.clone(), Some(dir), 4096, cfg, GW, &["uplink"]).unwrap()
+}
+
+#[test]
+fn small_wal_files_switch_and_fill_and_a_crash_loses_nothing() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemStorage::new());
+    let j = small_wal_journal(&mem, dir.path(), &mem_cfg());
+    let (flushes, _) = mem.counts();
+    for n in 1..=200 {
+        rt.block_on(j.record(vec![ev(n)])).unwrap();
+        if n % 50 == 0 {
+            // A batch larger than one file: an in-line checkpoint.
+            let big: Vec<NewEvent> = (0..40).map(|_| ev(0)).collect();
+            rt.block_on(j.record(big)).unwrap();
+        }
+    }
+    assert!(
+        mem.counts().0 > flushes,
+        "full WAL files never checkpointed the store"
+    );
+    let last = j.stats().last_seq;
+    assert_eq!(last, 200 + 4 * 40);
+    mem.crash();
+    j.abandon();
+    let j = small_wal_journal(&mem, dir.path(), &mem_cfg());
+    assert_eq!(seqs(&j, 0), (1..=last).collect::<Vec<_>>());
+}
+
+#[test]
+fn failed_checkpoints_with_full_wal_files_report_not_durable_then_recover() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemStorage::new());
+    let j = small_wal_journal(&mem, dir.path(), &mem_cfg());
+    mem.set_fail_flush(true);
+    let mut confirmed = 0;
+    let mut refused = None;
+    for n in 1..=100 {
+        match rt.block_on(j.record(vec![ev(n)])) {
+            Ok(evs) => confirmed = evs[0].seq,
+            Err(JournalError::NotDurable { last, .. }) => {
+                refused = Some(last);
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // The WAL took events while the store could not flush, until both
+    // files were full: then a commit needs the store and says so.
+    let refused = refused.expect("both WAL files should fill up");
+    assert!(
+        confirmed > 0 && refused == confirmed + 1,
+        "{confirmed} {refused}"
+    );
+    mem.set_fail_flush(false);
+    rt.block_on(j.wait_durable(refused)).unwrap();
+    mem.crash();
+    j.abandon();
+    let j = small_wal_journal(&mem, dir.path(), &mem_cfg());
+    assert_eq!(seqs(&j, 0), (1..=refused).collect::<Vec<_>>());
+}
+
+#[test]
+fn flush_during_background_checkpoints_keeps_everything() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemStorage::with_flush_delay(Duration::from_millis(5)));
+    let cfg = JournalConfig {
+        telemetry_flush: Duration::from_millis(10),
+        ..mem_cfg()
+    };
+    let j = small_wal_journal(&mem, dir.path(), &cfg);
+    for n in 1..=80 {
+        rt.block_on(j.record(vec![ev(n)])).unwrap();
+        j.record_telemetry(b"t").unwrap();
+        if n % 10 == 0 {
+            rt.block_on(j.flush()).unwrap();
+        }
+    }
+    mem.crash();
+    j.abandon();
+    let j = small_wal_journal(&mem, dir.path(), &cfg);
+    assert_eq!(seqs(&j, 0), (1..=80).collect::<Vec<_>>());
+    assert_eq!(j.stats().telemetry, 80, "telemetry checkpointed by flush()");
+}
