@@ -94,9 +94,21 @@ async fn next_event(sub: &mut Subscriber, kind: &str, timeout: Duration) -> Valu
 
 /// Publish a command and wait for its `cmd_result` and `command.executed`.
 async fn command(sub: &mut Subscriber, id: &str, payload: &[u8]) -> (Value, Value) {
+    let (result, event, _) = command_seen(sub, id, payload).await;
+    (result, event)
+}
+
+/// [`command`], also returning the other events that arrived meanwhile, in
+/// order (an alarm's own event precedes the command's `command.executed`).
+async fn command_seen(
+    sub: &mut Subscriber,
+    id: &str,
+    payload: &[u8],
+) -> (Value, Value, Vec<Value>) {
     sub.publish(&topic(&format!("cmd/{id}")), payload).await;
     let mut result = None;
     let mut event = None;
+    let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while result.is_none() || event.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -111,9 +123,65 @@ async fn command(sub: &mut Subscriber, id: &str, payload: &[u8]) -> (Value, Valu
             && v["detail"]["request_id"] == id
         {
             event = Some(v);
+        } else if m.topic.ends_with("/events") {
+            seen.push(v);
         }
     }
-    (result.unwrap(), event.unwrap())
+    (result.unwrap(), event.unwrap(), seen)
+}
+
+/// The first event matching `pred`, from `seen` (drained up to it) and then
+/// from the subscriber; also returns the events passed over on the way.
+async fn find_event(
+    seen: &mut Vec<Value>,
+    sub: &mut Subscriber,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> (Value, Vec<Value>) {
+    let mut passed = Vec::new();
+    while !seen.is_empty() {
+        let v = seen.remove(0);
+        if pred(&v) {
+            return (v, passed);
+        }
+        passed.push(v);
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = sub
+            .next(left)
+            .await
+            .unwrap_or_else(|| panic!("no {what} within {timeout:?}; passed over {passed:?}"));
+        if !m.topic.ends_with("/events") {
+            continue;
+        }
+        let v = m.json();
+        if pred(&v) {
+            return (v, passed);
+        }
+        passed.push(v);
+    }
+}
+
+/// A predicate: an event of `kind` for the alarm `key` (in `state`, if given).
+fn alarm_event<'a>(
+    kind: &'a str,
+    key: &'a str,
+    state: Option<&'a str>,
+) -> impl Fn(&Value) -> bool + 'a {
+    move |v| {
+        v["kind"] == kind
+            && v["alarm"]["key"] == key
+            && state.is_none_or(|s| v["alarm"]["state"] == s)
+    }
+}
+
+fn rfc3339(v: &Value) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_else(|| panic!("not a time: {v}")))
+        .unwrap_or_else(|e| panic!("{v}: {e}"))
+        .with_timezone(&chrono::Utc)
 }
 
 /// Subscribe as the platform and wait until the gateway subscribed to its
@@ -241,17 +309,20 @@ max_pulse_s = 5
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(hvac_probe.holding(0, 1).await[0], 215);
 
-    // Every refusal: ok false with a reason, nothing changes on the devices.
+    // Every refusal: ok false with a reason, nothing changes on the devices
+    // (checked after each one: a refused pulse would show before it ends).
     let before = (hvac_probe.snapshot().await, door_probe.snapshot().await);
-    let refusals: [(&str, &[u8], &str); 9] = [
+    let refusals: [(&str, &[u8], &str); 11] = [
         ("r-expired", br#"{"action":"write_point","target":"hvac-1/fan-run","value":false,"operator":"op","expires_at":"2020-01-01T00:00:00.000Z"}"#, "expired"),
         ("r-allow", br#"{"action":"write_point","target":"access-panel/door-1-release","value":true,"operator":"op"}"#, "not on the allow-list"),
         ("r-writable", br#"{"action":"write_point","target":"hvac-1/filter-alarm","value":true,"operator":"op"}"#, "not writable"),
         ("r-type", br#"{"action":"write_point","target":"hvac-1/fan-run","value":"off","operator":"op"}"#, "expects true or false"),
         ("r-range", br#"{"action":"write_point","target":"hvac-1/setpoint","value":40,"operator":"op"}"#, "outside the allowed range"),
         ("r-door", br#"{"action":"open_door","target":"gate-main","value":60,"operator":"op"}"#, "out of range"),
+        ("r-door-type", br#"{"action":"open_door","target":"gate-main","value":"1","operator":"op"}"#, "must be a number"),
         ("r-unknown", br#"{"action":"self_destruct","target":"hvac-1/fan-run","operator":"op"}"#, "unknown action"),
         ("r-malformed", br#"{"action":"write_point","target":"hvac-1/fan-run","value":fa"#, "malformed"),
+        ("r-fieldtype", br#"{"action":"open_door","target":"gate-main","operator":"control-room/zhang","expires_at":12}"#, "malformed"),
         ("r-notarget", br#"{"action":"open_door","operator":"op"}"#, "needs a target"),
     ];
     for (id, payload, reason) in refusals {
@@ -261,9 +332,18 @@ max_pulse_s = 5
         assert!(err.contains(reason), "{id}: {err:?} lacks {reason:?}");
         assert_eq!(e["detail"]["ok"], false, "{id}: {e}");
         assert_eq!(e["detail"]["error"], r["error"]);
+        // Whatever the command names is recorded, refused or not.
+        if let Ok(sent) = serde_json::from_slice::<Value>(payload) {
+            for field in ["action", "target", "operator"] {
+                if sent[field].is_string() {
+                    assert_eq!(e["detail"][field], sent[field], "{id}: event {field}");
+                    assert_eq!(r[field], sent[field], "{id}: result {field}");
+                }
+            }
+        }
+        let now = (hvac_probe.snapshot().await, door_probe.snapshot().await);
+        assert_eq!(before, now, "refused command {id} changed a device");
     }
-    let after = (hvac_probe.snapshot().await, door_probe.snapshot().await);
-    assert_eq!(before, after, "a refused command changed a device");
 
     // open_door pulses the release output: on, then off after 1 s.
     let t0 = Instant::now();
@@ -283,6 +363,260 @@ max_pulse_s = 5
         off >= Duration::from_millis(900),
         "released for only {off:?}"
     );
+}
+
+/// `ack_alarm` and `shelve_alarm` from the platform's command topic: the
+/// alarm's own events reach the platform with the operator, a shelf ends on
+/// time and the still-active alarm returns, and fire and priority-1 alarms
+/// are never shelved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_and_shelve_alarms_through_the_command_topic() {
+    let Some(broker) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let Some(hvac) = ModbusSim::start_tcp(&[1]) else {
+        return;
+    };
+    let Some(fire) = ModbusSim::start_tcp(&[1]) else {
+        return;
+    };
+    let body = format!(
+        r#"{hvac}
+[[devices.points]]
+id = "filter-alarm"
+register = "coil"
+address = 2
+{fire}
+[[devices.points]]
+id = "zone-3"
+register = "coil"
+address = 3
+[[devices.points]]
+id = "panic-lobby"
+register = "coil"
+address = 4
+
+[[alarms]]
+point = "hvac-1/filter-alarm"
+equals = true
+priority = 4
+message = "AHU filter dirty"
+
+[[alarms]]
+point = "fire-panel-a/zone-3"
+equals = true
+priority = 2
+message = "Fire: villa 12 smoke detectors"
+
+[[alarms]]
+point = "fire-panel-a/panic-lobby"
+equals = true
+priority = 1
+category = "intrusion"
+message = "Panic button: villa 12 lobby"
+
+[commands]
+max_shelve_s = 3600
+"#,
+        hvac = device("hvac-1", "hvac", "plant-room", hvac.tcp_port.unwrap(), 0.1),
+        fire = device(
+            "fire-panel-a",
+            "fire",
+            "villa-12",
+            fire.tcp_port.unwrap(),
+            0.1
+        ),
+    );
+    let _gw = GatewayProc::start_with("ack-shelve", &config(broker.port(), &body));
+    let mut sub = platform(broker.port()).await;
+    const FILTER: &str = "hvac-1/filter-alarm";
+
+    // The filter alarm trips on the device.
+    hvac.write_coil(1, 2, true).await;
+    let (raised, _) = find_event(
+        &mut Vec::new(),
+        &mut sub,
+        "filter alarm raised",
+        Duration::from_secs(10),
+        alarm_event("alarm.raised", FILTER, Some("active_unacked")),
+    )
+    .await;
+    assert_eq!(raised["priority"], 4, "{raised}");
+
+    // Acknowledged from the control room: done, audited, and the alarm's
+    // own event carries the operator and the comment.
+    let (r, e, mut seen) = command_seen(
+        &mut sub,
+        "ack-1",
+        br#"{"action":"ack_alarm","target":"hvac-1/filter-alarm","operator":"control-room/zhang","comment":"filter change ordered","expires_at":"2099-01-01T00:00:00.000Z"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(e["detail"]["ok"], true, "{e}");
+    assert_eq!(e["detail"]["action"], "ack_alarm");
+    assert_eq!(e["detail"]["target"], FILTER);
+    assert_eq!(e["detail"]["operator"], "control-room/zhang");
+    let (ack, _) = find_event(
+        &mut seen,
+        &mut sub,
+        "alarm.acknowledged",
+        Duration::from_secs(10),
+        alarm_event("alarm.acknowledged", FILTER, None),
+    )
+    .await;
+    assert_eq!(ack["alarm"]["state"], "active_acked", "{ack}");
+    assert_eq!(ack["alarm"]["operator"], "control-room/zhang", "{ack}");
+    assert_eq!(ack["alarm"]["comment"], "filter change ordered", "{ack}");
+    assert_eq!(ack["priority"], 4);
+    assert_eq!(ack["category"], "hvac");
+    // Recorded before the command reported done.
+    assert!(
+        ack["seq"].as_u64().unwrap() < e["seq"].as_u64().unwrap(),
+        "{ack} / {e}"
+    );
+    // A second acknowledgement has nothing to acknowledge.
+    let (r, _) = command(
+        &mut sub,
+        "ack-2",
+        br#"{"action":"ack_alarm","target":"hvac-1/filter-alarm","operator":"control-room/zhang"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(r["error"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
+
+    // Shelved for 2 s while its condition is still active.
+    let t_shelve = Instant::now();
+    let (r, e, mut seen) = command_seen(
+        &mut sub,
+        "shelve-1",
+        br#"{"action":"shelve_alarm","target":"hvac-1/filter-alarm","value":2,"operator":"control-room/li","comment":"spare filter on its way"}"#,
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(e["detail"]["ok"], true, "{e}");
+    assert_eq!(e["detail"]["action"], "shelve_alarm");
+    assert_eq!(e["detail"]["operator"], "control-room/li");
+    assert_eq!(e["detail"]["value"], 2);
+    let (shelved, _) = find_event(
+        &mut seen,
+        &mut sub,
+        "alarm.shelved (shelved)",
+        Duration::from_secs(10),
+        alarm_event("alarm.shelved", FILTER, Some("shelved")),
+    )
+    .await;
+    assert_eq!(shelved["alarm"]["operator"], "control-room/li", "{shelved}");
+    assert_eq!(shelved["alarm"]["comment"], "spare filter on its way");
+    assert_eq!(shelved["detail"]["duration_s"], 2.0, "{shelved}");
+    let until = rfc3339(&shelved["detail"]["shelved_until"]);
+    let shelf = until - rfc3339(&shelved["ts"]);
+    assert_eq!(shelf, chrono::Duration::seconds(2), "{shelved}");
+    assert!(until > rfc3339(&r["executed_at"]), "{shelved} / {r}");
+
+    // The shelf ends: judged afresh, the condition still holds, so the
+    // alarm returns unacknowledged and is raised again. Nothing in between.
+    let (back, passed) = find_event(
+        &mut seen,
+        &mut sub,
+        "alarm.shelved (shelf over)",
+        Duration::from_secs(10),
+        alarm_event("alarm.shelved", FILTER, Some("active_unacked")),
+    )
+    .await;
+    let waited = t_shelve.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2),
+        "shelf ended after {waited:?}"
+    );
+    assert!(rfc3339(&back["ts"]) >= until, "{back}: before {until}");
+    assert_eq!(back["detail"]["unshelved"], "expired", "{back}");
+    assert!(back["alarm"]["operator"].is_null(), "{back}");
+    assert!(
+        !passed.iter().any(|v| v["alarm"]["key"] == FILTER),
+        "the shelved alarm reported {passed:?}"
+    );
+    let (again, passed) = find_event(
+        &mut Vec::new(),
+        &mut sub,
+        "alarm.raised after the shelf",
+        Duration::from_secs(10),
+        alarm_event("alarm.raised", FILTER, Some("active_unacked")),
+    )
+    .await;
+    assert_eq!(again["priority"], 4, "{again}");
+    assert!(again["seq"].as_u64().unwrap() > back["seq"].as_u64().unwrap());
+    assert!(
+        passed.iter().all(|v| v["alarm"]["key"] != FILTER),
+        "{passed:?}"
+    );
+
+    // Fire and priority-1 (panic) alarms are never shelved: refused with
+    // the reason, and the alarm is untouched (still unacknowledged).
+    fire.write_coil(1, 3, true).await;
+    fire.write_coil(1, 4, true).await;
+    let mut raised = std::collections::BTreeSet::new();
+    while raised.len() < 2 {
+        let (v, _) = find_event(
+            &mut Vec::new(),
+            &mut sub,
+            "fire and panic alarms raised",
+            Duration::from_secs(10),
+            |v| {
+                v["kind"] == "alarm.raised"
+                    && v["alarm"]["state"] == "active_unacked"
+                    && v["source"]["device"] == "fire-panel-a"
+            },
+        )
+        .await;
+        raised.insert(v["alarm"]["key"].as_str().unwrap_or_default().to_string());
+    }
+    assert_eq!(
+        raised.into_iter().collect::<Vec<_>>(),
+        ["fire-panel-a/panic-lobby", "fire-panel-a/zone-3"]
+    );
+    for (id, key) in [
+        ("shelve-fire", "fire-panel-a/zone-3"),
+        ("shelve-panic", "fire-panel-a/panic-lobby"),
+    ] {
+        let payload = json!({"action": "shelve_alarm", "target": key, "value": 600, "operator": "control-room/li"});
+        let (r, e, seen) = command_seen(&mut sub, id, payload.to_string().as_bytes()).await;
+        assert_eq!(r["ok"], false, "{id}: {r}");
+        let err = r["error"].as_str().unwrap_or_default();
+        assert!(
+            err.contains(key) && err.contains("life-safety") && err.contains("cannot be shelved"),
+            "{id}: {err:?}"
+        );
+        assert_eq!(e["detail"]["ok"], false, "{id}: {e}");
+        assert_eq!(e["detail"]["error"], r["error"]);
+        assert_eq!(e["detail"]["operator"], "control-room/li");
+        assert!(
+            !seen.iter().any(|v| v["alarm"]["key"] == key),
+            "{id}: refused, yet {seen:?}"
+        );
+        let ack = json!({"action": "ack_alarm", "target": key, "operator": "control-room/li"});
+        let (r, _, mut seen) =
+            command_seen(&mut sub, &format!("{id}-ack"), ack.to_string().as_bytes()).await;
+        assert_eq!(
+            r["ok"], true,
+            "{id}: not unacknowledged after the refusal: {r}"
+        );
+        let (acked, passed) = find_event(
+            &mut seen,
+            &mut sub,
+            "alarm.acknowledged",
+            Duration::from_secs(10),
+            alarm_event("alarm.acknowledged", key, Some("active_acked")),
+        )
+        .await;
+        assert_eq!(
+            acked["priority"],
+            if key.ends_with("zone-3") { 2 } else { 1 }
+        );
+        assert!(
+            passed.iter().all(|v| v["alarm"]["key"] != key),
+            "{passed:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,6 +727,7 @@ value = false
     eprintln!("fire trip → door release {to_door:?}, → fan stop {to_fan:?} (poll interval 100 ms)");
     // One fire-panel poll (100 ms) plus the write, with slack for a shared machine.
     assert!(to_door < Duration::from_secs(1), "{to_door:?}");
+    assert!(to_fan < Duration::from_secs(1), "{to_fan:?}");
 
     // Back online: the alarm and every action's outcome reach the platform.
     broker.start();

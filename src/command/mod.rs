@@ -58,6 +58,121 @@ pub struct Outcome {
     pub ok: bool,
     pub error: Option<String>,
     pub executed_at: Timestamp,
+    /// What the command said about itself (action, target, operator), also
+    /// when it was refused unread.
+    pub summary: CommandSummary,
+}
+
+/// The action, target and operator a command names: recorded with every
+/// command, done or refused, so that even a malformed command is traced to
+/// its operator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandSummary {
+    pub action: Option<String>,
+    pub target: Option<String>,
+    pub operator: Option<String>,
+}
+
+impl CommandSummary {
+    /// The summary of a parsed command.
+    pub fn of(cmd: &Command) -> CommandSummary {
+        CommandSummary {
+            action: Some(cmd.action.clone()),
+            target: cmd.target.clone(),
+            operator: cmd.operator.clone(),
+        }
+    }
+
+    /// Whatever of `action`, `target` and `operator` a JSON command carries,
+    /// however wrong the rest of it is. Strings are kept as they are,
+    /// numbers and booleans written out (`"operator": 42` → `"42"`); null,
+    /// arrays and objects, and anything but an object, give nothing.
+    pub fn from_json(v: &serde_json::Value) -> CommandSummary {
+        let field = |name: &str| match v.get(name)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            n @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_)) => Some(n.to_string()),
+            _ => None,
+        };
+        CommandSummary {
+            action: field("action"),
+            target: field("target"),
+            operator: field("operator"),
+        }
+    }
+}
+
+/// A command refused before it could be read as one: the reason, and what
+/// it said about itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unreadable {
+    pub error: String,
+    pub summary: CommandSummary,
+}
+
+/// Parse a JSON command. Not JSON, not an object, or an object not shaped as
+/// a command (wrong types, missing `action`): refused, keeping the summary
+/// it carries.
+pub fn parse(payload: &[u8]) -> Result<Command, Unreadable> {
+    use serde::Deserialize;
+    let v: serde_json::Value = serde_json::from_slice(payload).map_err(|e| Unreadable {
+        error: format!("malformed command: {e}"),
+        summary: CommandSummary::default(),
+    })?;
+    // The contract's payloads are objects (serde would also take an array
+    // as the fields in order: not a command).
+    if !v.is_object() {
+        return Err(Unreadable {
+            error: "malformed command: not a JSON object".into(),
+            summary: CommandSummary::default(),
+        });
+    }
+    Command::deserialize(&v).map_err(|e| Unreadable {
+        error: format!("malformed command: {e}"),
+        summary: CommandSummary::from_json(&v),
+    })
+}
+
+/// The `detail` of a `command.executed` event.
+pub fn audit_detail(
+    origin: &Origin,
+    value: Option<&serde_json::Value>,
+    outcome: &Outcome,
+) -> serde_json::Value {
+    serde_json::json!({
+        "request_id": origin.request_id(),
+        "origin": origin.to_json(),
+        "action": outcome.summary.action,
+        "target": outcome.summary.target,
+        "value": value,
+        "operator": outcome.summary.operator,
+        "ok": outcome.ok,
+        "error": outcome.error,
+    })
+}
+
+/// The `cmd_result` payload: the contract's fields, then the command's
+/// action, target and operator where known (added fields, as the contract
+/// allows).
+pub fn result_json(request_id: &str, outcome: &Outcome) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "request_id": request_id,
+        "ok": outcome.ok,
+        "error": outcome.error,
+        "executed_at": outcome.executed_at,
+    });
+    if let Some(o) = v.as_object_mut() {
+        let s = &outcome.summary;
+        for (k, f) in [
+            ("action", &s.action),
+            ("target", &s.target),
+            ("operator", &s.operator),
+        ] {
+            if let Some(f) = f {
+                o.insert(k.into(), serde_json::Value::String(f.clone()));
+            }
+        }
+    }
+    v
 }
 
 /// Everything commands act on; cheap to clone.
@@ -87,17 +202,25 @@ impl CommandPath {
         }
     }
 
-    /// Parse a JSON command and execute it; a malformed one is refused.
+    /// Parse a JSON command and execute it; a malformed one is refused, and
+    /// recorded with whatever action, target and operator it names.
     pub async fn execute_payload(&self, payload: &[u8], origin: &Origin) -> Outcome {
-        match serde_json::from_slice::<Command>(payload) {
+        match parse(payload) {
             Ok(cmd) => self.execute(&cmd, origin).await,
-            Err(e) => {
-                let executed_at = Timestamp::now();
+            Err(Unreadable { error, summary }) => {
                 let outcome = Outcome {
                     ok: false,
-                    error: Some(format!("malformed command: {e}")),
-                    executed_at,
+                    error: Some(error),
+                    executed_at: Timestamp::now(),
+                    summary,
                 };
+                tracing::warn!(
+                    action = outcome.summary.action.as_deref(),
+                    target = outcome.summary.target.as_deref(),
+                    operator = outcome.summary.operator.as_deref(),
+                    error = outcome.error.as_deref(),
+                    "command refused unread"
+                );
                 self.audit(None, origin, &outcome).await;
                 outcome
             }
@@ -115,6 +238,7 @@ impl CommandPath {
             ok: result.is_ok(),
             error: result.err(),
             executed_at,
+            summary: CommandSummary::of(cmd),
         };
         tracing::info!(
             action = %cmd.action,
@@ -124,7 +248,7 @@ impl CommandPath {
             error = outcome.error.as_deref(),
             "command"
         );
-        self.audit(Some(cmd), origin, &outcome).await;
+        self.audit(cmd.value.as_ref(), origin, &outcome).await;
         outcome
     }
 
@@ -209,7 +333,7 @@ impl CommandPath {
     }
 
     /// Record the `command.executed` event.
-    async fn audit(&self, cmd: Option<&Command>, origin: &Origin, outcome: &Outcome) {
+    async fn audit(&self, value: Option<&serde_json::Value>, origin: &Origin, outcome: &Outcome) {
         let event = NewEvent {
             ts: outcome.executed_at,
             kind: EventKind::CommandExecuted,
@@ -218,16 +342,7 @@ impl CommandPath {
             source: Source::default(),
             alarm: None,
             attachments: Vec::new(),
-            detail: Some(serde_json::json!({
-                "request_id": origin.request_id(),
-                "origin": origin.to_json(),
-                "action": cmd.map(|c| c.action.as_str()),
-                "target": cmd.and_then(|c| c.target.as_deref()),
-                "value": cmd.and_then(|c| c.value.clone()),
-                "operator": cmd.and_then(|c| c.operator.as_deref()),
-                "ok": outcome.ok,
-                "error": outcome.error,
-            })),
+            detail: Some(audit_detail(origin, value, outcome)),
         };
         if let Err(e) = self.journal.record(vec![event]).await {
             tracing::error!(error = %e, "cannot record command.executed");
@@ -243,12 +358,7 @@ pub async fn run(mut commands: mpsc::Receiver<IncomingCommand>, path: CommandPat
             request_id: cmd.request_id.clone(),
         };
         let outcome = path.execute_payload(&cmd.payload, &origin).await;
-        let reply = serde_json::json!({
-            "request_id": cmd.request_id,
-            "ok": outcome.ok,
-            "error": outcome.error,
-            "executed_at": outcome.executed_at,
-        });
+        let reply = result_json(&cmd.request_id, &outcome);
         let _ = cmd
             .reply
             .send(serde_json::to_vec(&reply).unwrap_or_default());

@@ -1,6 +1,7 @@
 //! The command checks: every refusal, and what accepted commands become.
 
 use super::check::{plan, value_from_json, Command, Plan};
+use super::{audit_detail, parse, result_json, CommandSummary, Origin, Outcome};
 use crate::config::{load_str, LoadedConfig};
 use crate::event::Timestamp;
 use crate::point::Value;
@@ -283,7 +284,139 @@ fn config_refuses_bad_allow_lists() {
     }
 }
 
+fn summary(action: Option<&str>, target: Option<&str>, operator: Option<&str>) -> CommandSummary {
+    CommandSummary {
+        action: action.map(str::to_string),
+        target: target.map(str::to_string),
+        operator: operator.map(str::to_string),
+    }
+}
+
+#[test]
+fn unreadable_commands_keep_action_target_and_operator() {
+    let cases: [(&[u8], CommandSummary, &str); 7] = [
+        // Not JSON at all: nothing to keep.
+        (
+            br#"{"action":"write_point","target":"hvac-1/fan-run","value":fa"#,
+            CommandSummary::default(),
+            "malformed command",
+        ),
+        // A wrongly typed field: the rest is kept.
+        (
+            br#"{"action":"write_point","target":"hvac-1/fan-run","value":true,"operator":"control-room/zhang","expires_at":12}"#,
+            summary(Some("write_point"), Some("hvac-1/fan-run"), Some("control-room/zhang")),
+            "invalid type",
+        ),
+        (
+            br#"{"action":"ack_alarm","target":"fence/zone-1","operator":"op","comment":["x"]}"#,
+            summary(Some("ack_alarm"), Some("fence/zone-1"), Some("op")),
+            "invalid type",
+        ),
+        // No action: target and operator still recorded.
+        (
+            br#"{"target":"gate-main","operator":"guard/li"}"#,
+            summary(None, Some("gate-main"), Some("guard/li")),
+            "missing field `action`",
+        ),
+        // A wrongly typed operator is written out as a string.
+        (
+            br#"{"action":"open_door","target":"gate-main","operator":4711}"#,
+            summary(Some("open_door"), Some("gate-main"), Some("4711")),
+            "invalid type",
+        ),
+        // Arrays, objects and null are not names.
+        (
+            br#"{"action":{"a":1},"target":[1],"operator":null,"value":true}"#,
+            CommandSummary::default(),
+            "invalid type",
+        ),
+        // Valid JSON that is no object (serde alone would take an array).
+        (
+            br#"["ack_alarm","fence/zone-1"]"#,
+            CommandSummary::default(),
+            "not a JSON object",
+        ),
+    ];
+    for (payload, want, reason) in cases {
+        let text = String::from_utf8_lossy(payload);
+        let e = parse(payload).expect_err(&text);
+        assert!(
+            e.error.starts_with("malformed command"),
+            "{text}: {}",
+            e.error
+        );
+        assert!(
+            e.error.contains(reason),
+            "{text}: {} lacks {reason:?}",
+            e.error
+        );
+        assert_eq!(e.summary, want, "{text}");
+
+        // The event and the result carry what was kept.
+        let outcome = Outcome {
+            ok: false,
+            error: Some(e.error.clone()),
+            executed_at: now(),
+            summary: e.summary.clone(),
+        };
+        let origin = Origin::Platform {
+            request_id: "r-1".into(),
+        };
+        let d = audit_detail(&origin, None, &outcome);
+        let r = result_json("r-1", &outcome);
+        for (k, f) in [
+            ("action", &want.action),
+            ("target", &want.target),
+            ("operator", &want.operator),
+        ] {
+            assert_eq!(d[k], json!(f), "{text}: detail {k}");
+            assert_eq!(
+                r.get(k),
+                f.as_ref().map(|s| json!(s)).as_ref(),
+                "{text}: result {k}"
+            );
+        }
+        assert_eq!(d["ok"], false);
+        assert_eq!(d["error"], json!(e.error));
+        assert_eq!(d["request_id"], "r-1");
+        assert_eq!(r["ok"], false);
+        assert_eq!(r["error"], json!(e.error));
+        assert_eq!(r["request_id"], "r-1");
+        assert!(r["executed_at"].is_string());
+    }
+}
+
+#[test]
+fn readable_commands_parse_and_summarise() {
+    let c = parse(br#"{"action":"shelve_alarm","target":"hvac-1/filter-alarm","value":2,"operator":"op","extra":1}"#)
+        .unwrap();
+    assert_eq!(c.action, "shelve_alarm");
+    assert_eq!(
+        CommandSummary::of(&c),
+        summary(
+            Some("shelve_alarm"),
+            Some("hvac-1/filter-alarm"),
+            Some("op")
+        )
+    );
+}
+
 proptest::proptest! {
+    /// Whatever the bytes, parsing refuses or accepts without a panic, and
+    /// an object's string `operator` survives a refusal.
+    #[test]
+    fn any_payload_parses_or_is_refused(
+        bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        op in "[a-z/]{1,12}",
+        expires in proptest::prelude::any::<i64>(),
+    ) {
+        let _ = parse(&bytes);
+        let payload = json!({"action": "write_point", "operator": op, "expires_at": expires}).to_string();
+        let e = parse(payload.as_bytes()).unwrap_err();
+        proptest::prop_assert_eq!(e.summary.operator.as_deref(), Some(op.as_str()));
+    }
+
+
     /// Any JSON number either fits an i16 ×0.1 point exactly as the codec
     /// encodes it, or is refused; never a panic.
     #[test]
