@@ -95,6 +95,10 @@ pub enum EventKind {
     /// An alarm was not acknowledged in time: pushed to the next tier.
     #[serde(rename = "push.escalated")]
     PushEscalated,
+    /// A push was given up (refused for good, too many attempts, too old);
+    /// `detail.fallback` names the tier a priority-1 alarm goes to instead.
+    #[serde(rename = "push.dead_lettered")]
+    PushDeadLettered,
     /// A zone was armed (by its schedule or an operator).
     #[serde(rename = "zone.armed")]
     ZoneArmed,
@@ -128,6 +132,7 @@ impl EventKind {
             EventKind::PushSent => "push.sent",
             EventKind::PushFailed => "push.failed",
             EventKind::PushEscalated => "push.escalated",
+            EventKind::PushDeadLettered => "push.dead_lettered",
             EventKind::ZoneArmed => "zone.armed",
             EventKind::ZoneDisarmed => "zone.disarmed",
             EventKind::LinkageExecuted => "linkage.executed",
