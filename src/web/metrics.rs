@@ -282,9 +282,44 @@ pub fn render(state: &WebState) -> String {
     e.single(
         "estate_gateway_push_failures_total",
         Kind::Counter,
-        "Staff notifications that could not be delivered.",
-        0.0,
+        "Staff push attempts that failed (each is retried or given up).",
+        get(&s.pushes_failed),
     );
+    e.single(
+        "estate_gateway_push_dead_lettered_total",
+        Kind::Counter,
+        "Staff pushes given up (push.dead_lettered).",
+        get(&s.pushes_dead),
+    );
+    let queues = s.pushes.snapshot();
+    e.family(
+        "estate_gateway_push_pending",
+        Kind::Gauge,
+        "Staff pushes waiting for delivery, per channel.",
+    );
+    for (ch, q) in &queues {
+        e.sample(
+            "estate_gateway_push_pending",
+            &[("channel", ch)],
+            q.pending as f64,
+        );
+    }
+    e.family(
+        "estate_gateway_push_oldest_age_seconds",
+        Kind::Gauge,
+        "Age of the oldest staff push waiting, per channel (0 when none waits).",
+    );
+    let now = crate::event::Timestamp::now().unix_ms();
+    for (ch, q) in &queues {
+        let age = q
+            .oldest_ms
+            .map_or(0.0, |t| (now.saturating_sub(t)).max(0) as f64 / 1000.0);
+        e.sample(
+            "estate_gateway_push_oldest_age_seconds",
+            &[("channel", ch)],
+            age,
+        );
+    }
     e.single(
         "estate_gateway_cameras_online",
         Kind::Gauge,
