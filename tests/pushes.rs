@@ -59,6 +59,7 @@ struct Setup {
     dir: tempfile::TempDir,
     journal: Journal,
     config: Arc<PushConfig>,
+    notify: Arc<Vec<push::notify::NotifyRule>>,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -67,6 +68,20 @@ impl Setup {
     /// Write the secret files, parse and validate `push_toml` (`@DIR@` is the
     /// temp dir), open a journal and start the push tasks.
     fn start(push_toml: &str, clock: Arc<dyn Clock>) -> Setup {
+        Setup::start_with_linkage(push_toml, "", clock)
+    }
+
+    /// The same, with `[[linkage]]` rules (TOML) whose `notify` actions
+    /// the channels deliver.
+    fn start_with_linkage(push_toml: &str, linkage_toml: &str, clock: Arc<dyn Clock>) -> Setup {
+        let linkage: Vec<estate_gateway::linkage::LinkageRuleConfig> = if linkage_toml.is_empty() {
+            Vec::new()
+        } else {
+            toml::from_str::<toml::Table>(linkage_toml).unwrap()["linkage"]
+                .clone()
+                .try_into()
+                .unwrap()
+        };
         let dir = tempfile::tempdir().unwrap();
         for (name, value) in SECRETS {
             std::fs::write(dir.path().join(name), format!("{value}\n")).unwrap();
@@ -93,6 +108,7 @@ impl Setup {
             dir,
             journal,
             config: Arc::new(config),
+            notify: Arc::new(push::notify::rules(&linkage)),
             stop: CancellationToken::new(),
             tasks: Vec::new(),
         };
@@ -112,6 +128,7 @@ impl Setup {
                 status: Arc::new(GatewayStatus::new(0)),
                 state_dir: self.dir.path().join("journal"),
                 clock,
+                notify: self.notify.clone(),
             },
             self.stop.clone(),
         )
@@ -799,4 +816,69 @@ async fn webhook_400_is_dead_lettered_without_blocking_lower_priorities() {
     assert_eq!(d["alarms"][0], bad.id.as_str());
     assert_eq!(d["error"], "HTTP 400");
     assert!(d["fallback"].is_null(), "priority 3 has no fallback: {d}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linkage_notify_pushes_the_alarm_to_the_named_tier() {
+    let hook = Receiver::start("{}", 0);
+    let engineers = Receiver::start("{}", 0);
+    let cfg = format!(
+        r#"
+        [[channels]]
+        name = "hook"
+        kind = "webhook"
+        url = "{hook}"
+        secret = {{ file = "@DIR@/hook.secret" }}
+        [[channels]]
+        name = "engineers"
+        kind = "webhook"
+        url = "{eng}"
+        secret = {{ file = "@DIR@/hook.secret" }}
+        [[tiers]]
+        name = "guards"
+        channels = ["hook"]
+        [[tiers]]
+        name = "engineers"
+        channels = ["engineers"]
+        [[rules]]
+        name = "fire"
+        categories = ["fire"]
+        tiers = ["guards"]
+        "#,
+        hook = hook.url("/h"),
+        eng = engineers.url("/e"),
+    );
+    // Perimeter alarms of sector 4 call the engineers; no push rule does.
+    let linkage = r#"
+        [[linkage]]
+        id = "sector-4-engineers"
+        key = "fence-a/sector-4"
+        actions = [{ type = "notify", to = "engineers" }]
+    "#;
+    let mut s = Setup::start_with_linkage(&cfg, linkage, Arc::new(SystemClock));
+    // Stopped before the alarm: the request waits in the journal, and is
+    // delivered after the restart.
+    s.stop_tasks().await;
+    let other = s
+        .record(alarm(EventKind::AlarmRaised, 3, 2, now_ms()))
+        .await;
+    let raised = s
+        .record(alarm(EventKind::AlarmRaised, 4, 2, now_ms()))
+        .await;
+    s.spawn(Arc::new(SystemClock));
+    let got = engineers.wait_accepted(1, WAIT).remove(0);
+    let j = got.json();
+    assert_eq!(j["alarms"][0]["id"], raised.id.as_str());
+    assert_eq!(j["alarms"][0]["tier"], "engineers");
+    s.wait_cursor(&push::channel_sink("engineers"), raised.seq)
+        .await;
+    let m = s.record(marker()).await;
+    s.wait_cursor(&push::channel_sink("engineers"), m.seq).await;
+    s.wait_cursor(&push::channel_sink("hook"), m.seq).await;
+    assert_eq!(engineers.all().len(), 1, "only the notified alarm");
+    assert!(
+        hook.all().is_empty(),
+        "no push rule matches a perimeter alarm"
+    );
+    let _ = other;
 }

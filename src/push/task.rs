@@ -59,6 +59,8 @@ pub struct PushContext {
     /// Directory of the escalation state file (the journal's directory).
     pub state_dir: PathBuf,
     pub clock: Arc<dyn Clock>,
+    /// Linkage rules with `notify` actions (see [`super::notify`]).
+    pub notify: Arc<Vec<super::notify::NotifyRule>>,
 }
 
 /// Start the escalation task and one task per channel. Secrets are read
@@ -233,7 +235,10 @@ async fn run_channel(
                     for se in evs {
                         let ev = parse(&se.payload, se.seq);
                         let ts = ev.as_ref().map_or(0, |e| e.body.ts.unix_ms());
-                        let routed = ev.and_then(|ev| route::route(cfg, &ch.name, &ev));
+                        let routed = ev.and_then(|ev| {
+                            let r = route::route(cfg, &ch.name, &ev);
+                            super::notify::route(cfg, &ctx.notify, &ch.name, &ev, r)
+                        });
                         outbox.read(se.seq, routed, ts);
                     }
                 }
