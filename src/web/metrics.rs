@@ -3,8 +3,9 @@
 //! Families (all prefixed `estate_gateway_`): build info and uptime; per
 //! device poll counts, errors and latency (a summary without quantiles);
 //! devices online/offline; active alarms; journal depth, bytes and uplink
-//! backlog; uplink connection; push failures and camera counts (zero until
-//! those drivers report); main-loop liveness; process RSS.
+//! backlog; uplink connection; push failures, dead letters and per-channel
+//! queue depth and oldest age; camera counts (zero until that driver
+//! reports); main-loop liveness; process RSS.
 
 use super::WebState;
 use crate::status::GatewayStatus;
@@ -408,6 +409,12 @@ mod tests {
         c.record(false, Duration::from_secs(1));
         status.uplink_publish.record(Duration::from_millis(4));
         let _alarm = status.liveness.register("alarm", Duration::from_secs(2));
+        status.pushes.set("guards", 0, None);
+        let hour_ago = crate::event::Timestamp::now().unix_ms() - 3_600_000;
+        status.pushes.set("manager", 3, Some(hour_ago));
+        status
+            .pushes_failed
+            .fetch_add(7, std::sync::atomic::Ordering::Relaxed);
         let text = render(&WebState {
             status: status.clone(),
             journal,
@@ -425,10 +432,24 @@ mod tests {
             "estate_gateway_uplink_publish_duration_seconds_count 1",
             "estate_gateway_uplink_publish_duration_seconds_sum 0.004",
             "estate_gateway_loop_alive{loop=\"alarm\"} 1",
+            "estate_gateway_push_pending{channel=\"guards\"} 0",
+            "estate_gateway_push_pending{channel=\"manager\"} 3",
+            "estate_gateway_push_oldest_age_seconds{channel=\"guards\"} 0",
+            "estate_gateway_push_failures_total 7",
+            "estate_gateway_push_dead_lettered_total 0",
             "# TYPE estate_gateway_device_poll_duration_seconds summary",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
         }
+        let age: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("estate_gateway_push_oldest_age_seconds{channel=\"manager\"} ")
+            })
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((3600.0..3700.0).contains(&age), "{age}");
         // Every family is declared once, before its samples.
         let mut declared = std::collections::HashSet::new();
         for l in text.lines() {
