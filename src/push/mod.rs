@@ -5,7 +5,7 @@
 //! ```text
 //! journal ──(cursor push.escalation)──▶ escalation task ──push.escalated──▶ journal
 //! journal ──(cursor push.{channel})───▶ channel task ──HTTP──▶ vendor
-//!                                          └──push.sent / push.failed──▶ journal
+//!                                          └──push.sent / push.failed / push.dead_lettered──▶ journal
 //! ```
 //!
 //! Each channel is a journal sink with its own cursor: a push leaves the
