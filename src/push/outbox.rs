@@ -614,6 +614,71 @@ mod tests {
     }
 
     proptest! {
+        /// Pushes the vendor refuses for good or a few times never block
+        /// the others: every push ends delivered or (refused ones only)
+        /// dead-lettered, exactly once; a fresh P1 is always sent at once;
+        /// and the cursor ends past everything.
+        #[test]
+        fn refusals_never_block_others(
+            cases in proptest::collection::vec((1u8..=5, any::<bool>(), 0u32..4), 1..60)
+        ) {
+            let mut o = Outbox::new(quiet(), 0);
+            let mut delivered = std::collections::HashSet::new();
+            let mut dead = std::collections::HashSet::new();
+            let mut tries = std::collections::HashMap::new();
+            let mut now = 0i64;
+            let mut step = |o: &mut Outbox, now: &mut i64| -> bool {
+                match o.next(*now) {
+                    Action::Idle => false,
+                    Action::Wait(t) => { *now = t.max(*now + 1); true }
+                    Action::Send { seqs, summary } => {
+                        assert!(!summary);
+                        let seq = seqs[0];
+                        let (_, bad, flaky) = cases[seq as usize - 1];
+                        let n = tries.entry(seq).or_insert(0u32);
+                        *n += 1;
+                        if bad {
+                            let v = o.failed(&seqs, Failure::Permanent, 1, *now);
+                            for (i, r) in v.dead { assert_eq!(r, DeadReason::Refused); assert!(dead.insert(i.seq)); }
+                        } else if *n <= flaky {
+                            let v = o.failed(&seqs, Failure::Transient, 1, *now);
+                            assert!(v.dead.is_empty());
+                        } else {
+                            o.delivered(&seqs, false, 1, *now);
+                            assert!(delivered.insert(seq));
+                        }
+                        true
+                    }
+                }
+            };
+            for (i, (p, _, _)) in cases.iter().enumerate() {
+                let seq = i as u64 + 1;
+                o.read(seq, Some(routed(*p)), now);
+                if *p == 1 {
+                    // A P1 goes next (this one or an older one ready),
+                    // whatever else waits or fails (unless the rate limit
+                    // is reached).
+                    o.prune(now);
+                    if o.requests.len() < 20 {
+                        let Action::Send { seqs, .. } = o.next(now) else {
+                            panic!("a fresh P1 waits");
+                        };
+                        prop_assert_eq!(cases[seqs[0] as usize - 1].0, 1);
+                        prop_assert!(seqs[0] == seq || o.item(seqs[0]).is_some_and(|i| i.attempts == 0 || i.not_before <= now));
+                    }
+                }
+                for _ in 0..3 { if !step(&mut o, &mut now) { break; } }
+                if let Some(first) = o.queue.first() { prop_assert!(o.ack_upto() < first.seq); }
+            }
+            let mut guard = 0;
+            while step(&mut o, &mut now) { guard += 1; prop_assert!(guard < 100_000); }
+            let bad: std::collections::HashSet<u64> = cases.iter().enumerate()
+                .filter(|(_, c)| c.1).map(|(i, _)| i as u64 + 1).collect();
+            prop_assert_eq!(&dead, &bad);
+            prop_assert_eq!(delivered.len() + dead.len(), cases.len());
+            prop_assert_eq!(o.ack_upto(), cases.len() as u64);
+        }
+
         /// Whatever arrives, every push is delivered exactly once (alone or
         /// summarized), P1 always alone, and the cursor never passes a
         /// waiting push.
