@@ -89,7 +89,7 @@ pub enum EventKind {
     /// A push to security staff was delivered (detail: channel, alarms).
     #[serde(rename = "push.sent")]
     PushSent,
-    /// A push to security staff failed and will be retried.
+    /// A push to security staff failed (retried, or given up: `push.dead_lettered`).
     #[serde(rename = "push.failed")]
     PushFailed,
     /// An alarm was not acknowledged in time: pushed to the next tier.
