@@ -354,7 +354,8 @@ async fn run_channel(
                         let verdict = outbox.failed(&seqs, how, requests, now);
                         let retry = verdict.retry_in;
                         ctx.status.pushes_failed.fetch_add(1, Ordering::Relaxed);
-                        let given_up = !verdict.dead.is_empty();
+                        // Every push of this attempt given up: no retry.
+                        let given_up = verdict.dead.len() == seqs.len();
                         tracing::warn!(
                             delivery = %notice.delivery_id,
                             attempt,
