@@ -87,6 +87,7 @@ async fn run(n: usize, fsync: bool) {
             status: Arc::new(GatewayStatus::new(0)),
             state_dir: dir.path().join("journal"),
             clock: Arc::new(SystemClock),
+            notify: Arc::new(Vec::new()),
         },
         stop.clone(),
     )

@@ -112,6 +112,7 @@ impl Gateway {
                 status: status.clone(),
                 state_dir: c.journal.path.clone(),
                 clock: Arc::new(crate::push::SystemClock),
+                notify: Arc::new(crate::push::notify::rules(&c.linkage)),
             },
             push_stop.clone(),
         )

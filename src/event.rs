@@ -89,12 +89,16 @@ pub enum EventKind {
     /// A push to security staff was delivered (detail: channel, alarms).
     #[serde(rename = "push.sent")]
     PushSent,
-    /// A push to security staff failed and will be retried.
+    /// A push to security staff failed (retried, or given up: `push.dead_lettered`).
     #[serde(rename = "push.failed")]
     PushFailed,
     /// An alarm was not acknowledged in time: pushed to the next tier.
     #[serde(rename = "push.escalated")]
     PushEscalated,
+    /// A push was given up (refused for good, too many attempts, too old);
+    /// `detail.fallback` names the tier a priority-1 alarm goes to instead.
+    #[serde(rename = "push.dead_lettered")]
+    PushDeadLettered,
     /// A zone was armed (by its schedule or an operator).
     #[serde(rename = "zone.armed")]
     ZoneArmed,
@@ -128,6 +132,7 @@ impl EventKind {
             EventKind::PushSent => "push.sent",
             EventKind::PushFailed => "push.failed",
             EventKind::PushEscalated => "push.escalated",
+            EventKind::PushDeadLettered => "push.dead_lettered",
             EventKind::ZoneArmed => "zone.armed",
             EventKind::ZoneDisarmed => "zone.disarmed",
             EventKind::LinkageExecuted => "linkage.executed",

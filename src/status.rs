@@ -25,6 +25,10 @@ pub struct GatewayStatus {
     pub pushes_sent: AtomicU64,
     /// Staff push attempts that failed since start (each is retried).
     pub pushes_failed: AtomicU64,
+    /// Staff pushes given up since start (`push.dead_lettered`).
+    pub pushes_dead: AtomicU64,
+    /// Per push channel: pushes waiting and the oldest one's time (`/metrics`).
+    pub pushes: PushRegistry,
     /// Heartbeats of the main loops (watchdog, `/healthz`).
     pub liveness: Liveness,
     /// Per-device poll counters (`/metrics`).
@@ -48,6 +52,8 @@ impl GatewayStatus {
             uplink_connected: AtomicBool::new(false),
             pushes_sent: AtomicU64::new(0),
             pushes_failed: AtomicU64::new(0),
+            pushes_dead: AtomicU64::new(0),
+            pushes: PushRegistry::default(),
             liveness: Liveness::default(),
             polls: PollRegistry::default(),
             uplink_publish: LatencyCounter::default(),
@@ -134,6 +140,40 @@ impl PollRegistry {
     /// Every device's counters.
     pub fn snapshot(&self) -> Vec<(Arc<str>, Arc<PollCounters>)> {
         self.devices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// A push channel's queue: pushes waiting, and the journal time (Unix ms)
+/// of the oldest.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PushQueue {
+    pub pending: usize,
+    pub oldest_ms: Option<i64>,
+}
+
+/// Channel name → its queue, in order of first report.
+#[derive(Debug, Default)]
+pub struct PushRegistry {
+    channels: Mutex<Vec<(String, PushQueue)>>,
+}
+
+impl PushRegistry {
+    /// Report `channel`'s queue.
+    pub fn set(&self, channel: &str, pending: usize, oldest_ms: Option<i64>) {
+        let mut c = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let q = PushQueue { pending, oldest_ms };
+        match c.iter_mut().find(|(n, _)| n == channel) {
+            Some((_, old)) => *old = q,
+            None => c.push((channel.to_string(), q)),
+        }
+    }
+
+    /// Every channel's queue.
+    pub fn snapshot(&self) -> Vec<(String, PushQueue)> {
+        self.channels
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()

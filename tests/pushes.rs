@@ -59,6 +59,7 @@ struct Setup {
     dir: tempfile::TempDir,
     journal: Journal,
     config: Arc<PushConfig>,
+    notify: Arc<Vec<push::notify::NotifyRule>>,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -67,6 +68,20 @@ impl Setup {
     /// Write the secret files, parse and validate `push_toml` (`@DIR@` is the
     /// temp dir), open a journal and start the push tasks.
     fn start(push_toml: &str, clock: Arc<dyn Clock>) -> Setup {
+        Setup::start_with_linkage(push_toml, "", clock)
+    }
+
+    /// The same, with `[[linkage]]` rules (TOML) whose `notify` actions
+    /// the channels deliver.
+    fn start_with_linkage(push_toml: &str, linkage_toml: &str, clock: Arc<dyn Clock>) -> Setup {
+        let linkage: Vec<estate_gateway::linkage::LinkageRuleConfig> = if linkage_toml.is_empty() {
+            Vec::new()
+        } else {
+            toml::from_str::<toml::Table>(linkage_toml).unwrap()["linkage"]
+                .clone()
+                .try_into()
+                .unwrap()
+        };
         let dir = tempfile::tempdir().unwrap();
         for (name, value) in SECRETS {
             std::fs::write(dir.path().join(name), format!("{value}\n")).unwrap();
@@ -93,6 +108,7 @@ impl Setup {
             dir,
             journal,
             config: Arc::new(config),
+            notify: Arc::new(push::notify::rules(&linkage)),
             stop: CancellationToken::new(),
             tasks: Vec::new(),
         };
@@ -112,6 +128,7 @@ impl Setup {
                 status: Arc::new(GatewayStatus::new(0)),
                 state_dir: self.dir.path().join("journal"),
                 clock,
+                notify: self.notify.clone(),
             },
             self.stop.clone(),
         )
@@ -676,4 +693,192 @@ async fn escalation_on_a_fake_clock() {
         .await;
     assert_eq!(ding.accepted().len(), 2);
     s.stop_tasks().await;
+}
+
+/// Wait until at least `n` events of `kind` are in the journal.
+async fn wait_kind(s: &Setup, kind: EventKind, n: usize) -> Vec<Event> {
+    let start = std::time::Instant::now();
+    loop {
+        let evs = s.of_kind(kind);
+        if evs.len() >= n {
+            return evs;
+        }
+        assert!(start.elapsed() < WAIT, "fewer than {n} {kind:?} events");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_refusal_is_dead_lettered_and_the_next_alarm_goes_promptly() {
+    // DingTalk's keyword filter refuses every message about sector 7 (HTTP
+    // 200, errcode 310000): final, however often it is retried.
+    let ding = Receiver::start_refusing(
+        r#"{"errcode":0,"errmsg":"ok"}"#,
+        "sector-7",
+        "200 OK",
+        r#"{"errcode":310000,"errmsg":"keywords not in content"}"#,
+    );
+    let hook = Receiver::start("{}", 0);
+    // Long backoff: had the refusal been retried ahead of the next alarm,
+    // that alarm would wait seconds.
+    let cfg = format!(
+        r#"
+        language = "en"
+        retry_min_s = 30
+        retry_max_s = 60
+        [[channels]]
+        name = "ding"
+        kind = "dingtalk"
+        url = "{ding}"
+        key = {{ file = "@DIR@/ding.token" }}
+        secret = {{ file = "@DIR@/ding.secret" }}
+        [[channels]]
+        name = "hook"
+        kind = "webhook"
+        url = "{hook}"
+        secret = {{ file = "@DIR@/hook.secret" }}
+        [[tiers]]
+        name = "guards"
+        channels = ["ding"]
+        [[tiers]]
+        name = "managers"
+        channels = ["hook"]
+        [[rules]]
+        name = "all"
+        tiers = ["guards", "managers"]
+        "#,
+        ding = ding.url("/robot/send"),
+        hook = hook.url("/h"),
+    );
+    let s = Setup::start(&cfg, Arc::new(SystemClock));
+    let refused = s
+        .record(alarm(EventKind::AlarmRaised, 7, 1, now_ms()))
+        .await;
+    let dead = wait_kind(&s, EventKind::PushDeadLettered, 1).await;
+    let d = dead[0].body.detail.as_ref().unwrap();
+    assert_eq!(dead[0].body.priority, Priority::HIGH);
+    assert_eq!(d["channel"], "ding");
+    assert_eq!(d["reason"], "refused");
+    assert_eq!(d["alarms"][0], refused.id.as_str());
+    assert!(d["error"].as_str().unwrap().contains("310000"), "{d}");
+    // A priority-1 alarm goes on to the rule's next tier.
+    assert_eq!(d["fallback"]["tier"], "managers");
+    let h = hook.wait_accepted(1, WAIT).remove(0);
+    assert_eq!(h.json()["alarms"][0]["id"], refused.id.as_str());
+    assert_eq!(h.json()["alarms"][0]["tier"], "managers");
+
+    // The next fire alarm arrives at once, and the cursor is free.
+    let t0 = std::time::Instant::now();
+    let next = s
+        .record(alarm(EventKind::AlarmRaised, 8, 1, now_ms()))
+        .await;
+    let got = ding.wait_accepted(1, WAIT).remove(0);
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "next alarm took {:?}",
+        t0.elapsed()
+    );
+    assert!(got.json()["text"]["content"]
+        .as_str()
+        .unwrap()
+        .contains("sector 8"));
+    s.wait_cursor(&push::channel_sink("ding"), next.seq).await;
+    let m = s.record(marker()).await;
+    s.wait_cursor(&push::channel_sink("ding"), m.seq).await;
+    s.wait_cursor(&push::channel_sink("hook"), m.seq).await;
+    // The refusal was not retried: one request, one push.failed.
+    let tries: Vec<_> = ding
+        .all()
+        .into_iter()
+        .filter(|r| String::from_utf8_lossy(&r.body).contains("sector-7"))
+        .collect();
+    assert_eq!(tries.len(), 1, "{tries:#?}");
+    let failed = s.of_kind(EventKind::PushFailed);
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].body.detail.as_ref().unwrap()["permanent"], true);
+    assert_eq!(s.of_kind(EventKind::PushDeadLettered).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_400_is_dead_lettered_without_blocking_lower_priorities() {
+    let hook = Receiver::start_refusing("{}", "sector-5", "400 Bad Request", "{}");
+    let s = Setup::start(&hook_config(&hook.url("/h"), ""), Arc::new(SystemClock));
+    let bad = s
+        .record(alarm(EventKind::AlarmRaised, 5, 3, now_ms()))
+        .await;
+    let good = s
+        .record(alarm(EventKind::AlarmRaised, 6, 3, now_ms()))
+        .await;
+    hook.wait_accepted(1, WAIT);
+    s.wait_cursor(&push::channel_sink("hook"), good.seq).await;
+    let dead = wait_kind(&s, EventKind::PushDeadLettered, 1).await;
+    let d = dead[0].body.detail.as_ref().unwrap();
+    assert_eq!(d["alarms"][0], bad.id.as_str());
+    assert_eq!(d["error"], "HTTP 400");
+    assert!(d["fallback"].is_null(), "priority 3 has no fallback: {d}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linkage_notify_pushes_the_alarm_to_the_named_tier() {
+    let hook = Receiver::start("{}", 0);
+    let engineers = Receiver::start("{}", 0);
+    let cfg = format!(
+        r#"
+        [[channels]]
+        name = "hook"
+        kind = "webhook"
+        url = "{hook}"
+        secret = {{ file = "@DIR@/hook.secret" }}
+        [[channels]]
+        name = "engineers"
+        kind = "webhook"
+        url = "{eng}"
+        secret = {{ file = "@DIR@/hook.secret" }}
+        [[tiers]]
+        name = "guards"
+        channels = ["hook"]
+        [[tiers]]
+        name = "engineers"
+        channels = ["engineers"]
+        [[rules]]
+        name = "fire"
+        categories = ["fire"]
+        tiers = ["guards"]
+        "#,
+        hook = hook.url("/h"),
+        eng = engineers.url("/e"),
+    );
+    // Perimeter alarms of sector 4 call the engineers; no push rule does.
+    let linkage = r#"
+        [[linkage]]
+        id = "sector-4-engineers"
+        key = "fence-a/sector-4"
+        actions = [{ type = "notify", to = "engineers" }]
+    "#;
+    let mut s = Setup::start_with_linkage(&cfg, linkage, Arc::new(SystemClock));
+    // Stopped before the alarm: the request waits in the journal, and is
+    // delivered after the restart.
+    s.stop_tasks().await;
+    let other = s
+        .record(alarm(EventKind::AlarmRaised, 3, 2, now_ms()))
+        .await;
+    let raised = s
+        .record(alarm(EventKind::AlarmRaised, 4, 2, now_ms()))
+        .await;
+    s.spawn(Arc::new(SystemClock));
+    let got = engineers.wait_accepted(1, WAIT).remove(0);
+    let j = got.json();
+    assert_eq!(j["alarms"][0]["id"], raised.id.as_str());
+    assert_eq!(j["alarms"][0]["tier"], "engineers");
+    s.wait_cursor(&push::channel_sink("engineers"), raised.seq)
+        .await;
+    let m = s.record(marker()).await;
+    s.wait_cursor(&push::channel_sink("engineers"), m.seq).await;
+    s.wait_cursor(&push::channel_sink("hook"), m.seq).await;
+    assert_eq!(engineers.all().len(), 1, "only the notified alarm");
+    assert!(
+        hook.all().is_empty(),
+        "no push rule matches a perimeter alarm"
+    );
+    let _ = other;
 }

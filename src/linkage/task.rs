@@ -105,9 +105,11 @@ async fn execute(action: &Action, writers: &Writers, timeout: Duration) -> (bool
             tracing::warn!(camera = %camera, "linkage clip requested: cameras are not wired yet");
             (false, Some("not wired yet: cameras".into()))
         }
+        // The push channels deliver it from the journaled alarm event
+        // (`push::notify`); `push.sent` / `push.dead_lettered` tell the outcome.
         Action::Notify { to } => {
-            tracing::warn!(to = %to, "linkage notification requested: notifications are not wired yet");
-            (false, Some("not wired yet: notifications".into()))
+            tracing::info!(to = %to, "linkage notification handed to the push channels");
+            (true, None)
         }
     }
 }

@@ -189,6 +189,17 @@ key = "access-panel/door-*"
 [[linkage.actions]]
 type = "notify"
 to = "guards"
+[[push.channels]]
+name = "sms"
+kind = "sms"
+url = "http://127.0.0.1:9/sms"
+[[push.tiers]]
+name = "guards"
+channels = ["sms"]
+phones = ["13800000001"]
+[[push.rules]]
+name = "all"
+tiers = ["guards"]
 "#,
     )
     .unwrap();

@@ -38,6 +38,21 @@ pub struct PushConfig {
         default = "default_retry_max"
     )]
     pub retry_max: Duration,
+    /// Give a push up (dead letter: `push.dead_lettered`, the channel's
+    /// cursor moves on) after the vendor refused it this many times; 0:
+    /// never. Transport errors (vendor unreachable) do not count. A channel's
+    /// own value wins.
+    #[serde(default = "default_dead_letter_attempts")]
+    pub dead_letter_after_attempts: u32,
+    /// Give a push up once it is this old (from its journal event), in
+    /// seconds, if it has failed or its channel is down; 0: never. A
+    /// channel's own value wins.
+    #[serde(
+        rename = "dead_letter_after_s",
+        with = "crate::config::duration",
+        default = "default_dead_letter_after"
+    )]
+    pub dead_letter_after: Duration,
     /// Time limit of one HTTP request (connect, send, response), in seconds.
     #[serde(
         rename = "timeout_s",
@@ -65,6 +80,8 @@ impl Default for PushConfig {
             alarm_link: None,
             retry_min: default_retry_min(),
             retry_max: default_retry_max(),
+            dead_letter_after_attempts: default_dead_letter_attempts(),
+            dead_letter_after: default_dead_letter_after(),
             timeout: default_timeout(),
             channels: Vec::new(),
             tiers: Vec::new(),
@@ -170,6 +187,14 @@ pub struct ChannelConfig {
         default = "default_storm_window"
     )]
     pub storm_window: Duration,
+    /// Refusals before a push is given up on this channel (default:
+    /// `[push] dead_letter_after_attempts`; 0: never).
+    #[serde(default)]
+    pub dead_letter_after_attempts: Option<u32>,
+    /// Age, in seconds, at which a failing push is given up on this channel
+    /// (default: `[push] dead_letter_after_s`; 0: never).
+    #[serde(rename = "dead_letter_after_s", with = "opt_duration", default)]
+    pub dead_letter_after: Option<Duration>,
     /// `sms`: request body template; `{phone}` and `{text}` are replaced
     /// (JSON-escaped when `content_type` is JSON). Absent: empty body.
     #[serde(default)]
@@ -187,6 +212,17 @@ pub struct ChannelConfig {
 }
 
 impl ChannelConfig {
+    /// Refusals before a push is given up on this channel (0: never).
+    pub fn dead_letter_attempts(&self, push: &PushConfig) -> u32 {
+        self.dead_letter_after_attempts
+            .unwrap_or(push.dead_letter_after_attempts)
+    }
+
+    /// Age at which a failing push is given up on this channel (`None`: never).
+    pub fn dead_letter_age(&self, push: &PushConfig) -> Option<Duration> {
+        Some(self.dead_letter_after.unwrap_or(push.dead_letter_after)).filter(|d| !d.is_zero())
+    }
+
     /// Requests per minute allowed on this channel.
     pub fn rate(&self) -> u32 {
         self.rate_per_minute
@@ -279,6 +315,12 @@ fn default_retry_min() -> Duration {
 }
 fn default_retry_max() -> Duration {
     Duration::from_secs(60)
+}
+fn default_dead_letter_attempts() -> u32 {
+    20
+}
+fn default_dead_letter_after() -> Duration {
+    Duration::from_secs(86_400)
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(10)

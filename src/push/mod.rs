@@ -5,18 +5,19 @@
 //! ```text
 //! journal ──(cursor push.escalation)──▶ escalation task ──push.escalated──▶ journal
 //! journal ──(cursor push.{channel})───▶ channel task ──HTTP──▶ vendor
-//!                                          └──push.sent / push.failed──▶ journal
+//!                                          └──push.sent / push.failed / push.dead_lettered──▶ journal
 //! ```
 //!
 //! Each channel is a journal sink with its own cursor: a push leaves the
 //! journal only once delivered, so a restart or an outage loses none.
 //! Routing ([`route`]), wording, the escalation state machine
 //! ([`escalation`]), rate limits and storm condensing ([`outbox`]) and the
-//! vendors' formats and signatures ([`vendor`]) are pure; [`task`] does the
-//! I/O. See `docs/design/push.md`.
+//! vendors' formats and signatures ([`vendor`]) and linkage `notify`
+//! actions ([`notify`]) are pure; [`task`] does the I/O. See `docs/design/push.md`.
 
 pub mod config;
 pub mod escalation;
+pub mod notify;
 pub mod outbox;
 pub mod route;
 pub mod task;

@@ -1,15 +1,23 @@
 //! One channel's delivery state (pure): what to send next, when, and how far
 //! the channel's journal cursor may move.
 //!
-//! - Order: priority-1 pushes first, then the rest, each oldest first; a
-//!   failing push is retried (backoff doubling from `retry_min_s` to
-//!   `retry_max_s`) before anything after it.
+//! - Order: priority-1 pushes first, then the rest, each oldest first.
+//! - Retries are per push: a push the vendor refused waits out its own
+//!   backoff (doubling from `retry_min_s` to `retry_max_s`) while other
+//!   pushes go ahead, so a push the vendor keeps refusing never holds back
+//!   a different one. Only when the vendor cannot be reached at all (a
+//!   transport error) does the whole channel back off; even then a
+//!   priority-1 push not yet tried goes at once (it probes the channel).
+//! - Dead letter: a push the vendor refuses for good, or that failed
+//!   `dead_letter_after_attempts` times, or that is older than
+//!   `dead_letter_after_s` and has failed (or waits on a channel that is
+//!   down), leaves the outbox, so the cursor moves on.
 //! - Rate limit: at most `rate_per_minute` requests in any 60 s.
 //! - Storm: when the alarms pushed within `storm_window_s` plus those
 //!   waiting exceed `storm_threshold`, alarms of priority 2–5 are condensed
 //!   into one summary at most every quarter window. **Priority-1 alarms
 //!   are never condensed**: each gets its own push, ahead of the summary.
-//! - Cursor: it moves to just before the oldest push not yet delivered, so
+//! - Cursor: it moves to just before the oldest push still waiting, so
 //!   a crash or restart loses nothing; pushes delivered after that one may
 //!   be made again (at least once).
 
@@ -23,6 +31,59 @@ pub struct Item {
     /// Journal seq of the event it comes from.
     pub seq: u64,
     pub routed: Routed,
+    /// Time of the journal event (Unix ms): the push's age counts from here.
+    pub since: i64,
+    /// Refusals by the vendor so far (transport errors do not count).
+    pub failures: u32,
+    /// Failed attempts of any kind (transport errors included).
+    pub attempts: u32,
+    /// Not before this time (Unix ms): the push's own retry backoff.
+    pub not_before: i64,
+}
+
+/// How an attempt failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The vendor was not reached (connect, TLS, timeout): the whole
+    /// channel backs off; the push's attempts do not count up.
+    Unreachable,
+    /// The vendor answered with a refusal worth retrying (5xx, 408, 429,
+    /// a rate-limit code): this push backs off, others go ahead.
+    Transient,
+    /// The vendor refused this push for good (bad key or signature,
+    /// keyword filter, content too long, other 4xx): dead-lettered at once.
+    Permanent,
+}
+
+/// What became of a failed attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    /// Wait before the next try of the push (or of the channel).
+    pub retry_in: Duration,
+    /// Pushes given up (removed from the outbox), with the reason.
+    pub dead: Vec<(Item, DeadReason)>,
+}
+
+/// Why a push was given up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadReason {
+    /// The vendor refused it for good.
+    Refused,
+    /// It failed `dead_letter_after_attempts` times.
+    Attempts,
+    /// It was older than `dead_letter_after_s`.
+    Age,
+}
+
+impl DeadReason {
+    /// `refused`, `attempts`, `age`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeadReason::Refused => "refused",
+            DeadReason::Attempts => "attempts",
+            DeadReason::Age => "age",
+        }
+    }
 }
 
 /// What the channel should do now.
@@ -44,6 +105,10 @@ pub struct Limits {
     pub storm_window: Duration,
     pub retry_min: Duration,
     pub retry_max: Duration,
+    /// Give a push up after this many refusals (0: never).
+    pub dead_letter_after_attempts: u32,
+    /// Give a failing push up once this old (`None`: never).
+    pub dead_letter_after: Option<Duration>,
 }
 
 /// Most alarms in one summary.
@@ -62,9 +127,9 @@ pub struct Outbox {
     /// (time, alarms covered) of pushes within the storm window.
     pushed: VecDeque<(i64, usize)>,
     last_summary: Option<i64>,
-    /// Failed attempts of the current head, and when to try again.
-    failures: u32,
-    not_before: i64,
+    /// Transport failures in a row, and when to try the channel again.
+    down: u32,
+    down_until: i64,
 }
 
 fn ms(d: Duration) -> i64 {
@@ -81,19 +146,27 @@ impl Outbox {
             requests: VecDeque::new(),
             pushed: VecDeque::new(),
             last_summary: None,
-            failures: 0,
-            not_before: i64::MIN,
+            down: 0,
+            down_until: i64::MIN,
         }
     }
 
-    /// The journal event `seq` was read; `item` is its push, if any.
-    pub fn read(&mut self, seq: u64, item: Option<Routed>) {
+    /// The journal event `seq` (recorded at `ts_ms`) was read; `item` is
+    /// its push, if any.
+    pub fn read(&mut self, seq: u64, item: Option<Routed>, ts_ms: i64) {
         if seq <= self.read_upto {
             return;
         }
         self.read_upto = seq;
         if let Some(routed) = item {
-            self.queue.push(Item { seq, routed });
+            self.queue.push(Item {
+                seq,
+                routed,
+                since: ts_ms,
+                failures: 0,
+                attempts: 0,
+                not_before: i64::MIN,
+            });
         }
     }
 
@@ -113,6 +186,16 @@ impl Outbox {
     /// Pushes waiting.
     pub fn pending(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Journal time (Unix ms) of the oldest waiting push.
+    pub fn oldest_since(&self) -> Option<i64> {
+        self.queue.iter().map(|i| i.since).min()
+    }
+
+    /// Is the channel backing off after transport errors?
+    pub fn is_down(&self) -> bool {
+        self.down > 0
     }
 
     /// The waiting item with this seq.
@@ -137,30 +220,53 @@ impl Outbox {
         recent + self.queue.len() > self.limits.storm_threshold as usize
     }
 
-    /// Decide what to do at `now` (Unix ms). `requests` is how many HTTP
-    /// requests a push costs on this channel (SMS: one per phone).
+    fn backoff(&self, n: u32) -> Duration {
+        let shift = n.saturating_sub(1).min(20);
+        self.limits
+            .retry_min
+            .saturating_mul(1u32 << shift)
+            .min(self.limits.retry_max)
+    }
+
+    /// Decide what to do at `now` (Unix ms).
     pub fn next(&mut self, now: i64) -> Action {
         if self.queue.is_empty() {
             return Action::Idle;
-        }
-        if now < self.not_before {
-            return Action::Wait(self.not_before);
         }
         self.prune(now);
         if self.requests.len() >= self.limits.rate_per_minute as usize {
             return Action::Wait(self.requests[0] + 60_000);
         }
-        // Priority 1 first, always alone: a failing or slow lower-priority
-        // push never holds a fire alarm back.
-        if let Some(p1) = self.queue.iter().find(|i| i.routed.alarm.priority == 1) {
+        let down = now < self.down_until;
+        // Priority 1 first, always alone, each on its own backoff: a push
+        // the vendor refuses never holds back a different fire alarm. While
+        // the channel is down, a P1 not yet tried still goes (it probes).
+        let p1 = self.queue.iter().find(|i| {
+            i.routed.alarm.priority == 1 && now >= i.not_before && (!down || i.attempts == 0)
+        });
+        if let Some(p1) = p1 {
             return Action::Send {
                 seqs: vec![p1.seq],
                 summary: false,
             };
         }
+        if down {
+            return Action::Wait(self.down_until);
+        }
+        let ready: Vec<u64> = self
+            .queue
+            .iter()
+            .filter(|i| i.routed.alarm.priority != 1 && now >= i.not_before)
+            .map(|i| i.seq)
+            .collect();
+        let Some(&first) = ready.first() else {
+            // Everything waits out its backoff.
+            let t = self.queue.iter().map(|i| i.not_before).min();
+            return t.map_or(Action::Idle, Action::Wait);
+        };
         if !self.storm(now) {
             return Action::Send {
-                seqs: vec![self.queue[0].seq],
+                seqs: vec![first],
                 summary: false,
             };
         }
@@ -170,7 +276,7 @@ impl Outbox {
                 return Action::Wait(last + gap);
             }
         }
-        let seqs: Vec<u64> = self.queue.iter().take(MAX_SUMMARY).map(|i| i.seq).collect();
+        let seqs: Vec<u64> = ready.into_iter().take(MAX_SUMMARY).collect();
         let summary = seqs.len() > 1;
         Action::Send { seqs, summary }
     }
@@ -185,29 +291,88 @@ impl Outbox {
         if summary {
             self.last_summary = Some(now);
         }
-        self.failures = 0;
-        self.not_before = i64::MIN;
+        self.down = 0;
+        self.down_until = i64::MIN;
     }
 
-    /// The push failed at `now`: back off. Returns the wait before the next try.
-    pub fn failed(&mut self, requests: usize, now: i64) -> Duration {
+    /// The push of `seqs` failed at `now` after `requests` HTTP requests:
+    /// back off (the push, or the channel when unreachable), and give up
+    /// the pushes that are dead letters now.
+    pub fn failed(&mut self, seqs: &[u64], how: Failure, requests: usize, now: i64) -> Verdict {
         for _ in 0..requests {
             self.requests.push_back(now);
         }
-        self.failures = self.failures.saturating_add(1);
-        let shift = self.failures.saturating_sub(1).min(20);
-        let wait = self
-            .limits
-            .retry_min
-            .saturating_mul(1u32 << shift)
-            .min(self.limits.retry_max);
-        self.not_before = now.saturating_add(ms(wait));
-        wait
+        let retry_in = if how == Failure::Unreachable {
+            self.down = self.down.saturating_add(1);
+            let wait = self.backoff(self.down);
+            self.down_until = now.saturating_add(ms(wait));
+            wait
+        } else {
+            // The vendor answered: the channel is up.
+            self.down = 0;
+            self.down_until = i64::MIN;
+            Duration::ZERO
+        };
+        let mut retry_in = retry_in;
+        let mut dead = Vec::new();
+        let limits = self.limits.clone();
+        let mut i = 0;
+        while i < self.queue.len() {
+            if !seqs.contains(&self.queue[i].seq) {
+                i += 1;
+                continue;
+            }
+            let it = &mut self.queue[i];
+            it.attempts = it.attempts.saturating_add(1);
+            if how != Failure::Unreachable {
+                it.failures = it.failures.saturating_add(1);
+                let shift = it.failures.saturating_sub(1).min(20);
+                let wait = limits
+                    .retry_min
+                    .saturating_mul(1u32 << shift)
+                    .min(limits.retry_max);
+                it.not_before = now.saturating_add(ms(wait));
+                retry_in = retry_in.max(wait);
+            }
+            let reason = if how == Failure::Permanent {
+                Some(DeadReason::Refused)
+            } else if limits.dead_letter_after_attempts > 0
+                && it.failures >= limits.dead_letter_after_attempts
+            {
+                Some(DeadReason::Attempts)
+            } else if limits
+                .dead_letter_after
+                .is_some_and(|max| now.saturating_sub(it.since) >= ms(max))
+            {
+                Some(DeadReason::Age)
+            } else {
+                None
+            };
+            match reason {
+                Some(r) => dead.push((self.queue.remove(i), r)),
+                None => i += 1,
+            }
+        }
+        Verdict { retry_in, dead }
     }
 
-    /// Failed attempts of the push now at the head.
-    pub fn failures(&self) -> u32 {
-        self.failures
+    /// Give up, at `now`, the pushes older than `dead_letter_after_s` that
+    /// have failed, or that wait while the channel is down.
+    pub fn expire(&mut self, now: i64) -> Vec<(Item, DeadReason)> {
+        let Some(max) = self.limits.dead_letter_after else {
+            return Vec::new();
+        };
+        let down = self.down > 0;
+        let old = |i: &Item| (i.attempts > 0 || down) && now.saturating_sub(i.since) >= ms(max);
+        let (dead, keep): (Vec<Item>, Vec<Item>) =
+            std::mem::take(&mut self.queue).into_iter().partition(old);
+        self.queue = keep;
+        dead.into_iter().map(|i| (i, DeadReason::Age)).collect()
+    }
+
+    /// Failed attempts (of any kind) of the push `seq` (0 when unknown).
+    pub fn attempts(&self, seq: u64) -> u32 {
+        self.item(seq).map_or(0, |i| i.attempts)
     }
 }
 
@@ -225,6 +390,8 @@ mod tests {
             storm_window: Duration::from_secs(60),
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(8),
+            dead_letter_after_attempts: 0,
+            dead_letter_after: None,
         }
     }
 
@@ -271,7 +438,7 @@ mod tests {
         let mut o = Outbox::new(limits(), 0);
         for seq in 1..=50 {
             let p = if seq % 10 == 0 { 1 } else { 3 };
-            o.read(seq, Some(routed(p)));
+            o.read(seq, Some(routed(p)), 0);
         }
         let sent = drain(&mut o, 0, 10 * 60_000);
         let p1: Vec<_> = sent
@@ -292,7 +459,7 @@ mod tests {
         l.storm_threshold = 1000;
         let mut o = Outbox::new(l, 0);
         for seq in 1..=45 {
-            o.read(seq, Some(routed(1)));
+            o.read(seq, Some(routed(1)), 0);
         }
         let sent = drain(&mut o, 0, 10 * 60_000);
         assert_eq!(sent.len(), 45);
@@ -302,56 +469,216 @@ mod tests {
         }
     }
 
-    #[test]
-    fn p1_is_not_held_back_by_a_failing_push() {
+    fn send1(seq: u64) -> Action {
+        Action::Send {
+            seqs: vec![seq],
+            summary: false,
+        }
+    }
+
+    fn quiet() -> Limits {
         let mut l = limits();
         l.storm_threshold = 1000;
-        let mut o = Outbox::new(l, 0);
-        o.read(1, Some(routed(3)));
-        assert_eq!(
-            o.next(0),
-            Action::Send {
-                seqs: vec![1],
-                summary: false
-            }
-        );
-        o.failed(1, 0);
-        o.read(2, Some(routed(1)));
-        // The backoff is the channel's; once it passes, the P1 goes first.
-        assert_eq!(
-            o.next(1_000),
-            Action::Send {
-                seqs: vec![2],
-                summary: false
-            }
-        );
-        o.delivered(&[2], false, 1, 1_000);
+        l
+    }
+
+    #[test]
+    fn refused_p1_does_not_block_a_later_p1() {
+        let mut o = Outbox::new(quiet(), 0);
+        o.read(1, Some(routed(1)), 0);
+        assert_eq!(o.next(0), send1(1));
+        let v = o.failed(&[1], Failure::Transient, 1, 0);
+        assert!(v.dead.is_empty());
+        assert_eq!(v.retry_in, Duration::from_secs(1));
+        // A new fire alarm goes at once, while seq 1 waits out its backoff.
+        o.read(2, Some(routed(1)), 0);
+        o.read(3, Some(routed(3)), 0);
+        assert_eq!(o.next(0), send1(2));
+        o.delivered(&[2], false, 1, 0);
+        assert_eq!(o.next(0), send1(3), "a P3 also passes the failing P1");
+        o.delivered(&[3], false, 1, 0);
+        assert_eq!(o.next(0), Action::Wait(1_000));
+        assert_eq!(o.next(1_000), send1(1));
         assert_eq!(o.ack_upto(), 0, "seq 1 still waits");
     }
 
     #[test]
-    fn retry_backoff_and_cursor() {
-        let mut o = Outbox::new(limits(), 10);
-        o.read(11, None);
-        o.read(12, Some(routed(2)));
-        o.read(13, None);
-        assert_eq!(o.ack_upto(), 11);
-        let waits: Vec<_> = (0..5).map(|_| o.failed(1, 0).as_secs()).collect();
-        assert_eq!(waits, vec![1, 2, 4, 8, 8]);
-        assert_eq!(o.next(7_999), Action::Wait(8_000));
+    fn failing_p3_does_not_delay_a_new_p1() {
+        let mut o = Outbox::new(quiet(), 0);
+        o.read(1, Some(routed(3)), 0);
+        for k in 0..10 {
+            let now = k * 60_000;
+            assert_eq!(o.next(now), send1(1));
+            o.failed(&[1], Failure::Transient, 1, now);
+        }
+        // seq 1 now waits retry_max; a new P1 does not.
+        o.read(2, Some(routed(1)), 0);
+        assert_eq!(o.next(540_001), send1(2));
+    }
+
+    #[test]
+    fn unreachable_channel_backs_off_but_a_new_p1_probes() {
+        let mut o = Outbox::new(quiet(), 0);
+        o.read(1, Some(routed(3)), 0);
+        o.read(2, Some(routed(1)), 0);
+        assert_eq!(o.next(0), send1(2));
+        let v = o.failed(&[2], Failure::Unreachable, 1, 0);
+        assert_eq!(v.retry_in, Duration::from_secs(1));
+        assert!(o.is_down());
+        assert_eq!(o.next(10), Action::Wait(1_000), "the channel backs off");
+        o.read(3, Some(routed(1)), 0);
+        assert_eq!(o.next(10), send1(3), "an untried P1 probes at once");
+        o.failed(&[3], Failure::Unreachable, 1, 10);
+        assert_eq!(o.next(20), Action::Wait(2_010));
+        assert_eq!(o.attempts(2), 1);
         assert_eq!(
-            o.next(8_000),
-            Action::Send {
-                seqs: vec![12],
-                summary: false
-            }
+            o.item(2).unwrap().failures,
+            0,
+            "transport errors do not count"
         );
-        o.delivered(&[12], false, 1, 8_000);
+    }
+
+    #[test]
+    fn permanent_refusal_is_dead_lettered_and_frees_the_cursor() {
+        let mut o = Outbox::new(quiet(), 10);
+        o.read(11, Some(routed(1)), 0);
+        o.read(12, None, 0);
+        o.read(13, Some(routed(3)), 0);
+        assert_eq!(o.ack_upto(), 10);
+        assert_eq!(o.next(0), send1(11));
+        let v = o.failed(&[11], Failure::Permanent, 1, 0);
+        assert_eq!(v.dead.len(), 1);
+        assert_eq!(v.dead[0].0.seq, 11);
+        assert_eq!(v.dead[0].1, DeadReason::Refused);
+        assert_eq!(o.ack_upto(), 12, "the cursor moves past the dead letter");
+        assert_eq!(o.next(0), send1(13));
+        o.delivered(&[13], false, 1, 0);
         assert_eq!(o.ack_upto(), 13);
-        assert_eq!(o.failures(), 0);
+        assert_eq!(o.next(0), Action::Idle);
+    }
+
+    #[test]
+    fn transient_refusals_back_off_then_dead_letter_after_attempts() {
+        let mut l = quiet();
+        l.dead_letter_after_attempts = 6;
+        let mut o = Outbox::new(l, 10);
+        o.read(11, None, 0);
+        o.read(12, Some(routed(2)), 0);
+        o.read(13, None, 0);
+        assert_eq!(o.ack_upto(), 11);
+        let mut waits = Vec::new();
+        let mut now = 0;
+        for _ in 0..5 {
+            assert_eq!(o.next(now), send1(12));
+            let v = o.failed(&[12], Failure::Transient, 1, now);
+            assert!(v.dead.is_empty());
+            waits.push(v.retry_in.as_secs());
+            assert_eq!(
+                o.next(now),
+                Action::Wait(now + 1000 * v.retry_in.as_secs() as i64)
+            );
+            now += 1000 * v.retry_in.as_secs() as i64;
+        }
+        assert_eq!(waits, vec![1, 2, 4, 8, 8]);
+        assert_eq!(o.next(now), send1(12));
+        let v = o.failed(&[12], Failure::Transient, 1, now);
+        assert_eq!(v.dead.len(), 1);
+        assert_eq!(v.dead[0].1, DeadReason::Attempts);
+        assert_eq!(o.ack_upto(), 13);
+    }
+
+    #[test]
+    fn old_failing_pushes_expire() {
+        let mut l = quiet();
+        l.dead_letter_after = Some(Duration::from_secs(3600));
+        let mut o = Outbox::new(l, 0);
+        o.read(1, Some(routed(3)), 0);
+        o.read(2, Some(routed(3)), 0);
+        assert_eq!(o.next(0), send1(1));
+        o.failed(&[1], Failure::Transient, 1, 0);
+        assert!(o.expire(3_599_999).is_empty());
+        // seq 2 was never tried and the channel is up: it stays.
+        let dead = o.expire(3_600_000);
+        assert_eq!(dead.len(), 1);
+        assert_eq!((dead[0].0.seq, dead[0].1), (1, DeadReason::Age));
+        assert_eq!(o.ack_upto(), 1);
+        // A channel that is down gives up every old push.
+        assert_eq!(o.next(3_600_000), send1(2));
+        let v = o.failed(&[2], Failure::Unreachable, 1, 3_600_000);
+        assert_eq!((v.dead[0].0.seq, v.dead[0].1), (2, DeadReason::Age));
+        o.read(3, Some(routed(3)), 0);
+        let dead = o.expire(3_600_001);
+        assert_eq!(dead.len(), 1, "untried, but its channel is down");
+        assert_eq!(o.pending(), 0);
+        assert_eq!(o.ack_upto(), 3);
     }
 
     proptest! {
+        /// Pushes the vendor refuses for good or a few times never block
+        /// the others: every push ends delivered or (refused ones only)
+        /// dead-lettered, exactly once; a fresh P1 is always sent at once;
+        /// and the cursor ends past everything.
+        #[test]
+        fn refusals_never_block_others(
+            cases in proptest::collection::vec((1u8..=5, any::<bool>(), 0u32..4), 1..60)
+        ) {
+            let mut o = Outbox::new(quiet(), 0);
+            let mut delivered = std::collections::HashSet::new();
+            let mut dead = std::collections::HashSet::new();
+            let mut tries = std::collections::HashMap::new();
+            let mut now = 0i64;
+            let mut step = |o: &mut Outbox, now: &mut i64| -> bool {
+                match o.next(*now) {
+                    Action::Idle => false,
+                    Action::Wait(t) => { *now = t.max(*now + 1); true }
+                    Action::Send { seqs, summary } => {
+                        assert!(!summary);
+                        let seq = seqs[0];
+                        let (_, bad, flaky) = cases[seq as usize - 1];
+                        let n = tries.entry(seq).or_insert(0u32);
+                        *n += 1;
+                        if bad {
+                            let v = o.failed(&seqs, Failure::Permanent, 1, *now);
+                            for (i, r) in v.dead { assert_eq!(r, DeadReason::Refused); assert!(dead.insert(i.seq)); }
+                        } else if *n <= flaky {
+                            let v = o.failed(&seqs, Failure::Transient, 1, *now);
+                            assert!(v.dead.is_empty());
+                        } else {
+                            o.delivered(&seqs, false, 1, *now);
+                            assert!(delivered.insert(seq));
+                        }
+                        true
+                    }
+                }
+            };
+            for (i, (p, _, _)) in cases.iter().enumerate() {
+                let seq = i as u64 + 1;
+                o.read(seq, Some(routed(*p)), now);
+                if *p == 1 {
+                    // A P1 goes next (this one or an older one ready),
+                    // whatever else waits or fails (unless the rate limit
+                    // is reached).
+                    o.prune(now);
+                    if o.requests.len() < 20 {
+                        let Action::Send { seqs, .. } = o.next(now) else {
+                            panic!("a fresh P1 waits");
+                        };
+                        prop_assert_eq!(cases[seqs[0] as usize - 1].0, 1);
+                        prop_assert!(seqs[0] == seq || o.item(seqs[0]).is_some_and(|i| i.attempts == 0 || i.not_before <= now));
+                    }
+                }
+                for _ in 0..3 { if !step(&mut o, &mut now) { break; } }
+                if let Some(first) = o.queue.first() { prop_assert!(o.ack_upto() < first.seq); }
+            }
+            let mut guard = 0;
+            while step(&mut o, &mut now) { guard += 1; prop_assert!(guard < 100_000); }
+            let bad: std::collections::HashSet<u64> = cases.iter().enumerate()
+                .filter(|(_, c)| c.1).map(|(i, _)| i as u64 + 1).collect();
+            prop_assert_eq!(&dead, &bad);
+            prop_assert_eq!(delivered.len() + dead.len(), cases.len());
+            prop_assert_eq!(o.ack_upto(), cases.len() as u64);
+        }
+
         /// Whatever arrives, every push is delivered exactly once (alone or
         /// summarized), P1 always alone, and the cursor never passes a
         /// waiting push.
@@ -362,7 +689,7 @@ mod tests {
             let mut seen = std::collections::HashMap::new();
             for (i, p) in prios.iter().enumerate() {
                 let seq = i as u64 + 1;
-                o.read(seq, p.map(routed));
+                o.read(seq, p.map(routed), 0);
                 if i % 7 == 0 {
                     for (_, seqs, summary) in drain(&mut o, now, now + 5_000) {
                         for s in seqs { *seen.entry(s).or_insert(0) += 1;

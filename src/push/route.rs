@@ -74,6 +74,31 @@ pub struct EscalationDetail {
     pub alarm: AlarmView,
 }
 
+/// A priority-1 push given up on one channel goes to this tier instead
+/// (`detail.fallback` of a `push.dead_lettered` event).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fallback {
+    pub tier: String,
+    pub alarm: AlarmView,
+}
+
+/// Where a dead-lettered push of `routed` goes instead: the tier after
+/// `routed.tier` in the alarm's rule, for priority-1 alarms only. `None`
+/// when the tier was the rule's last (or not in the rule: a linkage
+/// notification).
+pub fn fallback(cfg: &PushConfig, routed: &Routed) -> Option<Fallback> {
+    if routed.alarm.priority != 1 {
+        return None;
+    }
+    let rule = match_rule(cfg, &routed.alarm)?;
+    let at = rule.tiers.iter().position(|t| *t == routed.tier)?;
+    let tier = rule.tiers.get(at + 1)?;
+    Some(Fallback {
+        tier: tier.clone(),
+        alarm: routed.alarm.clone(),
+    })
+}
+
 /// Does `rule` match `alarm`?
 pub fn rule_matches(rule: &RuleConfig, alarm: &AlarmView) -> bool {
     rule.priorities
@@ -169,6 +194,22 @@ pub fn route(cfg: &PushConfig, channel: &str, event: &Event) -> Option<Routed> {
                 tier: d.tier,
                 escalation: Some((d.step, d.unacked_s)),
                 alarm: d.alarm,
+            })
+        }
+        EventKind::PushDeadLettered => {
+            let fb: Fallback =
+                serde_json::from_value(event.body.detail.as_ref()?.get("fallback")?.clone())
+                    .ok()?;
+            let tier = tier_of(&fb.tier)?;
+            // Priority 1 only: quiet hours never hold it back.
+            if !reaches(tier) {
+                return None;
+            }
+            Some(Routed {
+                phones: tier.phones.clone(),
+                tier: fb.tier,
+                escalation: None,
+                alarm: fb.alarm,
             })
         }
         _ => None,

@@ -3,7 +3,7 @@
 
 use super::config::{ChannelConfig, ChannelKind, Language, PushConfig};
 use super::escalation::Escalations;
-use super::outbox::{Action, Limits, Outbox};
+use super::outbox::{Action, DeadReason, Failure, Item, Limits, Outbox};
 use super::route::{self, EscalationDetail, Routed, Wording};
 use super::vendor::{self, Credentials, HttpRequest, Notice};
 use super::{channel_sink, PushError, ESCALATION_SINK};
@@ -59,6 +59,8 @@ pub struct PushContext {
     /// Directory of the escalation state file (the journal's directory).
     pub state_dir: PathBuf,
     pub clock: Arc<dyn Clock>,
+    /// Linkage rules with `notify` actions (see [`super::notify`]).
+    pub notify: Arc<Vec<super::notify::NotifyRule>>,
 }
 
 /// Start the escalation task and one task per channel. Secrets are read
@@ -203,6 +205,8 @@ async fn run_channel(
             storm_window: ch.storm_window,
             retry_min: cfg.retry_min,
             retry_max: cfg.retry_max,
+            dead_letter_after_attempts: ch.dead_letter_attempts(cfg),
+            dead_letter_after: ch.dead_letter_age(cfg),
         },
         ctx.journal.acked_seq(&sink),
     );
@@ -229,9 +233,13 @@ async fn run_channel(
                 Ok(evs) if evs.is_empty() => break,
                 Ok(evs) => {
                     for se in evs {
-                        let routed = parse(&se.payload, se.seq)
-                            .and_then(|ev| route::route(cfg, &ch.name, &ev));
-                        outbox.read(se.seq, routed);
+                        let ev = parse(&se.payload, se.seq);
+                        let ts = ev.as_ref().map_or(0, |e| e.body.ts.unix_ms());
+                        let routed = ev.and_then(|ev| {
+                            let r = route::route(cfg, &ch.name, &ev);
+                            super::notify::route(cfg, &ctx.notify, &ch.name, &ev, r)
+                        });
+                        outbox.read(se.seq, routed, ts);
                     }
                 }
                 Err(e) => {
@@ -244,6 +252,19 @@ async fn run_channel(
                 }
             }
         }
+        let now = ctx.clock.now_ms();
+        for (item, reason) in outbox.expire(now) {
+            dead_letter(
+                &ctx,
+                &ch,
+                &item,
+                reason,
+                "waited too long",
+                now,
+                &mut sms_done,
+            )
+            .await;
+        }
         let upto = outbox.ack_upto();
         if upto > acked {
             match ctx.journal.ack_events(&sink, upto) {
@@ -251,7 +272,6 @@ async fn run_channel(
                 Err(e) => tracing::error!(error = %e, "push: moving the cursor failed"),
             }
         }
-        let now = ctx.clock.now_ms();
         match outbox.next(now) {
             Action::Idle => {
                 if !wait(ctx.clock.as_ref(), None, &mut head, &shutdown).await {
@@ -269,7 +289,7 @@ async fn run_channel(
                     .filter_map(|s| outbox.item(*s).map(|i| (i.seq, i.routed.clone())))
                     .collect();
                 let notice = notice(&ctx, &ch, &wording, &items, summary);
-                let attempt = outbox.failures() + 1;
+                let attempt = seqs.iter().map(|s| outbox.attempts(*s)).max().unwrap_or(0) + 1;
                 let result = {
                     let delivery = deliver(
                         &client,
@@ -296,7 +316,7 @@ async fn run_channel(
                 let ids: Vec<&str> = items.iter().map(|(_, r)| r.alarm.id.as_str()).collect();
                 match result {
                     Ok(requests) => {
-                        sms_done.clear();
+                        forget_sms(&mut sms_done, &notice.delivery_id);
                         outbox.delivered(&seqs, summary, requests, now);
                         // Move the cursor at once: the window in which a
                         // crash repeats this push is as short as it can be.
@@ -330,13 +350,18 @@ async fn run_channel(
                         )
                         .await;
                     }
-                    Err((requests, error)) => {
-                        let retry = outbox.failed(requests, now);
+                    Err((requests, how, error)) => {
+                        let verdict = outbox.failed(&seqs, how, requests, now);
+                        let retry = verdict.retry_in;
                         ctx.status.pushes_failed.fetch_add(1, Ordering::Relaxed);
+                        // Every push of this attempt given up: no retry.
+                        let given_up = verdict.dead.len() == seqs.len();
                         tracing::warn!(
                             delivery = %notice.delivery_id,
                             attempt,
+                            failure = ?how,
                             retry_in_s = retry.as_secs_f64(),
+                            given_up,
                             %error,
                             "push failed"
                         );
@@ -347,20 +372,91 @@ async fn run_channel(
                             serde_json::json!({
                                 "channel": ch.name, "delivery_id": notice.delivery_id,
                                 "alarms": ids, "attempt": attempt, "error": error,
-                                "retry_in_s": retry.as_secs_f64(),
+                                "permanent": how == Failure::Permanent,
+                                "retry_in_s": if given_up { None } else { Some(retry.as_secs_f64()) },
                             }),
                         )
                         .await;
+                        for (item, reason) in verdict.dead {
+                            dead_letter(&ctx, &ch, &item, reason, &error, now, &mut sms_done).await;
+                        }
+                        let upto = outbox.ack_upto();
+                        if upto > acked {
+                            match ctx.journal.ack_events(&sink, upto) {
+                                Ok(()) => acked = upto,
+                                Err(e) => {
+                                    tracing::error!(error = %e, "push: moving the cursor failed")
+                                }
+                            }
+                        }
                     }
                 }
             }
         }
+        ctx.status
+            .pushes
+            .set(&ch.name, outbox.pending(), outbox.oldest_since());
     }
     tracing::info!(
         cursor = acked,
         pending = outbox.pending(),
         "push channel stopped"
     );
+}
+
+/// Forget which SMS phones got the push `delivery_id` (it is done).
+fn forget_sms(sms_done: &mut Vec<String>, delivery_id: &str) {
+    let prefix = format!("{delivery_id}|");
+    sms_done.retain(|k| !k.starts_with(&prefix));
+}
+
+/// Give a push up: record `push.dead_lettered` (priority high, so the
+/// platform sees it), naming the tier a priority-1 alarm goes to instead.
+/// The caller moves the cursor.
+async fn dead_letter(
+    ctx: &PushContext,
+    ch: &ChannelConfig,
+    item: &Item,
+    reason: DeadReason,
+    error: &str,
+    now: i64,
+    sms_done: &mut Vec<String>,
+) {
+    let delivery_id = format!("{}:{}", ch.name, item.seq);
+    forget_sms(sms_done, &delivery_id);
+    let fallback = route::fallback(&ctx.config, &item.routed);
+    let age_s = (now.saturating_sub(item.since) / 1000).max(0);
+    tracing::error!(
+        delivery = %delivery_id,
+        alarm = %item.routed.alarm.key,
+        reason = reason.as_str(),
+        attempts = item.attempts,
+        age_s,
+        fallback = fallback.as_ref().map(|f| f.tier.as_str()),
+        %error,
+        "push given up"
+    );
+    ctx.status.pushes_dead.fetch_add(1, Ordering::Relaxed);
+    let a = &item.routed.alarm;
+    let mut ev = NewEvent::system(
+        EventKind::PushDeadLettered,
+        Priority::HIGH,
+        serde_json::json!({
+            "channel": ch.name, "delivery_id": delivery_id, "alarms": [a.id],
+            "alarm_key": a.key, "alarm_priority": a.priority, "tier": item.routed.tier,
+            "reason": reason.as_str(), "error": error, "attempts": item.attempts,
+            "age_s": age_s, "fallback": fallback,
+        }),
+    );
+    ev.category = a.category;
+    ev.source = crate::event::Source {
+        device: a.device.clone(),
+        point: a.point.clone(),
+        zone: a.zone.clone(),
+    };
+    if let Err(e) = ctx.journal.record(vec![ev]).await {
+        tracing::error!(error = %e, "push: recording push.dead_lettered failed");
+    }
 }
 
 fn dedup(mut v: Vec<&str>) -> Vec<&str> {
@@ -443,7 +539,8 @@ fn notice(
     }
 }
 
-/// Send `notice`. Ok: the number of requests made; Err: (requests, reason).
+/// Send `notice`. Ok: the number of requests made; Err: (requests, how it
+/// failed, reason).
 async fn deliver(
     client: &reqwest::Client,
     ch: &ChannelConfig,
@@ -451,30 +548,40 @@ async fn deliver(
     notice: &Notice,
     clock: &dyn Clock,
     sms_done: &mut Vec<String>,
-) -> Result<usize, (usize, String)> {
+) -> Result<usize, (usize, Failure, String)> {
     if ch.kind != ChannelKind::Sms {
+        // A request that cannot be built never will be: give it up.
         let req = vendor::build(ch, creds, notice, clock.now_ms(), None)
-            .map_err(|e| (0, e.to_string()))?;
+            .map_err(|e| (0, Failure::Permanent, e.to_string()))?;
         return send(client, ch.kind, req)
             .await
             .map(|_| 1)
-            .map_err(|e| (1, e));
+            .map_err(|(how, e)| (1, how, e));
     }
     let mut requests = 0;
+    // A phone the gateway refuses for good does not keep the others from
+    // getting the text: they are sent first, then the push is given up.
+    let mut refused: Option<String> = None;
     for phone in &notice.phones {
         let done_key = format!("{}|{phone}", notice.delivery_id);
         if sms_done.contains(&done_key) {
             continue;
         }
         let req = vendor::build(ch, creds, notice, clock.now_ms(), Some(phone))
-            .map_err(|e| (requests, e.to_string()))?;
+            .map_err(|e| (requests, Failure::Permanent, e.to_string()))?;
         requests += 1;
-        send(client, ch.kind, req)
-            .await
-            .map_err(|e| (requests, format!("{}: {e}", mask_phone(phone))))?;
-        sms_done.push(done_key);
+        match send(client, ch.kind, req).await {
+            Ok(()) => sms_done.push(done_key),
+            Err((Failure::Permanent, e)) => {
+                refused.get_or_insert(format!("{}: {e}", mask_phone(phone)));
+            }
+            Err((how, e)) => return Err((requests, how, format!("{}: {e}", mask_phone(phone)))),
+        }
     }
-    Ok(requests)
+    match refused {
+        Some(e) => Err((requests, Failure::Permanent, e)),
+        None => Ok(requests),
+    }
 }
 
 /// A phone number for logs: only its last four digits.
@@ -486,7 +593,11 @@ fn mask_phone(p: &str) -> String {
         .collect()
 }
 
-async fn send(client: &reqwest::Client, kind: ChannelKind, req: HttpRequest) -> Result<(), String> {
+async fn send(
+    client: &reqwest::Client,
+    kind: ChannelKind,
+    req: HttpRequest,
+) -> Result<(), (Failure, String)> {
     let method = if req.method == "GET" {
         reqwest::Method::GET
     } else {
@@ -499,10 +610,22 @@ async fn send(client: &reqwest::Client, kind: ChannelKind, req: HttpRequest) -> 
     if !req.body.is_empty() {
         b = b.body(req.body);
     }
-    let resp = b.send().await.map_err(describe)?;
+    let unreachable = |e| (Failure::Unreachable, describe(e));
+    let resp = b.send().await.map_err(unreachable)?;
     let status = resp.status().as_u16();
-    let body = resp.bytes().await.map_err(describe)?;
-    vendor::check_response(kind, status, &body)
+    // The vendor answered; a body cut off is worth another try.
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| (Failure::Transient, describe(e)))?;
+    vendor::check_response(kind, status, &body).map_err(|r| {
+        let how = if r.transient {
+            Failure::Transient
+        } else {
+            Failure::Permanent
+        };
+        (how, r.reason)
+    })
 }
 
 /// A transport error without its URL (the URL may carry a key or token).

@@ -285,19 +285,90 @@ pub fn build(
     }
 }
 
-/// Whether a vendor's response means the message was accepted. `Err` holds
-/// a short reason (the vendor's error code and message, never a secret).
-pub fn check_response(kind: ChannelKind, status: u16, body: &[u8]) -> Result<(), String> {
+/// A vendor's refusal of a push, and whether trying again can help.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Refusal {
+    /// `true`: retrying later may succeed (5xx, 408, 429, rate limits,
+    /// unknown codes); `false`: the vendor refused this push for good.
+    pub transient: bool,
+    /// A short reason: the HTTP status or the vendor's code and message,
+    /// never a secret.
+    pub reason: String,
+}
+
+impl Refusal {
+    fn transient(reason: String) -> Refusal {
+        Refusal {
+            transient: true,
+            reason,
+        }
+    }
+    fn permanent(reason: String) -> Refusal {
+        Refusal {
+            transient: false,
+            reason,
+        }
+    }
+}
+
+/// Is an HTTP status worth retrying? 5xx, 408 (request timeout) and 429
+/// (too many requests) are; every other non-2xx is a permanent refusal.
+pub fn status_is_transient(status: u16) -> bool {
+    status >= 500 || status == 408 || status == 429
+}
+
+/// Vendor error codes that mean "refused for good": retrying the same
+/// request cannot succeed until someone changes the channel's settings or
+/// the message. Codes not listed here are retried (and given up after
+/// `dead_letter_after_attempts`).
+///
+/// - WeCom (developer.work.weixin.qq.com/document/path/90313, global error
+///   codes): 40008 invalid message type, 40058 invalid parameter (e.g. content
+///   longer than allowed), 93000 invalid webhook URL / key, 93004 robot
+///   removed or disabled, 93008 robot not in the chat.
+/// - DingTalk (open.dingtalk.com/document/robots/custom-robot-access): 300001
+///   invalid `access_token`, 310000 a security setting refused the message
+///   (keyword missing, signature mismatch or timestamp too far off, IP not
+///   allowed), 400013 the group was dissolved, 400101 robot not found,
+///   430004 content too long.
+/// - Feishu (open.feishu.cn/document/client-docs/bot-v3/add-custom-bot,
+///   "common errors"): 9499 bad request, 19001 invalid parameter, 19021 sign
+///   mismatch (or timestamp more than an hour off), 19022 IP not allowed,
+///   19024 keyword filter, 19002 the bot is disabled.
+pub fn code_is_permanent(kind: ChannelKind, code: i64) -> bool {
+    match kind {
+        ChannelKind::Wecom => matches!(code, 40008 | 40058 | 93000 | 93004 | 93008),
+        ChannelKind::Dingtalk => {
+            matches!(code, 300001 | 310000 | 400013 | 400101 | 430004)
+        }
+        ChannelKind::Feishu => matches!(code, 9499 | 19001 | 19002 | 19021 | 19022 | 19024),
+        ChannelKind::Webhook | ChannelKind::Sms => false,
+    }
+}
+
+/// Whether a vendor's response means the message was accepted. A refusal
+/// says whether to retry: 5xx, 408, 429 and vendor codes not known to be
+/// final (rate limits: WeCom 45009, DingTalk 130101 / 410100, Feishu 11232,
+/// system busy −1) are transient; other 4xx and the codes of
+/// [`code_is_permanent`] are permanent.
+pub fn check_response(kind: ChannelKind, status: u16, body: &[u8]) -> Result<(), Refusal> {
     if !(200..300).contains(&status) {
-        return Err(format!("HTTP {status}"));
+        let reason = format!("HTTP {status}");
+        return Err(if status_is_transient(status) {
+            Refusal::transient(reason)
+        } else {
+            Refusal::permanent(reason)
+        });
     }
     let code_field = match kind {
         ChannelKind::Wecom | ChannelKind::Dingtalk => "errcode",
         ChannelKind::Feishu => "code",
         ChannelKind::Webhook | ChannelKind::Sms => return Ok(()),
     };
-    let v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|_| "response is not JSON".to_string())?;
+    // A 2xx without the vendor's answer (a proxy's page, a cut body): retry.
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|_| Refusal::transient("response is not JSON".to_string()))?;
     // Feishu's older responses carry `StatusCode` instead of `code`.
     let code = v
         .get(code_field)
@@ -311,9 +382,16 @@ pub fn check_response(kind: ChannelKind, status: u16, body: &[u8]) -> Result<(),
                 .or_else(|| v.get("msg"))
                 .and_then(|m| m.as_str())
                 .unwrap_or("");
-            Err(format!("vendor error {c}: {}", truncate(msg, 120)))
+            let reason = format!("vendor error {c}: {}", truncate(msg, 120));
+            Err(if code_is_permanent(kind, c) {
+                Refusal::permanent(reason)
+            } else {
+                Refusal::transient(reason)
+            })
         }
-        None => Err(format!("response has no `{code_field}`")),
+        None => Err(Refusal::transient(format!(
+            "response has no `{code_field}`"
+        ))),
     }
 }
 
@@ -383,6 +461,8 @@ mod tests {
             method: "POST".into(),
             content_type: "application/json".into(),
             auth_header: Some("X-Api-Key".into()),
+            dead_letter_after_attempts: None,
+            dead_letter_after: None,
         }
     }
 
@@ -483,5 +563,77 @@ mod tests {
         assert!(check_response(ChannelKind::Feishu, 200, br#"{"StatusCode":0}"#).is_ok());
         assert!(check_response(ChannelKind::Webhook, 503, b"").is_err());
         assert!(check_response(ChannelKind::Sms, 204, b"").is_ok());
+    }
+
+    fn transient(kind: ChannelKind, status: u16, body: &[u8]) -> bool {
+        check_response(kind, status, body).unwrap_err().transient
+    }
+
+    #[test]
+    fn refusals_transient_or_permanent() {
+        use ChannelKind::*;
+        for s in [500, 502, 503, 504, 408, 429] {
+            assert!(transient(Webhook, s, b""), "HTTP {s}");
+        }
+        for s in [400, 401, 403, 404, 410, 413, 422] {
+            assert!(!transient(Webhook, s, b""), "HTTP {s}");
+            assert!(!transient(Sms, s, b""), "HTTP {s}");
+        }
+        // Rate limits and busy answers are retried.
+        assert!(transient(
+            Wecom,
+            200,
+            br#"{"errcode":45009,"errmsg":"api freq out of limit"}"#
+        ));
+        assert!(transient(
+            Wecom,
+            200,
+            br#"{"errcode":-1,"errmsg":"system busy"}"#
+        ));
+        assert!(transient(
+            Dingtalk,
+            200,
+            br#"{"errcode":130101,"errmsg":"send too fast"}"#
+        ));
+        assert!(transient(
+            Feishu,
+            200,
+            br#"{"code":11232,"msg":"frequency limited"}"#
+        ));
+        assert!(transient(Wecom, 200, b"<html>proxy</html>"));
+        // Bad key, signature, keyword filter, content: final.
+        assert!(!transient(
+            Wecom,
+            200,
+            br#"{"errcode":93000,"errmsg":"invalid webhook url"}"#
+        ));
+        assert!(!transient(
+            Wecom,
+            200,
+            br#"{"errcode":40058,"errmsg":"content exceed max length"}"#
+        ));
+        let e = check_response(
+            Dingtalk,
+            200,
+            br#"{"errcode":310000,"errmsg":"keywords not in content"}"#,
+        )
+        .unwrap_err();
+        assert!(!e.transient);
+        assert_eq!(e.reason, "vendor error 310000: keywords not in content");
+        assert!(!transient(
+            Dingtalk,
+            200,
+            br#"{"errcode":300001,"errmsg":"token is not exist"}"#
+        ));
+        assert!(!transient(
+            Feishu,
+            200,
+            br#"{"code":19021,"msg":"sign match fail"}"#
+        ));
+        assert!(!transient(
+            Feishu,
+            200,
+            br#"{"code":19024,"msg":"Key Words Not Found"}"#
+        ));
     }
 }

@@ -3,8 +3,9 @@
 //! Families (all prefixed `estate_gateway_`): build info and uptime; per
 //! device poll counts, errors and latency (a summary without quantiles);
 //! devices online/offline; active alarms; journal depth, bytes and uplink
-//! backlog; uplink connection; push failures and camera counts (zero until
-//! those drivers report); main-loop liveness; process RSS.
+//! backlog; uplink connection; push failures, dead letters and per-channel
+//! queue depth and oldest age; camera counts (zero until that driver
+//! reports); main-loop liveness; process RSS.
 
 use super::WebState;
 use crate::status::GatewayStatus;
@@ -282,9 +283,44 @@ pub fn render(state: &WebState) -> String {
     e.single(
         "estate_gateway_push_failures_total",
         Kind::Counter,
-        "Staff notifications that could not be delivered.",
-        0.0,
+        "Staff push attempts that failed (each is retried or given up).",
+        get(&s.pushes_failed),
     );
+    e.single(
+        "estate_gateway_push_dead_lettered_total",
+        Kind::Counter,
+        "Staff pushes given up (push.dead_lettered).",
+        get(&s.pushes_dead),
+    );
+    let queues = s.pushes.snapshot();
+    e.family(
+        "estate_gateway_push_pending",
+        Kind::Gauge,
+        "Staff pushes waiting for delivery, per channel.",
+    );
+    for (ch, q) in &queues {
+        e.sample(
+            "estate_gateway_push_pending",
+            &[("channel", ch)],
+            q.pending as f64,
+        );
+    }
+    e.family(
+        "estate_gateway_push_oldest_age_seconds",
+        Kind::Gauge,
+        "Age of the oldest staff push waiting, per channel (0 when none waits).",
+    );
+    let now = crate::event::Timestamp::now().unix_ms();
+    for (ch, q) in &queues {
+        let age = q
+            .oldest_ms
+            .map_or(0.0, |t| (now.saturating_sub(t)).max(0) as f64 / 1000.0);
+        e.sample(
+            "estate_gateway_push_oldest_age_seconds",
+            &[("channel", ch)],
+            age,
+        );
+    }
     e.single(
         "estate_gateway_cameras_online",
         Kind::Gauge,
@@ -373,6 +409,12 @@ mod tests {
         c.record(false, Duration::from_secs(1));
         status.uplink_publish.record(Duration::from_millis(4));
         let _alarm = status.liveness.register("alarm", Duration::from_secs(2));
+        status.pushes.set("guards", 0, None);
+        let hour_ago = crate::event::Timestamp::now().unix_ms() - 3_600_000;
+        status.pushes.set("manager", 3, Some(hour_ago));
+        status
+            .pushes_failed
+            .fetch_add(7, std::sync::atomic::Ordering::Relaxed);
         let text = render(&WebState {
             status: status.clone(),
             journal,
@@ -390,10 +432,24 @@ mod tests {
             "estate_gateway_uplink_publish_duration_seconds_count 1",
             "estate_gateway_uplink_publish_duration_seconds_sum 0.004",
             "estate_gateway_loop_alive{loop=\"alarm\"} 1",
+            "estate_gateway_push_pending{channel=\"guards\"} 0",
+            "estate_gateway_push_pending{channel=\"manager\"} 3",
+            "estate_gateway_push_oldest_age_seconds{channel=\"guards\"} 0",
+            "estate_gateway_push_failures_total 7",
+            "estate_gateway_push_dead_lettered_total 0",
             "# TYPE estate_gateway_device_poll_duration_seconds summary",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
         }
+        let age: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("estate_gateway_push_oldest_age_seconds{channel=\"manager\"} ")
+            })
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((3600.0..3700.0).contains(&age), "{age}");
         // Every family is declared once, before its samples.
         let mut declared = std::collections::HashSet::new();
         for l in text.lines() {

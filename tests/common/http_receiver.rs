@@ -1,7 +1,8 @@
 //! A loopback HTTP/1.1 receiver standing in for a push vendor (WeCom,
 //! DingTalk, Feishu, a webhook, an SMS gateway): records every request
 //! exactly as it arrived and answers with a fixed body, optionally failing
-//! the first N requests with `500`.
+//! the first N requests with `500`, or refusing requests whose body holds a
+//! marker with a given status and body.
 //!
 //! Include it with `#[path = "common/http_receiver.rs"] mod http_receiver;`.
 #![allow(dead_code)]
@@ -22,7 +23,7 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub at: Instant,
-    /// Answered with 500 (one of the first `fail_first`).
+    /// Answered with 500 (one of the first `fail_first`) or refused.
     pub failed: bool,
 }
 
@@ -61,6 +62,24 @@ impl Receiver {
     /// Listen on a free loopback port; answer `200` with `response` (JSON),
     /// the first `fail_first` requests with `500`.
     pub fn start(response: &str, fail_first: usize) -> Receiver {
+        Receiver::start_with(response, fail_first, None)
+    }
+
+    /// Like [`Receiver::start`], but a request whose body contains `marker`
+    /// is answered with `status` (e.g. `"400 Bad Request"`) and `body`.
+    pub fn start_refusing(response: &str, marker: &str, status: &str, body: &str) -> Receiver {
+        Receiver::start_with(
+            response,
+            0,
+            Some(Refuse {
+                marker: marker.into(),
+                status: status.into(),
+                body: body.into(),
+            }),
+        )
+    }
+
+    fn start_with(response: &str, fail_first: usize, refuse: Option<Refuse>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -79,7 +98,10 @@ impl Receiver {
                     let requests = requests.clone();
                     let seen = seen.clone();
                     let response = response.clone();
-                    std::thread::spawn(move || serve(conn, requests, seen, fail_first, &response));
+                    let refuse = refuse.clone();
+                    std::thread::spawn(move || {
+                        serve(conn, requests, seen, fail_first, &response, refuse.as_ref())
+                    });
                 }
             });
         }
@@ -134,12 +156,21 @@ impl Drop for Receiver {
     }
 }
 
+/// Requests to refuse: body contains `marker` → `status`, `body`.
+#[derive(Clone, Debug)]
+struct Refuse {
+    marker: String,
+    status: String,
+    body: String,
+}
+
 fn serve(
     conn: TcpStream,
     requests: Arc<Mutex<Vec<Request>>>,
     seen: Arc<AtomicUsize>,
     fail_first: usize,
     response: &str,
+    refuse: Option<&Refuse>,
 ) {
     let _ = conn.set_nodelay(true);
     let mut out = conn.try_clone().expect("clone stream");
@@ -178,7 +209,10 @@ fn serve(
             return;
         }
         let n = seen.fetch_add(1, Ordering::SeqCst);
-        let failed = n < fail_first;
+        let refused = refuse.filter(|f| {
+            String::from_utf8_lossy(&body).contains(&f.marker) || target.contains(&f.marker)
+        });
+        let failed = n < fail_first || refused.is_some();
         requests.lock().unwrap().push(Request {
             method,
             target,
@@ -187,7 +221,9 @@ fn serve(
             at: Instant::now(),
             failed,
         });
-        let (status, body) = if failed {
+        let (status, body) = if let Some(f) = refused {
+            (f.status.as_str(), f.body.as_str())
+        } else if failed {
             ("500 Internal Server Error", "{\"error\":\"down\"}")
         } else {
             ("200 OK", response)
