@@ -22,8 +22,10 @@ pub struct JournalConfig {
     /// power-loss protection.
     #[serde(default = "yes")]
     pub fsync: bool,
-    /// How often buffered telemetry is flushed to disk, in seconds (events
-    /// are flushed before they count as recorded, regardless).
+    /// How often buffered telemetry, sinks' acknowledgements and removals
+    /// are made durable, in seconds: a checkpoint of the store, which also
+    /// empties the write-ahead log. Events are durable (in the write-ahead
+    /// log) before they count as recorded, regardless.
     #[serde(
         rename = "telemetry_flush_s",
         with = "crate::config::duration",
@@ -57,5 +59,5 @@ fn yes() -> bool {
     true
 }
 fn default_flush() -> Duration {
-    Duration::from_secs(5)
+    Duration::from_secs(15)
 }
