@@ -377,6 +377,7 @@ mod tests {
             status: status.clone(),
             journal,
             uplink_sink: "uplink",
+            page: None,
         });
         for line in [
             "estate_gateway_device_polls_total{device=\"plc-\\\"1\\\"\"} 3",

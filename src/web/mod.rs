@@ -1,25 +1,43 @@
-//! The local HTTP server: operational routes now (`/metrics`, `/healthz`),
-//! the technician's web page later. One axum [`Router`] over a shared
-//! [`WebState`]; the server stops with the gateway's shutdown.
+//! The local HTTP server: the technicians' and guards' web page, its JSON
+//! API, and the operational routes (`/metrics`, `/healthz`). One axum
+//! [`Router`] over a shared [`WebState`]; the server stops with the
+//! gateway's shutdown.
 //!
-//! - [`metrics`]: Prometheus text exposition, written by hand (a few gauges
-//!   and counters read from [`GatewayStatus`] and the journal's stats; no
-//!   registry crate needed).
+//! - [`auth`]: accounts (argon2), sessions, CSRF tokens, login throttling.
+//! - [`api`]: `/api/v1/…` (session, dashboard, alarms + live stream,
+//!   acknowledge/shelve through the command path, devices, users, audit).
+//! - [`audit`]: the page's audit log.
+//! - [`assets`]: the page itself (HTML, JS, CSS embedded in the binary).
+//! - [`metrics`]: Prometheus text exposition, written by hand.
 //! - [`health`]: `/healthz` from the main loops' liveness.
+//!
+//! Open without a session: the page shell and its assets (they hold no
+//! data; the page signs in through the API), `/healthz`, and `/metrics`
+//! (for a Prometheus scraper; the default listen address is loopback —
+//! keep `/metrics` off untrusted networks, it reveals counts only).
 //!
 //! axum 0.7 is the version rumqttd already brings in: no second HTTP stack.
 
+pub mod api;
+pub mod assets;
+pub mod audit;
+pub mod auth;
 pub mod health;
 pub mod metrics;
 
+use crate::alarm::live::LiveView;
+use crate::command::CommandPath;
+use crate::config::LoadedConfig;
 use crate::journal::Journal;
 use crate::status::GatewayStatus;
+use auth::UserStore;
 use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +53,8 @@ pub enum WebError {
         #[source]
         source: std::io::Error,
     },
+    #[error("web page accounts: {0}")]
+    Users(#[from] auth::UserError),
 }
 
 /// The local web server (`[web]`).
@@ -48,6 +68,32 @@ pub struct WebConfig {
     /// Prometheus server on the site network.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Serve the technicians' and guards' page and its API (`/`,
+    /// `/api/v1/`). Default `true`. Accounts live in
+    /// `<journal path>/web-users.json`; there is no default account.
+    #[serde(default = "yes")]
+    pub page: bool,
+    /// A session ends after this many seconds without a request (an open
+    /// alarm console counts as activity whenever an alarm changes).
+    /// Default 1800.
+    #[serde(
+        rename = "session_idle_s",
+        with = "crate::config::duration",
+        default = "default_session_idle"
+    )]
+    pub session_idle: std::time::Duration,
+    /// Failed logins per account, and separately per client address,
+    /// within `login_window_s` before further attempts are refused.
+    /// Default 5.
+    #[serde(default = "default_login_failures")]
+    pub login_failures: u32,
+    /// The window of `login_failures`, in seconds. Default 900.
+    #[serde(
+        rename = "login_window_s",
+        with = "crate::config::duration",
+        default = "default_login_window"
+    )]
+    pub login_window: std::time::Duration,
 }
 
 impl Default for WebConfig {
@@ -55,8 +101,22 @@ impl Default for WebConfig {
         WebConfig {
             enabled: true,
             listen: default_listen(),
+            page: true,
+            session_idle: default_session_idle(),
+            login_failures: default_login_failures(),
+            login_window: default_login_window(),
         }
     }
+}
+
+fn default_session_idle() -> std::time::Duration {
+    std::time::Duration::from_secs(1800)
+}
+fn default_login_failures() -> u32 {
+    5
+}
+fn default_login_window() -> std::time::Duration {
+    std::time::Duration::from_secs(900)
 }
 
 fn yes() -> bool {
@@ -74,14 +134,80 @@ pub struct WebState {
     pub journal: Journal,
     /// Name of the uplink's journal cursor (its backlog is a metric).
     pub uplink_sink: &'static str,
+    /// The page and its API (`None`: `[web] page = false`).
+    pub page: Option<Arc<PageState>>,
+}
+
+/// What the page and its API need.
+pub struct PageState {
+    pub cfg: Arc<LoadedConfig>,
+    /// The one command path (acknowledge, shelve).
+    pub commands: CommandPath,
+    /// Last values and active alarms, from the alarm task.
+    pub live: Arc<LiveView>,
+    pub users: UserStore,
+    pub setup: auth::SetupToken,
+    pub sessions: Mutex<auth::Sessions>,
+    pub throttle_user: Mutex<auth::Throttle>,
+    pub throttle_addr: Mutex<auth::Throttle>,
+    pub audit: audit::AuditLog,
+    /// Mark cookies `Secure` (served over HTTPS).
+    pub secure_cookie: bool,
+}
+
+impl PageState {
+    /// Open the accounts in the state directory (`[journal] path`). With
+    /// no technician yet, a one-time setup token is made and logged.
+    pub fn new(
+        cfg: Arc<LoadedConfig>,
+        commands: CommandPath,
+        live: Arc<LiveView>,
+    ) -> Result<PageState, WebError> {
+        let dir = cfg.config.journal.path.clone();
+        let users = UserStore::open(&dir)?;
+        let setup = if users.has_technician() {
+            auth::SetupToken::none()
+        } else {
+            let t = auth::SetupToken::generate();
+            if let Some(v) = t.peek() {
+                tracing::warn!(
+                    setup_token = %v,
+                    "no technician account: open the web page and create one with this one-time setup token, or run `estate-gateway user add NAME --role technician`"
+                );
+            }
+            t
+        };
+        let w = &cfg.config.web;
+        let failures = w.login_failures as usize;
+        Ok(PageState {
+            users,
+            setup,
+            sessions: Mutex::new(auth::Sessions::new(w.session_idle)),
+            throttle_user: Mutex::new(auth::Throttle::new(failures, w.login_window)),
+            // An address (a gatehouse PC) serves several people: four
+            // times the per-account allowance.
+            throttle_addr: Mutex::new(auth::Throttle::new(failures * 4, w.login_window)),
+            audit: audit::AuditLog::new(&dir),
+            secure_cookie: false,
+            cfg,
+            commands,
+            live,
+        })
+    }
 }
 
 /// The routes.
 pub fn router(state: WebState) -> Router {
-    Router::new()
+    let mut r = Router::new()
         .route("/metrics", get(metrics::handler))
-        .route("/healthz", get(health::handler))
-        .with_state(state)
+        .route("/healthz", get(health::handler));
+    if state.page.is_some() {
+        r = r
+            .nest("/api/v1", api::routes())
+            .merge(assets::routes())
+            .layer(axum::middleware::map_response(assets::security_headers));
+    }
+    r.with_state(state)
 }
 
 /// Bind `cfg.listen` and serve until `shutdown`. Binding happens before
@@ -99,7 +225,7 @@ pub async fn spawn(
         })?;
     let addr = listener.local_addr().unwrap_or(cfg.listen);
     tracing::info!(%addr, "web server listening");
-    let app = router(state);
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let handle = tokio::spawn(async move {
         let stop = shutdown.clone();
         let served = axum::serve(listener, app)
