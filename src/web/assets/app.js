@@ -21,6 +21,7 @@ const T = {
     disabled: "停用", good: "良好", bad: "故障", stale: "过期",
     technician: "技术员", guard: "保安", viewer: "查看者", config_ro: "运行中的配置（只读；密钥不显示）",
     shelve_minutes: "分钟", journal: "日志", uptime: "运行时间",
+    cat_fire: "消防", cat_intrusion: "入侵", cat_perimeter: "周界", cat_access: "门禁", cat_hvac: "暖通", cat_video: "视频", cat_system: "系统",
   },
   "en": {
     brand: "Security gateway", nav_dashboard: "Dashboard", nav_alarms: "Alarm console", nav_devices: "Devices",
@@ -40,6 +41,7 @@ const T = {
     disabled: "disabled", good: "good", bad: "bad", stale: "stale",
     technician: "technician", guard: "guard", viewer: "viewer", config_ro: "Running configuration (read only; secrets are not shown)",
     shelve_minutes: "min", journal: "Journal", uptime: "Uptime",
+    cat_fire: "fire", cat_intrusion: "intrusion", cat_perimeter: "perimeter", cat_access: "access", cat_hvac: "HVAC", cat_video: "video", cat_system: "system",
   },
 };
 
@@ -49,6 +51,7 @@ let stream = null;      // EventSource of the alarm console
 let alarms = [];        // active alarms, as last streamed
 let heard = new Set();  // alarm keys already announced by the beep
 let audio = null;
+let streamLive = false; // the alarm stream delivered and has not failed since
 
 const $ = (s, el = document) => el.querySelector(s);
 const t = (k) => (T[lang] && T[lang][k]) || T["en"][k] || k;
@@ -79,6 +82,7 @@ function applyLang() {
 
 function signedOut() {
   me = null;
+  streamLive = false;
   if (stream) { stream.close(); stream = null; }
   $("#top").hidden = true;
   $("#view").hidden = true;
@@ -152,7 +156,7 @@ function renderAlarms(el) {
       <td data-label="${esc(t("prio"))}"><span class="prio p${a.priority}">P${a.priority}</span></td>
       <td data-label="${esc(t("alarm"))}">${esc(a.message)}<br><small>${esc(a.key)}</small></td>
       <td data-label="${esc(t("state"))}" class="state">${esc(t(a.state))}</td>
-      <td data-label="${esc(t("category"))}">${esc(a.category)}</td>
+      <td data-label="${esc(t("category"))}">${esc(t("cat_" + a.category))}</td>
       <td data-label="${esc(t("actions"))}">${canOperate ? `<div class="alarm-actions">
         <input class="comment" placeholder="${esc(t("comment"))}" maxlength="500">
         ${unacked ? `<button class="ack" type="button">${esc(t("ack"))}</button>` : ""}
@@ -162,7 +166,7 @@ function renderAlarms(el) {
 }
 
 function viewAlarms(el) {
-  el.innerHTML = `<h1>${esc(t("nav_alarms"))} <span class="live" id="live-state">${esc(t("reconnecting"))}</span></h1>
+  el.innerHTML = `<h1>${esc(t("nav_alarms"))} <span class="live" id="live-state">${esc(streamLive ? "● " + t("live") : t("reconnecting"))}</span></h1>
     <p class="error" id="alarm-error" role="alert"></p>
     <table><thead><tr><th>${esc(t("prio"))}</th><th>${esc(t("alarm"))}</th><th>${esc(t("state"))}</th><th>${esc(t("category"))}</th><th>${esc(t("actions"))}</th></tr></thead>
     <tbody id="alarm-rows"></tbody></table>`;
@@ -185,6 +189,7 @@ function startStream() {
   stream = new EventSource("/api/v1/alarms/stream");
   stream.addEventListener("alarms", (ev) => {
     alarms = JSON.parse(ev.data);
+    streamLive = true;
     for (const a of alarms) {
       const fresh = !heard.has(a.key) && a.state === "active_unacked";
       if (fresh && a.priority <= 2) beep();
@@ -201,6 +206,7 @@ function startStream() {
     document.body.dataset.alarmCount = String(alarms.length);
   });
   stream.onerror = () => {
+    streamLive = false;
     const live = $("#live-state");
     if (live) live.textContent = t("reconnecting");
     // A closed session ends the stream: check it.
