@@ -194,6 +194,7 @@ impl Gateway {
                 journal: journal.clone(),
                 uplink_sink: UPLINK_SINK,
                 page: page_state(&cfg, &command_path, &live),
+                state_dir: c.journal.path.clone(),
             };
             // Alarms matter more than metrics: a taken port is logged
             // loudly, and the gateway runs on without its web server.

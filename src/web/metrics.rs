@@ -378,6 +378,7 @@ mod tests {
             journal,
             uplink_sink: "uplink",
             page: None,
+            state_dir: std::path::PathBuf::new(),
         });
         for line in [
             "estate_gateway_device_polls_total{device=\"plc-\\\"1\\\"\"} 3",

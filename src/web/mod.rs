@@ -24,6 +24,7 @@ pub mod audit;
 pub mod auth;
 pub mod health;
 pub mod metrics;
+pub mod tls;
 
 use crate::alarm::live::LiveView;
 use crate::command::CommandPath;
@@ -53,6 +54,8 @@ pub enum WebError {
         #[source]
         source: std::io::Error,
     },
+    #[error("web server HTTPS ([web.tls]): {0}")]
+    Tls(#[from] tls::TlsError),
     #[error("web page accounts: {0}")]
     Users(#[from] auth::UserError),
 }
@@ -94,6 +97,11 @@ pub struct WebConfig {
         default = "default_login_window"
     )]
     pub login_window: std::time::Duration,
+    /// HTTPS (`[web.tls]`): with it, every route is served over TLS only
+    /// and session cookies are marked `Secure`. Without it, plain HTTP
+    /// (keep `listen` on loopback or a trusted LAN).
+    #[serde(default)]
+    pub tls: Option<tls::WebTlsConfig>,
 }
 
 impl Default for WebConfig {
@@ -105,6 +113,7 @@ impl Default for WebConfig {
             session_idle: default_session_idle(),
             login_failures: default_login_failures(),
             login_window: default_login_window(),
+            tls: None,
         }
     }
 }
@@ -136,6 +145,8 @@ pub struct WebState {
     pub uplink_sink: &'static str,
     /// The page and its API (`None`: `[web] page = false`).
     pub page: Option<Arc<PageState>>,
+    /// Where a generated HTTPS certificate is kept (`[journal] path`).
+    pub state_dir: std::path::PathBuf,
 }
 
 /// What the page and its API need.
@@ -188,7 +199,7 @@ impl PageState {
             // times the per-account allowance.
             throttle_addr: Mutex::new(auth::Throttle::new(failures * 4, w.login_window)),
             audit: audit::AuditLog::new(&dir),
-            secure_cookie: false,
+            secure_cookie: w.tls.is_some(),
             cfg,
             commands,
             live,
@@ -217,6 +228,10 @@ pub async fn spawn(
     state: WebState,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, JoinHandle<()>), WebError> {
+    let tls = match &cfg.tls {
+        Some(t) => Some(tls::server_config(t, &state.state_dir, cfg.listen)?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| WebError::Bind {
@@ -224,29 +239,118 @@ pub async fn spawn(
             source,
         })?;
     let addr = listener.local_addr().unwrap_or(cfg.listen);
-    tracing::info!(%addr, "web server listening");
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let handle = tokio::spawn(async move {
-        let stop = shutdown.clone();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .into_future();
-        // Graceful shutdown waits for every open connection: a client that
-        // never finishes its request must not hold the gateway's shutdown.
-        let deadline = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        };
-        tokio::select! {
-            r = served => {
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "web server stopped");
-                }
-            }
-            _ = deadline => {
-                tracing::warn!("web clients still connected at shutdown; closing them");
+    tracing::info!(%addr, https = tls.is_some(), "web server listening");
+    let app = router(state);
+    let handle = match tls {
+        None => tokio::spawn(serve_http(listener, app, shutdown)),
+        Some(tls) => tokio::spawn(serve_https(listener, app, tls, shutdown)),
+    };
+    Ok((addr, handle))
+}
+
+async fn serve_http(listener: tokio::net::TcpListener, app: Router, shutdown: CancellationToken) {
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    let stop = shutdown.clone();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .into_future();
+    // Graceful shutdown waits for every open connection: a client that
+    // never finishes its request must not hold the gateway's shutdown.
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        r = served => {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "web server stopped");
             }
         }
-    });
-    Ok((addr, handle))
+        _ = deadline => {
+            tracing::warn!("web clients still connected at shutdown; closing them");
+        }
+    }
+}
+
+/// Longest a client may take over its TLS handshake.
+const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Most connections served at once over HTTPS; further ones wait in the
+/// listen backlog.
+const MAX_TLS_CONNECTIONS: usize = 256;
+
+async fn serve_https(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) {
+    use hyper_util::rt::TokioIo;
+    use tower::ServiceExt as _;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        while conns.try_join_next().is_some() {}
+        if conns.len() >= MAX_TLS_CONNECTIONS {
+            tokio::select! {
+                _ = conns.join_next() => continue,
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "web accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let stop = shutdown.clone();
+        conns.spawn(async move {
+            let stream = match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    app.clone().oneshot(req.map(axum::body::Body::new))
+                },
+            );
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "web connection ended");
+                    }
+                }
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!("web clients still connected at shutdown; closing them");
+        conns.abort_all();
+    }
 }
