@@ -7,13 +7,13 @@
 //! Screenshots of every page go to `target/web-screenshots/`.
 
 mod common;
+#[path = "web/http.rs"]
+#[allow(unused)]
+mod http;
 #[path = "common/modbus_sim.rs"]
 mod modbus_sim;
 #[path = "common/mosquitto.rs"]
 mod mosquitto;
-#[path = "web/http.rs"]
-#[allow(unused)]
-mod http;
 #[path = "web/peers.rs"]
 mod peers;
 
@@ -114,8 +114,15 @@ fn browser_console_ack_and_language() {
     let shown_ms: u128 = visible[8..].trim().parse().unwrap();
     let took = shown_ms.saturating_sub(flipped_ms);
     eprintln!("door flip → row visible in the browser: {took} ms");
-    assert!(took < 1000, "the alarm took {took} ms to show in the console");
-    assert_eq!(expect("BEEP", Duration::from_secs(5)), "BEEP yes", "audible cue for priority 2");
+    assert!(
+        took < 1000,
+        "the alarm took {took} ms to show in the console"
+    );
+    assert_eq!(
+        expect("BEEP", Duration::from_secs(5)),
+        "BEEP yes",
+        "audible cue for priority 2"
+    );
     expect("ACKED", Duration::from_secs(15));
     let acked = rig.sub.wait_json(
         "/events",
@@ -124,9 +131,12 @@ fn browser_console_ack_and_language() {
         |e| e["kind"] == "alarm.acknowledged",
     );
     assert_eq!(acked["alarm"]["key"], ALARM_KEY);
-    let cmd = rig.sub.wait_json("/events", Duration::from_secs(10), "command.executed", |e| {
-        e["kind"] == "command.executed" && e["detail"]["action"] == "ack_alarm"
-    });
+    let cmd = rig.sub.wait_json(
+        "/events",
+        Duration::from_secs(10),
+        "command.executed",
+        |e| e["kind"] == "command.executed" && e["detail"]["action"] == "ack_alarm",
+    );
     assert_eq!(cmd["detail"]["operator"], "li");
     let lang = expect("LANG", Duration::from_secs(15));
     assert_eq!(lang, "LANG en Alarm console");
@@ -145,7 +155,9 @@ fn browser_console_ack_and_language() {
         "09-audit.png",
         "10-config.png",
     ] {
-        let len = std::fs::metadata(shots.join(f)).map(|m| m.len()).unwrap_or(0);
+        let len = std::fs::metadata(shots.join(f))
+            .map(|m| m.len())
+            .unwrap_or(0);
         assert!(len > 1000, "screenshot {f} missing or empty");
     }
 }

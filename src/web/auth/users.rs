@@ -144,8 +144,9 @@ pub struct UserStore {
     /// Serialises read-modify-write of the file.
     write: Mutex<()>,
     /// Hash verified when the user does not exist, so a login takes as
-    /// long for a wrong name as for a wrong password.
-    dummy_hash: String,
+    /// long for a wrong name as for a wrong password. Made at the first
+    /// such login (on a blocking thread), not at start.
+    dummy_hash: std::sync::OnceLock<String>,
 }
 
 /// A valid user name: 1–32 of `[A-Za-z0-9._-]`.
@@ -198,7 +199,7 @@ impl UserStore {
             path,
             users: RwLock::new(users),
             write: Mutex::new(()),
-            dummy_hash: hash_password("not-a-real-password")?,
+            dummy_hash: std::sync::OnceLock::new(),
         })
     }
 
@@ -235,7 +236,10 @@ impl UserStore {
             Some(u) if verify_hash(&u.hash, pw) => Some(UserInfo::from(&u)),
             Some(_) => None,
             None => {
-                let _ = verify_hash(&self.dummy_hash, pw);
+                let dummy = self
+                    .dummy_hash
+                    .get_or_init(|| hash_password("not-a-real-password").unwrap_or_default());
+                let _ = verify_hash(dummy, pw);
                 None
             }
         }
