@@ -209,9 +209,13 @@ async def run(args) -> dict:
     results: list[dict] = []
     done = threading.Event()
 
+    windows: list[tuple[str, float, float]] = []
+
     def load():
         for path in ("/api/v1/dashboard", "/api/v1/alarms", "/api/v1/devices"):
+            t0 = time.monotonic()
             results.append(wrk(web_port, cookie, path, args.duration, args.clients))
+            windows.append((path, t0, time.monotonic()))
         done.set()
 
     threading.Thread(target=load, daemon=True).start()
@@ -232,12 +236,21 @@ async def run(args) -> dict:
     with stream.lock:
         evs = list(stream.events)
     delays, missed = [], 0
+    per_route: dict[str, list[float]] = {p: [] for p, _, _ in windows}
     for t, want in flips:
         hit = next((et for et, has in evs if et >= t and has == want), None)
         if hit is None:
             missed += 1
         else:
-            delays.append((hit - t) * 1000.0)
+            d = (hit - t) * 1000.0
+            delays.append(d)
+            for p, a, b in windows:
+                if a <= t < b:
+                    per_route[p].append(d)
+    for r in results:
+        ds = per_route.get(r["path"], [])
+        r["flip_to_console_ms_p50"] = percentile(ds, 50) and round(percentile(ds, 50), 1)
+        r["flip_to_console_ms_p99"] = percentile(ds, 99) and round(percentile(ds, 99), 1)
 
     gw.send_signal(signal.SIGTERM)
     try:

@@ -23,7 +23,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -601,12 +601,56 @@ async fn shelve(a: Authed, body: axum::body::Bytes) -> ApiResult {
 /// `GET /api/v1/devices`: devices and their points with the last value
 /// and quality. A device is `online` while any point reads good, `offline`
 /// when its points went bad, `unknown` before its first poll.
-async fn devices(a: Authed) -> Json<serde_json::Value> {
-    let cfg = &a.page.cfg;
-    let values = a.page.live.values();
-    let mut devs: Vec<serde_json::Value> = Vec::with_capacity(cfg.config.devices.len());
-    let mut points: Vec<Vec<serde_json::Value>> = vec![Vec::new(); cfg.config.devices.len()];
-    let mut state: Vec<Option<bool>> = vec![None; cfg.config.devices.len()];
+///
+/// With hundreds of devices the body is large: it is built on a blocking
+/// thread, at most [`HEAVY_REQUESTS`] at a time, so a burst of page loads
+/// never starves the runtime that runs the alarm engine and the console's
+/// live stream.
+async fn devices(a: Authed) -> ApiResult {
+    let _permit = a
+        .page
+        .heavy
+        .acquire()
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
+    let page = a.page.clone();
+    let body = tokio::task::spawn_blocking(move || devices_body(&page))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "failed"))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Most large responses built at once (the rest wait their turn).
+pub const HEAVY_REQUESTS: usize = 2;
+
+#[derive(Serialize)]
+struct PointOut<'a> {
+    point: &'a str,
+    unit: Option<&'a str>,
+    category: crate::event::Category,
+    writable: bool,
+    value: Option<crate::point::Value>,
+    quality: Option<crate::point::Quality>,
+    ts: Option<Timestamp>,
+}
+
+#[derive(Serialize)]
+struct DeviceOut<'a> {
+    id: &'a str,
+    name: Option<&'a str>,
+    zone: Option<&'a str>,
+    category: crate::event::Category,
+    status: &'static str,
+    points: Vec<PointOut<'a>>,
+}
+
+fn devices_body(page: &PageState) -> Result<Vec<u8>, serde_json::Error> {
+    let cfg = &page.cfg;
+    let values = page.live.values();
+    let n = cfg.config.devices.len();
+    let mut points: Vec<Vec<PointOut<'_>>> = (0..n).map(|_| Vec::new()).collect();
+    let mut state: Vec<Option<bool>> = vec![None; n];
     for (pi, meta) in cfg.points.iter() {
         let sample = values.get(pi as usize).copied().flatten();
         if let Some(s) = sample {
@@ -614,36 +658,44 @@ async fn devices(a: Authed) -> Json<serde_json::Value> {
             let st = &mut state[meta.device_index];
             *st = Some(st.unwrap_or(false) || good);
         }
-        points[meta.device_index].push(json!({
-            "point": meta.point,
-            "unit": meta.unit,
-            "category": meta.category,
-            "writable": meta.writable,
-            "value": sample.and_then(|s| s.value).map(|v| v.to_json()),
-            "quality": sample.map(|s| s.quality),
-            "ts": sample.map(|s| s.ts),
-        }));
+        points[meta.device_index].push(PointOut {
+            point: &meta.point,
+            unit: meta.unit.as_deref(),
+            category: meta.category,
+            writable: meta.writable,
+            value: sample.and_then(|s| s.value),
+            quality: sample.map(|s| s.quality),
+            ts: sample.map(|s| s.ts),
+        });
     }
-    for (di, d) in cfg.config.devices.iter().enumerate() {
-        let status = if !d.enabled {
-            "disabled"
-        } else {
-            match state[di] {
-                None => "unknown",
-                Some(true) => "online",
-                Some(false) => "offline",
-            }
-        };
-        devs.push(json!({
-            "id": d.id,
-            "name": d.name,
-            "zone": d.zone,
-            "category": d.category,
-            "status": status,
-            "points": std::mem::take(&mut points[di]),
-        }));
+    let devices: Vec<DeviceOut<'_>> = cfg
+        .config
+        .devices
+        .iter()
+        .zip(points)
+        .enumerate()
+        .map(|(di, (d, points))| DeviceOut {
+            id: &d.id,
+            name: d.name.as_deref(),
+            zone: d.zone.as_deref(),
+            category: d.category,
+            status: if !d.enabled {
+                "disabled"
+            } else {
+                match state[di] {
+                    None => "unknown",
+                    Some(true) => "online",
+                    Some(false) => "offline",
+                }
+            },
+            points,
+        })
+        .collect();
+    #[derive(Serialize)]
+    struct Body<'a> {
+        devices: Vec<DeviceOut<'a>>,
     }
-    Json(json!({"devices": devs}))
+    serde_json::to_vec(&Body { devices })
 }
 
 /// `GET /api/v1/users` (technician).

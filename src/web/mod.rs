@@ -164,6 +164,8 @@ pub struct PageState {
     pub audit: audit::AuditLog,
     /// Mark cookies `Secure` (served over HTTPS).
     pub secure_cookie: bool,
+    /// Bounds how many large responses are built at once.
+    pub heavy: tokio::sync::Semaphore,
 }
 
 impl PageState {
@@ -200,6 +202,7 @@ impl PageState {
             throttle_addr: Mutex::new(auth::Throttle::new(failures * 4, w.login_window)),
             audit: audit::AuditLog::new(&dir),
             secure_cookie: w.tls.is_some(),
+            heavy: tokio::sync::Semaphore::new(api::HEAVY_REQUESTS),
             cfg,
             commands,
             live,
