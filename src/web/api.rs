@@ -803,3 +803,50 @@ async fn config_view(a: Authed) -> ApiResult {
     }))
     .into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn cookie_token_finds_the_session_among_others() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; eg_session=abc; b=2"),
+        );
+        assert_eq!(cookie_token(&h).as_deref(), Some("abc"));
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("xeg_session=nope"));
+        h.append(header::COOKIE, HeaderValue::from_static("eg_session=yes"));
+        assert_eq!(cookie_token(&h).as_deref(), Some("yes"));
+        assert_eq!(cookie_token(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn json_content_type_is_required_for_changes() {
+        let mut h = HeaderMap::new();
+        assert!(!is_json(&h));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        assert!(is_json(&h));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        assert!(!is_json(&h));
+        assert!(changes_state(&Method::POST));
+        assert!(changes_state(&Method::DELETE));
+        assert!(!changes_state(&Method::GET));
+    }
+
+    #[test]
+    fn cookie_flags() {
+        let c = session_cookie("t", false);
+        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && !c.contains("Secure"));
+        assert!(session_cookie("t", true).ends_with("; Secure"));
+    }
+}
