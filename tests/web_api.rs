@@ -312,12 +312,21 @@ fn web_api_end_to_end() {
         200
     );
 
-    // Sign-out ends the session.
+    // Sign-out ends the session, and its open alarm stream soon after.
     assert_eq!(
         guard.send("DELETE", "/api/v1/session", None, true).status,
         200
     );
     assert_eq!(guard.get("/api/v1/me").status, 401);
+    let ended = Instant::now();
+    loop {
+        match stream.recv_timeout(Duration::from_secs(10)) {
+            Ok(_) => continue,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(e) => panic!("the alarm stream outlived its session: {e}"),
+        }
+    }
+    eprintln!("alarm stream closed {:?} after sign-out", ended.elapsed());
 
     // No secret in any response, nor in the accounts or audit files.
     let bodies = seen.lock().unwrap().clone();
@@ -342,5 +351,4 @@ fn web_api_end_to_end() {
         }
     }
     assert!(!rig.gw.log().contains(UPLINK_SECRET));
-    let _ = Instant::now();
 }

@@ -36,6 +36,9 @@ pub const COOKIE: &str = "eg_session";
 /// Header carrying the CSRF token.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
+/// How often an idle alarm stream checks that its session still lives.
+const STREAM_SESSION_CHECK: Duration = Duration::from_secs(5);
+
 /// Longest comment kept with an acknowledgement or shelving.
 const MAX_COMMENT: usize = 500;
 
@@ -508,23 +511,43 @@ async fn alarm_stream(
     let token = a.token.clone();
     let stream =
         futures_util::stream::unfold((rx, page, token), |(mut rx, page, token)| async move {
-            if rx.changed().await.is_err() {
-                return None;
+            loop {
+                tokio::select! {
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            return None;
+                        }
+                        // An alarm change counts as activity of the console.
+                        let alive = page
+                            .sessions
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .touch(&token, Instant::now())
+                            .is_some();
+                        if !alive {
+                            return None;
+                        }
+                        let list = rx.borrow_and_update().clone();
+                        let ev = SseEvent::default()
+                            .event("alarms")
+                            .data(alarms_json(&list).to_string());
+                        return Some((Ok(ev), (rx, page, token)));
+                    }
+                    // A session that ended (signed out, idle, user removed)
+                    // closes the stream soon, so the page shows the sign-in
+                    // form instead of a console that no longer updates.
+                    _ = tokio::time::sleep(STREAM_SESSION_CHECK) => {
+                        let alive = page
+                            .sessions
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .alive(&token, Instant::now());
+                        if !alive {
+                            return None;
+                        }
+                    }
+                }
             }
-            let alive = page
-                .sessions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .touch(&token, Instant::now())
-                .is_some();
-            if !alive {
-                return None;
-            }
-            let list = rx.borrow_and_update().clone();
-            let ev = SseEvent::default()
-                .event("alarms")
-                .data(alarms_json(&list).to_string());
-            Some((Ok(ev), (rx, page, token)))
         });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

@@ -126,7 +126,7 @@ impl Client {
     pub fn alarm_stream(&self) -> std::sync::mpsc::Receiver<(Instant, serde_json::Value)> {
         let mut s = TcpStream::connect(self.addr).expect("connect");
         let req = format!(
-            "GET /api/v1/alarms/stream HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCookie: eg_session={}\r\n\r\n",
+            "GET /api/v1/alarms/stream HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nConnection: close\r\nCookie: eg_session={}\r\n\r\n",
             self.addr,
             self.cookie.as_deref().unwrap_or("")
         );

@@ -87,6 +87,13 @@ impl Sessions {
         None
     }
 
+    /// Whether the session of a token is still live, without refreshing it.
+    pub fn alive(&self, token: &str, now: Instant) -> bool {
+        self.by_token
+            .get(token)
+            .is_some_and(|s| now.saturating_duration_since(s.last_seen) <= self.idle)
+    }
+
     /// End one session.
     pub fn remove(&mut self, token: &str) {
         self.by_token.remove(token);
@@ -132,6 +139,8 @@ mod tests {
         assert_ne!(tok, sess.csrf);
         assert!(s.touch(&tok, t0 + Duration::from_secs(50)).is_some());
         assert!(s.touch(&tok, t0 + Duration::from_secs(100)).is_some());
+        assert!(s.alive(&tok, t0 + Duration::from_secs(160)));
+        assert!(!s.alive(&tok, t0 + Duration::from_secs(161)));
         assert!(s.touch(&tok, t0 + Duration::from_secs(161)).is_none());
         assert!(s.touch(&tok, t0 + Duration::from_secs(162)).is_none());
         assert!(s.is_empty());
