@@ -328,6 +328,23 @@ fn web_api_end_to_end() {
     }
     eprintln!("alarm stream closed {:?} after sign-out", ended.elapsed());
 
+    // Per address: after 4 × login_failures failures from one address,
+    // every account is refused from there, the right password too.
+    let mut locked_out = false;
+    for i in 0..12 {
+        let r = t.login(&format!("ghost{i}"), "not a password at all");
+        if r.status == 429 {
+            locked_out = true;
+            break;
+        }
+        assert_eq!(r.status, 401);
+    }
+    assert!(locked_out, "the address was never throttled");
+    assert_eq!(
+        Client::new(rig.web, &seen).login("wang", TECH_PW).status,
+        429
+    );
+
     // No secret in any response, nor in the accounts or audit files.
     let bodies = seen.lock().unwrap().clone();
     assert!(bodies.len() > 40, "responses scanned: {}", bodies.len());
