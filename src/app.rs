@@ -122,27 +122,6 @@ impl Gateway {
         let (req_tx, req_rx) = mpsc::channel::<AlarmRequest>(64);
         let (cmd_tx, cmd_rx) = mpsc::channel::<IncomingCommand>(64);
 
-        let web_stop = CancellationToken::new();
-        let web = if c.web.enabled {
-            let state = web::WebState {
-                status: status.clone(),
-                journal: journal.clone(),
-                uplink_sink: UPLINK_SINK,
-            };
-            // Alarms matter more than metrics: a taken port is logged
-            // loudly, and the gateway runs on without its web server.
-            match web::spawn(&c.web, state, web_stop.clone()).await {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    tracing::error!(error = %e, "web server not started: no /metrics, no /healthz");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let web_addr = web.as_ref().map(|(a, _)| *a);
-
         // Every driver that can write registers its devices first; then
         // linkage and the command path get the complete registry.
         let mut writers = Writers::new();
@@ -175,6 +154,7 @@ impl Gateway {
         );
         let (linkage_tx, linkage_task) =
             crate::linkage::task::spawn(cfg.clone(), writers.clone(), journal.clone());
+        let live = Arc::new(crate::alarm::live::LiveView::new(cfg.points.len()));
         let alarm = tokio::spawn(alarm_task::run_with(
             cfg.clone(),
             journal.clone(),
@@ -184,6 +164,7 @@ impl Gateway {
             alarm_task::Hooks {
                 linkage: (!c.linkage.is_empty()).then_some(linkage_tx),
                 arming: Some(arming.watch()),
+                live: Some(live.clone()),
             },
         ));
         let uplink_stop = CancellationToken::new();
@@ -207,6 +188,28 @@ impl Gateway {
             journal.clone(),
         );
         let commands = tokio::spawn(crate::command::run(cmd_rx, command_path.clone()));
+        let web_stop = CancellationToken::new();
+        let web = if c.web.enabled {
+            let state = web::WebState {
+                status: status.clone(),
+                journal: journal.clone(),
+                uplink_sink: UPLINK_SINK,
+                page: page_state(&cfg, &command_path, &live),
+                state_dir: c.journal.path.clone(),
+            };
+            // Alarms matter more than metrics: a taken port is logged
+            // loudly, and the gateway runs on without its web server.
+            match web::spawn(&c.web, state, web_stop.clone()).await {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::error!(error = %e, "web server not started: no /metrics, no /healthz");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let web_addr = web.as_ref().map(|(a, _)| *a);
         // Up means every main loop runs: wait for their first beats.
         let missing = status
             .liveness
@@ -316,6 +319,25 @@ pub async fn run(cfg: LoadedConfig) -> anyhow::Result<()> {
         let _ = w.await;
     }
     Ok(())
+}
+
+/// The web page's state, or `None` (logged) when `[web] page = false` or
+/// its accounts file cannot be read: the gateway runs on without the page.
+fn page_state(
+    cfg: &Arc<LoadedConfig>,
+    commands: &CommandPath,
+    live: &Arc<crate::alarm::live::LiveView>,
+) -> Option<Arc<web::PageState>> {
+    if !cfg.config.web.page {
+        return None;
+    }
+    match web::PageState::new(cfg.clone(), commands.clone(), live.clone()) {
+        Ok(p) => Some(Arc::new(p)),
+        Err(e) => {
+            tracing::error!(error = %e, "web page not started");
+            None
+        }
+    }
 }
 
 /// Give back to the OS what start-up (config parsing, journal recovery)

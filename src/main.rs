@@ -35,9 +35,36 @@ enum Command {
         #[arg(long)]
         duration_s: Option<u64>,
     },
+    /// Manage the local web page's accounts.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
     /// Print the journal's position and each sink's backlog (gateway stopped).
     JournalInfo {
         /// Path of the TOML configuration.
+        #[arg(short, long, default_value = "/etc/estate-gateway/gateway.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Add an account. The password is prompted for on a terminal, or read
+    /// (first line) from standard input otherwise.
+    Add {
+        /// User name: 1 to 32 letters, digits, '.', '_' or '-'.
+        name: String,
+        /// technician, guard or viewer.
+        #[arg(long)]
+        role: String,
+        /// Path of the TOML configuration (the accounts live in its state
+        /// directory, `[journal] path`).
+        #[arg(short, long, default_value = "/etc/estate-gateway/gateway.toml")]
+        config: PathBuf,
+    },
+    /// List the accounts (names and roles).
+    List {
         #[arg(short, long, default_value = "/etc/estate-gateway/gateway.toml")]
         config: PathBuf,
     },
@@ -92,6 +119,7 @@ fn main() -> ExitCode {
             });
             report(runtime().block_on(estate_gateway::demo::run(duration_s)))
         }
+        Command::User { action } => user(action),
         Command::JournalInfo { config } => {
             let cfg = match estate_gateway::config::load(&config) {
                 Ok(c) => c,
@@ -128,6 +156,121 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `estate-gateway user …`. The running gateway reads the accounts file at
+/// start: restart it (or use the page) for a new account to sign in.
+fn user(action: UserAction) -> ExitCode {
+    use estate_gateway::web::auth::{Role, UserStore};
+    let config = match &action {
+        UserAction::Add { config, .. } | UserAction::List { config } => config,
+    };
+    let cfg = match estate_gateway::config::load(config) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    let store = match UserStore::open(&cfg.config.journal.path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match action {
+        UserAction::List { .. } => {
+            for u in store.list() {
+                println!("{}\t{:?}", u.name, u.role);
+            }
+            ExitCode::SUCCESS
+        }
+        UserAction::Add { name, role, .. } => {
+            let role: Role = match role.parse() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let password = match read_password(&name) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: cannot read the password: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match store.add(&name, role, &password) {
+                Ok(u) => {
+                    println!("added {} ({:?})", u.name, u.role);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// The password: prompted twice without echo on a terminal, else the
+/// first line of standard input.
+fn read_password(name: &str) -> std::io::Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line)?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_string());
+    }
+    let ask = |prompt: &str| -> std::io::Result<String> {
+        eprint!("{prompt}");
+        std::io::stderr().flush()?;
+        let echo = set_echo(false);
+        let mut line = String::new();
+        let r = stdin.lock().read_line(&mut line);
+        if let Some(saved) = echo {
+            restore_echo(saved);
+        }
+        eprintln!();
+        r?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    };
+    let a = ask(&format!("password for {name}: "))?;
+    let b = ask("again: ")?;
+    if a != b {
+        return Err(std::io::Error::other("the passwords differ"));
+    }
+    Ok(a)
+}
+
+/// Turn terminal echo off; returns the previous settings.
+fn set_echo(on: bool) -> Option<libc::termios> {
+    // SAFETY: tcgetattr/tcsetattr on stdin with a zeroed, then filled,
+    // termios; failures (not a terminal) leave the terminal unchanged.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(0, &mut t) != 0 {
+            return None;
+        }
+        let saved = t;
+        if on {
+            t.c_lflag |= libc::ECHO;
+        } else {
+            t.c_lflag &= !libc::ECHO;
+        }
+        libc::tcsetattr(0, libc::TCSANOW, &t);
+        Some(saved)
+    }
+}
+
+fn restore_echo(saved: libc::termios) {
+    // SAFETY: restores settings read by tcgetattr on the same descriptor.
+    unsafe {
+        libc::tcsetattr(0, libc::TCSANOW, &saved);
     }
 }
 

@@ -84,6 +84,7 @@
 
 mod condition;
 mod config;
+pub mod live;
 pub mod persist;
 mod shelve;
 mod state;

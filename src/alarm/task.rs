@@ -3,6 +3,7 @@
 //! resulting events durably, and serves operator actions (acknowledge) so
 //! that alarm state has exactly one owner.
 
+use super::live::Sample;
 use super::persist::StateFile;
 use super::{AlarmEngine, AlarmError};
 use crate::arming::ArmedZones;
@@ -58,6 +59,8 @@ pub struct Hooks {
     pub linkage: Option<mpsc::Sender<Vec<NewEvent>>>,
     /// The zones' arming state.
     pub arming: Option<watch::Receiver<Arc<ArmedZones>>>,
+    /// Last point values and active alarms for the local web page.
+    pub live: Option<Arc<super::live::LiveView>>,
 }
 
 /// Run until the bus closes (all drivers stopped), then flush what is pending.
@@ -83,6 +86,7 @@ pub async fn run_with(
     let Hooks {
         linkage,
         arming: mut armed,
+        live,
     } = hooks;
     let mut engine = AlarmEngine::new(&cfg);
     if let Some(a) = &mut armed {
@@ -115,6 +119,9 @@ pub async fn run_with(
     status
         .alarms_active
         .store(engine.active_count() as u64, Ordering::Relaxed);
+    if let Some(l) = &live {
+        l.set_alarms(engine.active());
+    }
     let mut requests_open = true;
     // Operator replies wait until their events are durable.
     let mut replies: Vec<PendingReply> = Vec::new();
@@ -148,6 +155,9 @@ pub async fn run_with(
                                 engine.on_device_status(now, ts, di, true, None, &mut out);
                             }
                         }
+                        if let Some(l) = &live {
+                            l.set_values(readings.iter().map(|r| (r.point, Sample { value: Some(r.value), quality: Quality::Good, ts })));
+                        }
                         for r in &readings {
                             engine.on_reading(now, ts, r.point, Some(r.value), Quality::Good, &mut out);
                             if telemetry_on {
@@ -166,6 +176,9 @@ pub async fn run_with(
                             // Every point of the device goes bad.
                             for (pi, meta) in cfg.points.iter() {
                                 if meta.device_index == di {
+                                    if let Some(l) = &live {
+                                        l.set_values([(pi, Sample { value: None, quality: Quality::Bad, ts })]);
+                                    }
                                     engine.on_reading(now, ts, pi, None, Quality::Bad, &mut out);
                                     if telemetry_on {
                                         telemetry.offer(now, ts, pi, None, Quality::Bad);
@@ -210,6 +223,9 @@ pub async fn run_with(
             }
         }
         if !out.is_empty() {
+            if let Some(l) = &live {
+                l.set_alarms(engine.active());
+            }
             record(&journal, std::mem::take(&mut out)).await;
             status
                 .alarms_active

@@ -419,6 +419,8 @@ mod tests {
             status: status.clone(),
             journal,
             uplink_sink: "uplink",
+            page: None,
+            state_dir: std::path::PathBuf::new(),
         });
         for line in [
             "estate_gateway_device_polls_total{device=\"plc-\\\"1\\\"\"} 3",

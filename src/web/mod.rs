@@ -1,25 +1,44 @@
-//! The local HTTP server: operational routes now (`/metrics`, `/healthz`),
-//! the technician's web page later. One axum [`Router`] over a shared
-//! [`WebState`]; the server stops with the gateway's shutdown.
+//! The local HTTP server: the technicians' and guards' web page, its JSON
+//! API, and the operational routes (`/metrics`, `/healthz`). One axum
+//! [`Router`] over a shared [`WebState`]; the server stops with the
+//! gateway's shutdown.
 //!
-//! - [`metrics`]: Prometheus text exposition, written by hand (a few gauges
-//!   and counters read from [`GatewayStatus`] and the journal's stats; no
-//!   registry crate needed).
+//! - [`auth`]: accounts (argon2), sessions, CSRF tokens, login throttling.
+//! - [`api`]: `/api/v1/…` (session, dashboard, alarms + live stream,
+//!   acknowledge/shelve through the command path, devices, users, audit).
+//! - [`audit`]: the page's audit log.
+//! - [`assets`]: the page itself (HTML, JS, CSS embedded in the binary).
+//! - [`metrics`]: Prometheus text exposition, written by hand.
 //! - [`health`]: `/healthz` from the main loops' liveness.
+//!
+//! Open without a session: the page shell and its assets (they hold no
+//! data; the page signs in through the API), `/healthz`, and `/metrics`
+//! (for a Prometheus scraper; the default listen address is loopback —
+//! keep `/metrics` off untrusted networks, it reveals counts only).
 //!
 //! axum 0.7 is the version rumqttd already brings in: no second HTTP stack.
 
+pub mod api;
+pub mod assets;
+pub mod audit;
+pub mod auth;
 pub mod health;
 pub mod metrics;
+pub mod tls;
 
+use crate::alarm::live::LiveView;
+use crate::command::CommandPath;
+use crate::config::LoadedConfig;
 use crate::journal::Journal;
 use crate::status::GatewayStatus;
+use auth::UserStore;
 use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +54,10 @@ pub enum WebError {
         #[source]
         source: std::io::Error,
     },
+    #[error("web server HTTPS ([web.tls]): {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("web page accounts: {0}")]
+    Users(#[from] auth::UserError),
 }
 
 /// The local web server (`[web]`).
@@ -48,6 +71,37 @@ pub struct WebConfig {
     /// Prometheus server on the site network.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Serve the technicians' and guards' page and its API (`/`,
+    /// `/api/v1/`). Default `true`. Accounts live in
+    /// `<journal path>/web-users.json`; there is no default account.
+    #[serde(default = "yes")]
+    pub page: bool,
+    /// A session ends after this many seconds without a request (an open
+    /// alarm console counts as activity whenever an alarm changes).
+    /// Default 1800.
+    #[serde(
+        rename = "session_idle_s",
+        with = "crate::config::duration",
+        default = "default_session_idle"
+    )]
+    pub session_idle: std::time::Duration,
+    /// Failed logins per account, and separately per client address,
+    /// within `login_window_s` before further attempts are refused.
+    /// Default 5.
+    #[serde(default = "default_login_failures")]
+    pub login_failures: u32,
+    /// The window of `login_failures`, in seconds. Default 900.
+    #[serde(
+        rename = "login_window_s",
+        with = "crate::config::duration",
+        default = "default_login_window"
+    )]
+    pub login_window: std::time::Duration,
+    /// HTTPS (`[web.tls]`): with it, every route is served over TLS only
+    /// and session cookies are marked `Secure`. Without it, plain HTTP
+    /// (keep `listen` on loopback or a trusted LAN).
+    #[serde(default)]
+    pub tls: Option<tls::WebTlsConfig>,
 }
 
 impl Default for WebConfig {
@@ -55,8 +109,23 @@ impl Default for WebConfig {
         WebConfig {
             enabled: true,
             listen: default_listen(),
+            page: true,
+            session_idle: default_session_idle(),
+            login_failures: default_login_failures(),
+            login_window: default_login_window(),
+            tls: None,
         }
     }
+}
+
+fn default_session_idle() -> std::time::Duration {
+    std::time::Duration::from_secs(1800)
+}
+fn default_login_failures() -> u32 {
+    5
+}
+fn default_login_window() -> std::time::Duration {
+    std::time::Duration::from_secs(900)
 }
 
 fn yes() -> bool {
@@ -74,14 +143,85 @@ pub struct WebState {
     pub journal: Journal,
     /// Name of the uplink's journal cursor (its backlog is a metric).
     pub uplink_sink: &'static str,
+    /// The page and its API (`None`: `[web] page = false`).
+    pub page: Option<Arc<PageState>>,
+    /// Where a generated HTTPS certificate is kept (`[journal] path`).
+    pub state_dir: std::path::PathBuf,
+}
+
+/// What the page and its API need.
+pub struct PageState {
+    pub cfg: Arc<LoadedConfig>,
+    /// The one command path (acknowledge, shelve).
+    pub commands: CommandPath,
+    /// Last values and active alarms, from the alarm task.
+    pub live: Arc<LiveView>,
+    pub users: UserStore,
+    pub setup: auth::SetupToken,
+    pub sessions: Mutex<auth::Sessions>,
+    pub throttle_user: Mutex<auth::Throttle>,
+    pub throttle_addr: Mutex<auth::Throttle>,
+    pub audit: audit::AuditLog,
+    /// Mark cookies `Secure` (served over HTTPS).
+    pub secure_cookie: bool,
+    /// Bounds how many large responses are built at once.
+    pub heavy: tokio::sync::Semaphore,
+}
+
+impl PageState {
+    /// Open the accounts in the state directory (`[journal] path`). With
+    /// no technician yet, a one-time setup token is made and logged.
+    pub fn new(
+        cfg: Arc<LoadedConfig>,
+        commands: CommandPath,
+        live: Arc<LiveView>,
+    ) -> Result<PageState, WebError> {
+        let dir = cfg.config.journal.path.clone();
+        let users = UserStore::open(&dir)?;
+        let setup = if users.has_technician() {
+            auth::SetupToken::none()
+        } else {
+            let t = auth::SetupToken::generate();
+            if let Some(v) = t.peek() {
+                tracing::warn!(
+                    setup_token = %v,
+                    "no technician account: open the web page and create one with this one-time setup token, or run `estate-gateway user add NAME --role technician`"
+                );
+            }
+            t
+        };
+        let w = &cfg.config.web;
+        let failures = w.login_failures as usize;
+        Ok(PageState {
+            users,
+            setup,
+            sessions: Mutex::new(auth::Sessions::new(w.session_idle)),
+            throttle_user: Mutex::new(auth::Throttle::new(failures, w.login_window)),
+            // An address (a gatehouse PC) serves several people: four
+            // times the per-account allowance.
+            throttle_addr: Mutex::new(auth::Throttle::new(failures * 4, w.login_window)),
+            audit: audit::AuditLog::new(&dir),
+            secure_cookie: w.tls.is_some(),
+            heavy: tokio::sync::Semaphore::new(api::HEAVY_REQUESTS),
+            cfg,
+            commands,
+            live,
+        })
+    }
 }
 
 /// The routes.
 pub fn router(state: WebState) -> Router {
-    Router::new()
+    let mut r = Router::new()
         .route("/metrics", get(metrics::handler))
-        .route("/healthz", get(health::handler))
-        .with_state(state)
+        .route("/healthz", get(health::handler));
+    if state.page.is_some() {
+        r = r
+            .nest("/api/v1", api::routes())
+            .merge(assets::routes())
+            .layer(axum::middleware::map_response(assets::security_headers));
+    }
+    r.with_state(state)
 }
 
 /// Bind `cfg.listen` and serve until `shutdown`. Binding happens before
@@ -91,6 +231,10 @@ pub async fn spawn(
     state: WebState,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, JoinHandle<()>), WebError> {
+    let tls = match &cfg.tls {
+        Some(t) => Some(tls::server_config(t, &state.state_dir, cfg.listen)?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| WebError::Bind {
@@ -98,29 +242,118 @@ pub async fn spawn(
             source,
         })?;
     let addr = listener.local_addr().unwrap_or(cfg.listen);
-    tracing::info!(%addr, "web server listening");
+    tracing::info!(%addr, https = tls.is_some(), "web server listening");
     let app = router(state);
-    let handle = tokio::spawn(async move {
-        let stop = shutdown.clone();
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .into_future();
-        // Graceful shutdown waits for every open connection: a client that
-        // never finishes its request must not hold the gateway's shutdown.
-        let deadline = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        };
-        tokio::select! {
-            r = served => {
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "web server stopped");
-                }
-            }
-            _ = deadline => {
-                tracing::warn!("web clients still connected at shutdown; closing them");
+    let handle = match tls {
+        None => tokio::spawn(serve_http(listener, app, shutdown)),
+        Some(tls) => tokio::spawn(serve_https(listener, app, tls, shutdown)),
+    };
+    Ok((addr, handle))
+}
+
+async fn serve_http(listener: tokio::net::TcpListener, app: Router, shutdown: CancellationToken) {
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    let stop = shutdown.clone();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .into_future();
+    // Graceful shutdown waits for every open connection: a client that
+    // never finishes its request must not hold the gateway's shutdown.
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        r = served => {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "web server stopped");
             }
         }
-    });
-    Ok((addr, handle))
+        _ = deadline => {
+            tracing::warn!("web clients still connected at shutdown; closing them");
+        }
+    }
+}
+
+/// Longest a client may take over its TLS handshake.
+const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Most connections served at once over HTTPS; further ones wait in the
+/// listen backlog.
+const MAX_TLS_CONNECTIONS: usize = 256;
+
+async fn serve_https(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    shutdown: CancellationToken,
+) {
+    use hyper_util::rt::TokioIo;
+    use tower::ServiceExt as _;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        while conns.try_join_next().is_some() {}
+        if conns.len() >= MAX_TLS_CONNECTIONS {
+            tokio::select! {
+                _ = conns.join_next() => continue,
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "web accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let stop = shutdown.clone();
+        conns.spawn(async move {
+            let stream = match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    app.clone().oneshot(req.map(axum::body::Body::new))
+                },
+            );
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "web connection ended");
+                    }
+                }
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!("web clients still connected at shutdown; closing them");
+        conns.abort_all();
+    }
 }

@@ -1,0 +1,459 @@
+//! Accounts of the local web page: name, role, argon2id password hash and
+//! language, kept in one JSON file in the state directory
+//! (`<journal path>/web-users.json`, mode 0600), rewritten atomically
+//! (temporary file, fsync, rename, fsync of the directory).
+//!
+//! There is no default account: the first technician is created with
+//! `estate-gateway user add` or with the one-time setup token
+//! ([`SetupToken`]).
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+
+/// File name of the accounts file inside the state directory.
+pub const USERS_FILE: &str = "web-users.json";
+
+/// Shortest password accepted.
+pub const MIN_PASSWORD_LEN: usize = 10;
+
+/// Longest password accepted (argon2 takes any length; this bounds the work
+/// an unauthenticated request can ask for).
+pub const MAX_PASSWORD_LEN: usize = 256;
+
+/// What a user may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Commissioning and service: everything, including users and config.
+    Technician,
+    /// Gatehouse: watch, acknowledge and shelve alarms.
+    Guard,
+    /// Read only.
+    Viewer,
+}
+
+impl Role {
+    /// May acknowledge and shelve alarms.
+    pub fn can_operate(self) -> bool {
+        matches!(self, Role::Technician | Role::Guard)
+    }
+    /// May manage users, read the configuration and the audit log.
+    pub fn can_administer(self) -> bool {
+        self == Role::Technician
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = UserError;
+    fn from_str(s: &str) -> Result<Role, UserError> {
+        match s {
+            "technician" => Ok(Role::Technician),
+            "guard" => Ok(Role::Guard),
+            "viewer" => Ok(Role::Viewer),
+            _ => Err(UserError::BadRole(s.to_string())),
+        }
+    }
+}
+
+/// Page language.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Lang {
+    /// Simplified Chinese (default).
+    #[default]
+    #[serde(rename = "zh-CN")]
+    ZhCn,
+    #[serde(rename = "en")]
+    En,
+}
+
+/// One account as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub role: Role,
+    /// PHC string (`$argon2id$…`); never sent to a client.
+    pub hash: String,
+    #[serde(default)]
+    pub lang: Lang,
+}
+
+/// What a client may see of an account.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct UserInfo {
+    pub name: String,
+    pub role: Role,
+    pub lang: Lang,
+}
+
+impl From<&User> for UserInfo {
+    fn from(u: &User) -> UserInfo {
+        UserInfo {
+            name: u.name.clone(),
+            role: u.role,
+            lang: u.lang,
+        }
+    }
+}
+
+/// Why an account operation failed. Never contains a password.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("unknown role {0:?} (technician, guard or viewer)")]
+    BadRole(String),
+    #[error("user name must be 1 to 32 letters, digits, '.', '_' or '-'")]
+    BadName,
+    #[error("password must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters")]
+    BadPassword,
+    #[error("user {0:?} already exists")]
+    Exists(String),
+    #[error("no user {0:?}")]
+    NotFound(String),
+    #[error("the last technician cannot be removed")]
+    LastTechnician,
+    #[error("cannot hash password: {0}")]
+    Hash(String),
+    #[error("accounts file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("accounts file {path} is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct UsersFile {
+    version: u32,
+    users: Vec<User>,
+}
+
+/// The accounts, in memory and on disk.
+#[derive(Debug)]
+pub struct UserStore {
+    path: PathBuf,
+    users: RwLock<Vec<User>>,
+    /// Serialises read-modify-write of the file.
+    write: Mutex<()>,
+    /// Hash verified when the user does not exist, so a login takes as
+    /// long for a wrong name as for a wrong password. Made at the first
+    /// such login (on a blocking thread), not at start.
+    dummy_hash: std::sync::OnceLock<String>,
+}
+
+/// A valid user name: 1–32 of `[A-Za-z0-9._-]`.
+pub fn valid_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn valid_password(pw: &str) -> bool {
+    (MIN_PASSWORD_LEN..=MAX_PASSWORD_LEN).contains(&pw.chars().count())
+}
+
+/// Hash a password with argon2id (default parameters: 19 MiB, 2 passes).
+pub fn hash_password(pw: &str) -> Result<String, UserError> {
+    let mut salt = [0u8; 16];
+    super::random_bytes(&mut salt);
+    let salt = SaltString::encode_b64(&salt).map_err(|e| UserError::Hash(e.to_string()))?;
+    Argon2::default()
+        .hash_password(pw.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| UserError::Hash(e.to_string()))
+}
+
+fn verify_hash(hash: &str, pw: &str) -> bool {
+    match PasswordHash::new(hash) {
+        Ok(h) => Argon2::default().verify_password(pw.as_bytes(), &h).is_ok(),
+        Err(_) => false,
+    }
+}
+
+impl UserStore {
+    /// Open (or start empty) the accounts file in `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<UserStore, UserError> {
+        let path = state_dir.join(USERS_FILE);
+        let users = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let f: UsersFile =
+                    serde_json::from_slice(&bytes).map_err(|source| UserError::Parse {
+                        path: path.clone(),
+                        source,
+                    })?;
+                f.users
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => return Err(UserError::Io { path, source }),
+        };
+        Ok(UserStore {
+            path,
+            users: RwLock::new(users),
+            write: Mutex::new(()),
+            dummy_hash: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<User>> {
+        self.users.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every account, without hashes.
+    pub fn list(&self) -> Vec<UserInfo> {
+        self.read().iter().map(UserInfo::from).collect()
+    }
+
+    /// One account, without its hash.
+    pub fn get(&self, name: &str) -> Option<UserInfo> {
+        self.read()
+            .iter()
+            .find(|u| u.name == name)
+            .map(UserInfo::from)
+    }
+
+    /// At least one technician exists.
+    pub fn has_technician(&self) -> bool {
+        self.read().iter().any(|u| u.role == Role::Technician)
+    }
+
+    /// Check a password. Takes as long for an unknown name as for a known
+    /// one. Blocking (argon2): call from a blocking thread.
+    pub fn verify(&self, name: &str, pw: &str) -> Option<UserInfo> {
+        let found = self.read().iter().find(|u| u.name == name).cloned();
+        if pw.len() > MAX_PASSWORD_LEN * 4 {
+            return None;
+        }
+        match found {
+            Some(u) if verify_hash(&u.hash, pw) => Some(UserInfo::from(&u)),
+            Some(_) => None,
+            None => {
+                let dummy = self
+                    .dummy_hash
+                    .get_or_init(|| hash_password("not-a-real-password").unwrap_or_default());
+                let _ = verify_hash(dummy, pw);
+                None
+            }
+        }
+    }
+
+    /// Add an account. Blocking (argon2, fsync).
+    pub fn add(&self, name: &str, role: Role, pw: &str) -> Result<UserInfo, UserError> {
+        if !valid_name(name) {
+            return Err(UserError::BadName);
+        }
+        if !valid_password(pw) {
+            return Err(UserError::BadPassword);
+        }
+        let hash = hash_password(pw)?;
+        self.modify(|users| {
+            if users.iter().any(|u| u.name == name) {
+                return Err(UserError::Exists(name.to_string()));
+            }
+            let user = User {
+                name: name.to_string(),
+                role,
+                hash,
+                lang: Lang::default(),
+            };
+            let info = UserInfo::from(&user);
+            users.push(user);
+            Ok(info)
+        })
+    }
+
+    /// Remove an account; the last technician stays.
+    pub fn remove(&self, name: &str) -> Result<(), UserError> {
+        self.modify(|users| {
+            let i = users
+                .iter()
+                .position(|u| u.name == name)
+                .ok_or_else(|| UserError::NotFound(name.to_string()))?;
+            if users[i].role == Role::Technician
+                && users.iter().filter(|u| u.role == Role::Technician).count() == 1
+            {
+                return Err(UserError::LastTechnician);
+            }
+            users.remove(i);
+            Ok(())
+        })
+    }
+
+    /// Change a user's page language.
+    pub fn set_lang(&self, name: &str, lang: Lang) -> Result<(), UserError> {
+        self.modify(|users| {
+            let u = users
+                .iter_mut()
+                .find(|u| u.name == name)
+                .ok_or_else(|| UserError::NotFound(name.to_string()))?;
+            u.lang = lang;
+            Ok(())
+        })
+    }
+
+    /// Apply `f` to a copy, write it, then publish it: a failed write
+    /// leaves memory and disk as they were.
+    fn modify<T>(
+        &self,
+        f: impl FnOnce(&mut Vec<User>) -> Result<T, UserError>,
+    ) -> Result<T, UserError> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut users = self.read().clone();
+        let out = f(&mut users)?;
+        self.save(&users)?;
+        *self.users.write().unwrap_or_else(|p| p.into_inner()) = users;
+        Ok(out)
+    }
+
+    fn save(&self, users: &[User]) -> Result<(), UserError> {
+        let io = |source| UserError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let body = serde_json::to_vec_pretty(&UsersFile {
+            version: 1,
+            users: users.to_vec(),
+        })
+        .map_err(|source| UserError::Parse {
+            path: self.path.clone(),
+            source,
+        })?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let tmp = self.path.with_extension("json.tmp");
+        {
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(&tmp).map_err(io)?;
+            f.write_all(&body).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+/// The one-time token that lets the first technician be created from the
+/// page. Exists only while no technician does; used once.
+#[derive(Debug, Default)]
+pub struct SetupToken(Mutex<Option<String>>);
+
+impl SetupToken {
+    /// A fresh token (32 hex digits).
+    pub fn generate() -> SetupToken {
+        SetupToken(Mutex::new(Some(super::random_hex(16))))
+    }
+    /// No token (a technician exists).
+    pub fn none() -> SetupToken {
+        SetupToken(Mutex::new(None))
+    }
+    /// The token, to print once to the log.
+    pub fn peek(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    /// A token is waiting to be used.
+    pub fn pending(&self) -> bool {
+        self.peek().is_some()
+    }
+    /// Use the token: true once, for the right value.
+    pub fn take(&self, given: &str) -> bool {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match t.as_deref() {
+            Some(v) if super::ct_eq(v.as_bytes(), given.as_bytes()) => {
+                *t = None;
+                true
+            }
+            _ => false,
+        }
+    }
+    /// Put back a token whose use failed (e.g. a bad password).
+    pub fn restore(&self, token: String) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(token);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_verify_persist_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = UserStore::open(dir.path()).unwrap();
+        assert!(!s.has_technician());
+        s.add("wang", Role::Technician, "correct horse battery")
+            .unwrap();
+        s.add("li", Role::Guard, "gatehouse-42!").unwrap();
+        assert!(matches!(
+            s.add("li", Role::Guard, "gatehouse-42!"),
+            Err(UserError::Exists(_))
+        ));
+        assert!(s.verify("wang", "correct horse battery").is_some());
+        assert!(s.verify("wang", "wrong password").is_none());
+        assert!(s.verify("nobody", "correct horse battery").is_none());
+        let text = std::fs::read_to_string(dir.path().join(USERS_FILE)).unwrap();
+        assert!(!text.contains("correct horse battery"));
+        assert!(text.contains("$argon2id$"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(USERS_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        s.set_lang("li", Lang::En).unwrap();
+        let again = UserStore::open(dir.path()).unwrap();
+        assert_eq!(again.get("li").unwrap().lang, Lang::En);
+        assert!(again.has_technician());
+        assert!(matches!(
+            again.remove("wang"),
+            Err(UserError::LastTechnician)
+        ));
+        again.remove("li").unwrap();
+        assert!(again.get("li").is_none());
+    }
+
+    #[test]
+    fn rejects_bad_names_and_passwords() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = UserStore::open(dir.path()).unwrap();
+        assert!(matches!(
+            s.add("a b", Role::Guard, "long enough pw"),
+            Err(UserError::BadName)
+        ));
+        assert!(matches!(
+            s.add("", Role::Guard, "long enough pw"),
+            Err(UserError::BadName)
+        ));
+        assert!(matches!(
+            s.add("ok", Role::Guard, "short"),
+            Err(UserError::BadPassword)
+        ));
+        assert!(s.list().is_empty());
+    }
+
+    #[test]
+    fn setup_token_is_used_once() {
+        let t = SetupToken::generate();
+        let v = t.peek().unwrap();
+        assert!(!t.take("wrong"));
+        assert!(t.take(&v));
+        assert!(!t.take(&v));
+        assert!(!t.pending());
+    }
+}
