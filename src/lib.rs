@@ -15,14 +15,14 @@
 //! - [`alarm`]: rules, ISA-18.2 states, latching, delays (pure), and its task.
 //! - [`arming`]: zones armed/disarmed by schedule and operators; survives restarts.
 //! - [`linkage`]: alarm raised/cleared → local actions (doors, fans), no uplink needed.
-//! - [`command`]: the one command path (platform, later the web page), allow-listed, audited.
+//! - [`command`]: the one command path (platform and the local web page), allow-listed, audited.
 //! - [`telemetry`]: report by exception (pure).
 //! - [`journal`]: durable event log on sled with per-sink cursors.
 //! - [`uplink`]: MQTT to the central platform.
 //! - [`push`]: alarms to security staff (WeCom, DingTalk, Feishu, webhook, SMS), escalation.
 //! - [`status`]: live counters for the heartbeat, metrics and health.
 //! - [`service`]: systemd readiness, watchdog and the main loops' liveness.
-//! - [`web`]: the local HTTP server (`/metrics`, `/healthz`).
+//! - [`web`]: the local web page (accounts, sessions, alarm console, devices) and its JSON API, `/metrics`, `/healthz`.
 //! - [`app`]: wiring, signals and the one shutdown path.
 //! - [`demo`]: simulated devices and platform for `estate-gateway demo`.
 
