@@ -164,6 +164,14 @@ impl Gateway {
                 .await
                 .context("starting the MQTT device driver")?,
         );
+        let cameras = crate::cameras::spawn(
+            &cfg,
+            journal.clone(),
+            status.clone(),
+            shutdown.child_token(),
+        )
+        .context("starting cameras")?;
+        drivers.extend(cameras.tasks);
         let arming_stop = CancellationToken::new();
         let (arming, arming_task) = crate::arming::task::spawn(
             &c.arming,
@@ -183,6 +191,7 @@ impl Gateway {
             alarm_task::Hooks {
                 linkage: (!c.linkage.is_empty()).then_some(linkage_tx),
                 arming: Some(arming.watch()),
+                clips: cameras.clips,
             },
         ));
         let uplink_stop = CancellationToken::new();

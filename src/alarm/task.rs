@@ -58,6 +58,9 @@ pub struct Hooks {
     pub linkage: Option<mpsc::Sender<Vec<NewEvent>>>,
     /// The zones' arming state.
     pub arming: Option<watch::Receiver<Arc<ArmedZones>>>,
+    /// Camera clips: alarms raised get their clip attachments before
+    /// linkage sees them and before they are journaled.
+    pub clips: Option<crate::cameras::ClipTrigger>,
 }
 
 /// Run until the bus closes (all drivers stopped), then flush what is pending.
@@ -83,6 +86,7 @@ pub async fn run_with(
     let Hooks {
         linkage,
         arming: mut armed,
+        clips,
     } = hooks;
     let mut engine = AlarmEngine::new(&cfg);
     if let Some(a) = &mut armed {
@@ -199,6 +203,9 @@ pub async fn run_with(
         }
         let now = Instant::now();
         engine.tick(now, Timestamp::now(), &mut out);
+        if let Some(c) = &clips {
+            c.attach(&mut out);
+        }
         if let Some(tx) = &linkage {
             let alarms: Vec<NewEvent> = out
                 .iter()
