@@ -166,6 +166,9 @@ impl CameraTask {
                         Ok(s) => {
                             tracing::info!(codec = s.codec, session = s.id, "camera session playing");
                             self.health.update(|h| h.codec = Some(s.codec.to_string()));
+                            if let Some(p) = &s.params {
+                                self.show_params(p);
+                            }
                             rate.reset();
                             last_frame = Instant::now();
                             session = Some(s);
@@ -187,11 +190,7 @@ impl CameraTask {
                             if f.has_new_parameters() || s.params.is_none() {
                                 match video_params(&s.demuxed, s.stream, s.codec) {
                                     Ok(p) => {
-                                        self.health.update(|h| {
-                                            h.width = p.width;
-                                            h.height = p.height;
-                                            h.codec_detail = Some(p.rfc6381.clone());
-                                        });
+                                        self.show_params(&p);
                                         s.params = Some(Arc::new(p));
                                     }
                                     Err(e) => tracing::warn!(error = %e, "unusable stream parameters"),
@@ -303,6 +302,14 @@ impl CameraTask {
         // finish the clips with what they have.
         drop(recordings);
         tracing::info!("camera stopped");
+    }
+
+    fn show_params(&self, p: &StreamParams) {
+        self.health.update(|h| {
+            h.width = p.width;
+            h.height = p.height;
+            h.codec_detail = Some(p.rfc6381.clone());
+        });
     }
 
     /// Log an error once; the same error again only at debug level.
