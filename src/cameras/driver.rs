@@ -59,7 +59,7 @@ impl Backoff {
         }
     }
     /// The next wait; doubles up to `max`.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_wait(&mut self) -> Duration {
         let base = self.next;
         self.next = (self.next * 2).min(self.max);
         base.mul_f64(0.8 + 0.4 * fastrand::f64())
@@ -103,6 +103,9 @@ struct Recording {
     frames: std::sync::mpsc::Sender<Arc<Frame>>,
 }
 
+/// A session being opened.
+type Connecting = Pin<Box<dyn std::future::Future<Output = Result<Session, SessionError>> + Send>>;
+
 /// How a session attempt failed.
 struct SessionError {
     message: String,
@@ -127,9 +130,7 @@ impl CameraTask {
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut recordings: Vec<Recording> = Vec::new();
         let mut session: Option<Session> = None;
-        let mut connecting: Option<
-            Pin<Box<dyn std::future::Future<Output = Result<Session, SessionError>> + Send>>,
-        > = None;
+        let mut connecting: Option<Connecting> = None;
         let mut retry_at: Option<Instant> = Some(start);
         let mut attempts: u64 = 0;
         let mut session_ids: u64 = 0;
@@ -179,7 +180,7 @@ impl CameraTask {
                             if e.auth {
                                 backoff = Backoff::new(AUTH_BACKOFF_MIN, AUTH_BACKOFF_MAX);
                             }
-                            retry_at = Some(Instant::now() + backoff.next());
+                            retry_at = Some(Instant::now() + backoff.next_wait());
                         }
                     }
                 }
@@ -230,12 +231,12 @@ impl CameraTask {
                             let msg = redact_text(&e.to_string(), self.secret());
                             self.note_error(&msg, &mut last_error, &mut repeated_errors);
                             session = None;
-                            retry_at = Some(Instant::now() + backoff.next());
+                            retry_at = Some(Instant::now() + backoff.next_wait());
                         }
                         None => {
                             self.note_error("the camera ended the session", &mut last_error, &mut repeated_errors);
                             session = None;
-                            retry_at = Some(Instant::now() + backoff.next());
+                            retry_at = Some(Instant::now() + backoff.next_wait());
                         }
                     }
                 }
@@ -258,7 +259,7 @@ impl CameraTask {
                     &mut repeated_errors,
                 );
                 session = None;
-                retry_at = Some(now + backoff.next());
+                retry_at = Some(now + backoff.next_wait());
             }
             if std::mem::take(&mut restored) {
                 tracing::info!("video restored");
@@ -642,11 +643,11 @@ mod tests {
     #[test]
     fn backoff_grows_with_jitter_and_resets() {
         let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
-        let waits: Vec<f64> = (0..6).map(|_| b.next().as_secs_f64()).collect();
+        let waits: Vec<f64> = (0..6).map(|_| b.next_wait().as_secs_f64()).collect();
         for (w, base) in waits.iter().zip([1.0, 2.0, 4.0, 8.0, 8.0, 8.0]) {
             assert!(*w >= base * 0.8 && *w <= base * 1.2, "{w} vs {base}");
         }
         b.reset();
-        assert!(b.next() <= Duration::from_millis(1200));
+        assert!(b.next_wait() <= Duration::from_millis(1200));
     }
 }

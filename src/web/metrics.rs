@@ -294,7 +294,7 @@ pub fn render(state: &WebState) -> String {
     let cams = s.cameras.snapshot();
     if !cams.is_empty() {
         type Field = fn(&crate::cameras::HealthSnapshot) -> f64;
-        let families: [(&str, Kind, &str, Field); 5] = [
+        let families: [(&str, Kind, &str, Field); 6] = [
             (
                 "estate_gateway_camera_online",
                 Kind::Gauge,
@@ -318,6 +318,12 @@ pub fn render(state: &WebState) -> String {
                 Kind::Counter,
                 "Session attempts after the first.",
                 |h| h.reconnects as f64,
+            ),
+            (
+                "estate_gateway_camera_pre_buffer_bytes",
+                Kind::Gauge,
+                "Encoded video held for pre-alarm clips.",
+                |h| h.pre_buffer_bytes as f64,
             ),
             (
                 "estate_gateway_camera_last_frame_age_seconds",

@@ -3,6 +3,8 @@
 //! on a free loopback port, optionally with credentials. Runs under the
 //! system python (`/usr/bin/python3`), which sees python3-gi.
 
+#![allow(dead_code)]
+
 use crate::common::{free_port, peer_or_skip, repo};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
