@@ -97,6 +97,8 @@ struct Recording {
     id: String,
     /// Last pts included (set at the first frame when the buffer was empty).
     end_pts: Option<i64>,
+    /// `post_s` in 90 kHz units.
+    post: i64,
     session: Option<u64>,
     /// Ends by then even without frames.
     deadline: Instant,
@@ -414,6 +416,7 @@ impl CameraTask {
         Recording {
             id,
             end_pts: newest.map(|n| n + post),
+            post,
             session,
             deadline: Instant::now() + self.cfg.post + CLIP_GRACE,
             frames: tx,
@@ -432,7 +435,8 @@ fn feed(r: &mut Recording, f: &Arc<Frame>) {
             return;
         }
         r.session = Some(f.session);
-        r.end_pts = r.end_pts.or(Some(f.pts)).map(|e| e.max(f.pts));
+        // The camera was down when the alarm came: post_s from its return.
+        r.end_pts = Some(r.end_pts.unwrap_or(f.pts + r.post));
     }
     if r.session != Some(f.session) || r.end_pts.is_some_and(|e| f.pts > e) {
         return;
@@ -639,6 +643,47 @@ fn video_params(d: &Demuxed, stream: usize, codec: &'static str) -> Result<Strea
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn frame(pts: i64, keyframe: bool, session: u64) -> Arc<Frame> {
+        Arc::new(Frame {
+            pts,
+            keyframe,
+            data: vec![0; 10],
+            params: Arc::new(StreamParams {
+                sample_entry: vec![],
+                width: 1,
+                height: 1,
+                codec: "h264",
+                rfc6381: String::new(),
+            }),
+            session,
+        })
+    }
+
+    #[test]
+    fn a_clip_requested_while_the_camera_is_down_starts_at_its_return() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut r = Recording {
+            id: "c".into(),
+            end_pts: None,
+            post: 3 * CLOCK_HZ,
+            session: None,
+            deadline: Instant::now(),
+            frames: tx,
+        };
+        feed(&mut r, &frame(100, false, 7)); // not a keyframe: skipped
+        for i in 0..100 {
+            feed(&mut r, &frame(1000 + i * 9000, i % 10 == 0, 7));
+        }
+        let got: Vec<i64> = rx.try_iter().map(|f| f.pts).collect();
+        assert_eq!(got.first(), Some(&1000));
+        assert_eq!(r.end_pts, Some(1000 + 3 * CLOCK_HZ));
+        assert!(got.iter().all(|p| *p <= 1000 + 3 * CLOCK_HZ));
+        assert_eq!(got.len(), 31, "3 s at 10 fps, both ends");
+        // Frames of another session never mix in.
+        feed(&mut r, &frame(2000, true, 8));
+        assert!(rx.try_recv().is_err());
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_resets() {
