@@ -398,3 +398,37 @@ camera = "cam-north"
     gw.stop();
     gw.wait().await;
 }
+
+/// RTP over UDP (`transport = "udp"`) ingests too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_transport_ingests() {
+    let Some(broker) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let Some(cam) = RtspServer::start(RtspOptions {
+        width: 320,
+        height: 240,
+        ..RtspOptions::default()
+    }) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        broker.port(),
+        &camera("cam-udp", &cam.url(0), "transport = \"udp\""),
+    );
+    let gw = Gateway::start(cfg).await.unwrap();
+    let h = wait_health(
+        &gw,
+        "cam-udp",
+        Duration::from_secs(15),
+        "fps measured",
+        |h| h.online && h.fps > 0.0,
+    )
+    .await;
+    assert_eq!((h.width, h.height), (320, 240), "{h:?}");
+    assert!((12.0..=18.0).contains(&h.fps), "{h:?}");
+    gw.stop();
+    gw.wait().await;
+}
