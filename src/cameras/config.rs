@@ -212,6 +212,16 @@ pub fn validate(c: &crate::config::Config) -> Vec<(KeyPath, String)> {
             "must be a path (`/clips`) or an absolute URL".into(),
         ));
     }
+    for (ai, a) in c.alarms.iter().enumerate() {
+        for (i, cam) in a.cameras.iter().enumerate() {
+            if !c.cameras.iter().any(|x| &x.id == cam) {
+                out.push((
+                    root.key("alarms").index(ai).key("cameras").index(i),
+                    format!("no camera {cam:?} in [[cameras]]"),
+                ));
+            }
+        }
+    }
     // Without any camera, `clip` actions stay recorded as failed (a site
     // whose cameras are not installed yet); with cameras, a name must match.
     let linkage = if c.cameras.is_empty() {

@@ -77,19 +77,27 @@ pub struct ClipRequest {
 #[derive(Clone, Debug)]
 pub struct ClipTrigger {
     linkage: Arc<Linkage>,
+    /// Alarm key → cameras of its rule's `cameras` list.
+    rule_cameras: HashMap<String, Vec<String>>,
     cameras: HashMap<String, mpsc::Sender<ClipRequest>>,
     store: ClipStore,
 }
 
 impl ClipTrigger {
-    /// For each alarm raised in `events` that a linkage rule with `clip`
-    /// actions matches: request the clips and attach them to the event.
+    /// For each alarm raised in `events` whose rule lists `cameras`, or that
+    /// a linkage rule with `clip` actions matches: request the clips and
+    /// attach them to the event.
     pub fn attach(&self, events: &mut [NewEvent]) {
         for e in events.iter_mut() {
             if e.kind != EventKind::AlarmRaised {
                 continue;
             }
-            let mut cams: Vec<String> = Vec::new();
+            let mut cams: Vec<String> = e
+                .alarm
+                .as_ref()
+                .and_then(|a| self.rule_cameras.get(&a.key))
+                .cloned()
+                .unwrap_or_default();
             for rule in self.linkage.triggered(e) {
                 for a in &rule.actions {
                     if let Action::Clip { camera } = a {
@@ -192,8 +200,152 @@ pub fn spawn(
         tasks,
         clips: Some(ClipTrigger {
             linkage: Arc::new(Linkage::new(cfg)),
+            rule_cameras: rule_cameras(cfg),
             cameras: senders,
             store,
         }),
     })
+}
+
+/// Alarm key (`device/point`, or `device/point/id`) → the rule's cameras.
+fn rule_cameras(cfg: &LoadedConfig) -> HashMap<String, Vec<String>> {
+    cfg.config
+        .alarms
+        .iter()
+        .filter(|a| !a.cameras.is_empty())
+        .map(|a| {
+            let key = match &a.id {
+                Some(id) => format!("{}/{id}", a.point),
+                None => a.point.clone(),
+            };
+            (key, a.cameras.clone())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{AlarmInfo, AlarmState, Priority, Source};
+
+    fn cfg(dir: &std::path::Path) -> LoadedConfig {
+        let text = format!(
+            r#"
+[site]
+id = "s"
+gateway = "gw"
+[uplink]
+host = "127.0.0.1"
+[clips]
+path = "{dir}/clips"
+[[cameras]]
+id = "cam-a"
+url = "rtsp://127.0.0.1/a"
+[[cameras]]
+id = "cam-b"
+url = "rtsp://127.0.0.1/b"
+[[devices]]
+id = "fence"
+category = "perimeter"
+[devices.modbus]
+host = "127.0.0.1"
+[[devices.points]]
+id = "z1"
+register = "coil"
+address = 0
+[[alarms]]
+point = "fence/z1"
+equals = true
+priority = 2
+message = "breach"
+cameras = ["cam-a"]
+[[linkage]]
+id = "clip-b"
+key = "fence/*"
+[[linkage.actions]]
+type = "clip"
+camera = "cam-b"
+[[linkage.actions]]
+type = "clip"
+camera = "cam-a"
+"#,
+            dir = dir.display()
+        );
+        crate::config::load_str(&text, std::path::Path::new("gw.toml"))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn raised(key: &str) -> NewEvent {
+        NewEvent {
+            ts: Timestamp::now(),
+            kind: EventKind::AlarmRaised,
+            priority: Priority::HIGH,
+            category: Category::Perimeter,
+            source: Source::default(),
+            alarm: Some(AlarmInfo {
+                key: key.into(),
+                state: AlarmState::ActiveUnacked,
+                value: serde_json::Value::Bool(true),
+                message: "breach".into(),
+                operator: None,
+                comment: None,
+                latched: false,
+            }),
+            attachments: Vec::new(),
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn rule_cameras_and_linkage_clips_are_attached_once_each() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = cfg(d.path());
+        let (ta, mut ra) = mpsc::channel(1);
+        let (tb, mut rb) = mpsc::channel(1);
+        let trigger = ClipTrigger {
+            linkage: Arc::new(Linkage::new(&cfg)),
+            rule_cameras: rule_cameras(&cfg),
+            cameras: HashMap::from([("cam-a".to_string(), ta), ("cam-b".to_string(), tb)]),
+            store: ClipStore::open(&cfg.config.clips).unwrap(),
+        };
+        let mut events = vec![raised("fence/z1")];
+        trigger.attach(&mut events);
+        let ids: Vec<&str> = events[0]
+            .attachments
+            .iter()
+            .map(|a| a.id.as_str())
+            .collect();
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        assert!(
+            ids[0].starts_with("cam-a-") && ids[1].starts_with("cam-b-"),
+            "{ids:?}"
+        );
+        assert_eq!(ra.try_recv().unwrap().alarm_key, "fence/z1");
+        assert_eq!(rb.try_recv().unwrap().id, ids[1]);
+        // A full queue: no attachment, the alarm is not held.
+        let mut again = vec![raised("fence/z1")];
+        trigger.attach(&mut again);
+        trigger.attach(&mut again);
+        assert_eq!(again[0].attachments.len(), 2, "second batch refused");
+        // Other kinds are left alone.
+        let mut cleared = vec![NewEvent {
+            kind: EventKind::AlarmCleared,
+            ..raised("fence/z1")
+        }];
+        trigger.attach(&mut cleared);
+        assert!(cleared[0].attachments.is_empty());
+    }
+
+    #[test]
+    fn unknown_cameras_are_config_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = cfg(d.path()).config;
+        c.alarms[0].cameras = vec!["cam-x".into()];
+        let found = config::validate(&c);
+        assert!(
+            found.iter().any(|(_, m)| m.contains("cam-x")),
+            "{:?}",
+            found.iter().map(|f| &f.1).collect::<Vec<_>>()
+        );
+    }
 }
