@@ -169,8 +169,7 @@ impl Gateway {
             journal.clone(),
             status.clone(),
             shutdown.child_token(),
-        )
-        .context("starting cameras")?;
+        );
         drivers.extend(cameras.tasks);
         let arming_stop = CancellationToken::new();
         let (arming, arming_task) = crate::arming::task::spawn(

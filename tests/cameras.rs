@@ -432,3 +432,29 @@ async fn udp_transport_ingests() {
     gw.stop();
     gw.wait().await;
 }
+
+/// A camera whose password cannot be read is not started, and says why;
+/// the gateway (alarms first) runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_camera_password_does_not_stop_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "username = \"gateway\"\npassword = {{ file = \"{}/missing.pw\" }}\n",
+        dir.path().display()
+    );
+    let cfg = config(
+        dir.path(),
+        common::free_port(),
+        &camera("cam-c", "rtsp://127.0.0.1:9/x", &extra),
+    );
+    let gw = Gateway::start(cfg).await.unwrap();
+    let h = health(&gw, "cam-c");
+    assert!(!h.online);
+    let err = h.last_error.unwrap_or_default();
+    assert!(
+        err.contains("cam-c: password") && err.contains("missing.pw"),
+        "{err}"
+    );
+    gw.stop();
+    gw.wait().await;
+}

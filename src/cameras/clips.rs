@@ -28,14 +28,20 @@ pub struct ClipStore {
 }
 
 impl ClipStore {
-    /// Open (create) the directory and remove clips left half-written.
-    pub fn open(cfg: &ClipsConfig) -> Result<ClipStore, ClipStoreError> {
-        let dir = cfg.path.clone();
-        std::fs::create_dir_all(&dir).map_err(|source| ClipStoreError::Dir {
-            path: dir.clone(),
-            source,
-        })?;
-        if let Ok(rd) = std::fs::read_dir(&dir) {
+    /// The store of `cfg` (no I/O; see [`prepare`](Self::prepare)).
+    pub fn new(cfg: &ClipsConfig) -> ClipStore {
+        ClipStore {
+            dir: cfg.path.clone(),
+            max_bytes: cfg.max_bytes,
+            min_free: cfg.min_free_bytes,
+            url_prefix: cfg.url_prefix.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// Create the directory and remove clips left half-written.
+    pub fn prepare(&self) -> Result<(), ClipStoreError> {
+        self.create_dir()?;
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
             for e in rd.flatten() {
                 let name = e.file_name();
                 let name = name.to_string_lossy();
@@ -44,12 +50,21 @@ impl ClipStore {
                 }
             }
         }
-        Ok(ClipStore {
-            dir,
-            max_bytes: cfg.max_bytes,
-            min_free: cfg.min_free_bytes,
-            url_prefix: cfg.url_prefix.trim_end_matches('/').to_string(),
+        Ok(())
+    }
+
+    fn create_dir(&self) -> Result<(), ClipStoreError> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| ClipStoreError::Dir {
+            path: self.dir.clone(),
+            source,
         })
+    }
+
+    /// [`new`](Self::new) and [`prepare`](Self::prepare).
+    pub fn open(cfg: &ClipsConfig) -> Result<ClipStore, ClipStoreError> {
+        let s = ClipStore::new(cfg);
+        s.prepare()?;
+        Ok(s)
     }
 
     /// A new clip id: `{camera}-{yyyymmdd}-{hhmmssmmm}-{random}`.
@@ -101,6 +116,8 @@ impl ClipStore {
     /// Delete the oldest clips until `needed` more bytes fit under
     /// `max_bytes` and leave `min_free_bytes` free. Returns the ids deleted.
     pub fn make_room(&self, needed: u64) -> Result<Vec<String>, ClipStoreError> {
+        // The directory may have been unavailable at start (a card mounted late).
+        self.create_dir()?;
         let mut clips = self.list();
         clips.sort_by_key(|c| c.1);
         let mut total: u64 = clips.iter().map(|c| c.2).sum();

@@ -38,7 +38,7 @@ use crate::event::{Attachment, Category, EventKind, NewEvent, Timestamp};
 use crate::journal::Journal;
 use crate::linkage::{Action, Linkage};
 use crate::status::GatewayStatus;
-use clips::{ClipStore, ClipStoreError};
+use clips::ClipStore;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -56,8 +56,6 @@ pub enum CameraError {
     Secret { camera: String, source: SecretError },
     #[error("camera {camera}: bad URL {url}")]
     Url { camera: String, url: String },
-    #[error(transparent)]
-    Clips(#[from] ClipStoreError),
 }
 
 /// A clip to record for an alarm.
@@ -152,35 +150,62 @@ pub struct Cameras {
 }
 
 /// Start one task per enabled camera. Health goes to `status.cameras`.
+/// Nothing here stops the gateway: a camera whose password cannot be read
+/// is not started (logged, and its health says why), a clip directory that
+/// cannot be created is logged and clips fail until it can.
 pub fn spawn(
     cfg: &LoadedConfig,
     journal: Journal,
     status: Arc<GatewayStatus>,
     shutdown: CancellationToken,
-) -> Result<Cameras, CameraError> {
+) -> Cameras {
     let c = &cfg.config;
     let enabled: Vec<&CameraConfig> = c.cameras.iter().filter(|c| c.enabled).collect();
     if enabled.is_empty() {
-        return Ok(Cameras {
+        return Cameras {
             tasks: Vec::new(),
             clips: None,
-        });
+        };
     }
-    let store = ClipStore::open(&c.clips)?;
+    let store = ClipStore::new(&c.clips);
+    if let Err(e) = store.prepare() {
+        // Clips will fail (camera.clip_failed) until the directory exists;
+        // video loss and health work without it.
+        tracing::error!(error = %e, "clip directory not usable");
+    }
     let mut tasks = Vec::new();
     let mut senders = HashMap::new();
     for cam in enabled {
-        let password = match &cam.password {
-            Some(p) => Some(p.resolve().map_err(|source| CameraError::Secret {
+        // A camera that cannot start is logged and shown in its health;
+        // the gateway (alarms first) runs on without it.
+        let started = cam
+            .password
+            .as_ref()
+            .map(|p| p.resolve())
+            .transpose()
+            .map_err(|source| CameraError::Secret {
                 camera: cam.id.clone(),
                 source,
-            })?),
-            None => None,
+            })
+            .and_then(|pw| {
+                let url = url::Url::parse(&cam.url).map_err(|_| CameraError::Url {
+                    camera: cam.id.clone(),
+                    url: redact::redact_url(&cam.url),
+                })?;
+                Ok((pw, url))
+            });
+        let (password, url) = match started {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(camera = %cam.id, error = %e, "camera not started");
+                let msg = e.to_string();
+                status
+                    .cameras
+                    .camera(&cam.id)
+                    .update(|h| h.last_error = Some(msg));
+                continue;
+            }
         };
-        let url = url::Url::parse(&cam.url).map_err(|_| CameraError::Url {
-            camera: cam.id.clone(),
-            url: redact::redact_url(&cam.url),
-        })?;
         let (tx, rx) = mpsc::channel(CLIP_QUEUE);
         senders.insert(cam.id.clone(), tx);
         let task = driver::CameraTask {
@@ -196,7 +221,7 @@ pub fn spawn(
         };
         tasks.push(tokio::spawn(task.run()));
     }
-    Ok(Cameras {
+    Cameras {
         tasks,
         clips: Some(ClipTrigger {
             linkage: Arc::new(Linkage::new(cfg)),
@@ -204,7 +229,7 @@ pub fn spawn(
             cameras: senders,
             store,
         }),
-    })
+    }
 }
 
 /// Alarm key (`device/point`, or `device/point/id`) → the rule's cameras.
