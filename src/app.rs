@@ -144,6 +144,13 @@ impl Gateway {
                 .await
                 .context("starting the MQTT device driver")?,
         );
+        let cameras = crate::cameras::spawn(
+            &cfg,
+            journal.clone(),
+            status.clone(),
+            shutdown.child_token(),
+        );
+        drivers.extend(cameras.tasks);
         let arming_stop = CancellationToken::new();
         let (arming, arming_task) = crate::arming::task::spawn(
             &c.arming,
@@ -165,6 +172,7 @@ impl Gateway {
                 linkage: (!c.linkage.is_empty()).then_some(linkage_tx),
                 arming: Some(arming.watch()),
                 live: Some(live.clone()),
+                clips: cameras.clips,
             },
         ));
         let uplink_stop = CancellationToken::new();

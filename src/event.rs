@@ -66,6 +66,12 @@ pub enum EventKind {
     CameraVideoLoss,
     #[serde(rename = "camera.video_restored")]
     CameraVideoRestored,
+    /// An alarm's clip is complete (attachment: the clip).
+    #[serde(rename = "camera.clip_ready")]
+    CameraClipReady,
+    /// An alarm's clip could not be recorded (`detail.error`).
+    #[serde(rename = "camera.clip_failed")]
+    CameraClipFailed,
     #[serde(rename = "command.executed")]
     CommandExecuted,
     #[serde(rename = "config.changed")]
@@ -121,6 +127,8 @@ impl EventKind {
             EventKind::DeviceOnline => "device.online",
             EventKind::CameraVideoLoss => "camera.video_loss",
             EventKind::CameraVideoRestored => "camera.video_restored",
+            EventKind::CameraClipReady => "camera.clip_ready",
+            EventKind::CameraClipFailed => "camera.clip_failed",
             EventKind::CommandExecuted => "command.executed",
             EventKind::ConfigChanged => "config.changed",
             EventKind::GatewayStarted => "gateway.started",

@@ -15,6 +15,7 @@
 //! - [`alarm`]: rules, ISA-18.2 states, latching, delays (pure), and its task.
 //! - [`arming`]: zones armed/disarmed by schedule and operators; survives restarts.
 //! - [`linkage`]: alarm raised/cleared → local actions (doors, fans), no uplink needed.
+//! - [`cameras`]: RTSP cameras (retina): health, video loss, pre-alarm buffer, clips.
 //! - [`command`]: the one command path (platform and the local web page), allow-listed, audited.
 //! - [`telemetry`]: report by exception (pure).
 //! - [`journal`]: durable event log on sled with per-sink cursors.
@@ -29,6 +30,7 @@
 pub mod alarm;
 pub mod app;
 pub mod arming;
+pub mod cameras;
 pub mod command;
 pub mod config;
 pub mod demo;

@@ -35,6 +35,8 @@ pub struct GatewayStatus {
     pub polls: PollRegistry,
     /// Event publishes to the platform: submit → PUBACK (`/metrics`).
     pub uplink_publish: LatencyCounter,
+    /// Per-camera health (heartbeat, `/metrics`, the web page).
+    pub cameras: crate::cameras::HealthRegistry,
 }
 
 impl GatewayStatus {
@@ -57,6 +59,7 @@ impl GatewayStatus {
             liveness: Liveness::default(),
             polls: PollRegistry::default(),
             uplink_publish: LatencyCounter::default(),
+            cameras: crate::cameras::HealthRegistry::default(),
         }
     }
 

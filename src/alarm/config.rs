@@ -57,6 +57,10 @@ pub struct AlarmRuleConfig {
     /// rules: life safety is never disarmed.
     #[serde(default)]
     pub when_disarmed: Option<WhenDisarmed>,
+    /// Cameras (`[[cameras]]` ids) that record a clip, attached to the
+    /// alarm event, when the alarm is raised.
+    #[serde(default)]
+    pub cameras: Vec<String>,
 }
 
 /// Behaviour of a rule while its zone is disarmed.

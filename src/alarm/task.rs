@@ -61,6 +61,9 @@ pub struct Hooks {
     pub arming: Option<watch::Receiver<Arc<ArmedZones>>>,
     /// Last point values and active alarms for the local web page.
     pub live: Option<Arc<super::live::LiveView>>,
+    /// Camera clips: alarms raised get their clip attachments before
+    /// linkage sees them and before they are journaled.
+    pub clips: Option<crate::cameras::ClipTrigger>,
 }
 
 /// Run until the bus closes (all drivers stopped), then flush what is pending.
@@ -87,6 +90,7 @@ pub async fn run_with(
         linkage,
         arming: mut armed,
         live,
+        clips,
     } = hooks;
     let mut engine = AlarmEngine::new(&cfg);
     if let Some(a) = &mut armed {
@@ -212,6 +216,9 @@ pub async fn run_with(
         }
         let now = Instant::now();
         engine.tick(now, Timestamp::now(), &mut out);
+        if let Some(c) = &clips {
+            c.attach(&mut out);
+        }
         if let Some(tx) = &linkage {
             let alarms: Vec<NewEvent> = out
                 .iter()

@@ -75,6 +75,12 @@ pub struct Config {
     /// Linkage rules (`[[linkage]]`).
     #[serde(default)]
     pub linkage: Vec<LinkageRuleConfig>,
+    /// RTSP cameras (`[[cameras]]`).
+    #[serde(default)]
+    pub cameras: Vec<crate::cameras::CameraConfig>,
+    /// Where alarm clips go (`[clips]`).
+    #[serde(default)]
+    pub clips: crate::cameras::ClipsConfig,
 }
 
 /// Identity (`[site]`). Both ids appear in every uplink topic:

@@ -515,6 +515,7 @@ pub(super) fn validate(c: &Config, origins: &super::profiles::Origins) -> Vec<Fi
         .chain(crate::arming::validate(c))
         .chain(crate::linkage::validate(c))
         .chain(crate::push::notify::validate(c))
+        .chain(crate::cameras::config::validate(c))
         .chain(crate::alarm::validate_arming(c))
     {
         f.err(key, message);

@@ -53,12 +53,18 @@ async fn run(
                         category: e.category,
                         zone: e.source.zone.clone(),
                         received: Instant::now(),
+                        clips: e
+                            .attachments
+                            .iter()
+                            .filter(|a| a.kind == "clip")
+                            .map(|a| a.id.clone())
+                            .collect(),
                     };
                     let action = action.clone();
                     let writers = writers.clone();
                     let journal = journal.clone();
                     running.spawn(async move {
-                        let (ok, error) = execute(&action, &writers, timeout).await;
+                        let (ok, error) = execute(&action, &writers, timeout, &ctx.clips).await;
                         let ev = outcome_event(&ctx, &action, ok, error);
                         if let Err(e) = journal.record(vec![ev]).await {
                             tracing::error!(error = %e, "cannot record linkage.executed");
@@ -80,10 +86,17 @@ struct Trigger {
     category: crate::event::Category,
     zone: Option<String>,
     received: Instant,
+    /// Clip ids the cameras attached to the alarm event.
+    clips: Vec<String>,
 }
 
 /// Run one action: `(ok, error)`.
-async fn execute(action: &Action, writers: &Writers, timeout: Duration) -> (bool, Option<String>) {
+async fn execute(
+    action: &Action,
+    writers: &Writers,
+    timeout: Duration,
+    clips: &[String],
+) -> (bool, Option<String>) {
     match action {
         Action::Write {
             device,
@@ -101,9 +114,16 @@ async fn execute(action: &Action, writers: &Writers, timeout: Duration) -> (bool
                 (false, Some(e.to_string()))
             }
         },
+        // The cameras started the clip when the alarm was raised (its id
+        // is in the alarm event's attachments); this records the outcome.
         Action::Clip { camera } => {
-            tracing::warn!(camera = %camera, "linkage clip requested: cameras are not wired yet");
-            (false, Some("not wired yet: cameras".into()))
+            // Clip ids are `{camera}-{date}-{time}-{random}`.
+            let of_camera = |id: &str| id.rsplitn(4, '-').nth(3) == Some(camera.as_str());
+            if clips.iter().any(|c| of_camera(c)) {
+                (true, None)
+            } else {
+                (false, Some(format!("no clip started on camera {camera}")))
+            }
         }
         // The push channels deliver it from the journaled alarm event
         // (`push::notify`); `push.sent` / `push.dead_lettered` tell the outcome.
@@ -129,7 +149,7 @@ fn outcome_event(t: &Trigger, action: &Action, ok: bool, error: Option<String>) 
         }
         _ => (None, None, None, None),
     };
-    let not_wired = matches!(action, Action::Clip { .. } | Action::Notify { .. });
+    let not_wired = matches!(action, Action::Notify { .. });
     NewEvent {
         ts: Timestamp::now(),
         kind: EventKind::LinkageExecuted,
@@ -157,6 +177,7 @@ fn outcome_event(t: &Trigger, action: &Action, ok: bool, error: Option<String>) 
             "ok": ok,
             "error": error,
             "elapsed_ms": t.received.elapsed().as_secs_f64() * 1000.0,
+            "clips": t.clips,
         })),
     }
 }

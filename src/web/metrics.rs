@@ -327,6 +327,54 @@ pub fn render(state: &WebState) -> String {
         "Cameras streaming.",
         get(&s.cameras_online),
     );
+    let cams = s.cameras.snapshot();
+    if !cams.is_empty() {
+        type Field = fn(&crate::cameras::HealthSnapshot) -> f64;
+        let families: [(&str, Kind, &str, Field); 6] = [
+            (
+                "estate_gateway_camera_online",
+                Kind::Gauge,
+                "1 while the camera's frames arrive.",
+                |h| f64::from(u8::from(h.online)),
+            ),
+            (
+                "estate_gateway_camera_fps",
+                Kind::Gauge,
+                "Frames per second received.",
+                |h| h.fps,
+            ),
+            (
+                "estate_gateway_camera_bitrate_bps",
+                Kind::Gauge,
+                "Encoded video received, bits per second.",
+                |h| h.bitrate_bps,
+            ),
+            (
+                "estate_gateway_camera_reconnects_total",
+                Kind::Counter,
+                "Session attempts after the first.",
+                |h| h.reconnects as f64,
+            ),
+            (
+                "estate_gateway_camera_pre_buffer_bytes",
+                Kind::Gauge,
+                "Encoded video held for pre-alarm clips.",
+                |h| h.pre_buffer_bytes as f64,
+            ),
+            (
+                "estate_gateway_camera_last_frame_age_seconds",
+                Kind::Gauge,
+                "Age of the last frame (-1: none yet).",
+                |h| h.last_frame_age_s.unwrap_or(-1.0),
+            ),
+        ];
+        for (name, kind, help, f) in families {
+            e.family(name, kind, help);
+            for h in &cams {
+                e.sample(name, &[("camera", &h.id)], f(h));
+            }
+        }
+    }
 
     let stale = s.liveness.check();
     e.family(
@@ -415,6 +463,10 @@ mod tests {
         status
             .pushes_failed
             .fetch_add(7, std::sync::atomic::Ordering::Relaxed);
+        status.cameras.camera("cam-gate").update(|h| {
+            h.online = true;
+            h.fps = 25.0;
+        });
         let text = render(&WebState {
             status: status.clone(),
             journal,
@@ -425,6 +477,8 @@ mod tests {
         for line in [
             "estate_gateway_device_polls_total{device=\"plc-\\\"1\\\"\"} 3",
             "estate_gateway_device_poll_errors_total{device=\"plc-\\\"1\\\"\"} 1",
+            "estate_gateway_camera_online{camera=\"cam-gate\"} 1",
+            "estate_gateway_camera_fps{camera=\"cam-gate\"} 25",
             "estate_gateway_device_poll_duration_seconds_sum{device=\"plc-\\\"1\\\"\"} 0.05",
             "estate_gateway_device_poll_duration_seconds_count{device=\"plc-\\\"1\\\"\"} 2",
             "estate_gateway_device_last_poll_duration_seconds{device=\"plc-\\\"1\\\"\"} 0.03",
