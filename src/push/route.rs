@@ -166,7 +166,8 @@ pub fn route(cfg: &PushConfig, channel: &str, event: &Event) -> Option<Routed> {
     let tier_of = |name: &str| cfg.tiers.iter().find(|t| t.name == name);
     let reaches = |t: &TierConfig| t.channels.iter().any(|c| c == channel);
     match event.body.kind {
-        EventKind::AlarmRaised => {
+        // A camera going dark is an alarm like any other (category `video`).
+        EventKind::AlarmRaised | EventKind::CameraVideoLoss => {
             let alarm = AlarmView::of(event)?;
             let rule = match_rule(cfg, &alarm)?;
             let tier = tier_of(rule.tiers.first()?)?;
@@ -448,6 +449,18 @@ mod tests {
             "#,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn camera_video_loss_is_pushed_like_an_alarm() {
+        let c = cfg();
+        let mut ev = raised(7, 2, Category::Video, "gate");
+        ev.body.kind = EventKind::CameraVideoLoss;
+        let r = route(&c, "wecom", &ev).expect("video loss pushed to the first tier");
+        assert_eq!(r.tier, "guards");
+        assert_eq!(r.alarm.key, "panel/p7");
+        ev.body.kind = EventKind::CameraVideoRestored;
+        assert!(route(&c, "wecom", &ev).is_none());
     }
 
     #[test]

@@ -738,7 +738,7 @@ async fn run_escalation(
 /// Apply one journal event to the escalation state; true if it changed.
 pub fn apply(cfg: &PushConfig, esc: &mut Escalations, ev: &Event) -> bool {
     match ev.body.kind {
-        EventKind::AlarmRaised => {
+        EventKind::AlarmRaised | EventKind::CameraVideoLoss => {
             let Some(alarm) = route::AlarmView::of(ev) else {
                 return false;
             };
@@ -750,7 +750,10 @@ pub fn apply(cfg: &PushConfig, esc: &mut Escalations, ev: &Event) -> bool {
                 _ => false,
             }
         }
-        EventKind::AlarmAcknowledged | EventKind::AlarmCleared | EventKind::AlarmShelved => {
+        EventKind::AlarmAcknowledged
+        | EventKind::AlarmCleared
+        | EventKind::AlarmShelved
+        | EventKind::CameraVideoRestored => {
             ev.body.alarm.as_ref().is_some_and(|a| esc.ended(&a.key))
         }
         _ => false,
