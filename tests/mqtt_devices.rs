@@ -544,7 +544,7 @@ topic = "state"
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match gw
-            .writers
+            .writers()
             .write("gate-east", release, Value::Bool(true), None, t)
             .await
         {
@@ -562,7 +562,7 @@ topic = "state"
     assert_eq!(got.text(), "OPEN");
     assert_eq!(got.qos, rumqttc::QoS::AtLeastOnce);
     // Scale undone: 21.5 / 0.5 = 43, on the point's own topic template.
-    gw.writers
+    gw.writers()
         .write("gate-east", setpoint, Value::Float(21.5), None, t)
         .await
         .expect("setpoint write");
@@ -572,7 +572,7 @@ topic = "state"
     assert_eq!(got.text(), "43");
     // Refusals: a value that does not fit, a read-only point.
     let e = gw
-        .writers
+        .writers()
         .write("gate-east", setpoint, Value::Float(0.3), None, t)
         .await;
     assert!(
@@ -583,7 +583,7 @@ topic = "state"
         "{e:?}"
     );
     let e = gw
-        .writers
+        .writers()
         .write("gate-east", state, Value::Bool(true), None, t)
         .await;
     assert!(
@@ -597,7 +597,7 @@ topic = "state"
     sub.clear();
     let hold = Duration::from_millis(300);
     let started = Instant::now();
-    gw.writers
+    gw.writers()
         .write("gate-east", release, Value::Bool(true), Some(hold), t)
         .await
         .expect("pulse");
