@@ -116,7 +116,9 @@ impl Reloader {
                 });
                 self.record(Priority::INFO, detail).await;
             }
-            Ok(_) => tracing::info!(file = %path.display(), "configuration unchanged; nothing restarted"),
+            Ok(_) => {
+                tracing::info!(file = %path.display(), "configuration unchanged; nothing restarted")
+            }
             Err(e) => {
                 tracing::error!(file = %path.display(), error = %e, "configuration reload failed");
                 self.record_failure(&path, e).await;

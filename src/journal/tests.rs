@@ -762,7 +762,10 @@ fn set_sinks_adds_and_removes_sinks_while_running() {
     j.set_sinks(&["uplink", "push-b", "uplink"]).unwrap();
     assert_eq!(j.sinks(), vec!["push-b".to_string(), "uplink".to_string()]);
     assert_eq!(j.acked_seq("uplink"), 10);
-    assert!(j.acked_seq("push-b") <= 4, "push-b delivers what push-a held");
+    assert!(
+        j.acked_seq("push-b") <= 4,
+        "push-b delivers what push-a held"
+    );
     assert!(matches!(
         j.ack_events("push-a", 10),
         Err(JournalError::UnknownSink(_))
