@@ -9,6 +9,7 @@
 //! SIGHUP reloads the configuration file (see `reload.rs`): the field side
 //! restarts with the new file, the journal and uplink session stay.
 
+pub mod disk;
 mod field;
 mod reload;
 
@@ -104,6 +105,13 @@ impl Gateway {
             .await
             .context("recording gateway.started")?;
 
+        let disk_stop = CancellationToken::new();
+        let disk = tokio::spawn(disk::watch(
+            journal.clone(),
+            c.journal.path.clone(),
+            c.journal.min_free_bytes,
+            disk_stop.clone(),
+        ));
         let (route_tx, route_rx) = watch::channel(mpsc::channel::<IncomingCommand>(1).0);
         let shared = Arc::new(Shared {
             journal: journal.clone(),
@@ -189,6 +197,8 @@ impl Gateway {
                     p.stop().await;
                 }
                 router.abort();
+                disk_stop.cancel();
+                let _ = disk.await;
                 if let Err(e) = journal.flush().await {
                     tracing::error!(error = %e, "journal flush at shutdown failed");
                 }

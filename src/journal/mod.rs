@@ -205,6 +205,9 @@ pub(crate) struct Shared {
     head: watch::Sender<JournalHead>,
     fsync: bool,
     max_bytes: u64,
+    /// The filesystem is low on space (see [`Journal::set_disk_low`]):
+    /// telemetry is refused so that events keep the space left.
+    disk_low: AtomicBool,
     gateway: String,
     /// The write-ahead log (`None`: every commit flushes the store).
     wal: Mutex<Option<wal::WalPair>>,
@@ -711,6 +714,7 @@ impl Journal {
             needs_checkpoint: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
             heartbeat: std::sync::OnceLock::new(),
+            disk_low: AtomicBool::new(false),
         });
         if assigned_seq > meta.last_seq {
             tracing::info!(
@@ -828,6 +832,11 @@ impl Journal {
             return Err(JournalError::TooLarge(payload.len()));
         }
         let sh = self.shared();
+        if sh.disk_low.load(Ordering::Relaxed) {
+            return Err(JournalError::Full(
+                "the journal's filesystem is low on space".into(),
+            ));
+        }
         let mut st = sh.lock();
         if st.pressure {
             return Err(JournalError::Full(format!(
@@ -1013,6 +1022,14 @@ impl Journal {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Tell the journal its filesystem is low on space (or no longer is).
+    /// While low, telemetry is refused with [`JournalError::Full`]; events
+    /// are still recorded. The storage engine fails every write once the
+    /// filesystem is really full, so the space left is kept for alarms.
+    pub fn set_disk_low(&self, low: bool) {
+        self.shared().disk_low.store(low, Ordering::Relaxed);
     }
 
     /// Change the set of sinks while running (a configuration reload).
