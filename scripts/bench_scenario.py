@@ -176,8 +176,16 @@ async def run(args) -> dict:
     io0 = proc_io(gw.pid)
     t0 = time.monotonic()
     end = t0 + args.duration
+    next_change = time.monotonic()
     while time.monotonic() < end:
         now = time.monotonic()
+        if args.changing and now >= next_change:
+            # Analog values drifting: a few registers per device change each second.
+            next_change = now + 1.0
+            for i in range(args.devices):
+                for _ in range(args.changing):
+                    addr = random.randrange(0, max(args.registers, 1))
+                    await servers[i].context.async_setValues(1, 6, addr, [random.randrange(0, 65536)])
         for i in range(args.devices):
             if now >= next_flip[i]:
                 state[i] = not state[i]
@@ -210,7 +218,9 @@ async def run(args) -> dict:
     result = {
         "scenario": f"{args.devices} devices x {args.registers} registers + coil @1Hz, "
         + ("every value every poll" if args.every_poll else "report by exception")
-        + (", journal fsync off" if args.no_fsync else ""),
+        + (", journal fsync off" if args.no_fsync else "")
+        + (f", {args.changing} registers/device changing each second" if args.changing else "")
+        + (f", coil flips every {args.flip_min_s:g}-{args.flip_max_s:g} s" if (args.flip_min_s, args.flip_max_s) != (2, 6) else ""),
         "window_s": round(elapsed, 1),
         "cpu_s": round(cpu, 3),
         "cpu_s_per_60s": round(cpu * 60.0 / elapsed, 3),
@@ -250,6 +260,7 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, journal)")
     ap.add_argument("--journal-dir", help="journal directory (default: in the temp dir), e.g. on a small filesystem")
     ap.add_argument("--max-bytes", type=int, default=0, help="journal max_bytes (default: the gateway's)")
+    ap.add_argument("--changing", type=int, default=0, help="registers per device given a new value every second")
     ap.add_argument("--flip-min-s", type=float, default=2, help="shortest time between a device's coil flips")
     ap.add_argument("--flip-max-s", type=float, default=6, help="longest time between a device's coil flips")
     args = ap.parse_args()
