@@ -47,6 +47,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
+def proc_io(pid: int) -> dict:
+    """The process's /proc/PID/io counters (write_bytes: to the block layer)."""
+    out = {}
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k.strip()] = int(v)
+    return out
+
+
 def rss_kib(pid: int, key: str) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -60,7 +70,8 @@ def config(args, ports, broker_port, journal) -> str:
         '[site]\nid = "bench"\ngateway = "gw-bench"\n',
         '[log]\nlevel = "warn"\n',
         f'[journal]\npath = "{journal}"\nfsync = {"false" if args.no_fsync else "true"}\n'
-        + (f"telemetry_flush_s = {args.checkpoint_s}\n" if args.checkpoint_s else ""),
+        + (f"telemetry_flush_s = {args.checkpoint_s}\n" if args.checkpoint_s else "")
+        + (f"max_bytes = {args.max_bytes}\n" if args.max_bytes else ""),
         f'[uplink]\nhost = "127.0.0.1"\nport = {broker_port}\nkeepalive_s = 5\nheartbeat_s = 15\n',
         f"[telemetry]\nevery_poll = {'true' if args.every_poll else 'false'}\nmax_interval_s = 300\nbatch_s = 1\n",
     ]
@@ -150,7 +161,7 @@ async def run(args) -> dict:
         servers.append(s)
         ports.append(port)
 
-    journal = f"{tmp}/journal"
+    journal = args.journal_dir or f"{tmp}/journal"
     with open(f"{tmp}/gw.toml", "w") as f:
         f.write(config(args, ports, broker_port, journal))
     time.sleep(0.3)
@@ -162,19 +173,29 @@ async def run(args) -> dict:
     next_flip = [time.monotonic() + random.uniform(0, 4) for _ in range(args.devices)]
     flips = 0
     cpu0 = cpu_seconds(gw.pid)
+    io0 = proc_io(gw.pid)
     t0 = time.monotonic()
     end = t0 + args.duration
+    next_change = time.monotonic()
     while time.monotonic() < end:
         now = time.monotonic()
+        if args.changing and now >= next_change:
+            # Analog values drifting: a few registers per device change each second.
+            next_change = now + 1.0
+            for i in range(args.devices):
+                for _ in range(args.changing):
+                    addr = random.randrange(0, max(args.registers, 1))
+                    await servers[i].context.async_setValues(1, 6, addr, [random.randrange(0, 65536)])
         for i in range(args.devices):
             if now >= next_flip[i]:
                 state[i] = not state[i]
                 await servers[i].context.async_setValues(1, 5, 0, [state[i]])
                 flips += 1
-                next_flip[i] = now + random.uniform(2, 6)
+                next_flip[i] = now + random.uniform(args.flip_min_s, args.flip_max_s)
         await asyncio.sleep(0.02)
     cpu = cpu_seconds(gw.pid) - cpu0
     elapsed = time.monotonic() - t0
+    io1 = proc_io(gw.pid)
     await asyncio.sleep(3)  # the last flips' alarms
     peak_rss = rss_kib(gw.pid, "VmHWM")
     rss_now = rss_kib(gw.pid, "VmRSS")
@@ -197,7 +218,9 @@ async def run(args) -> dict:
     result = {
         "scenario": f"{args.devices} devices x {args.registers} registers + coil @1Hz, "
         + ("every value every poll" if args.every_poll else "report by exception")
-        + (", journal fsync off" if args.no_fsync else ""),
+        + (", journal fsync off" if args.no_fsync else "")
+        + (f", {args.changing} registers/device changing each second" if args.changing else "")
+        + (f", coil flips every {args.flip_min_s:g}-{args.flip_max_s:g} s" if (args.flip_min_s, args.flip_max_s) != (2, 6) else ""),
         "window_s": round(elapsed, 1),
         "cpu_s": round(cpu, 3),
         "cpu_s_per_60s": round(cpu * 60.0 / elapsed, 3),
@@ -210,6 +233,11 @@ async def run(args) -> dict:
         "delay_ms_p50": percentile(delays, 50) and round(percentile(delays, 50), 2),
         "delay_ms_p99": percentile(delays, 99) and round(percentile(delays, 99), 2),
         "seq_gap_free": seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else None,
+        # Bytes the gateway sent to the block device (write_bytes) and passed
+        # to write calls (wchar; includes the log on stderr), extrapolated.
+        "write_bytes": io1["write_bytes"] - io0["write_bytes"],
+        "write_mb_per_day": round((io1["write_bytes"] - io0["write_bytes"]) * 86400.0 / elapsed / 1e6, 1),
+        "wchar_mb_per_day": round((io1["wchar"] - io0["wchar"]) * 86400.0 / elapsed / 1e6, 1),
     }
     if args.keep:
         result["dir"] = tmp
@@ -230,6 +258,11 @@ def main():
     ap.add_argument("--no-fsync", action="store_true", help="journal fsync off (to show its cost)")
     ap.add_argument("--checkpoint-s", type=int, default=0, help="journal telemetry_flush_s (checkpoint interval)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, journal)")
+    ap.add_argument("--journal-dir", help="journal directory (default: in the temp dir), e.g. on a small filesystem")
+    ap.add_argument("--max-bytes", type=int, default=0, help="journal max_bytes (default: the gateway's)")
+    ap.add_argument("--changing", type=int, default=0, help="registers per device given a new value every second")
+    ap.add_argument("--flip-min-s", type=float, default=2, help="shortest time between a device's coil flips")
+    ap.add_argument("--flip-max-s", type=float, default=6, help="longest time between a device's coil flips")
     args = ap.parse_args()
     print(json.dumps(asyncio.run(run(args))))
 

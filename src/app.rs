@@ -5,32 +5,37 @@
 //! what is pending → `gateway.stopped` is recorded → the uplink gets a short
 //! grace to deliver, publishes `status: offline (shutdown)` and disconnects →
 //! the journal is flushed. A second SIGTERM/SIGINT exits at once.
+//!
+//! SIGHUP reloads the configuration file (see `reload.rs`): the field side
+//! restarts with the new file, the journal and uplink session stay.
 
-use crate::alarm::task::{self as alarm_task, AlarmRequest};
+pub mod disk;
+mod field;
+mod reload;
+
+pub use field::FieldHandles;
+pub use reload::{ReloadError, ReloadReport, Reloader};
+
+use crate::alarm::task::AlarmRequest;
 use crate::arming::{ArmingHandle, SystemClock, WallClock};
 use crate::command::CommandPath;
 use crate::config::LoadedConfig;
 use crate::drivers::write::Writers;
-use crate::drivers::{gpio, modbus};
 use crate::event::{EventKind, NewEvent, Priority};
 use crate::journal::Journal;
-use crate::point::BusMessage;
 use crate::service::Service;
 use crate::status::GatewayStatus;
-use crate::uplink::{self, IncomingCommand, UplinkContext};
+use crate::uplink::IncomingCommand;
 use crate::web;
 use anyhow::Context;
+use field::{Field, Pushes, Shared, Uplink};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Name of the uplink's journal cursor.
 pub const UPLINK_SINK: &str = "uplink";
-
-/// Capacity of the driver bus. When full, drivers wait (alarms are never
-/// dropped); a poll cycle is at most delayed.
-const BUS_CAPACITY: usize = 1024;
 
 /// Longest a journal flush (with `fsync`, on an SD card) may take before
 /// the committer counts as wedged, on top of `[journal] telemetry_flush_s`.
@@ -43,17 +48,22 @@ const UPLINK_GRACE: Duration = Duration::from_secs(3);
 pub struct Gateway {
     pub journal: Journal,
     pub status: Arc<GatewayStatus>,
-    pub alarm_requests: mpsc::Sender<AlarmRequest>,
-    /// Writes to field devices (MQTT devices, GPIO outputs), by device id.
-    pub writers: Writers,
     /// Where the web server listens (`None`: `[web] enabled = false`).
     pub web_addr: Option<std::net::SocketAddr>,
-    /// The one command path (platform commands; the local web page later).
-    pub commands: CommandPath,
-    /// Zone arming.
-    pub arming: ArmingHandle,
+    handles: watch::Receiver<Arc<FieldHandles>>,
+    reloader: Reloader,
     shutdown: CancellationToken,
     done: tokio::task::JoinHandle<()>,
+}
+
+/// What a reload may replace, behind one lock (a reload and the shutdown
+/// never interleave).
+struct Live {
+    cfg: Arc<LoadedConfig>,
+    /// `None` once the shutdown has taken it.
+    field: Option<Field>,
+    pushes: Option<Pushes>,
+    uplink: Option<Uplink>,
 }
 
 impl Gateway {
@@ -70,13 +80,9 @@ impl Gateway {
     ) -> anyhow::Result<Gateway> {
         let cfg = Arc::new(cfg);
         let c = &cfg.config;
-        let password = match &c.uplink.password {
-            Some(src) => Some(src.resolve().context("uplink password")?),
-            None => None,
-        };
-        let push_sinks = crate::push::sinks(&c.push);
-        let mut sinks = vec![UPLINK_SINK];
-        sinks.extend(push_sinks.iter().map(String::as_str));
+        let password = Uplink::password(c)?;
+        let sinks = Pushes::sinks(c);
+        let sinks: Vec<&str> = sinks.iter().map(String::as_str).collect();
         let journal = Journal::open(&c.journal, &c.site.gateway, &sinks)
             .with_context(|| format!("opening journal at {}", c.journal.path.display()))?;
         let status = Arc::new(GatewayStatus::with_liveness_grace(
@@ -99,110 +105,38 @@ impl Gateway {
             .await
             .context("recording gateway.started")?;
 
+        let disk_stop = CancellationToken::new();
+        let disk = tokio::spawn(disk::watch(
+            journal.clone(),
+            c.journal.path.clone(),
+            c.journal.min_free_bytes,
+            disk_stop.clone(),
+        ));
+        let (route_tx, route_rx) = watch::channel(mpsc::channel::<IncomingCommand>(1).0);
+        let shared = Arc::new(Shared {
+            journal: journal.clone(),
+            status: status.clone(),
+            clock,
+            command_route: route_tx,
+        });
+
         // Pushes first: a channel secret that cannot be read stops the
         // start before any other task runs.
-        let push_stop = CancellationToken::new();
-        let pushes = crate::push::spawn(
-            crate::push::PushContext {
-                config: Arc::new(c.push.clone()),
-                site_id: c.site.id.clone(),
-                site_name: c.site.name.clone().unwrap_or_else(|| c.site.id.clone()),
-                gateway: c.site.gateway.clone(),
-                journal: journal.clone(),
-                status: status.clone(),
-                state_dir: c.journal.path.clone(),
-                clock: Arc::new(crate::push::SystemClock),
-                notify: Arc::new(crate::push::notify::rules(&c.linkage)),
-            },
-            push_stop.clone(),
-        )
-        .context("starting pushes")?;
-        let shutdown = CancellationToken::new();
-        let (bus_tx, bus_rx) = mpsc::channel::<BusMessage>(BUS_CAPACITY);
-        let (req_tx, req_rx) = mpsc::channel::<AlarmRequest>(64);
-        let (cmd_tx, cmd_rx) = mpsc::channel::<IncomingCommand>(64);
+        let pushes = Pushes::start(&cfg, &shared)?;
 
-        // Every driver that can write registers its devices first; then
-        // linkage and the command path get the complete registry.
-        let mut writers = Writers::new();
-        let mut drivers = modbus::spawn_full(
-            &cfg,
-            bus_tx.clone(),
-            shutdown.child_token(),
-            Some(&status),
-            &mut writers,
-        );
-        drivers.extend(gpio::spawn(
-            &cfg,
-            bus_tx.clone(),
-            shutdown.child_token(),
-            Some(&status),
-            &mut writers,
-        ));
-        drivers.extend(
-            crate::drivers::mqtt::spawn(&cfg, bus_tx.clone(), shutdown.child_token(), &mut writers)
-                .await
-                .context("starting the MQTT device driver")?,
-        );
-        let cameras = crate::cameras::spawn(
-            &cfg,
-            journal.clone(),
-            status.clone(),
-            shutdown.child_token(),
-        );
-        drivers.extend(cameras.tasks);
-        let arming_stop = CancellationToken::new();
-        let (arming, arming_task) = crate::arming::task::spawn(
-            &c.arming,
-            &c.journal.path,
-            journal.clone(),
-            clock,
-            arming_stop.clone(),
-        );
-        let (linkage_tx, linkage_task) =
-            crate::linkage::task::spawn(cfg.clone(), writers.clone(), journal.clone());
-        let live = Arc::new(crate::alarm::live::LiveView::new(cfg.points.len()));
-        let alarm = tokio::spawn(alarm_task::run_with(
-            cfg.clone(),
-            journal.clone(),
-            status.clone(),
-            bus_rx,
-            req_rx,
-            alarm_task::Hooks {
-                linkage: (!c.linkage.is_empty()).then_some(linkage_tx),
-                arming: Some(arming.watch()),
-                live: Some(live.clone()),
-                clips: cameras.clips,
-            },
-        ));
-        let uplink_stop = CancellationToken::new();
-        let uplink = tokio::spawn(uplink::run(
-            UplinkContext {
-                config: c.uplink.clone(),
-                password,
-                site: c.site.id.clone(),
-                gateway: c.site.gateway.clone(),
-                journal: journal.clone(),
-                status: status.clone(),
-                commands: cmd_tx,
-            },
-            uplink_stop.clone(),
-        ));
-        let command_path = CommandPath::new(
-            cfg.clone(),
-            writers.clone(),
-            req_tx.clone(),
-            Some(arming.clone()),
-            journal.clone(),
-        );
-        let commands = tokio::spawn(crate::command::run(cmd_rx, command_path.clone()));
+        let (field, handles) = Field::start(cfg.clone(), &shared).await?;
+        let (handles_tx, handles_rx) = watch::channel(handles);
+        let (cmd_tx, cmd_rx) = mpsc::channel::<IncomingCommand>(64);
+        let router = tokio::spawn(field::route_commands(cmd_rx, route_rx, journal.clone()));
+        let uplink = Uplink::start(c, password, &shared, cmd_tx.clone());
+
         let web_stop = CancellationToken::new();
         let web = if c.web.enabled {
             let state = web::WebState {
                 status: status.clone(),
                 journal: journal.clone(),
                 uplink_sink: UPLINK_SINK,
-                page: page_state(&cfg, &command_path, &live),
+                page: page_state(&cfg, handles_rx.clone()),
                 state_dir: c.journal.path.clone(),
             };
             // Alarms matter more than metrics: a taken port is logged
@@ -227,24 +161,23 @@ impl Gateway {
             tracing::error!(?missing, "main loops not running 10 s after start");
         }
 
+        let live = Arc::new(tokio::sync::Mutex::new(Live {
+            cfg: cfg.clone(),
+            field: Some(field),
+            pushes: Some(pushes),
+            uplink: Some(uplink),
+        }));
+        let reloader = Reloader::new(live.clone(), shared.clone(), cmd_tx, handles_tx);
+        let shutdown = CancellationToken::new();
         let done = {
             let shutdown = shutdown.clone();
             let journal = journal.clone();
             tokio::spawn(async move {
                 shutdown.cancelled().await;
-                tracing::info!("stopping drivers");
-                for d in drivers {
-                    let _ = d.await;
+                let mut live = live.lock().await;
+                if let Some(f) = live.field.take() {
+                    f.stop(&shared).await;
                 }
-                // The bus stays open until now even with no driver running,
-                // so the alarm task serves acknowledgements and timers.
-                drop(bus_tx);
-                let _ = alarm.await;
-                // The alarm task held the linkage queue: actions already
-                // started finish (or fail) before the journal closes.
-                let _ = linkage_task.await;
-                arming_stop.cancel();
-                let _ = arming_task.await;
                 let _ = journal
                     .record(vec![NewEvent::system(
                         EventKind::GatewayStopped,
@@ -259,13 +192,15 @@ impl Gateway {
                 {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                uplink_stop.cancel();
-                let _ = uplink.await;
-                push_stop.cancel();
-                for p in pushes {
-                    let _ = p.await;
+                if let Some(u) = live.uplink.take() {
+                    u.stop().await;
                 }
-                commands.abort();
+                if let Some(p) = live.pushes.take() {
+                    p.stop().await;
+                }
+                router.abort();
+                disk_stop.cancel();
+                let _ = disk.await;
                 if let Err(e) = journal.flush().await {
                     tracing::error!(error = %e, "journal flush at shutdown failed");
                 }
@@ -280,13 +215,52 @@ impl Gateway {
             journal,
             status,
             web_addr,
-            writers,
-            alarm_requests: req_tx,
-            commands: command_path,
-            arming,
+            handles: handles_rx,
+            reloader,
             shutdown,
             done,
         })
+    }
+
+    /// The current field's handles. A reload replaces them: hold
+    /// [`field_handles`](Self::field_handles) rather than a copy.
+    pub fn current(&self) -> Arc<FieldHandles> {
+        self.handles.borrow().clone()
+    }
+
+    /// Follows the current field's handles across reloads (the web page).
+    pub fn field_handles(&self) -> watch::Receiver<Arc<FieldHandles>> {
+        self.handles.clone()
+    }
+
+    /// The one command path of the current configuration.
+    pub fn commands(&self) -> CommandPath {
+        self.current().commands.clone()
+    }
+
+    /// Writes to field devices, by device id (current configuration).
+    pub fn writers(&self) -> Writers {
+        self.current().writers.clone()
+    }
+
+    /// Zone arming (current configuration).
+    pub fn arming(&self) -> ArmingHandle {
+        self.current().arming.clone()
+    }
+
+    /// Operator actions on alarms (current configuration).
+    pub fn alarm_requests(&self) -> mpsc::Sender<AlarmRequest> {
+        self.current().alarm_requests.clone()
+    }
+
+    /// Apply a new configuration (see [`Reloader::reload`]).
+    pub async fn reload(&self, new: LoadedConfig) -> Result<ReloadReport, ReloadError> {
+        self.reloader.reload(new).await
+    }
+
+    /// A handle that reloads this gateway (SIGHUP, the web page).
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
     }
 
     /// Begin the ordered shutdown.
@@ -304,13 +278,16 @@ impl Gateway {
 /// while every main loop is alive, then stop on SIGTERM/SIGINT.
 pub async fn run(cfg: LoadedConfig) -> anyhow::Result<()> {
     let service = Service::from_env();
+    let path = cfg.path.clone();
     let gw = Gateway::start(cfg).await?;
     tracing::info!(boot_id = %gw.status.boot_id, "gateway running");
     release_startup_memory();
     service.ready();
     let watchdog_stop = CancellationToken::new();
     let watchdog = service.spawn_watchdog(gw.status.liveness.clone(), watchdog_stop.clone());
+    let reloads = tokio::spawn(reload_on_sighup(gw.reloader(), path, service.clone()));
     wait_for_signal().await;
+    reloads.abort();
     tracing::info!("shutdown requested");
     service.stopping();
     gw.stop();
@@ -333,13 +310,12 @@ pub async fn run(cfg: LoadedConfig) -> anyhow::Result<()> {
 /// its accounts file cannot be read: the gateway runs on without the page.
 fn page_state(
     cfg: &Arc<LoadedConfig>,
-    commands: &CommandPath,
-    live: &Arc<crate::alarm::live::LiveView>,
+    field: watch::Receiver<Arc<FieldHandles>>,
 ) -> Option<Arc<web::PageState>> {
     if !cfg.config.web.page {
         return None;
     }
-    match web::PageState::new(cfg.clone(), commands.clone(), live.clone()) {
+    match web::PageState::new(field) {
         Ok(p) => Some(Arc::new(p)),
         Err(e) => {
             tracing::error!(error = %e, "web page not started");
@@ -355,6 +331,26 @@ fn release_startup_memory() {
     // SAFETY: malloc_trim only releases free memory; it has no preconditions.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// Reload `path` on every SIGHUP (`systemctl reload`), telling systemd
+/// while it runs. Reloads run one after the other.
+async fn reload_on_sighup(reloader: Reloader, path: std::path::PathBuf, service: Service) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "no SIGHUP handler: reload needs a restart");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!(file = %path.display(), "reload requested (SIGHUP)");
+        service.reloading();
+        // The outcome is logged and recorded by the reloader.
+        let _ = reloader.reload_file(&path).await;
+        service.ready();
     }
 }
 

@@ -129,11 +129,12 @@ fn main() -> ExitCode {
                 }
             };
             let c = &cfg.config;
-            match estate_gateway::journal::Journal::open(
-                &c.journal,
-                &c.site.gateway,
-                &[estate_gateway::app::UPLINK_SINK],
-            ) {
+            // Every sink of the configuration: opening with fewer would
+            // let the journal remove events a push channel still needs.
+            let mut sinks = vec![estate_gateway::app::UPLINK_SINK.to_string()];
+            sinks.extend(estate_gateway::push::sinks(&c.push));
+            let sinks: Vec<&str> = sinks.iter().map(String::as_str).collect();
+            match estate_gateway::journal::Journal::open(&c.journal, &c.site.gateway, &sinks) {
                 Ok(j) => {
                     let s = j.stats();
                     let acked = j.acked_seq(estate_gateway::app::UPLINK_SINK);

@@ -860,7 +860,7 @@ to = "06:00"
 
     // An operator disarms it through the one command path (as the web page will).
     let out = gw
-        .commands
+        .commands()
         .execute(
             &serde_json::from_value(json!({"action": "disarm_zone", "target": "perimeter-north", "operator": "guard/li"}))
                 .unwrap(),

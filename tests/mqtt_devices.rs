@@ -552,7 +552,7 @@ topic = "state"
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match gw
-            .writers
+            .writers()
             .write("gate-east", release, Value::Bool(true), None, t)
             .await
         {
@@ -570,7 +570,7 @@ topic = "state"
     assert_eq!(got.text(), "OPEN");
     assert_eq!(got.qos, rumqttc::QoS::AtLeastOnce);
     // Scale undone: 21.5 / 0.5 = 43, on the point's own topic template.
-    gw.writers
+    gw.writers()
         .write("gate-east", setpoint, Value::Float(21.5), None, t)
         .await
         .expect("setpoint write");
@@ -580,7 +580,7 @@ topic = "state"
     assert_eq!(got.text(), "43");
     // Refusals: a value that does not fit, a read-only point.
     let e = gw
-        .writers
+        .writers()
         .write("gate-east", setpoint, Value::Float(0.3), None, t)
         .await;
     assert!(
@@ -591,7 +591,7 @@ topic = "state"
         "{e:?}"
     );
     let e = gw
-        .writers
+        .writers()
         .write("gate-east", state, Value::Bool(true), None, t)
         .await;
     assert!(
@@ -605,7 +605,7 @@ topic = "state"
     sub.clear();
     let hold = Duration::from_millis(300);
     let started = Instant::now();
-    gw.writers
+    gw.writers()
         .write("gate-east", release, Value::Bool(true), Some(hold), t)
         .await
         .expect("pulse");

@@ -32,6 +32,13 @@ pub struct JournalConfig {
         default = "default_flush"
     )]
     pub telemetry_flush: Duration,
+    /// Free space, in bytes, the journal's filesystem keeps for events.
+    /// Below it the gateway raises the `gateway/disk` alarm (priority 2) and
+    /// refuses telemetry; the alarm clears once free space is back above
+    /// 1.5 times this. The storage engine cannot recover from a completely
+    /// full filesystem without a restart, so keep this well above zero.
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
 }
 
 impl Default for JournalConfig {
@@ -42,6 +49,7 @@ impl Default for JournalConfig {
             cache_bytes: default_cache_bytes(),
             fsync: true,
             telemetry_flush: default_flush(),
+            min_free_bytes: default_min_free_bytes(),
         }
     }
 }
@@ -51,6 +59,9 @@ fn default_path() -> PathBuf {
 }
 fn default_max_bytes() -> u64 {
     512 * 1024 * 1024
+}
+fn default_min_free_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 fn default_cache_bytes() -> u64 {
     1024 * 1024

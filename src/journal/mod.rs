@@ -205,6 +205,9 @@ pub(crate) struct Shared {
     head: watch::Sender<JournalHead>,
     fsync: bool,
     max_bytes: u64,
+    /// The filesystem is low on space (see [`Journal::set_disk_low`]):
+    /// telemetry is refused so that events keep the space left.
+    disk_low: AtomicBool,
     gateway: String,
     /// The write-ahead log (`None`: every commit flushes the store).
     wal: Mutex<Option<wal::WalPair>>,
@@ -581,7 +584,8 @@ impl Shared {
 struct Inner {
     shared: Arc<Shared>,
     committer: CommitHandle,
-    sinks: Vec<String>,
+    /// The sinks named at open, as changed by [`Journal::set_sinks`].
+    sinks: Mutex<Vec<String>>,
 }
 
 /// Handle to the journal; cheap to clone.
@@ -723,6 +727,7 @@ impl Journal {
             needs_checkpoint: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
             heartbeat: std::sync::OnceLock::new(),
+            disk_low: AtomicBool::new(false),
         });
         if assigned_seq > meta.last_seq {
             tracing::info!(
@@ -756,7 +761,7 @@ impl Journal {
             inner: Arc::new(Inner {
                 shared,
                 committer,
-                sinks,
+                sinks: Mutex::new(sinks),
             }),
         })
     }
@@ -840,6 +845,11 @@ impl Journal {
             return Err(JournalError::TooLarge(payload.len()));
         }
         let sh = self.shared();
+        if sh.disk_low.load(Ordering::Relaxed) {
+            return Err(JournalError::Full(
+                "the journal's filesystem is low on space".into(),
+            ));
+        }
         let mut st = sh.lock();
         if st.pressure {
             return Err(JournalError::Full(format!(
@@ -1018,9 +1028,70 @@ impl Journal {
         }
     }
 
-    /// The sinks named at open.
-    pub fn sinks(&self) -> &[String] {
-        &self.inner.sinks
+    /// The sinks named at open (or by the last [`set_sinks`](Self::set_sinks)), sorted.
+    pub fn sinks(&self) -> Vec<String> {
+        self.inner
+            .sinks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Tell the journal its filesystem is low on space (or no longer is).
+    /// While low, telemetry is refused with [`JournalError::Full`]; events
+    /// are still recorded. The storage engine fails every write once the
+    /// filesystem is really full, so the space left is kept for alarms.
+    pub fn set_disk_low(&self, low: bool) {
+        self.shared().disk_low.store(low, Ordering::Relaxed);
+    }
+
+    /// Change the set of sinks while running (a configuration reload).
+    ///
+    /// A sink that was already there keeps its cursors. A new sink gets its
+    /// cursors as at [`open`](Self::open): the ones it stored before, if
+    /// any, else the oldest event kept — so it delivers what is still
+    /// undelivered elsewhere. A sink left out no longer holds events back
+    /// (its stored cursors stay, as a sink dropped across a restart);
+    /// events every remaining sink has acknowledged are removed.
+    pub fn set_sinks(&self, sinks: &[&str]) -> Result<(), JournalError> {
+        let mut names: Vec<String> = sinks.iter().map(|s| s.to_string()).collect();
+        names.sort();
+        names.dedup();
+        let sh = self.shared();
+        {
+            let mut st = sh.lock();
+            let mut batch = Batch::default();
+            let mut added = Vec::new();
+            for sink in &names {
+                if st.event_cursors.contains_key(sink) {
+                    continue;
+                }
+                let e = read_cursor(sh.storage.as_ref(), &keys::event_cursor(sink))?
+                    .unwrap_or(st.meta.events_removed)
+                    .clamp(st.meta.events_removed, st.meta.last_seq);
+                let t = read_cursor(sh.storage.as_ref(), &keys::telemetry_cursor(sink))?
+                    .unwrap_or(st.meta.telemetry_removed)
+                    .clamp(st.meta.telemetry_removed, st.meta.telemetry_last);
+                batch.put(keys::event_cursor(sink), e.to_be_bytes().to_vec());
+                batch.put(keys::telemetry_cursor(sink), t.to_be_bytes().to_vec());
+                added.push((sink.clone(), e, t));
+            }
+            sh.storage.apply(batch)?;
+            for (sink, e, t) in added {
+                st.event_cursors.insert(sink.clone(), e);
+                st.telemetry_cursors.insert(sink, t);
+            }
+            st.event_cursors.retain(|k, _| names.contains(k));
+            st.telemetry_cursors.retain(|k, _| names.contains(k));
+            sh.dirty.store(true, Ordering::SeqCst);
+        }
+        tracing::info!(sinks = ?names, "journal sinks changed");
+        *self
+            .inner
+            .sinks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = names;
+        sh.remove_acknowledged()
     }
 
     /// Make everything recorded so far durable (shutdown path).

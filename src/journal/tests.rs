@@ -837,3 +837,53 @@ fn flush_during_background_checkpoints_keeps_everything() {
     assert_eq!(seqs(&j, 0), (1..=80).collect::<Vec<_>>());
     assert_eq!(j.stats().telemetry, 80, "telemetry checkpointed by flush()");
 }
+
+#[test]
+fn set_sinks_adds_and_removes_sinks_while_running() {
+    let rt = rt();
+    let mem = Arc::new(MemStorage::new());
+    let j = mem_journal(&mem, &mem_cfg(), &["uplink", "push-a"]);
+    rt.block_on(j.record((1..=10).map(ev).collect())).unwrap();
+    j.ack_events("uplink", 10).unwrap();
+    j.ack_events("push-a", 4).unwrap();
+    assert_eq!(j.stats().events, 6);
+
+    // push-a removed, push-b added: push-b starts at the oldest event kept
+    // (what push-a still held), uplink keeps its cursor.
+    j.set_sinks(&["uplink", "push-b", "uplink"]).unwrap();
+    assert_eq!(j.sinks(), vec!["push-b".to_string(), "uplink".to_string()]);
+    assert_eq!(j.acked_seq("uplink"), 10);
+    assert!(
+        j.acked_seq("push-b") <= 4,
+        "push-b delivers what push-a held"
+    );
+    assert!(matches!(
+        j.ack_events("push-a", 10),
+        Err(JournalError::UnknownSink(_))
+    ));
+    j.ack_events("push-b", 10).unwrap();
+    assert_eq!(j.stats().events, 0);
+
+    // Removing every sink but uplink unblocks removal at once.
+    rt.block_on(j.record((11..=12).map(ev).collect())).unwrap();
+    j.ack_events("uplink", 12).unwrap();
+    assert_eq!(j.stats().events, 2, "push-b acknowledged nothing past 10");
+    j.set_sinks(&["uplink", "push-b"]).unwrap();
+    rt.block_on(j.record((13..=14).map(ev).collect())).unwrap();
+    j.ack_events("uplink", 14).unwrap();
+    assert_eq!(j.stats().events, 4);
+    j.set_sinks(&["uplink"]).unwrap();
+    assert_eq!(j.stats().events, 0);
+
+    // A sink that comes back gets the cursor it stored (never below
+    // what was removed meanwhile).
+    j.set_sinks(&["uplink", "push-b"]).unwrap();
+    assert!(j.acked_seq("push-b") >= 10);
+    assert_eq!(j.stats().events, 14 - j.acked_seq("push-b"));
+
+    // The set survives a reopen with the same names.
+    rt.block_on(j.flush()).unwrap();
+    drop(j);
+    let j = mem_journal(&mem, &mem_cfg(), &["uplink", "push-b"]);
+    assert_eq!(j.acked_seq("uplink"), 14);
+}

@@ -89,6 +89,12 @@ impl Service {
         }
     }
 
+    /// A configuration reload has begun; [`ready`](Self::ready) ends it.
+    pub fn reloading(&self) {
+        self.notifier
+            .notify_or_log("RELOADING=1\nSTATUS=reloading configuration");
+    }
+
     /// The ordered shutdown has begun.
     pub fn stopping(&self) {
         self.notifier.notify_or_log("STOPPING=1\nSTATUS=stopping");

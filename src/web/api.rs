@@ -460,7 +460,7 @@ async fn dashboard(State(state): State<WebState>, a: Authed) -> Json<serde_json:
     let s = &state.status;
     let stats = state.journal.stats();
     let acked = state.journal.acked_seq(state.uplink_sink);
-    let active = a.page.live.alarms().borrow().clone();
+    let active = a.page.live().alarms().borrow().clone();
     let mut by_priority = [0u64; 5];
     for v in active.iter() {
         let p = v.priority.get().clamp(1, 5) as usize;
@@ -468,8 +468,8 @@ async fn dashboard(State(state): State<WebState>, a: Authed) -> Json<serde_json:
     }
     Json(json!({
         "version": s.version,
-        "site": a.page.cfg.config.site.id,
-        "gateway": a.page.cfg.config.site.gateway,
+        "site": a.page.cfg().config.site.id,
+        "gateway": a.page.cfg().config.site.gateway,
         "uptime_s": s.uptime_s(),
         "uplink": {
             "connected": s.uplink_connected.load(Ordering::Relaxed),
@@ -494,7 +494,7 @@ async fn dashboard(State(state): State<WebState>, a: Authed) -> Json<serde_json:
 
 /// `GET /api/v1/alarms`: active alarms, most urgent first.
 async fn alarms(a: Authed) -> Json<serde_json::Value> {
-    let list = a.page.live.alarms().borrow().clone();
+    let list = a.page.live().alarms().borrow().clone();
     Json(json!({"alarms": alarms_json(&list)}))
 }
 
@@ -505,7 +505,7 @@ async fn alarms(a: Authed) -> Json<serde_json::Value> {
 async fn alarm_stream(
     a: Authed,
 ) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
-    let mut rx = a.page.live.alarms();
+    let mut rx = a.page.live().alarms();
     rx.mark_changed();
     let page = a.page.clone();
     let token = a.token.clone();
@@ -587,7 +587,7 @@ async fn alarm_command(a: Authed, body: axum::body::Bytes, action: &str) -> ApiR
     };
     let outcome = a
         .page
-        .commands
+        .commands()
         .execute(
             &cmd,
             &Origin::Local {
@@ -669,8 +669,9 @@ struct DeviceOut<'a> {
 }
 
 fn devices_body(page: &PageState) -> Result<Vec<u8>, serde_json::Error> {
-    let cfg = &page.cfg;
-    let values = page.live.values();
+    let cfg = &page.cfg();
+    let live = page.live();
+    let values = live.values();
     let n = cfg.config.devices.len();
     let mut points: Vec<Vec<PointOut<'_>>> = (0..n).map(|_| Vec::new()).collect();
     let mut state: Vec<Option<bool>> = vec![None; n];
@@ -795,7 +796,7 @@ async fn audit(a: Authed) -> ApiResult {
 /// and secret values are never included.
 async fn config_view(a: Authed) -> ApiResult {
     a.require(a.session.role.can_administer(), "read the configuration")?;
-    let c = &a.page.cfg.config;
+    let c = &a.page.cfg().config;
     let devices: Vec<_> = c
         .devices
         .iter()
@@ -817,7 +818,7 @@ async fn config_view(a: Authed) -> ApiResult {
         .map(|r| json!({"point": r.point, "priority": r.priority, "message": r.message}))
         .collect();
     Ok(Json(json!({
-        "file": a.page.cfg.path,
+        "file": a.page.cfg().path,
         "site": {"id": c.site.id, "name": c.site.name, "gateway": c.site.gateway},
         "uplink": {"host": c.uplink.host, "port": c.uplink.port, "password_set": c.uplink.password.is_some()},
         "devices": devices,

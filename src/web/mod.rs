@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod tls;
 
 use crate::alarm::live::LiveView;
+use crate::app::FieldHandles;
 use crate::command::CommandPath;
 use crate::config::LoadedConfig;
 use crate::journal::Journal;
@@ -39,6 +40,7 @@ use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -151,11 +153,9 @@ pub struct WebState {
 
 /// What the page and its API need.
 pub struct PageState {
-    pub cfg: Arc<LoadedConfig>,
-    /// The one command path (acknowledge, shelve).
-    pub commands: CommandPath,
-    /// Last values and active alarms, from the alarm task.
-    pub live: Arc<LiveView>,
+    /// The running field side (configuration, command path, live values);
+    /// a configuration reload replaces it.
+    field: watch::Receiver<Arc<FieldHandles>>,
     pub users: UserStore,
     pub setup: auth::SetupToken,
     pub sessions: Mutex<auth::Sessions>,
@@ -171,11 +171,8 @@ pub struct PageState {
 impl PageState {
     /// Open the accounts in the state directory (`[journal] path`). With
     /// no technician yet, a one-time setup token is made and logged.
-    pub fn new(
-        cfg: Arc<LoadedConfig>,
-        commands: CommandPath,
-        live: Arc<LiveView>,
-    ) -> Result<PageState, WebError> {
+    pub fn new(field: watch::Receiver<Arc<FieldHandles>>) -> Result<PageState, WebError> {
+        let cfg = field.borrow().config.clone();
         let dir = cfg.config.journal.path.clone();
         let users = UserStore::open(&dir)?;
         let setup = if users.has_technician() {
@@ -203,10 +200,24 @@ impl PageState {
             audit: audit::AuditLog::new(&dir),
             secure_cookie: w.tls.is_some(),
             heavy: tokio::sync::Semaphore::new(api::HEAVY_REQUESTS),
-            cfg,
-            commands,
-            live,
+            field,
         })
+    }
+
+    /// The configuration the field side runs with now.
+    pub fn cfg(&self) -> Arc<LoadedConfig> {
+        self.field.borrow().config.clone()
+    }
+
+    /// The one command path (acknowledge, shelve) of the running field.
+    pub fn commands(&self) -> CommandPath {
+        self.field.borrow().commands.clone()
+    }
+
+    /// Last values and active alarms, from the running alarm task. After
+    /// a reload the old view's streams end and clients reconnect.
+    pub fn live(&self) -> Arc<LiveView> {
+        self.field.borrow().live.clone()
     }
 }
 

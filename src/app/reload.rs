@@ -1,0 +1,322 @@
+//! Configuration reload (SIGHUP, later the web page).
+//!
+//! A reload validates the new file first; an invalid file is logged
+//! problem by problem, recorded as `config.changed` with `ok: false`, and
+//! changes nothing. A valid one keeps the journal, the web server and —
+//! unless `[uplink]` changed — the uplink's MQTT session with its backlog;
+//! it restarts the field side (every driver, the alarm task, linkage,
+//! arming, the command path) with the new file, and the staff pushes when
+//! `[push]` changed. Alarm states of rules that are still configured
+//! survive: the alarm task saves them when it stops and the new one
+//! restores them, as across a restart.
+//!
+//! Sections read only at start (`[site]`, `[journal]`, `[web]`,
+//! `[service]`, `[log]`) refuse the reload when they changed: the gateway
+//! must be restarted for them, and a half-applied file would be worse.
+
+use super::field::{Field, FieldHandles, Pushes, Shared, Uplink};
+use super::Live;
+use crate::config::{Config, ConfigErrors, LoadedConfig};
+use crate::event::{EventKind, NewEvent, Priority};
+use crate::uplink::IncomingCommand;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch, Mutex};
+
+/// What a reload did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReloadReport {
+    /// The file the new configuration came from.
+    pub file: PathBuf,
+    /// False when the file equals the running configuration: nothing was restarted.
+    pub changed: bool,
+    /// What was restarted: `field` (drivers, alarms, linkage, arming,
+    /// commands), `pushes`, `uplink`.
+    pub restarted: Vec<&'static str>,
+    /// Devices, points and alarm rules of the new configuration.
+    pub devices: usize,
+    pub points: usize,
+    pub alarm_rules: usize,
+}
+
+/// Why a reload changed nothing (or, for [`ReloadError::RolledBack`],
+/// went back to the previous configuration).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("configuration invalid; nothing changed:\n{0}")]
+    Invalid(ConfigErrors),
+    #[error("changes to [{}] take effect only on restart; nothing changed", .0.join("], ["))]
+    NeedsRestart(Vec<&'static str>),
+    #[error("{0}; nothing changed")]
+    Secret(String),
+    #[error("the new configuration did not start ({0}); the previous one runs again")]
+    RolledBack(String),
+    #[error("the new configuration did not start ({new}), nor did the previous one ({old})")]
+    Failed { new: String, old: String },
+    #[error("the gateway is stopping")]
+    Stopping,
+}
+
+/// Reloads a running gateway; cheap to clone. Reloads run one at a time.
+#[derive(Clone)]
+pub struct Reloader {
+    live: Arc<Mutex<Live>>,
+    shared: Arc<Shared>,
+    /// Where the uplink (when restarted) sends its commands.
+    uplink_commands: mpsc::Sender<IncomingCommand>,
+    handles: Arc<watch::Sender<Arc<FieldHandles>>>,
+}
+
+impl Reloader {
+    pub(super) fn new(
+        live: Arc<Mutex<Live>>,
+        shared: Arc<Shared>,
+        uplink_commands: mpsc::Sender<IncomingCommand>,
+        handles: watch::Sender<Arc<FieldHandles>>,
+    ) -> Reloader {
+        Reloader {
+            live,
+            shared,
+            uplink_commands,
+            handles: Arc::new(handles),
+        }
+    }
+
+    /// Load and validate `path`, then [`reload`](Self::reload) it. Every
+    /// problem of an invalid file is logged and recorded.
+    pub async fn reload_file(&self, path: &Path) -> Result<ReloadReport, ReloadError> {
+        match crate::config::load(path) {
+            Ok(cfg) => self.reload(cfg).await,
+            Err(errors) => {
+                for p in &errors.0 {
+                    tracing::error!(problem = %p, "reload refused: configuration problem");
+                }
+                let e = ReloadError::Invalid(errors);
+                self.record_failure(path, &e).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Apply `new` (already validated by [`crate::config::load`]).
+    pub async fn reload(&self, new: LoadedConfig) -> Result<ReloadReport, ReloadError> {
+        let path = new.path.clone();
+        let r = self.apply(new).await;
+        match &r {
+            Ok(report) if report.changed => {
+                tracing::info!(file = %path.display(), restarted = ?report.restarted, "configuration reloaded");
+                let detail = serde_json::json!({
+                    "ok": true,
+                    "file": report.file,
+                    "restarted": report.restarted,
+                    "devices": report.devices,
+                    "points": report.points,
+                    "alarm_rules": report.alarm_rules,
+                });
+                self.record(Priority::INFO, detail).await;
+            }
+            Ok(_) => {
+                tracing::info!(file = %path.display(), "configuration unchanged; nothing restarted")
+            }
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "configuration reload failed");
+                self.record_failure(&path, e).await;
+            }
+        }
+        r
+    }
+
+    async fn apply(&self, new: LoadedConfig) -> Result<ReloadReport, ReloadError> {
+        let mut live = self.live.lock().await;
+        if live.field.is_none() {
+            return Err(ReloadError::Stopping);
+        }
+        let old = live.cfg.clone();
+        let fixed = start_only_changes(&old.config, &new.config);
+        if !fixed.is_empty() {
+            return Err(ReloadError::NeedsRestart(fixed));
+        }
+        let mut report = ReloadReport {
+            file: new.path.clone(),
+            changed: old.config != new.config,
+            restarted: Vec::new(),
+            devices: new.config.devices.len(),
+            points: new.points.len(),
+            alarm_rules: new.config.alarms.len(),
+        };
+        if !report.changed {
+            live.cfg = Arc::new(new);
+            return Ok(report);
+        }
+        let uplink_changed = old.config.uplink != new.config.uplink;
+        let pushes_changed = old.config.push != new.config.push;
+        // Read secrets before stopping anything.
+        let password = if uplink_changed {
+            Some(Uplink::password(&new.config).map_err(|e| ReloadError::Secret(format!("{e:#}")))?)
+        } else {
+            None
+        };
+        let new = Arc::new(new);
+        let shared = &self.shared;
+
+        if let Some(f) = live.field.take() {
+            f.stop(shared).await;
+        }
+        if pushes_changed {
+            if let Some(p) = live.pushes.take() {
+                p.stop().await;
+            }
+        }
+        match self.start_parts(&new, pushes_changed).await {
+            Ok((field, pushes)) => {
+                live.field = Some(field);
+                report.restarted.push("field");
+                if let Some(p) = pushes {
+                    live.pushes = Some(p);
+                    report.restarted.push("pushes");
+                }
+            }
+            Err(e_new) => {
+                tracing::error!(error = %e_new, "new configuration did not start; going back to the previous one");
+                return match self.start_parts(&old, pushes_changed).await {
+                    Ok((field, pushes)) => {
+                        live.field = Some(field);
+                        if let Some(p) = pushes {
+                            live.pushes = Some(p);
+                        }
+                        Err(ReloadError::RolledBack(e_new))
+                    }
+                    Err(e_old) => Err(ReloadError::Failed {
+                        new: e_new,
+                        old: e_old,
+                    }),
+                };
+            }
+        }
+        if let Some(password) = password {
+            if let Some(u) = live.uplink.take() {
+                u.stop().await;
+            }
+            live.uplink = Some(Uplink::start(
+                &new.config,
+                password,
+                shared,
+                self.uplink_commands.clone(),
+            ));
+            report.restarted.push("uplink");
+        }
+        live.cfg = new;
+        Ok(report)
+    }
+
+    /// Start the field of `cfg` and, when `pushes`, its pushes with the
+    /// journal sinks they need. On failure nothing of it runs.
+    async fn start_parts(
+        &self,
+        cfg: &Arc<LoadedConfig>,
+        pushes: bool,
+    ) -> Result<(Field, Option<Pushes>), String> {
+        let shared = &self.shared;
+        let p = if pushes {
+            let sinks = Pushes::sinks(&cfg.config);
+            let sinks: Vec<&str> = sinks.iter().map(String::as_str).collect();
+            shared
+                .journal
+                .set_sinks(&sinks)
+                .map_err(|e| format!("journal sinks: {e}"))?;
+            Some(Pushes::start(cfg, shared).map_err(|e| format!("{e:#}"))?)
+        } else {
+            None
+        };
+        match Field::start(cfg.clone(), shared).await {
+            Ok((field, handles)) => {
+                self.handles.send_replace(handles);
+                Ok((field, p))
+            }
+            Err(e) => {
+                if let Some(p) = p {
+                    p.stop().await;
+                }
+                Err(format!("{e:#}"))
+            }
+        }
+    }
+
+    async fn record_failure(&self, path: &Path, e: &ReloadError) {
+        let problems: Vec<String> = match e {
+            ReloadError::Invalid(errors) => errors.0.iter().map(|p| p.to_string()).collect(),
+            _ => Vec::new(),
+        };
+        let detail = serde_json::json!({
+            "ok": false,
+            "file": path,
+            "error": e.to_string().lines().next().unwrap_or_default(),
+            "problems": problems,
+        });
+        self.record(Priority::MEDIUM, detail).await;
+    }
+
+    async fn record(&self, priority: Priority, detail: serde_json::Value) {
+        let ev = NewEvent::system(EventKind::ConfigChanged, priority, detail);
+        if let Err(e) = self.shared.journal.record(vec![ev]).await {
+            tracing::error!(error = %e, "config.changed not recorded");
+        }
+    }
+}
+
+/// Sections read only at start that differ between `old` and `new`.
+pub fn start_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if old.site != new.site {
+        v.push("site");
+    }
+    if old.journal != new.journal {
+        v.push("journal");
+    }
+    if old.web != new.web {
+        v.push("web");
+    }
+    if old.service != new.service {
+        v.push("service");
+    }
+    if old.log != new.log {
+        v.push("log");
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> Config {
+        // Parsed only: its secret files and GPIO are not on this machine.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+        toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn only_start_time_sections_refuse_a_reload() {
+        let old = example();
+        let mut new = old.clone();
+        assert!(start_only_changes(&old, &new).is_empty());
+        new.alarms.clear();
+        new.devices.truncate(1);
+        new.linkage.clear();
+        new.uplink.keepalive += std::time::Duration::from_secs(1);
+        assert!(start_only_changes(&old, &new).is_empty());
+        new.journal.max_bytes += 1;
+        new.site.gateway.push('x');
+        assert_eq!(start_only_changes(&old, &new), vec!["site", "journal"]);
+    }
+
+    #[test]
+    fn refusal_names_every_section() {
+        let e = ReloadError::NeedsRestart(vec!["site", "web"]);
+        assert_eq!(
+            e.to_string(),
+            "changes to [site], [web] take effect only on restart; nothing changed"
+        );
+    }
+}
