@@ -44,7 +44,9 @@ pub async fn run(duration_s: Option<u64>) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let gateway = Gateway::start(cfg).await?;
     if let Some(addr) = gateway.web_addr {
-        println!("  web page: http://{addr}/  (first sign-in: the one-time setup token logged above)");
+        println!(
+            "  web page: http://{addr}/  (first sign-in: the one-time setup token logged above)"
+        );
         println!("  metrics: http://{addr}/metrics  health: http://{addr}/healthz\n");
     }
     println!("What the central platform receives (Ctrl-C to stop):\n");
