@@ -79,23 +79,6 @@ post_s = 3
     )
 }
 
-async fn next_event(sub: &mut Subscriber, kind: &str, timeout: Duration) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let m = sub
-            .next(left)
-            .await
-            .unwrap_or_else(|| panic!("no {kind} event within {timeout:?}"));
-        if m.topic.ends_with("/events") {
-            let v = m.json();
-            if v["kind"] == kind {
-                return v;
-            }
-        }
-    }
-}
-
 fn health(gw: &Gateway, id: &str) -> HealthSnapshot {
     gw.status
         .cameras
@@ -162,7 +145,9 @@ async fn ingest_video_loss_and_restore() {
     // The camera dies: video loss within video_loss_s + 2 s.
     cam.kill();
     let killed = Instant::now();
-    let ev = next_event(&mut sub, "camera.video_loss", Duration::from_secs(5)).await;
+    let ev = sub
+        .next_event("camera.video_loss", Duration::from_secs(5))
+        .await;
     assert!(
         killed.elapsed() <= Duration::from_secs(5),
         "{:?}",
@@ -182,7 +167,9 @@ async fn ingest_video_loss_and_restore() {
 
     // Back: restored, and ingest resumes without restarting the gateway.
     cam.restart();
-    let ev = next_event(&mut sub, "camera.video_restored", Duration::from_secs(20)).await;
+    let ev = sub
+        .next_event("camera.video_restored", Duration::from_secs(20))
+        .await;
     assert_eq!(ev["source"]["device"], "cam-a");
     let h = wait_health(&gw, "cam-a", Duration::from_secs(10), "frames again", |h| {
         h.online && h.last_frame_age_s.is_some_and(|a| a < 1.0)
@@ -220,7 +207,9 @@ async fn wrong_credentials_are_one_clear_error() {
     let mut sub =
         Subscriber::connect(broker.port(), "platform", &[format!("{ROOT}events")], false).await;
     let gw = Gateway::start(cfg).await.unwrap();
-    let ev = next_event(&mut sub, "camera.video_loss", Duration::from_secs(6)).await;
+    let ev = sub
+        .next_event("camera.video_loss", Duration::from_secs(6))
+        .await;
     let err = ev["detail"]["error"]
         .as_str()
         .unwrap_or_default()
@@ -330,7 +319,9 @@ camera = "cam-north"
     tokio::time::sleep(Duration::from_secs(4)).await;
 
     fence.write_coil(1, 0, true).await;
-    let raised = next_event(&mut sub, "alarm.raised", Duration::from_secs(10)).await;
+    let raised = sub
+        .next_event("alarm.raised", Duration::from_secs(10))
+        .await;
     let att = &raised["attachments"][0];
     assert_eq!(att["type"], "clip", "{raised}");
     let id = att["id"].as_str().unwrap().to_string();

@@ -74,24 +74,6 @@ backoff_max_s = 0.5
     )
 }
 
-/// The next event of `kind` (others skipped), or panic after `timeout`.
-async fn next_event(sub: &mut Subscriber, kind: &str, timeout: Duration) -> Value {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let m = sub
-            .next(left)
-            .await
-            .unwrap_or_else(|| panic!("no {kind} event within {timeout:?}"));
-        if m.topic.ends_with("/events") {
-            let v = m.json();
-            if v["kind"] == kind {
-                return v;
-            }
-        }
-    }
-}
-
 /// Publish a command and wait for its `cmd_result` and `command.executed`.
 async fn command(sub: &mut Subscriber, id: &str, payload: &[u8]) -> (Value, Value) {
     let (result, event, _) = command_seen(sub, id, payload).await;
@@ -835,25 +817,33 @@ to = "06:00"
     let gw = estate_gateway::app::Gateway::start_with_clock(cfg, clock.clone())
         .await
         .unwrap();
-    let ev = next_event(&mut sub, "zone.disarmed", Duration::from_secs(10)).await;
+    let ev = sub
+        .next_event("zone.disarmed", Duration::from_secs(10))
+        .await;
     assert_eq!(ev["source"]["zone"], "perimeter-north");
     assert_eq!(ev["detail"]["source"], "initial");
 
     // Noon: outside the window. Recorded, not raised at alarm priority.
     fence.write_coil(1, 0, true).await;
-    let ev = next_event(&mut sub, "alarm.raised", Duration::from_secs(10)).await;
+    let ev = sub
+        .next_event("alarm.raised", Duration::from_secs(10))
+        .await;
     assert_eq!(ev["priority"], 5, "{ev}");
     assert_eq!(ev["detail"]["zone_disarmed"], true);
     fence.write_coil(1, 0, false).await;
-    let ev = next_event(&mut sub, "alarm.cleared", Duration::from_secs(10)).await;
+    let ev = sub
+        .next_event("alarm.cleared", Duration::from_secs(10))
+        .await;
     assert_eq!(ev["priority"], 5);
 
     // 22:00 in Shanghai: the schedule arms the zone.
     clock.set(shanghai(22, 0));
-    let ev = next_event(&mut sub, "zone.armed", Duration::from_secs(10)).await;
+    let ev = sub.next_event("zone.armed", Duration::from_secs(10)).await;
     assert_eq!(ev["detail"]["source"], "schedule");
     fence.write_coil(1, 0, true).await;
-    let ev = next_event(&mut sub, "alarm.raised", Duration::from_secs(10)).await;
+    let ev = sub
+        .next_event("alarm.raised", Duration::from_secs(10))
+        .await;
     assert_eq!(ev["priority"], 2, "{ev}");
     assert!(ev["detail"].is_null(), "{ev}");
     assert_eq!(ev["alarm"]["key"], "fence-north/zone-1-alarm");
@@ -870,7 +860,9 @@ to = "06:00"
         )
         .await;
     assert!(out.ok, "{out:?}");
-    let ev = next_event(&mut sub, "zone.disarmed", Duration::from_secs(10)).await;
+    let ev = sub
+        .next_event("zone.disarmed", Duration::from_secs(10))
+        .await;
     assert_eq!(ev["detail"]["operator"], "guard/li");
     gw.stop();
     gw.wait().await;

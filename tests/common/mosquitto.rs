@@ -299,6 +299,25 @@ impl Subscriber {
             .flatten()
     }
 
+    /// The next event of `kind` on an `…/events` topic (other messages
+    /// skipped), or panic after `timeout`.
+    pub async fn next_event(&mut self, kind: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let m = self
+                .next(left)
+                .await
+                .unwrap_or_else(|| panic!("no {kind} event within {timeout:?}"));
+            if m.topic.ends_with("/events") {
+                let v = m.json();
+                if v["kind"] == kind {
+                    return v;
+                }
+            }
+        }
+    }
+
     /// The next message on a topic ending with `suffix` (others are
     /// skipped), or panic after `timeout`.
     pub async fn expect(&mut self, suffix: &str, timeout: Duration) -> Received {
