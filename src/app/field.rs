@@ -317,19 +317,13 @@ pub(super) async fn route_commands(
     while let Some(cmd) = from_uplink.recv().await {
         let to = route.borrow().clone();
         if let Err(mpsc::error::SendError(cmd)) = to.send(cmd).await {
-            let error = "gateway is reloading or stopping";
-            let _ = journal
-                .record(vec![crate::command::refusal_event(&cmd.request_id, error)])
-                .await;
-            let reply = serde_json::json!({
-                "request_id": cmd.request_id,
-                "ok": false,
-                "error": error,
-                "executed_at": crate::event::Timestamp::now(),
-            });
-            let _ = cmd
-                .reply
-                .send(serde_json::to_vec(&reply).unwrap_or_default());
+            let (event, reply) = crate::command::refusal(
+                &cmd.request_id,
+                &cmd.payload,
+                "gateway is reloading or stopping",
+            );
+            let _ = journal.record(vec![event]).await;
+            let _ = cmd.reply.send(reply);
         }
     }
 }

@@ -365,12 +365,22 @@ pub async fn run(mut commands: mpsc::Receiver<IncomingCommand>, path: CommandPat
     }
 }
 
-/// The `command.executed` event of a command refused before it reached the
-/// command path (gateway busy, shutting down): every command, done or
-/// refused, is an event.
-pub fn refusal_event(request_id: &str, error: &str) -> NewEvent {
-    NewEvent {
-        ts: Timestamp::now(),
+/// A command refused before it reached the command path (gateway busy,
+/// reloading, shutting down): its `command.executed` event — every command,
+/// done or refused, is an event — and its `cmd_result` payload, both with
+/// whatever action, target and operator the raw payload names.
+pub fn refusal(request_id: &str, payload: &[u8], error: &str) -> (NewEvent, Vec<u8>) {
+    let summary = serde_json::from_slice::<serde_json::Value>(payload)
+        .map(|v| CommandSummary::from_json(&v))
+        .unwrap_or_default();
+    let outcome = Outcome {
+        ok: false,
+        error: Some(error.to_string()),
+        executed_at: Timestamp::now(),
+        summary,
+    };
+    let event = NewEvent {
+        ts: outcome.executed_at,
         kind: EventKind::CommandExecuted,
         priority: Priority::INFO,
         category: Category::System,
@@ -379,13 +389,15 @@ pub fn refusal_event(request_id: &str, error: &str) -> NewEvent {
         attachments: Vec::new(),
         detail: Some(serde_json::json!({
             "request_id": request_id,
-            "action": null,
-            "target": null,
-            "operator": null,
+            "action": outcome.summary.action,
+            "target": outcome.summary.target,
+            "operator": outcome.summary.operator,
             "ok": false,
             "error": error,
         })),
-    }
+    };
+    let result = serde_json::to_vec(&result_json(request_id, &outcome)).unwrap_or_default();
+    (event, result)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The command checks: every refusal, and what accepted commands become.
 
 use super::check::{plan, value_from_json, Command, Plan};
-use super::{audit_detail, parse, result_json, CommandSummary, Origin, Outcome};
+use super::{audit_detail, parse, refusal, result_json, CommandSummary, Origin, Outcome};
 use crate::config::{load_str, LoadedConfig};
 use crate::event::Timestamp;
 use crate::point::Value;
@@ -384,6 +384,33 @@ fn unreadable_commands_keep_action_target_and_operator() {
         assert_eq!(r["request_id"], "r-1");
         assert!(r["executed_at"].is_string());
     }
+}
+
+#[test]
+fn refusals_before_the_command_path_keep_what_the_command_names() {
+    let body = br#"{"action": "open_door", "target": "access-1/door-3", "operator": "guard-7"}"#;
+    let (event, reply) = refusal("r1", body, "gateway busy: too many commands running");
+    let detail = event.detail.expect("detail");
+    assert_eq!(detail["request_id"], "r1");
+    assert_eq!(detail["action"], "open_door");
+    assert_eq!(detail["target"], "access-1/door-3");
+    assert_eq!(detail["operator"], "guard-7");
+    assert_eq!(detail["ok"], false);
+    assert_eq!(detail["error"], "gateway busy: too many commands running");
+    let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(reply["request_id"], "r1");
+    assert_eq!(reply["ok"], false);
+    assert_eq!(reply["operator"], "guard-7");
+    assert!(reply["executed_at"].is_string());
+
+    // Garbage names nothing, and is still refused with its request id.
+    let (event, reply) = refusal("r2", b"\xff{", "gateway is reloading or stopping");
+    let detail = event.detail.expect("detail");
+    assert_eq!(detail["action"], serde_json::Value::Null);
+    assert_eq!(detail["operator"], serde_json::Value::Null);
+    let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(reply["request_id"], "r2");
+    assert!(reply.get("operator").is_none());
 }
 
 #[test]

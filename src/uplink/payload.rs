@@ -141,16 +141,6 @@ impl EventsAck {
     }
 }
 
-/// `cmd_result` payload when the command path could not answer at all.
-pub fn command_unanswered(request_id: &str, error: &str, at: Timestamp) -> Vec<u8> {
-    to_json(&serde_json::json!({
-        "request_id": request_id,
-        "ok": false,
-        "error": error,
-        "executed_at": at,
-    }))
-}
-
 fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
     // Serializing these plain structs cannot fail (string keys, no maps
     // with non-string keys, no custom errors).
@@ -253,15 +243,5 @@ mod tests {
         assert!(EventsAck::parse(br#"{"upto_seq": -1}"#).is_err());
         assert!(EventsAck::parse(b"42").is_err());
         assert!(EventsAck::parse(b"\xff").is_err());
-    }
-
-    #[test]
-    fn unanswered_command_result() {
-        let v: serde_json::Value =
-            serde_json::from_slice(&command_unanswered("r9", "command path unavailable", ts()))
-                .unwrap();
-        assert_eq!(v["request_id"], "r9");
-        assert_eq!(v["ok"], false);
-        assert_eq!(v["executed_at"], "2026-11-18T11:06:40.123Z");
     }
 }

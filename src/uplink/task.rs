@@ -8,7 +8,7 @@
 //! counted); only a deliberate reset aborts it, and then the connection is
 //! thrown away anyway.
 
-use super::payload::{self, Downlink, EventsAck, HeartbeatPayload, StatusPayload, Topics};
+use super::payload::{Downlink, EventsAck, HeartbeatPayload, StatusPayload, Topics};
 use super::state::{Acks, Backoff, Confirm, Lane, Link, LinkChange, Phase, Pipeline};
 use super::{IncomingCommand, UplinkContext, UplinkError};
 use crate::app::UPLINK_SINK;
@@ -642,9 +642,12 @@ impl Uplink {
         tracing::info!(request_id = %request_id, "command received");
         let Ok(permit) = self.running_commands.clone().try_acquire_owned() else {
             tracing::warn!(request_id = %request_id, "command refused: too many running");
-            let error = "gateway busy: too many commands running";
-            let reply = payload::command_unanswered(&request_id, error, Timestamp::now());
-            record_refusal(&self.journal, &request_id, error);
+            let reply = record_refusal(
+                &self.journal,
+                &request_id,
+                body,
+                "gateway busy: too many commands running",
+            );
             self.results.push_back((request_id, reply));
             return;
         };
@@ -657,13 +660,10 @@ impl Uplink {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let cmd = IncomingCommand {
                 request_id: request_id.clone(),
-                payload: body,
+                payload: body.clone(),
                 reply: tx,
             };
-            let refused = |error: &str| {
-                record_refusal(&journal, &request_id, error);
-                payload::command_unanswered(&request_id, error, Timestamp::now())
-            };
+            let refused = |error: &str| record_refusal(&journal, &request_id, &body, error);
             let result = match commands.send(cmd).await {
                 Ok(()) => match rx.await {
                     Ok(r) => r,
@@ -938,13 +938,14 @@ impl Uplink {
 }
 
 /// Record the `command.executed` event of a command refused here, without
-/// blocking the event loop.
-fn record_refusal(journal: &Journal, request_id: &str, error: &str) {
+/// blocking the event loop; returns its `cmd_result` payload.
+fn record_refusal(journal: &Journal, request_id: &str, payload: &[u8], error: &str) -> Vec<u8> {
     let journal = journal.clone();
-    let event = crate::command::refusal_event(request_id, error);
+    let (event, reply) = crate::command::refusal(request_id, payload, error);
     tokio::spawn(async move {
         if let Err(e) = journal.record(vec![event]).await {
             tracing::error!(error = %e, "cannot record a refused command");
         }
     });
+    reply
 }
