@@ -274,8 +274,14 @@ mod tests {
             tracing::info!(api_token = "t0k", "x");
         });
         let all = format!("{:?}", ring.recent(10));
-        assert!(!all.contains("abc123") && !all.contains("hunter2") && !all.contains("t0k"), "{all}");
-        assert!(all.contains("setup_token=[redacted]") && all.contains("user=wang"), "{all}");
+        assert!(
+            !all.contains("abc123") && !all.contains("hunter2") && !all.contains("t0k"),
+            "{all}"
+        );
+        assert!(
+            all.contains("setup_token=[redacted]") && all.contains("user=wang"),
+            "{all}"
+        );
     }
 
     #[test]
@@ -287,7 +293,11 @@ mod tests {
         });
         let lines = ring.recent(usize::MAX);
         assert_eq!(lines.len(), RING_LINES);
-        assert!(lines.last().unwrap().text.ends_with(&format!("i={}", RING_LINES + 19)));
+        assert!(lines
+            .last()
+            .unwrap()
+            .text
+            .ends_with(&format!("i={}", RING_LINES + 19)));
         assert_eq!(ring.recent(3).len(), 3);
     }
 }

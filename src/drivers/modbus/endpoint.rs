@@ -505,7 +505,13 @@ impl<C: Connector> Endpoint<C> {
                 Reply::Words(w) => RawReply::Words(w),
             };
             let dev = &self.devices[i];
-            decode_raw(&dev.plan, &dev.plan.requests[k], raw, &mut reads, &mut values);
+            decode_raw(
+                &dev.plan,
+                &dev.plan.requests[k],
+                raw,
+                &mut reads,
+                &mut values,
+            );
         }
         Ok(ProbeReport {
             unit: self.devices[i].unit,

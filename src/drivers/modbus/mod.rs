@@ -97,7 +97,14 @@ pub fn spawn_full(
     status: Option<&GatewayStatus>,
     writers: &mut Writers,
 ) -> Vec<JoinHandle<()>> {
-    spawn_probed(cfg, bus, shutdown, status, writers, &mut probe::Probers::new())
+    spawn_probed(
+        cfg,
+        bus,
+        shutdown,
+        status,
+        writers,
+        &mut probe::Probers::new(),
+    )
 }
 
 /// [`spawn_full`], and register each polled device's probe queue in `probers`.
