@@ -26,6 +26,12 @@
 //! replies, and writes the opposite once the hold time is over (retried if
 //! that fails). After a write the device is polled at once, so the new value
 //! reaches the alarm engine and telemetry without waiting a poll interval.
+//!
+//! "Read now" probes ([`ProbeRequest`]s from the web page) arrive on a
+//! second queue and run the device's read plan once over the same link,
+//! taking turns with polls: a waiting probe runs when no poll is due, or
+//! once at least one poll ran since the previous probe. A probe changes
+//! neither the device's health nor its schedule.
 
 use super::decode::{encode_u16, raw_u16, Codec};
 use super::health::{backoff, Health};
@@ -246,6 +252,8 @@ pub struct Endpoint<C: Connector> {
     releases: Vec<Release>,
     /// "Read now" probes from the web page (`None`: none, or every sender gone).
     probes: Option<mpsc::Receiver<ProbeRequest>>,
+    /// A poll ran since the last probe (probes and polls take turns).
+    polled_since_probe: bool,
 }
 
 impl<C: Connector> Endpoint<C> {
@@ -285,6 +293,7 @@ impl<C: Connector> Endpoint<C> {
             writes: None,
             releases: Vec::new(),
             probes: None,
+            polled_since_probe: true,
         }
     }
 
@@ -341,13 +350,22 @@ impl<C: Connector> Endpoint<C> {
                     }
                     continue;
                 }
-                if let Some(req) = self.try_next_probe() {
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.cancelled() => break,
-                        _ = self.probe(req) => {}
+                // Probes take turns with polls: one waiting probe runs when
+                // no poll is due, or after at least one poll since the last
+                // probe (a busy page never starves the polling).
+                let poll_due = self
+                    .next_due()
+                    .is_some_and(|i| self.devices[i].next_poll <= Instant::now());
+                if self.polled_since_probe || !poll_due {
+                    if let Some(req) = self.try_next_probe() {
+                        self.polled_since_probe = false;
+                        tokio::select! {
+                            biased;
+                            _ = shutdown.cancelled() => break,
+                            _ = self.probe(req) => {}
+                        }
+                        continue;
                     }
-                    continue;
                 }
                 let Some(i) = self.next_due() else {
                     shutdown.cancelled().await;
@@ -374,6 +392,7 @@ impl<C: Connector> Endpoint<C> {
                         p = next_probe(probes) => {
                             match p {
                                 Some(req) => {
+                                    self.polled_since_probe = false;
                                     tokio::select! {
                                         biased;
                                         _ = shutdown.cancelled() => break,
@@ -417,6 +436,7 @@ impl<C: Connector> Endpoint<C> {
                     _ = shutdown.cancelled() => break,
                     m = self.poll(i) => m,
                 };
+                self.polled_since_probe = true;
                 if !self.send(messages).await {
                     info!("bus closed; endpoint task stops");
                     break;
