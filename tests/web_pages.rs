@@ -293,6 +293,26 @@ fn web_pages_api() {
     let err = r.json()["error"].as_str().unwrap_or_default().to_string();
     assert!(err.contains("offline") || err.contains("no reply"), "{err}");
     assert!(took < Duration::from_secs(5), "ghost probe took {took:?}");
+    // A unit that never answers: the device's timeout, reported as such.
+    let t0 = Instant::now();
+    let r = tech.post("/api/v1/devices/silent/probe", json!({}));
+    let took = t0.elapsed();
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(r.json()["cause"]["kind"], "timeout", "{}", r.body);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("no reply within 300 ms"),
+        "{}",
+        r.body
+    );
+    assert!(took < Duration::from_secs(3), "silent probe took {took:?}");
+    // A register the device does not have: its exception code.
+    let r = tech.post("/api/v1/devices/odd/probe", json!({}));
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(r.json()["cause"]["kind"], "exception", "{}", r.body);
+    assert_eq!(r.json()["cause"]["code"], 2, "{}", r.body);
     assert_eq!(
         tech.post("/api/v1/devices/nope/probe", json!({})).status,
         404

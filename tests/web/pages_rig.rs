@@ -1,6 +1,8 @@
 //! The gateway for the cameras, clips, "read now" and system pages' tests:
 //! a mosquitto broker for the platform, a pymodbus device with registers
-//! and a door contact, a Modbus device nobody answers for, and a real RTSP
+//! and a door contact, a Modbus device nobody answers for (closed port), a
+//! unit id the simulator does not answer (timeouts), a point past the
+//! simulator's registers (Modbus exception 2), and a real RTSP
 //! camera (GStreamer) whose clips the door alarm records. Without
 //! GStreamer the camera points at a closed port (its clips are then only
 //! the file the test places in the clip directory).
@@ -45,7 +47,12 @@ impl PagesRig {
     /// gateway running. `None`: a required peer is missing (skipped loudly).
     pub fn start(name: &str, users: &[(&str, &str, &str)]) -> Option<PagesRig> {
         let broker = Mosquitto::start_or_skip()?;
-        let sim = ModbusSim::start_tcp(&[1])?;
+        // Two ports on one datastore: the meter alone on the first; a unit
+        // nobody simulates and a point past the datastore on the second.
+        let sim = ModbusSim::start_tcp_ports(
+            &[crate::common::free_port(), crate::common::free_port()],
+            &[1],
+        )?;
         let cam = RtspServer::start(RtspOptions {
             width: 320,
             height: 240,
@@ -164,9 +171,46 @@ id = "flow"
 register = "holding"
 address = 0
 type = "u16"
+
+[[devices]]
+id = "silent"
+category = "hvac"
+poll_interval_s = 1
+timeout_s = 0.3
+offline_after = 2
+[devices.modbus]
+host = "127.0.0.1"
+port = {sim2}
+unit = 9
+backoff_max_s = 1
+
+[[devices.points]]
+id = "flow"
+register = "holding"
+address = 0
+type = "u16"
+
+[[devices]]
+id = "odd"
+category = "hvac"
+poll_interval_s = 1
+timeout_s = 0.5
+offline_after = 2
+[devices.modbus]
+host = "127.0.0.1"
+port = {sim2}
+unit = 1
+backoff_max_s = 1
+
+[[devices.points]]
+id = "beyond"
+register = "holding"
+address = 300
+type = "u16"
 "#,
             broker = broker.port(),
-            sim = sim.tcp_port.expect("tcp sim"),
+            sim = sim.tcp_ports[0],
+            sim2 = sim.tcp_ports[1],
         );
         let mut gw = GatewayProc::new(name, &cfg);
         std::fs::write(gw.dir().join("uplink.pw"), UPLINK_SECRET).unwrap();
