@@ -36,6 +36,7 @@ const VIEWER_PW: &str = "viewer-passw0rd-pages";
 /// Every route this part adds.
 const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/cameras"),
+    ("GET", "/api/v1/cameras/summary"),
     ("GET", "/api/v1/alarms/clips"),
     ("GET", "/api/v1/system"),
     ("GET", "/api/v1/system/logs"),
@@ -352,6 +353,10 @@ fn web_pages_api() {
             "{c}"
         );
         assert_eq!(c["summary"]["online"], 1);
+        assert_eq!(
+            guard.get("/api/v1/cameras/summary").json(),
+            json!({"total": 1, "online": 1})
+        );
         rig.set_door(true);
         let clip = common::wait_for(Duration::from_secs(30), "the alarm's clip ready", || {
             let m = guard.get("/api/v1/alarms/clips").json();

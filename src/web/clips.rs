@@ -50,6 +50,7 @@ pub fn file_routes() -> Router<WebState> {
 pub fn api_routes() -> Router<WebState> {
     Router::new()
         .route("/cameras", get(cameras))
+        .route("/cameras/summary", get(cameras_summary))
         .route("/alarms/clips", get(alarm_clips))
 }
 
@@ -265,6 +266,11 @@ impl IndexState {
 
     /// Take one journaled event (its contract JSON) into account (pure).
     fn apply(&mut self, payload: &[u8]) {
+        // Only events that name a clip are parsed (`"type": "clip"` in an
+        // attachment, `"clip": …` in a clip event's detail).
+        if !payload.windows(6).any(|w| w == b"\"clip\"") {
+            return;
+        }
         let Ok(e) = serde_json::from_slice::<serde_json::Value>(payload) else {
             return;
         };
@@ -355,7 +361,10 @@ impl ClipIndex {
 pub async fn follow(journal: Journal, index: std::sync::Arc<ClipIndex>, stop: CancellationToken) {
     let mut head = journal.watch();
     loop {
-        while index.catch_up(&journal) {}
+        // A long backlog is read in batches, letting other tasks run.
+        while index.catch_up(&journal) {
+            tokio::task::yield_now().await;
+        }
         tokio::select! {
             _ = stop.cancelled() => return,
             changed = head.changed() => {
@@ -433,12 +442,47 @@ fn clip_files(dir: &std::path::Path) -> std::collections::HashMap<String, Vec<Cl
     by_cam
 }
 
+/// A camera's state for the page: `disabled`, `online`, `offline`
+/// (frames stopped or an error), `starting` (nothing known yet).
+fn camera_state(
+    c: &crate::cameras::CameraConfig,
+    h: Option<&crate::cameras::HealthSnapshot>,
+) -> &'static str {
+    match h {
+        _ if !c.enabled => "disabled",
+        Some(h) if h.online => "online",
+        Some(h) if h.last_error.is_some() || h.last_frame_age_s.is_some() => "offline",
+        _ => "starting",
+    }
+}
+
+/// `GET /api/v1/cameras/summary`: `{total, online}` (the dashboard's card;
+/// no clip listing).
+async fn cameras_summary(State(state): State<WebState>, a: Authed) -> Json<serde_json::Value> {
+    let cfg = a.page.cfg();
+    let health = state.status.cameras.snapshot();
+    let online = cfg
+        .config
+        .cameras
+        .iter()
+        .filter(|c| camera_state(c, health.iter().find(|h| h.id == c.id)) == "online")
+        .count();
+    Json(json!({"total": cfg.config.cameras.len(), "online": online}))
+}
+
 /// `GET /api/v1/cameras`: every configured camera with its health and its
 /// newest clips. No camera URL, user name or password is included.
 async fn cameras(State(state): State<WebState>, a: Authed) -> Result<Response, ApiError> {
     let cfg = a.page.cfg();
     let health = state.status.cameras.snapshot();
     let dir = cfg.config.clips.path.clone();
+    // Listing the clip directory is the expensive part: a few at a time.
+    let _permit = a
+        .page
+        .heavy
+        .acquire()
+        .await
+        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "shutting down".into()))?;
     let mut files = tokio::task::spawn_blocking(move || clip_files(&dir))
         .await
         .unwrap_or_default();
@@ -448,13 +492,7 @@ async fn cameras(State(state): State<WebState>, a: Authed) -> Result<Response, A
         .iter()
         .map(|c| {
             let h = health.iter().find(|h| h.id == c.id);
-            let state = match h {
-                _ if !c.enabled => "disabled",
-                Some(h) if h.online => "online",
-                Some(h) if h.last_error.is_some() => "offline",
-                Some(h) if h.last_frame_age_s.is_some() => "offline",
-                _ => "starting",
-            };
+            let state = camera_state(c, h);
             let mut clips = files.remove(&c.id).unwrap_or_default();
             clips.truncate(RECENT_PER_CAMERA);
             for f in clips.iter_mut() {

@@ -267,10 +267,10 @@ VIEWS.devices = async (el) => {
 
 const baseDashboard = VIEWS.dashboard;
 VIEWS.dashboard = async (el) => {
-  const [, r] = await Promise.all([baseDashboard(el), api("GET", "/cameras")]);
+  const [, r] = await Promise.all([baseDashboard(el), api("GET", "/cameras/summary")]);
   const cards = document.getElementById("dash-cards");
   if (!r.ok || !cards || el.dataset.view !== "dashboard") return;
-  const s = r.data.summary;
+  const s = r.data;
   const cls = s.total === 0 ? "" : s.online === s.total ? "q-good" : "q-bad";
   cards.insertAdjacentHTML("beforeend", `<div class="card ${cls}" id="dash-cameras"><div class="k">${esc(t("cameras_online"))}</div><div class="v">${esc(s.online)} / ${esc(s.total)}</div></div>`);
 };
