@@ -217,7 +217,7 @@ function probeHtml(id) {
       `<tr><td data-label="${esc(t("point"))}">${esc(v.point)}</td><td data-label="${esc(t("value"))}">${esc(fmtValue(v.value))} ${esc(v.unit || "")}</td>
       <td data-label="${esc(t("quality"))}" class="q-${esc(v.quality || "unknown")}">${esc(t(v.quality || "unknown"))}</td></tr>`).join("")}</tbody></table>`;
   }
-  return `<p class="muted">${esc(t("took"))} ${esc(r.took_ms.toFixed(1))} ms · unit ${esc(r.unit)} · ${esc(new Date(p.at).toLocaleTimeString(lang))}</p>
+  return `<p class="muted"><b>${esc(t("read_now"))}</b> · ${esc(t("took"))} ${esc(r.took_ms.toFixed(1))} ms · unit ${esc(r.unit)} · ${esc(new Date(p.at).toLocaleTimeString(lang))}</p>
     <table class="probe-table"><thead><tr><th>${esc(t("point"))}</th><th>${esc(t("table"))}</th><th>${esc(t("address"))}</th><th>${esc(t("raw"))}</th><th>${esc(t("value"))}</th><th>${esc(t("quality"))}</th></tr></thead><tbody>
     ${r.values.map((v) => `<tr data-probe-point="${esc(v.point)}"><td data-label="${esc(t("point"))}">${esc(v.point)}</td>
       <td data-label="${esc(t("table"))}">${esc(v.table)}</td><td data-label="${esc(t("address"))}">${esc(v.address)}</td>
