@@ -1,15 +1,25 @@
 //! Log setup: `tracing` with structured fields; journald-friendly under
-//! systemd (no timestamps, `<N>` syslog priority prefixes).
+//! systemd (no timestamps, `<N>` syslog priority prefixes). The newest
+//! lines at INFO and above are also kept in memory ([`recent`]) for the
+//! web page's system view, with the values of secret-looking fields hidden.
 
 use crate::config::{LogConfig, LogFormat};
+use serde::Serialize;
+use std::collections::VecDeque;
 use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock};
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::{Format, Full, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Registry};
 
 /// Install the global subscriber. `RUST_LOG` wins over the config's level.
+/// Lines at INFO and above are also kept in the in-memory ring of
+/// [`recent`] (the web page's system view), whatever the level.
 pub fn init(cfg: &LogConfig) {
     let filter = std::env::var("RUST_LOG")
         .ok()
@@ -17,17 +27,188 @@ pub fn init(cfg: &LogConfig) {
         .or_else(|| EnvFilter::try_new(&cfg.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match (cfg.format, under_journald) {
-        (LogFormat::Json, _) => builder.json().flatten_event(true).try_init(),
-        (LogFormat::Auto, true) => builder
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt: Box<dyn Layer<Registry> + Send + Sync> = match (cfg.format, under_journald) {
+        (LogFormat::Json, _) => fmt.json().flatten_event(true).boxed(),
+        (LogFormat::Auto, true) => fmt
             .with_ansi(false)
             .event_format(Journald(Format::default().without_time().with_target(true)))
-            .try_init(),
-        _ => builder.try_init(),
+            .boxed(),
+        _ => fmt.boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(RingLayer(ring().clone()).with_filter(LevelFilter::INFO))
+        .try_init();
+}
+
+/// Lines kept by the in-memory ring.
+pub const RING_LINES: usize = 500;
+/// Longest line kept (longer ones are cut).
+const RING_LINE_MAX: usize = 2000;
+/// Field names whose values are never kept, whatever their type (defence
+/// in depth: secrets are already redacted by their type).
+const HIDDEN_FIELDS: &[&str] = &[
+    "password",
+    "passwd",
+    "token",
+    "secret",
+    "credential",
+    "authorization",
+];
+
+/// One log line as the ring keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LogLine {
+    pub ts: crate::event::Timestamp,
+    /// `ERROR`, `WARN` or `INFO`.
+    pub level: &'static str,
+    pub target: String,
+    /// Spans (`modbus_device{device=…}`), message and fields, one line.
+    pub text: String,
+}
+
+/// The newest log lines, a bounded buffer.
+#[derive(Debug, Default)]
+pub struct LogRing {
+    lines: Mutex<VecDeque<LogLine>>,
+}
+
+impl LogRing {
+    fn push(&self, line: LogLine) {
+        let mut g = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        if g.len() >= RING_LINES {
+            g.pop_front();
+        }
+        g.push_back(line);
+    }
+
+    /// Up to `n` newest lines, oldest first.
+    pub fn recent(&self, n: usize) -> Vec<LogLine> {
+        let g = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        g.iter().skip(g.len().saturating_sub(n)).cloned().collect()
+    }
+}
+
+fn ring() -> &'static Arc<LogRing> {
+    static RING: OnceLock<Arc<LogRing>> = OnceLock::new();
+    RING.get_or_init(Default::default)
+}
+
+/// Up to `n` newest log lines at INFO and above, oldest first (empty when
+/// [`init`] was not called, as in unit tests).
+pub fn recent(n: usize) -> Vec<LogLine> {
+    ring().recent(n)
+}
+
+/// Writes `name=value` pairs; hides the values of [`HIDDEN_FIELDS`].
+struct Fields<'a> {
+    out: &'a mut String,
+    message: Option<String>,
+}
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        use fmt::Write as _;
+        let name = field.name();
+        if name == "message" {
+            self.message = Some(format!("{value:?}"));
+            return;
+        }
+        let lower = name.to_ascii_lowercase();
+        if !self.out.is_empty() {
+            self.out.push(' ');
+        }
+        if HIDDEN_FIELDS.iter().any(|h| lower.contains(h)) {
+            let _ = write!(self.out, "{name}=[redacted]");
+        } else {
+            let _ = write!(self.out, "{name}={value:?}");
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        // Strings without the quotes Debug adds.
+        self.record_debug(field, &format_args!("{value}"));
+    }
+}
+
+/// A span's fields, formatted once when it opens.
+struct SpanFields(String);
+
+/// The tracing layer that fills the ring.
+struct RingLayer(Arc<LogRing>);
+
+impl<S> Layer<S> for RingLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: Context<'_, S>,
+    ) {
+        let mut out = String::new();
+        let mut v = Fields {
+            out: &mut out,
+            message: None,
+        };
+        attrs.record(&mut v);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(SpanFields(out));
+        }
+    }
+
+    fn on_event(&self, ev: &Event<'_>, ctx: Context<'_, S>) {
+        let mut text = String::new();
+        if let Some(scope) = ctx.event_scope(ev) {
+            for span in scope.from_root() {
+                text.push_str(span.name());
+                if let Some(f) = span.extensions().get::<SpanFields>() {
+                    if !f.0.is_empty() {
+                        text.push('{');
+                        text.push_str(&f.0);
+                        text.push('}');
+                    }
+                }
+                text.push_str(": ");
+            }
+        }
+        let mut fields = String::new();
+        let mut v = Fields {
+            out: &mut fields,
+            message: None,
+        };
+        ev.record(&mut v);
+        if let Some(m) = v.message.take() {
+            text.push_str(&m);
+        }
+        if !fields.is_empty() {
+            text.push(' ');
+            text.push_str(&fields);
+        }
+        if text.len() > RING_LINE_MAX {
+            let mut cut = RING_LINE_MAX;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push('…');
+        }
+        let m = ev.metadata();
+        self.0.push(LogLine {
+            ts: crate::event::Timestamp::now(),
+            level: match *m.level() {
+                Level::ERROR => "ERROR",
+                Level::WARN => "WARN",
+                Level::INFO => "INFO",
+                Level::DEBUG => "DEBUG",
+                Level::TRACE => "TRACE",
+            },
+            target: m.target().to_string(),
+            text,
+        });
+    }
 }
 
 /// Prefixes each line with its syslog priority for journald.
@@ -52,5 +233,71 @@ where
         };
         write!(w, "<{prio}>")?;
         self.0.format_event(ctx, w, ev)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_ring(f: impl FnOnce()) -> Arc<LogRing> {
+        let ring = Arc::new(LogRing::default());
+        let sub = tracing_subscriber::registry()
+            .with(RingLayer(ring.clone()).with_filter(LevelFilter::INFO));
+        tracing::subscriber::with_default(sub, f);
+        ring
+    }
+
+    #[test]
+    fn keeps_info_and_above_with_spans_and_fields() {
+        let ring = with_ring(|| {
+            let span = tracing::info_span!("modbus_device", device = "door-panel", unit = 1);
+            let _e = span.enter();
+            tracing::debug!("not kept");
+            tracing::warn!(error = "timeout", failures = 3, "poll failed");
+        });
+        let lines = ring.recent(10);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0].level, "WARN");
+        assert_eq!(
+            lines[0].text,
+            "modbus_device{device=door-panel unit=1}: poll failed error=timeout failures=3"
+        );
+    }
+
+    #[test]
+    fn secret_looking_fields_are_hidden() {
+        let ring = with_ring(|| {
+            tracing::warn!(setup_token = %"abc123", user = "wang", "setup");
+            let span = tracing::info_span!("s", password = "hunter2");
+            let _e = span.enter();
+            tracing::info!(api_token = "t0k", "x");
+        });
+        let all = format!("{:?}", ring.recent(10));
+        assert!(
+            !all.contains("abc123") && !all.contains("hunter2") && !all.contains("t0k"),
+            "{all}"
+        );
+        assert!(
+            all.contains("setup_token=[redacted]") && all.contains("user=wang"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn bounded_newest_kept() {
+        let ring = with_ring(|| {
+            for i in 0..(RING_LINES + 20) {
+                tracing::info!(i, "line");
+            }
+        });
+        let lines = ring.recent(usize::MAX);
+        assert_eq!(lines.len(), RING_LINES);
+        assert!(lines
+            .last()
+            .unwrap()
+            .text
+            .ends_with(&format!("i={}", RING_LINES + 19)));
+        assert_eq!(ring.recent(3).len(), 3);
     }
 }

@@ -45,6 +45,8 @@ pub struct FieldHandles {
     pub arming: ArmingHandle,
     /// Last point values and active alarms (the local web page).
     pub live: Arc<crate::alarm::live::LiveView>,
+    /// "Read now" probes of Modbus devices (the local web page).
+    pub probes: modbus::probe::Probers,
 }
 
 /// What every field shares and keeps across reloads.
@@ -92,12 +94,14 @@ impl Field {
         // Every driver that can write registers its devices first; then
         // linkage and the command path get the complete registry.
         let mut writers = Writers::new();
-        let mut drivers = modbus::spawn_full(
+        let mut probes = modbus::probe::Probers::new();
+        let mut drivers = modbus::spawn_probed(
             &cfg,
             bus_tx.clone(),
             stop.child_token(),
             Some(status),
             &mut writers,
+            &mut probes,
         );
         drivers.extend(gpio::spawn(
             &cfg,
@@ -169,6 +173,7 @@ impl Field {
             commands: command_path,
             arming,
             live,
+            probes,
         });
         let field = Field {
             stop,

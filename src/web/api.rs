@@ -135,7 +135,13 @@ impl Authed {
         }
     }
 
-    fn audit(&self, action: &str, target: Option<&str>, ok: bool, detail: Option<String>) {
+    pub(crate) fn audit(
+        &self,
+        action: &str,
+        target: Option<&str>,
+        ok: bool,
+        detail: Option<String>,
+    ) {
         self.page.audit.append(&AuditEntry {
             ts: Timestamp::now(),
             user: Some(self.session.user.clone()),
@@ -207,6 +213,9 @@ pub fn routes() -> Router<WebState> {
         .route("/users/:name", delete(remove_user))
         .route("/audit", get(audit))
         .route("/config", get(config_view))
+        .merge(super::clips::api_routes())
+        .merge(super::system::routes())
+        .merge(super::probe::routes())
 }
 
 fn session_cookie(token: &str, secure: bool) -> String {

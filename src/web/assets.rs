@@ -11,13 +11,34 @@ use axum::Router;
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
+const PAGES_JS: &str = include_str!("assets/pages.js");
+const PAGES_CSS: &str = include_str!("assets/pages.css");
 
-/// `/`, `/assets/app.js`, `/assets/app.css`.
+/// `/`, `/assets/app.js`, `/assets/app.css`, and the cameras, system and
+/// "read now" pages' `/assets/pages.js`, `/assets/pages.css`.
 pub fn routes() -> Router<WebState> {
     Router::new()
         .route("/", get(index))
         .route("/assets/app.js", get(app_js))
         .route("/assets/app.css", get(app_css))
+        .route(
+            "/assets/pages.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    PAGES_JS,
+                )
+            }),
+        )
+        .route(
+            "/assets/pages.css",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+                    PAGES_CSS,
+                )
+            }),
+        )
 }
 
 async fn index() -> impl IntoResponse {

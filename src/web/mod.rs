@@ -10,6 +10,10 @@
 //! - [`assets`]: the page itself (HTML, JS, CSS embedded in the binary).
 //! - [`metrics`]: Prometheus text exposition, written by hand.
 //! - [`health`]: `/healthz` from the main loops' liveness.
+//! - [`clips`]: camera clips (`/clips/{id}.mp4`, range requests), the
+//!   cameras page, the clips of active alarms.
+//! - [`probe`]: "read now" of a device (technicians).
+//! - [`system`]: version, disk, journal backlog per sink, recent logs.
 //!
 //! Open without a session: the page shell and its assets (they hold no
 //! data; the page signs in through the API), `/healthz`, and `/metrics`
@@ -22,8 +26,11 @@ pub mod api;
 pub mod assets;
 pub mod audit;
 pub mod auth;
+pub mod clips;
 pub mod health;
 pub mod metrics;
+pub mod probe;
+pub mod system;
 pub mod tls;
 
 use crate::alarm::live::LiveView;
@@ -166,6 +173,8 @@ pub struct PageState {
     pub secure_cookie: bool,
     /// Bounds how many large responses are built at once.
     pub heavy: tokio::sync::Semaphore,
+    /// Clips of alarms, fed from the journal by [`clips::follow`].
+    pub clips: Arc<clips::ClipIndex>,
 }
 
 impl PageState {
@@ -200,6 +209,7 @@ impl PageState {
             audit: audit::AuditLog::new(&dir),
             secure_cookie: w.tls.is_some(),
             heavy: tokio::sync::Semaphore::new(api::HEAVY_REQUESTS),
+            clips: Arc::default(),
             field,
         })
     }
@@ -229,6 +239,7 @@ pub fn router(state: WebState) -> Router {
     if state.page.is_some() {
         r = r
             .nest("/api/v1", api::routes())
+            .merge(clips::file_routes())
             .merge(assets::routes())
             .layer(axum::middleware::map_response(assets::security_headers));
     }
@@ -254,6 +265,13 @@ pub async fn spawn(
         })?;
     let addr = listener.local_addr().unwrap_or(cfg.listen);
     tracing::info!(%addr, https = tls.is_some(), "web server listening");
+    if let Some(page) = &state.page {
+        tokio::spawn(clips::follow(
+            state.journal.clone(),
+            page.clips.clone(),
+            shutdown.clone(),
+        ));
+    }
     let app = router(state);
     let handle = match tls {
         None => tokio::spawn(serve_http(listener, app, shutdown)),

@@ -26,10 +26,17 @@
 //! replies, and writes the opposite once the hold time is over (retried if
 //! that fails). After a write the device is polled at once, so the new value
 //! reaches the alarm engine and telemetry without waiting a poll interval.
+//!
+//! "Read now" probes ([`ProbeRequest`]s from the web page) arrive on a
+//! second queue and run the device's read plan once over the same link,
+//! taking turns with polls: a waiting probe runs when no poll is due, or
+//! once at least one poll ran since the previous probe. A probe changes
+//! neither the device's health nor its schedule.
 
 use super::decode::{encode_u16, raw_u16, Codec};
 use super::health::{backoff, Health};
 use super::plan::{ReadPlan, ReadRequest};
+use super::probe::{decode_raw, ProbeError, ProbeReport, ProbeRequest, RawReply};
 use super::transport::{Connector, ModbusError, Transport};
 use crate::drivers::write::{WriteError, WriteRequest};
 use crate::drivers::{PointType, RegisterKind};
@@ -243,6 +250,10 @@ pub struct Endpoint<C: Connector> {
     writes: Option<mpsc::Receiver<WriteRequest>>,
     /// Pulses waiting for their second write.
     releases: Vec<Release>,
+    /// "Read now" probes from the web page (`None`: none, or every sender gone).
+    probes: Option<mpsc::Receiver<ProbeRequest>>,
+    /// A poll ran since the last probe (probes and polls take turns).
+    polled_since_probe: bool,
 }
 
 impl<C: Connector> Endpoint<C> {
@@ -281,7 +292,15 @@ impl<C: Connector> Endpoint<C> {
             heartbeat: None,
             writes: None,
             releases: Vec::new(),
+            probes: None,
+            polled_since_probe: true,
         }
+    }
+
+    /// Serve "read now" probes from this queue between polls.
+    pub fn with_probes(mut self, probes: mpsc::Receiver<ProbeRequest>) -> Self {
+        self.probes = Some(probes);
+        self
     }
 
     /// Serve writes from this queue between polls.
@@ -331,6 +350,23 @@ impl<C: Connector> Endpoint<C> {
                     }
                     continue;
                 }
+                // Probes take turns with polls: one waiting probe runs when
+                // no poll is due, or after at least one poll since the last
+                // probe (a busy page never starves the polling).
+                let poll_due = self
+                    .next_due()
+                    .is_some_and(|i| self.devices[i].next_poll <= Instant::now());
+                if self.polled_since_probe || !poll_due {
+                    if let Some(req) = self.try_next_probe() {
+                        self.polled_since_probe = false;
+                        tokio::select! {
+                            biased;
+                            _ = shutdown.cancelled() => break,
+                            _ = self.probe(req) => {}
+                        }
+                        continue;
+                    }
+                }
                 let Some(i) = self.next_due() else {
                     shutdown.cancelled().await;
                     break;
@@ -348,10 +384,25 @@ impl<C: Connector> Endpoint<C> {
                 if due > Instant::now() {
                     sleep.as_mut().reset(due);
                     let writes = &mut self.writes;
+                    let probes = &mut self.probes;
                     let woke = tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => break,
                         w = next_write(writes) => Some(w),
+                        p = next_probe(probes) => {
+                            match p {
+                                Some(req) => {
+                                    self.polled_since_probe = false;
+                                    tokio::select! {
+                                        biased;
+                                        _ = shutdown.cancelled() => break,
+                                        _ = self.probe(req) => {}
+                                    }
+                                }
+                                None => self.probes = None,
+                            }
+                            continue;
+                        }
                         _ = &mut sleep => None,
                     };
                     match woke {
@@ -385,6 +436,7 @@ impl<C: Connector> Endpoint<C> {
                     _ = shutdown.cancelled() => break,
                     m = self.poll(i) => m,
                 };
+                self.polled_since_probe = true;
                 if !self.send(messages).await {
                     info!("bus closed; endpoint task stops");
                     break;
@@ -414,6 +466,79 @@ impl<C: Connector> Endpoint<C> {
                 None
             }
         }
+    }
+
+    /// The next queued probe, if one is waiting.
+    fn try_next_probe(&mut self) -> Option<ProbeRequest> {
+        let rx = self.probes.as_mut()?;
+        match rx.try_recv() {
+            Ok(r) => Some(r),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => {
+                self.probes = None;
+                None
+            }
+        }
+    }
+
+    /// Run one probe and answer it. The device's health and schedule are
+    /// left alone; the link rules are the polls' (a timeout drops the link).
+    async fn probe(&mut self, req: ProbeRequest) {
+        let ProbeRequest { device, reply } = req;
+        let Some(i) = self.devices.iter().position(|d| d.id == device) else {
+            let _ = reply.send(Err(ProbeError::NotPolled {
+                device: device.to_string(),
+            }));
+            return;
+        };
+        let span = self.devices[i].span.clone();
+        let outcome = self.probe_device(i).instrument(span.clone()).await;
+        let _e = span.enter();
+        match &outcome {
+            Ok(r) => info!(took_ms = r.took_ms, "read now: probed"),
+            Err(e) => info!(error = %e, "read now: probe failed"),
+        }
+        let _ = reply.send(outcome);
+    }
+
+    /// Run device `i`'s read plan once, keeping the raw replies.
+    async fn probe_device(&mut self, i: usize) -> Result<ProbeReport, ProbeError> {
+        let timeout = self.devices[i].timeout;
+        self.ensure_link(timeout).await?;
+        let began = std::time::Instant::now();
+        let (mut reads, mut values) = (Vec::new(), Vec::new());
+        for k in 0..self.devices[i].plan.requests.len() {
+            self.frame_gap().await;
+            let dev = &self.devices[i];
+            let r = &dev.plan.requests[k];
+            let link = self
+                .link
+                .as_mut()
+                .ok_or_else(|| ModbusError::NotConnected("link closed".into()))?;
+            let result = match tokio::time::timeout(timeout, read_one(link, dev.unit, r)).await {
+                Ok(r) => r,
+                Err(_) => Err(ModbusError::Timeout(timeout)),
+            };
+            self.frame_done();
+            let raw = match self.link_result(result)? {
+                Reply::Bits(b) => RawReply::Bits(b),
+                Reply::Words(w) => RawReply::Words(w),
+            };
+            let dev = &self.devices[i];
+            decode_raw(
+                &dev.plan,
+                &dev.plan.requests[k],
+                raw,
+                &mut reads,
+                &mut values,
+            );
+        }
+        Ok(ProbeReport {
+            unit: self.devices[i].unit,
+            took_ms: began.elapsed().as_secs_f64() * 1000.0,
+            reads,
+            values,
+        })
     }
 
     /// The device serving writable point `point`.
@@ -813,6 +938,14 @@ fn write_error(e: ModbusError) -> WriteError {
 /// Wait for the next write; never resolves when there is no queue.
 async fn next_write(writes: &mut Option<mpsc::Receiver<WriteRequest>>) -> Option<WriteRequest> {
     match writes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Wait for the next probe; never resolves when there is no queue.
+async fn next_probe(probes: &mut Option<mpsc::Receiver<ProbeRequest>>) -> Option<ProbeRequest> {
+    match probes {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }

@@ -15,12 +15,17 @@
 //! registers it in [`Writers`] for each device the task serves; the task runs
 //! writes between polls (see [`endpoint`]). Only points with
 //! `writable = true` on a coil or holding register accept writes.
+//!
+//! "Read now" probes ([`probe`]): [`spawn_probed`] also gives every endpoint
+//! task a probe queue, registered in [`probe::Probers`] per device; probes
+//! run between polls like writes.
 
 mod config;
 pub mod decode;
 pub mod endpoint;
 pub mod health;
 pub mod plan;
+pub mod probe;
 #[cfg(test)]
 mod tests;
 pub mod transport;
@@ -92,6 +97,25 @@ pub fn spawn_full(
     status: Option<&GatewayStatus>,
     writers: &mut Writers,
 ) -> Vec<JoinHandle<()>> {
+    spawn_probed(
+        cfg,
+        bus,
+        shutdown,
+        status,
+        writers,
+        &mut probe::Probers::new(),
+    )
+}
+
+/// [`spawn_full`], and register each polled device's probe queue in `probers`.
+pub fn spawn_probed(
+    cfg: &LoadedConfig,
+    bus: mpsc::Sender<BusMessage>,
+    shutdown: CancellationToken,
+    status: Option<&GatewayStatus>,
+    writers: &mut Writers,
+    probers: &mut probe::Probers,
+) -> Vec<JoinHandle<()>> {
     let start = Instant::now();
     let mut tcp: BTreeMap<(String, u16), Vec<DevicePoller>> = BTreeMap::new();
     let mut rtu: BTreeMap<String, Vec<DevicePoller>> = BTreeMap::new();
@@ -158,13 +182,15 @@ pub fn spawn_full(
     let mut handles = Vec::new();
     for ((host, port), devices) in tcp {
         let rx = register_writes(&devices, writers);
+        let probes = register_probes(&devices, probers);
         let mut ep = Endpoint::new(
             TcpConnector::new(&host, port),
             LinkKind::Tcp,
             devices,
             bus.clone(),
         )
-        .with_writes(rx);
+        .with_writes(rx)
+        .with_probes(probes);
         if let Some(s) = status {
             ep = ep.with_heartbeat(
                 s.liveness
@@ -182,8 +208,10 @@ pub fn spawn_full(
             inter_frame: line.inter_frame_delay(),
         };
         let rx = register_writes(&devices, writers);
+        let probes = register_probes(&devices, probers);
         let mut ep = Endpoint::new(RtuConnector::new(line.clone()), kind, devices, bus.clone())
-            .with_writes(rx);
+            .with_writes(rx)
+            .with_probes(probes);
         if let Some(s) = status {
             ep = ep.with_heartbeat(
                 s.liveness
@@ -203,6 +231,18 @@ fn register_writes(
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
     for d in devices {
         writers.insert(Arc::clone(&d.id), tx.clone());
+    }
+    rx
+}
+
+/// One probe queue for an endpoint task, registered for each of its devices.
+fn register_probes(
+    devices: &[DevicePoller],
+    probers: &mut probe::Probers,
+) -> mpsc::Receiver<probe::ProbeRequest> {
+    let (tx, rx) = mpsc::channel(probe::PROBE_QUEUE);
+    for d in devices {
+        probers.insert(Arc::clone(&d.id), tx.clone());
     }
     rx
 }

@@ -734,3 +734,144 @@ async fn a_failed_pulse_release_is_retried() {
     token.cancel();
     h.await.unwrap();
 }
+
+/// [`start`] with a probe queue for every device.
+fn start_probed(
+    shared: &Shared,
+    kind: LinkKind,
+    devices: Vec<DevicePoller>,
+) -> (
+    super::probe::Probers,
+    mpsc::Receiver<BusMessage>,
+    CancellationToken,
+    JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::channel(256);
+    let (ptx, prx) = mpsc::channel(super::probe::PROBE_QUEUE);
+    let mut probers = super::probe::Probers::new();
+    for d in &devices {
+        probers.insert(d.id.clone(), ptx.clone());
+    }
+    let token = CancellationToken::new();
+    let ep = Endpoint::new(FakeConnector(shared.clone()), kind, devices, tx)
+        .with_seed(7)
+        .with_probes(prx);
+    let h = tokio::spawn(ep.run(token.clone()));
+    (probers, rx, token, h)
+}
+
+#[tokio::test(start_paused = true)]
+async fn probes_take_turns_with_polling_on_a_serial_bus() {
+    use super::probe::ProbeError;
+    let shared = fake(&[(1, Behaviour::Answer), (2, Behaviour::Answer)]);
+    let inter_frame = Duration::from_millis(4);
+    let (probers, mut rx, token, h) = start_probed(
+        &shared,
+        LinkKind::Serial { inter_frame },
+        vec![device(1, 0, 50, 100, 3, 30), device(2, 3, 50, 100, 3, 30)],
+    );
+    // Probes of both devices while both are polled every 50 ms.
+    let mut tasks = Vec::new();
+    for k in 0..6 {
+        let p = probers.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20 * k)).await;
+            let dev = if k % 2 == 0 { "dev-1" } else { "dev-2" };
+            p.probe(dev, Duration::from_secs(2)).await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap().expect("probe answered");
+        assert_eq!(r.reads.len(), 2, "holding and coil requests: {r:?}");
+        let f32_point = r.values.iter().find(|v| v.address == 1).unwrap();
+        let bits = 21.5f32.to_bits();
+        assert_eq!(f32_point.raw, [(bits >> 16) as u16, bits as u16]);
+        assert_eq!(f32_point.value, Some(Value::Float(21.5)));
+        let u16_point = r
+            .values
+            .iter()
+            .find(|v| v.address == 0 && v.table == RegisterKind::Holding);
+        assert_eq!(u16_point.unwrap().value, Some(Value::Int(42)));
+    }
+    let mut readings = 0;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(1), rx.recv()).await {
+        if matches!(m, BusMessage::Readings { .. }) {
+            readings += 1;
+        }
+    }
+    assert!(
+        readings > 4,
+        "polling went on: {readings} after {:?}, {} requests",
+        Instant::now(),
+        shared.lock().unwrap().requests.len()
+    );
+    {
+        let s = shared.lock().unwrap();
+        assert_eq!(s.max_in_flight, 1, "one request at a time on the bus");
+        // The inter-frame silence holds between every two requests.
+        let mut spans: Vec<_> = s.requests.iter().map(|r| (r.1, r.2.unwrap())).collect();
+        spans.sort();
+        for w in spans.windows(2) {
+            assert!(w[1].0 >= w[0].1 + inter_frame, "{w:?}");
+        }
+    }
+    assert!(matches!(
+        probers.probe("dev-9", Duration::from_secs(1)).await,
+        Err(ProbeError::NotPolled { .. })
+    ));
+    token.cancel();
+    h.await.unwrap();
+    assert_eq!(
+        probers.probe("dev-1", Duration::from_secs(1)).await,
+        Err(ProbeError::Stopped)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn probe_errors_are_timeouts_and_exceptions_and_leave_health_alone() {
+    use super::probe::ProbeError;
+    let shared = fake(&[
+        (1, Behaviour::Hang),
+        (2, Behaviour::Exception(2)),
+        (3, Behaviour::Answer),
+    ]);
+    let (probers, mut rx, token, h) = start_probed(
+        &shared,
+        LinkKind::Tcp,
+        vec![
+            device(1, 0, 10_000, 100, 3, 30),
+            device(2, 3, 10_000, 100, 3, 30),
+            device(3, 6, 10_000, 100, 3, 30),
+        ],
+    );
+    // Let the first polls pass (dev-1 times out once).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t0 = Instant::now();
+    assert_eq!(
+        probers.probe("dev-1", Duration::from_secs(5)).await,
+        Err(ProbeError::Timeout { timeout_ms: 100 })
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t0.elapsed()
+    );
+    match probers.probe("dev-2", Duration::from_secs(5)).await {
+        Err(ProbeError::Exception { code: 2, name, .. }) => {
+            assert_eq!(name, "illegal data address")
+        }
+        other => panic!("{other:?}"),
+    }
+    // After the dropped link the next probe reconnects and reads.
+    assert!(probers.probe("dev-3", Duration::from_secs(5)).await.is_ok());
+    // No probe failure made a device offline (3 failures needed; only
+    // the polls count).
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(1), rx.recv()).await {
+        assert!(
+            !matches!(m, BusMessage::DeviceStatus { online: false, .. }),
+            "{m:?}"
+        );
+    }
+    token.cancel();
+    h.await.unwrap();
+}
