@@ -207,6 +207,7 @@ pub fn routes() -> Router<WebState> {
         .route("/users/:name", delete(remove_user))
         .route("/audit", get(audit))
         .route("/config", get(config_view))
+        .merge(super::config_edit::routes())
 }
 
 fn session_cookie(token: &str, secure: bool) -> String {

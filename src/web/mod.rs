@@ -7,6 +7,7 @@
 //! - [`api`]: `/api/v1/…` (session, dashboard, alarms + live stream,
 //!   acknowledge/shelve through the command path, devices, users, audit).
 //! - [`audit`]: the page's audit log.
+//! - [`config_edit`]: editing, applying and the history of the configuration file.
 //! - [`assets`]: the page itself (HTML, JS, CSS embedded in the binary).
 //! - [`metrics`]: Prometheus text exposition, written by hand.
 //! - [`health`]: `/healthz` from the main loops' liveness.
@@ -22,6 +23,7 @@ pub mod api;
 pub mod assets;
 pub mod audit;
 pub mod auth;
+pub mod config_edit;
 pub mod health;
 pub mod metrics;
 pub mod tls;
@@ -104,6 +106,10 @@ pub struct WebConfig {
     /// (keep `listen` on loopback or a trusted LAN).
     #[serde(default)]
     pub tls: Option<tls::WebTlsConfig>,
+    /// Configuration versions applied from the page that are kept (with
+    /// their diffs) in `<journal path>/config-history/`. Default 50.
+    #[serde(default = "default_config_history")]
+    pub config_history: usize,
 }
 
 impl Default for WebConfig {
@@ -116,8 +122,13 @@ impl Default for WebConfig {
             login_failures: default_login_failures(),
             login_window: default_login_window(),
             tls: None,
+            config_history: default_config_history(),
         }
     }
+}
+
+fn default_config_history() -> usize {
+    config_edit::DEFAULT_HISTORY
 }
 
 fn default_session_idle() -> std::time::Duration {
@@ -166,6 +177,8 @@ pub struct PageState {
     pub secure_cookie: bool,
     /// Bounds how many large responses are built at once.
     pub heavy: tokio::sync::Semaphore,
+    /// Configuration editing, once the gateway's reloader exists.
+    config_edit: std::sync::OnceLock<Arc<config_edit::ConfigEditor>>,
 }
 
 impl PageState {
@@ -200,8 +213,27 @@ impl PageState {
             audit: audit::AuditLog::new(&dir),
             secure_cookie: w.tls.is_some(),
             heavy: tokio::sync::Semaphore::new(api::HEAVY_REQUESTS),
+            config_edit: std::sync::OnceLock::new(),
             field,
         })
+    }
+
+    /// Let technicians edit `path` (the running file) and reload it with
+    /// `reloader`. Called once, when the gateway's reloader exists.
+    pub fn attach_config_editor(&self, reloader: crate::app::Reloader, path: std::path::PathBuf) {
+        let cfg = self.cfg();
+        let editor = config_edit::ConfigEditor::new(
+            reloader,
+            path,
+            &cfg.config.journal.path,
+            cfg.config.web.config_history,
+        );
+        let _ = self.config_edit.set(Arc::new(editor));
+    }
+
+    /// Configuration editing (`None` before the reloader is attached).
+    pub fn config_editor(&self) -> Option<Arc<config_edit::ConfigEditor>> {
+        self.config_edit.get().cloned()
     }
 
     /// The configuration the field side runs with now.
