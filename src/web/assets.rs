@@ -1,4 +1,4 @@
-//! The page: one HTML shell, one script, one stylesheet, embedded in the
+//! The page: one HTML shell, its scripts and stylesheets, embedded in the
 //! binary (no build step, nothing to install next to it). The shell holds
 //! no data; everything it shows comes from the API after sign-in.
 
@@ -11,13 +11,28 @@ use axum::Router;
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
+const CONFIG_JS: &str = include_str!("assets/config.js");
+const CONFIG_CSS: &str = include_str!("assets/config.css");
 
-/// `/`, `/assets/app.js`, `/assets/app.css`.
+/// `/`, `/assets/app.js`, `/assets/app.css`, `/assets/config.{js,css}`.
 pub fn routes() -> Router<WebState> {
     Router::new()
         .route("/", get(index))
         .route("/assets/app.js", get(app_js))
         .route("/assets/app.css", get(app_css))
+        .route("/assets/config.js", get(|| async { js(CONFIG_JS) }))
+        .route("/assets/config.css", get(|| async { css(CONFIG_CSS) }))
+}
+
+fn js(body: &'static str) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        body,
+    )
+}
+
+fn css(body: &'static str) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], body)
 }
 
 async fn index() -> impl IntoResponse {
