@@ -131,12 +131,15 @@ impl Gateway {
         let uplink = Uplink::start(c, password, &shared, cmd_tx.clone());
 
         let web_stop = CancellationToken::new();
+        let mut web_page = None;
         let web = if c.web.enabled {
+            let page = page_state(&cfg, handles_rx.clone());
+            web_page = page.clone();
             let state = web::WebState {
                 status: status.clone(),
                 journal: journal.clone(),
                 uplink_sink: UPLINK_SINK,
-                page: page_state(&cfg, handles_rx.clone()),
+                page,
                 state_dir: c.journal.path.clone(),
             };
             // Alarms matter more than metrics: a taken port is logged
@@ -168,6 +171,9 @@ impl Gateway {
             uplink: Some(uplink),
         }));
         let reloader = Reloader::new(live.clone(), shared.clone(), cmd_tx, handles_tx);
+        if let Some(p) = &web_page {
+            p.attach_config_editor(reloader.clone(), cfg.path.clone());
+        }
         let shutdown = CancellationToken::new();
         let done = {
             let shutdown = shutdown.clone();

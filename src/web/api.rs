@@ -216,6 +216,7 @@ pub fn routes() -> Router<WebState> {
         .merge(super::clips::api_routes())
         .merge(super::system::routes())
         .merge(super::probe::routes())
+        .merge(super::config_edit::routes())
 }
 
 fn session_cookie(token: &str, secure: bool) -> String {

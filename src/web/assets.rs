@@ -1,4 +1,4 @@
-//! The page: one HTML shell, one script, one stylesheet, embedded in the
+//! The page: one HTML shell, its scripts and stylesheets, embedded in the
 //! binary (no build step, nothing to install next to it). The shell holds
 //! no data; everything it shows comes from the API after sign-in.
 
@@ -13,32 +13,32 @@ const APP_JS: &str = include_str!("assets/app.js");
 const APP_CSS: &str = include_str!("assets/app.css");
 const PAGES_JS: &str = include_str!("assets/pages.js");
 const PAGES_CSS: &str = include_str!("assets/pages.css");
+const CONFIG_JS: &str = include_str!("assets/config.js");
+const CONFIG_CSS: &str = include_str!("assets/config.css");
 
-/// `/`, `/assets/app.js`, `/assets/app.css`, and the cameras, system and
-/// "read now" pages' `/assets/pages.js`, `/assets/pages.css`.
+/// `/`, `/assets/app.js`, `/assets/app.css`, the cameras, system and
+/// "read now" pages' `/assets/pages.{js,css}`, and the configuration
+/// editor's `/assets/config.{js,css}`.
 pub fn routes() -> Router<WebState> {
     Router::new()
         .route("/", get(index))
         .route("/assets/app.js", get(app_js))
         .route("/assets/app.css", get(app_css))
-        .route(
-            "/assets/pages.js",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-                    PAGES_JS,
-                )
-            }),
-        )
-        .route(
-            "/assets/pages.css",
-            get(|| async {
-                (
-                    [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
-                    PAGES_CSS,
-                )
-            }),
-        )
+        .route("/assets/pages.js", get(|| async { js(PAGES_JS) }))
+        .route("/assets/pages.css", get(|| async { css(PAGES_CSS) }))
+        .route("/assets/config.js", get(|| async { js(CONFIG_JS) }))
+        .route("/assets/config.css", get(|| async { css(CONFIG_CSS) }))
+}
+
+fn js(body: &'static str) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        body,
+    )
+}
+
+fn css(body: &'static str) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], body)
 }
 
 async fn index() -> impl IntoResponse {

@@ -7,6 +7,7 @@
 //! - [`api`]: `/api/v1/…` (session, dashboard, alarms + live stream,
 //!   acknowledge/shelve through the command path, devices, users, audit).
 //! - [`audit`]: the page's audit log.
+//! - [`config_edit`]: editing, applying and the history of the configuration file.
 //! - [`assets`]: the page itself (HTML, JS, CSS embedded in the binary).
 //! - [`metrics`]: Prometheus text exposition, written by hand.
 //! - [`health`]: `/healthz` from the main loops' liveness.
@@ -27,6 +28,7 @@ pub mod assets;
 pub mod audit;
 pub mod auth;
 pub mod clips;
+pub mod config_edit;
 pub mod health;
 pub mod metrics;
 pub mod probe;
@@ -111,6 +113,10 @@ pub struct WebConfig {
     /// (keep `listen` on loopback or a trusted LAN).
     #[serde(default)]
     pub tls: Option<tls::WebTlsConfig>,
+    /// Configuration versions applied from the page that are kept (with
+    /// their diffs) in `<journal path>/config-history/`. Default 50.
+    #[serde(default = "default_config_history")]
+    pub config_history: usize,
 }
 
 impl Default for WebConfig {
@@ -123,8 +129,13 @@ impl Default for WebConfig {
             login_failures: default_login_failures(),
             login_window: default_login_window(),
             tls: None,
+            config_history: default_config_history(),
         }
     }
+}
+
+fn default_config_history() -> usize {
+    config_edit::DEFAULT_HISTORY
 }
 
 fn default_session_idle() -> std::time::Duration {
@@ -175,6 +186,8 @@ pub struct PageState {
     pub heavy: tokio::sync::Semaphore,
     /// Clips of alarms, fed from the journal by [`clips::follow`].
     pub clips: Arc<clips::ClipIndex>,
+    /// Configuration editing, once the gateway's reloader exists.
+    config_edit: std::sync::OnceLock<Arc<config_edit::ConfigEditor>>,
 }
 
 impl PageState {
@@ -210,8 +223,27 @@ impl PageState {
             secure_cookie: w.tls.is_some(),
             heavy: tokio::sync::Semaphore::new(api::HEAVY_REQUESTS),
             clips: Arc::default(),
+            config_edit: std::sync::OnceLock::new(),
             field,
         })
+    }
+
+    /// Let technicians edit `path` (the running file) and reload it with
+    /// `reloader`. Called once, when the gateway's reloader exists.
+    pub fn attach_config_editor(&self, reloader: crate::app::Reloader, path: std::path::PathBuf) {
+        let cfg = self.cfg();
+        let editor = config_edit::ConfigEditor::new(
+            reloader,
+            path,
+            &cfg.config.journal.path,
+            cfg.config.web.config_history,
+        );
+        let _ = self.config_edit.set(Arc::new(editor));
+    }
+
+    /// Configuration editing (`None` before the reloader is attached).
+    pub fn config_editor(&self) -> Option<Arc<config_edit::ConfigEditor>> {
+        self.config_edit.get().cloned()
     }
 
     /// The configuration the field side runs with now.

@@ -106,7 +106,7 @@ try {
   for (const [view, sel, file] of [
     ["users", "#add-user", "08-users.png"],
     ["audit", "table tbody tr", "09-audit.png"],
-    ["config", "#config-json", "10-config.png"],
+    ["config", "#cfg-forms", "10-config.png"],
   ]) {
     await page.click(`a[href="#/${view}"]`);
     await page.waitForSelector(sel);

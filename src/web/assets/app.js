@@ -19,7 +19,7 @@ const T = {
     active_unacked: "未确认", active_acked: "已确认", returned_unacked: "已恢复未确认",
     shelved: "已搁置", normal: "正常", online: "在线", offline: "离线", unknown: "未知",
     disabled: "停用", good: "良好", bad: "故障", stale: "过期",
-    technician: "技术员", guard: "保安", viewer: "查看者", config_ro: "运行中的配置（只读；密钥不显示）",
+    technician: "技术员", guard: "保安", viewer: "查看者",
     shelve_minutes: "分钟", journal: "日志", uptime: "运行时间",
     cat_fire: "消防", cat_intrusion: "入侵", cat_perimeter: "周界", cat_access: "门禁", cat_hvac: "暖通", cat_video: "视频", cat_system: "系统",
   },
@@ -39,7 +39,7 @@ const T = {
     active_unacked: "unacknowledged", active_acked: "acknowledged", returned_unacked: "returned, unacknowledged",
     shelved: "shelved", normal: "normal", online: "online", offline: "offline", unknown: "unknown",
     disabled: "disabled", good: "good", bad: "bad", stale: "stale",
-    technician: "technician", guard: "guard", viewer: "viewer", config_ro: "Running configuration (read only; secrets are not shown)",
+    technician: "technician", guard: "guard", viewer: "viewer",
     shelve_minutes: "min", journal: "Journal", uptime: "Uptime",
     cat_fire: "fire", cat_intrusion: "intrusion", cat_perimeter: "perimeter", cat_access: "access", cat_hvac: "HVAC", cat_video: "video", cat_system: "system",
   },
@@ -263,13 +263,9 @@ async function viewAudit(el) {
     </tbody></table>`;
 }
 
-async function viewConfig(el) {
-  const r = await api("GET", "/config");
-  if (!r.ok) { el.innerHTML = `<p class="error">${esc(r.data.error)}</p>`; return; }
-  el.innerHTML = `<h1>${esc(t("nav_config"))}</h1><p>${esc(t("config_ro"))}</p><pre id="config-json">${esc(JSON.stringify(r.data, null, 2))}</pre>`;
-}
-
-const VIEWS = { dashboard: viewDashboard, alarms: viewAlarms, devices: viewDevices, users: viewUsers, audit: viewAudit, config: viewConfig };
+// The configuration view is assets/config.js (VIEWS.config); the cameras
+// and system views are assets/pages.js.
+const VIEWS = { dashboard: viewDashboard, alarms: viewAlarms, devices: viewDevices, users: viewUsers, audit: viewAudit };
 let refresh = null;
 
 function route() {

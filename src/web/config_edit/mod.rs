@@ -1,0 +1,633 @@
+//! Configuration editing from the page (technicians only), under
+//! `/api/v1/config/…`:
+//!
+//! - `GET  /config/file`: the file on disk as TOML text and as a JSON
+//!   model for the forms, its version (SHA-256 of its bytes), its
+//!   problems, and whether it equals the running configuration.
+//! - `POST /config/validate` `{text}` or `{edits}`: every problem of the
+//!   result, with key path and line — the checks of `check-config`.
+//! - `POST /config/apply` `{version, text | edits, comment?}`: validate,
+//!   write the file atomically (tmp + fsync + rename; the previous file is
+//!   kept in the history), reload; when the reload does not take, the
+//!   previous file is written back so the file on disk always equals the
+//!   running configuration. One apply at a time; an apply based on a
+//!   version other than the file's is refused (409).
+//! - `GET  /config/history`, `GET /config/history/{id}/diff`: applied
+//!   versions (when, who, what) and a unified diff to the one before.
+//!
+//! Secrets are never inline in this configuration; URL-borne credentials
+//! (camera URLs, push endpoints) are redacted in everything sent out and
+//! restored when sent back unchanged ([`edit::restore_redacted`]).
+
+pub mod diff;
+pub mod edit;
+pub mod history;
+
+use super::api::{ApiError, Authed};
+use super::audit::AuditEntry;
+use super::WebState;
+use crate::app::{ReloadError, Reloader};
+use crate::config::{ConfigErrors, ConfigProblem};
+use crate::event::Timestamp;
+use axum::extract::Path as UrlPath;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use edit::{redact_urls, Edit};
+use history::History;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Default number of applied versions kept (`[web] config_history`).
+pub const DEFAULT_HISTORY: usize = 50;
+
+/// Longest comment kept with an applied change.
+const MAX_COMMENT: usize = 200;
+
+/// Edits the running configuration file and reloads it.
+pub struct ConfigEditor {
+    reloader: Reloader,
+    path: PathBuf,
+    history: History,
+    /// One validate-write-reload at a time.
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl ConfigEditor {
+    /// Edit `path` (the running file) and reload it with `reloader`;
+    /// versions are kept in `state_dir` (`[journal] path`).
+    pub fn new(reloader: Reloader, path: PathBuf, state_dir: &Path, keep: usize) -> ConfigEditor {
+        ConfigEditor {
+            reloader,
+            path,
+            history: History::new(state_dir, keep),
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+/// Write `bytes` to `path` atomically: a temporary file in the same
+/// directory (with the target's permissions), fsync, rename, fsync of the
+/// directory. A crash leaves the old or the new file, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "config".into());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let r = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        if let Ok(m) = std::fs::metadata(path) {
+            f.set_permissions(m.permissions())?;
+        }
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
+/// Version of a file's bytes: SHA-256, hex.
+pub fn version_of(bytes: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One problem as the page shows it: at the field named by `key`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProblemOut {
+    /// Key path (`devices[2].points[0].scale`), `(syntax)`, `(file)`, …
+    pub key: String,
+    /// 1-based line in the text, when known.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl From<&ConfigProblem> for ProblemOut {
+    fn from(p: &ConfigProblem) -> ProblemOut {
+        // A secret written inline is quoted by the parser's message.
+        let quoted = p.message.contains('"') || p.message.contains('\'');
+        let message = if edit::is_secret_path(&p.key) && quoted {
+            "a secret is never written here: use { file = \"…\" } or { env = \"…\" } (the value is not shown)".into()
+        } else {
+            redact_urls(&p.message)
+        };
+        ProblemOut {
+            key: redact_urls(&p.key),
+            line: p.line,
+            message,
+        }
+    }
+}
+
+fn problems(e: &ConfigErrors) -> Vec<ProblemOut> {
+    e.0.iter().map(ProblemOut::from).collect()
+}
+
+/// A change sent by the page: the whole text (raw editor) or form edits
+/// against the file's current text.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeBody {
+    /// The version (from `GET /config/file`) the change is based on.
+    /// Required to apply.
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    edits: Option<Vec<Edit>>,
+    /// Why (kept in the history).
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+/// A change made concrete: the new text and a summary of it.
+struct Prepared {
+    text: String,
+    summary: String,
+}
+
+/// The new text of `body` against `base` (the file's text), with URLs the
+/// page saw redacted restored. Problems when it cannot be built.
+fn prepare(base: &str, body: &ChangeBody) -> Result<Prepared, Vec<ProblemOut>> {
+    let (text, mut summary) = match (&body.text, &body.edits) {
+        (Some(t), None) => (t.clone(), String::new()),
+        (None, Some(edits)) => {
+            let t = edit::apply_edits(base, edits).map_err(|e| {
+                vec![ProblemOut {
+                    key: e.path().unwrap_or("(edits)").to_string(),
+                    line: None,
+                    message: redact_urls(&e.to_string()),
+                }]
+            })?;
+            let s: Vec<String> = edits.iter().map(|e| e.to_string()).collect();
+            (t, s.join("; "))
+        }
+        _ => {
+            return Err(vec![ProblemOut {
+                key: "(request)".into(),
+                line: None,
+                message: "send either `text` or `edits`".into(),
+            }])
+        }
+    };
+    // Put back what the page was shown redacted. A text that does not
+    // parse is left to the validation, which names the line.
+    let text = match text.parse::<toml_edit::DocumentMut>() {
+        Ok(mut doc) => {
+            let left = edit::restore_redacted(&mut doc, base);
+            if !left.is_empty() {
+                return Err(left
+                    .into_iter()
+                    .map(|key| ProblemOut {
+                        key,
+                        line: None,
+                        message: "its credentials are hidden: type the whole URL again".into(),
+                    })
+                    .collect());
+            }
+            let restored = doc.to_string();
+            // Keep the page's text byte for byte when nothing was restored.
+            if restored == text {
+                text
+            } else {
+                restored
+            }
+        }
+        Err(_) => text,
+    };
+    if body.edits.is_none() {
+        let (add, del) = diff::stats(base, &text);
+        summary = format!("text: +{add} −{del} lines");
+    }
+    if let Some(c) = body
+        .comment
+        .as_deref()
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+    {
+        let c: String = c.chars().take(MAX_COMMENT).collect();
+        summary = format!("{} — {summary}", redact_urls(&c));
+    }
+    Ok(Prepared { text, summary })
+}
+
+/// The routes (merged into `/api/v1`).
+pub fn routes() -> Router<WebState> {
+    Router::new()
+        .route("/config/file", get(file))
+        .route("/config/validate", post(validate))
+        .route("/config/apply", post(apply))
+        .route("/config/history", get(history_list))
+        .route("/config/history/:id/diff", get(history_diff))
+}
+
+type ApiResult<T = Response> = Result<T, ApiError>;
+
+fn internal(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, msg.into())
+}
+
+/// The editor, for a technician.
+fn editor(a: &Authed) -> ApiResult<Arc<ConfigEditor>> {
+    if !a.session.role.can_administer() {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!("role {:?} may not edit the configuration", a.session.role),
+        ));
+    }
+    a.page.config_editor().ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "configuration editing is not available".into(),
+        )
+    })
+}
+
+fn audit(a: &Authed, file: &Path, ok: bool, detail: String) {
+    a.page.audit.append(&AuditEntry {
+        ts: Timestamp::now(),
+        user: Some(a.session.user.clone()),
+        addr: a.addr.map(|x| x.ip().to_string()),
+        action: "config.apply".into(),
+        target: file.file_name().map(|n| n.to_string_lossy().into_owned()),
+        ok,
+        detail: Some(redact_urls(&detail)),
+    });
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| internal("failed"))
+}
+
+async fn read_file(path: &Path) -> ApiResult<String> {
+    let p = path.to_path_buf();
+    blocking(move || std::fs::read_to_string(&p))
+        .await?
+        .map_err(|e| internal(format!("cannot read {}: {e}", path.display())))
+}
+
+/// `GET /api/v1/config/file` (technician).
+async fn file(a: Authed) -> ApiResult {
+    let ed = editor(&a)?;
+    let text = read_file(&ed.path).await?;
+    let running = a.page.cfg();
+    let path = ed.path.clone();
+    let t = text.clone();
+    let checked = blocking(move || crate::config::load_str(&t, &path)).await?;
+    let (probs, warnings, matches) = match &checked {
+        Ok(l) => (
+            Vec::new(),
+            l.warnings.iter().map(ProblemOut::from).collect::<Vec<_>>(),
+            l.config == running.config,
+        ),
+        Err(e) => (problems(e), Vec::new(), false),
+    };
+    Ok(Json(json!({
+        "file": ed.path,
+        "version": version_of(text.as_bytes()),
+        "text": edit::redact_text(&text),
+        "model": edit::model(&text),
+        "problems": probs,
+        "warnings": warnings,
+        "running_matches_file": matches,
+    }))
+    .into_response())
+}
+
+fn parse_body(body: &[u8]) -> ApiResult<ChangeBody> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("expected {{version, text | edits, comment}}: {e}"),
+        )
+    })
+}
+
+fn unprocessable(problems: &[ProblemOut]) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(json!({"ok": false, "error": "the configuration has problems", "problems": problems})),
+    )
+        .into_response()
+}
+
+/// `POST /api/v1/config/validate` (technician): every problem of the
+/// text, or of the file with the edits applied, located by key path and
+/// line. Answers 200 with `ok` and `problems` either way.
+async fn validate(a: Authed, body: axum::body::Bytes) -> ApiResult {
+    let ed = editor(&a)?;
+    let b = parse_body(&body)?;
+    let base = read_file(&ed.path).await?;
+    if let Some(v) = &b.version {
+        if *v != version_of(base.as_bytes()) {
+            return Ok(stale(&base));
+        }
+    }
+    let p = match prepare(&base, &b) {
+        Ok(p) => p,
+        Err(probs) => return Ok(Json(json!({"ok": false, "problems": probs})).into_response()),
+    };
+    let path = ed.path.clone();
+    let t = p.text.clone();
+    let r = blocking(move || crate::config::load_str(&t, &path)).await?;
+    let (ok, probs, warnings) = match &r {
+        Ok(l) => (
+            true,
+            Vec::new(),
+            l.warnings.iter().map(ProblemOut::from).collect(),
+        ),
+        Err(e) => (false, problems(e), Vec::new()),
+    };
+    Ok(Json(json!({
+        "ok": ok,
+        "problems": probs,
+        "warnings": warnings,
+        "changed": p.text != base,
+        "summary": p.summary,
+        "text": edit::redact_text(&p.text),
+        "model": edit::model(&p.text),
+    }))
+    .into_response())
+}
+
+fn stale(current: &str) -> Response {
+    (
+        StatusCode::CONFLICT,
+        Json(json!({
+            "ok": false,
+            "stale": true,
+            "error": "the file changed since it was loaded: reload it and make the change again",
+            "version": version_of(current.as_bytes()),
+        })),
+    )
+        .into_response()
+}
+
+/// `POST /api/v1/config/apply` (technician): validate, write, reload, and
+/// write the previous file back when the reload does not take.
+async fn apply(a: Authed, body: axum::body::Bytes) -> ApiResult {
+    let ed = editor(&a)?;
+    let b = parse_body(&body)?;
+    let Some(based_on) = b.version.clone() else {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "`version` is required to apply".into(),
+        ));
+    };
+    let _one_at_a_time = ed.lock.lock().await;
+    let base = read_file(&ed.path).await?;
+    let base_version = version_of(base.as_bytes());
+    if based_on != base_version {
+        audit(&a, &ed.path, false, "stale version".into());
+        return Ok(stale(&base));
+    }
+    let p = match prepare(&base, &b) {
+        Ok(p) => p,
+        Err(probs) => {
+            audit(&a, &ed.path, false, "invalid edits".into());
+            return Ok(unprocessable(&probs));
+        }
+    };
+    let path = ed.path.clone();
+    let t = p.text.clone();
+    let loaded = match blocking(move || crate::config::load_str(&t, &path)).await? {
+        Ok(l) => l,
+        Err(e) => {
+            audit(
+                &a,
+                &ed.path,
+                false,
+                format!("refused: {} problem(s)", e.0.len()),
+            );
+            return Ok(unprocessable(&problems(&e)));
+        }
+    };
+    if p.text == base {
+        return Ok(Json(
+            json!({"ok": true, "applied": false, "changed": false, "version": base_version}),
+        )
+        .into_response());
+    }
+    let new_version = version_of(p.text.as_bytes());
+
+    // Keep the previous file: the history's newest entry must be it.
+    let (ed2, base2, bv, new_text) = (
+        ed.clone(),
+        base.clone(),
+        base_version.clone(),
+        p.text.clone(),
+    );
+    blocking(move || -> std::io::Result<()> {
+        let latest = ed2.history.latest().map_err(std::io::Error::other)?;
+        if latest.map(|m| m.version) != Some(bv.clone()) {
+            ed2.history
+                .record(&base2, None, "the file before this change", &bv)
+                .map_err(std::io::Error::other)?;
+        }
+        write_atomic(&ed2.path, new_text.as_bytes())
+    })
+    .await?
+    .map_err(|e| {
+        tracing::error!(error = %e, file = %ed.path.display(), "configuration not written");
+        audit(&a, &ed.path, false, format!("not written: {e}"));
+        internal(format!("cannot write the configuration: {e}"))
+    })?;
+    tracing::info!(user = %a.session.user, file = %ed.path.display(), summary = %p.summary, "configuration written from the web page; reloading");
+
+    match ed.reloader.reload(loaded).await {
+        Ok(report) => {
+            let (ed2, text, user, summary, v) = (
+                ed.clone(),
+                p.text.clone(),
+                a.session.user.clone(),
+                p.summary.clone(),
+                new_version.clone(),
+            );
+            let meta = blocking(move || ed2.history.record(&text, Some(&user), &summary, &v))
+                .await?
+                .map_err(|e| tracing::error!(error = %e, "config history not recorded"))
+                .ok();
+            audit(&a, &ed.path, true, p.summary.clone());
+            Ok(Json(json!({
+                "ok": true,
+                "applied": true,
+                "changed": report.changed,
+                "restarted": report.restarted,
+                "version": new_version,
+                "history_id": meta.map(|m| m.id),
+                "summary": p.summary,
+            }))
+            .into_response())
+        }
+        Err(e) => {
+            // The running configuration is the previous one (or none runs):
+            // the file on disk must say the same.
+            let (path, old) = (ed.path.clone(), base.clone());
+            let restored = blocking(move || write_atomic(&path, old.as_bytes())).await?;
+            if let Err(we) = &restored {
+                tracing::error!(error = %we, file = %ed.path.display(), "previous configuration not written back");
+            }
+            let (status, kind) = match &e {
+                ReloadError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+                ReloadError::NeedsRestart(_) => (StatusCode::CONFLICT, "needs_restart"),
+                ReloadError::Secret(_) => (StatusCode::CONFLICT, "secret"),
+                ReloadError::RolledBack(_) => (StatusCode::CONFLICT, "rolled_back"),
+                ReloadError::Failed { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "failed"),
+                ReloadError::Stopping => (StatusCode::SERVICE_UNAVAILABLE, "stopping"),
+            };
+            let msg = redact_urls(e.to_string().lines().next().unwrap_or_default());
+            audit(&a, &ed.path, false, format!("{kind}: {msg}"));
+            let probs = match &e {
+                ReloadError::Invalid(errors) => problems(errors),
+                _ => Vec::new(),
+            };
+            Ok((
+                status,
+                Json(json!({
+                    "ok": false,
+                    "applied": false,
+                    "outcome": kind,
+                    "rolled_back": matches!(e, ReloadError::RolledBack(_)),
+                    "file_restored": restored.is_ok(),
+                    "error": msg,
+                    "problems": probs,
+                    "version": base_version,
+                })),
+            )
+                .into_response())
+        }
+    }
+}
+
+/// `GET /api/v1/config/history` (technician): applied versions, newest first.
+async fn history_list(a: Authed) -> ApiResult {
+    let ed = editor(&a)?;
+    let list = blocking(move || ed.history.list())
+        .await?
+        .map_err(|e| internal(e.to_string()))?;
+    let list: Vec<_> = list
+        .into_iter()
+        .map(|mut m| {
+            m.summary = redact_urls(&m.summary);
+            m
+        })
+        .collect();
+    Ok(Json(json!({"versions": list})).into_response())
+}
+
+/// `GET /api/v1/config/history/{id}/diff` (technician): unified diff of
+/// version `id` against the version before it (URLs redacted).
+async fn history_diff(a: Authed, UrlPath(id): UrlPath<u64>) -> ApiResult {
+    let ed = editor(&a)?;
+    let r = blocking(move || -> Result<_, history::HistoryError> {
+        let text = ed.history.text(id)?;
+        let prev = ed.history.previous(id)?;
+        let prev_text = match &prev {
+            Some(m) => ed.history.text(m.id)?,
+            None => String::new(),
+        };
+        let old_name = prev
+            .as_ref()
+            .map_or("(none)".to_string(), |m| format!("v{}", m.id));
+        let d = diff::unified(
+            &edit::redact_text(&prev_text),
+            &edit::redact_text(&text),
+            &old_name,
+            &format!("v{id}"),
+            3,
+        );
+        Ok((prev.map(|m| m.id), d))
+    })
+    .await?;
+    match r {
+        Ok((prev, d)) => Ok(Json(json!({
+            "id": id,
+            "previous": prev,
+            "diff": redact_urls(&d),
+        }))
+        .into_response()),
+        Err(history::HistoryError::NotFound(_)) => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no version {id} in the history"),
+        )),
+        Err(e) => Err(internal(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_keeps_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gw.toml");
+        std::fs::write(&p, "a = 1\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomic(&p, b"a = 2\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "a = 2\n");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        // No temporary file left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn versions_are_sha256() {
+        assert_eq!(
+            version_of(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn prepare_restores_urls_and_summarises() {
+        let base = "[[cameras]]\nid = \"gate\"\nurl = \"rtsp://u:pw@h/s\"\n";
+        let body = ChangeBody {
+            version: None,
+            text: Some(redact_urls(base).replace("gate", "gate-2")),
+            edits: None,
+            comment: Some(" rename ".into()),
+        };
+        let p = prepare(base, &body).ok().unwrap();
+        assert!(p.text.contains("rtsp://u:pw@h/s"), "{}", p.text);
+        assert_eq!(p.summary, "rename — text: +1 −1 lines");
+
+        let body = ChangeBody {
+            version: None,
+            text: None,
+            edits: Some(vec![Edit::Set {
+                path: "cameras[0].url".into(),
+                value: json!("rtsp://***@h/other"),
+            }]),
+            comment: None,
+        };
+        let probs = prepare(base, &body).err().unwrap();
+        assert_eq!(probs[0].key, "cameras[0].url");
+
+        let body = ChangeBody {
+            version: None,
+            text: None,
+            edits: None,
+            comment: None,
+        };
+        assert!(prepare(base, &body).is_err());
+    }
+}

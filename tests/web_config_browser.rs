@@ -1,0 +1,156 @@
+//! The configuration editor in a real browser: Debian's headless chromium
+//! driven by Playwright (`tests/browser/config.mjs`) against the real
+//! gateway with a pymodbus door contact. A technician changes a point and
+//! adds one in the forms and applies (the devices page shows them
+//! running), submits a bad value (the error shows at the field; file and
+//! running configuration unchanged), applies a configuration that cannot
+//! start (rolled back, said so), reads the history with a diff, switches
+//! to English, and uses the editor at phone width. Screenshots go to
+//! `tests/artifacts/web-config/`.
+
+mod common;
+#[path = "web/http.rs"]
+mod http;
+#[path = "common/modbus_sim.rs"]
+mod modbus_sim;
+#[path = "common/mosquitto.rs"]
+mod mosquitto;
+#[path = "web/peers.rs"]
+mod peers;
+
+use common::{peer_or_skip, repo, which};
+use http::{Client, Seen};
+use peers::Rig;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const TECH_PW: &str = "tech-passw0rd-long";
+
+#[test]
+fn browser_config_edit_apply_field_error_rollback() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let Some(chromium) = peer_or_skip("chromium", which(&chromium), "apt-get install chromium")
+    else {
+        return;
+    };
+    let Some(node) = peer_or_skip("node", which("node"), "apt-get install nodejs") else {
+        return;
+    };
+    let driver = repo().join("tests/browser/node_modules/playwright-core");
+    let Some(_) = peer_or_skip(
+        "playwright-core",
+        driver.exists().then_some(()),
+        "npm install in tests/browser (scripts/test does it)",
+    ) else {
+        return;
+    };
+    let Some(rig) = Rig::start("web-config-browser", &[("wang", "technician", TECH_PW)]) else {
+        return;
+    };
+    let cfg_path = rig.gw.config_path().to_path_buf();
+    let disk = || std::fs::read_to_string(&cfg_path).unwrap();
+    let text0 = disk();
+    // The site broker cannot listen here: a configuration using it fails to start.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+
+    let shots = repo().join("tests/artifacts/web-config");
+    let _ = std::fs::remove_dir_all(&shots);
+    let mut child = Command::new(node)
+        .arg(repo().join("tests/browser/config.mjs"))
+        .args([
+            &format!("http://{}/", rig.web),
+            "wang",
+            TECH_PW,
+            &taken_port.to_string(),
+        ])
+        .arg(&shots)
+        .env("CHROMIUM", &chromium)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn node");
+    let (tx, rx) = mpsc::channel::<String>();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            eprintln!("browser: {line}");
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let expect = |prefix: &str, timeout: Duration| -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.starts_with("FAIL") => panic!("browser: {l}"),
+                Ok(l) if l.starts_with(prefix) => return l[prefix.len()..].trim().to_string(),
+                Ok(_) => {}
+                Err(_) => panic!("browser did not report {prefix} within {timeout:?}"),
+            }
+        }
+    };
+    let seen: Seen = Default::default();
+    let mut api = Client::new(rig.web, &seen);
+    assert_eq!(api.login("wang", TECH_PW).status, 200);
+
+    expect("APPLIED", Duration::from_secs(60));
+    let text1 = disk();
+    assert_ne!(text1, text0);
+    assert!(text1.contains("unit = \"门磁\""), "{text1}");
+    assert!(text1.contains("id = \"door-8\""), "{text1}");
+    let f = api.get("/api/v1/config/file").json();
+    assert_eq!(f["running_matches_file"], true);
+
+    let running = expect("RUNNING", Duration::from_secs(30));
+    assert!(running.ends_with("门磁"), "{running}");
+
+    let err = expect("FIELD_ERROR", Duration::from_secs(30));
+    assert!(!err.is_empty());
+    assert_eq!(disk(), text1, "a refused apply leaves the file");
+    let f = api.get("/api/v1/config/file").json();
+    assert_eq!(f["running_matches_file"], true);
+
+    let banner = expect("ROLLED_BACK", Duration::from_secs(30));
+    assert!(banner.contains("回滚"), "{banner}");
+    assert!(banner.contains("cannot listen"), "{banner}");
+    assert_eq!(disk(), text1, "the previous file is back");
+    let f = api.get("/api/v1/config/file").json();
+    assert_eq!(f["running_matches_file"], true);
+
+    let rows: usize = expect("HISTORY", Duration::from_secs(30)).parse().unwrap();
+    assert_eq!(rows, 2, "the file before, and the applied version");
+    assert_eq!(
+        expect("LANG", Duration::from_secs(30)),
+        "en Forms",
+        "English after the switch"
+    );
+    let width: u32 = expect("PHONE", Duration::from_secs(30)).parse().unwrap();
+    assert!(
+        width <= 390,
+        "the editor is {width} px wide on a 390 px screen"
+    );
+    expect("DONE", Duration::from_secs(30));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "browser driver exited with {status}");
+    for f in [
+        "config-01-forms-zh.png",
+        "config-02-applied.png",
+        "config-03-devices.png",
+        "config-04-field-error.png",
+        "config-05-rolled-back.png",
+        "config-06-history.png",
+        "config-07-forms-en.png",
+        "config-08-phone.png",
+    ] {
+        let len = std::fs::metadata(shots.join(f))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(len > 1000, "screenshot {f} missing or empty");
+    }
+    drop(taken);
+}
