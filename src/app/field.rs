@@ -13,15 +13,15 @@ use super::units::{self, Shift, Span, UnitId, UnitPlan, UnitSpec};
 use super::UPLINK_SINK;
 use crate::alarm::live::{LiveView, Sample};
 use crate::alarm::task::{self as alarm_task, AlarmRequest};
-use crate::cameras::ClipRequest;
 use crate::arming::{ArmingHandle, WallClock};
+use crate::cameras::ClipRequest;
 use crate::command::CommandPath;
 use crate::config::secret::Secret;
 use crate::config::{Config, LoadedConfig};
 use crate::drivers::write::{WriteError, WriteRequest, WriteSender, Writers};
 use crate::drivers::{gpio, modbus};
-use crate::journal::Journal;
 use crate::event::Timestamp;
+use crate::journal::Journal;
 use crate::point::{BusMessage, PointIndex, Quality, Reading};
 use crate::status::GatewayStatus;
 use crate::uplink::{self, IncomingCommand, UplinkContext};
@@ -144,8 +144,11 @@ impl Field {
         shared: &Shared,
     ) -> anyhow::Result<(Arc<FieldHandles>, UnitPlan)> {
         let target = units::units_of(&cfg.config);
-        let running: BTreeMap<UnitId, &UnitSpec> =
-            self.units.iter().map(|(id, r)| (id.clone(), &r.spec)).collect();
+        let running: BTreeMap<UnitId, &UnitSpec> = self
+            .units
+            .iter()
+            .map(|(id, r)| (id.clone(), &r.spec))
+            .collect();
         let plan = units::plan(&running, &target);
         tracing::info!(
             kept = plan.kept.len(),
@@ -185,7 +188,11 @@ impl Field {
     /// Start the alarm side again for `cfg` over whatever units run (the
     /// last resort when neither the new nor the previous configuration
     /// started completely).
-    pub async fn restore_side(&mut self, cfg: Arc<LoadedConfig>, shared: &Shared) -> Arc<FieldHandles> {
+    pub async fn restore_side(
+        &mut self,
+        cfg: Arc<LoadedConfig>,
+        shared: &Shared,
+    ) -> Arc<FieldHandles> {
         self.start_side(cfg, shared).await
     }
 
@@ -598,5 +605,42 @@ pub(super) async fn route_commands(
                 .reply
                 .send(serde_json::to_vec(&reply).unwrap_or_default());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::point::Value;
+
+    #[tokio::test]
+    async fn writes_reach_a_kept_driver_in_its_own_indices() {
+        let (driver, mut queue) = mpsc::channel::<WriteRequest>(4);
+        let shift = Shift {
+            driver: Span { first: 0, len: 2 },
+            table: 5,
+        };
+        let mut writers = Writers::new();
+        writers.insert("a".into(), shifted_writer(driver, shift));
+        let served = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(req) = queue.recv().await {
+                seen.push(req.point);
+                let _ = req.reply.send(Ok(()));
+            }
+            seen
+        });
+        let t = std::time::Duration::from_secs(5);
+        writers
+            .write("a", 6, Value::Bool(true), None, t)
+            .await
+            .unwrap();
+        // Not a point of the device in the current table.
+        assert_eq!(
+            writers.write("a", 7, Value::Bool(true), None, t).await,
+            Err(WriteError::NotWritable)
+        );
+        drop(writers);
+        assert_eq!(served.await.unwrap(), vec![1]);
     }
 }

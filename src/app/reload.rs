@@ -246,7 +246,9 @@ impl Reloader {
                     }
                     match self.start_pushes(&old) {
                         Ok(p) => live.pushes = Some(p),
-                        Err(e) => tracing::error!(error = %e, "previous pushes did not start again"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "previous pushes did not start again")
+                        }
                     }
                 }
                 return match back {

@@ -162,7 +162,10 @@ impl UnitPlan {
 }
 
 /// Compare the running units with the target's.
-pub fn plan(running: &BTreeMap<UnitId, &UnitSpec>, target: &BTreeMap<UnitId, UnitSpec>) -> UnitPlan {
+pub fn plan(
+    running: &BTreeMap<UnitId, &UnitSpec>,
+    target: &BTreeMap<UnitId, UnitSpec>,
+) -> UnitPlan {
     let mut p = UnitPlan::default();
     for (id, spec) in target {
         match running.get(id) {

@@ -204,7 +204,11 @@ pub fn spawn_one(
     status: Arc<GatewayStatus>,
     shutdown: CancellationToken,
 ) -> Option<(tokio::task::JoinHandle<()>, mpsc::Sender<ClipRequest>)> {
-    let cam = cfg.config.cameras.iter().find(|c| c.id == id && c.enabled)?;
+    let cam = cfg
+        .config
+        .cameras
+        .iter()
+        .find(|c| c.id == id && c.enabled)?;
     start(cfg, cam, &journal, &status, shutdown)
 }
 

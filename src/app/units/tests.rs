@@ -49,7 +49,7 @@ fn the_example_groups_devices_as_the_drivers_do() {
         u[&UnitId::ModbusRtu {
             bus: "rs485-fire".into()
         }]
-        .own,
+            .own,
         Own::Line(c.serial_buses.first().cloned())
     );
     // Every enabled device is in exactly one unit.
@@ -139,7 +139,12 @@ fn removed_disabled_and_added_devices() {
     let mut new = old.clone();
     new.devices.retain(|d| d.id != "hvac-2");
     device(&mut new, "hvac-1").enabled = false;
-    let mut added = old.devices.iter().find(|d| d.id == "hvac-2").unwrap().clone();
+    let mut added = old
+        .devices
+        .iter()
+        .find(|d| d.id == "hvac-2")
+        .unwrap()
+        .clone();
     added.id = "hvac-3".into();
     added.modbus.as_mut().unwrap().host = Some("10.20.1.53".into());
     new.devices.push(added);
