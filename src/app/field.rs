@@ -166,6 +166,7 @@ impl Field {
         // Readings of the units just stopped reach the old alarm task;
         // the kept units' wait for the new one.
         self.stop_side(shared).await;
+        let kept = self.running_devices();
         let cameras_kept = self
             .units
             .keys()
@@ -181,7 +182,7 @@ impl Field {
                 .with_context(|| format!("starting {id}"))?;
             self.units.insert(id.clone(), r);
         }
-        let handles = self.start_side(cfg, shared).await;
+        let handles = self.start_side(cfg, shared, &kept).await;
         Ok((handles, plan))
     }
 
@@ -193,7 +194,8 @@ impl Field {
         cfg: Arc<LoadedConfig>,
         shared: &Shared,
     ) -> Arc<FieldHandles> {
-        self.start_side(cfg, shared).await
+        let running = self.running_devices();
+        self.start_side(cfg, shared, &running).await
     }
 
     async fn start_unit(
@@ -262,8 +264,13 @@ impl Field {
     }
 
     /// Build the alarm side of `cfg` over the running units and attach it
-    /// to the bus.
-    async fn start_side(&mut self, cfg: Arc<LoadedConfig>, shared: &Shared) -> Arc<FieldHandles> {
+    /// to the bus; the last values of the `kept` devices are carried over.
+    async fn start_side(
+        &mut self,
+        cfg: Arc<LoadedConfig>,
+        shared: &Shared,
+        kept: &HashSet<Arc<str>>,
+    ) -> Arc<FieldHandles> {
         let c = &cfg.config;
         let status = &shared.status;
         // Devices count as online until they fail; the alarm task moves
@@ -338,7 +345,7 @@ impl Field {
         // Kept devices do not send their values again unless they change
         // (MQTT, GPIO): their last values go first to the new alarm task.
         if let Some((old, old_live)) = self.previous.take() {
-            for m in carried_values(&old, &old_live, &cfg, &self.kept_devices()) {
+            for m in carried_values(&old, &old_live, &cfg, kept) {
                 let _ = bus_tx.send(m).await;
             }
         }
@@ -373,7 +380,7 @@ impl Field {
     }
 
     /// Devices of running units (after the stops of a switch: the kept ones).
-    fn kept_devices(&self) -> HashSet<Arc<str>> {
+    fn running_devices(&self) -> HashSet<Arc<str>> {
         self.units
             .values()
             .flat_map(|r| r.spans.iter().map(|(d, _)| d.clone()))
