@@ -375,3 +375,138 @@ fn reload_keeps_unchanged_devices_connections() {
     let exit = gw.sigterm(Duration::from_secs(15));
     assert!(exit.success(), "clean shutdown exited with {exit}");
 }
+
+/// Gateway config with one MQTT panic button on a site broker at `site`;
+/// `rules` are extra `[[alarms]]` blocks.
+fn mqtt_config(central: u16, site: u16, rules: &str) -> String {
+    format!(
+        r#"
+[site]
+id = "keep"
+gateway = "gw"
+
+[log]
+level = "info,estate_gateway=debug"
+format = "text"
+
+[journal]
+path = "@DIR@/journal"
+
+[uplink]
+host = "127.0.0.1"
+port = {central}
+client_id = "{CLIENT_ID}"
+keepalive_s = 2
+heartbeat_s = 1
+reconnect_min_s = 0.2
+reconnect_max_s = 1
+
+[telemetry]
+enabled = false
+
+[site_broker]
+host = "127.0.0.1"
+port = {site}
+client_id = "gw-keep-devices"
+reconnect_min_s = 0.2
+reconnect_max_s = 1
+
+[[devices]]
+id = "panic"
+category = "intrusion"
+zone = "villa-7"
+[devices.mqtt]
+silence_timeout_s = 600
+
+[[devices.points]]
+id = "pressed"
+[devices.points.mqtt]
+filter = "villas/7/panic"
+
+[[alarms]]
+point = "panic/pressed"
+id = "first"
+equals = true
+priority = 2
+message = "Panic (first rule)"
+latching = false
+{rules}"#
+    )
+}
+
+#[path = "common/mqtt_device.rs"]
+mod mqtt_device;
+
+#[test]
+fn reload_keeps_the_site_broker_connection_and_the_devices_last_values() {
+    let Some(central) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let Some(site) = Mosquitto::start_or_skip() else {
+        return;
+    };
+    let sub = MqttSub::start(central.port(), &format!("{ROOT}#"));
+    sub.wait_subscribed(Duration::from_secs(10));
+    let gw = GatewayProc::start_with("keep-mqtt", &mqtt_config(central.port(), site.port(), ""));
+    wait_event(&sub, "gateway.started", |e| e["kind"] == "gateway.started");
+    wait_for(Duration::from_secs(15), "driver subscribed", || {
+        gw.log()
+            .contains("subscribed to device topics")
+            .then_some(())
+    });
+    let Some(mut button) =
+        mqtt_device::MqttDevice::start_or_skip(site.port(), "panic-7", Default::default())
+    else {
+        return;
+    };
+    button.publish("villas/7/panic", "ON");
+    wait_alarm(&sub, "alarm.raised", "panic/pressed/first", 1);
+    let site_connections = || {
+        site.log()
+            .lines()
+            .filter(|l| l.contains("New client connected") && l.contains("gw-keep-devices"))
+            .count()
+    };
+    let before = site_connections();
+    assert_eq!(before, 1, "site broker log:\n{}", site.log());
+
+    // A second rule on the same point: the button sends nothing more, yet
+    // the new rule sees the value the kept driver delivered before.
+    let second = r#"
+[[alarms]]
+point = "panic/pressed"
+id = "second"
+equals = true
+priority = 1
+message = "Panic (added by reload)"
+latching = false
+"#;
+    let d = reload(
+        &gw,
+        &sub,
+        &mqtt_config(central.port(), site.port(), second),
+        1,
+    );
+    assert_eq!(d["drivers"]["kept"], json!(["mqtt site broker"]), "{d}");
+    assert_eq!(d["by_device"]["kept"], json!(["panic"]), "{d}");
+    let raised = wait_alarm(&sub, "alarm.raised", "panic/pressed/second", 1);
+    assert_eq!(raised["priority"], 1, "{raised}");
+    // The first rule's alarm was carried over, not raised again.
+    assert_eq!(count(&sub, "alarm.raised", "panic/pressed/first"), 1);
+    // And the kept connection goes on delivering.
+    button.publish("villas/7/panic", "OFF");
+    wait_alarm(&sub, "alarm.cleared", "panic/pressed/first", 1);
+    wait_alarm(&sub, "alarm.cleared", "panic/pressed/second", 1);
+    assert_eq!(
+        site_connections(),
+        before,
+        "site broker log:\n{}",
+        site.log()
+    );
+    assert_eq!(
+        gateway_connections(&central),
+        1,
+        "broker log:\n{}",
+        central.log()
+    );
+}
