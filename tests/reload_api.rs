@@ -129,3 +129,99 @@ async fn reload_api_refuses_restart_only_changes_and_rolls_back() {
     gw.stop();
     gw.wait().await;
 }
+
+/// `config(…)` plus an embedded site broker on `listen` with one MQTT
+/// device whose silence timeout is `silence_s`.
+fn with_site_broker(base: String, listen: u16, silence_s: u32) -> String {
+    base + &format!(
+        r#"
+[site_broker]
+reconnect_min_s = 0.2
+reconnect_max_s = 1
+[site_broker.embedded]
+listen = "127.0.0.1:{listen}"
+
+[[devices]]
+id = "button"
+category = "intrusion"
+[devices.mqtt]
+silence_timeout_s = {silence_s}
+
+[[devices.points]]
+id = "pressed"
+[devices.points.mqtt]
+filter = "button/pressed"
+"#
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The alarm task answers (it runs).
+async fn alarm_task_answers(gw: &Gateway) {
+    use estate_gateway::alarm::task::AlarmRequest;
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    gw.alarm_requests()
+        .send(AlarmRequest::Acknowledge {
+            key: "nope/none".into(),
+            operator: "test".into(),
+            comment: None,
+            reply,
+        })
+        .await
+        .expect("alarm task gone");
+    let r = tokio::time::timeout(std::time::Duration::from_secs(5), rx)
+        .await
+        .expect("alarm task does not answer")
+        .expect("alarm task dropped the request");
+    assert!(r.is_err(), "acknowledged an unknown alarm");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn mqtt_driver_restarts_over_the_running_embedded_broker_and_rolls_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let port = free_port();
+    let base = || config(dir, "gw", false);
+    let a = loaded(dir, "a.toml", &with_site_broker(base(), port, 60));
+    let gw = Gateway::start(a.clone()).await.expect("start");
+
+    // A changed MQTT device restarts the driver; the embedded broker, which
+    // cannot be stopped, is reused.
+    let b = loaded(dir, "b.toml", &with_site_broker(base(), port, 90));
+    let r = gw
+        .reload(b.clone())
+        .await
+        .expect("reload with a changed device");
+    assert_eq!(r.drivers.restarted, vec!["mqtt site broker"], "{r:?}");
+    assert_eq!(r.by_device.restarted, vec!["button"], "{r:?}");
+    alarm_task_answers(&gw).await;
+
+    // The embedded broker moved to a port that is taken: the new driver
+    // cannot start, the previous configuration runs again.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = loaded(
+        dir,
+        "c.toml",
+        &with_site_broker(base(), taken.local_addr().unwrap().port(), 90),
+    );
+    match gw.reload(c).await {
+        Err(ReloadError::RolledBack(e)) => assert!(e.contains("embedded"), "{e}"),
+        other => panic!("expected RolledBack, got {other:?}"),
+    }
+    assert_eq!(gw.current().config.path, b.path);
+    assert!(gw.writers().iter().any(|(d, _)| &**d == "button"));
+    alarm_task_answers(&gw).await;
+    // Back where it was: nothing to do.
+    let r = gw.reload(b).await.unwrap();
+    assert!(!r.changed, "{r:?}");
+
+    gw.stop();
+    gw.wait().await;
+}
