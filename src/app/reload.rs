@@ -15,8 +15,9 @@
 //! restart. See `docs/design/reload.md`.
 //!
 //! Sections read only at start (`[site]`, `[journal]`, `[web]`,
-//! `[service]`, `[log]`) refuse the reload when they changed: the gateway
-//! must be restarted for them, and a half-applied file would be worse.
+//! `[service]`, `[log]`, and a running `[site_broker.embedded]`) refuse the
+//! reload when they changed: the gateway must be restarted for them, and a
+//! half-applied file would be worse.
 
 use super::field::{FieldHandles, Pushes, Shared, Uplink};
 use super::units::{self, Changes};
@@ -326,6 +327,12 @@ pub fn start_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.log != new.log {
         v.push("log");
     }
+    // The embedded site broker cannot be stopped (see
+    // `drivers::mqtt::embedded`): once running, its settings stay.
+    let embedded = |c: &Config| c.site_broker.as_ref().and_then(|b| b.embedded.clone());
+    if embedded(old).is_some() && embedded(old) != embedded(new) {
+        v.push("site_broker.embedded");
+    }
     v
 }
 
@@ -352,6 +359,21 @@ mod tests {
         new.journal.max_bytes += 1;
         new.site.gateway.push('x');
         assert_eq!(start_only_changes(&old, &new), vec!["site", "journal"]);
+        // The embedded site broker's settings stay while it runs.
+        let mut new = old.clone();
+        let sb = new.site_broker.as_mut().unwrap();
+        sb.reconnect_max += std::time::Duration::from_secs(1);
+        assert!(start_only_changes(&old, &new).is_empty());
+        new.site_broker
+            .as_mut()
+            .unwrap()
+            .embedded
+            .as_mut()
+            .unwrap()
+            .max_connections += 1;
+        assert_eq!(start_only_changes(&old, &new), vec!["site_broker.embedded"]);
+        new.site_broker = None;
+        assert_eq!(start_only_changes(&old, &new), vec!["site_broker.embedded"]);
     }
 
     #[test]
