@@ -1,6 +1,7 @@
-//! End-to-end: a reload keeps unchanged devices' connections, with the real
-//! binary between a pymodbus simulator (one Modbus TCP port per device)
-//! and a mosquitto broker.
+//! End-to-end: a reload keeps unchanged devices' connections.
+//!
+//! Modbus (the real binary between a pymodbus simulator with one Modbus TCP
+//! port per device and a mosquitto broker):
 //!
 //! Proof of "the same connection": the gateway's own TCP sockets (its
 //! `/proc/<pid>/fd` socket inodes matched in `/proc/<pid>/net/tcp`) to a
@@ -17,6 +18,14 @@
 //!
 //! Throughout: the uplink session is never dropped (no new CONNECT at the
 //! broker, no second `status: online`).
+//!
+//! MQTT (the binary, a mosquitto site broker, a paho-mqtt device): a rule
+//! added for a kept device's point sees the value it sent before the
+//! reload, and the gateway's site broker connection is the same.
+//!
+//! Cameras (in process, a GStreamer RTSP server with two mounts): the
+//! unchanged camera keeps its RTSP session and its pre-alarm buffer, the
+//! changed one reconnects.
 
 mod common;
 #[path = "common/modbus_sim.rs"]
@@ -509,4 +518,128 @@ latching = false
         "broker log:\n{}",
         central.log()
     );
+}
+
+#[path = "common/rtsp_server.rs"]
+mod rtsp_server;
+
+/// Poll `f` every 100 ms (without blocking the runtime) until it returns
+/// `Some`, or panic after `timeout`.
+async fn poll_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_an_unchanged_cameras_session_and_pre_alarm_buffer() {
+    use estate_gateway::app::Gateway;
+    let Some(server) = rtsp_server::RtspServer::start(rtsp_server::RtspOptions {
+        mounts: 2,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let text = |post_b: u32| {
+        format!(
+            r#"
+[site]
+id = "keep"
+gateway = "gw"
+
+[journal]
+path = "{dir}/journal"
+fsync = false
+
+[uplink]
+host = "127.0.0.1"
+port = 9
+reconnect_min_s = 1
+reconnect_max_s = 5
+
+[web]
+enabled = false
+
+[telemetry]
+enabled = false
+
+[clips]
+path = "{dir}/clips"
+min_free_bytes = 0
+
+[[cameras]]
+id = "cam-a"
+url = "{a}"
+transport = "tcp"
+video_loss_s = 3
+pre_s = 2
+post_s = 3
+
+[[cameras]]
+id = "cam-b"
+url = "{b}"
+transport = "tcp"
+video_loss_s = 3
+pre_s = 2
+post_s = {post_b}
+"#,
+            dir = dir.path().display(),
+            a = server.url(0),
+            b = server.url(1),
+        )
+    };
+    let load = |t: String| {
+        estate_gateway::config::load_str(&t, std::path::Path::new("gw.toml"))
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let gw = Gateway::start(load(text(3))).await.unwrap();
+    let buffered = |id: &str| {
+        gw.status
+            .cameras
+            .snapshot()
+            .into_iter()
+            .find(|h| h.id == id)
+            .filter(|h| h.online && h.pre_buffer_bytes > 0)
+            .map(|h| h.pre_buffer_bytes)
+    };
+    poll_until(Duration::from_secs(20), "both cameras buffering", || {
+        buffered("cam-a").and(buffered("cam-b"))
+    })
+    .await;
+    let me = std::process::id();
+    let before = poll_until(Duration::from_secs(10), "two RTSP sessions", || {
+        let c = connections_to(me, server.port());
+        (c.len() == 2).then_some(c)
+    })
+    .await;
+
+    let r = gw.reload(load(text(4))).await.expect("reload");
+    assert_eq!(r.drivers.kept, vec!["camera cam-a"], "{r:?}");
+    assert_eq!(r.drivers.restarted, vec!["camera cam-b"], "{r:?}");
+    // cam-a's pre-alarm buffer is still filled, right after the reload.
+    assert!(buffered("cam-a").is_some(), "cam-a's buffer was emptied");
+    // One session kept (cam-a's), one new (cam-b's).
+    let after = poll_until(Duration::from_secs(20), "cam-b's new session", || {
+        let c = connections_to(me, server.port());
+        (c.len() == 2 && c != before).then_some(c)
+    })
+    .await;
+    let common: Vec<&u16> = after.iter().filter(|p| before.contains(p)).collect();
+    assert_eq!(common.len(), 1, "before {before:?}, after {after:?}");
+    poll_until(Duration::from_secs(20), "cam-b buffering again", || {
+        buffered("cam-b")
+    })
+    .await;
+
+    gw.stop();
+    gw.wait().await;
 }
