@@ -157,11 +157,16 @@ impl Field {
             stopped = plan.stopped.len(),
             "switching the field side"
         );
-        for id in plan.to_stop() {
-            if let Some(r) = self.units.remove(id) {
-                tracing::info!(unit = %id, "stopping driver");
-                r.stop().await;
-            }
+        let stopping: Vec<(&UnitId, Running)> = plan
+            .to_stop()
+            .filter_map(|id| self.units.remove(id).map(|r| (id, r)))
+            .collect();
+        for (id, r) in &stopping {
+            tracing::info!(unit = %id, "stopping driver");
+            r.stop.cancel();
+        }
+        for (_, r) in stopping {
+            r.stop().await;
         }
         // Readings of the units just stopped reach the old alarm task;
         // the kept units' wait for the new one.
