@@ -96,6 +96,9 @@ reconnect_max_s = 1
 [telemetry]
 enabled = false
 
+[web]
+enabled = false
+
 [[alarms]]
 point = "a/zone"
 equals = true
@@ -411,6 +414,9 @@ reconnect_min_s = 0.2
 reconnect_max_s = 1
 
 [telemetry]
+enabled = false
+
+[web]
 enabled = false
 
 [site_broker]
