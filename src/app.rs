@@ -6,15 +6,19 @@
 //! grace to deliver, publishes `status: offline (shutdown)` and disconnects →
 //! the journal is flushed. A second SIGTERM/SIGINT exits at once.
 //!
-//! SIGHUP reloads the configuration file (see `reload.rs`): the field side
-//! restarts with the new file, the journal and uplink session stay.
+//! SIGHUP reloads the configuration file (see `reload.rs`): drivers whose
+//! settings changed restart, unchanged ones keep their connections, the
+//! alarm side is rebuilt; the journal and uplink session stay.
 
 pub mod disk;
 mod field;
+mod relay;
 mod reload;
+mod units;
 
 pub use field::FieldHandles;
 pub use reload::{ReloadError, ReloadReport, Reloader};
+pub use units::Changes;
 
 use crate::alarm::task::AlarmRequest;
 use crate::arming::{ArmingHandle, SystemClock, WallClock};

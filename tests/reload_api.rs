@@ -129,3 +129,155 @@ async fn reload_api_refuses_restart_only_changes_and_rolls_back() {
     gw.stop();
     gw.wait().await;
 }
+
+/// `config(…)` plus an embedded site broker on `listen` with one MQTT
+/// device whose silence timeout is `silence_s`.
+fn with_site_broker(base: String, listen: u16, silence_s: u32) -> String {
+    base + &format!(
+        r#"
+[site_broker]
+reconnect_min_s = 0.2
+reconnect_max_s = 1
+[site_broker.embedded]
+listen = "127.0.0.1:{listen}"
+
+[[devices]]
+id = "button"
+category = "intrusion"
+[devices.mqtt]
+silence_timeout_s = {silence_s}
+
+[[devices.points]]
+id = "pressed"
+[devices.points.mqtt]
+filter = "button/pressed"
+"#
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The alarm task answers (it runs).
+async fn alarm_task_answers(gw: &Gateway) {
+    use estate_gateway::alarm::task::AlarmRequest;
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    gw.alarm_requests()
+        .send(AlarmRequest::Acknowledge {
+            key: "nope/none".into(),
+            operator: "test".into(),
+            comment: None,
+            reply,
+        })
+        .await
+        .expect("alarm task gone");
+    let r = tokio::time::timeout(std::time::Duration::from_secs(5), rx)
+        .await
+        .expect("alarm task does not answer")
+        .expect("alarm task dropped the request");
+    assert!(r.is_err(), "acknowledged an unknown alarm");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn mqtt_driver_restarts_over_the_running_embedded_broker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let port = free_port();
+    let base = || config(dir, "gw", false);
+    let a = loaded(dir, "a.toml", &with_site_broker(base(), port, 60));
+    let gw = Gateway::start(a.clone()).await.expect("start");
+
+    // A changed MQTT device restarts the driver; the embedded broker, which
+    // cannot be stopped, is reused.
+    let b = loaded(dir, "b.toml", &with_site_broker(base(), port, 90));
+    let r = gw
+        .reload(b.clone())
+        .await
+        .expect("reload with a changed device");
+    assert_eq!(r.drivers.restarted, vec!["mqtt site broker"], "{r:?}");
+    assert_eq!(r.by_device.restarted, vec!["button"], "{r:?}");
+    alarm_task_answers(&gw).await;
+
+    // The embedded broker cannot move while it runs: refused.
+    let c = loaded(dir, "c.toml", &with_site_broker(base(), free_port(), 90));
+    match gw.reload(c).await {
+        Err(ReloadError::NeedsRestart(v)) => assert_eq!(v, vec!["site_broker.embedded"]),
+        other => panic!("expected NeedsRestart, got {other:?}"),
+    }
+
+    assert_eq!(gw.current().config.path, b.path);
+    assert!(gw.writers().iter().any(|(d, _)| &**d == "button"));
+    alarm_task_answers(&gw).await;
+    // Back where it was: nothing to do.
+    let r = gw.reload(b).await.unwrap();
+    assert!(!r.changed, "{r:?}");
+
+    gw.stop();
+    gw.wait().await;
+}
+
+/// `config(…)` plus an external site broker (nobody listens: the driver
+/// retries) logging in with the password in `pw`, and one MQTT device.
+fn with_external_broker(base: String, pw: &Path, silence_s: u32) -> String {
+    base + &format!(
+        r#"
+[site_broker]
+host = "127.0.0.1"
+port = 9
+username = "gw"
+password = {{ file = "{}" }}
+reconnect_min_s = 1
+reconnect_max_s = 5
+
+[[devices]]
+id = "button"
+category = "intrusion"
+[devices.mqtt]
+silence_timeout_s = {silence_s}
+
+[[devices.points]]
+id = "pressed"
+[devices.points.mqtt]
+filter = "button/pressed"
+"#,
+        pw.display()
+    )
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_driver_that_cannot_start_rolls_the_field_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (pw_a, pw_b) = (dir.join("a.pw"), dir.join("b.pw"));
+    std::fs::write(&pw_a, "a").unwrap();
+    std::fs::write(&pw_b, "b").unwrap();
+    let base = || config(dir, "gw", false);
+    let a = loaded(dir, "a.toml", &with_external_broker(base(), &pw_a, 60));
+    let gw = Gateway::start(a.clone()).await.expect("start");
+
+    // The new driver's password file vanished after validation: it cannot
+    // start, and the previous driver and rules run again.
+    let b = loaded(dir, "b.toml", &with_external_broker(base(), &pw_b, 90));
+    std::fs::remove_file(&pw_b).unwrap();
+    match gw.reload(b).await {
+        Err(ReloadError::RolledBack(e)) => assert!(e.contains("site_broker.password"), "{e}"),
+        other => panic!("expected RolledBack, got {other:?}"),
+    }
+    assert_eq!(gw.current().config.path, a.path);
+    assert!(gw.writers().iter().any(|(d, _)| &**d == "button"));
+    alarm_task_answers(&gw).await;
+    // The running field is the previous file's: reloading it changes nothing.
+    let r = gw.reload(a).await.unwrap();
+    assert!(!r.changed, "{r:?}");
+    let changes = config_changes(&gw);
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0]["ok"], false);
+
+    gw.stop();
+    gw.wait().await;
+}

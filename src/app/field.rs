@@ -1,33 +1,37 @@
-//! The field side of a running gateway: what a configuration reload stops
-//! and starts again with the new file. Drivers, the alarm task, linkage,
-//! arming and the command path run as one [`Field`]; staff pushes and the
-//! uplink are started apart (they change only with their own sections).
+//! The field side of a running gateway: what a configuration reload
+//! changes. Driver units (see `units.rs`) run on their own and a reload
+//! keeps the unchanged ones; the alarm task, linkage, arming and the
+//! command path are rebuilt with every change. They run as one [`Field`];
+//! staff pushes and the uplink are started apart (they change only with
+//! their own sections).
 //!
 //! The journal, the gateway status, the web server and the uplink session
 //! live outside it and outlive every reload.
 
+use super::relay::{Relay, Shifts, BUS_CAPACITY};
+use super::units::{self, Shift, Span, UnitId, UnitPlan, UnitSpec};
 use super::UPLINK_SINK;
+use crate::alarm::live::{LiveView, Sample};
 use crate::alarm::task::{self as alarm_task, AlarmRequest};
 use crate::arming::{ArmingHandle, WallClock};
+use crate::cameras::ClipRequest;
 use crate::command::CommandPath;
 use crate::config::secret::Secret;
 use crate::config::{Config, LoadedConfig};
-use crate::drivers::write::Writers;
+use crate::drivers::write::{WriteError, WriteRequest, WriteSender, Writers};
 use crate::drivers::{gpio, modbus};
+use crate::event::Timestamp;
 use crate::journal::Journal;
-use crate::point::BusMessage;
+use crate::point::{BusMessage, PointIndex, Quality, Reading};
 use crate::status::GatewayStatus;
 use crate::uplink::{self, IncomingCommand, UplinkContext};
 use anyhow::Context;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-/// Capacity of the driver bus. When full, drivers wait (alarms are never
-/// dropped); a poll cycle is at most delayed.
-const BUS_CAPACITY: usize = 1024;
 
 /// What other parts of the gateway (tests, the web page) use of the
 /// current field. Replaced as a whole by a reload.
@@ -58,11 +62,49 @@ pub(super) struct Shared {
     pub command_route: watch::Sender<mpsc::Sender<IncomingCommand>>,
 }
 
-/// A running field side.
+/// A running field side: the driver units, each kept or restarted on its
+/// own by a reload, and the alarm side (alarm task, linkage, arming,
+/// command path), rebuilt by every reload that changes something.
 pub(super) struct Field {
+    /// The driver bus; lives as long as the field.
+    relay: Relay,
+    /// The driver units that run, with the spec they were started with.
+    units: BTreeMap<UnitId, Running>,
+    /// `None` while a reload switches (or after the shutdown).
+    side: Option<AlarmSide>,
+    /// The configuration and live view of the alarm side last stopped
+    /// (its kept devices' last values seed the next one).
+    previous: Option<(Arc<LoadedConfig>, Arc<LiveView>)>,
+}
+
+/// One running driver unit.
+struct Running {
+    spec: UnitSpec,
     stop: CancellationToken,
-    bus_tx: mpsc::Sender<BusMessage>,
-    drivers: Vec<JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
+    /// Its write queues, indices as in the table it was started with.
+    writers: Writers,
+    /// "Read now" probe queues of its Modbus devices (driver indices).
+    probes: modbus::probe::Probers,
+    /// A camera's clip queue.
+    clips: Option<mpsc::Sender<ClipRequest>>,
+    /// Its devices' points in the table it was started with.
+    spans: Vec<(Arc<str>, Span)>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// The parts every reload rebuilds.
+struct AlarmSide {
+    cfg: Arc<LoadedConfig>,
+    live: Arc<LiveView>,
     alarm: JoinHandle<()>,
     linkage: JoinHandle<()>,
     arming_stop: CancellationToken,
@@ -73,11 +115,175 @@ pub(super) struct Field {
 impl Field {
     /// Start drivers, the alarm task (restoring saved alarm states),
     /// linkage, arming and the command path for `cfg`, and route the
-    /// uplink's commands to them.
+    /// uplink's commands to them. On failure nothing runs.
     pub async fn start(
         cfg: Arc<LoadedConfig>,
         shared: &Shared,
     ) -> anyhow::Result<(Field, Arc<FieldHandles>)> {
+        let mut field = Field {
+            relay: Relay::start(),
+            units: BTreeMap::new(),
+            side: None,
+            previous: None,
+        };
+        match field.apply(cfg, shared).await {
+            Ok((handles, _)) => Ok((field, handles)),
+            Err(e) => {
+                // Leave nothing running behind a failed start.
+                field.stop(shared).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Switch to `cfg`: stop the units that changed or went, rebuild the
+    /// alarm side, start the units that changed or are new; unchanged
+    /// units keep running (and their connections) and feed the new alarm
+    /// task. On a unit's start failure the alarm side stays stopped and
+    /// the units started so far run: apply the previous configuration
+    /// (its failed unit starts again), or [`restore_side`](Self::restore_side).
+    pub async fn apply(
+        &mut self,
+        cfg: Arc<LoadedConfig>,
+        shared: &Shared,
+    ) -> anyhow::Result<(Arc<FieldHandles>, UnitPlan)> {
+        let target = units::units_of(&cfg.config);
+        let running: BTreeMap<UnitId, &UnitSpec> = self
+            .units
+            .iter()
+            .map(|(id, r)| (id.clone(), &r.spec))
+            .collect();
+        let plan = units::plan(&running, &target);
+        tracing::info!(
+            kept = plan.kept.len(),
+            restarted = plan.restarted.len(),
+            started = plan.started.len(),
+            stopped = plan.stopped.len(),
+            "switching the field side"
+        );
+        let stopping: Vec<(&UnitId, Running)> = plan
+            .to_stop()
+            .filter_map(|id| self.units.remove(id).map(|r| (id, r)))
+            .collect();
+        for (id, r) in &stopping {
+            tracing::info!(unit = %id, "stopping driver");
+            r.stop.cancel();
+        }
+        for (_, r) in stopping {
+            r.stop().await;
+        }
+        // Readings of the units just stopped reach the old alarm task;
+        // the kept units' wait for the new one.
+        self.stop_side(shared).await;
+        let kept = self.running_devices();
+        let cameras_kept = self
+            .units
+            .keys()
+            .any(|id| matches!(id, UnitId::Camera { .. }));
+        if !cameras_kept && cfg.config.cameras.iter().any(|c| c.enabled) {
+            crate::cameras::prepare_clips(&cfg.config.clips);
+        }
+        for id in plan.to_start() {
+            let spec = target[id].clone();
+            let r = self
+                .start_unit(&cfg, id, spec, shared)
+                .await
+                .with_context(|| format!("starting {id}"))?;
+            self.units.insert(id.clone(), r);
+        }
+        let handles = self.start_side(cfg, shared, &kept).await;
+        Ok((handles, plan))
+    }
+
+    /// Start the alarm side again for `cfg` over whatever units run (the
+    /// last resort when neither the new nor the previous configuration
+    /// started completely).
+    pub async fn restore_side(
+        &mut self,
+        cfg: Arc<LoadedConfig>,
+        shared: &Shared,
+    ) -> Arc<FieldHandles> {
+        let running = self.running_devices();
+        self.start_side(cfg, shared, &running).await
+    }
+
+    async fn start_unit(
+        &self,
+        cfg: &Arc<LoadedConfig>,
+        id: &UnitId,
+        spec: UnitSpec,
+        shared: &Shared,
+    ) -> anyhow::Result<Running> {
+        let stop = CancellationToken::new();
+        let bus = self.relay.sender();
+        let status = Some(&*shared.status);
+        let mut writers = Writers::new();
+        let mut probes = modbus::probe::Probers::new();
+        let mut clips = None;
+        let tasks = match id {
+            UnitId::ModbusTcp { host, port } => modbus::spawn_link(
+                cfg,
+                modbus::Link::Tcp { host, port: *port },
+                bus,
+                stop.clone(),
+                status,
+                &mut writers,
+                &mut probes,
+            ),
+            UnitId::ModbusRtu { bus: line } => modbus::spawn_link(
+                cfg,
+                modbus::Link::Rtu { bus: line },
+                bus,
+                stop.clone(),
+                status,
+                &mut writers,
+                &mut probes,
+            ),
+            UnitId::Gpio { device } => {
+                gpio::spawn_device(cfg, device, bus, stop.clone(), status, &mut writers)
+            }
+            UnitId::Mqtt => crate::drivers::mqtt::spawn(cfg, bus, stop.clone(), &mut writers)
+                .await
+                .context("starting the MQTT device driver")?,
+            UnitId::Camera { id } => match crate::cameras::spawn_one(
+                cfg,
+                id,
+                shared.journal.clone(),
+                shared.status.clone(),
+                stop.clone(),
+            ) {
+                Some((task, tx)) => {
+                    clips = Some(tx);
+                    vec![task]
+                }
+                None => Vec::new(),
+            },
+        };
+        let all = units::spans(&cfg.points);
+        let spans = spec
+            .device_ids()
+            .filter_map(|d| all.get(d).map(|s| (Arc::from(d), *s)))
+            .collect();
+        tracing::info!(unit = %id, tasks = tasks.len(), "driver started");
+        Ok(Running {
+            spec,
+            stop,
+            tasks,
+            writers,
+            probes,
+            clips,
+            spans,
+        })
+    }
+
+    /// Build the alarm side of `cfg` over the running units and attach it
+    /// to the bus; the last values of the `kept` devices are carried over.
+    async fn start_side(
+        &mut self,
+        cfg: Arc<LoadedConfig>,
+        shared: &Shared,
+        kept: &HashSet<Arc<str>>,
+    ) -> Arc<FieldHandles> {
         let c = &cfg.config;
         let status = &shared.status;
         // Devices count as online until they fail; the alarm task moves
@@ -87,51 +293,51 @@ impl Field {
             Ordering::Relaxed,
         );
         status.devices_offline.store(0, Ordering::Relaxed);
-        let stop = CancellationToken::new();
-        let (bus_tx, bus_rx) = mpsc::channel::<BusMessage>(BUS_CAPACITY);
         let (req_tx, req_rx) = mpsc::channel::<AlarmRequest>(64);
 
-        // Every driver that can write registers its devices first; then
-        // linkage and the command path get the complete registry.
+        // Where each running unit's points are now, and the complete
+        // write registry in the current table's indices.
+        let table = units::spans(&cfg.points);
+        let mut shifts = Shifts::new();
         let mut writers = Writers::new();
         let mut probes = modbus::probe::Probers::new();
-        let mut drivers = modbus::spawn_probed(
-            &cfg,
-            bus_tx.clone(),
-            stop.child_token(),
-            Some(status),
-            &mut writers,
-            &mut probes,
-        );
-        drivers.extend(gpio::spawn(
-            &cfg,
-            bus_tx.clone(),
-            stop.child_token(),
-            Some(status),
-            &mut writers,
-        ));
-        match crate::drivers::mqtt::spawn(&cfg, bus_tx.clone(), stop.child_token(), &mut writers)
-            .await
-        {
-            Ok(h) => drivers.extend(h),
-            Err(e) => {
-                // Leave nothing running behind a failed start.
-                stop.cancel();
-                for d in drivers {
-                    let _ = d.await;
+        let mut clip_queues = HashMap::new();
+        for (id, r) in &self.units {
+            for (device, span) in &r.spans {
+                let Some(now) = table.get(&**device) else {
+                    continue;
+                };
+                let shift = Shift {
+                    driver: *span,
+                    table: now.first,
+                };
+                if now.len != span.len {
+                    // A kept unit's devices are unchanged: not expected.
+                    tracing::error!(unit = %id, device = %device, "device's points changed under a running driver");
+                    continue;
                 }
-                return Err(e).context("starting the MQTT device driver");
+                if !shift.is_identity() {
+                    shifts.insert(device.clone(), shift);
+                }
+            }
+            for (device, tx) in r.writers.iter() {
+                let tx = match shifts.get(device) {
+                    Some(s) => shifted_writer(tx.clone(), *s),
+                    None => tx.clone(),
+                };
+                writers.insert(device.clone(), tx);
+            }
+            for (device, tx) in r.probes.iter() {
+                let tx = match shifts.get(device) {
+                    Some(&s) => modbus::probe::shifted(tx.clone(), move |i| s.forward(i)),
+                    None => tx.clone(),
+                };
+                probes.insert(device.clone(), tx);
+            }
+            if let (UnitId::Camera { id }, Some(tx)) = (id, &r.clips) {
+                clip_queues.insert(id.clone(), tx.clone());
             }
         }
-        // Cameras stop with the drivers; their clip hook goes to the
-        // alarm task.
-        let cameras = crate::cameras::spawn(
-            &cfg,
-            shared.journal.clone(),
-            status.clone(),
-            stop.child_token(),
-        );
-        drivers.extend(cameras.tasks);
         let arming_stop = CancellationToken::new();
         let (arming, arming_task) = crate::arming::task::spawn(
             &c.arming,
@@ -142,7 +348,8 @@ impl Field {
         );
         let (linkage_tx, linkage) =
             crate::linkage::task::spawn(cfg.clone(), writers.clone(), shared.journal.clone());
-        let live = Arc::new(crate::alarm::live::LiveView::new(cfg.points.len()));
+        let live = Arc::new(LiveView::new(cfg.points.len()));
+        let (bus_tx, bus_rx) = mpsc::channel::<BusMessage>(BUS_CAPACITY);
         let alarm = tokio::spawn(alarm_task::run_with(
             cfg.clone(),
             shared.journal.clone(),
@@ -153,9 +360,17 @@ impl Field {
                 linkage: (!c.linkage.is_empty()).then_some(linkage_tx),
                 arming: Some(arming.watch()),
                 live: Some(live.clone()),
-                clips: cameras.clips,
+                clips: crate::cameras::ClipTrigger::for_cameras(&cfg, clip_queues),
             },
         ));
+        // Kept devices do not send their values again unless they change
+        // (MQTT, GPIO): their last values go first to the new alarm task.
+        if let Some((old, old_live)) = self.previous.take() {
+            for m in carried_values(&old, &old_live, &cfg, kept) {
+                let _ = bus_tx.send(m).await;
+            }
+        }
+        self.relay.attach(bus_tx, shifts).await;
         let command_path = CommandPath::new(
             cfg.clone(),
             writers.clone(),
@@ -166,59 +381,142 @@ impl Field {
         let (cmd_tx, cmd_rx) = mpsc::channel::<IncomingCommand>(64);
         let commands = tokio::spawn(crate::command::run(cmd_rx, command_path.clone()));
         shared.command_route.send_replace(cmd_tx);
-        let handles = Arc::new(FieldHandles {
-            config: cfg.clone(),
+        self.side = Some(AlarmSide {
+            cfg: cfg.clone(),
+            live: live.clone(),
+            alarm,
+            linkage,
+            arming_stop,
+            arming: arming_task,
+            commands,
+        });
+        Arc::new(FieldHandles {
+            config: cfg,
             writers,
             alarm_requests: req_tx,
             commands: command_path,
             arming,
             live,
             probes,
-        });
-        let field = Field {
-            stop,
-            bus_tx,
-            drivers,
-            alarm,
-            linkage,
-            arming_stop,
-            arming: arming_task,
-            commands,
-        };
-        Ok((field, handles))
+        })
     }
 
-    /// Stop in order: drivers (GPIO outputs to their safe state) → the
-    /// alarm task drains the bus, records what is pending and saves the
-    /// alarm states → linkage finishes the actions it started → arming
-    /// saves its state. Commands already queued are answered.
-    pub async fn stop(self, shared: &Shared) {
+    /// Devices of running units (after the stops of a switch: the kept ones).
+    fn running_devices(&self) -> HashSet<Arc<str>> {
+        self.units
+            .values()
+            .flat_map(|r| r.spans.iter().map(|(d, _)| d.clone()))
+            .collect()
+    }
+
+    /// Stop the alarm side: the alarm task takes what the bus holds,
+    /// records what is pending and saves the alarm states → linkage
+    /// finishes the actions it started → arming saves its state. Commands
+    /// already queued are answered.
+    async fn stop_side(&mut self, shared: &Shared) {
+        let Some(side) = self.side.take() else {
+            return;
+        };
         // Commands arriving from now on are refused until a field runs.
         shared.command_route.send_replace(mpsc::channel(1).0);
-        tracing::info!("stopping drivers");
-        self.stop.cancel();
-        for d in self.drivers {
-            let _ = d.await;
-        }
-        // The bus stays open until now even with no driver running,
-        // so the alarm task serves acknowledgements and timers.
-        drop(self.bus_tx);
-        let _ = self.alarm.await;
+        self.relay.detach().await;
+        let _ = side.alarm.await;
         // The alarm task held the linkage queue: actions already
         // started finish (or fail) before the journal closes.
-        let _ = self.linkage.await;
-        self.arming_stop.cancel();
-        let _ = self.arming.await;
+        let _ = side.linkage.await;
+        side.arming_stop.cancel();
+        let _ = side.arming.await;
         // Its sender was replaced (reload) or dropped (shutdown): the
         // command task ends once its queue is served. A command stuck on
         // a device write is not waited for.
-        if tokio::time::timeout(std::time::Duration::from_secs(5), self.commands)
+        if tokio::time::timeout(std::time::Duration::from_secs(5), side.commands)
             .await
             .is_err()
         {
             tracing::warn!("command task still busy after the field stopped");
         }
+        self.previous = Some((side.cfg, side.live));
     }
+
+    /// Stop in order: drivers (GPIO outputs to their safe state) → the
+    /// alarm side (see `stop_side`).
+    pub async fn stop(mut self, shared: &Shared) {
+        shared.command_route.send_replace(mpsc::channel(1).0);
+        tracing::info!("stopping drivers");
+        for r in self.units.values() {
+            r.stop.cancel();
+        }
+        for (_, r) in std::mem::take(&mut self.units) {
+            r.stop().await;
+        }
+        self.stop_side(shared).await;
+        self.relay.close().await;
+    }
+}
+
+/// A write queue taking the current table's indices in front of a kept
+/// driver that numbers its points as in the table it started with.
+fn shifted_writer(to: WriteSender, shift: Shift) -> WriteSender {
+    let (tx, mut rx) = mpsc::channel::<WriteRequest>(16);
+    tokio::spawn(async move {
+        while let Some(mut req) = rx.recv().await {
+            let Some(p) = shift.back(req.point) else {
+                let _ = req.reply.send(Err(WriteError::NotWritable));
+                continue;
+            };
+            req.point = p;
+            if let Err(mpsc::error::SendError(req)) = to.send(req).await {
+                let _ = req.reply.send(Err(WriteError::ShuttingDown));
+            }
+        }
+    });
+    tx
+}
+
+/// The last good values of `kept` devices in `old_live` (indices of
+/// `old`), as readings in `new`'s indices, one message per device and
+/// reading time.
+fn carried_values(
+    old: &LoadedConfig,
+    old_live: &LiveView,
+    new: &LoadedConfig,
+    kept: &HashSet<Arc<str>>,
+) -> Vec<BusMessage> {
+    let mut by_device: BTreeMap<(Arc<str>, Timestamp), Vec<Reading>> = BTreeMap::new();
+    for (i, sample) in old_live.values().into_iter().enumerate() {
+        let Some(Sample {
+            value: Some(value),
+            quality: Quality::Good,
+            ts,
+        }) = sample
+        else {
+            continue;
+        };
+        if i >= old.points.len() {
+            continue;
+        }
+        let meta = old.points.get(i as PointIndex);
+        if !kept.contains(&meta.device) {
+            continue;
+        }
+        let Some(point) = new.points.find(&meta.key) else {
+            continue;
+        };
+        by_device
+            .entry((meta.device.clone(), ts))
+            .or_default()
+            .push(Reading { point, value });
+    }
+    let now = std::time::Instant::now();
+    by_device
+        .into_iter()
+        .map(|((device, ts), readings)| BusMessage::Readings {
+            device,
+            ts,
+            replied_at: now,
+            readings,
+        })
+        .collect()
 }
 
 /// The staff push tasks of one `[push]` section.
@@ -330,5 +628,42 @@ pub(super) async fn route_commands(
             let _ = journal.record(vec![event]).await;
             let _ = cmd.reply.send(reply);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::point::Value;
+
+    #[tokio::test]
+    async fn writes_reach_a_kept_driver_in_its_own_indices() {
+        let (driver, mut queue) = mpsc::channel::<WriteRequest>(4);
+        let shift = Shift {
+            driver: Span { first: 0, len: 2 },
+            table: 5,
+        };
+        let mut writers = Writers::new();
+        writers.insert("a".into(), shifted_writer(driver, shift));
+        let served = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(req) = queue.recv().await {
+                seen.push(req.point);
+                let _ = req.reply.send(Ok(()));
+            }
+            seen
+        });
+        let t = std::time::Duration::from_secs(5);
+        writers
+            .write("a", 6, Value::Bool(true), None, t)
+            .await
+            .unwrap();
+        // Not a point of the device in the current table.
+        assert_eq!(
+            writers.write("a", 7, Value::Bool(true), None, t).await,
+            Err(WriteError::NotWritable)
+        );
+        drop(writers);
+        assert_eq!(served.await.unwrap(), vec![1]);
     }
 }

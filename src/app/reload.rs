@@ -3,18 +3,24 @@
 //! A reload validates the new file first; an invalid file is logged
 //! problem by problem, recorded as `config.changed` with `ok: false`, and
 //! changes nothing. A valid one keeps the journal, the web server and —
-//! unless `[uplink]` changed — the uplink's MQTT session with its backlog;
-//! it restarts the field side (every driver, the alarm task, linkage,
-//! arming, the command path) with the new file, and the staff pushes when
-//! `[push]` changed. Alarm states of rules that are still configured
-//! survive: the alarm task saves them when it stops and the new one
-//! restores them, as across a restart.
+//! unless `[uplink]` changed — the uplink's MQTT session with its backlog.
+//! On the field side, driver units whose settings did not change keep
+//! running with their connections (a Modbus TCP endpoint, an RS-485 line,
+//! the site broker connection, a GPIO device, a camera with its pre-alarm
+//! buffer); units that changed restart, new ones start, removed ones stop.
+//! The alarm side (alarm task, linkage, arming, command path) is rebuilt
+//! with the new file; the staff pushes restart when `[push]` changed.
+//! Alarm states of rules that are still configured survive: the alarm task
+//! saves them when it stops and the new one restores them, as across a
+//! restart. See `docs/design/reload.md`.
 //!
 //! Sections read only at start (`[site]`, `[journal]`, `[web]`,
-//! `[service]`, `[log]`) refuse the reload when they changed: the gateway
-//! must be restarted for them, and a half-applied file would be worse.
+//! `[service]`, `[log]`, and a running `[site_broker.embedded]`) refuse the
+//! reload when they changed: the gateway must be restarted for them, and a
+//! half-applied file would be worse.
 
-use super::field::{Field, FieldHandles, Pushes, Shared, Uplink};
+use super::field::{FieldHandles, Pushes, Shared, Uplink};
+use super::units::{self, Changes};
 use super::Live;
 use crate::config::{Config, ConfigErrors, LoadedConfig};
 use crate::event::{EventKind, NewEvent, Priority};
@@ -31,9 +37,16 @@ pub struct ReloadReport {
     pub file: PathBuf,
     /// False when the file equals the running configuration: nothing was restarted.
     pub changed: bool,
-    /// What was restarted: `field` (drivers, alarms, linkage, arming,
-    /// commands), `pushes`, `uplink`.
+    /// What was restarted: `field` (the alarm engine with the new rules,
+    /// linkage, arming, the command path; drivers: see `drivers`),
+    /// `pushes`, `uplink`.
     pub restarted: Vec<&'static str>,
+    /// Driver units (`modbus tcp:host:port`, `modbus rtu:bus`,
+    /// `mqtt site broker`, `gpio device`, `camera id`) kept running with
+    /// their connections, restarted, started and stopped.
+    pub drivers: Changes,
+    /// The same by device id.
+    pub by_device: Changes,
     /// Devices, points and alarm rules of the new configuration.
     pub devices: usize,
     pub points: usize,
@@ -105,11 +118,21 @@ impl Reloader {
         let r = self.apply(new).await;
         match &r {
             Ok(report) if report.changed => {
-                tracing::info!(file = %path.display(), restarted = ?report.restarted, "configuration reloaded");
+                tracing::info!(
+                    file = %path.display(),
+                    restarted = ?report.restarted,
+                    drivers_kept = ?report.drivers.kept,
+                    drivers_restarted = ?report.drivers.restarted,
+                    drivers_started = ?report.drivers.started,
+                    drivers_stopped = ?report.drivers.stopped,
+                    "configuration reloaded"
+                );
                 let detail = serde_json::json!({
                     "ok": true,
                     "file": report.file,
                     "restarted": report.restarted,
+                    "drivers": report.drivers,
+                    "by_device": report.by_device,
                     "devices": report.devices,
                     "points": report.points,
                     "alarm_rules": report.alarm_rules,
@@ -141,6 +164,8 @@ impl Reloader {
             file: new.path.clone(),
             changed: old.config != new.config,
             restarted: Vec::new(),
+            drivers: Changes::default(),
+            by_device: Changes::default(),
             devices: new.config.devices.len(),
             points: new.points.len(),
             alarm_rules: new.config.alarms.len(),
@@ -160,37 +185,76 @@ impl Reloader {
         let new = Arc::new(new);
         let shared = &self.shared;
 
-        if let Some(f) = live.field.take() {
-            f.stop(shared).await;
-        }
+        // Pushes first: a channel that cannot start changes nothing else.
         if pushes_changed {
             if let Some(p) = live.pushes.take() {
                 p.stop().await;
             }
-        }
-        match self.start_parts(&new, pushes_changed).await {
-            Ok((field, pushes)) => {
-                live.field = Some(field);
-                report.restarted.push("field");
-                if let Some(p) = pushes {
+            match self.start_pushes(&new) {
+                Ok(p) => {
                     live.pushes = Some(p);
                     report.restarted.push("pushes");
                 }
+                Err(e_new) => {
+                    tracing::error!(error = %e_new, "new pushes did not start; going back to the previous ones");
+                    return match self.start_pushes(&old) {
+                        Ok(p) => {
+                            live.pushes = Some(p);
+                            Err(ReloadError::RolledBack(e_new))
+                        }
+                        Err(e_old) => Err(ReloadError::Failed {
+                            new: e_new,
+                            old: e_old,
+                        }),
+                    };
+                }
+            }
+        }
+        let Some(field) = live.field.as_mut() else {
+            return Err(ReloadError::Stopping);
+        };
+        match field.apply(new.clone(), shared).await {
+            Ok((handles, plan)) => {
+                self.handles.send_replace(handles);
+                report.restarted.insert(0, "field");
+                report.drivers = Changes::of_units(&plan);
+                report.by_device = Changes::of_devices(
+                    &units::units_of(&old.config),
+                    &units::units_of(&new.config),
+                    &plan,
+                );
             }
             Err(e_new) => {
+                let e_new = format!("{e_new:#}");
                 tracing::error!(error = %e_new, "new configuration did not start; going back to the previous one");
-                return match self.start_parts(&old, pushes_changed).await {
-                    Ok((field, pushes)) => {
-                        live.field = Some(field);
-                        if let Some(p) = pushes {
-                            live.pushes = Some(p);
-                        }
-                        Err(ReloadError::RolledBack(e_new))
+                let back = field.apply(old.clone(), shared).await;
+                let back = match back {
+                    Ok((handles, _)) => {
+                        self.handles.send_replace(handles);
+                        Ok(())
                     }
-                    Err(e_old) => Err(ReloadError::Failed {
-                        new: e_new,
-                        old: e_old,
-                    }),
+                    Err(e_old) => {
+                        // Alarms first: the previous rules run over
+                        // whatever drivers did start.
+                        let handles = field.restore_side(old.clone(), shared).await;
+                        self.handles.send_replace(handles);
+                        Err(format!("{e_old:#}"))
+                    }
+                };
+                if pushes_changed {
+                    if let Some(p) = live.pushes.take() {
+                        p.stop().await;
+                    }
+                    match self.start_pushes(&old) {
+                        Ok(p) => live.pushes = Some(p),
+                        Err(e) => {
+                            tracing::error!(error = %e, "previous pushes did not start again")
+                        }
+                    }
+                }
+                return match back {
+                    Ok(()) => Err(ReloadError::RolledBack(e_new)),
+                    Err(old) => Err(ReloadError::Failed { new: e_new, old }),
                 };
             }
         }
@@ -210,37 +274,17 @@ impl Reloader {
         Ok(report)
     }
 
-    /// Start the field of `cfg` and, when `pushes`, its pushes with the
-    /// journal sinks they need. On failure nothing of it runs.
-    async fn start_parts(
-        &self,
-        cfg: &Arc<LoadedConfig>,
-        pushes: bool,
-    ) -> Result<(Field, Option<Pushes>), String> {
+    /// Point the journal's sinks at `cfg`'s push channels and start its
+    /// pushes. On failure no push of it runs.
+    fn start_pushes(&self, cfg: &Arc<LoadedConfig>) -> Result<Pushes, String> {
         let shared = &self.shared;
-        let p = if pushes {
-            let sinks = Pushes::sinks(&cfg.config);
-            let sinks: Vec<&str> = sinks.iter().map(String::as_str).collect();
-            shared
-                .journal
-                .set_sinks(&sinks)
-                .map_err(|e| format!("journal sinks: {e}"))?;
-            Some(Pushes::start(cfg, shared).map_err(|e| format!("{e:#}"))?)
-        } else {
-            None
-        };
-        match Field::start(cfg.clone(), shared).await {
-            Ok((field, handles)) => {
-                self.handles.send_replace(handles);
-                Ok((field, p))
-            }
-            Err(e) => {
-                if let Some(p) = p {
-                    p.stop().await;
-                }
-                Err(format!("{e:#}"))
-            }
-        }
+        let sinks = Pushes::sinks(&cfg.config);
+        let sinks: Vec<&str> = sinks.iter().map(String::as_str).collect();
+        shared
+            .journal
+            .set_sinks(&sinks)
+            .map_err(|e| format!("journal sinks: {e}"))?;
+        Pushes::start(cfg, shared).map_err(|e| format!("{e:#}"))
     }
 
     async fn record_failure(&self, path: &Path, e: &ReloadError) {
@@ -283,6 +327,12 @@ pub fn start_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.log != new.log {
         v.push("log");
     }
+    // The embedded site broker cannot be stopped (see
+    // `drivers::mqtt::embedded`): once running, its settings stay.
+    let embedded = |c: &Config| c.site_broker.as_ref().and_then(|b| b.embedded.clone());
+    if embedded(old).is_some() && embedded(old) != embedded(new) {
+        v.push("site_broker.embedded");
+    }
     v
 }
 
@@ -309,6 +359,21 @@ mod tests {
         new.journal.max_bytes += 1;
         new.site.gateway.push('x');
         assert_eq!(start_only_changes(&old, &new), vec!["site", "journal"]);
+        // The embedded site broker's settings stay while it runs.
+        let mut new = old.clone();
+        let sb = new.site_broker.as_mut().unwrap();
+        sb.reconnect_max += std::time::Duration::from_secs(1);
+        assert!(start_only_changes(&old, &new).is_empty());
+        new.site_broker
+            .as_mut()
+            .unwrap()
+            .embedded
+            .as_mut()
+            .unwrap()
+            .max_connections += 1;
+        assert_eq!(start_only_changes(&old, &new), vec!["site_broker.embedded"]);
+        new.site_broker = None;
+        assert_eq!(start_only_changes(&old, &new), vec!["site_broker.embedded"]);
     }
 
     #[test]

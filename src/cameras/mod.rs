@@ -150,6 +150,7 @@ pub struct Cameras {
 }
 
 /// Start one task per enabled camera. Health goes to `status.cameras`.
+///
 /// Nothing here stops the gateway: a camera whose password cannot be read
 /// is not started (logged, and its health says why), a clip directory that
 /// cannot be created is logged and clips fail until it can.
@@ -167,68 +168,118 @@ pub fn spawn(
             clips: None,
         };
     }
-    let store = ClipStore::new(&c.clips);
-    if let Err(e) = store.prepare() {
+    prepare_clips(&c.clips);
+    let mut tasks = Vec::new();
+    let mut senders = HashMap::new();
+    for cam in enabled {
+        if let Some((task, tx)) = start(cfg, cam, &journal, &status, shutdown.clone()) {
+            senders.insert(cam.id.clone(), tx);
+            tasks.push(task);
+        }
+    }
+    Cameras {
+        tasks,
+        clips: ClipTrigger::for_cameras(cfg, senders),
+    }
+}
+
+/// Create the clip directory and remove clips left half-written (only
+/// while no camera task runs: a running one may be writing).
+pub fn prepare_clips(clips: &ClipsConfig) {
+    if let Err(e) = ClipStore::new(clips).prepare() {
         // Clips will fail (camera.clip_failed) until the directory exists;
         // video loss and health work without it.
         tracing::error!(error = %e, "clip directory not usable");
     }
-    let mut tasks = Vec::new();
-    let mut senders = HashMap::new();
-    for cam in enabled {
-        // A camera that cannot start is logged and shown in its health;
-        // the gateway (alarms first) runs on without it.
-        let started = cam
-            .password
-            .as_ref()
-            .map(|p| p.resolve())
-            .transpose()
-            .map_err(|source| CameraError::Secret {
+}
+
+/// Start the task of the enabled camera `id` alone (a configuration
+/// reload restarts cameras one by one); `None` when it is not configured
+/// or cannot start (logged, in its health). Returns the task and its clip
+/// queue for [`ClipTrigger::for_cameras`].
+pub fn spawn_one(
+    cfg: &LoadedConfig,
+    id: &str,
+    journal: Journal,
+    status: Arc<GatewayStatus>,
+    shutdown: CancellationToken,
+) -> Option<(tokio::task::JoinHandle<()>, mpsc::Sender<ClipRequest>)> {
+    let cam = cfg
+        .config
+        .cameras
+        .iter()
+        .find(|c| c.id == id && c.enabled)?;
+    start(cfg, cam, &journal, &status, shutdown)
+}
+
+fn start(
+    cfg: &LoadedConfig,
+    cam: &CameraConfig,
+    journal: &Journal,
+    status: &Arc<GatewayStatus>,
+    shutdown: CancellationToken,
+) -> Option<(tokio::task::JoinHandle<()>, mpsc::Sender<ClipRequest>)> {
+    // A camera that cannot start is logged and shown in its health;
+    // the gateway (alarms first) runs on without it.
+    let started = cam
+        .password
+        .as_ref()
+        .map(|p| p.resolve())
+        .transpose()
+        .map_err(|source| CameraError::Secret {
+            camera: cam.id.clone(),
+            source,
+        })
+        .and_then(|pw| {
+            let url = url::Url::parse(&cam.url).map_err(|_| CameraError::Url {
                 camera: cam.id.clone(),
-                source,
-            })
-            .and_then(|pw| {
-                let url = url::Url::parse(&cam.url).map_err(|_| CameraError::Url {
-                    camera: cam.id.clone(),
-                    url: redact::redact_url(&cam.url),
-                })?;
-                Ok((pw, url))
-            });
-        let (password, url) = match started {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::error!(camera = %cam.id, error = %e, "camera not started");
-                let msg = e.to_string();
-                status
-                    .cameras
-                    .camera(&cam.id)
-                    .update(|h| h.last_error = Some(msg));
-                continue;
-            }
-        };
-        let (tx, rx) = mpsc::channel(CLIP_QUEUE);
-        senders.insert(cam.id.clone(), tx);
-        let task = driver::CameraTask {
-            cfg: cam.clone(),
-            url,
-            password,
-            journal: journal.clone(),
-            status: status.clone(),
-            health: status.cameras.camera(&cam.id),
-            store: store.clone(),
-            clips: rx,
-            shutdown: shutdown.clone(),
-        };
-        tasks.push(tokio::spawn(task.run()));
-    }
-    Cameras {
-        tasks,
-        clips: Some(ClipTrigger {
+                url: redact::redact_url(&cam.url),
+            })?;
+            Ok((pw, url))
+        });
+    let (password, url) = match started {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(camera = %cam.id, error = %e, "camera not started");
+            let msg = e.to_string();
+            status
+                .cameras
+                .camera(&cam.id)
+                .update(|h| h.last_error = Some(msg));
+            return None;
+        }
+    };
+    let (tx, rx) = mpsc::channel(CLIP_QUEUE);
+    let task = driver::CameraTask {
+        cfg: cam.clone(),
+        url,
+        password,
+        journal: journal.clone(),
+        status: status.clone(),
+        health: status.cameras.camera(&cam.id),
+        store: ClipStore::new(&cfg.config.clips),
+        clips: rx,
+        shutdown,
+    };
+    Some((tokio::spawn(task.run()), tx))
+}
+
+impl ClipTrigger {
+    /// The clip trigger of `cfg`'s alarm rules and linkage over the
+    /// running cameras' clip queues (`None` without enabled cameras).
+    pub fn for_cameras(
+        cfg: &LoadedConfig,
+        cameras: HashMap<String, mpsc::Sender<ClipRequest>>,
+    ) -> Option<ClipTrigger> {
+        if !cfg.config.cameras.iter().any(|c| c.enabled) {
+            return None;
+        }
+        Some(ClipTrigger {
             linkage: Arc::new(Linkage::new(cfg)),
             rule_cameras: rule_cameras(cfg),
-            cameras: senders,
-            store,
-        }),
+            cameras,
+            store: ClipStore::new(&cfg.config.clips),
+        })
     }
 }
 

@@ -65,6 +65,11 @@ impl Writers {
         self.by_device.insert(device, tx);
     }
 
+    /// Every device's queue.
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &WriteSender)> {
+        self.by_device.iter()
+    }
+
     /// Write one point of `device` and wait for the outcome (at most `timeout`).
     pub async fn write(
         &self,

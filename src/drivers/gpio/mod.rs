@@ -191,9 +191,36 @@ pub fn spawn(
     status: Option<&GatewayStatus>,
     writers: &mut Writers,
 ) -> Vec<JoinHandle<()>> {
+    spawn_where(cfg, bus, shutdown, status, writers, &|_| true)
+}
+
+/// [`spawn`] for the one GPIO device `device` (a configuration reload
+/// restarts devices one by one).
+pub fn spawn_device(
+    cfg: &LoadedConfig,
+    device: &str,
+    bus: mpsc::Sender<BusMessage>,
+    shutdown: CancellationToken,
+    status: Option<&GatewayStatus>,
+    writers: &mut Writers,
+) -> Vec<JoinHandle<()>> {
+    spawn_where(cfg, bus, shutdown, status, writers, &|d| d == device)
+}
+
+fn spawn_where(
+    cfg: &LoadedConfig,
+    bus: mpsc::Sender<BusMessage>,
+    shutdown: CancellationToken,
+    status: Option<&GatewayStatus>,
+    writers: &mut Writers,
+    only: &dyn Fn(&str) -> bool,
+) -> Vec<JoinHandle<()>> {
     let mut handles = Vec::new();
     for (di, d) in cfg.config.devices.iter().enumerate() {
         let Some(g) = &d.gpio else { continue };
+        if !only(&d.id) {
+            continue;
+        }
         if !d.enabled {
             info!(device = %d.id, "device disabled; GPIO not used");
             continue;

@@ -116,11 +116,53 @@ pub fn spawn_probed(
     writers: &mut Writers,
     probers: &mut probe::Probers,
 ) -> Vec<JoinHandle<()>> {
+    spawn_where(cfg, bus, shutdown, status, writers, probers, &|_| true)
+}
+
+/// A Modbus link: one TCP endpoint or one serial bus (one task each).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link<'a> {
+    Tcp { host: &'a str, port: u16 },
+    Rtu { bus: &'a str },
+}
+
+/// [`spawn_probed`] for the one task of `link` (a configuration reload
+/// restarts links one by one). No task when the link has no device to poll.
+pub fn spawn_link(
+    cfg: &LoadedConfig,
+    link: Link<'_>,
+    bus: mpsc::Sender<BusMessage>,
+    shutdown: CancellationToken,
+    status: Option<&GatewayStatus>,
+    writers: &mut Writers,
+    probers: &mut probe::Probers,
+) -> Vec<JoinHandle<()>> {
+    spawn_where(cfg, bus, shutdown, status, writers, probers, &|l| l == link)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_where(
+    cfg: &LoadedConfig,
+    bus: mpsc::Sender<BusMessage>,
+    shutdown: CancellationToken,
+    status: Option<&GatewayStatus>,
+    writers: &mut Writers,
+    probers: &mut probe::Probers,
+    only: &dyn Fn(Link<'_>) -> bool,
+) -> Vec<JoinHandle<()>> {
     let start = Instant::now();
     let mut tcp: BTreeMap<(String, u16), Vec<DevicePoller>> = BTreeMap::new();
     let mut rtu: BTreeMap<String, Vec<DevicePoller>> = BTreeMap::new();
     for (di, d) in cfg.config.devices.iter().enumerate() {
         let Some(m) = &d.modbus else { continue };
+        let link = match (&m.host, &m.bus) {
+            (Some(host), _) => Some(Link::Tcp { host, port: m.port }),
+            (None, Some(bus)) => Some(Link::Rtu { bus }),
+            (None, None) => None,
+        };
+        if link.is_some_and(|l| !only(l)) {
+            continue;
+        }
         if !d.enabled {
             info!(device = %d.id, "device disabled; not polled");
             continue;

@@ -190,6 +190,52 @@ pub(super) fn decode_raw(
     });
 }
 
+/// A probe queue in front of `to` whose reports number points through
+/// `forward` (a driver kept across a configuration reload numbers its
+/// points as in the table it started with; the page reads the current
+/// one). A value `forward` does not know is dropped from the report.
+pub fn shifted(
+    to: mpsc::Sender<ProbeRequest>,
+    forward: impl Fn(PointIndex) -> Option<PointIndex> + Send + 'static,
+) -> mpsc::Sender<ProbeRequest> {
+    let (tx, mut rx) = mpsc::channel::<ProbeRequest>(PROBE_QUEUE);
+    tokio::spawn(async move {
+        while let Some(req) = rx.recv().await {
+            let (reply, answer) = oneshot::channel();
+            let outer = req.reply;
+            let inner = ProbeRequest {
+                device: req.device,
+                reply,
+            };
+            if let Err(e) = to.try_send(inner) {
+                let _ = outer.send(Err(match e {
+                    mpsc::error::TrySendError::Full(_) => ProbeError::Busy,
+                    mpsc::error::TrySendError::Closed(_) => ProbeError::Stopped,
+                }));
+                continue;
+            }
+            // One probe at a time through the shim: the endpoint serves
+            // its queue in order anyway.
+            let r = match answer.await {
+                Ok(Ok(mut report)) => {
+                    report.values.retain_mut(|v| match forward(v.point) {
+                        Some(p) => {
+                            v.point = p;
+                            true
+                        }
+                        None => false,
+                    });
+                    Ok(report)
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(ProbeError::Stopped),
+            };
+            let _ = outer.send(r);
+        }
+    });
+    tx
+}
+
 /// Device id → the probe queue of the endpoint task that polls it.
 #[derive(Clone, Debug, Default)]
 pub struct Probers {
@@ -204,6 +250,11 @@ impl Probers {
     /// Register an endpoint's queue for a device.
     pub fn insert(&mut self, device: Arc<str>, tx: mpsc::Sender<ProbeRequest>) {
         self.by_device.insert(device, tx);
+    }
+
+    /// Every device and its endpoint's queue.
+    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &mpsc::Sender<ProbeRequest>)> {
+        self.by_device.iter()
     }
 
     /// True when a Modbus task polls `device`.
@@ -351,6 +402,52 @@ mod tests {
         assert_eq!(e, ProbeError::Timeout { timeout_ms: 500 });
         let e: ProbeError = ModbusError::NotConnected("refused".into()).into();
         assert!(e.to_string().contains("offline"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_kept_drivers_probe_reports_the_current_point_numbers() {
+        // The driver numbers the device's points 5..=6; the table now has
+        // them at 0..=1 (a device earlier in the file was removed).
+        let (to, mut endpoint) = mpsc::channel::<ProbeRequest>(PROBE_QUEUE);
+        tokio::spawn(async move {
+            while let Some(req) = endpoint.recv().await {
+                let value = |point| ProbeValue {
+                    point,
+                    table: RegisterKind::Holding,
+                    address: 0,
+                    raw: vec![1],
+                    value: Some(Value::Float(1.0)),
+                    quality: Quality::Good,
+                    error: None,
+                };
+                let _ = req.reply.send(Ok(ProbeReport {
+                    unit: 1,
+                    took_ms: 1.0,
+                    reads: Vec::new(),
+                    values: vec![value(5), value(6), value(9)],
+                }));
+            }
+        });
+        let shift = |i: PointIndex| (5..=6).contains(&i).then(|| i - 5);
+        let mut probers = Probers::new();
+        probers.insert("hvac-1".into(), shifted(to, shift));
+        let report = probers
+            .probe("hvac-1", Duration::from_secs(5))
+            .await
+            .expect("report");
+        let points: Vec<PointIndex> = report.values.iter().map(|v| v.point).collect();
+        assert_eq!(points, vec![0, 1], "shifted, and the unknown one dropped");
+
+        // The endpoint gone: the probe says so instead of hanging.
+        let (gone, rx) = mpsc::channel::<ProbeRequest>(1);
+        drop(rx);
+        let mut probers = Probers::new();
+        probers.insert("hvac-2".into(), shifted(gone, shift));
+        let e = probers
+            .probe("hvac-2", Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ProbeError::Stopped), "{e:?}");
     }
 
     #[tokio::test]

@@ -4,7 +4,10 @@
 //! rumqttd checks user names and passwords against a static table (compared
 //! in constant time). When accounts are configured the gateway's own client
 //! logs in with a generated account that exists only in memory. rumqttd
-//! offers no way to stop it: it lives as long as the process.
+//! offers no way to stop it: it lives as long as the process. Starting it
+//! again with the same settings (the MQTT device driver restarted by a
+//! configuration reload) reuses the running one; other settings on the
+//! same address take effect only on a restart of the gateway.
 
 use super::config::EmbeddedBrokerConfig;
 use super::MqttError;
@@ -38,8 +41,30 @@ fn random_hex(n: usize) -> String {
         .collect()
 }
 
-/// Start the broker and wait until it accepts connections.
+/// Brokers started by this process, with their settings.
+static RUNNING: std::sync::Mutex<Vec<(EmbeddedBrokerConfig, EmbeddedBroker)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// The broker already running on `cfg.listen`, if its settings are `cfg`'s.
+fn running(cfg: &EmbeddedBrokerConfig) -> Result<Option<EmbeddedBroker>, MqttError> {
+    let running = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+    match running.iter().find(|(c, _)| c.listen == cfg.listen) {
+        Some((c, b)) if c == cfg => Ok(Some(b.clone())),
+        Some(_) => Err(MqttError::Embedded(format!(
+            "already running on {} with other settings; they take effect when the gateway restarts",
+            cfg.listen
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// Start the broker and wait until it accepts connections (or reuse the
+/// one this process runs with the same settings).
 pub async fn start(cfg: &EmbeddedBrokerConfig) -> Result<EmbeddedBroker, MqttError> {
+    if let Some(b) = running(cfg)? {
+        tracing::info!(listen = %cfg.listen, "embedded site broker already running");
+        return Ok(b);
+    }
     let mut auth: HashMap<String, String> = HashMap::new();
     for u in &cfg.users {
         let pw = u.password.resolve().map_err(|source| MqttError::Secret {
@@ -105,7 +130,12 @@ dynamic_filters = true
     for _ in 0..250 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             tracing::info!(listen = %cfg.listen, accounts = cfg.users.len(), "embedded site broker running");
-            return Ok(EmbeddedBroker { addr, login });
+            let b = EmbeddedBroker { addr, login };
+            RUNNING
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((cfg.clone(), b.clone()));
+            return Ok(b);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

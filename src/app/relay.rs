@@ -1,0 +1,251 @@
+//! The driver bus across reloads.
+//!
+//! Drivers send their [`BusMessage`]s into one channel that lives as long
+//! as the field side ([`Relay::sender`]); a small task forwards them to the
+//! current alarm task. A reload [`detach`](Relay::detach)es the old alarm
+//! task — what is queued at that moment is forwarded to it first, then its
+//! channel is released so it drains and ends — and
+//! [`attach`](Relay::attach)es the new one. Meanwhile kept drivers go on
+//! sending: their messages wait in the channel (a driver waits when it is
+//! full, as on a slow alarm task) and go to the new alarm task. No message
+//! is dropped or delivered twice.
+//!
+//! A kept driver still numbers its points as in the point table it was
+//! started with; the relay moves each reading to the point's index in the
+//! current table ([`Shift`], per device).
+
+use super::units::Shift;
+use crate::point::BusMessage;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Capacity of the driver bus. When full, drivers wait (alarms are never
+/// dropped); a poll cycle is at most delayed.
+pub(super) const BUS_CAPACITY: usize = 1024;
+
+/// Index moves per device (devices whose indices do not move are absent).
+pub(super) type Shifts = HashMap<Arc<str>, Shift>;
+
+enum Ctl {
+    Attach(mpsc::Sender<BusMessage>, Shifts),
+    Detach(oneshot::Sender<()>),
+}
+
+/// The bus of the field side and its forwarding task.
+pub(super) struct Relay {
+    tx: mpsc::Sender<BusMessage>,
+    ctl: mpsc::Sender<Ctl>,
+    task: JoinHandle<()>,
+}
+
+impl Relay {
+    /// A bus with no alarm task attached (messages wait).
+    pub fn start() -> Relay {
+        let (tx, rx) = mpsc::channel(BUS_CAPACITY);
+        let (ctl, ctl_rx) = mpsc::channel(4);
+        let task = tokio::spawn(run(rx, ctl_rx));
+        Relay { tx, ctl, task }
+    }
+
+    /// Where drivers send.
+    pub fn sender(&self) -> mpsc::Sender<BusMessage> {
+        self.tx.clone()
+    }
+
+    /// Forward from now on to `to`, moving indices by `shifts`.
+    pub async fn attach(&self, to: mpsc::Sender<BusMessage>, shifts: Shifts) {
+        if self.ctl.send(Ctl::Attach(to, shifts)).await.is_err() {
+            tracing::error!("bus relay gone; readings no longer reach the alarm engine");
+        }
+    }
+
+    /// Forward what is queued now to the attached alarm task, then let go
+    /// of it (its bus closes once it has taken everything). Returns once
+    /// done; later messages wait for the next [`attach`](Self::attach).
+    pub async fn detach(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.ctl.send(Ctl::Detach(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// End the relay (after [`detach`](Self::detach); drivers stopped).
+    pub async fn close(self) {
+        drop(self.ctl);
+        drop(self.tx);
+        let _ = self.task.await;
+    }
+}
+
+async fn run(mut rx: mpsc::Receiver<BusMessage>, mut ctl: mpsc::Receiver<Ctl>) {
+    let mut to: Option<(mpsc::Sender<BusMessage>, Shifts)> = None;
+    loop {
+        tokio::select! {
+            biased;
+            c = ctl.recv() => match c {
+                None => break,
+                Some(Ctl::Attach(tx, shifts)) => to = Some((tx, shifts)),
+                Some(Ctl::Detach(done)) => {
+                    if let Some((tx, shifts)) = to.take() {
+                        let mut n = 0usize;
+                        while let Ok(m) = rx.try_recv() {
+                            forward(&tx, &shifts, m).await;
+                            n += 1;
+                        }
+                        tracing::debug!(forwarded = n, "alarm task detached from the bus");
+                    }
+                    let _ = done.send(());
+                }
+            },
+            m = rx.recv(), if to.is_some() => {
+                let Some(m) = m else { break };
+                if let Some((tx, shifts)) = &to {
+                    forward(tx, shifts, m).await;
+                }
+            }
+        }
+    }
+}
+
+async fn forward(to: &mpsc::Sender<BusMessage>, shifts: &Shifts, m: BusMessage) {
+    let Some(m) = shift(shifts, m) else { return };
+    if to.send(m).await.is_err() {
+        tracing::error!("alarm task gone; a bus message was not evaluated");
+    }
+}
+
+/// Move a reading's indices to the current table. A reading outside its
+/// device's points (none expected) is dropped, logged.
+pub(super) fn shift(shifts: &Shifts, m: BusMessage) -> Option<BusMessage> {
+    match m {
+        BusMessage::Readings {
+            device,
+            ts,
+            replied_at,
+            mut readings,
+        } => {
+            if let Some(s) = shifts.get(&device) {
+                readings.retain_mut(|r| match s.forward(r.point) {
+                    Some(p) => {
+                        r.point = p;
+                        true
+                    }
+                    None => {
+                        tracing::warn!(device = %device, point = r.point, "reading outside the device's points dropped");
+                        false
+                    }
+                });
+                if readings.is_empty() {
+                    return None;
+                }
+            }
+            Some(BusMessage::Readings {
+                device,
+                ts,
+                replied_at,
+                readings,
+            })
+        }
+        other => Some(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::units::Span;
+    use super::*;
+    use crate::event::Timestamp;
+    use crate::point::{Reading, Value};
+    use std::time::Instant;
+
+    fn readings(device: &str, points: &[u32]) -> BusMessage {
+        BusMessage::Readings {
+            device: device.into(),
+            ts: Timestamp::now(),
+            replied_at: Instant::now(),
+            readings: points
+                .iter()
+                .map(|&p| Reading {
+                    point: p,
+                    value: Value::Int(p as i64),
+                })
+                .collect(),
+        }
+    }
+
+    fn points(m: &BusMessage) -> Vec<(u32, Value)> {
+        match m {
+            BusMessage::Readings { readings, .. } => {
+                readings.iter().map(|r| (r.point, r.value)).collect()
+            }
+            _ => panic!("not readings"),
+        }
+    }
+
+    #[test]
+    fn readings_move_to_the_current_table() {
+        let mut shifts = Shifts::new();
+        shifts.insert(
+            "a".into(),
+            Shift {
+                driver: Span { first: 2, len: 3 },
+                table: 10,
+            },
+        );
+        let m = shift(&shifts, readings("a", &[2, 4])).unwrap();
+        assert_eq!(points(&m), vec![(10, Value::Int(2)), (12, Value::Int(4))]);
+        // Other devices pass as they are.
+        let m = shift(&shifts, readings("b", &[2])).unwrap();
+        assert_eq!(points(&m), vec![(2, Value::Int(2))]);
+        // Outside the device's span: dropped.
+        assert!(shift(&shifts, readings("a", &[5])).is_none());
+    }
+
+    #[tokio::test]
+    async fn switching_alarm_tasks_loses_and_repeats_nothing() {
+        let relay = Relay::start();
+        let bus = relay.sender();
+        let (a_tx, mut a_rx) = mpsc::channel(4096);
+        relay.attach(a_tx, Shifts::new()).await;
+        for i in 0..100u32 {
+            bus.send(readings("a", &[i])).await.unwrap();
+        }
+        relay.detach().await;
+        // Sent while no alarm task is attached: waits.
+        for i in 100..200u32 {
+            bus.send(readings("a", &[i])).await.unwrap();
+        }
+        // The old alarm task's bus is closed once drained.
+        let mut first = Vec::new();
+        while let Some(m) = a_rx.recv().await {
+            first.extend(points(&m).into_iter().map(|(p, _)| p));
+        }
+        let (b_tx, mut b_rx) = mpsc::channel(4096);
+        let mut shifts = Shifts::new();
+        shifts.insert(
+            "a".into(),
+            Shift {
+                driver: Span {
+                    first: 0,
+                    len: 1000,
+                },
+                table: 1000,
+            },
+        );
+        relay.attach(b_tx, shifts).await;
+        for i in 200..300u32 {
+            bus.send(readings("a", &[i])).await.unwrap();
+        }
+        relay.detach().await;
+        drop(bus);
+        relay.close().await;
+        let mut second = Vec::new();
+        while let Some(m) = b_rx.recv().await {
+            second.extend(points(&m).into_iter().map(|(p, _)| p));
+        }
+        assert_eq!(first, (0..100).collect::<Vec<_>>());
+        assert_eq!(second, (1100..1300).collect::<Vec<_>>());
+    }
+}
