@@ -113,7 +113,20 @@ impl Reloader {
     }
 
     /// Apply `new` (already validated by [`crate::config::load`]).
+    ///
+    /// The reload runs in a task of its own: a caller that goes away (a
+    /// web request whose client hung up) cannot cut it off halfway, with
+    /// drivers stopped and nothing started.
     pub async fn reload(&self, new: LoadedConfig) -> Result<ReloadReport, ReloadError> {
+        let this = self.clone();
+        match tokio::spawn(async move { this.reload_to_end(new).await }).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(ReloadError::Stopping),
+        }
+    }
+
+    async fn reload_to_end(&self, new: LoadedConfig) -> Result<ReloadReport, ReloadError> {
         let path = new.path.clone();
         let r = self.apply(new).await;
         match &r {
@@ -190,14 +203,18 @@ impl Reloader {
             if let Some(p) = live.pushes.take() {
                 p.stop().await;
             }
-            match self.start_pushes(&new) {
+            // The union of the old and new channels' sinks until the
+            // reload is through: a channel this reload removes keeps its
+            // cursor (and its undelivered pushes) should the reload roll
+            // back.
+            match self.start_pushes(&new, Some(&old)) {
                 Ok(p) => {
                     live.pushes = Some(p);
                     report.restarted.push("pushes");
                 }
                 Err(e_new) => {
                     tracing::error!(error = %e_new, "new pushes did not start; going back to the previous ones");
-                    return match self.start_pushes(&old) {
+                    return match self.start_pushes(&old, None) {
                         Ok(p) => {
                             live.pushes = Some(p);
                             Err(ReloadError::RolledBack(e_new))
@@ -245,7 +262,7 @@ impl Reloader {
                     if let Some(p) = live.pushes.take() {
                         p.stop().await;
                     }
-                    match self.start_pushes(&old) {
+                    match self.start_pushes(&old, None) {
                         Ok(p) => live.pushes = Some(p),
                         Err(e) => {
                             tracing::error!(error = %e, "previous pushes did not start again")
@@ -270,21 +287,43 @@ impl Reloader {
             ));
             report.restarted.push("uplink");
         }
+        if pushes_changed {
+            // Through: the sinks of channels no longer configured go.
+            if let Err(e) = self.set_sinks(&new, None) {
+                tracing::error!(error = %e, "removed push channels' journal sinks not dropped");
+            }
+        }
         live.cfg = new;
         Ok(report)
     }
 
-    /// Point the journal's sinks at `cfg`'s push channels and start its
-    /// pushes. On failure no push of it runs.
-    fn start_pushes(&self, cfg: &Arc<LoadedConfig>) -> Result<Pushes, String> {
-        let shared = &self.shared;
-        let sinks = Pushes::sinks(&cfg.config);
+    /// Point the journal's sinks at `cfg`'s push channels (and, while a
+    /// reload is under way, `also`'s) and start `cfg`'s pushes. On failure
+    /// no push of it runs.
+    fn start_pushes(
+        &self,
+        cfg: &Arc<LoadedConfig>,
+        also: Option<&LoadedConfig>,
+    ) -> Result<Pushes, String> {
+        self.set_sinks(cfg, also)?;
+        Pushes::start(cfg, &self.shared).map_err(|e| format!("{e:#}"))
+    }
+
+    /// The journal's sinks: the uplink, `cfg`'s push channels and `also`'s.
+    fn set_sinks(&self, cfg: &LoadedConfig, also: Option<&LoadedConfig>) -> Result<(), String> {
+        let mut sinks = Pushes::sinks(&cfg.config);
+        if let Some(also) = also {
+            for s in Pushes::sinks(&also.config) {
+                if !sinks.contains(&s) {
+                    sinks.push(s);
+                }
+            }
+        }
         let sinks: Vec<&str> = sinks.iter().map(String::as_str).collect();
-        shared
+        self.shared
             .journal
             .set_sinks(&sinks)
-            .map_err(|e| format!("journal sinks: {e}"))?;
-        Pushes::start(cfg, shared).map_err(|e| format!("{e:#}"))
+            .map_err(|e| format!("journal sinks: {e}"))
     }
 
     async fn record_failure(&self, path: &Path, e: &ReloadError) {
