@@ -496,23 +496,78 @@ pub fn holds_redaction(s: &str) -> bool {
     s.contains("://") && s.contains("***")
 }
 
+/// Whether the value at `path` is a URL (a camera's stream, a push
+/// endpoint, a link): the only keys where a redacted URL may be sent back
+/// and restored.
+pub fn is_url_path(path: &str) -> bool {
+    let last = path.rsplit('.').next().unwrap_or(path);
+    let last = last.split('[').next().unwrap_or(last);
+    last == "url" || last.ends_with("_url") || last.ends_with("_link")
+}
+
+/// `path` with each array index replaced by the entry's `id` (or `name`)
+/// when it has one: `cameras[1].url` → `cameras[id=gate].url`. The same
+/// entry keeps the same stable path when entries are added or moved.
+fn stable_path(root: &toml::Table, path: &str) -> Option<String> {
+    let segs = parse_path(path).ok()?;
+    let mut out = String::new();
+    let mut cur: Option<&toml::Value> = None;
+    for seg in &segs {
+        match seg {
+            Seg::Key(k) => {
+                let t = match cur {
+                    None => root,
+                    Some(v) => v.as_table()?,
+                };
+                cur = Some(t.get(k)?);
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Seg::Index(n) => {
+                let v = cur?.as_array()?.get(*n)?;
+                let id = v
+                    .get("id")
+                    .or_else(|| v.get("name"))
+                    .and_then(toml::Value::as_str);
+                match id {
+                    Some(id) => out.push_str(&format!("[id={id:?}]")),
+                    None => out.push_str(&format!("[{n}]")),
+                }
+                cur = Some(v);
+            }
+        }
+    }
+    Some(out)
+}
+
 /// Replace every redacted URL in `doc` that the page sent back unchanged
-/// by its original from `original` (the file it was shown from). A value
-/// whose redacted form matches several originals takes the one at the
-/// same key path. Returns the key paths still holding a redaction (their
-/// credentials must be typed in again).
+/// by its original from `original` (the file it was shown from) — only on
+/// a URL key ([`is_url_path`]) and only from the same key: the same key
+/// path, or the same entry (by `id`/`name`) and key. A redacted value
+/// anywhere else is never filled in, so credentials cannot be copied to
+/// a key that is shown in clear (a device name, an alarm message).
+/// Inline secrets shown as `"***"` come back only at their own path.
+/// Returns the key paths still holding a redaction: a URL key whose
+/// credentials must be typed in again, or a key where a redacted value
+/// is refused.
 pub fn restore_redacted(doc: &mut DocumentMut, original: &str) -> Vec<String> {
-    let mut originals: Vec<(String, String)> = Vec::new();
+    // (path, stable path, value)
+    let mut originals: Vec<(String, Option<String>, String)> = Vec::new();
     let mut secrets: Vec<(String, String)> = Vec::new();
     if let Ok(orig) = original.parse::<DocumentMut>() {
+        let orig_tree: Option<toml::Table> = toml::from_str(original).ok();
         walk_strings_ref(orig.as_item(), &mut String::new(), &mut |path, s| {
             if is_secret_path(path) {
                 secrets.push((path.to_string(), s.to_string()));
-            } else if s.contains("://") && redact_urls(s) != s {
-                originals.push((path.to_string(), s.to_string()));
+            } else if is_url_path(path) && s.contains("://") && redact_urls(s) != s {
+                let stable = orig_tree.as_ref().and_then(|t| stable_path(t, path));
+                originals.push((path.to_string(), stable, s.to_string()));
             }
         });
     }
+    let new_tree: Option<toml::Table> = toml::from_str(&doc.to_string()).ok();
     let mut left = Vec::new();
     walk_strings_mut(doc.as_item_mut(), &mut String::new(), &mut |path, v| {
         let Some(s) = v.as_str() else { return };
@@ -530,15 +585,21 @@ pub fn restore_redacted(doc: &mut DocumentMut, original: &str) -> Vec<String> {
         if !holds_redaction(s) {
             return;
         }
-        let candidates: Vec<&(String, String)> = originals
-            .iter()
-            .filter(|(_, o)| redact_urls(o) == s)
-            .collect();
-        let pick = match candidates.as_slice() {
-            [one] => Some(one.1.clone()),
-            [] => None,
-            many => many.iter().find(|(p, _)| p == path).map(|c| c.1.clone()),
+        if !is_url_path(path) {
+            left.push(path.to_string());
+            return;
+        }
+        let stable = new_tree.as_ref().and_then(|t| stable_path(t, path));
+        let same = |(p, st, o): &&(String, Option<String>, String)| {
+            redact_urls(o) == s && (p == path || (st.is_some() && *st == stable))
         };
+        // The same entry first (it may have moved), then the same key path.
+        let pick = originals
+            .iter()
+            .filter(same)
+            .find(|(_, st, _)| st.is_some() && *st == stable)
+            .or_else(|| originals.iter().find(same))
+            .map(|(_, _, o)| o.clone());
         match pick {
             Some(o) => {
                 let decor = v.decor().clone();
@@ -900,6 +961,48 @@ zones = [{ id = "villa-1", schedule = [] }]
         );
         assert!(is_secret_path("site_broker.embedded.users[0].password"));
         assert!(!is_secret_path("linkage[0].key"));
+    }
+
+    #[test]
+    fn redacted_urls_are_restored_only_at_their_own_url_key() {
+        // One camera's redacted URL is unique in this file.
+        let text = TEXT.replace("admin:other@10.0.0.9", "admin:other@10.0.0.10");
+        let shown = redact_urls(&text);
+        let cam = "rtsp://***@10.0.0.9/stream?token=***";
+        assert!(shown.contains(cam));
+        // Pasted into a name, a message, a site id: refused, never filled in.
+        for (from, to) in [
+            ("id = \"panel\"", format!("id = \"panel\"\nname = \"{cam}\"")),
+            ("priority = 2", format!("priority = 2\nmessage = \"{cam}\"")),
+            ("id = \"s\" # site id", format!("id = \"{cam}\" # site id")),
+        ] {
+            let pasted = shown.replacen(from, &to, 1);
+            let mut doc: DocumentMut = pasted.parse().unwrap();
+            let left = restore_redacted(&mut doc, &text);
+            assert_eq!(left.len(), 1, "{left:?}");
+            let out = doc.to_string();
+            // Only the camera's own URL holds its password.
+            assert_eq!(out.matches("pa55").count(), 1, "{out}");
+        }
+        // Two cameras whose URLs redact alike: each keeps its own credentials.
+        let shown = redact_urls(TEXT);
+        let mut doc: DocumentMut = shown.parse().unwrap();
+        assert!(restore_redacted(&mut doc, TEXT).is_empty());
+        let out = doc.to_string();
+        assert!(out.contains("admin:pa55@") && out.contains("admin:other@"));
+        // A camera inserted before the others: restored by entry id.
+        let moved = shown.replacen(
+            "[[cameras]]\nid = \"gate\"",
+            "[[cameras]]\nid = \"new\"\nurl = \"rtsp://10.0.0.7/s\"\n\n[[cameras]]\nid = \"gate\"",
+            1,
+        );
+        let mut doc: DocumentMut = moved.parse().unwrap();
+        assert!(restore_redacted(&mut doc, TEXT).is_empty());
+        let out = doc.to_string();
+        let gate = out.find("id = \"gate\"").unwrap();
+        assert!(out[gate..].contains("admin:pa55@"), "{out}");
+        assert!(is_url_path("push.channels[0].url") && is_url_path("cameras[2].url"));
+        assert!(!is_url_path("devices[0].name"));
     }
 
     #[test]

@@ -192,10 +192,17 @@ fn prepare(base: &str, body: &ChangeBody) -> Result<Prepared, Vec<ProblemOut>> {
             if !left.is_empty() {
                 return Err(left
                     .into_iter()
-                    .map(|key| ProblemOut {
-                        key,
-                        line: None,
-                        message: "its credentials are hidden: type the whole URL again".into(),
+                    .map(|key| {
+                        let message = if edit::is_url_path(&key) {
+                            "its credentials are hidden: type the whole URL again"
+                        } else {
+                            "a hidden value (***) cannot be used here: type the value itself"
+                        };
+                        ProblemOut {
+                            key,
+                            line: None,
+                            message: message.into(),
+                        }
                     })
                     .collect());
             }
