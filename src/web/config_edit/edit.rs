@@ -972,7 +972,10 @@ zones = [{ id = "villa-1", schedule = [] }]
         assert!(shown.contains(cam));
         // Pasted into a name, a message, a site id: refused, never filled in.
         for (from, to) in [
-            ("id = \"panel\"", format!("id = \"panel\"\nname = \"{cam}\"")),
+            (
+                "id = \"panel\"",
+                format!("id = \"panel\"\nname = \"{cam}\""),
+            ),
             ("priority = 2", format!("priority = 2\nmessage = \"{cam}\"")),
             ("id = \"s\" # site id", format!("id = \"{cam}\" # site id")),
         ] {
