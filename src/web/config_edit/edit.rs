@@ -919,7 +919,7 @@ zones = [{ id = "villa-1", schedule = [] }]
         #[test]
         fn url_credentials_never_survive_redaction(
             user in "[a-zA-Z0-9._~-]{1,12}",
-            pass in "[a-zA-Z0-9._~!$-]{6,16}",
+            pass in "[a-zA-Z0-9._~!$/?#@:-]{6,16}",
             token in "[a-zA-Z0-9]{6,16}",
             scheme in "(rtsp|rtsps|http|https|mqtt)",
             around in "[ a-z=\"'(]{0,8}",
