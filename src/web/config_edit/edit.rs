@@ -453,41 +453,87 @@ pub fn redact_text(text: &str) -> String {
     redact_urls(&hidden)
 }
 
-/// For text that does not parse: every quoted value after `password =`,
-/// `secret =` or `key =` replaced by `"***"`.
+/// Names whose values are hidden in text that does not parse.
+const SECRET_NAMES: [&str; 4] = ["password", "secret", "key", "token"];
+
+/// For text that does not parse: every value after `password =`,
+/// `secret =`, `key =` or `token =` (bare or quoted key) replaced by
+/// `"***"` — quoted, multi-line (`"""` or `'''`, its line breaks kept so
+/// lines still match) or bare (a number, a word). A table value
+/// (`{ file = … }`) is kept.
 fn hide_inline_secrets(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     'scan: while !rest.is_empty() {
-        for name in ["password", "secret", "key"] {
-            let Some(i) = rest.find(name) else { continue };
-            let before_ok = rest[..i]
-                .chars()
-                .next_back()
-                .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'));
-            let after = rest[i + name.len()..].trim_start_matches([' ', '\t']);
-            if before_ok {
-                if let Some(v) = after.strip_prefix('=') {
-                    let v = v.trim_start_matches([' ', '\t']);
-                    if let Some(q) = v.chars().next().filter(|c| *c == '"' || *c == '\'') {
-                        let start = rest.len() - v.len();
-                        let end = v[1..]
-                            .find([q, '\n'])
-                            .map_or(rest.len(), |j| start + 1 + j + 1);
-                        out.push_str(&rest[..start]);
-                        out.push_str("\"***\"");
-                        rest = &rest[end.min(rest.len())..];
-                        continue 'scan;
-                    }
+        let line_end = rest.find('\n').map_or(rest.len(), |j| j + 1);
+        for name in SECRET_NAMES {
+            let mut from = 0;
+            while let Some(k) = rest[from..line_end].find(name) {
+                let i = from + k;
+                from = i + name.len();
+                let Some(value_at) = value_after_secret_key(rest, i, name) else {
+                    continue;
+                };
+                let v = &rest[value_at..];
+                let len = hidden_value_len(v);
+                if len == 0 {
+                    continue;
                 }
+                out.push_str(&rest[..value_at]);
+                out.push_str("\"***\"");
+                // Keep the line count of a multi-line value.
+                out.extend(v[..len].matches('\n').map(|_| '\n'));
+                rest = &rest[value_at + len..];
+                continue 'scan;
             }
         }
         // No secret assignment left on this line: copy it.
-        let end = rest.find('\n').map_or(rest.len(), |j| j + 1);
-        out.push_str(&rest[..end]);
-        rest = &rest[end..];
+        out.push_str(&rest[..line_end]);
+        rest = &rest[line_end..];
     }
     out
+}
+
+/// Where the value starts when `rest[i..]` is the key `name` (bare or
+/// quoted) followed by `=`.
+fn value_after_secret_key(rest: &str, i: usize, name: &str) -> Option<usize> {
+    let mut before = rest[..i].chars().next_back();
+    let mut after = &rest[i + name.len()..];
+    if let Some(q @ ('"' | '\'')) = before {
+        after = after.strip_prefix(q)?;
+        before = rest[..i - 1].chars().next_back();
+    }
+    if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return None;
+    }
+    let v = after
+        .trim_start_matches([' ', '\t'])
+        .strip_prefix('=')?
+        .trim_start_matches([' ', '\t']);
+    Some(rest.len() - v.len())
+}
+
+/// Length of the value at the start of `v` to hide: a (multi-line)
+/// string, or a bare value up to `,`, `}`, `]`, `#` or the line's end;
+/// 0 for a table or an array (not an inline secret) or nothing.
+fn hidden_value_len(v: &str) -> usize {
+    for q in ["\"\"\"", "'''"] {
+        if let Some(body) = v.strip_prefix(q) {
+            return body.find(q).map_or(v.len(), |j| 3 + j + 3);
+        }
+    }
+    match v.chars().next() {
+        Some(q @ ('"' | '\'')) => match v[1..].find([q, '\n']) {
+            Some(j) if v.as_bytes()[1 + j] == b'\n' => 1 + j,
+            Some(j) => 1 + j + 1,
+            None => v.len(),
+        },
+        Some('{' | '[') | None => 0,
+        Some(_) => {
+            let end = v.find([',', '}', ']', '#', '\n']).unwrap_or(v.len());
+            v[..end].trim_end().len()
+        }
+    }
 }
 
 /// Whether a string still holds a redacted credential (sent back after
@@ -679,9 +725,15 @@ fn walk_strings_mut(item: &mut Item, path: &mut String, f: &mut dyn FnMut(&str, 
     }
 }
 
+/// Calls `f` on every string, number, boolean and date (not only
+/// strings: a secret written inline may be any of them).
 fn walk_value_mut(v: &mut Value, path: &mut String, f: &mut dyn FnMut(&str, &mut Value)) {
     match v {
-        Value::String(_) => f(path, v),
+        Value::String(_)
+        | Value::Integer(_)
+        | Value::Float(_)
+        | Value::Boolean(_)
+        | Value::Datetime(_) => f(path, v),
         Value::Array(a) => {
             for (n, x) in a.iter_mut().enumerate() {
                 walk_value_mut(x, &mut format!("{path}[{n}]"), f);
@@ -959,6 +1011,25 @@ zones = [{ id = "villa-1", schedule = [] }]
             shown,
             "[uplink\npassword = \"***\"\nx = { secret=\"***\" , a = 1 }\nmy_password = \"no\"\n"
         );
+        // Multi-line strings, quoted keys, bare values.
+        let broken = "[uplink\npassword = \"\"\"hun\nter2\"\"\"\n\"secret\" = 'k3y'\n'password' = 123456 # no\ntoken=abc, x = 1\nkey = { file = \"/k\" }\n";
+        let shown = redact_text(broken);
+        for s in ["hun", "ter2", "k3y", "123456", "abc"] {
+            assert!(!shown.contains(s), "{s}: {shown}");
+        }
+        assert_eq!(shown.lines().count(), broken.lines().count(), "{shown}");
+        assert!(
+            shown.contains("# no") && shown.contains("x = 1") && shown.contains("/k"),
+            "{shown}"
+        );
+        // Numbers and other values at secret paths in text that parses.
+        let text = "[uplink]\npassword = 123456\n[[push.channels]]\nkey = 1.5\nsecret = true\n";
+        let shown = redact_text(text);
+        assert!(
+            !shown.contains("123456") && !shown.contains("1.5") && !shown.contains("true"),
+            "{shown}"
+        );
+        assert_eq!(model(text).unwrap()["uplink"]["password"], "***");
         assert!(is_secret_path("site_broker.embedded.users[0].password"));
         assert!(!is_secret_path("linkage[0].key"));
     }

@@ -119,10 +119,13 @@ pub struct ProblemOut {
 
 impl From<&ConfigProblem> for ProblemOut {
     fn from(p: &ConfigProblem) -> ProblemOut {
-        // A secret written inline is quoted by the parser's message.
-        let quoted = p.message.contains('"') || p.message.contains('\'');
+        // A secret written inline is quoted by the parser's message
+        // (strings in quotes, numbers and other values in backticks).
+        let quoted = p.message.contains(['"', '\'', '`'])
+            || p.message.contains("invalid type")
+            || p.message.contains("SecretSource");
         let message = if edit::is_secret_path(&p.key) && quoted {
-            "a secret is never written here: use { file = \"…\" } or { env = \"…\" } (the value is not shown)".into()
+            crate::config::INLINE_SECRET_MESSAGE.into()
         } else {
             redact_urls(&p.message)
         };
@@ -660,6 +663,31 @@ mod tests {
         assert_eq!(mode, 0o640);
         // No temporary file left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn inline_secret_values_are_not_in_problems() {
+        for message in [
+            "invalid type: string \"hunter2\", expected struct SecretSource",
+            "invalid type: integer `123456`, expected struct SecretSource",
+            "invalid type: floating point `1.5`, expected struct SecretSource",
+        ] {
+            let p = ConfigProblem {
+                file: "gw.toml".into(),
+                line: Some(3),
+                key: "uplink.password".into(),
+                message: message.into(),
+            };
+            let out = ProblemOut::from(&p);
+            assert_eq!(out.message, crate::config::INLINE_SECRET_MESSAGE);
+        }
+        let p = ConfigProblem {
+            file: "gw.toml".into(),
+            line: None,
+            key: "push.channels[0].secret".into(),
+            message: "cannot read /etc/x.secret: not found".into(),
+        };
+        assert_eq!(ProblemOut::from(&p).message, p.message);
     }
 
     #[test]
