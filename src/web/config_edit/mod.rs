@@ -74,8 +74,17 @@ impl ConfigEditor {
 
 /// Write `bytes` to `path` atomically: a temporary file in the same
 /// directory (with the target's permissions), fsync, rename, fsync of the
-/// directory. A crash leaves the old or the new file, never a mix.
+/// directory. A crash leaves the old or the new file, never a mix. A
+/// symlinked `path` is followed: the link's target is replaced, the link
+/// kept.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let target;
+    let path = if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        target = std::fs::canonicalize(path)?;
+        target.as_path()
+    } else {
+        path
+    };
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -688,6 +697,24 @@ mod tests {
             message: "cannot read /etc/x.secret: not found".into(),
         };
         assert_eq!(ProblemOut::from(&p).message, p.message);
+    }
+
+    #[test]
+    fn atomic_write_follows_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let target = real.join("gw.toml");
+        std::fs::write(&target, "a = 1\n").unwrap();
+        let link = dir.path().join("gw.toml");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        write_atomic(&link, b"a = 2\n").unwrap();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "a = 2\n");
+        assert_eq!(std::fs::read_dir(&real).unwrap().count(), 1);
     }
 
     #[test]
