@@ -875,3 +875,80 @@ async fn probe_errors_are_timeouts_and_exceptions_and_leave_health_alone() {
     token.cancel();
     h.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_whose_caller_gave_up_is_skipped() {
+    use super::probe::ProbeError;
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    let (probers, _rx, token, h) = start_probed(
+        &shared,
+        LinkKind::Tcp,
+        vec![device(1, 0, 60_000, 1_000, 3, 30)],
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    set(&shared, 1, Behaviour::Hang);
+    let before = shared.lock().unwrap().requests.len();
+    // Four probes queued at once; every caller gives up after 10 ms.
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let p = probers.clone();
+            tokio::spawn(async move { p.probe("dev-1", Duration::from_millis(10)).await })
+        })
+        .collect();
+    for t in tasks {
+        assert!(matches!(
+            t.await.unwrap(),
+            Err(ProbeError::Deadline { timeout_ms: 10 })
+        ));
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // Only the probe already on the bus ran; the abandoned ones never
+    // reached the device (the next poll is 60 s away).
+    let ran = shared.lock().unwrap().requests.len() - before;
+    assert_eq!(ran, 1, "requests sent for abandoned probes");
+    token.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn probes_back_to_back_keep_the_heartbeat_fresh() {
+    use crate::service::liveness::Liveness;
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    let (tx, _rx) = mpsc::channel(256);
+    let (ptx, prx) = mpsc::channel(super::probe::PROBE_QUEUE);
+    let mut probers = super::probe::Probers::new();
+    probers.insert("dev-1".into(), ptx);
+    let liveness = Liveness::new(Duration::ZERO);
+    let hb = liveness.register("modbus tcp:fake", Duration::from_secs(1));
+    let token = CancellationToken::new();
+    // Polled every 10 s, 1 s timeout: a poll or probe takes up to 3 s.
+    let ep = Endpoint::new(
+        FakeConnector(shared.clone()),
+        LinkKind::Tcp,
+        vec![device(1, 0, 10_000, 1_000, 3, 30)],
+        tx,
+    )
+    .with_seed(7)
+    .with_probes(prx)
+    .with_heartbeat(hb);
+    let h = tokio::spawn(ep.run(token.clone()));
+    tokio::time::sleep(Duration::from_millis(9_500)).await;
+    // The device stops answering; four probes queue up and run one after
+    // the other (each times out after 1 s), with one poll between them.
+    set(&shared, 1, Behaviour::Hang);
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let p = probers.clone();
+            tokio::spawn(async move { p.probe("dev-1", Duration::from_secs(30)).await })
+        })
+        .collect();
+    for _ in 0..80 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(liveness.check(), vec![], "at {:?}", Instant::now());
+    }
+    for t in tasks {
+        assert!(t.await.unwrap().is_err());
+    }
+    token.cancel();
+    h.await.unwrap();
+}
