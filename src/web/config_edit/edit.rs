@@ -744,7 +744,6 @@ fn walk_value_mut(v: &mut Value, path: &mut String, f: &mut dyn FnMut(&str, &mut
                 walk_value_mut(x, &mut child(path, k.get()), f);
             }
         }
-        _ => {}
     }
 }
 
