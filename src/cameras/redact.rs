@@ -13,19 +13,15 @@ pub fn redact_url(url: &str) -> String {
         Some(i) => (&url[..i + 3], &url[i + 3..]),
         None => ("", url),
     };
-    let userinfo_end = rest
-        .match_indices('@')
-        .map(|(i, _)| i)
-        .filter(|&i| {
-            let after = &rest[i + 1..];
-            let host = &after[..after.find(['/', '?', '#']).unwrap_or(after.len())];
-            !host.is_empty()
-                && host.chars().all(|c| {
-                    c.is_ascii_alphanumeric()
-                        || matches!(c, '.' | '-' | '_' | ':' | '[' | ']' | '%' | '~')
-                })
-        })
-        .next_back();
+    let userinfo_end = rest.match_indices('@').map(|(i, _)| i).rfind(|&i| {
+        let after = &rest[i + 1..];
+        let host = &after[..after.find(['/', '?', '#']).unwrap_or(after.len())];
+        !host.is_empty()
+            && host.chars().all(|c| {
+                c.is_ascii_alphanumeric()
+                    || matches!(c, '.' | '-' | '_' | ':' | '[' | ']' | '%' | '~')
+            })
+    });
     let after_user = userinfo_end.map_or(rest, |i| &rest[i + 1..]);
     let auth_end = after_user.find(['/', '?', '#']).unwrap_or(after_user.len());
     let (host, tail) = after_user.split_at(auth_end);
