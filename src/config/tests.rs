@@ -300,7 +300,9 @@ fn inline_secrets_are_never_quoted_in_problems() {
             "host = \"127.0.0.1\"\n\n[[devices]]",
             &format!("host = \"127.0.0.1\"\npassword = {value}\n\n[[devices]]"),
         );
-        let e = load(&text).err().expect("inline secret refused");
+        let Err(e) = load(&text) else {
+            panic!("inline secret accepted")
+        };
         let p = &e.0[0];
         assert_eq!(p.key, "uplink.password", "{e:?}");
         assert_eq!(p.message, INLINE_SECRET_MESSAGE);
