@@ -110,6 +110,10 @@ fn deb_contents_and_maintainer_scripts() {
         "groupadd --system",
         "for g in dialout gpio",
         "install -d -o \"$USER\" -g \"$USER\" -m 0750 \"$STATE\"",
+        // The web page's configuration editor writes the file atomically:
+        // the group may create files in the directory and write the file.
+        "install -d -o root -g \"$USER\" -m 0770 /etc/estate-gateway",
+        "chmod 0660 \"$CONF\"",
         "STATE=/var/lib/estate-gateway",
         "enable estate-gateway.service",
         "check-config",
@@ -149,6 +153,11 @@ fn deb_contents_and_maintainer_scripts() {
     ));
     assert!(unit.contains("StateDirectory=estate-gateway"));
     assert!(unit.contains("User=estate-gateway"));
+    assert!(unit.contains("ConfigurationDirectoryMode=0770"), "{unit}");
+    assert!(
+        unit.contains("ReadWritePaths=/etc/estate-gateway"),
+        "{unit}"
+    );
 
     // The shipped config is a commented template: the gateway refuses it
     // with a clear message (exit 2: systemd does not retry) until the

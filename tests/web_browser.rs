@@ -123,6 +123,13 @@ fn browser_console_ack_and_language() {
         "BEEP yes",
         "audible cue for priority 2"
     );
+    // The guard types a comment; the alarm returns to normal and comes
+    // back: the console shows both while the comment box has the focus.
+    expect("TYPING", Duration::from_secs(15));
+    rig.set_door(false);
+    expect("UPDATED returned_unacked", Duration::from_secs(15));
+    rig.set_door(true);
+    expect("UPDATED active_unacked", Duration::from_secs(15));
     expect("ACKED", Duration::from_secs(15));
     let acked = rig.sub.wait_json(
         "/events",

@@ -291,6 +291,7 @@ fn web_config_editing_end_to_end() {
     assert_eq!(body["outcome"], "rolled_back", "{body}");
     assert_eq!(body["rolled_back"], true);
     assert_eq!(body["file_restored"], true);
+    assert_eq!(body["running_matches_file"], true, "{body}");
     assert!(
         body["error"].as_str().unwrap().contains("cannot listen"),
         "{body}"
@@ -318,8 +319,43 @@ fn web_config_editing_end_to_end() {
         json!({"version": v3, "edits": [{"op": "set", "path": "web.session_idle_s", "value": 600}]}),
     );
     assert_eq!(r.status, 409, "{}", r.body);
-    assert_eq!(r.json()["outcome"], "needs_restart");
+    let body = r.json();
+    assert_eq!(body["outcome"], "needs_restart", "{body}");
+    assert_eq!(body["file_restored"], true, "{body}");
+    assert_eq!(body["running_matches_file"], true, "{body}");
     assert_eq!(disk(), text3);
+
+    // The camera's redacted URL pasted into a device name (or any key
+    // that is not that camera's URL) is refused, never filled in with
+    // the real credentials.
+    let f = file_state(&mut tech);
+    let shown_url = "rtsp://127.0.0.1:9/stream?token=***".to_string();
+    assert!(f["text"].as_str().unwrap().contains(&shown_url), "{f}");
+    for path in ["devices[0].name", "alarms[0].message"] {
+        let r = tech.post(
+            "/api/v1/config/apply",
+            json!({"version": v3, "edits": [{"op": "set", "path": path, "value": shown_url}]}),
+        );
+        assert_eq!(r.status, 422, "{path}: {}", r.body);
+        assert_eq!(problem_keys(&r), [path], "{}", r.body);
+        let r = tech.post(
+            "/api/v1/config/validate",
+            json!({"edits": [{"op": "set", "path": path, "value": shown_url}]}),
+        );
+        assert_eq!(r.json()["ok"], false, "{}", r.body);
+    }
+    assert_eq!(disk(), text3);
+    for route in [
+        "/api/v1/devices",
+        "/api/v1/alarms",
+        "/api/v1/dashboard",
+        "/api/v1/config",
+        "/api/v1/config/file",
+        "/api/v1/system/logs",
+    ] {
+        let r = tech.get(route);
+        assert!(!r.body.contains(CAM_TOKEN), "{route}: {}", r.body);
+    }
 
     // History: the file before the first change, then each applied one.
     let h = tech.get("/api/v1/config/history");
@@ -369,6 +405,52 @@ fn web_config_editing_end_to_end() {
         "{audit}"
     );
 
+    // The reload comes before the write: when the file cannot be written
+    // after the new configuration started, the previous one is reloaded
+    // and the file is left as it was — running equals the file.
+    let f = file_state(&mut tech);
+    let v5 = f["version"].as_str().unwrap().to_string();
+    let text5 = disk();
+    let pid = rig.gw.pid().expect("gateway pid");
+    let name = cfg_path.file_name().unwrap().to_string_lossy().into_owned();
+    let blocker = cfg_path
+        .parent()
+        .unwrap()
+        .join(format!(".{name}.tmp-{pid}"));
+    std::fs::create_dir(&blocker).unwrap();
+    let r = tech.post(
+        "/api/v1/config/apply",
+        json!({"version": v5, "edits": [{"op": "set", "path": "alarms[0].priority", "value": 3}]}),
+    );
+    std::fs::remove_dir(&blocker).unwrap();
+    assert_eq!(r.status, 500, "{}", r.body);
+    let body = r.json();
+    assert_eq!(body["outcome"], "not_written", "{body}");
+    assert_eq!(body["running_matches_file"], true, "{body}");
+    assert_eq!(disk(), text5);
+    assert_eq!(file_state(&mut tech)["running_matches_file"], true);
+
+    // A client that goes away mid-apply does not cut the apply off: the
+    // change runs, is written, and is in the history with its author.
+    tech.post_and_hang_up(
+        "/api/v1/config/apply",
+        &json!({"version": v5, "comment": "hung up", "edits": [
+            {"op": "set", "path": "alarms[0].message", "value": "Door 7 (hung up)"}]}),
+    );
+    common::wait_for(Duration::from_secs(20), "apply after hang-up", || {
+        disk().contains("Door 7 (hung up)").then_some(())
+    });
+    let h = common::wait_for(Duration::from_secs(10), "history after hang-up", || {
+        let h = tech.get("/api/v1/config/history").json();
+        let first = h["versions"][0].clone();
+        first["summary"]
+            .as_str()?
+            .starts_with("hung up")
+            .then_some(first)
+    });
+    assert_eq!(h["user"], "wang", "{h}");
+    assert_eq!(file_state(&mut tech)["running_matches_file"], true);
+
     // A secret written inline by hand (a mistake the loader refuses) is
     // never shown: not in the text, the model or the problems.
     let inline = disk().replace(
@@ -400,8 +482,10 @@ fn web_config_editing_end_to_end() {
     );
     assert_eq!(r.json()["ok"], false);
 
-    // No secret in any response, in the audit log file or the history's
-    // summaries.
+    // No secret in any response (the recent logs included), in the audit
+    // log file or the history's summaries.
+    let logs = tech.get("/api/v1/system/logs");
+    assert_eq!(logs.status, 200, "{}", logs.body);
     let audit_file =
         std::fs::read_to_string(rig.gw.dir().join("journal").join("web-audit.jsonl")).unwrap();
     let bodies = seen.lock().unwrap().clone();

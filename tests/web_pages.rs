@@ -178,6 +178,7 @@ fn web_pages_api() {
     assert_eq!(st, 200);
     assert_eq!(header(&h, "content-type"), Some("video/mp4"));
     assert_eq!(header(&h, "accept-ranges"), Some("bytes"));
+    assert_eq!(header(&h, "cache-control"), Some("no-store"));
     assert_eq!(body, bytes, "the whole clip");
     let (st, h, body) = raw_get(
         rig.web,

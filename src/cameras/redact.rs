@@ -4,33 +4,44 @@
 /// `url` without credentials and with every query value replaced by `***`.
 /// Works on anything URL-like, parseable or not.
 pub fn redact_url(url: &str) -> String {
-    // Scheme, then the authority up to the first '/', '?' or '#'.
+    // Scheme, then the user info: it ends at the last '@' that is followed
+    // by a host (up to the next '/', '?', '#' or the end). A password
+    // typed with '/', '?', '#' or '@' in it (not percent-encoded) is still
+    // user info; an '@' in a path or query followed by host-like text is
+    // taken as one too — hiding too much, never too little.
     let (scheme, rest) = match url.find("://") {
         Some(i) => (&url[..i + 3], &url[i + 3..]),
         None => ("", url),
     };
-    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(auth_end);
-    let host = match authority.rfind('@') {
-        Some(i) => &authority[i + 1..],
-        None => authority,
-    };
+    let userinfo_end = rest.match_indices('@').map(|(i, _)| i).rfind(|&i| {
+        let after = &rest[i + 1..];
+        let host = &after[..after.find(['/', '?', '#']).unwrap_or(after.len())];
+        !host.is_empty()
+            && host.chars().all(|c| {
+                c.is_ascii_alphanumeric()
+                    || matches!(c, '.' | '-' | '_' | ':' | '[' | ']' | '%' | '~')
+            })
+    });
+    let after_user = userinfo_end.map_or(rest, |i| &rest[i + 1..]);
+    let auth_end = after_user.find(['/', '?', '#']).unwrap_or(after_user.len());
+    let (host, tail) = after_user.split_at(auth_end);
     let mut out = String::with_capacity(url.len());
     out.push_str(scheme);
-    if authority.contains('@') {
+    if userinfo_end.is_some() {
         out.push_str("***@");
     }
     out.push_str(host);
+    // A fragment can hold anything (a query value typed with '#'): hidden.
+    let (tail, fragment) = match tail.find('#') {
+        Some(f) if tail.len() > f + 1 => (&tail[..f], "#***"),
+        Some(f) => (&tail[..f], "#"),
+        None => (tail, ""),
+    };
     match tail.find('?') {
         None => out.push_str(tail),
         Some(q) => {
             out.push_str(&tail[..q + 1]);
-            let query = &tail[q + 1..];
-            let (query, fragment) = match query.find('#') {
-                Some(f) => (&query[..f], &query[f..]),
-                None => (query, ""),
-            };
-            let parts: Vec<String> = query
+            let parts: Vec<String> = tail[q + 1..]
                 .split('&')
                 .map(|kv| match kv.split_once('=') {
                     Some((k, _)) => format!("{k}=***"),
@@ -38,9 +49,9 @@ pub fn redact_url(url: &str) -> String {
                 })
                 .collect();
             out.push_str(&parts.join("&"));
-            out.push_str(fragment);
         }
     }
+    out.push_str(fragment);
     out
 }
 
@@ -82,6 +93,20 @@ mod tests {
         assert_eq!(redact_url("rtsp://10.0.0.5/live"), "rtsp://10.0.0.5/live");
         assert_eq!(redact_url("rtsp://u:p@cam"), "rtsp://***@cam");
         assert_eq!(redact_url("rtsp://u:p@w@cam/x"), "rtsp://***@cam/x");
+        // Unencoded '/', '?', '#' in the password: still user info.
+        assert_eq!(
+            redact_url("rtsp://admin:pa/ss@10.0.0.9/s"),
+            "rtsp://***@10.0.0.9/s"
+        );
+        assert_eq!(
+            redact_url("rtsp://admin:pa?ss@10.0.0.9/s"),
+            "rtsp://***@10.0.0.9/s"
+        );
+        assert_eq!(
+            redact_url("rtsp://admin:pa#ss@10.0.0.9:554"),
+            "rtsp://***@10.0.0.9:554"
+        );
+        assert_eq!(redact_url("rtsp://10.0.0.9:554/s"), "rtsp://10.0.0.9:554/s");
     }
 
     #[test]
@@ -98,7 +123,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn never_leaks_userinfo(user in "[a-z0-9]{1,8}", pw in "[A-Za-z0-9!$%]{6,12}",
+        fn never_leaks_userinfo(user in "[a-z0-9]{1,8}", pw in "[A-Za-z0-9!$%/?#@:]{6,12}",
                                 host in "[a-z0-9.]{1,20}", path in "[a-z0-9/]{0,20}",
                                 pre in ".{0,20}", post in "[ ,.;:]{1}.{0,20}") {
             let url = format!("rtsp://{user}:{pw}@{host}/{path}?password={pw}");

@@ -254,6 +254,11 @@ pub fn load(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
 }
 
 /// Parse and validate config text; `path` names it in problems.
+/// The problem reported for a secret written inline (its value is never
+/// repeated in a message).
+pub const INLINE_SECRET_MESSAGE: &str =
+    "must be { file = … } or { env = … }; inline secrets are not accepted";
+
 pub fn load_str(text: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     let lines = LineIndex::new(text);
     let problem = |line: Option<usize>, key: String, message: String| ConfigProblem {
@@ -292,7 +297,14 @@ pub fn load_str(text: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
                     .map(|k| k.to_string())
                     .unwrap_or_else(|| "(value)".into()),
             };
-            problems.push(problem(line, key, first_line(e.message())));
+            // A secret written inline is quoted by the parser's message:
+            // never repeat it (it would reach logs and the web page).
+            let message = if e.message().contains("SecretSource") {
+                INLINE_SECRET_MESSAGE.to_string()
+            } else {
+                first_line(e.message())
+            };
+            problems.push(problem(line, key, message));
             return Err(ConfigErrors(problems));
         }
     };

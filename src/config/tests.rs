@@ -292,3 +292,20 @@ fn profile_problems_are_reported_once_at_the_profile() {
     assert!(unknown.message.contains("ahu-v9"));
     assert!(unknown.line.is_some());
 }
+
+#[test]
+fn inline_secrets_are_never_quoted_in_problems() {
+    for value in ["\"hunter2\"", "123456", "'hunter2'"] {
+        let text = MINIMAL.replace(
+            "host = \"127.0.0.1\"\n\n[[devices]]",
+            &format!("host = \"127.0.0.1\"\npassword = {value}\n\n[[devices]]"),
+        );
+        let Err(e) = load(&text) else {
+            panic!("inline secret accepted")
+        };
+        let p = &e.0[0];
+        assert_eq!(p.key, "uplink.password", "{e:?}");
+        assert_eq!(p.message, INLINE_SECRET_MESSAGE);
+        assert!(!e.to_string().contains("hunter2") && !e.to_string().contains("123456"));
+    }
+}

@@ -180,11 +180,9 @@ async fn clip_file(
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
-    // A clip never changes once complete.
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, max-age=3600"),
-    );
+    // Evidence behind a session: never kept in a browser's or a proxy's
+    // cache, where it would outlive the session and the retention.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if status == StatusCode::PARTIAL_CONTENT {
         let v = format!("bytes {start}-{}/{len}", start + count - 1);
         if let Ok(v) = HeaderValue::from_str(&v) {

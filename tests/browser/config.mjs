@@ -68,9 +68,17 @@ try {
   if (unit !== "门磁") await fail("pending change lost: " + unit);
   await page.fill("#cfg-comment", "门7 加单位，加门8");
   const v0 = await page.evaluate(() => document.body.dataset.cfgVersion);
-  await page.click("#cfg-apply");
+  // A double click sends the change once.
+  let applies = 0;
+  const countApply = (req) => {
+    if (req.method() === "POST" && req.url().endsWith("/api/v1/config/apply")) applies += 1;
+  };
+  page.on("request", countApply);
+  await page.dblclick("#cfg-apply");
   await page.waitForFunction((v) => document.body.dataset.cfgVersion !== v, v0);
   await page.waitForSelector("#cfg-banner.good");
+  page.off("request", countApply);
+  if (applies !== 1) await fail(`a double click sent ${applies} applies`);
   await page.screenshot({ path: join(shots, "config-02-applied.png"), fullPage: true });
   say("APPLIED");
 

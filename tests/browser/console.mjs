@@ -3,6 +3,9 @@
 //   READY                 the guard is signed in, the console is open
 //   VISIBLE <unix ms>     the alarm row appeared (after the test flipped the door)
 //   BEEP <yes|no>         the audible cue for a priority 1–2 alarm played
+//   TYPING                a comment is being typed (focus in its box)
+//   UPDATED <state>       the row shows the alarm's new state (after the test
+//                         closed, then opened the door), the comment kept
 //   ACKED                 the row shows "acknowledged"
 //   LANG <lang> <nav>     language switched; nav text of the console link
 //   DONE                  screenshots saved
@@ -69,6 +72,25 @@ try {
   const beeped = await page.evaluate(() => document.body.dataset.lastBeep !== undefined);
   say("BEEP " + (beeped ? "yes" : "no"));
   await page.screenshot({ path: join(shots, "03-console-alarm.png"), fullPage: true });
+
+  // A guard types a comment while the alarm changes (the test closes the
+  // door, then opens it again): the console keeps updating, the comment,
+  // the focus and the caret survive.
+  const box = `${row} input.comment`;
+  await page.click(box);
+  await page.keyboard.type("正在查看 checking");
+  say("TYPING");
+  for (const state of ["returned_unacked", "active_unacked"]) {
+    await page.waitForSelector(`${row}[data-state="${state}"]`, { timeout: 10_000 });
+    const kept = await page.evaluate((sel) => {
+      const i = document.querySelector(sel);
+      return { value: i.value, focused: document.activeElement === i, caret: i.selectionStart };
+    }, box);
+    if (kept.value !== "正在查看 checking" || !kept.focused || kept.caret !== kept.value.length) {
+      await fail(`comment not kept across an update to ${state}: ${JSON.stringify(kept)}`);
+    }
+    say("UPDATED " + state);
+  }
 
   await page.fill(`${row} input.comment`, "保安已到场 guard on site");
   await page.click(`${row} button.ack`);

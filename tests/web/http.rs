@@ -99,6 +99,29 @@ impl Client {
         resp
     }
 
+    /// Send a POST and close the connection at once, without reading the
+    /// answer: a client that goes away mid-request.
+    pub fn post_and_hang_up(&self, path: &str, body: &serde_json::Value) {
+        let mut s = TcpStream::connect(self.addr).expect("connect to the web server");
+        let body = body.to_string();
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+            self.addr
+        );
+        if let Some(c) = &self.cookie {
+            req += &format!("Cookie: eg_session={c}\r\n");
+        }
+        if let Some(t) = &self.csrf {
+            req += &format!("X-CSRF-Token: {t}\r\n");
+        }
+        req += &format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
+
     pub fn get(&mut self, path: &str) -> Resp {
         self.send("GET", path, None, false)
     }

@@ -485,12 +485,22 @@ impl<C: Connector> Endpoint<C> {
     /// left alone; the link rules are the polls' (a timeout drops the link).
     async fn probe(&mut self, req: ProbeRequest) {
         let ProbeRequest { device, reply } = req;
+        // The page gave up waiting (its deadline passed while the probe
+        // was queued): the bus time goes to the polls.
+        if reply.is_closed() {
+            debug!(device = %device, "read now: caller gone; probe skipped");
+            return;
+        }
         let Some(i) = self.devices.iter().position(|d| d.id == device) else {
             let _ = reply.send(Err(ProbeError::NotPolled {
                 device: device.to_string(),
             }));
             return;
         };
+        // A probe takes up to a poll's time: the watchdog must allow it.
+        if let Some(hb) = &self.heartbeat {
+            hb.beat_within(self.poll_budget(i));
+        }
         let span = self.devices[i].span.clone();
         let outcome = self.probe_device(i).instrument(span.clone()).await;
         let _e = span.enter();

@@ -735,6 +735,32 @@ async fn a_failed_pulse_release_is_retried() {
     h.await.unwrap();
 }
 
+/// Every bus message with the (virtual) time it was received.
+type Received = Arc<Mutex<Vec<(Instant, BusMessage)>>>;
+
+/// Receive `rx` in a task, timestamping each message on arrival.
+fn receive(mut rx: mpsc::Receiver<BusMessage>) -> Received {
+    let got: Received = Default::default();
+    let g = got.clone();
+    tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            g.lock().unwrap().push((Instant::now(), m));
+        }
+    });
+    got
+}
+
+/// When each device's readings arrived.
+fn polls_of(got: &Received) -> HashMap<String, Vec<Instant>> {
+    let mut polls: HashMap<String, Vec<Instant>> = HashMap::new();
+    for (at, m) in got.lock().unwrap().iter() {
+        if let BusMessage::Readings { device, .. } = m {
+            polls.entry(device.to_string()).or_default().push(*at);
+        }
+    }
+    polls
+}
+
 /// [`start`] with a probe queue for every device.
 fn start_probed(
     shared: &Shared,
@@ -765,11 +791,12 @@ async fn probes_take_turns_with_polling_on_a_serial_bus() {
     use super::probe::ProbeError;
     let shared = fake(&[(1, Behaviour::Answer), (2, Behaviour::Answer)]);
     let inter_frame = Duration::from_millis(4);
-    let (probers, mut rx, token, h) = start_probed(
+    let (probers, rx, token, h) = start_probed(
         &shared,
         LinkKind::Serial { inter_frame },
         vec![device(1, 0, 50, 100, 3, 30), device(2, 3, 50, 100, 3, 30)],
     );
+    let got = receive(rx);
     // Probes of both devices while both are polled every 50 ms.
     let mut tasks = Vec::new();
     for k in 0..6 {
@@ -793,18 +820,21 @@ async fn probes_take_turns_with_polling_on_a_serial_bus() {
             .find(|v| v.address == 0 && v.table == RegisterKind::Holding);
         assert_eq!(u16_point.unwrap().value, Some(Value::Int(42)));
     }
-    let mut readings = 0;
-    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(1), rx.recv()).await {
-        if matches!(m, BusMessage::Readings { .. }) {
-            readings += 1;
-        }
+    // Polling went on between the probes: no device waited longer than
+    // its interval plus one probe and one poll of the other device (two
+    // requests each, every request after an inter-frame silence) plus its
+    // own first silence and the fake's reply times (6 silences in all).
+    let polls = polls_of(&got);
+    let allowed = Duration::from_millis(50) + inter_frame * 6;
+    for dev in ["dev-1", "dev-2"] {
+        let at = &polls[dev];
+        assert!(at.len() >= 3, "{dev} polled {} times", at.len());
+        let gap = at.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+        assert!(
+            gap <= allowed,
+            "{dev}: {gap:?} between two polls (allowed {allowed:?})"
+        );
     }
-    assert!(
-        readings > 4,
-        "polling went on: {readings} after {:?}, {} requests",
-        Instant::now(),
-        shared.lock().unwrap().requests.len()
-    );
     {
         let s = shared.lock().unwrap();
         assert_eq!(s.max_in_flight, 1, "one request at a time on the bus");
@@ -831,21 +861,26 @@ async fn probes_take_turns_with_polling_on_a_serial_bus() {
 async fn probe_errors_are_timeouts_and_exceptions_and_leave_health_alone() {
     use super::probe::ProbeError;
     let shared = fake(&[
-        (1, Behaviour::Hang),
-        (2, Behaviour::Exception(2)),
+        (1, Behaviour::Answer),
+        (2, Behaviour::Answer),
         (3, Behaviour::Answer),
     ]);
-    let (probers, mut rx, token, h) = start_probed(
+    // One failed poll would take a device offline: a probe failure that
+    // counted would show.
+    let (probers, rx, token, h) = start_probed(
         &shared,
         LinkKind::Tcp,
         vec![
-            device(1, 0, 10_000, 100, 3, 30),
-            device(2, 3, 10_000, 100, 3, 30),
-            device(3, 6, 10_000, 100, 3, 30),
+            device(1, 0, 10_000, 100, 1, 30),
+            device(2, 3, 10_000, 100, 1, 30),
+            device(3, 6, 10_000, 100, 1, 30),
         ],
     );
-    // Let the first polls pass (dev-1 times out once).
+    let got = receive(rx);
+    // Let the first polls pass, then the first two devices fail.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    set(&shared, 1, Behaviour::Hang);
+    set(&shared, 2, Behaviour::Exception(2));
     let t0 = Instant::now();
     assert_eq!(
         probers.probe("dev-1", Duration::from_secs(5)).await,
@@ -864,13 +899,103 @@ async fn probe_errors_are_timeouts_and_exceptions_and_leave_health_alone() {
     }
     // After the dropped link the next probe reconnects and reads.
     assert!(probers.probe("dev-3", Duration::from_secs(5)).await.is_ok());
-    // No probe failure made a device offline (3 failures needed; only
-    // the polls count).
-    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(1), rx.recv()).await {
+    set(&shared, 1, Behaviour::Answer);
+    set(&shared, 2, Behaviour::Answer);
+    // Past the next poll (10 s after the first).
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    for (_, m) in got.lock().unwrap().iter() {
         assert!(
             !matches!(m, BusMessage::DeviceStatus { online: false, .. }),
-            "{m:?}"
+            "a probe failure counted against the device's health: {m:?}"
         );
+    }
+    let polls = polls_of(&got);
+    // The schedule is untouched: each device polled again on time.
+    for dev in ["dev-1", "dev-2", "dev-3"] {
+        let at = &polls[dev];
+        assert_eq!(at.len(), 2, "{dev}: {at:?}");
+        let gap = at[1] - at[0];
+        assert!(
+            gap >= Duration::from_millis(9_990) && gap <= Duration::from_millis(10_010),
+            "{dev}: next poll {gap:?} after the first"
+        );
+    }
+    token.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_whose_caller_gave_up_is_skipped() {
+    use super::probe::ProbeError;
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    let (probers, _rx, token, h) = start_probed(
+        &shared,
+        LinkKind::Tcp,
+        vec![device(1, 0, 60_000, 1_000, 3, 30)],
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    set(&shared, 1, Behaviour::Hang);
+    let before = shared.lock().unwrap().requests.len();
+    // Four probes queued at once; every caller gives up after 10 ms.
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let p = probers.clone();
+            tokio::spawn(async move { p.probe("dev-1", Duration::from_millis(10)).await })
+        })
+        .collect();
+    for t in tasks {
+        assert!(matches!(
+            t.await.unwrap(),
+            Err(ProbeError::Deadline { timeout_ms: 10 })
+        ));
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // Only the probe already on the bus ran; the abandoned ones never
+    // reached the device (the next poll is 60 s away).
+    let ran = shared.lock().unwrap().requests.len() - before;
+    assert_eq!(ran, 1, "requests sent for abandoned probes");
+    token.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn probes_back_to_back_keep_the_heartbeat_fresh() {
+    use crate::service::liveness::Liveness;
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    let (tx, _rx) = mpsc::channel(256);
+    let (ptx, prx) = mpsc::channel(super::probe::PROBE_QUEUE);
+    let mut probers = super::probe::Probers::new();
+    probers.insert("dev-1".into(), ptx);
+    let liveness = Liveness::new(Duration::ZERO);
+    let hb = liveness.register("modbus tcp:fake", Duration::from_secs(1));
+    let token = CancellationToken::new();
+    // Polled every 10 s, 1 s timeout: a poll or probe takes up to 3 s.
+    let ep = Endpoint::new(
+        FakeConnector(shared.clone()),
+        LinkKind::Tcp,
+        vec![device(1, 0, 10_000, 1_000, 3, 30)],
+        tx,
+    )
+    .with_seed(7)
+    .with_probes(prx)
+    .with_heartbeat(hb);
+    let h = tokio::spawn(ep.run(token.clone()));
+    tokio::time::sleep(Duration::from_millis(9_500)).await;
+    // The device stops answering; four probes queue up and run one after
+    // the other (each times out after 1 s), with one poll between them.
+    set(&shared, 1, Behaviour::Hang);
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let p = probers.clone();
+            tokio::spawn(async move { p.probe("dev-1", Duration::from_secs(30)).await })
+        })
+        .collect();
+    for _ in 0..80 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(liveness.check(), vec![], "at {:?}", Instant::now());
+    }
+    for t in tasks {
+        assert!(t.await.unwrap().is_err());
     }
     token.cancel();
     h.await.unwrap();

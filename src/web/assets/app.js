@@ -142,9 +142,35 @@ async function viewDashboard(el) {
     </div>`;
 }
 
+// Re-rendered on every update (a new alarm must always show, also while a
+// guard types a comment): comments being typed, the focus and the caret
+// are carried over to the new rows of the same alarms.
 function renderAlarms(el) {
   const tbody = $("#alarm-rows", el);
   if (!tbody) return;
+  const typed = new Map();
+  let focus = null;
+  for (const inp of tbody.querySelectorAll("input.comment")) {
+    const key = inp.closest("tr").dataset.key;
+    if (inp.value) typed.set(key, inp.value);
+    if (inp === document.activeElement) {
+      focus = { key, start: inp.selectionStart, end: inp.selectionEnd, dir: inp.selectionDirection };
+    }
+  }
+  renderAlarmRows(tbody);
+  for (const tr of tbody.querySelectorAll("tr[data-key]")) {
+    const inp = tr.querySelector("input.comment");
+    if (!inp) continue;
+    const key = tr.dataset.key;
+    if (typed.has(key)) inp.value = typed.get(key);
+    if (focus && focus.key === key) {
+      inp.focus();
+      try { inp.setSelectionRange(focus.start, focus.end, focus.dir); } catch (_) { /* not a text input */ }
+    }
+  }
+}
+
+function renderAlarmRows(tbody) {
   if (alarms.length === 0) {
     tbody.innerHTML = `<tr><td colspan="5" id="no-alarms">${esc(t("no_alarms"))}</td></tr>`;
     return;
@@ -199,10 +225,8 @@ function startStream() {
     const live = $("#live-state");
     if (live) live.textContent = "● " + t("live");
     const el = $("#view");
-    if (location.hash.startsWith("#/alarms")) {
-      // Keep a comment being typed: re-render only when nobody types.
-      if (!(document.activeElement && document.activeElement.classList.contains("comment"))) renderAlarms(el);
-    }
+    // Always: a comment being typed is kept by renderAlarms.
+    if (location.hash.startsWith("#/alarms")) renderAlarms(el);
     document.body.dataset.alarmCount = String(alarms.length);
   });
   stream.onerror = () => {

@@ -314,7 +314,23 @@ async function cfgValidate(rerender) {
   return r.data.ok;
 }
 
+// One apply in flight at a time: a double click must not send the change
+// twice (the second would be refused as stale and hide the outcome).
 async function cfgApply() {
+  if (cfg.applying) return;
+  cfg.applying = true;
+  const btn = $("#cfg-apply");
+  if (btn) btn.disabled = true;
+  try {
+    await cfgApplyOnce();
+  } finally {
+    cfg.applying = false;
+    const b = $("#cfg-apply");
+    if (b) b.disabled = false;
+  }
+}
+
+async function cfgApplyOnce() {
   const comment = $("#cfg-comment").value;
   const r = await api("POST", "/config/apply", { version: cfg.file.version, comment, ...cfgChange() });
   const d = r.data;

@@ -453,41 +453,87 @@ pub fn redact_text(text: &str) -> String {
     redact_urls(&hidden)
 }
 
-/// For text that does not parse: every quoted value after `password =`,
-/// `secret =` or `key =` replaced by `"***"`.
+/// Names whose values are hidden in text that does not parse.
+const SECRET_NAMES: [&str; 4] = ["password", "secret", "key", "token"];
+
+/// For text that does not parse: every value after `password =`,
+/// `secret =`, `key =` or `token =` (bare or quoted key) replaced by
+/// `"***"` — quoted, multi-line (`"""` or `'''`, its line breaks kept so
+/// lines still match) or bare (a number, a word). A table value
+/// (`{ file = … }`) is kept.
 fn hide_inline_secrets(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     'scan: while !rest.is_empty() {
-        for name in ["password", "secret", "key"] {
-            let Some(i) = rest.find(name) else { continue };
-            let before_ok = rest[..i]
-                .chars()
-                .next_back()
-                .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'));
-            let after = rest[i + name.len()..].trim_start_matches([' ', '\t']);
-            if before_ok {
-                if let Some(v) = after.strip_prefix('=') {
-                    let v = v.trim_start_matches([' ', '\t']);
-                    if let Some(q) = v.chars().next().filter(|c| *c == '"' || *c == '\'') {
-                        let start = rest.len() - v.len();
-                        let end = v[1..]
-                            .find([q, '\n'])
-                            .map_or(rest.len(), |j| start + 1 + j + 1);
-                        out.push_str(&rest[..start]);
-                        out.push_str("\"***\"");
-                        rest = &rest[end.min(rest.len())..];
-                        continue 'scan;
-                    }
+        let line_end = rest.find('\n').map_or(rest.len(), |j| j + 1);
+        for name in SECRET_NAMES {
+            let mut from = 0;
+            while let Some(k) = rest[from..line_end].find(name) {
+                let i = from + k;
+                from = i + name.len();
+                let Some(value_at) = value_after_secret_key(rest, i, name) else {
+                    continue;
+                };
+                let v = &rest[value_at..];
+                let len = hidden_value_len(v);
+                if len == 0 {
+                    continue;
                 }
+                out.push_str(&rest[..value_at]);
+                out.push_str("\"***\"");
+                // Keep the line count of a multi-line value.
+                out.extend(v[..len].matches('\n').map(|_| '\n'));
+                rest = &rest[value_at + len..];
+                continue 'scan;
             }
         }
         // No secret assignment left on this line: copy it.
-        let end = rest.find('\n').map_or(rest.len(), |j| j + 1);
-        out.push_str(&rest[..end]);
-        rest = &rest[end..];
+        out.push_str(&rest[..line_end]);
+        rest = &rest[line_end..];
     }
     out
+}
+
+/// Where the value starts when `rest[i..]` is the key `name` (bare or
+/// quoted) followed by `=`.
+fn value_after_secret_key(rest: &str, i: usize, name: &str) -> Option<usize> {
+    let mut before = rest[..i].chars().next_back();
+    let mut after = &rest[i + name.len()..];
+    if let Some(q @ ('"' | '\'')) = before {
+        after = after.strip_prefix(q)?;
+        before = rest[..i - 1].chars().next_back();
+    }
+    if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return None;
+    }
+    let v = after
+        .trim_start_matches([' ', '\t'])
+        .strip_prefix('=')?
+        .trim_start_matches([' ', '\t']);
+    Some(rest.len() - v.len())
+}
+
+/// Length of the value at the start of `v` to hide: a (multi-line)
+/// string, or a bare value up to `,`, `}`, `]`, `#` or the line's end;
+/// 0 for a table or an array (not an inline secret) or nothing.
+fn hidden_value_len(v: &str) -> usize {
+    for q in ["\"\"\"", "'''"] {
+        if let Some(body) = v.strip_prefix(q) {
+            return body.find(q).map_or(v.len(), |j| 3 + j + 3);
+        }
+    }
+    match v.chars().next() {
+        Some(q @ ('"' | '\'')) => match v[1..].find([q, '\n']) {
+            Some(j) if v.as_bytes()[1 + j] == b'\n' => 1 + j,
+            Some(j) => 1 + j + 1,
+            None => v.len(),
+        },
+        Some('{' | '[') | None => 0,
+        Some(_) => {
+            let end = v.find([',', '}', ']', '#', '\n']).unwrap_or(v.len());
+            v[..end].trim_end().len()
+        }
+    }
 }
 
 /// Whether a string still holds a redacted credential (sent back after
@@ -496,23 +542,78 @@ pub fn holds_redaction(s: &str) -> bool {
     s.contains("://") && s.contains("***")
 }
 
+/// Whether the value at `path` is a URL (a camera's stream, a push
+/// endpoint, a link): the only keys where a redacted URL may be sent back
+/// and restored.
+pub fn is_url_path(path: &str) -> bool {
+    let last = path.rsplit('.').next().unwrap_or(path);
+    let last = last.split('[').next().unwrap_or(last);
+    last == "url" || last.ends_with("_url") || last.ends_with("_link")
+}
+
+/// `path` with each array index replaced by the entry's `id` (or `name`)
+/// when it has one: `cameras[1].url` → `cameras[id=gate].url`. The same
+/// entry keeps the same stable path when entries are added or moved.
+fn stable_path(root: &toml::Table, path: &str) -> Option<String> {
+    let segs = parse_path(path).ok()?;
+    let mut out = String::new();
+    let mut cur: Option<&toml::Value> = None;
+    for seg in &segs {
+        match seg {
+            Seg::Key(k) => {
+                let t = match cur {
+                    None => root,
+                    Some(v) => v.as_table()?,
+                };
+                cur = Some(t.get(k)?);
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Seg::Index(n) => {
+                let v = cur?.as_array()?.get(*n)?;
+                let id = v
+                    .get("id")
+                    .or_else(|| v.get("name"))
+                    .and_then(toml::Value::as_str);
+                match id {
+                    Some(id) => out.push_str(&format!("[id={id:?}]")),
+                    None => out.push_str(&format!("[{n}]")),
+                }
+                cur = Some(v);
+            }
+        }
+    }
+    Some(out)
+}
+
 /// Replace every redacted URL in `doc` that the page sent back unchanged
-/// by its original from `original` (the file it was shown from). A value
-/// whose redacted form matches several originals takes the one at the
-/// same key path. Returns the key paths still holding a redaction (their
-/// credentials must be typed in again).
+/// by its original from `original` (the file it was shown from) — only on
+/// a URL key ([`is_url_path`]) and only from the same key: the same key
+/// path, or the same entry (by `id`/`name`) and key. A redacted value
+/// anywhere else is never filled in, so credentials cannot be copied to
+/// a key that is shown in clear (a device name, an alarm message).
+/// Inline secrets shown as `"***"` come back only at their own path.
+/// Returns the key paths still holding a redaction: a URL key whose
+/// credentials must be typed in again, or a key where a redacted value
+/// is refused.
 pub fn restore_redacted(doc: &mut DocumentMut, original: &str) -> Vec<String> {
-    let mut originals: Vec<(String, String)> = Vec::new();
+    // (path, stable path, value)
+    let mut originals: Vec<(String, Option<String>, String)> = Vec::new();
     let mut secrets: Vec<(String, String)> = Vec::new();
     if let Ok(orig) = original.parse::<DocumentMut>() {
+        let orig_tree: Option<toml::Table> = toml::from_str(original).ok();
         walk_strings_ref(orig.as_item(), &mut String::new(), &mut |path, s| {
             if is_secret_path(path) {
                 secrets.push((path.to_string(), s.to_string()));
-            } else if s.contains("://") && redact_urls(s) != s {
-                originals.push((path.to_string(), s.to_string()));
+            } else if is_url_path(path) && s.contains("://") && redact_urls(s) != s {
+                let stable = orig_tree.as_ref().and_then(|t| stable_path(t, path));
+                originals.push((path.to_string(), stable, s.to_string()));
             }
         });
     }
+    let new_tree: Option<toml::Table> = toml::from_str(&doc.to_string()).ok();
     let mut left = Vec::new();
     walk_strings_mut(doc.as_item_mut(), &mut String::new(), &mut |path, v| {
         let Some(s) = v.as_str() else { return };
@@ -530,15 +631,21 @@ pub fn restore_redacted(doc: &mut DocumentMut, original: &str) -> Vec<String> {
         if !holds_redaction(s) {
             return;
         }
-        let candidates: Vec<&(String, String)> = originals
-            .iter()
-            .filter(|(_, o)| redact_urls(o) == s)
-            .collect();
-        let pick = match candidates.as_slice() {
-            [one] => Some(one.1.clone()),
-            [] => None,
-            many => many.iter().find(|(p, _)| p == path).map(|c| c.1.clone()),
+        if !is_url_path(path) {
+            left.push(path.to_string());
+            return;
+        }
+        let stable = new_tree.as_ref().and_then(|t| stable_path(t, path));
+        let same = |(p, st, o): &&(String, Option<String>, String)| {
+            redact_urls(o) == s && (p == path || (st.is_some() && *st == stable))
         };
+        // The same entry first (it may have moved), then the same key path.
+        let pick = originals
+            .iter()
+            .filter(same)
+            .find(|(_, st, _)| st.is_some() && *st == stable)
+            .or_else(|| originals.iter().find(same))
+            .map(|(_, _, o)| o.clone());
         match pick {
             Some(o) => {
                 let decor = v.decor().clone();
@@ -618,9 +725,15 @@ fn walk_strings_mut(item: &mut Item, path: &mut String, f: &mut dyn FnMut(&str, 
     }
 }
 
+/// Calls `f` on every string, number, boolean and date (not only
+/// strings: a secret written inline may be any of them).
 fn walk_value_mut(v: &mut Value, path: &mut String, f: &mut dyn FnMut(&str, &mut Value)) {
     match v {
-        Value::String(_) => f(path, v),
+        Value::String(_)
+        | Value::Integer(_)
+        | Value::Float(_)
+        | Value::Boolean(_)
+        | Value::Datetime(_) => f(path, v),
         Value::Array(a) => {
             for (n, x) in a.iter_mut().enumerate() {
                 walk_value_mut(x, &mut format!("{path}[{n}]"), f);
@@ -631,7 +744,6 @@ fn walk_value_mut(v: &mut Value, path: &mut String, f: &mut dyn FnMut(&str, &mut
                 walk_value_mut(x, &mut child(path, k.get()), f);
             }
         }
-        _ => {}
     }
 }
 
@@ -858,7 +970,7 @@ zones = [{ id = "villa-1", schedule = [] }]
         #[test]
         fn url_credentials_never_survive_redaction(
             user in "[a-zA-Z0-9._~-]{1,12}",
-            pass in "[a-zA-Z0-9._~!$-]{6,16}",
+            pass in "[a-zA-Z0-9._~!$/?#@:-]{6,16}",
             token in "[a-zA-Z0-9]{6,16}",
             scheme in "(rtsp|rtsps|http|https|mqtt)",
             around in "[ a-z=\"'(]{0,8}",
@@ -898,8 +1010,72 @@ zones = [{ id = "villa-1", schedule = [] }]
             shown,
             "[uplink\npassword = \"***\"\nx = { secret=\"***\" , a = 1 }\nmy_password = \"no\"\n"
         );
+        // Multi-line strings, quoted keys, bare values.
+        let broken = "[uplink\npassword = \"\"\"hun\nter2\"\"\"\n\"secret\" = 'k3y'\n'password' = 123456 # no\ntoken=abc, x = 1\nkey = { file = \"/k\" }\n";
+        let shown = redact_text(broken);
+        for s in ["hun", "ter2", "k3y", "123456", "abc"] {
+            assert!(!shown.contains(s), "{s}: {shown}");
+        }
+        assert_eq!(shown.lines().count(), broken.lines().count(), "{shown}");
+        assert!(
+            shown.contains("# no") && shown.contains("x = 1") && shown.contains("/k"),
+            "{shown}"
+        );
+        // Numbers and other values at secret paths in text that parses.
+        let text = "[uplink]\npassword = 123456\n[[push.channels]]\nkey = 1.5\nsecret = true\n";
+        let shown = redact_text(text);
+        assert!(
+            !shown.contains("123456") && !shown.contains("1.5") && !shown.contains("true"),
+            "{shown}"
+        );
+        assert_eq!(model(text).unwrap()["uplink"]["password"], "***");
         assert!(is_secret_path("site_broker.embedded.users[0].password"));
         assert!(!is_secret_path("linkage[0].key"));
+    }
+
+    #[test]
+    fn redacted_urls_are_restored_only_at_their_own_url_key() {
+        // One camera's redacted URL is unique in this file.
+        let text = TEXT.replace("admin:other@10.0.0.9", "admin:other@10.0.0.10");
+        let shown = redact_urls(&text);
+        let cam = "rtsp://***@10.0.0.9/stream?token=***";
+        assert!(shown.contains(cam));
+        // Pasted into a name, a message, a site id: refused, never filled in.
+        for (from, to) in [
+            (
+                "id = \"panel\"",
+                format!("id = \"panel\"\nname = \"{cam}\""),
+            ),
+            ("priority = 2", format!("priority = 2\nmessage = \"{cam}\"")),
+            ("id = \"s\" # site id", format!("id = \"{cam}\" # site id")),
+        ] {
+            let pasted = shown.replacen(from, &to, 1);
+            let mut doc: DocumentMut = pasted.parse().unwrap();
+            let left = restore_redacted(&mut doc, &text);
+            assert_eq!(left.len(), 1, "{left:?}");
+            let out = doc.to_string();
+            // Only the camera's own URL holds its password.
+            assert_eq!(out.matches("pa55").count(), 1, "{out}");
+        }
+        // Two cameras whose URLs redact alike: each keeps its own credentials.
+        let shown = redact_urls(TEXT);
+        let mut doc: DocumentMut = shown.parse().unwrap();
+        assert!(restore_redacted(&mut doc, TEXT).is_empty());
+        let out = doc.to_string();
+        assert!(out.contains("admin:pa55@") && out.contains("admin:other@"));
+        // A camera inserted before the others: restored by entry id.
+        let moved = shown.replacen(
+            "[[cameras]]\nid = \"gate\"",
+            "[[cameras]]\nid = \"new\"\nurl = \"rtsp://10.0.0.7/s\"\n\n[[cameras]]\nid = \"gate\"",
+            1,
+        );
+        let mut doc: DocumentMut = moved.parse().unwrap();
+        assert!(restore_redacted(&mut doc, TEXT).is_empty());
+        let out = doc.to_string();
+        let gate = out.find("id = \"gate\"").unwrap();
+        assert!(out[gate..].contains("admin:pa55@"), "{out}");
+        assert!(is_url_path("push.channels[0].url") && is_url_path("cameras[2].url"));
+        assert!(!is_url_path("devices[0].name"));
     }
 
     #[test]

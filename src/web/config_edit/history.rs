@@ -110,7 +110,18 @@ impl History {
         summary: &str,
         version: &str,
     ) -> Result<VersionMeta, HistoryError> {
-        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        // Versions hold URL credentials: owner only.
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.dir)
+                .map_err(io(&self.dir))?;
+            // A directory made by an older version: tightened too.
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700));
+        }
         let list = self.list()?;
         let id = list.first().map_or(1, |m| m.id + 1);
         let meta = VersionMeta {
@@ -155,5 +166,19 @@ mod tests {
         assert_eq!(h.previous(4).unwrap().unwrap().id, 3);
         assert!(h.previous(3).unwrap().is_none());
         assert_eq!(h.latest().unwrap().unwrap().summary, "s5");
+        // Versions hold URL credentials: owner only.
+        use std::os::unix::fs::PermissionsExt;
+        for ext in ["toml", "json"] {
+            let mode = std::fs::metadata(h.file(5, ext))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{ext}");
+        }
+        let mode = std::fs::metadata(dir.path().join(HISTORY_DIR))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 }

@@ -7,11 +7,13 @@
 //! - `POST /config/validate` `{text}` or `{edits}`: every problem of the
 //!   result, with key path and line — the checks of `check-config`.
 //! - `POST /config/apply` `{version, text | edits, comment?}`: validate,
-//!   write the file atomically (tmp + fsync + rename; the previous file is
-//!   kept in the history), reload; when the reload does not take, the
-//!   previous file is written back so the file on disk always equals the
-//!   running configuration. One apply at a time; an apply based on a
-//!   version other than the file's is refused (409).
+//!   reload from the validated configuration, and only then write the
+//!   file atomically (tmp + fsync + rename; the previous file is kept in
+//!   the history); when the write fails the previous configuration is
+//!   reloaded, so the file on disk always equals the running
+//!   configuration. One apply at a time, run to its end even when the
+//!   client goes away; an apply based on a version other than the file's
+//!   is refused (409).
 //! - `GET  /config/history`, `GET /config/history/{id}/diff`: applied
 //!   versions (when, who, what) and a unified diff to the one before.
 //!
@@ -72,8 +74,17 @@ impl ConfigEditor {
 
 /// Write `bytes` to `path` atomically: a temporary file in the same
 /// directory (with the target's permissions), fsync, rename, fsync of the
-/// directory. A crash leaves the old or the new file, never a mix.
+/// directory. A crash leaves the old or the new file, never a mix. A
+/// symlinked `path` is followed: the link's target is replaced, the link
+/// kept.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let target;
+    let path = if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        target = std::fs::canonicalize(path)?;
+        target.as_path()
+    } else {
+        path
+    };
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -84,7 +95,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .unwrap_or_else(|| "config".into());
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let r = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        // Readable by the owner only until the target's permissions are
+        // copied: a new file (a history version) stays 0600.
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?
+        };
         if let Ok(m) = std::fs::metadata(path) {
             f.set_permissions(m.permissions())?;
         }
@@ -117,10 +138,13 @@ pub struct ProblemOut {
 
 impl From<&ConfigProblem> for ProblemOut {
     fn from(p: &ConfigProblem) -> ProblemOut {
-        // A secret written inline is quoted by the parser's message.
-        let quoted = p.message.contains('"') || p.message.contains('\'');
+        // A secret written inline is quoted by the parser's message
+        // (strings in quotes, numbers and other values in backticks).
+        let quoted = p.message.contains(['"', '\'', '`'])
+            || p.message.contains("invalid type")
+            || p.message.contains("SecretSource");
         let message = if edit::is_secret_path(&p.key) && quoted {
-            "a secret is never written here: use { file = \"…\" } or { env = \"…\" } (the value is not shown)".into()
+            crate::config::INLINE_SECRET_MESSAGE.into()
         } else {
             redact_urls(&p.message)
         };
@@ -192,10 +216,17 @@ fn prepare(base: &str, body: &ChangeBody) -> Result<Prepared, Vec<ProblemOut>> {
             if !left.is_empty() {
                 return Err(left
                     .into_iter()
-                    .map(|key| ProblemOut {
-                        key,
-                        line: None,
-                        message: "its credentials are hidden: type the whole URL again".into(),
+                    .map(|key| {
+                        let message = if edit::is_url_path(&key) {
+                            "its credentials are hidden: type the whole URL again"
+                        } else {
+                            "a hidden value (***) cannot be used here: type the value itself"
+                        };
+                        ProblemOut {
+                            key,
+                            line: None,
+                            message: message.into(),
+                        }
                     })
                     .collect());
             }
@@ -379,8 +410,9 @@ fn stale(current: &str) -> Response {
         .into_response()
 }
 
-/// `POST /api/v1/config/apply` (technician): validate, write, reload, and
-/// write the previous file back when the reload does not take.
+/// `POST /api/v1/config/apply` (technician): validate, reload, write,
+/// record. The work runs in its own task: a client that goes away (axum
+/// then drops this handler) cannot cut an apply off halfway.
 async fn apply(a: Authed, body: axum::body::Bytes) -> ApiResult {
     let ed = editor(&a)?;
     let b = parse_body(&body)?;
@@ -390,6 +422,45 @@ async fn apply(a: Authed, body: axum::body::Bytes) -> ApiResult {
             "`version` is required to apply".into(),
         ));
     };
+    tokio::spawn(apply_to_end(a, ed, b, based_on))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "configuration apply task failed");
+            internal("the apply failed")
+        })?
+}
+
+/// Whether the running configuration equals `text` (the file on disk).
+async fn running_matches(a: &Authed, path: &Path, text: &str) -> bool {
+    let running = a.page.cfg();
+    let (p, t) = (path.to_path_buf(), text.to_string());
+    match blocking(move || crate::config::load_str(&t, &p)).await {
+        Ok(Ok(l)) => l.config == running.config,
+        _ => false,
+    }
+}
+
+/// The whole apply, in order (see docs/design/web.md):
+///
+/// 1. one apply at a time; the file's version must be the one the change
+///    is based on;
+/// 2. validate the new text into a [`crate::config::LoadedConfig`];
+/// 3. keep the file before the change in the history;
+/// 4. reload from that validated configuration — the file is not touched
+///    yet, so a crash here leaves the previous file, which is what runs
+///    at the next start;
+/// 5. only when the reload took, write the file atomically; when that
+///    write fails, reload the previous configuration back;
+/// 6. record the new version with its author, audit.
+///
+/// After every outcome the running configuration equals the file on disk
+/// (unless neither the new nor the previous configuration starts).
+async fn apply_to_end(
+    a: Authed,
+    ed: Arc<ConfigEditor>,
+    b: ChangeBody,
+    based_on: String,
+) -> ApiResult {
     let _one_at_a_time = ed.lock.lock().await;
     let base = read_file(&ed.path).await?;
     let base_version = version_of(base.as_bytes());
@@ -427,62 +498,28 @@ async fn apply(a: Authed, body: axum::body::Bytes) -> ApiResult {
     let new_version = version_of(p.text.as_bytes());
 
     // Keep the previous file: the history's newest entry must be it.
-    let (ed2, base2, bv, new_text) = (
-        ed.clone(),
-        base.clone(),
-        base_version.clone(),
-        p.text.clone(),
-    );
-    blocking(move || -> std::io::Result<()> {
-        let latest = ed2.history.latest().map_err(std::io::Error::other)?;
+    let (ed2, base2, bv) = (ed.clone(), base.clone(), base_version.clone());
+    blocking(move || -> Result<(), history::HistoryError> {
+        let latest = ed2.history.latest()?;
         if latest.map(|m| m.version) != Some(bv.clone()) {
             ed2.history
-                .record(&base2, None, "the file before this change", &bv)
-                .map_err(std::io::Error::other)?;
+                .record(&base2, None, "the file before this change", &bv)?;
         }
-        write_atomic(&ed2.path, new_text.as_bytes())
+        Ok(())
     })
     .await?
     .map_err(|e| {
-        tracing::error!(error = %e, file = %ed.path.display(), "configuration not written");
-        audit(&a, &ed.path, false, format!("not written: {e}"));
-        internal(format!("cannot write the configuration: {e}"))
+        tracing::error!(error = %e, "previous configuration not kept in the history");
+        audit(&a, &ed.path, false, format!("history not written: {e}"));
+        internal(format!("cannot keep the previous configuration: {e}"))
     })?;
-    tracing::info!(user = %a.session.user, file = %ed.path.display(), summary = %p.summary, "configuration written from the web page; reloading");
 
-    match ed.reloader.reload(loaded).await {
-        Ok(report) => {
-            let (ed2, text, user, summary, v) = (
-                ed.clone(),
-                p.text.clone(),
-                a.session.user.clone(),
-                p.summary.clone(),
-                new_version.clone(),
-            );
-            let meta = blocking(move || ed2.history.record(&text, Some(&user), &summary, &v))
-                .await?
-                .map_err(|e| tracing::error!(error = %e, "config history not recorded"))
-                .ok();
-            audit(&a, &ed.path, true, p.summary.clone());
-            Ok(Json(json!({
-                "ok": true,
-                "applied": true,
-                "changed": report.changed,
-                "restarted": report.restarted,
-                "version": new_version,
-                "history_id": meta.map(|m| m.id),
-                "summary": p.summary,
-            }))
-            .into_response())
-        }
+    tracing::info!(user = %a.session.user, file = %ed.path.display(), summary = %p.summary, "configuration from the web page validated; reloading");
+    let report = match ed.reloader.reload(loaded).await {
+        Ok(report) => report,
         Err(e) => {
-            // The running configuration is the previous one (or none runs):
-            // the file on disk must say the same.
-            let (path, old) = (ed.path.clone(), base.clone());
-            let restored = blocking(move || write_atomic(&path, old.as_bytes())).await?;
-            if let Err(we) = &restored {
-                tracing::error!(error = %we, file = %ed.path.display(), "previous configuration not written back");
-            }
+            // The file was not touched: it still holds the previous
+            // configuration, which runs again (or nothing runs).
             let (status, kind) = match &e {
                 ReloadError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
                 ReloadError::NeedsRestart(_) => (StatusCode::CONFLICT, "needs_restart"),
@@ -497,22 +534,80 @@ async fn apply(a: Authed, body: axum::body::Bytes) -> ApiResult {
                 ReloadError::Invalid(errors) => problems(errors),
                 _ => Vec::new(),
             };
-            Ok((
+            let matches = running_matches(&a, &ed.path, &base).await;
+            return Ok((
                 status,
                 Json(json!({
                     "ok": false,
                     "applied": false,
                     "outcome": kind,
                     "rolled_back": matches!(e, ReloadError::RolledBack(_)),
-                    "file_restored": restored.is_ok(),
+                    "file_restored": true,
+                    "running_matches_file": matches,
                     "error": msg,
                     "problems": probs,
                     "version": base_version,
                 })),
             )
-                .into_response())
+                .into_response());
         }
+    };
+
+    // The new configuration runs: now the file says so.
+    let (path, new_text) = (ed.path.clone(), p.text.clone());
+    if let Err(we) = blocking(move || write_atomic(&path, new_text.as_bytes())).await? {
+        tracing::error!(error = %we, file = %ed.path.display(), "configuration not written; reloading the previous one");
+        let (path, old) = (ed.path.clone(), base.clone());
+        let back = match blocking(move || crate::config::load_str(&old, &path)).await? {
+            Ok(prev) => ed.reloader.reload(prev).await.map(|_| ()),
+            Err(errors) => Err(ReloadError::Invalid(errors)),
+        };
+        if let Err(be) = &back {
+            tracing::error!(error = %be, "previous configuration not reloaded after a failed write");
+        }
+        audit(&a, &ed.path, false, format!("not written: {we}"));
+        let matches = running_matches(&a, &ed.path, &base).await;
+        return Ok((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({
+                "ok": false,
+                "applied": false,
+                "outcome": "not_written",
+                "rolled_back": back.is_ok(),
+                "file_restored": true,
+                "running_matches_file": matches,
+                "error": redact_urls(&format!("cannot write the configuration: {we}")),
+                "problems": [],
+                "version": base_version,
+            })),
+        )
+            .into_response());
     }
+    tracing::info!(user = %a.session.user, file = %ed.path.display(), "configuration applied and written");
+
+    let (ed2, text, user, summary, v) = (
+        ed.clone(),
+        p.text.clone(),
+        a.session.user.clone(),
+        p.summary.clone(),
+        new_version.clone(),
+    );
+    let meta = blocking(move || ed2.history.record(&text, Some(&user), &summary, &v))
+        .await?
+        .map_err(|e| tracing::error!(error = %e, "config history not recorded"))
+        .ok();
+    audit(&a, &ed.path, true, p.summary.clone());
+    Ok(Json(json!({
+        "ok": true,
+        "applied": true,
+        "changed": report.changed,
+        "restarted": report.restarted,
+        "version": new_version,
+        "history_id": meta.map(|m| m.id),
+        "summary": p.summary,
+        "running_matches_file": true,
+    }))
+    .into_response())
 }
 
 /// `GET /api/v1/config/history` (technician): applied versions, newest first.
@@ -587,6 +682,49 @@ mod tests {
         assert_eq!(mode, 0o640);
         // No temporary file left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn inline_secret_values_are_not_in_problems() {
+        for message in [
+            "invalid type: string \"hunter2\", expected struct SecretSource",
+            "invalid type: integer `123456`, expected struct SecretSource",
+            "invalid type: floating point `1.5`, expected struct SecretSource",
+        ] {
+            let p = ConfigProblem {
+                file: "gw.toml".into(),
+                line: Some(3),
+                key: "uplink.password".into(),
+                message: message.into(),
+            };
+            let out = ProblemOut::from(&p);
+            assert_eq!(out.message, crate::config::INLINE_SECRET_MESSAGE);
+        }
+        let p = ConfigProblem {
+            file: "gw.toml".into(),
+            line: None,
+            key: "push.channels[0].secret".into(),
+            message: "cannot read /etc/x.secret: not found".into(),
+        };
+        assert_eq!(ProblemOut::from(&p).message, p.message);
+    }
+
+    #[test]
+    fn atomic_write_follows_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let target = real.join("gw.toml");
+        std::fs::write(&target, "a = 1\n").unwrap();
+        let link = dir.path().join("gw.toml");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        write_atomic(&link, b"a = 2\n").unwrap();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "a = 2\n");
+        assert_eq!(std::fs::read_dir(&real).unwrap().count(), 1);
     }
 
     #[test]
