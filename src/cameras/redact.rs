@@ -6,9 +6,9 @@
 pub fn redact_url(url: &str) -> String {
     // Scheme, then the user info: it ends at the last '@' that is followed
     // by a host (up to the next '/', '?', '#' or the end). A password
-    // typed with '/', '?', '#' or '@' in it (not percent-encoded) is still
-    // user info; an '@' in a path or query followed by host-like text is
-    // taken as one too — hiding too much, never too little.
+    // typed with '/' or '@' in it (not percent-encoded) is still user
+    // info; an '@' in a path followed by host-like text is taken as one
+    // too — hiding too much, never too little.
     let (scheme, rest) = match url.find("://") {
         Some(i) => (&url[..i + 3], &url[i + 3..]),
         None => ("", url),
@@ -22,6 +22,12 @@ pub fn redact_url(url: &str) -> String {
                     || matches!(c, '.' | '-' | '_' | ':' | '[' | ']' | '%' | '~')
             })
     });
+    // An '@' after a '?' or '#' may be a query value's or a fragment's:
+    // the user info and the query can no longer be told apart, so all of
+    // it is hidden.
+    if userinfo_end.is_some_and(|i| rest[..i].contains(['?', '#'])) {
+        return format!("{scheme}***");
+    }
     let after_user = userinfo_end.map_or(rest, |i| &rest[i + 1..]);
     let auth_end = after_user.find(['/', '?', '#']).unwrap_or(after_user.len());
     let (host, tail) = after_user.split_at(auth_end);
@@ -93,19 +99,17 @@ mod tests {
         assert_eq!(redact_url("rtsp://10.0.0.5/live"), "rtsp://10.0.0.5/live");
         assert_eq!(redact_url("rtsp://u:p@cam"), "rtsp://***@cam");
         assert_eq!(redact_url("rtsp://u:p@w@cam/x"), "rtsp://***@cam/x");
-        // Unencoded '/', '?', '#' in the password: still user info.
+        // Unencoded '/' in the password: still user info.
         assert_eq!(
             redact_url("rtsp://admin:pa/ss@10.0.0.9/s"),
             "rtsp://***@10.0.0.9/s"
         );
-        assert_eq!(
-            redact_url("rtsp://admin:pa?ss@10.0.0.9/s"),
-            "rtsp://***@10.0.0.9/s"
-        );
-        assert_eq!(
-            redact_url("rtsp://admin:pa#ss@10.0.0.9:554"),
-            "rtsp://***@10.0.0.9:554"
-        );
+        // Unencoded '?' or '#' before the '@': user info and query cannot
+        // be told apart, all of it is hidden.
+        assert_eq!(redact_url("rtsp://admin:pa?ss@10.0.0.9/s"), "rtsp://***");
+        assert_eq!(redact_url("rtsp://admin:pa#ss@10.0.0.9:554"), "rtsp://***");
+        // An '@' in a query value followed by host-like text.
+        assert_eq!(redact_url("rtsp://a:x@cam/?password=@0000A"), "rtsp://***");
         assert_eq!(redact_url("rtsp://10.0.0.9:554/s"), "rtsp://10.0.0.9:554/s");
     }
 
