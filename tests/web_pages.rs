@@ -359,12 +359,23 @@ fn web_pages_api() {
             json!({"total": 1, "online": 1})
         );
         rig.set_door(true);
-        let clip = common::wait_for(Duration::from_secs(30), "the alarm's clip ready", || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let clip = loop {
             let m = guard.get("/api/v1/alarms/clips").json();
-            let list = m["clips"][ALARM_KEY].as_array()?.clone();
-            let c = list.first()?.clone();
-            (c["state"] == "ready").then_some(c)
-        });
+            let first = m["clips"][ALARM_KEY]
+                .as_array()
+                .and_then(|l| l.first().cloned());
+            match first {
+                Some(c) if c["state"] == "ready" => break c,
+                Some(c) if c["state"] == "failed" => panic!("the alarm's clip failed: {c}"),
+                _ if Instant::now() > deadline => panic!(
+                    "no ready clip within 30 s: clips {m}, cameras {}, alarms {}",
+                    guard.get("/api/v1/cameras").json(),
+                    guard.get("/api/v1/alarms").json()
+                ),
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
         let id = clip["id"].as_str().unwrap();
         assert_eq!(clip["camera"], "cam-gate");
         let (st, h, body) = raw_get(

@@ -378,9 +378,19 @@ pub async fn follow(journal: Journal, index: std::sync::Arc<ClipIndex>, stop: Ca
 /// active alarms.
 async fn alarm_clips(a: Authed) -> Json<serde_json::Value> {
     let active = a.page.live().alarms().borrow().clone();
+    let store = ClipStore::new(&a.page.cfg().config.clips);
     let mut out = serde_json::Map::new();
     for v in active.iter() {
-        let clips = a.page.clips.of_alarm(&v.key);
+        let mut clips = a.page.clips.of_alarm(&v.key);
+        // The index learns of complete clips from `camera.clip_ready`; an
+        // event delivered and removed from the journal before the index
+        // read it is not seen there. The file is: a clip is renamed into
+        // place only when complete.
+        for c in clips.iter_mut() {
+            if matches!(c.state, ClipState::Recording) && store.path_of(&c.id).is_some() {
+                c.state = ClipState::Ready;
+            }
+        }
         if !clips.is_empty() {
             out.insert(v.key.to_string(), json!(clips));
         }
