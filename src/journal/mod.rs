@@ -122,7 +122,22 @@ pub struct JournalStats {
     pub pressure: bool,
     /// Telemetry messages evicted for the size cap since open.
     pub telemetry_evicted: u64,
+    /// The store cannot be written (its filesystem is full): events are
+    /// kept durable in the write-ahead log alone, telemetry is refused,
+    /// and the store is reopened with backoff until it works again.
+    pub store_failing: bool,
+    /// Both write-ahead log files are full while the store cannot be
+    /// written: the true limit. New events are not durable until the
+    /// store works again (`record()` returns `NotDurable`).
+    pub wal_full: bool,
+    /// Checkpoints (store flush + fsync) that succeeded since open.
+    pub checkpoints: u64,
 }
+
+/// Most events queued (given a seq, not yet durable) while the store
+/// cannot be written and the WAL is full; past it `record()` refuses
+/// new events with [`JournalError::Full`] instead of queueing them.
+const MAX_QUEUED_WHILE_FAILING: usize = 10_000;
 
 /// Mutable state, under one lock. Recorders hold it while they assign
 /// seqs; the committer while it writes them, so storage order is `seq`
@@ -140,6 +155,17 @@ struct State {
     telemetry_cursors: BTreeMap<String, u64>,
     pressure: bool,
     telemetry_evicted: u64,
+    /// The store refused a write or a flush (full filesystem): it is left
+    /// alone until [`Shared::try_reopen`] works; events go to the WAL only.
+    store_failing: bool,
+    /// Events written to the WAL only while the store is failing, in seq
+    /// order, all after `meta.last_seq`: readers find them here. Bounded by
+    /// the WAL's size.
+    overlay: Vec<(u64, Vec<u8>)>,
+    /// Events written to the store but not to the WAL (it was full or
+    /// failed) since the last checkpoint: if the store fails before that
+    /// checkpoint, a reopen writes them again from here.
+    unlogged: Vec<(u64, Vec<u8>)>,
 }
 
 /// The last event block, as written.
@@ -222,6 +248,11 @@ pub(crate) struct Shared {
     abandoned: AtomicBool,
     /// Beaten by the committer thread once per iteration (liveness).
     heartbeat: std::sync::OnceLock<crate::service::liveness::Heartbeat>,
+    /// Both WAL files were full at the last append while the store was
+    /// failing.
+    wal_full: AtomicBool,
+    /// Successful checkpoints since open.
+    checkpoints: AtomicU64,
 }
 
 impl Shared {
@@ -251,6 +282,26 @@ impl Shared {
     /// With a WAL that holds every such event, one `fdatasync` of the WAL;
     /// otherwise (or when `full`) a checkpoint. Runs on the committer thread.
     pub(crate) fn commit(&self, full: bool) -> Result<(), StorageError> {
+        let (failing, unlogged) = {
+            let st = self.lock();
+            (st.store_failing, st.unlogged.len())
+        };
+        if failing {
+            // The store cannot take a checkpoint: the WAL alone makes the
+            // events durable, unless some never reached it.
+            if unlogged > 0 {
+                return Err(StorageError(format!(
+                    "{unlogged} events are neither in the write-ahead log nor flushed \
+                     (the store cannot be written)"
+                )));
+            }
+            return match self.wal().as_ref() {
+                Some(w) => w
+                    .sync()
+                    .map_err(|e| StorageError(format!("journal WAL sync failed: {e}"))),
+                None => Err(StorageError("the store cannot be written".into())),
+            };
+        }
         if !full && !self.needs_checkpoint.load(Ordering::SeqCst) {
             let synced = self.wal().as_ref().map(|w| w.sync());
             match synced {
@@ -278,7 +329,12 @@ impl Shared {
     /// everything written so far is durable in the store. Runs on the
     /// committer thread (nothing is appended meanwhile).
     pub(crate) fn checkpoint(&self) -> Result<(), StorageError> {
-        self.flush_store()?;
+        if let Err(e) = self.flush_store() {
+            self.store_failed(&e.to_string());
+            return Err(e);
+        }
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.lock().unlogged.clear();
         self.needs_checkpoint.store(false, Ordering::SeqCst);
         let mut wal = self.wal();
         if let Some(w) = wal.as_mut() {
@@ -343,15 +399,59 @@ impl Shared {
     /// seq written. On failure the events stay pending (no seq is lost).
     pub(crate) fn write_pending(&self) -> Result<u64, JournalError> {
         let mut st = self.lock();
+        self.write_pending_locked(&mut st)
+    }
+
+    fn write_pending_locked(&self, st: &mut State) -> Result<u64, JournalError> {
         if st.pending.is_empty() {
-            return Ok(st.meta.last_seq);
+            return Ok(st.overlay.last().map_or(st.meta.last_seq, |(s, _)| *s));
         }
         let pending = std::mem::take(&mut st.pending);
+        if !st.store_failing {
+            if let Err(e) = self.write_blocks(st, &pending) {
+                if !self.has_wal() {
+                    st.pending = pending;
+                    return Err(e);
+                }
+                self.enter_store_failing(st, &e.to_string());
+            }
+        }
+        if st.store_failing {
+            return self.log_only(st, pending);
+        }
+        // Then the WAL, in the same order, under the same lock.
+        if let Some(w) = self.wal().as_mut() {
+            let unlogged = match w.append(&pending) {
+                Ok(wal::Appended::Yes) => false,
+                Ok(wal::Appended::Rotated) => {
+                    self.rotated.store(true, Ordering::SeqCst);
+                    false
+                }
+                Ok(wal::Appended::No) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "journal WAL write failed; checkpointing instead");
+                    true
+                }
+            };
+            if unlogged {
+                self.needs_checkpoint.store(true, Ordering::SeqCst);
+                st.unlogged.extend(pending.iter().cloned());
+            }
+        }
+        if let Err(e) = self.enforce_cap(st) {
+            tracing::warn!(error = %e, "journal size cap not enforced");
+        }
+        Ok(st.meta.last_seq)
+    }
+
+    /// Write `events` into their blocks in the store, then the metadata;
+    /// `st` is updated only when every write went through.
+    fn write_blocks(&self, st: &mut State, events: &[(u64, Vec<u8>)]) -> Result<(), JournalError> {
         let mut meta = st.meta;
         let mut tail = st.tail.clone();
         let mut batch = Batch::default();
         let mut unwritten = false;
-        for (seq, payload) in &pending {
+        for (seq, payload) in events {
             if tail.as_ref().is_none_or(Tail::is_full) {
                 tail = Some(Tail::new(*seq));
             }
@@ -368,32 +468,185 @@ impl Shared {
                 t.put(&mut batch, &mut meta);
             }
         }
-        meta.last_seq = pending.last().map_or(meta.last_seq, |(s, _)| *s);
+        meta.last_seq = events.last().map_or(meta.last_seq, |(s, _)| *s);
         meta.tail_cost = tail.as_ref().map_or(0, |t| t.cost);
         // Blocks first, then the metadata that counts them.
         batch.put(keys::META, meta.encode());
-        if let Err(e) = self.storage.apply(batch) {
-            st.pending = pending;
-            return Err(e.into());
-        }
-        // Then the WAL, in the same order, under the same lock.
-        if let Some(w) = self.wal().as_mut() {
-            match w.append(&pending) {
-                Ok(wal::Appended::Yes) => {}
-                Ok(wal::Appended::Rotated) => self.rotated.store(true, Ordering::SeqCst),
-                Ok(wal::Appended::No) => self.needs_checkpoint.store(true, Ordering::SeqCst),
-                Err(e) => {
-                    tracing::error!(error = %e, "journal WAL write failed; checkpointing instead");
-                    self.needs_checkpoint.store(true, Ordering::SeqCst);
-                }
-            }
-        }
+        self.storage.apply(batch)?;
         st.meta = meta;
         st.tail = tail;
-        if let Err(e) = self.enforce_cap(&mut st) {
-            tracing::warn!(error = %e, "journal size cap not enforced");
+        Ok(())
+    }
+
+    /// While the store is failing: the events go to the WAL alone (and the
+    /// overlay, for readers). When the WAL is full too they stay pending.
+    fn log_only(&self, st: &mut State, pending: Vec<(u64, Vec<u8>)>) -> Result<u64, JournalError> {
+        // Once both files are full only a checkpoint (after a reopen) makes
+        // room: do not retry the append for every commit meanwhile.
+        let appended = match self.wal().as_mut() {
+            Some(_) if self.wal_full.load(Ordering::SeqCst) => Ok(wal::Appended::No),
+            Some(w) => w.append(&pending),
+            None => Ok(wal::Appended::No),
+        };
+        match appended {
+            Ok(wal::Appended::Yes | wal::Appended::Rotated) => {
+                if self.wal_full.swap(false, Ordering::SeqCst) {
+                    tracing::info!("journal WAL has room again");
+                }
+                st.overlay.extend(pending);
+                Ok(st.overlay.last().map_or(st.meta.last_seq, |(s, _)| *s))
+            }
+            Ok(wal::Appended::No) => {
+                if !self.wal_full.swap(true, Ordering::SeqCst) {
+                    tracing::error!(
+                        queued = pending.len(),
+                        "journal at its limit: both write-ahead log files are full and the \
+                         store cannot be written (filesystem full); new events are held in \
+                         memory, not durable, until space returns"
+                    );
+                }
+                st.pending = pending;
+                Err(JournalError::Full(
+                    "both write-ahead log files are full and the store cannot be written".into(),
+                ))
+            }
+            Err(e) => {
+                st.pending = pending;
+                Err(JournalError::Storage(format!(
+                    "journal WAL write failed: {e}"
+                )))
+            }
         }
-        Ok(meta.last_seq)
+    }
+
+    /// The store refused a write or a flush: with a WAL, stop writing to it
+    /// until a reopen works (see [`try_reopen`](Self::try_reopen)).
+    pub(crate) fn store_failed(&self, reason: &str) {
+        if self.has_wal() {
+            let mut st = self.lock();
+            self.enter_store_failing(&mut st, reason);
+        }
+    }
+
+    fn enter_store_failing(&self, st: &mut State, reason: &str) {
+        if st.store_failing {
+            return;
+        }
+        st.store_failing = true;
+        tracing::error!(
+            error = %reason,
+            "journal store cannot be written (filesystem full?): events are kept durable in the \
+             write-ahead log alone, telemetry is refused, the store is reopened with backoff"
+        );
+    }
+
+    /// Whether the store is failing (see [`JournalStats::store_failing`]).
+    pub(crate) fn store_failing(&self) -> bool {
+        self.lock().store_failing
+    }
+
+    /// Reopen a failing store and bring it up to date: the events of the
+    /// WAL (and any the WAL did not take) after its last event, the
+    /// cursors moved meanwhile; then a checkpoint. With the journal's lock
+    /// held throughout, so readers never see the store behind the
+    /// durable seq. Runs on the committer thread, no background
+    /// checkpoint running.
+    pub(crate) fn try_reopen(&self) -> Result<(), JournalError> {
+        let mut st = self.lock();
+        if !st.store_failing {
+            return Ok(());
+        }
+        self.storage.reopen()?;
+        let meta = match self.storage.get(keys::META)? {
+            Some(raw) => Meta::decode(&raw).ok_or_else(|| {
+                JournalError::Storage("journal metadata record is damaged".into())
+            })?,
+            None => Meta::default(),
+        };
+        let meta = recover(self.storage.as_ref(), meta)?;
+        let mut records: Vec<(u64, Vec<u8>)> = match self.wal().as_ref() {
+            Some(w) => w
+                .read_back()
+                .map_err(|e| JournalError::Storage(format!("journal WAL: {e}")))?
+                .into_iter()
+                .map(|r| (r.seq, r.payload))
+                .collect(),
+            None => Vec::new(),
+        };
+        let logged: std::collections::BTreeSet<u64> = records.iter().map(|r| r.0).collect();
+        records.extend(st.unlogged.iter().cloned());
+        records.extend(st.overlay.iter().cloned());
+        records.sort_by_key(|r| r.0);
+        records.dedup_by_key(|r| r.0);
+        let replay = replayable(
+            records
+                .into_iter()
+                .map(|(seq, payload)| wal::WalRecord { seq, payload })
+                .collect(),
+            meta.last_seq,
+        );
+        let durable = self.durable_seq.load(Ordering::SeqCst);
+        let replay_end = replay.last().map_or(meta.last_seq, |r| r.0);
+        if replay_end < durable {
+            tracing::error!(
+                store = meta.last_seq,
+                replayed_to = replay_end,
+                durable,
+                "journal: events missing after reopening the store"
+            );
+        }
+        st.meta = meta;
+        st.tail = load_tail(self.storage.as_ref(), &meta)?;
+        let unlogged: Vec<(u64, Vec<u8>)> = replay
+            .iter()
+            .filter(|r| !logged.contains(&r.0))
+            .cloned()
+            .collect();
+        if let Err(e) = self.write_blocks(&mut st, &replay) {
+            // Still failing: the overlay keeps serving readers.
+            st.overlay = replay
+                .into_iter()
+                .filter(|r| r.0 > st.meta.last_seq)
+                .collect();
+            return Err(e);
+        }
+        st.overlay.clear();
+        st.unlogged = unlogged;
+        // The cursors moved meanwhile, clamped to what exists now.
+        let mut batch = Batch::default();
+        let (removed, last) = (st.meta.events_removed, st.meta.last_seq);
+        for (sink, c) in st.event_cursors.iter_mut() {
+            *c = (*c).clamp(removed, last);
+            batch.put(keys::event_cursor(sink), c.to_be_bytes().to_vec());
+        }
+        let (removed, last) = (st.meta.telemetry_removed, st.meta.telemetry_last);
+        for (sink, c) in st.telemetry_cursors.iter_mut() {
+            *c = (*c).clamp(removed, last);
+            batch.put(keys::telemetry_cursor(sink), c.to_be_bytes().to_vec());
+        }
+        self.storage.apply(batch)?;
+        st.store_failing = false;
+        drop(st);
+        self.checkpoint().map_err(JournalError::from)?;
+        self.wal_full.store(false, Ordering::SeqCst);
+        tracing::info!(
+            last_seq = replay_end,
+            "journal store reopened and checkpointed: normal operation resumes"
+        );
+        if self.disk_low.load(Ordering::Relaxed) {
+            // Make room: telemetry is worth least.
+            let mut st = self.lock();
+            let mut evicted = 0;
+            while st.meta.telemetry_count() > 0 {
+                let last = st.meta.telemetry_last;
+                evicted += self.remove_telemetry_chunk(&mut st, last, None)?;
+            }
+            st.telemetry_evicted += evicted;
+            if evicted > 0 {
+                tracing::warn!(evicted, "filesystem low on space: held telemetry evicted");
+            }
+        }
+        self.remove_acknowledged()
     }
 
     pub(crate) fn take_dirty(&self) -> bool {
@@ -410,6 +663,10 @@ impl Shared {
     /// Remove events up to the slowest sink's cursor, telemetry likewise.
     /// Works in chunks, releasing the lock between them.
     fn remove_acknowledged(&self) -> Result<(), JournalError> {
+        if self.lock().store_failing {
+            // Removal writes to the store: after the reopen.
+            return Ok(());
+        }
         loop {
             let mut st = self.lock();
             let Some(upto) = st.event_cursors.values().min().copied() else {
@@ -714,6 +971,9 @@ impl Journal {
                 telemetry_cursors,
                 pressure: false,
                 telemetry_evicted: 0,
+                store_failing: false,
+                overlay: Vec::new(),
+                unlogged: Vec::new(),
             }),
             durable_seq: AtomicU64::new(meta.last_seq),
             dirty: AtomicBool::new(false),
@@ -728,6 +988,8 @@ impl Journal {
             abandoned: AtomicBool::new(false),
             heartbeat: std::sync::OnceLock::new(),
             disk_low: AtomicBool::new(false),
+            wal_full: AtomicBool::new(false),
+            checkpoints: AtomicU64::new(0),
         });
         if assigned_seq > meta.last_seq {
             tracing::info!(
@@ -799,6 +1061,13 @@ impl Journal {
         let sh = self.shared();
         let (recorded, last) = {
             let mut st = sh.lock();
+            if st.store_failing && st.pending.len() >= MAX_QUEUED_WHILE_FAILING {
+                return Err(JournalError::Full(format!(
+                    "{} events wait for room: the write-ahead log is full and the store \
+                     cannot be written",
+                    st.pending.len()
+                )));
+            }
             let mut seq = st.assigned_seq;
             let mut out = Vec::with_capacity(events.len());
             let mut staged = Vec::with_capacity(events.len());
@@ -851,6 +1120,11 @@ impl Journal {
             ));
         }
         let mut st = sh.lock();
+        if st.store_failing {
+            return Err(JournalError::Full(
+                "the journal's store cannot be written (filesystem full?)".into(),
+            ));
+        }
         if st.pressure {
             return Err(JournalError::Full(format!(
                 "undelivered events take {} bytes of the {} byte cap",
@@ -879,9 +1153,30 @@ impl Journal {
     pub fn read_events(&self, after: u64, max: usize) -> Result<Vec<StoredEvent>, JournalError> {
         let sh = self.shared();
         let durable = sh.durable_seq.load(Ordering::SeqCst);
-        let from = after.max(sh.lock().held_from()).saturating_add(1);
+        let (from, overlay, durable) = {
+            let st = sh.lock();
+            let from = after.max(st.held_from()).saturating_add(1);
+            // Events only in the WAL while the store is failing: the
+            // store holds everything up to `meta.last_seq`.
+            let overlay: Vec<StoredEvent> = st
+                .overlay
+                .iter()
+                .filter(|(seq, _)| *seq >= from && *seq <= durable)
+                .take(max)
+                .map(|(seq, payload)| StoredEvent {
+                    seq: *seq,
+                    payload: payload.clone(),
+                })
+                .collect();
+            let durable = if st.store_failing {
+                durable.min(st.meta.last_seq)
+            } else {
+                durable
+            };
+            (from, overlay, durable)
+        };
         if max == 0 || from > durable {
-            return Ok(Vec::new());
+            return Ok(overlay);
         }
         // The block holding `from` starts at or before it.
         let start = match sh.storage.last(&keys::event(0), &keys::event(from))? {
@@ -910,6 +1205,8 @@ impl Journal {
                 }
             }
         }
+        let room = max - out.len();
+        out.extend(overlay.into_iter().take(room));
         Ok(out)
     }
 
@@ -987,9 +1284,22 @@ impl Journal {
                 .ok_or_else(|| JournalError::UnknownSink(sink.to_string()))?;
             let upto = upto.min(cap);
             if upto > cur {
-                let mut batch = Batch::default();
-                batch.put(key, upto.to_be_bytes().to_vec());
-                sh.storage.apply(batch)?;
+                if !st.store_failing {
+                    let mut batch = Batch::default();
+                    batch.put(key, upto.to_be_bytes().to_vec());
+                    if let Err(e) = sh.storage.apply(batch) {
+                        if !sh.has_wal() {
+                            return Err(e.into());
+                        }
+                        sh.enter_store_failing(&mut st, &e.to_string());
+                    }
+                }
+                // While the store is failing the cursor is kept in memory
+                // and written by the reopen.
+                let cursors = match lane {
+                    Lane::Events => &mut st.event_cursors,
+                    Lane::Telemetry => &mut st.telemetry_cursors,
+                };
                 cursors.insert(sink.to_string(), upto);
                 sh.dirty.store(true, Ordering::SeqCst);
             }
@@ -1025,6 +1335,9 @@ impl Journal {
             live_bytes: st.meta.live_bytes(),
             pressure: st.pressure,
             telemetry_evicted: st.telemetry_evicted,
+            store_failing: st.store_failing,
+            wal_full: sh.wal_full.load(Ordering::SeqCst),
+            checkpoints: sh.checkpoints.load(Ordering::Relaxed),
         }
     }
 

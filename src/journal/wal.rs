@@ -200,6 +200,16 @@ impl Wal {
         Ok(())
     }
 
+    /// The records of the current generation, read back from the file.
+    pub fn read_back(&self) -> io::Result<Vec<WalRecord>> {
+        let mut data = vec![0u8; self.end as usize];
+        self.file
+            .read_exact_at(&mut data, 0)
+            .map_err(|e| ctx(format!("reading {}", self.path.display()), e))?;
+        let (_, records, _) = parse(&data);
+        Ok(records)
+    }
+
     /// No record since the last reset.
     pub fn is_empty(&self) -> bool {
         self.end == HEADER
@@ -442,6 +452,16 @@ impl WalPair {
         self.retired = false;
         self.epoch += 1;
         Ok(())
+    }
+
+    /// Every record not yet checkpointed, read back from both files, by
+    /// seq, without duplicates (as [`open`](Self::open) returns them).
+    pub fn read_back(&self) -> io::Result<Vec<WalRecord>> {
+        let mut all = self.files[0].read_back()?;
+        all.extend(self.files[1].read_back()?);
+        all.sort_by_key(|r| r.seq);
+        all.dedup_by_key(|r| r.seq);
+        Ok(all)
     }
 
     /// Records not yet checkpointed (in either file).
