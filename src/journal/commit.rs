@@ -240,7 +240,8 @@ fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>, lazy_every: Duration) {
                     waiters.push(r);
                 }
                 let durable = shared.durable_seq.load(Ordering::SeqCst);
-                let covered = waiters.iter().all(|w| w.upto <= durable);
+                let covered = waiters.iter().all(|w| w.upto <= durable)
+                    && !shared.states_waiting.load(Ordering::SeqCst);
                 let full = waiters.iter().any(|w| w.full) || !shared.has_wal();
                 // With a WAL, a request covered by an earlier commit is
                 // answered at once; without one (or for a checkpoint),

@@ -166,6 +166,15 @@ struct State {
     /// failed) since the last checkpoint: if the store fails before that
     /// checkpoint, a reopen writes them again from here.
     unlogged: Vec<(u64, Vec<u8>)>,
+    /// Named state snapshots waiting for the committer (name, data).
+    states_pending: Vec<(String, Vec<u8>)>,
+    /// Last state version given out (versions order a name's snapshots
+    /// across the WAL's files and the store).
+    state_version: u64,
+    /// State snapshots written to the WAL alone while the store is failing.
+    state_overlay: BTreeMap<String, Vec<u8>>,
+    /// Cursor records for the committer to append to the WAL.
+    lazy_wal: Vec<(u64, Vec<u8>)>,
 }
 
 /// The last event block, as written.
@@ -207,6 +216,14 @@ impl Tail {
 }
 
 impl State {
+    /// Put states taken by a commit that failed back in front of the queue
+    /// (a newer snapshot of the same name, queued meanwhile, stays last).
+    fn requeue_states(&mut self, states: Vec<(String, u64, Vec<u8>)>) {
+        let back = std::mem::take(&mut self.states_pending);
+        self.states_pending = states.into_iter().map(|(n, _, d)| (n, d)).collect();
+        self.states_pending.extend(back);
+    }
+
     /// Every event at or below this is acknowledged by every sink (or
     /// removed): readers start after it.
     fn held_from(&self) -> u64 {
@@ -253,6 +270,9 @@ pub(crate) struct Shared {
     wal_full: AtomicBool,
     /// Successful checkpoints since open.
     checkpoints: AtomicU64,
+    /// A state snapshot waits for a commit (a request for it is never
+    /// "already covered").
+    states_waiting: AtomicBool,
 }
 
 impl Shared {
@@ -403,25 +423,45 @@ impl Shared {
     }
 
     fn write_pending_locked(&self, st: &mut State) -> Result<u64, JournalError> {
-        if st.pending.is_empty() {
+        if st.pending.is_empty() && st.states_pending.is_empty() && st.lazy_wal.is_empty() {
             return Ok(st.overlay.last().map_or(st.meta.last_seq, |(s, _)| *s));
         }
         let pending = std::mem::take(&mut st.pending);
+        let states: Vec<(String, u64, Vec<u8>)> = std::mem::take(&mut st.states_pending)
+            .into_iter()
+            .map(|(name, data)| {
+                st.state_version += 1;
+                (name, st.state_version, data)
+            })
+            .collect();
+        self.states_waiting.store(false, Ordering::SeqCst);
+        // Side records follow the events: a state is saved after the events
+        // of its change (a crash keeps a prefix: never the state without
+        // its events).
+        let mut side: Vec<(u64, Vec<u8>)> = states
+            .iter()
+            .map(|(name, version, data)| state_record(name, *version, data))
+            .collect();
+        side.append(&mut st.lazy_wal);
         if !st.store_failing {
-            if let Err(e) = self.write_blocks(st, &pending) {
+            let written = self
+                .write_blocks(st, &pending)
+                .and_then(|()| self.write_states(&states));
+            if let Err(e) = written {
                 if !self.has_wal() {
                     st.pending = pending;
+                    st.requeue_states(states);
                     return Err(e);
                 }
                 self.enter_store_failing(st, &e.to_string());
             }
         }
         if st.store_failing {
-            return self.log_only(st, pending);
+            return self.log_only(st, pending, states, side);
         }
         // Then the WAL, in the same order, under the same lock.
         if let Some(w) = self.wal().as_mut() {
-            let unlogged = match w.append(&pending) {
+            let unlogged = match w.append(&pending, &side) {
                 Ok(wal::Appended::Yes) => false,
                 Ok(wal::Appended::Rotated) => {
                     self.rotated.store(true, Ordering::SeqCst);
@@ -434,6 +474,8 @@ impl Shared {
                 }
             };
             if unlogged {
+                // States and cursors are in the store: the checkpoint makes
+                // them durable.
                 self.needs_checkpoint.store(true, Ordering::SeqCst);
                 st.unlogged.extend(pending.iter().cloned());
             }
@@ -442,6 +484,22 @@ impl Shared {
             tracing::warn!(error = %e, "journal size cap not enforced");
         }
         Ok(st.meta.last_seq)
+    }
+
+    /// Write named state snapshots into the store (`s <name>`: version, data).
+    fn write_states(&self, states: &[(String, u64, Vec<u8>)]) -> Result<(), JournalError> {
+        if states.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        for (name, version, data) in states {
+            batch.put(
+                keys::state(name),
+                [&version.to_be_bytes()[..], data].concat(),
+            );
+        }
+        self.storage.apply(batch)?;
+        Ok(())
     }
 
     /// Write `events` into their blocks in the store, then the metadata;
@@ -478,23 +536,36 @@ impl Shared {
         Ok(())
     }
 
-    /// While the store is failing: the events go to the WAL alone (and the
-    /// overlay, for readers). When the WAL is full too they stay pending.
-    fn log_only(&self, st: &mut State, pending: Vec<(u64, Vec<u8>)>) -> Result<u64, JournalError> {
+    /// While the store is failing: the events (and states, cursors) go to
+    /// the WAL alone, and to the overlays for readers. When the WAL is full
+    /// too they stay pending.
+    fn log_only(
+        &self,
+        st: &mut State,
+        pending: Vec<(u64, Vec<u8>)>,
+        states: Vec<(String, u64, Vec<u8>)>,
+        side: Vec<(u64, Vec<u8>)>,
+    ) -> Result<u64, JournalError> {
         // Once both files are full only a checkpoint (after a reopen) makes
         // room: do not retry the append for every commit meanwhile.
         let appended = match self.wal().as_mut() {
             Some(_) if self.wal_full.load(Ordering::SeqCst) => Ok(wal::Appended::No),
-            Some(w) => w.append(&pending),
+            Some(w) => w.append(&pending, &side),
             None => Ok(wal::Appended::No),
         };
-        match appended {
+        let refused = match appended {
             Ok(wal::Appended::Yes | wal::Appended::Rotated) => {
                 if self.wal_full.swap(false, Ordering::SeqCst) {
                     tracing::info!("journal WAL has room again");
                 }
-                st.overlay.extend(pending);
-                Ok(st.overlay.last().map_or(st.meta.last_seq, |(s, _)| *s))
+                // Events the store took before it failed are read from it.
+                let last = st.meta.last_seq;
+                st.overlay
+                    .extend(pending.into_iter().filter(|(seq, _)| *seq > last));
+                for (name, _, data) in states {
+                    st.state_overlay.insert(name, data);
+                }
+                return Ok(st.overlay.last().map_or(st.meta.last_seq, |(s, _)| *s));
             }
             Ok(wal::Appended::No) => {
                 if !self.wal_full.swap(true, Ordering::SeqCst) {
@@ -505,18 +576,20 @@ impl Shared {
                          memory, not durable, until space returns"
                     );
                 }
-                st.pending = pending;
-                Err(JournalError::Full(
+                JournalError::Full(
                     "both write-ahead log files are full and the store cannot be written".into(),
-                ))
+                )
             }
-            Err(e) => {
-                st.pending = pending;
-                Err(JournalError::Storage(format!(
-                    "journal WAL write failed: {e}"
-                )))
-            }
-        }
+            Err(e) => JournalError::Storage(format!("journal WAL write failed: {e}")),
+        };
+        st.pending = pending;
+        st.requeue_states(states);
+        let cursors: Vec<_> = side
+            .into_iter()
+            .filter(|(f, _)| wal::kind(*f) == wal::KIND_CURSOR)
+            .collect();
+        st.lazy_wal.splice(0..0, cursors);
+        Err(refused)
     }
 
     /// The store refused a write or a flush: with a WAL, stop writing to it
@@ -564,15 +637,20 @@ impl Shared {
             None => Meta::default(),
         };
         let meta = recover(self.storage.as_ref(), meta)?;
-        let mut records: Vec<(u64, Vec<u8>)> = match self.wal().as_ref() {
+        let logged = match self.wal().as_ref() {
             Some(w) => w
                 .read_back()
-                .map_err(|e| JournalError::Storage(format!("journal WAL: {e}")))?
-                .into_iter()
-                .map(|r| (r.seq, r.payload))
-                .collect(),
+                .map_err(|e| JournalError::Storage(format!("journal WAL: {e}")))?,
             None => Vec::new(),
         };
+        // State snapshots: the WAL holds every one saved while failing.
+        let version = apply_wal_states(self.storage.as_ref(), &logged)?;
+        st.state_version = st.state_version.max(version);
+        let mut records: Vec<(u64, Vec<u8>)> = logged
+            .into_iter()
+            .filter(|r| wal::kind(r.seq) == wal::KIND_EVENT)
+            .map(|r| (r.seq, r.payload))
+            .collect();
         let logged: std::collections::BTreeSet<u64> = records.iter().map(|r| r.0).collect();
         records.extend(st.unlogged.iter().cloned());
         records.extend(st.overlay.iter().cloned());
@@ -611,6 +689,7 @@ impl Shared {
             return Err(e);
         }
         st.overlay.clear();
+        st.state_overlay.clear();
         st.unlogged = unlogged;
         // The cursors moved meanwhile, clamped to what exists now.
         let mut batch = Batch::default();
@@ -929,16 +1008,25 @@ impl Journal {
             None => Meta::default(),
         };
         let meta = recover(storage.as_ref(), meta)?;
+        // The WAL's state snapshots and cursor positions newer than the
+        // store's; its events after the store's last.
+        let state_version = apply_wal_states(storage.as_ref(), &replay)?;
+        let logged_cursors = wal_cursors(&replay);
+        let pending = replayable(replay, meta.last_seq);
+        let events_end = pending.last().map_or(meta.last_seq, |(s, _)| *s);
 
         let mut batch = Batch::default();
         batch.put(keys::META, meta.encode());
         let mut event_cursors = BTreeMap::new();
         let mut telemetry_cursors = BTreeMap::new();
         for sink in &sinks {
+            let logged = |tag: u8| logged_cursors.get(&(tag, sink.clone())).copied();
             let e = read_cursor(storage.as_ref(), &keys::event_cursor(sink))?
+                .max(logged(b'e'))
                 .unwrap_or(meta.events_removed)
-                .clamp(meta.events_removed, meta.last_seq);
+                .clamp(meta.events_removed, events_end);
             let t = read_cursor(storage.as_ref(), &keys::telemetry_cursor(sink))?
+                .max(logged(b't'))
                 .unwrap_or(meta.telemetry_removed)
                 .clamp(meta.telemetry_removed, meta.telemetry_last);
             batch.put(keys::event_cursor(sink), e.to_be_bytes().to_vec());
@@ -958,7 +1046,6 @@ impl Journal {
         };
         let (head_tx, _) = watch::channel(head);
         let tail = load_tail(storage.as_ref(), &meta)?;
-        let pending = replayable(replay, meta.last_seq);
         let assigned_seq = pending.last().map_or(meta.last_seq, |(s, _)| *s);
         let shared = Arc::new(Shared {
             storage,
@@ -974,6 +1061,10 @@ impl Journal {
                 store_failing: false,
                 overlay: Vec::new(),
                 unlogged: Vec::new(),
+                states_pending: Vec::new(),
+                state_version,
+                state_overlay: BTreeMap::new(),
+                lazy_wal: Vec::new(),
             }),
             durable_seq: AtomicU64::new(meta.last_seq),
             dirty: AtomicBool::new(false),
@@ -990,6 +1081,7 @@ impl Journal {
             disk_low: AtomicBool::new(false),
             wal_full: AtomicBool::new(false),
             checkpoints: AtomicU64::new(0),
+            states_waiting: AtomicBool::new(false),
         });
         if assigned_seq > meta.last_seq {
             tracing::info!(
@@ -1055,7 +1147,19 @@ impl Journal {
     /// Dropping the returned future before it completes does not withdraw
     /// the events: they are recorded all the same.
     pub async fn record(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, JournalError> {
-        if events.is_empty() {
+        self.record_with_state(events, None).await
+    }
+
+    /// [`record`](Self::record) events together with a named state snapshot
+    /// (see [`save_state`](Self::save_state)), durable in the same commit,
+    /// the snapshot after the events: a crash keeps the events without the
+    /// snapshot or both, never the snapshot alone.
+    pub async fn record_with_state(
+        &self,
+        events: Vec<NewEvent>,
+        state: Option<(&str, Vec<u8>)>,
+    ) -> Result<Vec<Event>, JournalError> {
+        if events.is_empty() && state.is_none() {
             return Ok(Vec::new());
         }
         let sh = self.shared();
@@ -1085,6 +1189,10 @@ impl Journal {
             }
             st.assigned_seq = seq;
             st.pending.extend(staged);
+            if let Some((name, data)) = state {
+                st.states_pending.push((name.to_string(), data));
+                sh.states_waiting.store(true, Ordering::SeqCst);
+            }
             (out, seq)
         };
         match self.inner.committer.wait_durable(last).await {
@@ -1097,6 +1205,34 @@ impl Journal {
                 reason: e.to_string(),
             }),
         }
+    }
+
+    /// Save a small named state snapshot (the alarm engine's states) in
+    /// the journal: durable when this returns (a WAL record with group
+    /// commit, then the store at the next checkpoint), instead of a
+    /// separately written and fsynced file. Names are at most 255 bytes.
+    /// On `NotDurable` the snapshot is still queued and saved with a later
+    /// commit (unless a newer one of the same name is saved first).
+    pub async fn save_state(&self, name: &str, data: Vec<u8>) -> Result<(), JournalError> {
+        self.record_with_state(Vec::new(), Some((name, data)))
+            .await
+            .map(|_| ())
+    }
+
+    /// The last saved snapshot named `name` (also one not yet durable).
+    pub fn load_state(&self, name: &str) -> Result<Option<Vec<u8>>, JournalError> {
+        let sh = self.shared();
+        let st = sh.lock();
+        if let Some((_, data)) = st.states_pending.iter().rev().find(|(n, _)| n == name) {
+            return Ok(Some(data.clone()));
+        }
+        if let Some(data) = st.state_overlay.get(name) {
+            return Ok(Some(data.clone()));
+        }
+        Ok(sh
+            .storage
+            .get(&keys::state(name))?
+            .map(|v| v.get(8..).unwrap_or_default().to_vec()))
     }
 
     /// Wait until every event up to `seq` is durable (after a
@@ -1301,6 +1437,9 @@ impl Journal {
                     Lane::Telemetry => &mut st.telemetry_cursors,
                 };
                 cursors.insert(sink.to_string(), upto);
+                if sh.has_wal() {
+                    st.lazy_wal.push(cursor_record(lane, sink, upto));
+                }
                 sh.dirty.store(true, Ordering::SeqCst);
             }
         }
@@ -1420,7 +1559,10 @@ impl Journal {
 fn replayable(records: Vec<wal::WalRecord>, last_seq: u64) -> Vec<(u64, Vec<u8>)> {
     let mut next = last_seq + 1;
     let mut out = Vec::new();
-    for r in records {
+    for r in records
+        .into_iter()
+        .filter(|r| wal::kind(r.seq) == wal::KIND_EVENT)
+    {
         if r.seq < next {
             continue;
         }
@@ -1612,4 +1754,106 @@ fn load_tail(storage: &dyn Storage, meta: &Meta) -> Result<Option<Tail>, Journal
         size: v.len(),
         cost: keys::entry_cost(&k, &v),
     }))
+}
+
+/// The WAL record of a state snapshot.
+fn state_record(name: &str, version: u64, data: &[u8]) -> (u64, Vec<u8>) {
+    let name = &name.as_bytes()[..name.len().min(255)];
+    let mut p = Vec::with_capacity(1 + name.len() + data.len());
+    p.push(name.len() as u8);
+    p.extend_from_slice(name);
+    p.extend_from_slice(data);
+    (wal::tagged(wal::KIND_STATE, version), p)
+}
+
+/// (name, version, data) of a state record (`None` if damaged).
+fn decode_state_record(r: &wal::WalRecord) -> Option<(String, u64, Vec<u8>)> {
+    let len = usize::from(*r.payload.first()?);
+    let name = std::str::from_utf8(r.payload.get(1..1 + len)?).ok()?;
+    Some((
+        name.to_string(),
+        wal::value(r.seq),
+        r.payload[1 + len..].to_vec(),
+    ))
+}
+
+/// The WAL record of a cursor position.
+fn cursor_record(lane: Lane, sink: &str, upto: u64) -> (u64, Vec<u8>) {
+    let tag = match lane {
+        Lane::Events => b'e',
+        Lane::Telemetry => b't',
+    };
+    (
+        wal::tagged(wal::KIND_CURSOR, upto),
+        [&[tag][..], sink.as_bytes()].concat(),
+    )
+}
+
+/// The latest (highest) position per (lane tag, sink) among cursor records.
+fn wal_cursors(records: &[wal::WalRecord]) -> BTreeMap<(u8, String), u64> {
+    let mut out: BTreeMap<(u8, String), u64> = BTreeMap::new();
+    for r in records
+        .iter()
+        .filter(|r| wal::kind(r.seq) == wal::KIND_CURSOR)
+    {
+        let Some((&tag, sink)) = r.payload.split_first() else {
+            continue;
+        };
+        let Ok(sink) = std::str::from_utf8(sink) else {
+            continue;
+        };
+        let e = out.entry((tag, sink.to_string())).or_default();
+        *e = (*e).max(wal::value(r.seq));
+    }
+    out
+}
+
+/// The newest snapshot per name among state records: (version, data).
+fn wal_states(records: &[wal::WalRecord]) -> BTreeMap<String, (u64, Vec<u8>)> {
+    let mut out: BTreeMap<String, (u64, Vec<u8>)> = BTreeMap::new();
+    for r in records
+        .iter()
+        .filter(|r| wal::kind(r.seq) == wal::KIND_STATE)
+    {
+        let Some((name, version, data)) = decode_state_record(r) else {
+            tracing::warn!("journal: damaged state record in the WAL skipped");
+            continue;
+        };
+        if out.get(&name).is_none_or(|(v, _)| *v < version) {
+            out.insert(name, (version, data));
+        }
+    }
+    out
+}
+
+/// Stored state snapshots: name → version.
+fn stored_state_versions(storage: &dyn Storage) -> Result<BTreeMap<String, u64>, JournalError> {
+    let mut out = BTreeMap::new();
+    for (k, v) in storage.range(b"s", b"s\xff", usize::MAX)? {
+        let name = String::from_utf8_lossy(&k[1..]).into_owned();
+        out.insert(name, v.get(..8).and_then(keys::decode_u64).unwrap_or(0));
+    }
+    Ok(out)
+}
+
+/// Bring the store's state snapshots up to the newest in `records`; returns
+/// the highest version seen.
+fn apply_wal_states(
+    storage: &dyn Storage,
+    records: &[wal::WalRecord],
+) -> Result<u64, JournalError> {
+    let stored = stored_state_versions(storage)?;
+    let mut top = stored.values().copied().max().unwrap_or(0);
+    let mut batch = Batch::default();
+    for (name, (version, data)) in wal_states(records) {
+        top = top.max(version);
+        if stored.get(&name).is_none_or(|v| *v < version) {
+            batch.put(
+                keys::state(&name),
+                [&version.to_be_bytes()[..], &data].concat(),
+            );
+        }
+    }
+    storage.apply(batch)?;
+    Ok(top)
 }

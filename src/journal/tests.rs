@@ -1033,3 +1033,113 @@ fn store_failing_with_full_wal_files_is_the_limit_and_memory_stays_bounded() {
     wait_for("queued events durable", || j.stats().last_seq == last);
     assert_eq!(seqs(&j, 0), (1..=last).collect::<Vec<_>>());
 }
+
+#[test]
+fn states_saved_with_events_are_replayed_from_the_wal_after_a_crash() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemStorage::new());
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    assert_eq!(j.load_state("alarms").unwrap(), None);
+    let evs = rt
+        .block_on(j.record_with_state(vec![ev(1), ev(2)], Some(("alarms", b"v1".to_vec()))))
+        .unwrap();
+    assert_eq!(evs.len(), 2);
+    rt.block_on(j.save_state("arming", b"a1".to_vec())).unwrap();
+    rt.block_on(j.save_state("alarms", b"v2".to_vec())).unwrap();
+    assert_eq!(j.load_state("alarms").unwrap().as_deref(), Some(&b"v2"[..]));
+    // No store flush for any of them: the WAL made them durable.
+    assert!(mem.pending() > 0);
+    // The store loses every write since its last flush.
+    mem.crash();
+    j.abandon();
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    assert_eq!(j.load_state("alarms").unwrap().as_deref(), Some(&b"v2"[..]));
+    assert_eq!(j.load_state("arming").unwrap().as_deref(), Some(&b"a1"[..]));
+    assert_eq!(seqs(&j, 0), vec![1, 2]);
+    // After that replay's checkpoint, newer versions still win over the
+    // store's (versions continue across the reopen).
+    rt.block_on(j.save_state("alarms", b"v3".to_vec())).unwrap();
+    mem.crash();
+    j.abandon();
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    assert_eq!(j.load_state("alarms").unwrap().as_deref(), Some(&b"v3"[..]));
+    // And a checkpoint puts them in the store itself.
+    rt.block_on(j.flush()).unwrap();
+    mem.crash();
+    j.abandon();
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    assert_eq!(j.load_state("alarms").unwrap().as_deref(), Some(&b"v3"[..]));
+}
+
+#[test]
+fn states_without_a_wal_are_flushed_to_the_store() {
+    let rt = rt();
+    let mem = Arc::new(MemStorage::new());
+    let j = mem_journal(&mem, &mem_cfg(), &["uplink"]);
+    rt.block_on(j.save_state("alarms", b"s".to_vec())).unwrap();
+    mem.crash();
+    drop(j);
+    let j = mem_journal(&mem, &mem_cfg(), &["uplink"]);
+    assert_eq!(j.load_state("alarms").unwrap().as_deref(), Some(&b"s"[..]));
+}
+
+#[test]
+fn cursor_acks_are_replayed_from_the_wal_after_a_crash() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemStorage::new());
+    let j = wal_journal(&mem, dir.path(), &["uplink", "push"]);
+    rt.block_on(j.record((1..=10).map(ev).collect())).unwrap();
+    j.ack_events("uplink", 6).unwrap();
+    j.ack_events("push", 4).unwrap();
+    j.record_telemetry(b"t1").unwrap();
+    j.record_telemetry(b"t2").unwrap();
+    rt.block_on(j.flush()).unwrap();
+    j.ack_telemetry("uplink", 1).unwrap();
+    j.ack_events("uplink", 8).unwrap();
+    // The next commit carries the cursor records into the WAL.
+    rt.block_on(j.record(vec![ev(11)])).unwrap();
+    // The store loses the cursors written since its last flush.
+    mem.crash();
+    j.abandon();
+    let j = wal_journal(&mem, dir.path(), &["uplink", "push"]);
+    assert_eq!(j.acked_seq("uplink"), 8);
+    assert_eq!(j.acked_seq("push"), 4);
+    assert_eq!(j.acked_telemetry("uplink"), 1);
+    assert_eq!(seqs(&j, 4), (5..=11).collect::<Vec<_>>());
+}
+
+#[test]
+fn states_saved_while_the_store_fails_survive_the_reopen() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemStorage::new());
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    rt.block_on(j.save_state("alarms", b"before".to_vec()))
+        .unwrap();
+    mem.set_fail_apply(true);
+    mem.set_fail_flush(true);
+    rt.block_on(j.record_with_state(vec![ev(1)], Some(("alarms", b"during".to_vec()))))
+        .unwrap();
+    assert!(j.stats().store_failing);
+    assert_eq!(
+        j.load_state("alarms").unwrap().as_deref(),
+        Some(&b"during"[..])
+    );
+    mem.set_fail_apply(false);
+    mem.set_fail_flush(false);
+    wait_for("store reopened", || !j.stats().store_failing);
+    assert_eq!(
+        j.load_state("alarms").unwrap().as_deref(),
+        Some(&b"during"[..])
+    );
+    rt.block_on(j.flush()).unwrap();
+    mem.crash();
+    j.abandon();
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    assert_eq!(
+        j.load_state("alarms").unwrap().as_deref(),
+        Some(&b"during"[..])
+    );
+}
