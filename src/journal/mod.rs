@@ -1438,7 +1438,10 @@ impl Journal {
                 };
                 cursors.insert(sink.to_string(), upto);
                 if sh.has_wal() {
-                    st.lazy_wal.push(cursor_record(lane, sink, upto));
+                    // The latest position per sink and lane is enough.
+                    let rec = cursor_record(lane, sink, upto);
+                    st.lazy_wal.retain(|(_, p)| *p != rec.1);
+                    st.lazy_wal.push(rec);
                 }
                 sh.dirty.store(true, Ordering::SeqCst);
             }
