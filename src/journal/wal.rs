@@ -103,6 +103,19 @@ fn header(generation: u64) -> [u8; HEADER as usize] {
     h
 }
 
+/// Bytes of a page (the unit of preallocation writes).
+const PAGE: usize = 4096;
+
+/// Drop the file's clean pages from the page cache after reading it whole:
+/// reading fills the cache with large folios (readahead), and a small
+/// append into one would dirty the whole folio. Advisory; errors ignored.
+fn drop_cache(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise only reads its arguments; the descriptor is
+    // open for the duration of the call.
+    let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
 fn ctx(what: impl std::fmt::Display, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
@@ -138,15 +151,19 @@ impl Wal {
         if data.len() as u64 >= capacity && generation.is_some() {
             wal.generation = generation.unwrap_or(0);
             wal.end = end;
+            drop_cache(&wal.file);
             return Ok((wal, records));
         }
         if existed && !data.is_empty() && generation.is_none() {
             tracing::warn!(path = %path.display(), "journal WAL header unreadable; starting a new one");
         }
         // Create (or grow) the file: write every block once, so later
-        // `fdatasync`s never allocate.
+        // `fdatasync`s never allocate. One page per write: the page cache
+        // then holds the file in single pages, so an append dirties (and
+        // writeback writes) one page, not a large folio of many (Linux
+        // 6.x gives ext4 large folios sized by the writes that create them).
         wal.generation = generation.unwrap_or(0);
-        let zeros = vec![0u8; 64 * 1024];
+        let zeros = vec![0u8; PAGE];
         let mut off = data.len() as u64;
         while off < capacity {
             let n = zeros.len().min((capacity - off) as usize);
@@ -166,6 +183,7 @@ impl Wal {
                     .map_err(|e| ctx(format!("fsync {}", dir.display()), e))?;
             }
         }
+        drop_cache(&wal.file);
         Ok((wal, records))
     }
 
@@ -235,6 +253,7 @@ impl Wal {
             .read_exact_at(&mut data, 0)
             .map_err(|e| ctx(format!("reading {}", self.path.display()), e))?;
         let (_, records, _) = parse(&data);
+        drop_cache(&self.file);
         Ok(records)
     }
 
