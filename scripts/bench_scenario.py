@@ -170,7 +170,7 @@ async def run(args) -> dict:
     await asyncio.sleep(args.warmup)
 
     state = [False] * args.devices
-    next_flip = [time.monotonic() + random.uniform(0, 4) for _ in range(args.devices)]
+    next_flip = [time.monotonic() + random.uniform(0, args.first_flip_max_s) for _ in range(args.devices)]
     flips = 0
     cpu0 = cpu_seconds(gw.pid)
     io0 = proc_io(gw.pid)
@@ -181,7 +181,7 @@ async def run(args) -> dict:
         now = time.monotonic()
         if args.changing and now >= next_change:
             # Analog values drifting: a few registers per device change each second.
-            next_change = now + 1.0
+            next_change = now + args.change_interval_s
             for i in range(args.devices):
                 for _ in range(args.changing):
                     addr = random.randrange(0, max(args.registers, 1))
@@ -219,7 +219,7 @@ async def run(args) -> dict:
         "scenario": f"{args.devices} devices x {args.registers} registers + coil @1Hz, "
         + ("every value every poll" if args.every_poll else "report by exception")
         + (", journal fsync off" if args.no_fsync else "")
-        + (f", {args.changing} registers/device changing each second" if args.changing else "")
+        + (f", {args.changing} registers/device changing every {args.change_interval_s:g} s" if args.changing else "")
         + (f", coil flips every {args.flip_min_s:g}-{args.flip_max_s:g} s" if (args.flip_min_s, args.flip_max_s) != (2, 6) else ""),
         "window_s": round(elapsed, 1),
         "cpu_s": round(cpu, 3),
@@ -256,6 +256,8 @@ def main():
     ap.add_argument("--warmup", type=float, default=5)
     ap.add_argument("--every-poll", action="store_true")
     ap.add_argument("--no-fsync", action="store_true", help="journal fsync off (to show its cost)")
+    ap.add_argument("--first-flip-max-s", type=float, default=4.0, help="each coil's first flip within this many seconds")
+    ap.add_argument("--change-interval-s", type=float, default=1.0, help="seconds between drifts of the --changing registers")
     ap.add_argument("--checkpoint-s", type=int, default=0, help="journal telemetry_flush_s (checkpoint interval)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, journal)")
     ap.add_argument("--journal-dir", help="journal directory (default: in the temp dir), e.g. on a small filesystem")

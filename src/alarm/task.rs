@@ -26,8 +26,8 @@ type PendingReply = (
     Result<(), AlarmError>,
 );
 
-/// Longest a changed alarm state waits before it is saved to disk.
-const SAVE_DELAY: Duration = Duration::from_secs(1);
+/// Name of the alarm engine's state snapshot in the journal.
+pub const ALARM_STATE: &str = "alarms";
 
 /// The task beats its liveness heartbeat at least this often, idle or not.
 const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -106,8 +106,12 @@ pub async fn run_with(
         .enumerate()
         .map(|(i, d)| (d.id.as_str(), i))
         .collect();
-    let state_file = StateFile::in_dir(&cfg.config.journal.path);
-    restore(&mut engine, &state_file);
+    restore(
+        &mut engine,
+        &journal,
+        &StateFile::in_dir(&cfg.config.journal.path),
+    )
+    .await;
     // Disabled devices are not polled: never counted offline.
     let mut offline: Vec<bool> = cfg
         .config
@@ -129,15 +133,12 @@ pub async fn run_with(
     let mut requests_open = true;
     // Operator replies wait until their events are durable.
     let mut replies: Vec<PendingReply> = Vec::new();
-    // Saving the states after every change would cost an fsync per alarm:
-    // changes are saved within SAVE_DELAY, acknowledgements at once.
-    let mut save_due: Option<Instant> = None;
     let heartbeat = status.liveness.register("alarm", HEARTBEAT);
     loop {
         heartbeat.beat();
         let deadline = earliest(
             earliest(engine.next_deadline(), telemetry.next_deadline()),
-            earliest(save_due, Some(heartbeat.next_due().into_std())),
+            Some(heartbeat.next_due().into_std()),
         );
         let sleep = async {
             match deadline {
@@ -233,21 +234,13 @@ pub async fn run_with(
             if let Some(l) = &live {
                 l.set_alarms(engine.active());
             }
-            record(&journal, std::mem::take(&mut out)).await;
+            // The states go with the events, in the same commit and after
+            // them: a crash keeps both or the events alone (an alarm may
+            // be raised again after the restart, never lost).
+            record(&journal, std::mem::take(&mut out), snapshot(&engine)).await;
             status
                 .alarms_active
                 .store(engine.active_count() as u64, Ordering::Relaxed);
-            // Saved after the events are durable: a crash in between can
-            // only repeat an alarm after the restart, never lose one.
-            if replies.is_empty() {
-                save_due.get_or_insert(now + SAVE_DELAY);
-            } else {
-                save_due = Some(now);
-            }
-        }
-        if save_due.is_some_and(|d| d <= now) {
-            save_due = None;
-            save(&state_file, engine.snapshot()).await;
         }
         for (reply, r) in replies.drain(..) {
             let _ = reply.send(r);
@@ -262,9 +255,14 @@ pub async fn run_with(
     }
     // Bus closed: drivers are stopped. Save the states, flush telemetry.
     if !out.is_empty() {
-        record(&journal, std::mem::take(&mut out)).await;
+        record(&journal, std::mem::take(&mut out), snapshot(&engine)).await;
     }
-    save(&state_file, engine.snapshot()).await;
+    if let Err(e) = journal
+        .save_state(ALARM_STATE, snapshot(&engine).unwrap_or_default())
+        .await
+    {
+        tracing::error!(error = %e, "cannot save alarm states");
+    }
     let now = Instant::now();
     while let Some(payload) = telemetry.flush(now) {
         let _ = journal.record_telemetry(&payload);
@@ -284,39 +282,80 @@ fn set_online(offline: &mut [bool], di: usize, online: bool, status: &GatewaySta
     }
 }
 
-/// Restore alarm states saved before a restart. A missing or unreadable
-/// file starts from normal (logged): readings re-raise what is active.
-fn restore(engine: &mut AlarmEngine, file: &StateFile) {
-    match file.load() {
-        Ok(None) => {}
-        Ok(Some(snapshot)) => match engine.restore(&snapshot) {
-            Ok(n) => tracing::info!(alarms = n, "alarm states restored"),
-            Err(e) => {
-                tracing::error!(error = %e, file = %file.path().display(), "alarm states not restored")
-            }
-        },
+/// The engine's states as saved in the journal.
+fn snapshot(engine: &AlarmEngine) -> Option<Vec<u8>> {
+    match serde_json::to_vec(&engine.snapshot()) {
+        Ok(v) => Some(v),
         Err(e) => {
-            tracing::error!(error = %e, file = %file.path().display(), "cannot read saved alarm states; starting from normal")
+            tracing::error!(error = %e, "cannot encode alarm states");
+            None
         }
     }
 }
 
-/// Save the alarm states without blocking the runtime (fsync).
-async fn save(file: &StateFile, snapshot: serde_json::Value) {
-    let file = file.clone();
-    let r = tokio::task::spawn_blocking(move || file.save(&snapshot)).await;
-    match r {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "cannot save alarm states"),
-        Err(e) => tracing::error!(error = %e, "alarm state save task failed"),
+/// Restore alarm states saved before a restart or reload: from the
+/// journal, or once, after an upgrade, from the `alarm-state.json` of
+/// earlier versions (then moved into the journal and the file removed).
+/// Missing or unreadable states start from normal (logged): readings
+/// re-raise what is active.
+pub(super) async fn restore(engine: &mut AlarmEngine, journal: &Journal, legacy: &StateFile) {
+    let saved = match journal.load_state(ALARM_STATE) {
+        Ok(Some(bytes)) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::error!(error = %e, "saved alarm states unreadable; starting from normal");
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read saved alarm states; starting from normal");
+            None
+        }
+    };
+    let from_file = saved.is_none();
+    let snapshot = match saved {
+        Some(v) => Some(v),
+        None => match legacy.load() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, file = %legacy.path().display(), "cannot read saved alarm states; starting from normal");
+                None
+            }
+        },
+    };
+    if let Some(snapshot) = &snapshot {
+        match engine.restore(snapshot) {
+            Ok(n) => tracing::info!(alarms = n, "alarm states restored"),
+            Err(e) => tracing::error!(error = %e, "alarm states not restored"),
+        }
+    }
+    if legacy.path().exists() {
+        if from_file && snapshot.is_some() {
+            // Into the journal first, then the file goes.
+            let bytes = serde_json::to_vec(&engine.snapshot()).unwrap_or_default();
+            if let Err(e) = journal.save_state(ALARM_STATE, bytes).await {
+                tracing::error!(error = %e, "alarm states not moved into the journal; keeping the file");
+                return;
+            }
+            tracing::info!(file = %legacy.path().display(), "alarm states moved into the journal");
+        }
+        if let Err(e) = std::fs::remove_file(legacy.path()) {
+            tracing::warn!(error = %e, file = %legacy.path().display(), "cannot remove the old alarm state file");
+        }
     }
 }
 
 /// Record events, retrying until the journal takes them: an alarm is never
 /// dropped because the disk hiccuped.
-async fn record(journal: &Journal, events: Vec<NewEvent>) {
+///
+/// `state`, the engine's snapshot after these events, is saved with them.
+async fn record(journal: &Journal, events: Vec<NewEvent>, state: Option<Vec<u8>>) {
     let mut wait = Duration::from_millis(50);
-    let mut outcome = journal.record(events.clone()).await;
+    let with_state = || state.clone().map(|s| (ALARM_STATE, s));
+    let mut outcome = journal
+        .record_with_state(events.clone(), with_state())
+        .await;
     loop {
         match outcome {
             Ok(recorded) => {
@@ -355,7 +394,9 @@ async fn record(journal: &Journal, events: Vec<NewEvent>) {
                 tracing::error!(error = %e, events = events.len(), "cannot record events; retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
-                outcome = journal.record(events.clone()).await;
+                outcome = journal
+                    .record_with_state(events.clone(), with_state())
+                    .await;
             }
         }
     }

@@ -1196,3 +1196,66 @@ fn when_disarmed_on_fire_is_a_config_error() {
     let err = load_str(&bad, Path::new("t.toml")).unwrap_err().to_string();
     assert!(err.contains("never disarmable"), "{err}");
 }
+
+mod persistence {
+    use super::*;
+    use crate::alarm::persist::StateFile;
+    use crate::journal::{Journal, JournalConfig, MemStorage};
+    use std::sync::Arc;
+
+    fn journal(mem: &Arc<MemStorage>, dir: &Path) -> Journal {
+        let cfg = JournalConfig {
+            path: dir.to_path_buf(),
+            ..load_str(CONFIG, Path::new("test.toml"))
+                .unwrap()
+                .config
+                .journal
+        };
+        Journal::with_storage_and_wal(mem.clone(), Some(dir), &cfg, "gw", &["uplink"]).unwrap()
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn old_state_file_is_restored_once_then_moved_into_the_journal() {
+        let rt = rt();
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemStorage::new());
+        // An earlier version left its states in alarm-state.json.
+        let mut before = Bench::new();
+        before.read(0, FIRE3, Value::Bool(true));
+        let legacy = StateFile::in_dir(dir.path());
+        legacy.save(&before.engine.snapshot()).unwrap();
+
+        let j = journal(&mem, dir.path());
+        let mut b = Bench::new();
+        rt.block_on(super::super::task::restore(&mut b.engine, &j, &legacy));
+        assert_eq!(b.engine.snapshot(), before.engine.snapshot());
+        assert!(!legacy.path().exists(), "the old file is removed");
+        // The states are in the journal now, durable: a crash of the store
+        // keeps them (WAL), and the next start restores them from there.
+        mem.crash();
+        j.abandon();
+        let j = journal(&mem, dir.path());
+        let mut c = Bench::new();
+        rt.block_on(super::super::task::restore(&mut c.engine, &j, &legacy));
+        assert_eq!(c.engine.snapshot(), before.engine.snapshot());
+    }
+
+    #[test]
+    fn no_saved_states_starts_from_normal() {
+        let rt = rt();
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemStorage::new());
+        let j = journal(&mem, dir.path());
+        let mut b = Bench::new();
+        let legacy = StateFile::in_dir(dir.path());
+        rt.block_on(super::super::task::restore(&mut b.engine, &j, &legacy));
+        assert_eq!(b.engine.snapshot(), Bench::new().engine.snapshot());
+    }
+}

@@ -1,7 +1,8 @@
 //! Storage care: watch the free space of the journal's filesystem.
 //!
-//! The storage engine (sled) fails every write once its filesystem is
-//! full, until the gateway restarts; the journal's size cap
+//! On a completely full filesystem the journal keeps events durable in its
+//! write-ahead log alone until space returns (see `docs/design/journal.md`),
+//! with room for a few thousand events; the journal's size cap
 //! (`[journal] max_bytes`) bounds the journal itself, not what else fills
 //! the card (logs, clips, another program). So below
 //! `[journal] min_free_bytes` free, the gateway raises the `gateway/disk`
@@ -163,7 +164,12 @@ pub async fn watch(journal: Journal, path: PathBuf, min_free: u64, stop: Cancell
                             "journal filesystem has space again: gateway/disk alarm cleared"
                         ),
                     }
-                    let ev = disk_event(change, free, min_free, &path);
+                    let mut ev = disk_event(change, free, min_free, &path);
+                    let st = journal.stats();
+                    if let Some(serde_json::Value::Object(d)) = ev.detail.as_mut() {
+                        d.insert("journal_store_failing".into(), st.store_failing.into());
+                        d.insert("journal_wal_full".into(), st.wal_full.into());
+                    }
                     if let Err(e) = journal.record(vec![ev]).await {
                         tracing::error!(error = %e, "gateway/disk alarm not recorded");
                     }

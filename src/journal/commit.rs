@@ -126,7 +126,10 @@ fn start_background(shared: &Arc<Shared>, bg: &mut Background, epoch: u64) {
     let spawned = std::thread::Builder::new()
         .name("journal-checkpoint".into())
         .spawn(move || {
-            let res = sh.flush_store().and_then(|()| sh.reset_retired_wal(epoch));
+            let res = sh
+                .flush_store()
+                .inspect_err(|e| sh.store_failed(&e.to_string()))
+                .and_then(|()| sh.reset_retired_wal(epoch));
             if let Err(e) = res {
                 sh.dirty.store(true, Ordering::SeqCst);
                 tracing::error!(error = %e, "journal background checkpoint failed; retrying");
@@ -161,13 +164,75 @@ fn lazy_checkpoint(shared: &Arc<Shared>, bg: &mut Background) {
     }
 }
 
+/// Reopening a failing store: the first retry after this, doubling up to
+/// [`REOPEN_MAX`].
+const REOPEN_MIN: Duration = Duration::from_secs(1);
+const REOPEN_MAX: Duration = Duration::from_secs(30);
+
+/// When to try reopening a failing store next.
+struct Reopen {
+    at: Option<Instant>,
+    backoff: Duration,
+    attempts: u64,
+}
+
+impl Reopen {
+    /// Try now if due (and the store is failing); schedule the next try.
+    fn tick(&mut self, shared: &Shared, bg: &mut Background) {
+        if !shared.store_failing() {
+            self.at = None;
+            self.backoff = REOPEN_MIN;
+            return;
+        }
+        let now = Instant::now();
+        let Some(at) = self.at else {
+            self.at = Some(now + self.backoff);
+            return;
+        };
+        if now < at {
+            return;
+        }
+        bg.join();
+        self.attempts += 1;
+        match shared.try_reopen() {
+            Ok(()) => {
+                tracing::info!(attempts = self.attempts, "journal checkpoints resume");
+                // Events queued while the WAL was full, whether or not
+                // anybody still waits for them.
+                let _ = commit(shared, false);
+                self.at = None;
+                self.backoff = REOPEN_MIN;
+                self.attempts = 0;
+            }
+            Err(e) => {
+                self.backoff = (self.backoff * 2).min(REOPEN_MAX);
+                self.at = Some(Instant::now() + self.backoff);
+                tracing::warn!(
+                    error = %e,
+                    attempts = self.attempts,
+                    retry_in_s = self.backoff.as_secs(),
+                    "journal store still cannot be written; events stay in the write-ahead log"
+                );
+            }
+        }
+    }
+}
+
 fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>, lazy_every: Duration) {
     let mut next_lazy = Instant::now() + lazy_every;
     let mut last_size = Instant::now();
     let mut bg = Background::default();
+    let mut reopen = Reopen {
+        at: None,
+        backoff: REOPEN_MIN,
+        attempts: 0,
+    };
     loop {
         shared.beat();
-        let wait = next_lazy.saturating_duration_since(Instant::now());
+        let mut wait = next_lazy.saturating_duration_since(Instant::now());
+        if let Some(at) = reopen.at {
+            wait = wait.min(at.saturating_duration_since(Instant::now()));
+        }
         match rx.recv_timeout(wait) {
             Ok(first) => {
                 let mut waiters = vec![first];
@@ -175,7 +240,8 @@ fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>, lazy_every: Duration) {
                     waiters.push(r);
                 }
                 let durable = shared.durable_seq.load(Ordering::SeqCst);
-                let covered = waiters.iter().all(|w| w.upto <= durable);
+                let covered = waiters.iter().all(|w| w.upto <= durable)
+                    && !shared.states_waiting.load(Ordering::SeqCst);
                 let full = waiters.iter().any(|w| w.full) || !shared.has_wal();
                 // With a WAL, a request covered by an earlier commit is
                 // answered at once; without one (or for a checkpoint),
@@ -197,7 +263,7 @@ fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>, lazy_every: Duration) {
                 for w in waiters {
                     let _ = w.reply.send(res.clone());
                 }
-                if shared.take_rotated() {
+                if shared.take_rotated() && !shared.store_failing() {
                     let epoch = shared.wal_epoch();
                     start_background(&shared, &mut bg, epoch);
                 }
@@ -214,8 +280,11 @@ fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>, lazy_every: Duration) {
         // Also under a steady stream of requests (which `recv_timeout`
         // serves before its timeout): lazily written data stays durable
         // within `lazy_every`.
+        reopen.tick(&shared, &mut bg);
         if Instant::now() >= next_lazy {
-            lazy_checkpoint(&shared, &mut bg);
+            if !shared.store_failing() {
+                lazy_checkpoint(&shared, &mut bg);
+            }
             next_lazy = Instant::now() + lazy_every;
         }
         if last_size.elapsed() >= SIZE_EVERY {

@@ -35,8 +35,9 @@ pub struct JournalConfig {
     /// Free space, in bytes, the journal's filesystem keeps for events.
     /// Below it the gateway raises the `gateway/disk` alarm (priority 2) and
     /// refuses telemetry; the alarm clears once free space is back above
-    /// 1.5 times this. The storage engine cannot recover from a completely
-    /// full filesystem without a restart, so keep this well above zero.
+    /// 1.5 times this. On a completely full filesystem events are kept
+    /// durable in the write-ahead log alone (about 4 MiB of room) until
+    /// space returns, so keep this well above zero.
     #[serde(default = "default_min_free_bytes")]
     pub min_free_bytes: u64,
 }

@@ -6,6 +6,7 @@
 //! m                     metadata (Meta, fixed 57 bytes)
 //! c e <sink>            event cursor of a sink (u64 BE)
 //! c t <sink>            telemetry cursor of a sink (u64 BE)
+//! s <name>              named state snapshot: version u64 BE, then data
 //! ```
 //!
 //! Big-endian integers sort in numeric order, so a lane is a key range.
@@ -36,6 +37,10 @@ fn prefixed(p: u8, n: u64) -> [u8; 9] {
 
 pub fn event_cursor(sink: &str) -> Vec<u8> {
     [b"ce", sink.as_bytes()].concat()
+}
+
+pub fn state(name: &str) -> Vec<u8> {
+    [b"s", name.as_bytes()].concat()
 }
 
 pub fn telemetry_cursor(sink: &str) -> Vec<u8> {

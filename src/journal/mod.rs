@@ -122,7 +122,22 @@ pub struct JournalStats {
     pub pressure: bool,
     /// Telemetry messages evicted for the size cap since open.
     pub telemetry_evicted: u64,
+    /// The store cannot be written (its filesystem is full): events are
+    /// kept durable in the write-ahead log alone, telemetry is refused,
+    /// and the store is reopened with backoff until it works again.
+    pub store_failing: bool,
+    /// Both write-ahead log files are full while the store cannot be
+    /// written: the true limit. New events are not durable until the
+    /// store works again (`record()` returns `NotDurable`).
+    pub wal_full: bool,
+    /// Checkpoints (store flush + fsync) that succeeded since open.
+    pub checkpoints: u64,
 }
+
+/// Most events queued (given a seq, not yet durable) while the store
+/// cannot be written and the WAL is full; past it `record()` refuses
+/// new events with [`JournalError::Full`] instead of queueing them.
+const MAX_QUEUED_WHILE_FAILING: usize = 10_000;
 
 /// Mutable state, under one lock. Recorders hold it while they assign
 /// seqs; the committer while it writes them, so storage order is `seq`
@@ -140,6 +155,26 @@ struct State {
     telemetry_cursors: BTreeMap<String, u64>,
     pressure: bool,
     telemetry_evicted: u64,
+    /// The store refused a write or a flush (full filesystem): it is left
+    /// alone until [`Shared::try_reopen`] works; events go to the WAL only.
+    store_failing: bool,
+    /// Events written to the WAL only while the store is failing, in seq
+    /// order, all after `meta.last_seq`: readers find them here. Bounded by
+    /// the WAL's size.
+    overlay: Vec<(u64, Vec<u8>)>,
+    /// Events written to the store but not to the WAL (it was full or
+    /// failed) since the last checkpoint: if the store fails before that
+    /// checkpoint, a reopen writes them again from here.
+    unlogged: Vec<(u64, Vec<u8>)>,
+    /// Named state snapshots waiting for the committer (name, data).
+    states_pending: Vec<(String, Vec<u8>)>,
+    /// Last state version given out (versions order a name's snapshots
+    /// across the WAL's files and the store).
+    state_version: u64,
+    /// State snapshots written to the WAL alone while the store is failing.
+    state_overlay: BTreeMap<String, Vec<u8>>,
+    /// Cursor records for the committer to append to the WAL.
+    lazy_wal: Vec<(u64, Vec<u8>)>,
 }
 
 /// The last event block, as written.
@@ -181,6 +216,14 @@ impl Tail {
 }
 
 impl State {
+    /// Put states taken by a commit that failed back in front of the queue
+    /// (a newer snapshot of the same name, queued meanwhile, stays last).
+    fn requeue_states(&mut self, states: Vec<(String, u64, Vec<u8>)>) {
+        let back = std::mem::take(&mut self.states_pending);
+        self.states_pending = states.into_iter().map(|(n, _, d)| (n, d)).collect();
+        self.states_pending.extend(back);
+    }
+
     /// Every event at or below this is acknowledged by every sink (or
     /// removed): readers start after it.
     fn held_from(&self) -> u64 {
@@ -222,6 +265,14 @@ pub(crate) struct Shared {
     abandoned: AtomicBool,
     /// Beaten by the committer thread once per iteration (liveness).
     heartbeat: std::sync::OnceLock<crate::service::liveness::Heartbeat>,
+    /// Both WAL files were full at the last append while the store was
+    /// failing.
+    wal_full: AtomicBool,
+    /// Successful checkpoints since open.
+    checkpoints: AtomicU64,
+    /// A state snapshot waits for a commit (a request for it is never
+    /// "already covered").
+    states_waiting: AtomicBool,
 }
 
 impl Shared {
@@ -251,6 +302,26 @@ impl Shared {
     /// With a WAL that holds every such event, one `fdatasync` of the WAL;
     /// otherwise (or when `full`) a checkpoint. Runs on the committer thread.
     pub(crate) fn commit(&self, full: bool) -> Result<(), StorageError> {
+        let (failing, unlogged) = {
+            let st = self.lock();
+            (st.store_failing, st.unlogged.len())
+        };
+        if failing {
+            // The store cannot take a checkpoint: the WAL alone makes the
+            // events durable, unless some never reached it.
+            if unlogged > 0 {
+                return Err(StorageError(format!(
+                    "{unlogged} events are neither in the write-ahead log nor flushed \
+                     (the store cannot be written)"
+                )));
+            }
+            return match self.wal().as_ref() {
+                Some(w) => w
+                    .sync()
+                    .map_err(|e| StorageError(format!("journal WAL sync failed: {e}"))),
+                None => Err(StorageError("the store cannot be written".into())),
+            };
+        }
         if !full && !self.needs_checkpoint.load(Ordering::SeqCst) {
             let synced = self.wal().as_ref().map(|w| w.sync());
             match synced {
@@ -278,7 +349,12 @@ impl Shared {
     /// everything written so far is durable in the store. Runs on the
     /// committer thread (nothing is appended meanwhile).
     pub(crate) fn checkpoint(&self) -> Result<(), StorageError> {
-        self.flush_store()?;
+        if let Err(e) = self.flush_store() {
+            self.store_failed(&e.to_string());
+            return Err(e);
+        }
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.lock().unlogged.clear();
         self.needs_checkpoint.store(false, Ordering::SeqCst);
         let mut wal = self.wal();
         if let Some(w) = wal.as_mut() {
@@ -343,15 +419,97 @@ impl Shared {
     /// seq written. On failure the events stay pending (no seq is lost).
     pub(crate) fn write_pending(&self) -> Result<u64, JournalError> {
         let mut st = self.lock();
-        if st.pending.is_empty() {
-            return Ok(st.meta.last_seq);
+        self.write_pending_locked(&mut st)
+    }
+
+    fn write_pending_locked(&self, st: &mut State) -> Result<u64, JournalError> {
+        if st.pending.is_empty() && st.states_pending.is_empty() && st.lazy_wal.is_empty() {
+            return Ok(st.overlay.last().map_or(st.meta.last_seq, |(s, _)| *s));
         }
         let pending = std::mem::take(&mut st.pending);
+        let states: Vec<(String, u64, Vec<u8>)> = std::mem::take(&mut st.states_pending)
+            .into_iter()
+            .map(|(name, data)| {
+                st.state_version += 1;
+                (name, st.state_version, data)
+            })
+            .collect();
+        self.states_waiting.store(false, Ordering::SeqCst);
+        // Side records follow the events: a state is saved after the events
+        // of its change (a crash keeps a prefix: never the state without
+        // its events).
+        let mut side: Vec<(u64, Vec<u8>)> = states
+            .iter()
+            .map(|(name, version, data)| state_record(name, *version, data))
+            .collect();
+        side.append(&mut st.lazy_wal);
+        if !st.store_failing {
+            let written = self
+                .write_blocks(st, &pending)
+                .and_then(|()| self.write_states(&states));
+            if let Err(e) = written {
+                if !self.has_wal() {
+                    st.pending = pending;
+                    st.requeue_states(states);
+                    return Err(e);
+                }
+                self.enter_store_failing(st, &e.to_string());
+            }
+        }
+        if st.store_failing {
+            return self.log_only(st, pending, states, side);
+        }
+        // Then the WAL, in the same order, under the same lock.
+        if let Some(w) = self.wal().as_mut() {
+            let unlogged = match w.append(&pending, &side) {
+                Ok(wal::Appended::Yes) => false,
+                Ok(wal::Appended::Rotated) => {
+                    self.rotated.store(true, Ordering::SeqCst);
+                    false
+                }
+                Ok(wal::Appended::No) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "journal WAL write failed; checkpointing instead");
+                    true
+                }
+            };
+            if unlogged {
+                // States and cursors are in the store: the checkpoint makes
+                // them durable.
+                self.needs_checkpoint.store(true, Ordering::SeqCst);
+                st.unlogged.extend(pending.iter().cloned());
+            }
+        }
+        if let Err(e) = self.enforce_cap(st) {
+            tracing::warn!(error = %e, "journal size cap not enforced");
+        }
+        Ok(st.meta.last_seq)
+    }
+
+    /// Write named state snapshots into the store (`s <name>`: version, data).
+    fn write_states(&self, states: &[(String, u64, Vec<u8>)]) -> Result<(), JournalError> {
+        if states.is_empty() {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        for (name, version, data) in states {
+            batch.put(
+                keys::state(name),
+                [&version.to_be_bytes()[..], data].concat(),
+            );
+        }
+        self.storage.apply(batch)?;
+        Ok(())
+    }
+
+    /// Write `events` into their blocks in the store, then the metadata;
+    /// `st` is updated only when every write went through.
+    fn write_blocks(&self, st: &mut State, events: &[(u64, Vec<u8>)]) -> Result<(), JournalError> {
         let mut meta = st.meta;
         let mut tail = st.tail.clone();
         let mut batch = Batch::default();
         let mut unwritten = false;
-        for (seq, payload) in &pending {
+        for (seq, payload) in events {
             if tail.as_ref().is_none_or(Tail::is_full) {
                 tail = Some(Tail::new(*seq));
             }
@@ -368,32 +526,206 @@ impl Shared {
                 t.put(&mut batch, &mut meta);
             }
         }
-        meta.last_seq = pending.last().map_or(meta.last_seq, |(s, _)| *s);
+        meta.last_seq = events.last().map_or(meta.last_seq, |(s, _)| *s);
         meta.tail_cost = tail.as_ref().map_or(0, |t| t.cost);
         // Blocks first, then the metadata that counts them.
         batch.put(keys::META, meta.encode());
-        if let Err(e) = self.storage.apply(batch) {
-            st.pending = pending;
-            return Err(e.into());
-        }
-        // Then the WAL, in the same order, under the same lock.
-        if let Some(w) = self.wal().as_mut() {
-            match w.append(&pending) {
-                Ok(wal::Appended::Yes) => {}
-                Ok(wal::Appended::Rotated) => self.rotated.store(true, Ordering::SeqCst),
-                Ok(wal::Appended::No) => self.needs_checkpoint.store(true, Ordering::SeqCst),
-                Err(e) => {
-                    tracing::error!(error = %e, "journal WAL write failed; checkpointing instead");
-                    self.needs_checkpoint.store(true, Ordering::SeqCst);
-                }
-            }
-        }
+        self.storage.apply(batch)?;
         st.meta = meta;
         st.tail = tail;
-        if let Err(e) = self.enforce_cap(&mut st) {
-            tracing::warn!(error = %e, "journal size cap not enforced");
+        Ok(())
+    }
+
+    /// While the store is failing: the events (and states, cursors) go to
+    /// the WAL alone, and to the overlays for readers. When the WAL is full
+    /// too they stay pending.
+    fn log_only(
+        &self,
+        st: &mut State,
+        pending: Vec<(u64, Vec<u8>)>,
+        states: Vec<(String, u64, Vec<u8>)>,
+        side: Vec<(u64, Vec<u8>)>,
+    ) -> Result<u64, JournalError> {
+        // Once both files are full only a checkpoint (after a reopen) makes
+        // room: do not retry the append for every commit meanwhile.
+        let appended = match self.wal().as_mut() {
+            Some(_) if self.wal_full.load(Ordering::SeqCst) => Ok(wal::Appended::No),
+            Some(w) => w.append(&pending, &side),
+            None => Ok(wal::Appended::No),
+        };
+        let refused = match appended {
+            Ok(wal::Appended::Yes | wal::Appended::Rotated) => {
+                if self.wal_full.swap(false, Ordering::SeqCst) {
+                    tracing::info!("journal WAL has room again");
+                }
+                // Events the store took before it failed are read from it.
+                let last = st.meta.last_seq;
+                st.overlay
+                    .extend(pending.into_iter().filter(|(seq, _)| *seq > last));
+                for (name, _, data) in states {
+                    st.state_overlay.insert(name, data);
+                }
+                return Ok(st.overlay.last().map_or(st.meta.last_seq, |(s, _)| *s));
+            }
+            Ok(wal::Appended::No) => {
+                if !self.wal_full.swap(true, Ordering::SeqCst) {
+                    tracing::error!(
+                        queued = pending.len(),
+                        "journal at its limit: both write-ahead log files are full and the \
+                         store cannot be written (filesystem full); new events are held in \
+                         memory, not durable, until space returns"
+                    );
+                }
+                JournalError::Full(
+                    "both write-ahead log files are full and the store cannot be written".into(),
+                )
+            }
+            Err(e) => JournalError::Storage(format!("journal WAL write failed: {e}")),
+        };
+        st.pending = pending;
+        st.requeue_states(states);
+        let cursors: Vec<_> = side
+            .into_iter()
+            .filter(|(f, _)| wal::kind(*f) == wal::KIND_CURSOR)
+            .collect();
+        st.lazy_wal.splice(0..0, cursors);
+        Err(refused)
+    }
+
+    /// The store refused a write or a flush: with a WAL, stop writing to it
+    /// until a reopen works (see [`try_reopen`](Self::try_reopen)).
+    pub(crate) fn store_failed(&self, reason: &str) {
+        if self.has_wal() {
+            let mut st = self.lock();
+            self.enter_store_failing(&mut st, reason);
         }
-        Ok(meta.last_seq)
+    }
+
+    fn enter_store_failing(&self, st: &mut State, reason: &str) {
+        if st.store_failing {
+            return;
+        }
+        st.store_failing = true;
+        tracing::error!(
+            error = %reason,
+            "journal store cannot be written (filesystem full?): events are kept durable in the \
+             write-ahead log alone, telemetry is refused, the store is reopened with backoff"
+        );
+    }
+
+    /// Whether the store is failing (see [`JournalStats::store_failing`]).
+    pub(crate) fn store_failing(&self) -> bool {
+        self.lock().store_failing
+    }
+
+    /// Reopen a failing store and bring it up to date: the events of the
+    /// WAL (and any the WAL did not take) after its last event, the
+    /// cursors moved meanwhile; then a checkpoint. With the journal's lock
+    /// held throughout, so readers never see the store behind the
+    /// durable seq. Runs on the committer thread, no background
+    /// checkpoint running.
+    pub(crate) fn try_reopen(&self) -> Result<(), JournalError> {
+        let mut st = self.lock();
+        if !st.store_failing {
+            return Ok(());
+        }
+        self.storage.reopen()?;
+        let meta = match self.storage.get(keys::META)? {
+            Some(raw) => Meta::decode(&raw).ok_or_else(|| {
+                JournalError::Storage("journal metadata record is damaged".into())
+            })?,
+            None => Meta::default(),
+        };
+        let meta = recover(self.storage.as_ref(), meta)?;
+        let logged = match self.wal().as_ref() {
+            Some(w) => w
+                .read_back()
+                .map_err(|e| JournalError::Storage(format!("journal WAL: {e}")))?,
+            None => Vec::new(),
+        };
+        // State snapshots: the WAL holds every one saved while failing.
+        let version = apply_wal_states(self.storage.as_ref(), &logged)?;
+        st.state_version = st.state_version.max(version);
+        let mut records: Vec<(u64, Vec<u8>)> = logged
+            .into_iter()
+            .filter(|r| wal::kind(r.seq) == wal::KIND_EVENT)
+            .map(|r| (r.seq, r.payload))
+            .collect();
+        let logged: std::collections::BTreeSet<u64> = records.iter().map(|r| r.0).collect();
+        records.extend(st.unlogged.iter().cloned());
+        records.extend(st.overlay.iter().cloned());
+        records.sort_by_key(|r| r.0);
+        records.dedup_by_key(|r| r.0);
+        let replay = replayable(
+            records
+                .into_iter()
+                .map(|(seq, payload)| wal::WalRecord { seq, payload })
+                .collect(),
+            meta.last_seq,
+        );
+        let durable = self.durable_seq.load(Ordering::SeqCst);
+        let replay_end = replay.last().map_or(meta.last_seq, |r| r.0);
+        if replay_end < durable {
+            tracing::error!(
+                store = meta.last_seq,
+                replayed_to = replay_end,
+                durable,
+                "journal: events missing after reopening the store"
+            );
+        }
+        st.meta = meta;
+        st.tail = load_tail(self.storage.as_ref(), &meta)?;
+        let unlogged: Vec<(u64, Vec<u8>)> = replay
+            .iter()
+            .filter(|r| !logged.contains(&r.0))
+            .cloned()
+            .collect();
+        if let Err(e) = self.write_blocks(&mut st, &replay) {
+            // Still failing: the overlay keeps serving readers.
+            st.overlay = replay
+                .into_iter()
+                .filter(|r| r.0 > st.meta.last_seq)
+                .collect();
+            return Err(e);
+        }
+        st.overlay.clear();
+        st.state_overlay.clear();
+        st.unlogged = unlogged;
+        // The cursors moved meanwhile, clamped to what exists now.
+        let mut batch = Batch::default();
+        let (removed, last) = (st.meta.events_removed, st.meta.last_seq);
+        for (sink, c) in st.event_cursors.iter_mut() {
+            *c = (*c).clamp(removed, last);
+            batch.put(keys::event_cursor(sink), c.to_be_bytes().to_vec());
+        }
+        let (removed, last) = (st.meta.telemetry_removed, st.meta.telemetry_last);
+        for (sink, c) in st.telemetry_cursors.iter_mut() {
+            *c = (*c).clamp(removed, last);
+            batch.put(keys::telemetry_cursor(sink), c.to_be_bytes().to_vec());
+        }
+        self.storage.apply(batch)?;
+        st.store_failing = false;
+        drop(st);
+        self.checkpoint().map_err(JournalError::from)?;
+        self.wal_full.store(false, Ordering::SeqCst);
+        tracing::info!(
+            last_seq = replay_end,
+            "journal store reopened and checkpointed: normal operation resumes"
+        );
+        if self.disk_low.load(Ordering::Relaxed) {
+            // Make room: telemetry is worth least.
+            let mut st = self.lock();
+            let mut evicted = 0;
+            while st.meta.telemetry_count() > 0 {
+                let last = st.meta.telemetry_last;
+                evicted += self.remove_telemetry_chunk(&mut st, last, None)?;
+            }
+            st.telemetry_evicted += evicted;
+            if evicted > 0 {
+                tracing::warn!(evicted, "filesystem low on space: held telemetry evicted");
+            }
+        }
+        self.remove_acknowledged()
     }
 
     pub(crate) fn take_dirty(&self) -> bool {
@@ -410,6 +742,10 @@ impl Shared {
     /// Remove events up to the slowest sink's cursor, telemetry likewise.
     /// Works in chunks, releasing the lock between them.
     fn remove_acknowledged(&self) -> Result<(), JournalError> {
+        if self.lock().store_failing {
+            // Removal writes to the store: after the reopen.
+            return Ok(());
+        }
         loop {
             let mut st = self.lock();
             let Some(upto) = st.event_cursors.values().min().copied() else {
@@ -672,16 +1008,25 @@ impl Journal {
             None => Meta::default(),
         };
         let meta = recover(storage.as_ref(), meta)?;
+        // The WAL's state snapshots and cursor positions newer than the
+        // store's; its events after the store's last.
+        let state_version = apply_wal_states(storage.as_ref(), &replay)?;
+        let logged_cursors = wal_cursors(&replay);
+        let pending = replayable(replay, meta.last_seq);
+        let events_end = pending.last().map_or(meta.last_seq, |(s, _)| *s);
 
         let mut batch = Batch::default();
         batch.put(keys::META, meta.encode());
         let mut event_cursors = BTreeMap::new();
         let mut telemetry_cursors = BTreeMap::new();
         for sink in &sinks {
+            let logged = |tag: u8| logged_cursors.get(&(tag, sink.clone())).copied();
             let e = read_cursor(storage.as_ref(), &keys::event_cursor(sink))?
+                .max(logged(b'e'))
                 .unwrap_or(meta.events_removed)
-                .clamp(meta.events_removed, meta.last_seq);
+                .clamp(meta.events_removed, events_end);
             let t = read_cursor(storage.as_ref(), &keys::telemetry_cursor(sink))?
+                .max(logged(b't'))
                 .unwrap_or(meta.telemetry_removed)
                 .clamp(meta.telemetry_removed, meta.telemetry_last);
             batch.put(keys::event_cursor(sink), e.to_be_bytes().to_vec());
@@ -701,7 +1046,6 @@ impl Journal {
         };
         let (head_tx, _) = watch::channel(head);
         let tail = load_tail(storage.as_ref(), &meta)?;
-        let pending = replayable(replay, meta.last_seq);
         let assigned_seq = pending.last().map_or(meta.last_seq, |(s, _)| *s);
         let shared = Arc::new(Shared {
             storage,
@@ -714,6 +1058,13 @@ impl Journal {
                 telemetry_cursors,
                 pressure: false,
                 telemetry_evicted: 0,
+                store_failing: false,
+                overlay: Vec::new(),
+                unlogged: Vec::new(),
+                states_pending: Vec::new(),
+                state_version,
+                state_overlay: BTreeMap::new(),
+                lazy_wal: Vec::new(),
             }),
             durable_seq: AtomicU64::new(meta.last_seq),
             dirty: AtomicBool::new(false),
@@ -728,6 +1079,9 @@ impl Journal {
             abandoned: AtomicBool::new(false),
             heartbeat: std::sync::OnceLock::new(),
             disk_low: AtomicBool::new(false),
+            wal_full: AtomicBool::new(false),
+            checkpoints: AtomicU64::new(0),
+            states_waiting: AtomicBool::new(false),
         });
         if assigned_seq > meta.last_seq {
             tracing::info!(
@@ -793,12 +1147,31 @@ impl Journal {
     /// Dropping the returned future before it completes does not withdraw
     /// the events: they are recorded all the same.
     pub async fn record(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, JournalError> {
-        if events.is_empty() {
+        self.record_with_state(events, None).await
+    }
+
+    /// [`record`](Self::record) events together with a named state snapshot
+    /// (see [`save_state`](Self::save_state)), durable in the same commit,
+    /// the snapshot after the events: a crash keeps the events without the
+    /// snapshot or both, never the snapshot alone.
+    pub async fn record_with_state(
+        &self,
+        events: Vec<NewEvent>,
+        state: Option<(&str, Vec<u8>)>,
+    ) -> Result<Vec<Event>, JournalError> {
+        if events.is_empty() && state.is_none() {
             return Ok(Vec::new());
         }
         let sh = self.shared();
         let (recorded, last) = {
             let mut st = sh.lock();
+            if st.store_failing && st.pending.len() >= MAX_QUEUED_WHILE_FAILING {
+                return Err(JournalError::Full(format!(
+                    "{} events wait for room: the write-ahead log is full and the store \
+                     cannot be written",
+                    st.pending.len()
+                )));
+            }
             let mut seq = st.assigned_seq;
             let mut out = Vec::with_capacity(events.len());
             let mut staged = Vec::with_capacity(events.len());
@@ -816,6 +1189,10 @@ impl Journal {
             }
             st.assigned_seq = seq;
             st.pending.extend(staged);
+            if let Some((name, data)) = state {
+                st.states_pending.push((name.to_string(), data));
+                sh.states_waiting.store(true, Ordering::SeqCst);
+            }
             (out, seq)
         };
         match self.inner.committer.wait_durable(last).await {
@@ -828,6 +1205,34 @@ impl Journal {
                 reason: e.to_string(),
             }),
         }
+    }
+
+    /// Save a small named state snapshot (the alarm engine's states) in
+    /// the journal: durable when this returns (a WAL record with group
+    /// commit, then the store at the next checkpoint), instead of a
+    /// separately written and fsynced file. Names are at most 255 bytes.
+    /// On `NotDurable` the snapshot is still queued and saved with a later
+    /// commit (unless a newer one of the same name is saved first).
+    pub async fn save_state(&self, name: &str, data: Vec<u8>) -> Result<(), JournalError> {
+        self.record_with_state(Vec::new(), Some((name, data)))
+            .await
+            .map(|_| ())
+    }
+
+    /// The last saved snapshot named `name` (also one not yet durable).
+    pub fn load_state(&self, name: &str) -> Result<Option<Vec<u8>>, JournalError> {
+        let sh = self.shared();
+        let st = sh.lock();
+        if let Some((_, data)) = st.states_pending.iter().rev().find(|(n, _)| n == name) {
+            return Ok(Some(data.clone()));
+        }
+        if let Some(data) = st.state_overlay.get(name) {
+            return Ok(Some(data.clone()));
+        }
+        Ok(sh
+            .storage
+            .get(&keys::state(name))?
+            .map(|v| v.get(8..).unwrap_or_default().to_vec()))
     }
 
     /// Wait until every event up to `seq` is durable (after a
@@ -851,6 +1256,11 @@ impl Journal {
             ));
         }
         let mut st = sh.lock();
+        if st.store_failing {
+            return Err(JournalError::Full(
+                "the journal's store cannot be written (filesystem full?)".into(),
+            ));
+        }
         if st.pressure {
             return Err(JournalError::Full(format!(
                 "undelivered events take {} bytes of the {} byte cap",
@@ -879,9 +1289,30 @@ impl Journal {
     pub fn read_events(&self, after: u64, max: usize) -> Result<Vec<StoredEvent>, JournalError> {
         let sh = self.shared();
         let durable = sh.durable_seq.load(Ordering::SeqCst);
-        let from = after.max(sh.lock().held_from()).saturating_add(1);
+        let (from, overlay, durable) = {
+            let st = sh.lock();
+            let from = after.max(st.held_from()).saturating_add(1);
+            // Events only in the WAL while the store is failing: the
+            // store holds everything up to `meta.last_seq`.
+            let overlay: Vec<StoredEvent> = st
+                .overlay
+                .iter()
+                .filter(|(seq, _)| *seq >= from && *seq <= durable)
+                .take(max)
+                .map(|(seq, payload)| StoredEvent {
+                    seq: *seq,
+                    payload: payload.clone(),
+                })
+                .collect();
+            let durable = if st.store_failing {
+                durable.min(st.meta.last_seq)
+            } else {
+                durable
+            };
+            (from, overlay, durable)
+        };
         if max == 0 || from > durable {
-            return Ok(Vec::new());
+            return Ok(overlay);
         }
         // The block holding `from` starts at or before it.
         let start = match sh.storage.last(&keys::event(0), &keys::event(from))? {
@@ -910,6 +1341,8 @@ impl Journal {
                 }
             }
         }
+        let room = max - out.len();
+        out.extend(overlay.into_iter().take(room));
         Ok(out)
     }
 
@@ -987,10 +1420,29 @@ impl Journal {
                 .ok_or_else(|| JournalError::UnknownSink(sink.to_string()))?;
             let upto = upto.min(cap);
             if upto > cur {
-                let mut batch = Batch::default();
-                batch.put(key, upto.to_be_bytes().to_vec());
-                sh.storage.apply(batch)?;
+                if !st.store_failing {
+                    let mut batch = Batch::default();
+                    batch.put(key, upto.to_be_bytes().to_vec());
+                    if let Err(e) = sh.storage.apply(batch) {
+                        if !sh.has_wal() {
+                            return Err(e.into());
+                        }
+                        sh.enter_store_failing(&mut st, &e.to_string());
+                    }
+                }
+                // While the store is failing the cursor is kept in memory
+                // and written by the reopen.
+                let cursors = match lane {
+                    Lane::Events => &mut st.event_cursors,
+                    Lane::Telemetry => &mut st.telemetry_cursors,
+                };
                 cursors.insert(sink.to_string(), upto);
+                if sh.has_wal() {
+                    // The latest position per sink and lane is enough.
+                    let rec = cursor_record(lane, sink, upto);
+                    st.lazy_wal.retain(|(_, p)| *p != rec.1);
+                    st.lazy_wal.push(rec);
+                }
                 sh.dirty.store(true, Ordering::SeqCst);
             }
         }
@@ -1025,6 +1477,9 @@ impl Journal {
             live_bytes: st.meta.live_bytes(),
             pressure: st.pressure,
             telemetry_evicted: st.telemetry_evicted,
+            store_failing: st.store_failing,
+            wal_full: sh.wal_full.load(Ordering::SeqCst),
+            checkpoints: sh.checkpoints.load(Ordering::Relaxed),
         }
     }
 
@@ -1107,7 +1562,10 @@ impl Journal {
 fn replayable(records: Vec<wal::WalRecord>, last_seq: u64) -> Vec<(u64, Vec<u8>)> {
     let mut next = last_seq + 1;
     let mut out = Vec::new();
-    for r in records {
+    for r in records
+        .into_iter()
+        .filter(|r| wal::kind(r.seq) == wal::KIND_EVENT)
+    {
         if r.seq < next {
             continue;
         }
@@ -1299,4 +1757,106 @@ fn load_tail(storage: &dyn Storage, meta: &Meta) -> Result<Option<Tail>, Journal
         size: v.len(),
         cost: keys::entry_cost(&k, &v),
     }))
+}
+
+/// The WAL record of a state snapshot.
+fn state_record(name: &str, version: u64, data: &[u8]) -> (u64, Vec<u8>) {
+    let name = &name.as_bytes()[..name.len().min(255)];
+    let mut p = Vec::with_capacity(1 + name.len() + data.len());
+    p.push(name.len() as u8);
+    p.extend_from_slice(name);
+    p.extend_from_slice(data);
+    (wal::tagged(wal::KIND_STATE, version), p)
+}
+
+/// (name, version, data) of a state record (`None` if damaged).
+fn decode_state_record(r: &wal::WalRecord) -> Option<(String, u64, Vec<u8>)> {
+    let len = usize::from(*r.payload.first()?);
+    let name = std::str::from_utf8(r.payload.get(1..1 + len)?).ok()?;
+    Some((
+        name.to_string(),
+        wal::value(r.seq),
+        r.payload[1 + len..].to_vec(),
+    ))
+}
+
+/// The WAL record of a cursor position.
+fn cursor_record(lane: Lane, sink: &str, upto: u64) -> (u64, Vec<u8>) {
+    let tag = match lane {
+        Lane::Events => b'e',
+        Lane::Telemetry => b't',
+    };
+    (
+        wal::tagged(wal::KIND_CURSOR, upto),
+        [&[tag][..], sink.as_bytes()].concat(),
+    )
+}
+
+/// The latest (highest) position per (lane tag, sink) among cursor records.
+fn wal_cursors(records: &[wal::WalRecord]) -> BTreeMap<(u8, String), u64> {
+    let mut out: BTreeMap<(u8, String), u64> = BTreeMap::new();
+    for r in records
+        .iter()
+        .filter(|r| wal::kind(r.seq) == wal::KIND_CURSOR)
+    {
+        let Some((&tag, sink)) = r.payload.split_first() else {
+            continue;
+        };
+        let Ok(sink) = std::str::from_utf8(sink) else {
+            continue;
+        };
+        let e = out.entry((tag, sink.to_string())).or_default();
+        *e = (*e).max(wal::value(r.seq));
+    }
+    out
+}
+
+/// The newest snapshot per name among state records: (version, data).
+fn wal_states(records: &[wal::WalRecord]) -> BTreeMap<String, (u64, Vec<u8>)> {
+    let mut out: BTreeMap<String, (u64, Vec<u8>)> = BTreeMap::new();
+    for r in records
+        .iter()
+        .filter(|r| wal::kind(r.seq) == wal::KIND_STATE)
+    {
+        let Some((name, version, data)) = decode_state_record(r) else {
+            tracing::warn!("journal: damaged state record in the WAL skipped");
+            continue;
+        };
+        if out.get(&name).is_none_or(|(v, _)| *v < version) {
+            out.insert(name, (version, data));
+        }
+    }
+    out
+}
+
+/// Stored state snapshots: name → version.
+fn stored_state_versions(storage: &dyn Storage) -> Result<BTreeMap<String, u64>, JournalError> {
+    let mut out = BTreeMap::new();
+    for (k, v) in storage.range(b"s", b"s\xff", usize::MAX)? {
+        let name = String::from_utf8_lossy(&k[1..]).into_owned();
+        out.insert(name, v.get(..8).and_then(keys::decode_u64).unwrap_or(0));
+    }
+    Ok(out)
+}
+
+/// Bring the store's state snapshots up to the newest in `records`; returns
+/// the highest version seen.
+fn apply_wal_states(
+    storage: &dyn Storage,
+    records: &[wal::WalRecord],
+) -> Result<u64, JournalError> {
+    let stored = stored_state_versions(storage)?;
+    let mut top = stored.values().copied().max().unwrap_or(0);
+    let mut batch = Batch::default();
+    for (name, (version, data)) in wal_states(records) {
+        top = top.max(version);
+        if stored.get(&name).is_none_or(|v| *v < version) {
+            batch.put(
+                keys::state(&name),
+                [&version.to_be_bytes()[..], &data].concat(),
+            );
+        }
+    }
+    storage.apply(batch)?;
+    Ok(top)
 }

@@ -75,16 +75,24 @@ pub trait Storage: Send + Sync + 'static {
     fn sync(&self) -> Result<(), StorageError>;
     /// Bytes the store occupies on disk (a `stat`, not a scan).
     fn size_on_disk(&self) -> Result<u64, StorageError>;
+    /// Close and open the store again, as after a crash: what was flushed
+    /// is kept, a prefix of later writes may be. After a failed write an
+    /// engine may refuse every further write until then (sled does, once
+    /// its filesystem was full); the journal calls this, with backoff,
+    /// until it works.
+    fn reopen(&self) -> Result<(), StorageError>;
 }
 
 /// The sled engine (one tree; the journal keeps its lanes apart by key
 /// prefix so one batch can span lanes and metadata atomically).
 pub struct SledStorage {
-    db: sled::Db,
+    /// The open store; `None` after a [`Storage::reopen`] that failed.
+    db: std::sync::RwLock<Option<sled::Db>>,
     dir: PathBuf,
+    cache_bytes: u64,
     /// sled's data file, opened by us so we can `fsync` it: `fsync` acts on
     /// the file, whichever descriptor it is called on.
-    data_file: File,
+    data_file: std::sync::RwLock<Option<File>>,
     dir_file: File,
     /// File names in the directory at its last `fsync`: the directory
     /// itself is synced again only when they change (sled created or
@@ -102,6 +110,22 @@ impl SledStorage {
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<SledStorage, StorageError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StorageError::ctx(&format!("creating {}", dir.display()), e))?;
+        let (db, data_file) = Self::open_db(dir, cache_bytes)?;
+        let dir_file = File::open(dir)
+            .map_err(|e| StorageError::ctx(&format!("opening {}", dir.display()), e))?;
+        Ok(SledStorage {
+            db: std::sync::RwLock::new(Some(db)),
+            dir: dir.to_path_buf(),
+            cache_bytes,
+            data_file: std::sync::RwLock::new(Some(data_file)),
+            dir_file,
+            synced_names: Mutex::new(Vec::new()),
+            synced_blobs: Mutex::new(Default::default()),
+        })
+    }
+
+    /// Open sled in `dir`, and its data file.
+    fn open_db(dir: &Path, cache_bytes: u64) -> Result<(sled::Db, File), StorageError> {
         // sled releases its lock only when its background threads are done
         // with the file, a moment after the last handle is dropped: retry
         // briefly before reporting another holder.
@@ -136,16 +160,18 @@ impl SledStorage {
         let data_path = dir.join("db");
         let data_file = File::open(&data_path)
             .map_err(|e| StorageError::ctx(&format!("opening {}", data_path.display()), e))?;
-        let dir_file = File::open(dir)
-            .map_err(|e| StorageError::ctx(&format!("opening {}", dir.display()), e))?;
-        Ok(SledStorage {
-            db,
-            dir: dir.to_path_buf(),
-            data_file,
-            dir_file,
-            synced_names: Mutex::new(Vec::new()),
-            synced_blobs: Mutex::new(Default::default()),
-        })
+        Ok((db, data_file))
+    }
+
+    /// The open store (a cheap handle clone).
+    fn db(&self) -> Result<sled::Db, StorageError> {
+        self.db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                StorageError(format!("{} is closed (reopen failed)", self.dir.display()))
+            })
     }
 
     fn dir_names(&self) -> Result<Vec<std::ffi::OsString>, StorageError> {
@@ -204,7 +230,7 @@ impl SledStorage {
 
 impl Storage for SledStorage {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.db
+        self.db()?
             .get(key)
             .map(|v| v.map(|v| v.to_vec()))
             .map_err(|e| StorageError::ctx("read", e))
@@ -215,10 +241,11 @@ impl Storage for SledStorage {
         // its I/O buffer twice for every batch (two `pwrite` +
         // `sync_file_range` each), which caps batches at a few thousand a
         // second. The journal orders its writes so a prefix is consistent.
+        let db = self.db()?;
         for op in batch.ops {
             match op {
-                Op::Put(k, v) => self.db.insert(k, v).map(|_| ()),
-                Op::Delete(k) => self.db.remove(k).map(|_| ()),
+                Op::Put(k, v) => db.insert(k, v).map(|_| ()),
+                Op::Delete(k) => db.remove(k).map(|_| ()),
             }
             .map_err(|e| StorageError::ctx("write", e))?;
         }
@@ -229,7 +256,7 @@ impl Storage for SledStorage {
         if start > end {
             return Ok(None);
         }
-        match self.db.range(start..=end).next_back() {
+        match self.db()?.range(start..=end).next_back() {
             None => Ok(None),
             Some(kv) => {
                 let (k, v) = kv.map_err(|e| StorageError::ctx("range read", e))?;
@@ -243,7 +270,7 @@ impl Storage for SledStorage {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
-        for kv in self.db.range(start..=end).take(max) {
+        for kv in self.db()?.range(start..=end).take(max) {
             let (k, v) = kv.map_err(|e| StorageError::ctx("range read", e))?;
             out.push((k.to_vec(), v.to_vec()));
         }
@@ -251,7 +278,7 @@ impl Storage for SledStorage {
     }
 
     fn flush(&self) -> Result<(), StorageError> {
-        self.db
+        self.db()?
             .flush()
             .map(|_| ())
             .map_err(|e| StorageError::ctx("flush", e))
@@ -261,6 +288,10 @@ impl Storage for SledStorage {
         // fdatasync: the data and the metadata needed to read it back (the
         // file's size) reach the device; only timestamps are left out.
         self.data_file
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .ok_or_else(|| StorageError(format!("{}/db is closed", self.dir.display())))?
             .sync_data()
             .map_err(|e| StorageError::ctx(&format!("fdatasync {}/db", self.dir.display()), e))?;
         self.sync_blobs()?;
@@ -276,9 +307,27 @@ impl Storage for SledStorage {
     }
 
     fn size_on_disk(&self) -> Result<u64, StorageError> {
-        self.db
+        self.db()?
             .size_on_disk()
             .map_err(|e| StorageError::ctx("size on disk", e))
+    }
+
+    fn reopen(&self) -> Result<(), StorageError> {
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        let mut data_file = self.data_file.write().unwrap_or_else(|p| p.into_inner());
+        data_file.take();
+        if let Some(old) = db.take() {
+            // sled's drop flushes and `sync_all().unwrap()`s its file when
+            // it has not failed before; a panic there must not take the
+            // journal down with it.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(old))).is_err() {
+                tracing::error!(dir = %self.dir.display(), "closing the store panicked");
+            }
+        }
+        let (new, file) = Self::open_db(&self.dir, self.cache_bytes)?;
+        *db = Some(new);
+        *data_file = Some(file);
+        Ok(())
     }
 }
 
@@ -301,6 +350,7 @@ struct MemInner {
     fail_flush: bool,
     fail_apply: bool,
     flush_delay: std::time::Duration,
+    reopens: u64,
 }
 
 impl MemStorage {
@@ -347,6 +397,10 @@ impl MemStorage {
     /// How many entries `get` and `range` have returned so far.
     pub fn entries_read(&self) -> u64 {
         self.lock().entries_read
+    }
+    /// How many times the store was reopened.
+    pub fn reopens(&self) -> u64 {
+        self.lock().reopens
     }
     /// How many times flush and sync were called.
     pub fn counts(&self) -> (u64, u64) {
@@ -417,6 +471,17 @@ impl Storage for MemStorage {
     }
     fn sync(&self) -> Result<(), StorageError> {
         self.lock().syncs += 1;
+        Ok(())
+    }
+    fn reopen(&self) -> Result<(), StorageError> {
+        {
+            let mut g = self.lock();
+            if g.fail_apply || g.fail_flush {
+                return Err(StorageError("reopen failed (simulated)".into()));
+            }
+            g.reopens += 1;
+        }
+        self.crash();
         Ok(())
     }
     fn size_on_disk(&self) -> Result<u64, StorageError> {

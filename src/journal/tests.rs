@@ -807,7 +807,13 @@ fn failed_checkpoints_with_full_wal_files_report_not_durable_then_recover() {
         "{confirmed} {refused}"
     );
     mem.set_fail_flush(false);
-    rt.block_on(j.wait_durable(refused)).unwrap();
+    // The store is reopened with backoff; then the queued events go in.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while let Err(e) = rt.block_on(j.wait_durable(refused)) {
+        assert!(std::time::Instant::now() < deadline, "never recovered: {e}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!j.stats().store_failing && !j.stats().wal_full);
     mem.crash();
     j.abandon();
     let j = small_wal_journal(&mem, dir.path(), &mem_cfg());
@@ -886,4 +892,254 @@ fn set_sinks_adds_and_removes_sinks_while_running() {
     drop(j);
     let j = mem_journal(&mem, &mem_cfg(), &["uplink", "push-b"]);
     assert_eq!(j.acked_seq("uplink"), 14);
+}
+
+/// Poll until `cond` holds (the committer reopens a failing store with a
+/// backoff starting at 1 s).
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_failing_store_keeps_events_durable_in_the_wal_and_recovers_without_restart() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemStorage::new());
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    rt.block_on(j.record((1..=10).map(ev).collect())).unwrap();
+    j.record_telemetry(b"before").unwrap();
+    j.ack_events("uplink", 3).unwrap();
+    // The filesystem fills up: every store write and flush fails.
+    mem.set_fail_apply(true);
+    mem.set_fail_flush(true);
+    for n in 11..=60 {
+        let got = rt.block_on(j.record(vec![ev(n)])).unwrap();
+        assert_eq!(got[0].seq, n, "gap-free while the store fails");
+    }
+    let st = j.stats();
+    assert!(st.store_failing && !st.wal_full, "{st:?}");
+    assert_eq!(st.last_seq, 60);
+    // Readers see every durable event, the WAL-only ones included.
+    assert_eq!(seqs(&j, 3), (4..=60).collect::<Vec<_>>());
+    let tail: Vec<u64> = j
+        .read_events(55, 100)
+        .unwrap()
+        .iter()
+        .map(|e| detail_n(&e.payload))
+        .collect();
+    assert_eq!(tail, vec![56, 57, 58, 59, 60]);
+    assert!(matches!(
+        j.record_telemetry(b"during"),
+        Err(JournalError::Full(_))
+    ));
+    // Acknowledgements are kept in memory meanwhile.
+    j.ack_events("uplink", 40).unwrap();
+    assert_eq!(j.acked_seq("uplink"), 40);
+    assert_eq!(seqs(&j, 0), (41..=60).collect::<Vec<_>>());
+    let checkpoints = j.stats().checkpoints;
+
+    // Space returns: the store is reopened and checkpointed, no restart.
+    mem.set_fail_apply(false);
+    mem.set_fail_flush(false);
+    wait_for("store reopened", || !j.stats().store_failing);
+    assert!(mem.reopens() >= 1);
+    assert!(
+        j.stats().checkpoints > checkpoints,
+        "no checkpoint after the reopen"
+    );
+    assert_eq!(seqs(&j, 0), (41..=60).collect::<Vec<_>>());
+    let next = rt.block_on(j.record(vec![ev(61)])).unwrap();
+    assert_eq!(next[0].seq, 61, "no seq reused, none skipped");
+    j.record_telemetry(b"after").unwrap();
+    // Everything, cursor included, is in the store: a crash that loses
+    // every unflushed write (and a WAL without records) keeps it.
+    rt.block_on(j.flush()).unwrap();
+    mem.crash();
+    j.abandon();
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    assert_eq!(j.acked_seq("uplink"), 40);
+    assert_eq!(seqs(&j, 0), (41..=61).collect::<Vec<_>>());
+    let payloads: Vec<u64> = j
+        .read_events(40, 100)
+        .unwrap()
+        .iter()
+        .map(|e| detail_n(&e.payload))
+        .collect();
+    assert_eq!(payloads, (41..=61).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_crash_while_the_store_is_failing_loses_no_recorded_event() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemStorage::new());
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    rt.block_on(j.record((1..=5).map(ev).collect())).unwrap();
+    mem.set_fail_apply(true);
+    mem.set_fail_flush(true);
+    for n in 6..=30 {
+        rt.block_on(j.record(vec![ev(n)])).unwrap();
+    }
+    // The process dies while the disk is full; it restarts with space.
+    j.abandon();
+    mem.set_fail_apply(false);
+    mem.set_fail_flush(false);
+    mem.crash();
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    assert_eq!(seqs(&j, 0), (1..=30).collect::<Vec<_>>());
+    let next = rt.block_on(j.record(vec![ev(31)])).unwrap();
+    assert_eq!(next[0].seq, 31);
+}
+
+#[test]
+fn store_failing_with_full_wal_files_is_the_limit_and_memory_stays_bounded() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemStorage::new());
+    let j = small_wal_journal(&mem, dir.path(), &mem_cfg());
+    mem.set_fail_apply(true);
+    mem.set_fail_flush(true);
+    let mut durable = 0;
+    let mut not_durable = 0;
+    let mut refused = 0;
+    let total = MAX_QUEUED_WHILE_FAILING as u64 + 500;
+    for n in 1..=total {
+        match rt.block_on(j.record(vec![ev(n)])) {
+            Ok(evs) => durable = evs[0].seq,
+            Err(JournalError::NotDurable { .. }) => not_durable += 1,
+            Err(JournalError::Full(_)) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let st = j.stats();
+    assert!(st.store_failing && st.wal_full, "{st:?}");
+    assert!(durable > 0, "the WAL took events first");
+    assert_eq!(st.last_seq, durable);
+    assert_eq!(not_durable, MAX_QUEUED_WHILE_FAILING as u64);
+    assert_eq!(
+        refused,
+        total - durable - not_durable,
+        "queue bounded: further events refused"
+    );
+    assert!(refused > 0);
+    // Space returns: the queued events become durable with their seqs.
+    mem.set_fail_apply(false);
+    mem.set_fail_flush(false);
+    let last = durable + MAX_QUEUED_WHILE_FAILING as u64;
+    wait_for("queued events durable", || j.stats().last_seq == last);
+    assert_eq!(seqs(&j, 0), (1..=last).collect::<Vec<_>>());
+}
+
+#[test]
+fn states_saved_with_events_are_replayed_from_the_wal_after_a_crash() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemStorage::new());
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    assert_eq!(j.load_state("alarms").unwrap(), None);
+    let evs = rt
+        .block_on(j.record_with_state(vec![ev(1), ev(2)], Some(("alarms", b"v1".to_vec()))))
+        .unwrap();
+    assert_eq!(evs.len(), 2);
+    rt.block_on(j.save_state("arming", b"a1".to_vec())).unwrap();
+    rt.block_on(j.save_state("alarms", b"v2".to_vec())).unwrap();
+    assert_eq!(j.load_state("alarms").unwrap().as_deref(), Some(&b"v2"[..]));
+    // No store flush for any of them: the WAL made them durable.
+    assert!(mem.pending() > 0);
+    // The store loses every write since its last flush.
+    mem.crash();
+    j.abandon();
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    assert_eq!(j.load_state("alarms").unwrap().as_deref(), Some(&b"v2"[..]));
+    assert_eq!(j.load_state("arming").unwrap().as_deref(), Some(&b"a1"[..]));
+    assert_eq!(seqs(&j, 0), vec![1, 2]);
+    // After that replay's checkpoint, newer versions still win over the
+    // store's (versions continue across the reopen).
+    rt.block_on(j.save_state("alarms", b"v3".to_vec())).unwrap();
+    mem.crash();
+    j.abandon();
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    assert_eq!(j.load_state("alarms").unwrap().as_deref(), Some(&b"v3"[..]));
+    // And a checkpoint puts them in the store itself.
+    rt.block_on(j.flush()).unwrap();
+    mem.crash();
+    j.abandon();
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    assert_eq!(j.load_state("alarms").unwrap().as_deref(), Some(&b"v3"[..]));
+}
+
+#[test]
+fn states_without_a_wal_are_flushed_to_the_store() {
+    let rt = rt();
+    let mem = Arc::new(MemStorage::new());
+    let j = mem_journal(&mem, &mem_cfg(), &["uplink"]);
+    rt.block_on(j.save_state("alarms", b"s".to_vec())).unwrap();
+    mem.crash();
+    drop(j);
+    let j = mem_journal(&mem, &mem_cfg(), &["uplink"]);
+    assert_eq!(j.load_state("alarms").unwrap().as_deref(), Some(&b"s"[..]));
+}
+
+#[test]
+fn cursor_acks_are_replayed_from_the_wal_after_a_crash() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemStorage::new());
+    let j = wal_journal(&mem, dir.path(), &["uplink", "push"]);
+    rt.block_on(j.record((1..=10).map(ev).collect())).unwrap();
+    j.ack_events("uplink", 6).unwrap();
+    j.ack_events("push", 4).unwrap();
+    j.record_telemetry(b"t1").unwrap();
+    j.record_telemetry(b"t2").unwrap();
+    rt.block_on(j.flush()).unwrap();
+    j.ack_telemetry("uplink", 1).unwrap();
+    j.ack_events("uplink", 8).unwrap();
+    // The next commit carries the cursor records into the WAL.
+    rt.block_on(j.record(vec![ev(11)])).unwrap();
+    // The store loses the cursors written since its last flush.
+    mem.crash();
+    j.abandon();
+    let j = wal_journal(&mem, dir.path(), &["uplink", "push"]);
+    assert_eq!(j.acked_seq("uplink"), 8);
+    assert_eq!(j.acked_seq("push"), 4);
+    assert_eq!(j.acked_telemetry("uplink"), 1);
+    assert_eq!(seqs(&j, 4), (5..=11).collect::<Vec<_>>());
+}
+
+#[test]
+fn states_saved_while_the_store_fails_survive_the_reopen() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemStorage::new());
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    rt.block_on(j.save_state("alarms", b"before".to_vec()))
+        .unwrap();
+    mem.set_fail_apply(true);
+    mem.set_fail_flush(true);
+    rt.block_on(j.record_with_state(vec![ev(1)], Some(("alarms", b"during".to_vec()))))
+        .unwrap();
+    assert!(j.stats().store_failing);
+    assert_eq!(
+        j.load_state("alarms").unwrap().as_deref(),
+        Some(&b"during"[..])
+    );
+    mem.set_fail_apply(false);
+    mem.set_fail_flush(false);
+    wait_for("store reopened", || !j.stats().store_failing);
+    assert_eq!(
+        j.load_state("alarms").unwrap().as_deref(),
+        Some(&b"during"[..])
+    );
+    rt.block_on(j.flush()).unwrap();
+    mem.crash();
+    j.abandon();
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    assert_eq!(
+        j.load_state("alarms").unwrap().as_deref(),
+        Some(&b"during"[..])
+    );
 }

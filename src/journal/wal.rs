@@ -23,6 +23,11 @@
 //!                     payload) u32, seq u64, payload
 //! ```
 //!
+//! The top byte of a record's `seq` field is its kind (see [`tagged`]):
+//! 0 for an event (the field is its seq; files written before kinds
+//! existed hold only these), 1 for a named state snapshot (the rest is its
+//! version), 2 for a sink's cursor (the rest is the position).
+//!
 //! A new generation overwrites only the header: records of an older
 //! generation that follow fail their checksum (the generation is part of
 //! it) and end the scan, as does an all-zero or torn record.
@@ -35,6 +40,29 @@ use std::path::{Path, PathBuf};
 const MAGIC: &[u8; 8] = b"EGWAL\0\0\x01";
 const HEADER: u64 = 32;
 const RECORD_HEADER: usize = 16;
+
+/// Record kinds, in the top byte of the `seq` field.
+pub const KIND_EVENT: u8 = 0;
+/// A named state snapshot: payload `name len u8, name, data`; value: version.
+pub const KIND_STATE: u8 = 1;
+/// A sink's cursor: payload `lane u8 (b'e' or b't'), sink name`; value: position.
+pub const KIND_CURSOR: u8 = 2;
+const VALUE_MASK: u64 = (1 << 56) - 1;
+
+/// The `seq` field of a record of `kind` carrying `value` (< 2^56).
+pub fn tagged(kind: u8, value: u64) -> u64 {
+    (u64::from(kind) << 56) | (value & VALUE_MASK)
+}
+
+/// The kind of a record's `seq` field.
+pub fn kind(field: u64) -> u8 {
+    (field >> 56) as u8
+}
+
+/// The value of a record's `seq` field (the seq, for an event).
+pub fn value(field: u64) -> u64 {
+    field & VALUE_MASK
+}
 
 /// Size of the WAL file. Larger commits go straight to a checkpoint.
 pub const WAL_BYTES: u64 = 2 * 1024 * 1024;
@@ -75,6 +103,19 @@ fn header(generation: u64) -> [u8; HEADER as usize] {
     h
 }
 
+/// Bytes of a page (the unit of preallocation writes).
+const PAGE: usize = 4096;
+
+/// Drop the file's clean pages from the page cache after reading it whole:
+/// reading fills the cache with large folios (readahead), and a small
+/// append into one would dirty the whole folio. Advisory; errors ignored.
+fn drop_cache(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise only reads its arguments; the descriptor is
+    // open for the duration of the call.
+    let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+}
+
 fn ctx(what: impl std::fmt::Display, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
@@ -110,15 +151,19 @@ impl Wal {
         if data.len() as u64 >= capacity && generation.is_some() {
             wal.generation = generation.unwrap_or(0);
             wal.end = end;
+            drop_cache(&wal.file);
             return Ok((wal, records));
         }
         if existed && !data.is_empty() && generation.is_none() {
             tracing::warn!(path = %path.display(), "journal WAL header unreadable; starting a new one");
         }
         // Create (or grow) the file: write every block once, so later
-        // `fdatasync`s never allocate.
+        // `fdatasync`s never allocate. One page per write: the page cache
+        // then holds the file in single pages, so an append dirties (and
+        // writeback writes) one page, not a large folio of many (Linux
+        // 6.x gives ext4 large folios sized by the writes that create them).
         wal.generation = generation.unwrap_or(0);
-        let zeros = vec![0u8; 64 * 1024];
+        let zeros = vec![0u8; PAGE];
         let mut off = data.len() as u64;
         while off < capacity {
             let n = zeros.len().min((capacity - off) as usize);
@@ -138,6 +183,7 @@ impl Wal {
                     .map_err(|e| ctx(format!("fsync {}", dir.display()), e))?;
             }
         }
+        drop_cache(&wal.file);
         Ok((wal, records))
     }
 
@@ -198,6 +244,17 @@ impl Wal {
         self.generation = next;
         self.end = HEADER;
         Ok(())
+    }
+
+    /// The records of the current generation, read back from the file.
+    pub fn read_back(&self) -> io::Result<Vec<WalRecord>> {
+        let mut data = vec![0u8; self.end as usize];
+        self.file
+            .read_exact_at(&mut data, 0)
+            .map_err(|e| ctx(format!("reading {}", self.path.display()), e))?;
+        let (_, records, _) = parse(&data);
+        drop_cache(&self.file);
+        Ok(records)
     }
 
     /// No record since the last reset.
@@ -369,8 +426,7 @@ impl WalPair {
         let (a, mut ra) = Wal::open(&dir.join("wal.0"), capacity, fsync)?;
         let (b, rb) = Wal::open(&dir.join("wal.1"), capacity, fsync)?;
         ra.extend(rb);
-        ra.sort_by_key(|r| r.seq);
-        ra.dedup_by_key(|r| r.seq);
+        sort_dedup(&mut ra);
         Ok((
             WalPair {
                 files: [a, b],
@@ -382,10 +438,15 @@ impl WalPair {
         ))
     }
 
-    /// Append to the active file; when it is full and the other file is
-    /// free, switch to it (returns `Rotated`: a checkpoint is due).
-    pub fn append(&mut self, records: &[(u64, Vec<u8>)]) -> io::Result<Appended> {
-        let it = || records.iter().map(|(s, p)| (*s, p.as_slice()));
+    /// Append `records` then `more` to the active file; when it is full
+    /// and the other file is free, switch to it (returns `Rotated`: a
+    /// checkpoint is due).
+    pub fn append(
+        &mut self,
+        records: &[(u64, Vec<u8>)],
+        more: &[(u64, Vec<u8>)],
+    ) -> io::Result<Appended> {
+        let it = || records.iter().chain(more).map(|(s, p)| (*s, p.as_slice()));
         if self.files[self.active].append(it())? {
             return Ok(Appended::Yes);
         }
@@ -444,10 +505,26 @@ impl WalPair {
         Ok(())
     }
 
+    /// Every record not yet checkpointed, read back from both files, by
+    /// seq, without duplicates (as [`open`](Self::open) returns them).
+    pub fn read_back(&self) -> io::Result<Vec<WalRecord>> {
+        let mut all = self.files[0].read_back()?;
+        all.extend(self.files[1].read_back()?);
+        sort_dedup(&mut all);
+        Ok(all)
+    }
+
     /// Records not yet checkpointed (in either file).
     pub fn has_records(&self) -> bool {
         self.retired || !self.files[self.active].is_empty()
     }
+}
+
+/// By `seq` field (events by seq, then the other kinds), without
+/// duplicates: a record can be in both files when a reopen wrote it again.
+fn sort_dedup(records: &mut Vec<WalRecord>) {
+    records.sort_by_key(|r| r.seq);
+    records.dedup_by(|a, b| a.seq == b.seq && a.payload == b.payload);
 }
 
 /// Outcome of [`WalPair::append`].
@@ -464,6 +541,35 @@ pub enum Appended {
 mod pair_tests {
     use super::*;
 
+    impl WalPair {
+        fn append_one(&mut self, r: &[(u64, Vec<u8>)]) -> io::Result<Appended> {
+            self.append(r, &[])
+        }
+    }
+
+    #[test]
+    fn kinds_share_the_seq_field_and_events_read_as_before() {
+        assert_eq!(tagged(KIND_EVENT, 42), 42);
+        let f = tagged(KIND_STATE, 7);
+        assert_eq!((kind(f), value(f)), (KIND_STATE, 7));
+        assert_eq!(kind(tagged(KIND_CURSOR, u64::MAX)), KIND_CURSOR);
+        assert!(
+            f > tagged(KIND_EVENT, VALUE_MASK),
+            "other kinds sort after events"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (mut p, _) = WalPair::open(dir.path(), 8192, false).unwrap();
+        p.reset_all().unwrap();
+        let cur =
+            |upto: u64, sink: &str| (tagged(KIND_CURSOR, upto), [b"e", sink.as_bytes()].concat());
+        p.append(&[(1, b"a".to_vec())], &[cur(1, "uplink"), cur(1, "push")])
+            .unwrap();
+        drop(p);
+        let (_, r) = WalPair::open(dir.path(), 8192, false).unwrap();
+        assert_eq!(r.len(), 3, "same field, different payloads: both kept");
+        assert_eq!(r[0].seq, 1);
+    }
+
     fn rec(seq: u64) -> (u64, Vec<u8>) {
         (seq, vec![b'x'; 1200])
     }
@@ -475,14 +581,14 @@ mod pair_tests {
         assert!(r.is_empty());
         p.reset_all().unwrap();
         for s in 1..=3 {
-            assert_eq!(p.append(&[rec(s)]).unwrap(), Appended::Yes);
+            assert_eq!(p.append_one(&[rec(s)]).unwrap(), Appended::Yes);
         }
         // The first file is full: the pair switches.
-        assert_eq!(p.append(&[rec(4)]).unwrap(), Appended::Rotated);
-        assert_eq!(p.append(&[rec(5)]).unwrap(), Appended::Yes);
-        assert_eq!(p.append(&[rec(6)]).unwrap(), Appended::Yes);
+        assert_eq!(p.append_one(&[rec(4)]).unwrap(), Appended::Rotated);
+        assert_eq!(p.append_one(&[rec(5)]).unwrap(), Appended::Yes);
+        assert_eq!(p.append_one(&[rec(6)]).unwrap(), Appended::Yes);
         // Both full, the first not yet checkpointed: no room.
-        assert_eq!(p.append(&[rec(7)]).unwrap(), Appended::No);
+        assert_eq!(p.append_one(&[rec(7)]).unwrap(), Appended::No);
         drop(p);
         let (mut p, r) = WalPair::open(dir.path(), 4096 + HEADER, false).unwrap();
         assert_eq!(
@@ -491,10 +597,10 @@ mod pair_tests {
         );
         // A background checkpoint: rotate, then reset the retired file.
         p.reset_all().unwrap();
-        p.append(&[rec(7)]).unwrap();
+        p.append_one(&[rec(7)]).unwrap();
         assert!(p.rotate());
         let epoch = p.epoch();
-        p.append(&[rec(8)]).unwrap();
+        p.append_one(&[rec(8)]).unwrap();
         assert!(
             !p.rotate(),
             "the retired file still waits for its checkpoint"

@@ -244,6 +244,24 @@ pub fn render(state: &WebState) -> String {
         if j.pressure { 1.0 } else { 0.0 },
     );
     e.single(
+        "estate_gateway_journal_store_failing",
+        Kind::Gauge,
+        "1 while the journal's store cannot be written (filesystem full): events are durable in the write-ahead log alone.",
+        if j.store_failing { 1.0 } else { 0.0 },
+    );
+    e.single(
+        "estate_gateway_journal_wal_full",
+        Kind::Gauge,
+        "1 while the write-ahead log is full and the store cannot be written: new events are not durable.",
+        if j.wal_full { 1.0 } else { 0.0 },
+    );
+    e.single(
+        "estate_gateway_journal_checkpoints_total",
+        Kind::Counter,
+        "Journal checkpoints (store flushed and synced) since start.",
+        j.checkpoints as f64,
+    );
+    e.single(
         "estate_gateway_journal_telemetry_evicted_total",
         Kind::Counter,
         "Telemetry messages evicted for the journal's size cap.",
