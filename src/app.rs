@@ -287,6 +287,11 @@ impl Gateway {
 /// `estate-gateway run`: start, tell systemd it is ready, pet its watchdog
 /// while every main loop is alive, then stop on SIGTERM/SIGINT.
 pub async fn run(cfg: LoadedConfig) -> anyhow::Result<()> {
+    // Handlers first: a SIGTERM or SIGHUP (`systemctl reload`) arriving
+    // while the gateway starts is taken up once it runs, rather than
+    // killing it halfway (their default action).
+    let mut stop_signals = StopSignals::new()?;
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let service = Service::from_env();
     let path = cfg.path.clone();
     let gw = Gateway::start(cfg).await?;
@@ -295,8 +300,8 @@ pub async fn run(cfg: LoadedConfig) -> anyhow::Result<()> {
     service.ready();
     let watchdog_stop = CancellationToken::new();
     let watchdog = service.spawn_watchdog(gw.status.liveness.clone(), watchdog_stop.clone());
-    let reloads = tokio::spawn(reload_on_sighup(gw.reloader(), path, service.clone()));
-    wait_for_signal().await;
+    let reloads = tokio::spawn(reload_on_sighup(hup, gw.reloader(), path, service.clone()));
+    stop_signals.recv().await;
     reloads.abort();
     tracing::info!("shutdown requested");
     service.stopping();
@@ -304,7 +309,7 @@ pub async fn run(cfg: LoadedConfig) -> anyhow::Result<()> {
     // A second signal exits at once.
     tokio::select! {
         _ = gw.wait() => {}
-        _ = wait_for_signal() => {
+        _ = stop_signals.recv() => {
             tracing::warn!("second signal: exiting now");
             std::process::exit(130);
         }
@@ -346,9 +351,13 @@ fn release_startup_memory() {
 
 /// Reload `path` on every SIGHUP (`systemctl reload`), telling systemd
 /// while it runs. Reloads run one after the other.
-async fn reload_on_sighup(reloader: Reloader, path: std::path::PathBuf, service: Service) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
+async fn reload_on_sighup(
+    hup: std::io::Result<tokio::signal::unix::Signal>,
+    reloader: Reloader,
+    path: std::path::PathBuf,
+    service: Service,
+) {
+    let mut hup = match hup {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "no SIGHUP handler: reload needs a restart");
@@ -364,12 +373,25 @@ async fn reload_on_sighup(reloader: Reloader, path: std::path::PathBuf, service:
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the start.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("SIGINT handler")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
