@@ -69,6 +69,10 @@ def config(args, ports, broker_port, journal) -> str:
     out = [
         '[site]\nid = "bench"\ngateway = "gw-bench"\n',
         '[log]\nlevel = "warn"\n',
+        # The web server as by default, on a free port: runs that share the
+        # machine would otherwise race for 127.0.0.1:8080, and the loser
+        # runs without its web server.
+        f'[web]\nlisten = "127.0.0.1:{free_port()}"\n',
         f'[journal]\npath = "{journal}"\nfsync = {"false" if args.no_fsync else "true"}\n'
         + (f"telemetry_flush_s = {args.checkpoint_s}\n" if args.checkpoint_s else "")
         + (f"max_bytes = {args.max_bytes}\n" if args.max_bytes else ""),
