@@ -281,3 +281,75 @@ async fn a_driver_that_cannot_start_rolls_the_field_back() {
     gw.stop();
     gw.wait().await;
 }
+
+fn not_running(gw: &Gateway) -> Vec<String> {
+    gw.status
+        .liveness
+        .names()
+        .into_iter()
+        .filter(|n| n.ends_with("(not running)"))
+        .collect()
+}
+
+fn devices_offline(gw: &Gateway) -> u64 {
+    gw.status
+        .devices_offline
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_unit_left_stopped_by_a_failed_reload_is_reported_and_started_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (pw_a, pw_b) = (dir.join("a.pw"), dir.join("b.pw"));
+    std::fs::write(&pw_a, "a").unwrap();
+    std::fs::write(&pw_b, "b").unwrap();
+    let base = || config(dir, "gw", false);
+    let a = loaded(dir, "a.toml", &with_external_broker(base(), &pw_a, 60));
+    let b = loaded(dir, "b.toml", &with_external_broker(base(), &pw_b, 90));
+    let gw = Gateway::start(a.clone()).await.expect("start");
+    let fail = || async {
+        std::fs::remove_file(&pw_a).unwrap();
+        std::fs::remove_file(&pw_b).unwrap();
+        match gw.reload(b.clone()).await {
+            Err(ReloadError::Failed { .. }) => {}
+            other => panic!("expected Failed, got {other:?}"),
+        }
+        // The previous rules run without the MQTT driver, and say so.
+        assert_eq!(gw.current().config.path, a.path);
+        assert!(!gw.writers().iter().any(|(d, _)| &**d == "button"));
+        alarm_task_answers(&gw).await;
+        assert_eq!(not_running(&gw), vec!["mqtt site broker (not running)"]);
+        assert_eq!(devices_offline(&gw), 1);
+        std::fs::write(&pw_a, "a").unwrap();
+        std::fs::write(&pw_b, "b").unwrap();
+    };
+
+    // Reloading the running file starts the missing unit.
+    fail().await;
+    let r = gw.reload(a.clone()).await.expect("reload the same file");
+    assert!(r.changed, "{r:?}");
+    assert_eq!(r.drivers.started, vec!["mqtt site broker"], "{r:?}");
+    assert!(gw.writers().iter().any(|(d, _)| &**d == "button"));
+    assert!(not_running(&gw).is_empty());
+    assert_eq!(devices_offline(&gw), 0);
+    let r = gw.reload(a.clone()).await.unwrap();
+    assert!(!r.changed, "{r:?}");
+
+    // Without a reload, it is started again in the background.
+    fail().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !gw.writers().iter().any(|(d, _)| &**d == "button") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "MQTT driver not started again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(not_running(&gw).is_empty());
+    assert_eq!(devices_offline(&gw), 0);
+    alarm_task_answers(&gw).await;
+
+    gw.stop();
+    gw.wait().await;
+}

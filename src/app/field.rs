@@ -75,6 +75,11 @@ pub(super) struct Field {
     /// The configuration and live view of the alarm side last stopped
     /// (its kept devices' last values seed the next one).
     previous: Option<(Arc<LoadedConfig>, Arc<LiveView>)>,
+    /// Units the running configuration has but that did not start (a
+    /// reload that neither the new nor the previous file completed): each
+    /// holds a liveness entry that is never beaten, so `/healthz` and the
+    /// watchdog name it until it runs.
+    down: BTreeMap<UnitId, crate::service::liveness::Heartbeat>,
 }
 
 /// One running driver unit.
@@ -125,6 +130,7 @@ impl Field {
             units: BTreeMap::new(),
             side: None,
             previous: None,
+            down: BTreeMap::new(),
         };
         match field.apply(cfg, shared).await {
             Ok((handles, _)) => Ok((field, handles)),
@@ -193,6 +199,24 @@ impl Field {
         }
         let handles = self.start_side(cfg, shared, &kept).await;
         Ok((handles, plan))
+    }
+
+    /// True when exactly `c`'s units run with `c`'s settings (false after
+    /// a reload left a unit not started).
+    pub fn in_step(&self, c: &Config) -> bool {
+        let target = units::units_of(c);
+        target.len() == self.units.len()
+            && target
+                .iter()
+                .all(|(id, spec)| self.units.get(id).is_some_and(|r| &r.spec == spec))
+    }
+
+    /// Names of `c`'s units that are not running.
+    pub fn missing(&self, c: &Config) -> Vec<UnitId> {
+        units::units_of(c)
+            .into_keys()
+            .filter(|id| !self.units.contains_key(id))
+            .collect()
     }
 
     /// Start the alarm side again for `cfg` over whatever units run (the
@@ -286,13 +310,36 @@ impl Field {
     ) -> Arc<FieldHandles> {
         let c = &cfg.config;
         let status = &shared.status;
-        // Devices count as online until they fail; the alarm task moves
-        // the ones saved offline.
-        status.devices_online.store(
-            c.devices.iter().filter(|d| d.enabled).count() as u64,
-            Ordering::Relaxed,
-        );
-        status.devices_offline.store(0, Ordering::Relaxed);
+        // Devices of running units count as online until they fail (the
+        // alarm task moves the ones saved offline); devices of units that
+        // did not start are offline.
+        let serving: HashSet<&str> = self
+            .units
+            .values()
+            .flat_map(|r| r.spec.device_ids())
+            .collect();
+        let enabled = c.devices.iter().filter(|d| d.enabled).count() as u64;
+        let online = c
+            .devices
+            .iter()
+            .filter(|d| d.enabled && serving.contains(d.id.as_str()))
+            .count() as u64;
+        status.devices_online.store(online, Ordering::Relaxed);
+        status
+            .devices_offline
+            .store(enabled - online, Ordering::Relaxed);
+        // Units not running are reported until they run.
+        let missing = self.missing(c);
+        self.down.retain(|id, _| missing.contains(id));
+        for id in missing {
+            if !self.down.contains_key(&id) {
+                tracing::error!(unit = %id, "driver not running: its devices are not monitored");
+                let hb = status
+                    .liveness
+                    .register(format!("{id} (not running)"), std::time::Duration::ZERO);
+                self.down.insert(id, hb);
+            }
+        }
         let (req_tx, req_rx) = mpsc::channel::<AlarmRequest>(64);
 
         // Where each running unit's points are now, and the complete
