@@ -260,10 +260,18 @@ async fn a_driver_that_cannot_start_rolls_the_field_back() {
     let a = loaded(dir, "a.toml", &with_external_broker(base(), &pw_a, 60));
     let gw = Gateway::start(a.clone()).await.expect("start");
 
-    // The new driver's password file vanished after validation: it cannot
-    // start, and the previous driver and rules run again.
+    // The new driver's password file vanished after validation: checked
+    // before anything stops, nothing changes.
     let b = loaded(dir, "b.toml", &with_external_broker(base(), &pw_b, 90));
     std::fs::remove_file(&pw_b).unwrap();
+    match gw.reload(b.clone()).await {
+        Err(ReloadError::Secret(e)) => assert!(e.contains("site_broker.password"), "{e}"),
+        other => panic!("expected Secret, got {other:?}"),
+    }
+    assert_eq!(gw.current().config.path, a.path);
+    // Should the driver fail at its start all the same (the file vanishing
+    // after the check), the previous driver and rules run again.
+    gw.reloader().skip_start_checks_for_tests();
     match gw.reload(b).await {
         Err(ReloadError::RolledBack(e)) => assert!(e.contains("site_broker.password"), "{e}"),
         other => panic!("expected RolledBack, got {other:?}"),
@@ -275,8 +283,8 @@ async fn a_driver_that_cannot_start_rolls_the_field_back() {
     let r = gw.reload(a).await.unwrap();
     assert!(!r.changed, "{r:?}");
     let changes = config_changes(&gw);
-    assert_eq!(changes.len(), 1, "{changes:?}");
-    assert_eq!(changes[0]["ok"], false);
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert!(changes.iter().all(|c| c["ok"] == false), "{changes:?}");
 
     gw.stop();
     gw.wait().await;
@@ -308,6 +316,8 @@ async fn a_unit_left_stopped_by_a_failed_reload_is_reported_and_started_again() 
     let a = loaded(dir, "a.toml", &with_external_broker(base(), &pw_a, 60));
     let b = loaded(dir, "b.toml", &with_external_broker(base(), &pw_b, 90));
     let gw = Gateway::start(a.clone()).await.expect("start");
+    // Both files vanish between the check and the start.
+    gw.reloader().skip_start_checks_for_tests();
     let fail = || async {
         std::fs::remove_file(&pw_a).unwrap();
         std::fs::remove_file(&pw_b).unwrap();

@@ -175,12 +175,18 @@ impl Field {
             tracing::info!(unit = %id, "stopping driver");
             r.stop.cancel();
         }
+        let mut stopped_devices: HashSet<Arc<str>> = HashSet::new();
         for (_, r) in stopping {
+            stopped_devices.extend(r.spec.device_ids().map(Arc::from));
             r.stop().await;
         }
         // Readings of the units just stopped reach the old alarm task;
         // the kept units' wait for the new one.
         self.stop_side(shared).await;
+        // With no alarm task attached (a rollback, a retry), what the
+        // stopped units sent waits in the bus, numbered as in the table
+        // they started with, which no alarm task runs with: dropped.
+        self.relay.purge(stopped_devices).await;
         let kept = self.running_devices();
         let cameras_kept = self
             .units
@@ -199,6 +205,25 @@ impl Field {
         }
         let handles = self.start_side(cfg, shared, &kept).await;
         Ok((handles, plan))
+    }
+
+    /// Check, before anything stops, what starting `cfg`'s new or changed
+    /// units could fail on (the site broker password, the embedded
+    /// broker's users and address). Modbus, GPIO and camera units do not
+    /// fail to start (they retry their devices).
+    pub fn check_start(&self, cfg: &LoadedConfig) -> anyhow::Result<()> {
+        let running: BTreeMap<UnitId, &UnitSpec> = self
+            .units
+            .iter()
+            .map(|(id, r)| (id.clone(), &r.spec))
+            .collect();
+        let plan = units::plan(&running, &units::units_of(&cfg.config));
+        for id in plan.to_start() {
+            if *id == UnitId::Mqtt {
+                crate::drivers::mqtt::check_start(cfg).with_context(|| format!("starting {id}"))?;
+            }
+        }
+        Ok(())
     }
 
     /// True when exactly `c`'s units run with `c`'s settings (false after

@@ -16,7 +16,7 @@
 
 use super::units::Shift;
 use crate::point::BusMessage;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -31,6 +31,7 @@ pub(super) type Shifts = HashMap<Arc<str>, Shift>;
 enum Ctl {
     Attach(mpsc::Sender<BusMessage>, Shifts),
     Detach(oneshot::Sender<()>),
+    Purge(HashSet<Arc<str>>, oneshot::Sender<usize>),
 }
 
 /// The bus of the field side and its forwarding task.
@@ -71,6 +72,23 @@ impl Relay {
         }
     }
 
+    /// Drop the messages waiting (no alarm task attached) of `devices`,
+    /// logged; returns how many. A reload calls it for the devices of the
+    /// units it stopped after detaching: their messages may be numbered in
+    /// a point table no alarm task will run with (a unit started by a
+    /// reload that then rolled back).
+    pub async fn purge(&self, devices: HashSet<Arc<str>>) -> usize {
+        if devices.is_empty() {
+            return 0;
+        }
+        let (done, wait) = oneshot::channel();
+        if self.ctl.send(Ctl::Purge(devices, done)).await.is_ok() {
+            wait.await.unwrap_or(0)
+        } else {
+            0
+        }
+    }
+
     /// End the relay (after [`detach`](Self::detach); drivers stopped).
     pub async fn close(self) {
         drop(self.ctl);
@@ -79,17 +97,46 @@ impl Relay {
     }
 }
 
+fn device_of(m: &BusMessage) -> &Arc<str> {
+    match m {
+        BusMessage::Readings { device, .. } | BusMessage::DeviceStatus { device, .. } => device,
+    }
+}
+
 async fn run(mut rx: mpsc::Receiver<BusMessage>, mut ctl: mpsc::Receiver<Ctl>) {
     let mut to: Option<(mpsc::Sender<BusMessage>, Shifts)> = None;
+    // Messages taken out of the bus by a purge, in order; they go first.
+    let mut held: VecDeque<BusMessage> = VecDeque::new();
     loop {
+        if let Some((tx, shifts)) = &to {
+            while let Some(m) = held.pop_front() {
+                forward(tx, shifts, m).await;
+            }
+        }
         tokio::select! {
             biased;
             c = ctl.recv() => match c {
                 None => break,
                 Some(Ctl::Attach(tx, shifts)) => to = Some((tx, shifts)),
+                Some(Ctl::Purge(devices, done)) => {
+                    while let Ok(m) = rx.try_recv() {
+                        held.push_back(m);
+                    }
+                    let before = held.len();
+                    held.retain(|m| !devices.contains(device_of(m)));
+                    let n = before - held.len();
+                    if n > 0 {
+                        tracing::warn!(dropped = n, devices = ?devices, "bus messages of stopped drivers dropped (their point numbering no longer runs)");
+                    }
+                    let _ = done.send(n);
+                }
                 Some(Ctl::Detach(done)) => {
                     if let Some((tx, shifts)) = to.take() {
                         let mut n = 0usize;
+                        while let Some(m) = held.pop_front() {
+                            forward(&tx, &shifts, m).await;
+                            n += 1;
+                        }
                         while let Ok(m) = rx.try_recv() {
                             forward(&tx, &shifts, m).await;
                             n += 1;
@@ -239,6 +286,23 @@ mod tests {
             bus.send(readings("a", &[i])).await.unwrap();
         }
         relay.detach().await;
+        // Waiting while detached: a purge drops the named devices'
+        // messages and keeps the others in order.
+        for i in 300..310u32 {
+            bus.send(readings(if i % 2 == 0 { "a" } else { "gone" }, &[i]))
+                .await
+                .unwrap();
+        }
+        assert_eq!(relay.purge(["gone".into()].into_iter().collect()).await, 5);
+        bus.send(readings("a", &[310])).await.unwrap();
+        let (c_tx, mut c_rx) = mpsc::channel(4096);
+        relay.attach(c_tx, Shifts::new()).await;
+        relay.detach().await;
+        let mut third = Vec::new();
+        while let Some(m) = c_rx.recv().await {
+            third.extend(points(&m).into_iter().map(|(p, _)| p));
+        }
+        assert_eq!(third, vec![300, 302, 304, 306, 308, 310]);
         drop(bus);
         relay.close().await;
         let mut second = Vec::new();

@@ -63,6 +63,8 @@ pub enum ReloadError {
     Invalid(ConfigErrors),
     #[error("changes to [{}] take effect only on restart; nothing changed", .0.join("], ["))]
     NeedsRestart(Vec<&'static str>),
+    /// A secret or resource the new configuration needs (the uplink or
+    /// site broker password, the embedded broker's address) is missing.
     #[error("{0}; nothing changed")]
     Secret(String),
     #[error("the new configuration did not start ({0}); the previous one runs again")]
@@ -83,6 +85,8 @@ pub struct Reloader {
     handles: Arc<watch::Sender<Arc<FieldHandles>>>,
     /// Stops the background start of units a failed reload left stopped.
     retry: Arc<std::sync::Mutex<Option<CancellationToken>>>,
+    /// Tests only: skip the start checks (to reach a failing start).
+    skip_checks: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// First wait before starting again the units a failed reload left
@@ -104,7 +108,16 @@ impl Reloader {
             uplink_commands,
             handles: Arc::new(handles),
             retry: Arc::new(std::sync::Mutex::new(None)),
+            skip_checks: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
+    }
+
+    /// Tests only: let reloads skip the checks made before stopping
+    /// anything, so that a unit's start can fail halfway through a switch.
+    #[doc(hidden)]
+    pub fn skip_start_checks_for_tests(&self) {
+        self.skip_checks
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Load and validate `path`, then [`reload`](Self::reload) it. Every
@@ -209,6 +222,15 @@ impl Reloader {
         } else {
             None
         };
+        // What starting the new or changed units could fail on, too: a
+        // switch that rolls back is not free (see `Field::apply`).
+        if !self.skip_checks.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(field) = live.field.as_ref() {
+                field
+                    .check_start(&new)
+                    .map_err(|e| ReloadError::Secret(format!("{e:#}")))?;
+            }
+        }
         let new = Arc::new(new);
         let shared = &self.shared;
         // This reload starts what is missing (or fails again and retries).
