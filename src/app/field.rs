@@ -97,11 +97,22 @@ struct Running {
     spans: Vec<(Arc<str>, Span)>,
 }
 
+/// How long a unit's tasks have to end once told to stop before they are
+/// aborted (a reload holds the lock the shutdown waits on).
+const UNIT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Running {
-    async fn stop(self) {
+    /// Cancel the unit's tasks and wait for them to end; any still running
+    /// after [`UNIT_STOP_TIMEOUT`] is aborted, logged.
+    async fn stop(self, id: &UnitId) {
         self.stop.cancel();
-        for t in self.tasks {
-            let _ = t.await;
+        let deadline = tokio::time::Instant::now() + UNIT_STOP_TIMEOUT;
+        for mut t in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                tracing::error!(unit = %id, timeout_s = UNIT_STOP_TIMEOUT.as_secs(), "driver task did not stop in time; aborted");
+                t.abort();
+                let _ = t.await;
+            }
         }
     }
 }
@@ -176,9 +187,9 @@ impl Field {
             r.stop.cancel();
         }
         let mut stopped_devices: HashSet<Arc<str>> = HashSet::new();
-        for (_, r) in stopping {
+        for (id, r) in stopping {
             stopped_devices.extend(r.spec.device_ids().map(Arc::from));
-            r.stop().await;
+            r.stop(id).await;
         }
         // Readings of the units just stopped reach the old alarm task;
         // the kept units' wait for the new one.
@@ -518,8 +529,8 @@ impl Field {
         for r in self.units.values() {
             r.stop.cancel();
         }
-        for (_, r) in std::mem::take(&mut self.units) {
-            r.stop().await;
+        for (id, r) in std::mem::take(&mut self.units) {
+            r.stop(&id).await;
         }
         self.stop_side(shared).await;
         self.relay.close().await;

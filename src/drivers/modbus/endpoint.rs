@@ -437,8 +437,8 @@ impl<C: Connector> Endpoint<C> {
                     m = self.poll(i) => m,
                 };
                 self.polled_since_probe = true;
-                if !self.send(messages).await {
-                    info!("bus closed; endpoint task stops");
+                if !self.send(messages, &shutdown).await {
+                    info!("bus closed or stopping; endpoint task stops");
                     break;
                 }
             }
@@ -760,10 +760,11 @@ impl<C: Connector> Endpoint<C> {
         self.poll_inner(i).instrument(span).await
     }
 
-    /// Hand a poll's messages to the bus; false once the bus is closed.
-    async fn send(&mut self, messages: [Option<BusMessage>; 2]) -> bool {
+    /// Hand a poll's messages to the bus; false once the bus is closed or
+    /// `stop` is cancelled while the bus is full.
+    async fn send(&mut self, messages: [Option<BusMessage>; 2], stop: &CancellationToken) -> bool {
         for m in messages.into_iter().flatten() {
-            if self.bus.send(m).await.is_err() {
+            if !crate::drivers::send_or_stop(&self.bus, m, stop).await {
                 return false;
             }
         }
