@@ -738,6 +738,50 @@ async fn a_write_times_out_on_a_silent_device_and_serial_keeps_silence() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_stopping_endpoint_writes_its_pending_pulse_releases() {
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    shared.lock().unwrap().coils[0] = false;
+    let (_rx, writers, token, h) = start_writable(&shared, LinkKind::Tcp);
+    writers
+        .write(
+            "dev-1",
+            2,
+            Value::Bool(true),
+            Some(Duration::from_secs(60)),
+            W,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(shared.lock().unwrap().coils[0], "pulse on");
+    token.cancel();
+    let t0 = Instant::now();
+    h.await.unwrap();
+    assert!(!shared.lock().unwrap().coils[0], "released at the stop");
+    assert!(Instant::now() - t0 < Duration::from_secs(2));
+
+    // A device that does not answer holds the stop at most 2 s.
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    let (_rx, writers, token, h) = start_writable(&shared, LinkKind::Tcp);
+    writers
+        .write(
+            "dev-1",
+            2,
+            Value::Bool(true),
+            Some(Duration::from_secs(60)),
+            W,
+        )
+        .await
+        .unwrap();
+    set(&shared, 1, Behaviour::Hang);
+    token.cancel();
+    let t0 = Instant::now();
+    h.await.unwrap();
+    assert!(shared.lock().unwrap().coils[0], "not released");
+    assert!(Instant::now() - t0 <= Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_failed_pulse_release_is_retried() {
     let shared = fake(&[(1, Behaviour::Answer)]);
     shared.lock().unwrap().coils[0] = false;
