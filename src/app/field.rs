@@ -387,32 +387,43 @@ impl Field {
         let mut clip_queues = HashMap::new();
         for (id, r) in &self.units {
             for (device, span) in &r.spans {
-                let Some(now) = table.get(&**device) else {
-                    continue;
+                // A running driver's device that the table lacks or numbers
+                // otherwise (the alarm side of the previous file over a
+                // unit started with the new one, after a failed reload):
+                // its readings are dropped and it takes no writes or probes.
+                let now = match table.get(&**device) {
+                    Some(now) if now.len == span.len => now,
+                    Some(_) => {
+                        tracing::error!(unit = %id, device = %device, "device's points differ under its running driver: its readings are ignored");
+                        shifts.insert(device.clone(), None);
+                        continue;
+                    }
+                    None => {
+                        tracing::error!(unit = %id, device = %device, "device of a running driver not configured: its readings are ignored");
+                        shifts.insert(device.clone(), None);
+                        continue;
+                    }
                 };
                 let shift = Shift {
                     driver: *span,
                     table: now.first,
                 };
-                if now.len != span.len {
-                    // A kept unit's devices are unchanged: not expected.
-                    tracing::error!(unit = %id, device = %device, "device's points changed under a running driver");
-                    continue;
-                }
                 if !shift.is_identity() {
-                    shifts.insert(device.clone(), shift);
+                    shifts.insert(device.clone(), Some(shift));
                 }
             }
             for (device, tx) in r.writers.iter() {
                 let tx = match shifts.get(device) {
-                    Some(s) => shifted_writer(tx.clone(), *s),
+                    Some(Some(s)) => shifted_writer(tx.clone(), *s),
+                    Some(None) => continue,
                     None => tx.clone(),
                 };
                 writers.insert(device.clone(), tx);
             }
             for (device, tx) in r.probes.iter() {
                 let tx = match shifts.get(device) {
-                    Some(&s) => modbus::probe::shifted(tx.clone(), move |i| s.forward(i)),
+                    Some(&Some(s)) => modbus::probe::shifted(tx.clone(), move |i| s.forward(i)),
+                    Some(None) => continue,
                     None => tx.clone(),
                 };
                 probes.insert(device.clone(), tx);

@@ -25,8 +25,10 @@ use tokio::task::JoinHandle;
 /// dropped); a poll cycle is at most delayed.
 pub(super) const BUS_CAPACITY: usize = 1024;
 
-/// Index moves per device (devices whose indices do not move are absent).
-pub(super) type Shifts = HashMap<Arc<str>, Shift>;
+/// Index moves per device (devices whose indices do not move are absent);
+/// `None`: the device's messages are dropped (a running driver's device
+/// that the current table lacks or numbers differently).
+pub(super) type Shifts = HashMap<Arc<str>, Option<Shift>>;
 
 enum Ctl {
     Attach(mpsc::Sender<BusMessage>, Shifts),
@@ -164,8 +166,13 @@ async fn forward(to: &mpsc::Sender<BusMessage>, shifts: &Shifts, m: BusMessage) 
 }
 
 /// Move a reading's indices to the current table. A reading outside its
-/// device's points (none expected) is dropped, logged.
+/// device's points (none expected) is dropped, logged; so is every
+/// message of a device whose shift is `None`.
 pub(super) fn shift(shifts: &Shifts, m: BusMessage) -> Option<BusMessage> {
+    if let Some(None) = shifts.get(device_of(&m)) {
+        tracing::debug!(device = %device_of(&m), "message of a device the alarm engine does not run dropped");
+        return None;
+    }
     match m {
         BusMessage::Readings {
             device,
@@ -173,7 +180,7 @@ pub(super) fn shift(shifts: &Shifts, m: BusMessage) -> Option<BusMessage> {
             replied_at,
             mut readings,
         } => {
-            if let Some(s) = shifts.get(&device) {
+            if let Some(Some(s)) = shifts.get(&device) {
                 readings.retain_mut(|r| match s.forward(r.point) {
                     Some(p) => {
                         r.point = p;
@@ -236,11 +243,12 @@ mod tests {
         let mut shifts = Shifts::new();
         shifts.insert(
             "a".into(),
-            Shift {
+            Some(Shift {
                 driver: Span { first: 2, len: 3 },
                 table: 10,
-            },
+            }),
         );
+        shifts.insert("dropped".into(), None);
         let m = shift(&shifts, readings("a", &[2, 4])).unwrap();
         assert_eq!(points(&m), vec![(10, Value::Int(2)), (12, Value::Int(4))]);
         // Other devices pass as they are.
@@ -248,6 +256,15 @@ mod tests {
         assert_eq!(points(&m), vec![(2, Value::Int(2))]);
         // Outside the device's span: dropped.
         assert!(shift(&shifts, readings("a", &[5])).is_none());
+        // A device the current table lacks: every message dropped.
+        assert!(shift(&shifts, readings("dropped", &[0])).is_none());
+        let status = BusMessage::DeviceStatus {
+            device: "dropped".into(),
+            ts: Timestamp::now(),
+            online: false,
+            reason: None,
+        };
+        assert!(shift(&shifts, status).is_none());
     }
 
     #[tokio::test]
@@ -273,13 +290,13 @@ mod tests {
         let mut shifts = Shifts::new();
         shifts.insert(
             "a".into(),
-            Shift {
+            Some(Shift {
                 driver: Span {
                     first: 0,
                     len: 1000,
                 },
                 table: 1000,
-            },
+            }),
         );
         relay.attach(b_tx, shifts).await;
         for i in 200..300u32 {
