@@ -363,3 +363,66 @@ async fn a_unit_left_stopped_by_a_failed_reload_is_reported_and_started_again() 
     gw.stop();
     gw.wait().await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn removed_devices_and_cameras_leave_the_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let base = || config(dir, "gw", false);
+    let extra = format!(
+        r#"
+[clips]
+path = "{dir}/clips"
+min_free_bytes = 0
+
+[[cameras]]
+id = "cam-gone"
+url = "rtsp://127.0.0.1:9/stream"
+transport = "tcp"
+
+[[devices]]
+id = "plc-gone"
+category = "intrusion"
+poll_interval_s = 1
+[devices.modbus]
+host = "127.0.0.1"
+port = 9
+unit = 1
+
+[[devices.points]]
+id = "door"
+register = "coil"
+address = 0
+"#,
+        dir = dir.display()
+    );
+    let a = loaded(dir, "a.toml", &(base() + &extra));
+    let gw = Gateway::start(a).await.expect("start");
+    let cameras = || -> Vec<String> {
+        gw.status
+            .cameras
+            .snapshot()
+            .into_iter()
+            .map(|c| c.id)
+            .collect()
+    };
+    let polled = || -> Vec<String> {
+        gw.status
+            .polls
+            .snapshot()
+            .into_iter()
+            .map(|(d, _)| d.to_string())
+            .collect()
+    };
+    assert_eq!(cameras(), vec!["cam-gone"]);
+    assert_eq!(polled(), vec!["plc-gone"]);
+
+    let b = loaded(dir, "b.toml", &base());
+    let r = gw.reload(b).await.expect("reload without them");
+    assert_eq!(r.by_device.stopped, vec!["plc-gone"], "{r:?}");
+    assert!(cameras().is_empty(), "{:?}", cameras());
+    assert!(polled().is_empty(), "{:?}", polled());
+
+    gw.stop();
+    gw.wait().await;
+}

@@ -364,6 +364,21 @@ impl Field {
         status
             .devices_offline
             .store(enabled - online, Ordering::Relaxed);
+        // Metrics of devices and cameras no longer configured go.
+        let cameras: HashSet<&str> = c
+            .cameras
+            .iter()
+            .filter(|cam| cam.enabled)
+            .map(|cam| cam.id.as_str())
+            .collect();
+        let devices: HashSet<&str> = c
+            .devices
+            .iter()
+            .filter(|d| d.enabled)
+            .map(|d| d.id.as_str())
+            .collect();
+        status.polls.retain(|d| devices.contains(d));
+        status.cameras.retain(|id| cameras.contains(id));
         // Units not running are reported until they run.
         let missing = self.missing(c);
         self.down.retain(|id, _| missing.contains(id));
