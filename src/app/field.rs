@@ -383,12 +383,13 @@ impl Field {
         let missing = self.missing(c);
         self.down.retain(|id, _| missing.contains(id));
         for id in missing {
-            if !self.down.contains_key(&id) {
+            if let std::collections::btree_map::Entry::Vacant(e) = self.down.entry(id) {
+                let id = e.key();
                 tracing::error!(unit = %id, "driver not running: its devices are not monitored");
                 let hb = status
                     .liveness
                     .register(format!("{id} (not running)"), std::time::Duration::ZERO);
-                self.down.insert(id, hb);
+                e.insert(hb);
             }
         }
         let (req_tx, req_rx) = mpsc::channel::<AlarmRequest>(64);
