@@ -386,9 +386,7 @@ impl Field {
             if let std::collections::btree_map::Entry::Vacant(e) = self.down.entry(id) {
                 let id = e.key();
                 tracing::error!(unit = %id, "driver not running: its devices are not monitored");
-                let hb = status
-                    .liveness
-                    .register(format!("{id} (not running)"), std::time::Duration::ZERO);
+                let hb = status.liveness.register_down(format!("{id} (not running)"));
                 e.insert(hb);
             }
         }
