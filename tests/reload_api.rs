@@ -360,6 +360,34 @@ async fn a_unit_left_stopped_by_a_failed_reload_is_reported_and_started_again() 
     assert_eq!(devices_offline(&gw), 0);
     alarm_task_answers(&gw).await;
 
+    // Each time, the gateway's own alarm was raised and cleared.
+    let drivers: Vec<(String, String)> = gw
+        .journal
+        .read_events(0, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::from_slice::<serde_json::Value>(&e.payload).unwrap())
+        .filter(|e| e["alarm"]["key"] == "gateway/drivers")
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["alarm"]["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let kinds: Vec<&str> = drivers.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "alarm.raised",
+            "alarm.cleared",
+            "alarm.raised",
+            "alarm.cleared"
+        ],
+        "{drivers:?}"
+    );
+    assert!(drivers[0].1.contains("mqtt site broker"), "{drivers:?}");
+
     gw.stop();
     gw.wait().await;
 }

@@ -381,6 +381,7 @@ impl Field {
         status.cameras.retain(|id| cameras.contains(id));
         // Units not running are reported until they run.
         let missing = self.missing(c);
+        let was_down = !self.down.is_empty();
         self.down.retain(|id, _| missing.contains(id));
         for id in missing {
             if let std::collections::btree_map::Entry::Vacant(e) = self.down.entry(id) {
@@ -388,6 +389,13 @@ impl Field {
                 tracing::error!(unit = %id, "driver not running: its devices are not monitored");
                 let hb = status.liveness.register_down(format!("{id} (not running)"));
                 e.insert(hb);
+            }
+        }
+        if was_down != !self.down.is_empty() {
+            let names: Vec<String> = self.down.keys().map(|u| u.to_string()).collect();
+            let ev = drivers_event(&names);
+            if let Err(e) = shared.journal.record(vec![ev]).await {
+                tracing::error!(error = %e, "gateway/drivers alarm not recorded");
             }
         }
         let (req_tx, req_rx) = mpsc::channel::<AlarmRequest>(64);
@@ -559,6 +567,54 @@ impl Field {
         }
         self.stop_side(shared).await;
         self.relay.close().await;
+    }
+}
+
+/// The alarm key of the gateway's own alarm for drivers that do not run.
+pub const DRIVERS_ALARM_KEY: &str = "gateway/drivers";
+
+/// The `gateway/drivers` alarm: raised (priority 2, category `system`)
+/// naming the driver units `down` that do not run, cleared when `down` is
+/// empty.
+fn drivers_event(down: &[String]) -> crate::event::NewEvent {
+    use crate::event::{AlarmInfo, AlarmState, Category, EventKind, NewEvent, Priority, Source};
+    let (kind, state, message) = if down.is_empty() {
+        (
+            EventKind::AlarmCleared,
+            AlarmState::Normal,
+            "Every field driver runs again".to_string(),
+        )
+    } else {
+        (
+            EventKind::AlarmRaised,
+            AlarmState::ActiveUnacked,
+            format!(
+                "Field drivers not running, their devices unmonitored: {}",
+                down.join(", ")
+            ),
+        )
+    };
+    NewEvent {
+        ts: Timestamp::now(),
+        kind,
+        priority: Priority::HIGH,
+        category: Category::System,
+        source: Source {
+            device: Some("gateway".into()),
+            point: Some("drivers".into()),
+            zone: None,
+        },
+        alarm: Some(AlarmInfo {
+            key: DRIVERS_ALARM_KEY.into(),
+            state,
+            value: serde_json::json!(down.len()),
+            message,
+            operator: None,
+            comment: None,
+            latched: false,
+        }),
+        attachments: Vec::new(),
+        detail: Some(serde_json::json!({ "not_running": down })),
     }
 }
 
