@@ -391,7 +391,8 @@ impl Field {
                 e.insert(hb);
             }
         }
-        if was_down != !self.down.is_empty() {
+        let is_down = !self.down.is_empty();
+        if was_down != is_down {
             let names: Vec<String> = self.down.keys().map(|u| u.to_string()).collect();
             let ev = drivers_event(&names);
             if let Err(e) = shared.journal.record(vec![ev]).await {
