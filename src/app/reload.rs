@@ -380,7 +380,15 @@ impl Reloader {
             if field.in_step(&cfg.config) {
                 return;
             }
-            tracing::info!(units = ?missing.iter().map(|u| u.to_string()).collect::<Vec<_>>(), "starting drivers that are not running");
+            let names: Vec<String> = missing.iter().map(|u| u.to_string()).collect();
+            wait = (wait * 2).min(RETRY_MAX);
+            // What would fail is checked first: a try that cannot succeed
+            // leaves the running alarm side alone.
+            if let Err(e) = field.check_start(&cfg) {
+                tracing::warn!(units = ?names, error = %format!("{e:#}"), retry_in_s = wait.as_secs(), "drivers still cannot start");
+                continue;
+            }
+            tracing::info!(units = ?names, "starting drivers that are not running");
             match field.apply(cfg.clone(), &self.shared).await {
                 Ok((handles, plan)) => {
                     self.handles.send_replace(handles);
@@ -389,12 +397,11 @@ impl Reloader {
                     return;
                 }
                 Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), retry_in_s = (wait * 2).min(RETRY_MAX).as_secs(), "drivers still do not start");
+                    tracing::error!(error = %format!("{e:#}"), retry_in_s = wait.as_secs(), "drivers still do not start");
                     let handles = field.restore_side(cfg, &self.shared).await;
                     self.handles.send_replace(handles);
                 }
             }
-            wait = (wait * 2).min(RETRY_MAX);
         }
     }
 
