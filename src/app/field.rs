@@ -346,24 +346,14 @@ impl Field {
     ) -> Arc<FieldHandles> {
         let c = &cfg.config;
         let status = &shared.status;
-        // Devices of running units count as online until they fail (the
-        // alarm task moves the ones saved offline); devices of units that
-        // did not start are offline.
-        let serving: HashSet<&str> = self
-            .units
-            .values()
-            .flat_map(|r| r.spec.device_ids())
-            .collect();
-        let enabled = c.devices.iter().filter(|d| d.enabled).count() as u64;
-        let online = c
-            .devices
-            .iter()
-            .filter(|d| d.enabled && serving.contains(d.id.as_str()))
-            .count() as u64;
-        status.devices_online.store(online, Ordering::Relaxed);
-        status
-            .devices_offline
-            .store(enabled - online, Ordering::Relaxed);
+        // Devices count as online until they fail; the alarm task moves
+        // the ones saved offline, and those of units that do not run
+        // (below).
+        status.devices_online.store(
+            c.devices.iter().filter(|d| d.enabled).count() as u64,
+            Ordering::Relaxed,
+        );
+        status.devices_offline.store(0, Ordering::Relaxed);
         // Metrics of devices and cameras no longer configured go.
         let cameras: HashSet<&str> = c
             .cameras
@@ -484,6 +474,20 @@ impl Field {
         // (MQTT, GPIO): their last values go first to the new alarm task.
         if let Some((old, old_live)) = self.previous.take() {
             for m in carried_values(&old, &old_live, &cfg, kept) {
+                let _ = bus_tx.send(m).await;
+            }
+        }
+        // Devices of units that do not run are offline (an event, the
+        // counters, bad values) until their driver reports them.
+        let units = units::units_of(c);
+        for id in self.down.keys() {
+            for device in units.get(id).into_iter().flat_map(|u| u.device_ids()) {
+                let m = BusMessage::DeviceStatus {
+                    device: device.into(),
+                    ts: Timestamp::now(),
+                    online: false,
+                    reason: Some(format!("driver not running ({id})")),
+                };
                 let _ = bus_tx.send(m).await;
             }
         }
