@@ -265,9 +265,11 @@ async fn a_driver_that_cannot_start_rolls_the_field_back() {
     let b = loaded(dir, "b.toml", &with_external_broker(base(), &pw_b, 90));
     std::fs::remove_file(&pw_b).unwrap();
     match gw.reload(b.clone()).await {
-        Err(ReloadError::Secret(e)) => assert!(e.contains("site_broker.password"), "{e}"),
-        other => panic!("expected Secret, got {other:?}"),
+        Err(ReloadError::RolledBack(e)) => assert!(e.contains("site_broker.password"), "{e}"),
+        other => panic!("expected RolledBack, got {other:?}"),
     }
+    // Nothing was stopped: the MQTT driver kept running.
+    assert!(not_running(&gw).is_empty());
     assert_eq!(gw.current().config.path, a.path);
     // Should the driver fail at its start all the same (the file vanishing
     // after the check), the previous driver and rules run again.

@@ -63,10 +63,11 @@ pub enum ReloadError {
     Invalid(ConfigErrors),
     #[error("changes to [{}] take effect only on restart; nothing changed", .0.join("], ["))]
     NeedsRestart(Vec<&'static str>),
-    /// A secret or resource the new configuration needs (the uplink or
-    /// site broker password, the embedded broker's address) is missing.
+    /// The uplink password cannot be read.
     #[error("{0}; nothing changed")]
     Secret(String),
+    /// The new configuration did not start, or would not have (its start
+    /// checks failed before anything stopped): the previous one runs.
     #[error("the new configuration did not start ({0}); the previous one runs again")]
     RolledBack(String),
     #[error("the new configuration did not start ({new}), nor did the previous one ({old})")]
@@ -226,9 +227,11 @@ impl Reloader {
         // switch that rolls back is not free (see `Field::apply`).
         if !self.skip_checks.load(std::sync::atomic::Ordering::Relaxed) {
             if let Some(field) = live.field.as_ref() {
+                // Reported as a rollback (the previous file keeps
+                // running), which is what the start would have come to.
                 field
                     .check_start(&new)
-                    .map_err(|e| ReloadError::Secret(format!("{e:#}")))?;
+                    .map_err(|e| ReloadError::RolledBack(format!("{e:#}")))?;
             }
         }
         let new = Arc::new(new);
