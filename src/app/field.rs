@@ -103,10 +103,9 @@ const UNIT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5)
 
 impl Running {
     /// Cancel the unit's tasks and wait for them to end; any still running
-    /// after [`UNIT_STOP_TIMEOUT`] is aborted, logged.
-    async fn stop(self, id: &UnitId) {
+    /// at `deadline` (units stopped together share one) is aborted, logged.
+    async fn stop(self, id: &UnitId, deadline: tokio::time::Instant) {
         self.stop.cancel();
-        let deadline = tokio::time::Instant::now() + UNIT_STOP_TIMEOUT;
         for mut t in self.tasks {
             if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
                 tracing::error!(unit = %id, timeout_s = UNIT_STOP_TIMEOUT.as_secs(), "driver task did not stop in time; aborted");
@@ -187,9 +186,10 @@ impl Field {
             r.stop.cancel();
         }
         let mut stopped_devices: HashSet<Arc<str>> = HashSet::new();
+        let deadline = tokio::time::Instant::now() + UNIT_STOP_TIMEOUT;
         for (id, r) in stopping {
             stopped_devices.extend(r.spec.device_ids().map(Arc::from));
-            r.stop(id).await;
+            r.stop(id, deadline).await;
         }
         // Readings of the units just stopped reach the old alarm task;
         // the kept units' wait for the new one.
@@ -567,8 +567,9 @@ impl Field {
         for r in self.units.values() {
             r.stop.cancel();
         }
+        let deadline = tokio::time::Instant::now() + UNIT_STOP_TIMEOUT;
         for (id, r) in std::mem::take(&mut self.units) {
-            r.stop(&id).await;
+            r.stop(&id, deadline).await;
         }
         self.stop_side(shared).await;
         self.relay.close().await;
