@@ -140,6 +140,13 @@ impl PollRegistry {
         c
     }
 
+    /// Forget the counters of devices `keep` refuses (removed by a reload:
+    /// their metrics go with them).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut d = self.devices.lock().unwrap_or_else(|p| p.into_inner());
+        d.retain(|(id, _)| keep(id));
+    }
+
     /// Every device's counters.
     pub fn snapshot(&self) -> Vec<(Arc<str>, Arc<PollCounters>)> {
         self.devices

@@ -260,10 +260,20 @@ async fn a_driver_that_cannot_start_rolls_the_field_back() {
     let a = loaded(dir, "a.toml", &with_external_broker(base(), &pw_a, 60));
     let gw = Gateway::start(a.clone()).await.expect("start");
 
-    // The new driver's password file vanished after validation: it cannot
-    // start, and the previous driver and rules run again.
+    // The new driver's password file vanished after validation: checked
+    // before anything stops, nothing changes.
     let b = loaded(dir, "b.toml", &with_external_broker(base(), &pw_b, 90));
     std::fs::remove_file(&pw_b).unwrap();
+    match gw.reload(b.clone()).await {
+        Err(ReloadError::RolledBack(e)) => assert!(e.contains("site_broker.password"), "{e}"),
+        other => panic!("expected RolledBack, got {other:?}"),
+    }
+    // Nothing was stopped: the MQTT driver kept running.
+    assert!(not_running(&gw).is_empty());
+    assert_eq!(gw.current().config.path, a.path);
+    // Should the driver fail at its start all the same (the file vanishing
+    // after the check), the previous driver and rules run again.
+    gw.reloader().skip_start_checks_for_tests();
     match gw.reload(b).await {
         Err(ReloadError::RolledBack(e)) => assert!(e.contains("site_broker.password"), "{e}"),
         other => panic!("expected RolledBack, got {other:?}"),
@@ -275,8 +285,186 @@ async fn a_driver_that_cannot_start_rolls_the_field_back() {
     let r = gw.reload(a).await.unwrap();
     assert!(!r.changed, "{r:?}");
     let changes = config_changes(&gw);
-    assert_eq!(changes.len(), 1, "{changes:?}");
-    assert_eq!(changes[0]["ok"], false);
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert!(changes.iter().all(|c| c["ok"] == false), "{changes:?}");
+
+    gw.stop();
+    gw.wait().await;
+}
+
+fn not_running(gw: &Gateway) -> Vec<String> {
+    gw.status
+        .liveness
+        .names()
+        .into_iter()
+        .filter(|n| n.ends_with("(not running)"))
+        .collect()
+}
+
+fn devices_offline(gw: &Gateway) -> u64 {
+    gw.status
+        .devices_offline
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_unit_left_stopped_by_a_failed_reload_is_reported_and_started_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (pw_a, pw_b) = (dir.join("a.pw"), dir.join("b.pw"));
+    std::fs::write(&pw_a, "a").unwrap();
+    std::fs::write(&pw_b, "b").unwrap();
+    let base = || config(dir, "gw", false);
+    let a = loaded(dir, "a.toml", &with_external_broker(base(), &pw_a, 60));
+    let b = loaded(dir, "b.toml", &with_external_broker(base(), &pw_b, 90));
+    let gw = Gateway::start(a.clone()).await.expect("start");
+    // Both files vanish between the check and the start.
+    gw.reloader().skip_start_checks_for_tests();
+    let fail = || async {
+        std::fs::remove_file(&pw_a).unwrap();
+        std::fs::remove_file(&pw_b).unwrap();
+        match gw.reload(b.clone()).await {
+            Err(ReloadError::Failed { .. }) => {}
+            other => panic!("expected Failed, got {other:?}"),
+        }
+        // The previous rules run without the MQTT driver, and say so.
+        assert_eq!(gw.current().config.path, a.path);
+        assert!(!gw.writers().iter().any(|(d, _)| &**d == "button"));
+        alarm_task_answers(&gw).await;
+        assert_eq!(not_running(&gw), vec!["mqtt site broker (not running)"]);
+        // Its device is offline (until its driver hears from it again).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while devices_offline(&gw) != 1 {
+            assert!(std::time::Instant::now() < deadline, "device not offline");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        std::fs::write(&pw_a, "a").unwrap();
+        std::fs::write(&pw_b, "b").unwrap();
+    };
+
+    // Reloading the running file starts the missing unit.
+    fail().await;
+    let r = gw.reload(a.clone()).await.expect("reload the same file");
+    assert!(r.changed, "{r:?}");
+    assert_eq!(r.drivers.started, vec!["mqtt site broker"], "{r:?}");
+    assert!(gw.writers().iter().any(|(d, _)| &**d == "button"));
+    assert!(not_running(&gw).is_empty());
+    let r = gw.reload(a.clone()).await.unwrap();
+    assert!(!r.changed, "{r:?}");
+
+    // Without a reload, it is started again in the background.
+    fail().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !gw.writers().iter().any(|(d, _)| &**d == "button") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "MQTT driver not started again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(not_running(&gw).is_empty());
+    alarm_task_answers(&gw).await;
+
+    // Each time, the device went offline, and the gateway's own alarm was
+    // raised and cleared.
+    let offline = gw
+        .journal
+        .read_events(0, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::from_slice::<serde_json::Value>(&e.payload).unwrap())
+        .filter(|e| e["kind"] == "device.offline")
+        .count();
+    assert!(offline >= 1, "no device.offline event");
+    let drivers: Vec<(String, String)> = gw
+        .journal
+        .read_events(0, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::from_slice::<serde_json::Value>(&e.payload).unwrap())
+        .filter(|e| e["alarm"]["key"] == "gateway/drivers")
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["alarm"]["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let kinds: Vec<&str> = drivers.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "alarm.raised",
+            "alarm.cleared",
+            "alarm.raised",
+            "alarm.cleared"
+        ],
+        "{drivers:?}"
+    );
+    assert!(drivers[0].1.contains("mqtt site broker"), "{drivers:?}");
+
+    gw.stop();
+    gw.wait().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn removed_devices_and_cameras_leave_the_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let base = || config(dir, "gw", false);
+    let extra = format!(
+        r#"
+[clips]
+path = "{dir}/clips"
+min_free_bytes = 0
+
+[[cameras]]
+id = "cam-gone"
+url = "rtsp://127.0.0.1:9/stream"
+transport = "tcp"
+
+[[devices]]
+id = "plc-gone"
+category = "intrusion"
+poll_interval_s = 1
+[devices.modbus]
+host = "127.0.0.1"
+port = 9
+unit = 1
+
+[[devices.points]]
+id = "door"
+register = "coil"
+address = 0
+"#,
+        dir = dir.display()
+    );
+    let a = loaded(dir, "a.toml", &(base() + &extra));
+    let gw = Gateway::start(a).await.expect("start");
+    let cameras = || -> Vec<String> {
+        gw.status
+            .cameras
+            .snapshot()
+            .into_iter()
+            .map(|c| c.id)
+            .collect()
+    };
+    let polled = || -> Vec<String> {
+        gw.status
+            .polls
+            .snapshot()
+            .into_iter()
+            .map(|(d, _)| d.to_string())
+            .collect()
+    };
+    assert_eq!(cameras(), vec!["cam-gone"]);
+    assert_eq!(polled(), vec!["plc-gone"]);
+
+    let b = loaded(dir, "b.toml", &base());
+    let r = gw.reload(b).await.expect("reload without them");
+    assert_eq!(r.by_device.stopped, vec!["plc-gone"], "{r:?}");
+    assert!(cameras().is_empty(), "{:?}", cameras());
+    assert!(polled().is_empty(), "{:?}", polled());
 
     gw.stop();
     gw.wait().await;

@@ -75,6 +75,11 @@ pub(super) struct Field {
     /// The configuration and live view of the alarm side last stopped
     /// (its kept devices' last values seed the next one).
     previous: Option<(Arc<LoadedConfig>, Arc<LiveView>)>,
+    /// Units the running configuration has but that did not start (a
+    /// reload that neither the new nor the previous file completed): each
+    /// holds a liveness entry that is never beaten, so `/healthz` and the
+    /// watchdog name it until it runs.
+    down: BTreeMap<UnitId, crate::service::liveness::Heartbeat>,
 }
 
 /// One running driver unit.
@@ -92,11 +97,21 @@ struct Running {
     spans: Vec<(Arc<str>, Span)>,
 }
 
+/// How long a unit's tasks have to end once told to stop before they are
+/// aborted (a reload holds the lock the shutdown waits on).
+const UNIT_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Running {
-    async fn stop(self) {
+    /// Cancel the unit's tasks and wait for them to end; any still running
+    /// at `deadline` (units stopped together share one) is aborted, logged.
+    async fn stop(self, id: &UnitId, deadline: tokio::time::Instant) {
         self.stop.cancel();
-        for t in self.tasks {
-            let _ = t.await;
+        for mut t in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                tracing::error!(unit = %id, timeout_s = UNIT_STOP_TIMEOUT.as_secs(), "driver task did not stop in time; aborted");
+                t.abort();
+                let _ = t.await;
+            }
         }
     }
 }
@@ -125,6 +140,7 @@ impl Field {
             units: BTreeMap::new(),
             side: None,
             previous: None,
+            down: BTreeMap::new(),
         };
         match field.apply(cfg, shared).await {
             Ok((handles, _)) => Ok((field, handles)),
@@ -169,12 +185,19 @@ impl Field {
             tracing::info!(unit = %id, "stopping driver");
             r.stop.cancel();
         }
-        for (_, r) in stopping {
-            r.stop().await;
+        let mut stopped_devices: HashSet<Arc<str>> = HashSet::new();
+        let deadline = tokio::time::Instant::now() + UNIT_STOP_TIMEOUT;
+        for (id, r) in stopping {
+            stopped_devices.extend(r.spec.device_ids().map(Arc::from));
+            r.stop(id, deadline).await;
         }
         // Readings of the units just stopped reach the old alarm task;
         // the kept units' wait for the new one.
         self.stop_side(shared).await;
+        // With no alarm task attached (a rollback, a retry), what the
+        // stopped units sent waits in the bus, numbered as in the table
+        // they started with, which no alarm task runs with: dropped.
+        self.relay.purge(stopped_devices).await;
         let kept = self.running_devices();
         let cameras_kept = self
             .units
@@ -193,6 +216,43 @@ impl Field {
         }
         let handles = self.start_side(cfg, shared, &kept).await;
         Ok((handles, plan))
+    }
+
+    /// Check, before anything stops, what starting `cfg`'s new or changed
+    /// units could fail on (the site broker password, the embedded
+    /// broker's users and address). Modbus, GPIO and camera units do not
+    /// fail to start (they retry their devices).
+    pub fn check_start(&self, cfg: &LoadedConfig) -> anyhow::Result<()> {
+        let running: BTreeMap<UnitId, &UnitSpec> = self
+            .units
+            .iter()
+            .map(|(id, r)| (id.clone(), &r.spec))
+            .collect();
+        let plan = units::plan(&running, &units::units_of(&cfg.config));
+        for id in plan.to_start() {
+            if *id == UnitId::Mqtt {
+                crate::drivers::mqtt::check_start(cfg).with_context(|| format!("starting {id}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// True when exactly `c`'s units run with `c`'s settings (false after
+    /// a reload left a unit not started).
+    pub fn in_step(&self, c: &Config) -> bool {
+        let target = units::units_of(c);
+        target.len() == self.units.len()
+            && target
+                .iter()
+                .all(|(id, spec)| self.units.get(id).is_some_and(|r| &r.spec == spec))
+    }
+
+    /// Names of `c`'s units that are not running.
+    pub fn missing(&self, c: &Config) -> Vec<UnitId> {
+        units::units_of(c)
+            .into_keys()
+            .filter(|id| !self.units.contains_key(id))
+            .collect()
     }
 
     /// Start the alarm side again for `cfg` over whatever units run (the
@@ -287,12 +347,48 @@ impl Field {
         let c = &cfg.config;
         let status = &shared.status;
         // Devices count as online until they fail; the alarm task moves
-        // the ones saved offline.
+        // the ones saved offline, and those of units that do not run
+        // (below).
         status.devices_online.store(
             c.devices.iter().filter(|d| d.enabled).count() as u64,
             Ordering::Relaxed,
         );
         status.devices_offline.store(0, Ordering::Relaxed);
+        // Metrics of devices and cameras no longer configured go.
+        let cameras: HashSet<&str> = c
+            .cameras
+            .iter()
+            .filter(|cam| cam.enabled)
+            .map(|cam| cam.id.as_str())
+            .collect();
+        let devices: HashSet<&str> = c
+            .devices
+            .iter()
+            .filter(|d| d.enabled)
+            .map(|d| d.id.as_str())
+            .collect();
+        status.polls.retain(|d| devices.contains(d));
+        status.cameras.retain(|id| cameras.contains(id));
+        // Units not running are reported until they run.
+        let missing = self.missing(c);
+        let was_down = !self.down.is_empty();
+        self.down.retain(|id, _| missing.contains(id));
+        for id in missing {
+            if let std::collections::btree_map::Entry::Vacant(e) = self.down.entry(id) {
+                let id = e.key();
+                tracing::error!(unit = %id, "driver not running: its devices are not monitored");
+                let hb = status.liveness.register_down(format!("{id} (not running)"));
+                e.insert(hb);
+            }
+        }
+        let is_down = !self.down.is_empty();
+        if was_down != is_down {
+            let names: Vec<String> = self.down.keys().map(|u| u.to_string()).collect();
+            let ev = drivers_event(&names);
+            if let Err(e) = shared.journal.record(vec![ev]).await {
+                tracing::error!(error = %e, "gateway/drivers alarm not recorded");
+            }
+        }
         let (req_tx, req_rx) = mpsc::channel::<AlarmRequest>(64);
 
         // Where each running unit's points are now, and the complete
@@ -304,32 +400,43 @@ impl Field {
         let mut clip_queues = HashMap::new();
         for (id, r) in &self.units {
             for (device, span) in &r.spans {
-                let Some(now) = table.get(&**device) else {
-                    continue;
+                // A running driver's device that the table lacks or numbers
+                // otherwise (the alarm side of the previous file over a
+                // unit started with the new one, after a failed reload):
+                // its readings are dropped and it takes no writes or probes.
+                let now = match table.get(&**device) {
+                    Some(now) if now.len == span.len => now,
+                    Some(_) => {
+                        tracing::error!(unit = %id, device = %device, "device's points differ under its running driver: its readings are ignored");
+                        shifts.insert(device.clone(), None);
+                        continue;
+                    }
+                    None => {
+                        tracing::error!(unit = %id, device = %device, "device of a running driver not configured: its readings are ignored");
+                        shifts.insert(device.clone(), None);
+                        continue;
+                    }
                 };
                 let shift = Shift {
                     driver: *span,
                     table: now.first,
                 };
-                if now.len != span.len {
-                    // A kept unit's devices are unchanged: not expected.
-                    tracing::error!(unit = %id, device = %device, "device's points changed under a running driver");
-                    continue;
-                }
                 if !shift.is_identity() {
-                    shifts.insert(device.clone(), shift);
+                    shifts.insert(device.clone(), Some(shift));
                 }
             }
             for (device, tx) in r.writers.iter() {
                 let tx = match shifts.get(device) {
-                    Some(s) => shifted_writer(tx.clone(), *s),
+                    Some(Some(s)) => shifted_writer(tx.clone(), *s),
+                    Some(None) => continue,
                     None => tx.clone(),
                 };
                 writers.insert(device.clone(), tx);
             }
             for (device, tx) in r.probes.iter() {
                 let tx = match shifts.get(device) {
-                    Some(&s) => modbus::probe::shifted(tx.clone(), move |i| s.forward(i)),
+                    Some(&Some(s)) => modbus::probe::shifted(tx.clone(), move |i| s.forward(i)),
+                    Some(None) => continue,
                     None => tx.clone(),
                 };
                 probes.insert(device.clone(), tx);
@@ -367,6 +474,20 @@ impl Field {
         // (MQTT, GPIO): their last values go first to the new alarm task.
         if let Some((old, old_live)) = self.previous.take() {
             for m in carried_values(&old, &old_live, &cfg, kept) {
+                let _ = bus_tx.send(m).await;
+            }
+        }
+        // Devices of units that do not run are offline (an event, the
+        // counters, bad values) until their driver reports them.
+        let units = units::units_of(c);
+        for id in self.down.keys() {
+            for device in units.get(id).into_iter().flat_map(|u| u.device_ids()) {
+                let m = BusMessage::DeviceStatus {
+                    device: device.into(),
+                    ts: Timestamp::now(),
+                    online: false,
+                    reason: Some(format!("driver not running ({id})")),
+                };
                 let _ = bus_tx.send(m).await;
             }
         }
@@ -446,11 +567,60 @@ impl Field {
         for r in self.units.values() {
             r.stop.cancel();
         }
-        for (_, r) in std::mem::take(&mut self.units) {
-            r.stop().await;
+        let deadline = tokio::time::Instant::now() + UNIT_STOP_TIMEOUT;
+        for (id, r) in std::mem::take(&mut self.units) {
+            r.stop(&id, deadline).await;
         }
         self.stop_side(shared).await;
         self.relay.close().await;
+    }
+}
+
+/// The alarm key of the gateway's own alarm for drivers that do not run.
+pub const DRIVERS_ALARM_KEY: &str = "gateway/drivers";
+
+/// The `gateway/drivers` alarm: raised (priority 2, category `system`)
+/// naming the driver units `down` that do not run, cleared when `down` is
+/// empty.
+fn drivers_event(down: &[String]) -> crate::event::NewEvent {
+    use crate::event::{AlarmInfo, AlarmState, Category, EventKind, NewEvent, Priority, Source};
+    let (kind, state, message) = if down.is_empty() {
+        (
+            EventKind::AlarmCleared,
+            AlarmState::Normal,
+            "Every field driver runs again".to_string(),
+        )
+    } else {
+        (
+            EventKind::AlarmRaised,
+            AlarmState::ActiveUnacked,
+            format!(
+                "Field drivers not running, their devices unmonitored: {}",
+                down.join(", ")
+            ),
+        )
+    };
+    NewEvent {
+        ts: Timestamp::now(),
+        kind,
+        priority: Priority::HIGH,
+        category: Category::System,
+        source: Source {
+            device: Some("gateway".into()),
+            point: Some("drivers".into()),
+            zone: None,
+        },
+        alarm: Some(AlarmInfo {
+            key: DRIVERS_ALARM_KEY.into(),
+            state,
+            value: serde_json::json!(down.len()),
+            message,
+            operator: None,
+            comment: None,
+            latched: false,
+        }),
+        attachments: Vec::new(),
+        detail: Some(serde_json::json!({ "not_running": down })),
     }
 }
 

@@ -16,7 +16,7 @@
 
 use super::units::Shift;
 use crate::point::BusMessage;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -25,12 +25,15 @@ use tokio::task::JoinHandle;
 /// dropped); a poll cycle is at most delayed.
 pub(super) const BUS_CAPACITY: usize = 1024;
 
-/// Index moves per device (devices whose indices do not move are absent).
-pub(super) type Shifts = HashMap<Arc<str>, Shift>;
+/// Index moves per device (devices whose indices do not move are absent);
+/// `None`: the device's messages are dropped (a running driver's device
+/// that the current table lacks or numbers differently).
+pub(super) type Shifts = HashMap<Arc<str>, Option<Shift>>;
 
 enum Ctl {
     Attach(mpsc::Sender<BusMessage>, Shifts),
     Detach(oneshot::Sender<()>),
+    Purge(HashSet<Arc<str>>, oneshot::Sender<usize>),
 }
 
 /// The bus of the field side and its forwarding task.
@@ -71,6 +74,23 @@ impl Relay {
         }
     }
 
+    /// Drop the messages waiting (no alarm task attached) of `devices`,
+    /// logged; returns how many. A reload calls it for the devices of the
+    /// units it stopped after detaching: their messages may be numbered in
+    /// a point table no alarm task will run with (a unit started by a
+    /// reload that then rolled back).
+    pub async fn purge(&self, devices: HashSet<Arc<str>>) -> usize {
+        if devices.is_empty() {
+            return 0;
+        }
+        let (done, wait) = oneshot::channel();
+        if self.ctl.send(Ctl::Purge(devices, done)).await.is_ok() {
+            wait.await.unwrap_or(0)
+        } else {
+            0
+        }
+    }
+
     /// End the relay (after [`detach`](Self::detach); drivers stopped).
     pub async fn close(self) {
         drop(self.ctl);
@@ -79,17 +99,46 @@ impl Relay {
     }
 }
 
+fn device_of(m: &BusMessage) -> &Arc<str> {
+    match m {
+        BusMessage::Readings { device, .. } | BusMessage::DeviceStatus { device, .. } => device,
+    }
+}
+
 async fn run(mut rx: mpsc::Receiver<BusMessage>, mut ctl: mpsc::Receiver<Ctl>) {
     let mut to: Option<(mpsc::Sender<BusMessage>, Shifts)> = None;
+    // Messages taken out of the bus by a purge, in order; they go first.
+    let mut held: VecDeque<BusMessage> = VecDeque::new();
     loop {
+        if let Some((tx, shifts)) = &to {
+            while let Some(m) = held.pop_front() {
+                forward(tx, shifts, m).await;
+            }
+        }
         tokio::select! {
             biased;
             c = ctl.recv() => match c {
                 None => break,
                 Some(Ctl::Attach(tx, shifts)) => to = Some((tx, shifts)),
+                Some(Ctl::Purge(devices, done)) => {
+                    while let Ok(m) = rx.try_recv() {
+                        held.push_back(m);
+                    }
+                    let before = held.len();
+                    held.retain(|m| !devices.contains(device_of(m)));
+                    let n = before - held.len();
+                    if n > 0 {
+                        tracing::warn!(dropped = n, devices = ?devices, "bus messages of stopped drivers dropped (their point numbering no longer runs)");
+                    }
+                    let _ = done.send(n);
+                }
                 Some(Ctl::Detach(done)) => {
                     if let Some((tx, shifts)) = to.take() {
                         let mut n = 0usize;
+                        while let Some(m) = held.pop_front() {
+                            forward(&tx, &shifts, m).await;
+                            n += 1;
+                        }
                         while let Ok(m) = rx.try_recv() {
                             forward(&tx, &shifts, m).await;
                             n += 1;
@@ -117,8 +166,13 @@ async fn forward(to: &mpsc::Sender<BusMessage>, shifts: &Shifts, m: BusMessage) 
 }
 
 /// Move a reading's indices to the current table. A reading outside its
-/// device's points (none expected) is dropped, logged.
+/// device's points (none expected) is dropped, logged; so is every
+/// message of a device whose shift is `None`.
 pub(super) fn shift(shifts: &Shifts, m: BusMessage) -> Option<BusMessage> {
+    if let Some(None) = shifts.get(device_of(&m)) {
+        tracing::debug!(device = %device_of(&m), "message of a device the alarm engine does not run dropped");
+        return None;
+    }
     match m {
         BusMessage::Readings {
             device,
@@ -126,7 +180,7 @@ pub(super) fn shift(shifts: &Shifts, m: BusMessage) -> Option<BusMessage> {
             replied_at,
             mut readings,
         } => {
-            if let Some(s) = shifts.get(&device) {
+            if let Some(Some(s)) = shifts.get(&device) {
                 readings.retain_mut(|r| match s.forward(r.point) {
                     Some(p) => {
                         r.point = p;
@@ -189,11 +243,12 @@ mod tests {
         let mut shifts = Shifts::new();
         shifts.insert(
             "a".into(),
-            Shift {
+            Some(Shift {
                 driver: Span { first: 2, len: 3 },
                 table: 10,
-            },
+            }),
         );
+        shifts.insert("dropped".into(), None);
         let m = shift(&shifts, readings("a", &[2, 4])).unwrap();
         assert_eq!(points(&m), vec![(10, Value::Int(2)), (12, Value::Int(4))]);
         // Other devices pass as they are.
@@ -201,6 +256,15 @@ mod tests {
         assert_eq!(points(&m), vec![(2, Value::Int(2))]);
         // Outside the device's span: dropped.
         assert!(shift(&shifts, readings("a", &[5])).is_none());
+        // A device the current table lacks: every message dropped.
+        assert!(shift(&shifts, readings("dropped", &[0])).is_none());
+        let status = BusMessage::DeviceStatus {
+            device: "dropped".into(),
+            ts: Timestamp::now(),
+            online: false,
+            reason: None,
+        };
+        assert!(shift(&shifts, status).is_none());
     }
 
     #[tokio::test]
@@ -226,19 +290,36 @@ mod tests {
         let mut shifts = Shifts::new();
         shifts.insert(
             "a".into(),
-            Shift {
+            Some(Shift {
                 driver: Span {
                     first: 0,
                     len: 1000,
                 },
                 table: 1000,
-            },
+            }),
         );
         relay.attach(b_tx, shifts).await;
         for i in 200..300u32 {
             bus.send(readings("a", &[i])).await.unwrap();
         }
         relay.detach().await;
+        // Waiting while detached: a purge drops the named devices'
+        // messages and keeps the others in order.
+        for i in 300..310u32 {
+            bus.send(readings(if i % 2 == 0 { "a" } else { "gone" }, &[i]))
+                .await
+                .unwrap();
+        }
+        assert_eq!(relay.purge(["gone".into()].into_iter().collect()).await, 5);
+        bus.send(readings("a", &[310])).await.unwrap();
+        let (c_tx, mut c_rx) = mpsc::channel(4096);
+        relay.attach(c_tx, Shifts::new()).await;
+        relay.detach().await;
+        let mut third = Vec::new();
+        while let Some(m) = c_rx.recv().await {
+            third.extend(points(&m).into_iter().map(|(p, _)| p));
+        }
+        assert_eq!(third, vec![300, 302, 304, 306, 308, 310]);
         drop(bus);
         relay.close().await;
         let mut second = Vec::new();

@@ -28,7 +28,9 @@ use crate::uplink::IncomingCommand;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, watch, Mutex};
+use tokio_util::sync::CancellationToken;
 
 /// What a reload did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -61,8 +63,11 @@ pub enum ReloadError {
     Invalid(ConfigErrors),
     #[error("changes to [{}] take effect only on restart; nothing changed", .0.join("], ["))]
     NeedsRestart(Vec<&'static str>),
+    /// The uplink password cannot be read.
     #[error("{0}; nothing changed")]
     Secret(String),
+    /// The new configuration did not start, or would not have (its start
+    /// checks failed before anything stopped): the previous one runs.
     #[error("the new configuration did not start ({0}); the previous one runs again")]
     RolledBack(String),
     #[error("the new configuration did not start ({new}), nor did the previous one ({old})")]
@@ -79,7 +84,17 @@ pub struct Reloader {
     /// Where the uplink (when restarted) sends its commands.
     uplink_commands: mpsc::Sender<IncomingCommand>,
     handles: Arc<watch::Sender<Arc<FieldHandles>>>,
+    /// Stops the background start of units a failed reload left stopped.
+    retry: Arc<std::sync::Mutex<Option<CancellationToken>>>,
+    /// Tests only: skip the start checks (to reach a failing start).
+    skip_checks: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// First wait before starting again the units a failed reload left
+/// stopped; doubles up to [`RETRY_MAX`].
+pub(super) const RETRY_MIN: Duration = Duration::from_secs(5);
+/// Longest wait between two starts of units left stopped.
+pub(super) const RETRY_MAX: Duration = Duration::from_secs(60);
 
 impl Reloader {
     pub(super) fn new(
@@ -93,7 +108,17 @@ impl Reloader {
             shared,
             uplink_commands,
             handles: Arc::new(handles),
+            retry: Arc::new(std::sync::Mutex::new(None)),
+            skip_checks: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
+    }
+
+    /// Tests only: let reloads skip the checks made before stopping
+    /// anything, so that a unit's start can fail halfway through a switch.
+    #[doc(hidden)]
+    pub fn skip_start_checks_for_tests(&self) {
+        self.skip_checks
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Load and validate `path`, then [`reload`](Self::reload) it. Every
@@ -173,9 +198,12 @@ impl Reloader {
         if !fixed.is_empty() {
             return Err(ReloadError::NeedsRestart(fixed));
         }
+        // Units a failed reload left stopped count as a change: reloading
+        // the same file starts them.
+        let in_step = live.field.as_ref().is_some_and(|f| f.in_step(&old.config));
         let mut report = ReloadReport {
             file: new.path.clone(),
-            changed: old.config != new.config,
+            changed: old.config != new.config || !in_step,
             restarted: Vec::new(),
             drivers: Changes::default(),
             by_device: Changes::default(),
@@ -195,8 +223,21 @@ impl Reloader {
         } else {
             None
         };
+        // What starting the new or changed units could fail on, too: a
+        // switch that rolls back is not free (see `Field::apply`).
+        if !self.skip_checks.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(field) = live.field.as_ref() {
+                // Reported as a rollback (the previous file keeps
+                // running), which is what the start would have come to.
+                field
+                    .check_start(&new)
+                    .map_err(|e| ReloadError::RolledBack(format!("{e:#}")))?;
+            }
+        }
         let new = Arc::new(new);
         let shared = &self.shared;
+        // This reload starts what is missing (or fails again and retries).
+        self.stop_retry();
 
         // Pushes first: a channel that cannot start changes nothing else.
         if pushes_changed {
@@ -271,7 +312,10 @@ impl Reloader {
                 }
                 return match back {
                     Ok(()) => Err(ReloadError::RolledBack(e_new)),
-                    Err(old) => Err(ReloadError::Failed { new: e_new, old }),
+                    Err(old) => {
+                        self.start_retry();
+                        Err(ReloadError::Failed { new: e_new, old })
+                    }
                 };
             }
         }
@@ -295,6 +339,73 @@ impl Reloader {
         }
         live.cfg = new;
         Ok(report)
+    }
+
+    fn stop_retry(&self) {
+        let t = self.retry.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = t {
+            t.cancel();
+        }
+    }
+
+    /// Start in the background, with backoff, the running configuration's
+    /// units that are not running, until they all run or the next reload.
+    fn start_retry(&self) {
+        let stop = CancellationToken::new();
+        if let Some(old) = self
+            .retry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(stop.clone())
+        {
+            old.cancel();
+        }
+        let this = self.clone();
+        tokio::spawn(async move { this.retry_missing(stop).await });
+    }
+
+    async fn retry_missing(&self, stop: CancellationToken) {
+        let mut wait = RETRY_MIN;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let mut live = self.live.lock().await;
+            if stop.is_cancelled() {
+                return;
+            }
+            let cfg = live.cfg.clone();
+            let Some(field) = live.field.as_mut() else {
+                return;
+            };
+            let missing = field.missing(&cfg.config);
+            if field.in_step(&cfg.config) {
+                return;
+            }
+            let names: Vec<String> = missing.iter().map(|u| u.to_string()).collect();
+            wait = (wait * 2).min(RETRY_MAX);
+            // What would fail is checked first: a try that cannot succeed
+            // leaves the running alarm side alone.
+            if let Err(e) = field.check_start(&cfg) {
+                tracing::warn!(units = ?names, error = %format!("{e:#}"), retry_in_s = wait.as_secs(), "drivers still cannot start");
+                continue;
+            }
+            tracing::info!(units = ?names, "starting drivers that are not running");
+            match field.apply(cfg.clone(), &self.shared).await {
+                Ok((handles, plan)) => {
+                    self.handles.send_replace(handles);
+                    let started = Changes::of_units(&plan);
+                    tracing::info!(started = ?started.started, restarted = ?started.restarted, "drivers running again");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), retry_in_s = wait.as_secs(), "drivers still do not start");
+                    let handles = field.restore_side(cfg, &self.shared).await;
+                    self.handles.send_replace(handles);
+                }
+            }
+        }
     }
 
     /// Point the journal's sinks at `cfg`'s push channels (and, while a

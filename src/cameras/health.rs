@@ -91,6 +91,13 @@ impl HealthRegistry {
         h
     }
 
+    /// Forget the cameras `keep` refuses (removed by a reload: their
+    /// metrics go with them).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut v = self.cameras.lock().unwrap_or_else(|p| p.into_inner());
+        v.retain(|h| keep(&h.snapshot().id));
+    }
+
     /// Every camera's current values.
     pub fn snapshot(&self) -> Vec<HealthSnapshot> {
         let v = self.cameras.lock().unwrap_or_else(|p| p.into_inner());

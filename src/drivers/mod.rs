@@ -246,3 +246,23 @@ impl PointConfig {
         }
     }
 }
+
+/// Hand `m` to the bus, waiting while it is full (alarms are not dropped
+/// while the gateway runs), unless `stop` is cancelled meanwhile: a driver
+/// told to stop must end even when no alarm task takes from the bus (a
+/// reload switching), so its message is then dropped, logged. False when
+/// the message was not sent (the bus closed or the driver stops).
+pub async fn send_or_stop(
+    bus: &tokio::sync::mpsc::Sender<crate::point::BusMessage>,
+    m: crate::point::BusMessage,
+    stop: &tokio_util::sync::CancellationToken,
+) -> bool {
+    tokio::select! {
+        biased;
+        r = bus.send(m) => r.is_ok(),
+        _ = stop.cancelled() => {
+            tracing::warn!("driver stopping with the bus full: a message was not handed over");
+            false
+        }
+    }
+}

@@ -36,6 +36,9 @@ struct Entry {
     state: AtomicU8,
     /// Beats are ignored (the `ESTATE_GATEWAY_TEST_WEDGE` test hook).
     muted: bool,
+    /// Reported by [`Liveness::check`] (`/healthz`) but not by
+    /// [`Liveness::check_watchdog`]: a restart would not mend it.
+    report_only: bool,
 }
 
 /// The registry; cheap to clone (shared).
@@ -98,7 +101,18 @@ impl Liveness {
     /// fresh for `period` from now. A loop of the same name registered
     /// before (a restarted task) is replaced.
     pub fn register(&self, name: impl Into<String>, period: Duration) -> Heartbeat {
-        let name = name.into();
+        self.register_entry(name.into(), period, false)
+    }
+
+    /// Register something that is down and needs a person, not a restart
+    /// (a driver that cannot start): stale at once (after the grace) until
+    /// the returned handle is dropped, reported by [`Liveness::check`]
+    /// (`/healthz`) but not by [`Liveness::check_watchdog`].
+    pub fn register_down(&self, name: impl Into<String>) -> Heartbeat {
+        self.register_entry(name.into(), Duration::ZERO, true)
+    }
+
+    fn register_entry(&self, name: String, period: Duration, report_only: bool) -> Heartbeat {
         let muted = wedged_by_test_hook(&name);
         if muted {
             tracing::warn!(loop_name = %name, "test hook: this loop's heartbeat ignores its beats");
@@ -110,7 +124,8 @@ impl Liveness {
             period,
             due_ms: AtomicU64::new(due),
             state: AtomicU8::new(RUNNING),
-            muted,
+            muted: muted || report_only,
+            report_only,
         });
         let hb = Heartbeat {
             entry: entry.clone(),
@@ -148,6 +163,20 @@ impl Liveness {
     /// [`Liveness::check_at`] now.
     pub fn check(&self) -> Vec<Stale> {
         self.check_at(Instant::now())
+    }
+
+    /// [`Liveness::check`] without the entries of
+    /// [`Liveness::register_down`]: what the watchdog goes by.
+    pub fn check_watchdog(&self) -> Vec<Stale> {
+        let down: Vec<String> = self
+            .entries()
+            .iter()
+            .filter(|e| e.report_only)
+            .map(|e| e.name.clone())
+            .collect();
+        let mut stale = self.check();
+        stale.retain(|s| !down.contains(&s.name));
+        stale
     }
 
     /// Wait until every loop in `names` has registered (its task runs), at
@@ -283,6 +312,24 @@ mod tests {
         assert_eq!(stale.len(), 1);
         assert_eq!(stale[0].name, "journal");
         assert_eq!(stale[0].to_string(), "journal (late by 4.0 s)");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_down_entry_is_reported_but_not_to_the_watchdog() {
+        let l = Liveness::new(S);
+        let a = l.register("alarm", 5 * S);
+        let down = l.register_down("mqtt site broker (not running)");
+        down.beat();
+        tokio::time::advance(2 * S).await;
+        a.beat();
+        let names: Vec<String> = l.check().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, vec!["mqtt site broker (not running)"]);
+        assert!(l.check_watchdog().is_empty());
+        tokio::time::advance(10 * S).await;
+        assert_eq!(l.check_watchdog().len(), 1, "other loops still count");
+        a.beat();
+        drop(down);
+        assert!(l.check().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

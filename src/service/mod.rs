@@ -128,7 +128,7 @@ async fn pet(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let stale = liveness.check();
+        let stale = liveness.check_watchdog();
         let names: Vec<String> = stale.iter().map(|s| s.name.clone()).collect();
         if stale.is_empty() {
             if !reported.is_empty() {

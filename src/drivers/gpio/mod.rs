@@ -371,7 +371,7 @@ impl GpioTask {
                             online: false,
                             reason: Some(e.to_string()),
                         };
-                        if self.bus.send(msg).await.is_err() {
+                        if !crate::drivers::send_or_stop(&self.bus, msg, &shutdown).await {
                             return;
                         }
                     }
@@ -408,7 +408,7 @@ impl GpioTask {
             first.push(self.readings(outputs));
         }
         for m in first {
-            if self.bus.send(m).await.is_err() {
+            if !crate::drivers::send_or_stop(&self.bus, m, &shutdown).await {
                 self.safe_state(pins.as_mut());
                 return;
             }
@@ -433,7 +433,7 @@ impl GpioTask {
             };
             if !changed.is_empty() {
                 let msg = self.readings(changed);
-                if self.bus.send(msg).await.is_err() {
+                if !crate::drivers::send_or_stop(&self.bus, msg, &shutdown).await {
                     info!("bus closed; GPIO task stops");
                     break;
                 }

@@ -54,6 +54,8 @@ use tracing::{debug, error, info, warn, Instrument as _};
 
 /// How many times the release of a pulse is tried before giving up.
 const RELEASE_ATTEMPTS: u32 = 5;
+/// How long a stopping endpoint tries to write its pending pulse releases.
+const STOP_RELEASE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Where a writable point lives on its device.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -437,16 +439,41 @@ impl<C: Connector> Endpoint<C> {
                     m = self.poll(i) => m,
                 };
                 self.polled_since_probe = true;
-                if !self.send(messages).await {
-                    info!("bus closed; endpoint task stops");
+                if !self.send(messages, &shutdown).await {
+                    info!("bus closed or stopping; endpoint task stops");
                     break;
                 }
             }
+            // A pulse must not stay on (a door release, a siren) because
+            // the driver stopped (a reload, the shutdown): its release is
+            // written now, within a short deadline.
             if !self.releases.is_empty() {
-                warn!(
+                let deadline = Instant::now() + STOP_RELEASE_DEADLINE;
+                info!(
                     pending = self.releases.len(),
-                    "stopping with pulse releases not written"
+                    "stopping: writing pending pulse releases"
                 );
+                while !self.releases.is_empty() {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    for r in &mut self.releases {
+                        r.at = now;
+                    }
+                    if tokio::time::timeout_at(deadline, self.release())
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                if !self.releases.is_empty() {
+                    warn!(
+                        pending = self.releases.len(),
+                        "stopping with pulse releases not written"
+                    );
+                }
             }
             // Dropping `self` closes the link.
             debug!("endpoint task stopped");
@@ -760,10 +787,11 @@ impl<C: Connector> Endpoint<C> {
         self.poll_inner(i).instrument(span).await
     }
 
-    /// Hand a poll's messages to the bus; false once the bus is closed.
-    async fn send(&mut self, messages: [Option<BusMessage>; 2]) -> bool {
+    /// Hand a poll's messages to the bus; false once the bus is closed or
+    /// `stop` is cancelled while the bus is full.
+    async fn send(&mut self, messages: [Option<BusMessage>; 2], stop: &CancellationToken) -> bool {
         for m in messages.into_iter().flatten() {
-            if self.bus.send(m).await.is_err() {
+            if !crate::drivers::send_or_stop(&self.bus, m, stop).await {
                 return false;
             }
         }

@@ -499,6 +499,36 @@ async fn closed_bus_stops_the_task() {
         .unwrap();
 }
 
+#[tokio::test(start_paused = true)]
+async fn shutdown_is_prompt_on_a_full_bus() {
+    // Nobody takes from the bus (a reload switching alarm tasks): the
+    // task waits to hand over a poll, and still ends when told to stop.
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    let (tx, _rx) = mpsc::channel(1);
+    let token = CancellationToken::new();
+    let ep = Endpoint::new(
+        FakeConnector(shared.clone()),
+        LinkKind::Tcp,
+        vec![device(1, 0, 100, 100, 1, 30)],
+        tx,
+    )
+    .with_seed(7);
+    let h = tokio::spawn(ep.run(token.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let polls = shared.lock().unwrap().requests.len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        shared.lock().unwrap().requests.len(),
+        polls,
+        "blocked on the bus"
+    );
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(1), h)
+        .await
+        .expect("task ends while the bus is full")
+        .unwrap();
+}
+
 /// A device whose points 0..=4 are writable: holding 0 (u16, scale 0.1),
 /// holding 1–2 (f32), coil 0, holding 3 bit 2, holding 4–5 (u32); point
 /// indexes start at 0.
@@ -705,6 +735,50 @@ async fn a_write_times_out_on_a_silent_device_and_serial_keeps_silence() {
     ));
     token.cancel();
     h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stopping_endpoint_writes_its_pending_pulse_releases() {
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    shared.lock().unwrap().coils[0] = false;
+    let (_rx, writers, token, h) = start_writable(&shared, LinkKind::Tcp);
+    writers
+        .write(
+            "dev-1",
+            2,
+            Value::Bool(true),
+            Some(Duration::from_secs(60)),
+            W,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(shared.lock().unwrap().coils[0], "pulse on");
+    token.cancel();
+    let t0 = Instant::now();
+    h.await.unwrap();
+    assert!(!shared.lock().unwrap().coils[0], "released at the stop");
+    assert!(Instant::now() - t0 < Duration::from_secs(2));
+
+    // A device that does not answer holds the stop at most 2 s.
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    let (_rx, writers, token, h) = start_writable(&shared, LinkKind::Tcp);
+    writers
+        .write(
+            "dev-1",
+            2,
+            Value::Bool(true),
+            Some(Duration::from_secs(60)),
+            W,
+        )
+        .await
+        .unwrap();
+    set(&shared, 1, Behaviour::Hang);
+    token.cancel();
+    let t0 = Instant::now();
+    h.await.unwrap();
+    assert!(shared.lock().unwrap().coils[0], "not released");
+    assert!(Instant::now() - t0 <= Duration::from_secs(2));
 }
 
 #[tokio::test(start_paused = true)]

@@ -58,6 +58,24 @@ fn running(cfg: &EmbeddedBrokerConfig) -> Result<Option<EmbeddedBroker>, MqttErr
     }
 }
 
+/// Check, without starting anything, that [`start`] would not fail on
+/// `cfg`: the broker already runs with these settings, or its users'
+/// password files are readable and its address free.
+pub fn check(cfg: &EmbeddedBrokerConfig) -> Result<(), MqttError> {
+    if running(cfg)?.is_some() {
+        return Ok(());
+    }
+    for u in &cfg.users {
+        u.password.resolve().map_err(|source| MqttError::Secret {
+            what: format!("site_broker.embedded user {}", u.username),
+            source,
+        })?;
+    }
+    std::net::TcpListener::bind(cfg.listen)
+        .map_err(|e| MqttError::Embedded(format!("cannot listen on {}: {e}", cfg.listen)))?;
+    Ok(())
+}
+
 /// Start the broker and wait until it accepts connections (or reuse the
 /// one this process runs with the same settings).
 pub async fn start(cfg: &EmbeddedBrokerConfig) -> Result<EmbeddedBroker, MqttError> {

@@ -62,6 +62,30 @@ pub enum MqttError {
 /// Start the embedded broker (if configured) and one task for the site
 /// broker connection serving every enabled MQTT device; register their
 /// writers. Returns no task when there is no MQTT device.
+/// Check, without starting anything, what [`spawn`] could fail on: the
+/// embedded broker (see [`embedded::check`]) and the site broker password.
+/// A reload checks this before it stops the running driver.
+pub fn check_start(cfg: &LoadedConfig) -> Result<(), MqttError> {
+    let Some(sb) = &cfg.config.site_broker else {
+        return Ok(());
+    };
+    if let Some(e) = &sb.embedded {
+        return embedded::check(e);
+    }
+    let any = cfg
+        .config
+        .devices
+        .iter()
+        .any(|d| d.enabled && d.mqtt.is_some());
+    if let (true, Some(src)) = (any, &sb.password) {
+        src.resolve().map_err(|source| MqttError::Secret {
+            what: "site_broker.password".into(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
 pub async fn spawn(
     cfg: &Arc<LoadedConfig>,
     bus: mpsc::Sender<BusMessage>,

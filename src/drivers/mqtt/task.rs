@@ -131,6 +131,8 @@ fn options(c: &Connection) -> Result<MqttOptions, MqttError> {
 struct Driver {
     router: Router,
     bus: mpsc::Sender<BusMessage>,
+    /// The driver's stop: a send waiting on a full bus gives up on it.
+    shutdown: CancellationToken,
     client: AsyncClient,
     subscriptions: Vec<SubscribeFilter>,
     targets: HashMap<PointIndex, WriteTarget>,
@@ -192,6 +194,7 @@ pub async fn run(
         points: Arc::new(cfg.points.clone()),
         router,
         bus,
+        shutdown: shutdown.clone(),
         client,
         subscriptions,
         connected: false,
@@ -323,8 +326,10 @@ struct BusClosed;
 impl Driver {
     async fn send(&self, msgs: Vec<BusMessage>) -> Result<(), BusClosed> {
         for m in msgs {
-            // Full bus: wait (alarms are never dropped).
-            self.bus.send(m).await.map_err(|_| BusClosed)?;
+            // Full bus: wait (alarms are never dropped), unless stopping.
+            if !crate::drivers::send_or_stop(&self.bus, m, &self.shutdown).await {
+                return Err(BusClosed);
+            }
         }
         Ok(())
     }
