@@ -119,6 +119,11 @@ impl Client {
             body.len()
         );
         s.write_all(req.as_bytes()).unwrap();
+        // The request is complete before the hang-up (FIN after it), and
+        // the server has a moment to take it up: it is the handler, not
+        // the request, that the hang-up must not cut off.
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        std::thread::sleep(std::time::Duration::from_millis(50));
         let _ = s.shutdown(std::net::Shutdown::Both);
     }
 
