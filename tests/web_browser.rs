@@ -6,6 +6,8 @@
 //! switches to English; a technician opens users, audit and config.
 //! Screenshots of every page go to `target/web-screenshots/`.
 
+#[path = "web/browser.rs"]
+mod browser;
 mod common;
 #[path = "web/http.rs"]
 #[allow(unused)]
@@ -17,12 +19,10 @@ mod mosquitto;
 #[path = "web/peers.rs"]
 mod peers;
 
-use common::{peer_or_skip, repo, which};
+use browser::Browser;
+use common::repo;
 use peers::{Rig, ALARM_KEY};
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const GUARD_PW: &str = "guard-passw0rd-long";
@@ -45,20 +45,7 @@ fn shots_dir() -> PathBuf {
 
 #[test]
 fn browser_console_ack_and_language() {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let Some(chromium) = peer_or_skip("chromium", which(&chromium), "apt-get install chromium")
-    else {
-        return;
-    };
-    let Some(node) = peer_or_skip("node", which("node"), "apt-get install nodejs") else {
-        return;
-    };
-    let driver = repo().join("tests/browser/node_modules/playwright-core");
-    let Some(_) = peer_or_skip(
-        "playwright-core",
-        driver.exists().then_some(()),
-        "npm install in tests/browser (scripts/test does it)",
-    ) else {
+    let Some(browser) = Browser::find() else {
         return;
     };
     let Some(rig) = Rig::start(
@@ -68,50 +55,18 @@ fn browser_console_ack_and_language() {
         return;
     };
     let shots = shots_dir();
-    let _ = std::fs::remove_dir_all(&shots);
-    let mut child = Command::new(node)
-        .arg(repo().join("tests/browser/console.mjs"))
-        .args([
-            &format!("http://{}/", rig.web),
-            "li",
-            GUARD_PW,
-            "wang",
-            TECH_PW,
-            ALARM_KEY,
-        ])
-        .arg(&shots)
-        .env("CHROMIUM", &chromium)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn node");
-    let (tx, rx) = mpsc::channel::<String>();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            eprintln!("browser: {line}");
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let expect = |prefix: &str, timeout: Duration| -> String {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(l) if l.starts_with("FAIL") => panic!("browser: {l}"),
-                Ok(l) if l.starts_with(prefix) => return l,
-                Ok(_) => {}
-                Err(_) => panic!("browser did not report {prefix} within {timeout:?}"),
-            }
-        }
-    };
+    let url = format!("http://{}/", rig.web);
+    let script = browser.run(
+        "console.mjs",
+        &[&url, "li", GUARD_PW, "wang", TECH_PW, ALARM_KEY],
+        &shots,
+    );
+    let expect = |step: &str, timeout: Duration| script.expect(step, timeout);
     expect("READY", Duration::from_secs(60));
     let flipped_ms = unix_ms();
     rig.set_door(true);
     let visible = expect("VISIBLE", Duration::from_secs(15));
-    let shown_ms: u128 = visible[8..].trim().parse().unwrap();
+    let shown_ms: u128 = visible.parse().unwrap();
     let took = shown_ms.saturating_sub(flipped_ms);
     eprintln!("door flip → row visible in the browser: {took} ms");
     assert!(
@@ -120,7 +75,7 @@ fn browser_console_ack_and_language() {
     );
     assert_eq!(
         expect("BEEP", Duration::from_secs(5)),
-        "BEEP yes",
+        "yes",
         "audible cue for priority 2"
     );
     // The guard types a comment; the alarm returns to normal and comes
@@ -146,10 +101,9 @@ fn browser_console_ack_and_language() {
     );
     assert_eq!(cmd["detail"]["operator"], "li");
     let lang = expect("LANG", Duration::from_secs(15));
-    assert_eq!(lang, "LANG en Alarm console");
+    assert_eq!(lang, "en Alarm console");
     expect("DONE", Duration::from_secs(60));
-    let status = child.wait().unwrap();
-    assert!(status.success(), "browser driver exited with {status}");
+    script.finish();
     for f in [
         "01-login.png",
         "02-dashboard-zh.png",

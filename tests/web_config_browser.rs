@@ -8,6 +8,8 @@
 //! to English, and uses the editor at phone width. Screenshots go to
 //! `tests/artifacts/web-config/`.
 
+#[path = "web/browser.rs"]
+mod browser;
 mod common;
 #[path = "web/http.rs"]
 mod http;
@@ -18,32 +20,17 @@ mod mosquitto;
 #[path = "web/peers.rs"]
 mod peers;
 
-use common::{peer_or_skip, repo, which};
+use browser::Browser;
+use common::repo;
 use http::{Client, Seen};
 use peers::Rig;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 const TECH_PW: &str = "tech-passw0rd-long";
 
 #[test]
 fn browser_config_edit_apply_field_error_rollback() {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let Some(chromium) = peer_or_skip("chromium", which(&chromium), "apt-get install chromium")
-    else {
-        return;
-    };
-    let Some(node) = peer_or_skip("node", which("node"), "apt-get install nodejs") else {
-        return;
-    };
-    let driver = repo().join("tests/browser/node_modules/playwright-core");
-    let Some(_) = peer_or_skip(
-        "playwright-core",
-        driver.exists().then_some(()),
-        "npm install in tests/browser (scripts/test does it)",
-    ) else {
+    let Some(browser) = Browser::find() else {
         return;
     };
     let Some(rig) = Rig::start("web-config-browser", &[("wang", "technician", TECH_PW)]) else {
@@ -57,43 +44,10 @@ fn browser_config_edit_apply_field_error_rollback() {
     let taken_port = taken.local_addr().unwrap().port();
 
     let shots = repo().join("tests/artifacts/web-config");
-    let _ = std::fs::remove_dir_all(&shots);
-    let mut child = Command::new(node)
-        .arg(repo().join("tests/browser/config.mjs"))
-        .args([
-            &format!("http://{}/", rig.web),
-            "wang",
-            TECH_PW,
-            &taken_port.to_string(),
-        ])
-        .arg(&shots)
-        .env("CHROMIUM", &chromium)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn node");
-    let (tx, rx) = mpsc::channel::<String>();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            eprintln!("browser: {line}");
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let expect = |prefix: &str, timeout: Duration| -> String {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(l) if l.starts_with("FAIL") => panic!("browser: {l}"),
-                Ok(l) if l.starts_with(prefix) => return l[prefix.len()..].trim().to_string(),
-                Ok(_) => {}
-                Err(_) => panic!("browser did not report {prefix} within {timeout:?}"),
-            }
-        }
-    };
+    let url = format!("http://{}/", rig.web);
+    let port = taken_port.to_string();
+    let script = browser.run("config.mjs", &[&url, "wang", TECH_PW, &port], &shots);
+    let expect = |step: &str, timeout: Duration| script.expect(step, timeout);
     let seen: Seen = Default::default();
     let mut api = Client::new(rig.web, &seen);
     assert_eq!(api.login("wang", TECH_PW).status, 200);
@@ -135,8 +89,7 @@ fn browser_config_edit_apply_field_error_rollback() {
         "the editor is {width} px wide on a 390 px screen"
     );
     expect("DONE", Duration::from_secs(30));
-    let status = child.wait().unwrap();
-    assert!(status.success(), "browser driver exited with {status}");
+    script.finish();
     for f in [
         "config-01-forms-zh.png",
         "config-02-applied.png",

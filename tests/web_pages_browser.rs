@@ -9,6 +9,8 @@
 //! nothing may be wider than the screen. Screenshots go to
 //! `tests/artifacts/web-pages/`.
 
+#[path = "web/browser.rs"]
+mod browser;
 mod common;
 #[path = "web/http.rs"]
 mod http;
@@ -24,32 +26,17 @@ mod peers;
 #[path = "common/rtsp_server.rs"]
 mod rtsp_server;
 
-use common::{peer_or_skip, repo, which};
+use browser::Browser;
+use common::{peer_or_skip, repo};
 use http::{Client, Seen};
 use pages_rig::{PagesRig, ALARM_KEY};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 const TECH_PW: &str = "tech-passw0rd-pages";
 
 #[test]
 fn browser_cameras_clips_probe_system() {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let Some(chromium) = peer_or_skip("chromium", which(&chromium), "apt-get install chromium")
-    else {
-        return;
-    };
-    let Some(node) = peer_or_skip("node", which("node"), "apt-get install nodejs") else {
-        return;
-    };
-    let driver = repo().join("tests/browser/node_modules/playwright-core");
-    let Some(_) = peer_or_skip(
-        "playwright-core",
-        driver.exists().then_some(()),
-        "npm install in tests/browser (scripts/test does it)",
-    ) else {
+    let Some(browser) = Browser::find() else {
         return;
     };
     let Some(rig) = PagesRig::start("web-pages-browser", &[("wang", "technician", TECH_PW)]) else {
@@ -79,38 +66,9 @@ fn browser_cameras_clips_probe_system() {
     let clip_id = clip["id"].as_str().unwrap().to_string();
 
     let shots = repo().join("tests/artifacts/web-pages");
-    let _ = std::fs::remove_dir_all(&shots);
-    let mut child = Command::new(node)
-        .arg(repo().join("tests/browser/pages.mjs"))
-        .args([&format!("http://{}/", rig.web), "wang", TECH_PW, &clip_id])
-        .arg(&shots)
-        .env("CHROMIUM", &chromium)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn node");
-    let (tx, rx) = mpsc::channel::<String>();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            eprintln!("browser: {line}");
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let expect = |prefix: &str, timeout: Duration| -> String {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(l) if l.starts_with("FAIL") => panic!("browser: {l}"),
-                Ok(l) if l.starts_with(prefix) => return l[prefix.len()..].trim().to_string(),
-                Ok(_) => {}
-                Err(_) => panic!("browser did not report {prefix} within {timeout:?}"),
-            }
-        }
-    };
+    let url = format!("http://{}/", rig.web);
+    let script = browser.run("pages.mjs", &[&url, "wang", TECH_PW, &clip_id], &shots);
+    let expect = |step: &str, timeout: Duration| script.expect(step, timeout);
     assert_eq!(expect("DASH", Duration::from_secs(60)), "1 / 1");
     assert_eq!(
         expect("CAMERAS", Duration::from_secs(20)),
@@ -132,8 +90,7 @@ fn browser_cameras_clips_probe_system() {
     }
     assert_eq!(expect("LANG", Duration::from_secs(30)), "System");
     expect("DONE", Duration::from_secs(60));
-    let status = child.wait().unwrap();
-    assert!(status.success(), "browser driver exited with {status}");
+    script.finish();
     for f in [
         "p01-dashboard.png",
         "p02-cameras.png",
