@@ -806,7 +806,9 @@ to = "06:00"
     let text = config(broker.port(), &body).replace("@DIR@", &dir.path().display().to_string());
     let cfg = estate_gateway::config::load_str(&text, std::path::Path::new("gw.toml")).unwrap();
     let shanghai = |h, m| {
-        chrono_tz::Asia::Shanghai
+        // Asia/Shanghai: UTC+8 all year.
+        chrono::FixedOffset::east_opt(8 * 3600)
+            .unwrap()
             .with_ymd_and_hms(2026, 11, 27, h, m, 0)
             .unwrap()
             .with_timezone(&chrono::Utc)

@@ -33,8 +33,8 @@ pub use config::{ArmingConfig, WindowConfig, ZoneConfig};
 pub use task::{ArmedZones, ArmingHandle, SystemClock, WallClock};
 
 use crate::config::KeyPath;
-use chrono::{DateTime, Datelike, NaiveDateTime, Timelike, Utc};
-use chrono_tz::Tz;
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Timelike, Utc};
+use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -162,7 +162,7 @@ const SNAPSHOT_VERSION: u32 = 1;
 /// Every arming zone's state. Pure: time comes in as arguments.
 #[derive(Debug)]
 pub struct Arming {
-    tz: Tz,
+    tz: TimeZone,
     zones: Vec<Zone>,
 }
 
@@ -171,9 +171,9 @@ impl Arming {
     /// ticked). An unparsable time zone or window (refused by validation)
     /// falls back to UTC / is skipped, with a log line.
     pub fn new(cfg: &ArmingConfig) -> Arming {
-        let tz = cfg.time_zone.parse::<Tz>().unwrap_or_else(|_| {
-            tracing::error!(time_zone = %cfg.time_zone, "unknown time zone; schedules use UTC");
-            Tz::UTC
+        let tz = time_zone(&cfg.time_zone).unwrap_or_else(|e| {
+            tracing::error!(time_zone = %cfg.time_zone, error = %e, "unknown time zone; schedules use UTC");
+            TimeZone::UTC
         });
         let zones = cfg
             .zones
@@ -222,7 +222,7 @@ impl Arming {
         if z.windows.is_empty() {
             return None;
         }
-        let local = now.with_timezone(&self.tz).naive_local();
+        let local = local_time(&self.tz, now);
         Some(z.windows.iter().any(|w| w.contains(&local)))
     }
 
@@ -342,11 +342,58 @@ impl Arming {
     }
 }
 
+/// The IANA time zone `name`: from the system's time zone database
+/// (`$TZDIR` or `/usr/share/zoneinfo`, kept current by the distribution's
+/// `tzdata`), else from the copy compiled into the binary.
+///
+/// One file is read, not the database's index: jiff's global database
+/// lists the whole zoneinfo tree (three copies of ~600 zones on Debian)
+/// into memory on first use.
+pub fn time_zone(name: &str) -> Result<TimeZone, String> {
+    let plain = !name.is_empty()
+        && !name.starts_with('/')
+        && name
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..");
+    if plain {
+        let dir = std::env::var_os("TZDIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| "/usr/share/zoneinfo".into());
+        if let Ok(bytes) = std::fs::read(dir.join(name)) {
+            match TimeZone::tzif(name, &bytes) {
+                Ok(tz) => return Ok(tz),
+                Err(e) => {
+                    tracing::warn!(time_zone = name, error = %e, "system time zone file unreadable; using the bundled copy")
+                }
+            }
+        }
+    }
+    jiff::tz::TimeZoneDatabase::bundled()
+        .get(name)
+        .map_err(|e| e.to_string())
+}
+
+/// The wall-clock time in `tz` at `now` (seconds; sub-second parts do not
+/// matter to minute windows).
+pub fn local_time(tz: &TimeZone, now: DateTime<Utc>) -> NaiveDateTime {
+    let civil =
+        jiff::Timestamp::from_second(now.timestamp())
+            .map(|ts| tz.to_datetime(ts))
+            .ok()
+            .and_then(|d| {
+                NaiveDate::from_ymd_opt(d.year().into(), d.month() as u32, d.day() as u32)?
+                    .and_hms_opt(d.hour() as u32, d.minute() as u32, d.second() as u32)
+            });
+    // Out of jiff's range (years beyond ±9999): no schedule is meaningful
+    // there; UTC keeps the arithmetic total.
+    civil.unwrap_or_else(|| now.naive_utc())
+}
+
 /// Config checks of `[arming]`: (key, message) per problem.
 pub fn validate(c: &crate::config::Config) -> Vec<(KeyPath, String)> {
     let mut out = Vec::new();
     let k = KeyPath::root().key("arming");
-    if c.arming.time_zone.parse::<Tz>().is_err() {
+    if time_zone(&c.arming.time_zone).is_err() {
         out.push((
             k.key("time_zone"),
             format!(

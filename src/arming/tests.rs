@@ -15,7 +15,8 @@ to = "06:00"
 
 /// Shanghai local time (UTC+8, no daylight saving) as UTC.
 fn sh(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
-    chrono_tz::Asia::Shanghai
+    chrono::FixedOffset::east_opt(8 * 3600)
+        .unwrap()
         .with_ymd_and_hms(y, mo, d, h, mi, 0)
         .unwrap()
         .with_timezone(&Utc)
@@ -241,4 +242,72 @@ fn schedule_follows_local_time_across_a_dst_change() {
     assert!(a.is_armed("perimeter-north"));
     let c = a.tick(utc(25, 5, 0));
     assert!(!c[0].armed);
+}
+
+#[test]
+fn local_time_uses_the_zone_rules() {
+    let berlin = time_zone("Europe/Berlin").unwrap();
+    // 2026-07-01 10:00 UTC is 12:00 CEST; 2026-12-01 10:00 UTC is 11:00 CET.
+    let summer = Utc.with_ymd_and_hms(2026, 7, 1, 10, 0, 0).unwrap();
+    let winter = Utc.with_ymd_and_hms(2026, 12, 1, 10, 0, 0).unwrap();
+    assert_eq!(local_time(&berlin, summer).hour(), 12);
+    assert_eq!(local_time(&berlin, winter).hour(), 11);
+    let shanghai = time_zone("Asia/Shanghai").unwrap();
+    let t = local_time(&shanghai, sh(2026, 11, 27, 23, 30));
+    assert_eq!((t.day(), t.hour(), t.minute()), (27, 23, 30));
+}
+
+/// A minimal image without tzdata still knows every zone: the database is
+/// compiled in as a fallback. (nextest runs each test in its own process,
+/// so `TZDIR` set here reaches no other test.)
+#[test]
+fn time_zones_without_system_tzdata_come_from_the_bundle() {
+    let empty = tempfile::tempdir().unwrap();
+    std::env::set_var("TZDIR", empty.path());
+    for name in ["Asia/Shanghai", "Europe/Berlin", "America/New_York", "UTC"] {
+        let tz = time_zone(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(tz.iana_name(), Some(name));
+    }
+    assert!(time_zone("Mars/Olympus_Mons").is_err());
+    std::env::remove_var("TZDIR");
+}
+
+#[test]
+fn time_zone_names_cannot_leave_the_zoneinfo_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let zi = dir.path().join("zoneinfo");
+    std::fs::create_dir(&zi).unwrap();
+    // A readable TZif file outside the zone directory.
+    std::fs::copy("/usr/share/zoneinfo/Asia/Tokyo", dir.path().join("Secret"))
+        .map(|_| ())
+        .or_else(|_| std::fs::write(dir.path().join("Secret"), b"TZif"))
+        .unwrap();
+    std::env::set_var("TZDIR", &zi);
+    for name in ["../Secret", "/etc/passwd", "Asia/../../Secret", ""] {
+        assert!(time_zone(name).is_err(), "{name:?} accepted");
+    }
+    std::env::remove_var("TZDIR");
+}
+
+#[test]
+fn unknown_time_zone_is_a_config_error() {
+    let text = r#"
+[site]
+id = "palm-bay"
+gateway = "gw-north-1"
+
+[uplink]
+host = "127.0.0.1"
+
+[arming]
+time_zone = "Mars/Olympus_Mons"
+"#;
+    let Err(err) = crate::config::load_str(text, std::path::Path::new("gw.toml")) else {
+        panic!("an unknown zone is accepted");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("arming.time_zone") && err.contains("Mars/Olympus_Mons"),
+        "{err}"
+    );
 }
