@@ -53,9 +53,18 @@
 //!
 //! # Restarts
 //!
-//! [`AlarmEngine::snapshot`] saves every alarm not in normal;
-//! [`AlarmEngine::restore`] puts them back into a fresh engine, so a latched
-//! fire alarm or an unacknowledged one survives a restart of the gateway.
+//! The engine keeps a *dirty set*: the alarms whose saved fields (state,
+//! condition, end of shelf) and the devices whose offline flag changed
+//! since the last [`AlarmEngine::clear_dirty`]. The alarm task saves just
+//! those with each commit, as one named state per alarm
+//! (`alarm/<key>`, removed once the alarm is back to normal) and per
+//! offline device (`offline/<device>`), see
+//! [`AlarmEngine::dirty_states`]; [`AlarmEngine::restore_states`] puts
+//! them back into a fresh engine, so a latched fire alarm or an
+//! unacknowledged one survives a restart of the gateway.
+//! [`AlarmEngine::snapshot`] / [`AlarmEngine::restore`] read and write the
+//! whole-engine format of earlier versions (one document), kept to migrate
+//! saved states.
 //!
 //! # Shelving (ISA-18.2)
 //!
@@ -146,6 +155,90 @@ struct SavedAlarm {
 
 const SNAPSHOT_VERSION: u32 = 1;
 
+/// Journal state name prefix of a saved alarm: `alarm/<key>`.
+pub const ALARM_STATE_PREFIX: &str = "alarm/";
+/// Journal state name prefix of a device saved as offline:
+/// `offline/<device id>`.
+pub const OFFLINE_STATE_PREFIX: &str = "offline/";
+
+/// One alarm's saved state, under `alarm/<key>` (the key is in the name).
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedState {
+    state: AlarmState,
+    /// The condition (after delays) when saved.
+    condition: bool,
+    /// End of the shelf time (shelved alarms only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shelved_until: Option<Timestamp>,
+}
+
+/// A device saved as offline, under `offline/<device id>`.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedDevice {
+    offline: bool,
+}
+
+/// What [`AlarmEngine::restore_states`] did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Restored {
+    /// Alarms put back into their saved state.
+    pub alarms: usize,
+    /// Devices put back offline.
+    pub offline_devices: usize,
+    /// Names of saved states whose alarm or device is no longer
+    /// configured: the caller removes them from the journal.
+    pub stale: Vec<String>,
+}
+
+/// Alarms and devices whose saved fields changed since the last save.
+#[derive(Debug, Default)]
+struct Dirty {
+    alarm: Vec<bool>,
+    alarms: Vec<u32>,
+    device: Vec<bool>,
+    devices: Vec<u32>,
+}
+
+impl Dirty {
+    fn new(alarms: usize, devices: usize) -> Dirty {
+        Dirty {
+            alarm: vec![false; alarms],
+            alarms: Vec::new(),
+            device: vec![false; devices],
+            devices: Vec::new(),
+        }
+    }
+
+    fn alarm(&mut self, i: u32) {
+        if let Some(f) = self.alarm.get_mut(i as usize) {
+            if !*f {
+                *f = true;
+                self.alarms.push(i);
+            }
+        }
+    }
+
+    fn device(&mut self, i: usize) {
+        if let Some(f) = self.device.get_mut(i) {
+            if !*f {
+                *f = true;
+                self.devices.push(i as u32);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        for i in self.alarms.drain(..) {
+            self.alarm[i as usize] = false;
+        }
+        for i in self.devices.drain(..) {
+            self.device[i as usize] = false;
+        }
+    }
+}
+
 /// Priority of `device.offline` / `device.online` events.
 const DEVICE_EVENT_PRIORITY: Priority = Priority::MEDIUM;
 
@@ -191,6 +284,18 @@ struct Alarm {
     shelved_until: Option<(Option<Instant>, Timestamp)>,
 }
 
+impl Alarm {
+    /// The fields a save keeps: (state, condition, end of shelf); all
+    /// alike for an alarm in normal (nothing is saved for it).
+    #[inline]
+    fn saved(&self) -> (AlarmState, bool, Option<Timestamp>) {
+        match self.core.saved() {
+            (AlarmState::Normal, _) => (AlarmState::Normal, false, None),
+            (state, condition) => (state, condition, self.shelved_until.map(|(_, ts)| ts)),
+        }
+    }
+}
+
 impl AlarmDef {
     fn life_safety(category: Category, priority: Priority) -> bool {
         category.is_life_safety() || priority == Priority::LIFE_SAFETY
@@ -224,6 +329,8 @@ pub struct AlarmEngine {
     armed: Arc<ArmedZones>,
     /// Indexes of shelved alarms.
     shelved: Vec<u32>,
+    /// Changed since the last save.
+    dirty: Dirty,
 }
 
 impl AlarmEngine {
@@ -345,6 +452,7 @@ impl AlarmEngine {
             points = cfg.points.len(),
             "alarm engine built"
         );
+        let dirty = Dirty::new(alarms.len(), devices.len());
         AlarmEngine {
             first,
             alarms,
@@ -353,6 +461,7 @@ impl AlarmEngine {
             timers: BinaryHeap::new(),
             armed: Arc::new(ArmedZones::default()),
             shelved: Vec::new(),
+            dirty,
         }
     }
 
@@ -401,6 +510,7 @@ impl AlarmEngine {
             let Some(condition) = alarm.def.condition else {
                 continue;
             };
+            let before = alarm.saved();
             // A delay that ran out before this reading counts, even if
             // `tick` has not run yet: the outcome must not depend on when
             // the task got round to it.
@@ -418,6 +528,9 @@ impl AlarmEngine {
                 self.timers.push(Reverse((at, i)));
             }
             emit(alarm, armed, step.transitions, ts, None, None, None, out);
+            if alarm.saved() != before {
+                self.dirty.alarm(i);
+            }
         }
         self.prune_timers();
     }
@@ -441,6 +554,7 @@ impl AlarmEngine {
             return;
         }
         dev.offline = !online;
+        self.dirty.device(device_index);
         let detail = if online {
             None
         } else {
@@ -466,6 +580,7 @@ impl AlarmEngine {
         });
         if let Some(ai) = dev.comm_alarm {
             let alarm = &mut self.alarms[ai as usize];
+            let before = alarm.saved();
             let step = alarm.core.observe(now, Some(!online));
             emit(
                 alarm,
@@ -477,6 +592,9 @@ impl AlarmEngine {
                 detail,
                 out,
             );
+            if alarm.saved() != before {
+                self.dirty.alarm(ai);
+            }
         }
     }
 
@@ -493,8 +611,12 @@ impl AlarmEngine {
             }
             self.timers.pop();
             let alarm = &mut self.alarms[i as usize];
+            let before = alarm.saved();
             let t = alarm.core.fire(at);
             emit(alarm, &self.armed, t, ts, None, None, None, out);
+            if alarm.saved() != before {
+                self.dirty.alarm(i);
+            }
         }
         self.tick_shelves(now, ts, out);
     }
@@ -526,6 +648,7 @@ impl AlarmEngine {
             .core
             .acknowledge()
             .map_err(|_| AlarmError::NotUnacked(key.to_string()))?;
+        self.dirty.alarm(i);
         tracing::info!(key, operator, state = ?alarm.core.state(), "alarm acknowledged");
         emit(
             alarm,
@@ -574,8 +697,10 @@ impl AlarmEngine {
         v
     }
 
-    /// The states worth keeping across a restart: every alarm not in normal,
-    /// as JSON (`{"version": 1, "alarms": [{"key", "state", "condition"}]}`).
+    /// The states worth keeping across a restart in the whole-engine format
+    /// of earlier versions: every alarm not in normal, as JSON
+    /// (`{"version": 1, "alarms": [{"key", "state", "condition"}]}`).
+    /// The alarm task saves [`dirty_states`](Self::dirty_states) instead.
     pub fn snapshot(&self) -> serde_json::Value {
         let alarms = self
             .alarms
@@ -607,7 +732,9 @@ impl AlarmEngine {
 
     /// Restore states saved by [`snapshot`](Self::snapshot) into a freshly
     /// built engine, before any reading. Returns how many alarms were
-    /// restored.
+    /// restored. Every alarm and device restored is marked dirty, so the
+    /// next [`dirty_states`](Self::dirty_states) holds them all (the
+    /// migration to per-alarm states).
     ///
     /// Point alarms keep their state silently (the platform already knows
     /// it); their condition is unknown until the next good value, so a
@@ -629,30 +756,166 @@ impl AlarmEngine {
             )));
         }
         for id in &snap.offline_devices {
-            match self.devices.iter_mut().find(|d| &*d.id == id.as_str()) {
-                Some(d) => d.offline = true,
+            match self.restore_offline(id) {
+                Some(di) => self.dirty.device(di),
                 None => tracing::warn!(device = %id, "saved offline device no longer configured"),
             }
         }
         let mut restored = 0;
         for saved in snap.alarms {
-            let Some(&i) = self.by_key.get(saved.key.as_str()) else {
-                tracing::warn!(key = %saved.key, state = ?saved.state, "saved alarm no longer configured; dropped");
-                continue;
+            let state = SavedState {
+                state: saved.state,
+                condition: saved.condition,
+                shelved_until: saved.shelved_until,
             };
-            let alarm = &mut self.alarms[i as usize];
-            match (saved.state, saved.shelved_until) {
-                (AlarmState::Shelved, Some(until)) if !alarm.def.life_safety => {
-                    alarm.core.restore_shelved(saved.condition);
-                    alarm.shelved_until = Some((None, until));
-                    self.shelved.push(i);
+            match self.restore_alarm(&saved.key, state) {
+                Some(i) => {
+                    self.dirty.alarm(i);
+                    restored += 1;
                 }
-                _ => alarm.core.restore(saved.state, saved.condition),
+                None => {
+                    tracing::warn!(key = %saved.key, state = ?saved.state, "saved alarm no longer configured; dropped")
+                }
             }
-            tracing::info!(key = %saved.key, state = ?alarm.core.state(), "alarm state restored");
-            restored += 1;
         }
         Ok(restored)
+    }
+
+    /// Restore the per-alarm and per-device states saved from
+    /// [`dirty_states`](Self::dirty_states) (journal names and data, as
+    /// loaded under [`ALARM_STATE_PREFIX`] and [`OFFLINE_STATE_PREFIX`])
+    /// into a freshly built engine, before any reading; as
+    /// [`restore`](Self::restore) does, but nothing is marked dirty (it is
+    /// saved already).
+    ///
+    /// States of alarms or devices no longer configured are listed in
+    /// [`Restored::stale`] for the caller to remove; unreadable ones are
+    /// skipped (logged) and left alone.
+    pub fn restore_states(
+        &mut self,
+        alarms: &[(String, Vec<u8>)],
+        offline: &[(String, Vec<u8>)],
+    ) -> Restored {
+        let mut out = Restored::default();
+        for (name, data) in offline {
+            let Some(id) = name.strip_prefix(OFFLINE_STATE_PREFIX) else {
+                continue;
+            };
+            match serde_json::from_slice::<SavedDevice>(data) {
+                Ok(SavedDevice { offline: false }) => {}
+                Ok(SavedDevice { offline: true }) => match self.restore_offline(id) {
+                    Some(_) => out.offline_devices += 1,
+                    None => {
+                        tracing::warn!(device = %id, "saved offline device no longer configured");
+                        out.stale.push(name.clone());
+                    }
+                },
+                Err(e) => {
+                    tracing::error!(device = %id, error = %e, "saved device state unreadable; skipped")
+                }
+            }
+        }
+        for (name, data) in alarms {
+            let Some(key) = name.strip_prefix(ALARM_STATE_PREFIX) else {
+                continue;
+            };
+            let saved = match serde_json::from_slice::<SavedState>(data) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(key, error = %e, "saved alarm state unreadable; skipped");
+                    continue;
+                }
+            };
+            let state = saved.state;
+            match self.restore_alarm(key, saved) {
+                Some(_) => out.alarms += 1,
+                None => {
+                    tracing::warn!(key, state = ?state, "saved alarm no longer configured; dropped");
+                    out.stale.push(name.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Put one saved alarm back; its index, `None` if not configured.
+    fn restore_alarm(&mut self, key: &str, saved: SavedState) -> Option<u32> {
+        let &i = self.by_key.get(key)?;
+        let alarm = &mut self.alarms[i as usize];
+        match (saved.state, saved.shelved_until) {
+            (AlarmState::Shelved, Some(until)) if !alarm.def.life_safety => {
+                alarm.core.restore_shelved(saved.condition);
+                alarm.shelved_until = Some((None, until));
+                if !self.shelved.contains(&i) {
+                    self.shelved.push(i);
+                }
+            }
+            _ => alarm.core.restore(saved.state, saved.condition),
+        }
+        tracing::info!(key, state = ?alarm.core.state(), "alarm state restored");
+        Some(i)
+    }
+
+    /// Mark a saved-offline device offline again; its index, `None` if not
+    /// configured.
+    fn restore_offline(&mut self, id: &str) -> Option<usize> {
+        let di = self.devices.iter().position(|d| &*d.id == id)?;
+        self.devices[di].offline = true;
+        Some(di)
+    }
+
+    /// The saved states of what changed since the last
+    /// [`clear_dirty`](Self::clear_dirty), as journal state changes: for
+    /// each changed alarm `alarm/<key>` with its state, or `None` (remove)
+    /// once it is back to normal; for each device whose offline flag
+    /// changed `offline/<device>`, or `None` once it is online. The alarm
+    /// task records them with the events of the change.
+    pub fn dirty_states(&self) -> Vec<(String, Option<Vec<u8>>)> {
+        let mut out = Vec::with_capacity(self.dirty.alarms.len() + self.dirty.devices.len());
+        for &di in &self.dirty.devices {
+            let d = &self.devices[di as usize];
+            let data = match d.offline {
+                true => match encode(&SavedDevice { offline: true }) {
+                    Some(v) => Some(v),
+                    None => continue,
+                },
+                false => None,
+            };
+            out.push((format!("{OFFLINE_STATE_PREFIX}{}", d.id), data));
+        }
+        for &i in &self.dirty.alarms {
+            let a = &self.alarms[i as usize];
+            let data = match a.saved() {
+                (AlarmState::Normal, ..) => None,
+                (state, condition, shelved_until) => match encode(&SavedState {
+                    state,
+                    condition,
+                    shelved_until,
+                }) {
+                    Some(v) => Some(v),
+                    None => continue,
+                },
+            };
+            out.push((format!("{ALARM_STATE_PREFIX}{}", a.def.key), data));
+        }
+        out
+    }
+
+    /// Something changed since the last [`clear_dirty`](Self::clear_dirty).
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.alarms.is_empty() || !self.dirty.devices.is_empty()
+    }
+
+    /// Some alarm's saved fields (its state among them) changed since the
+    /// last [`clear_dirty`](Self::clear_dirty): [`active`](Self::active)
+    /// may differ.
+    pub fn alarms_dirty(&self) -> bool {
+        !self.dirty.alarms.is_empty()
+    }
+
+    /// The [`dirty_states`](Self::dirty_states) are saved: start afresh.
+    pub fn clear_dirty(&mut self) {
+        self.dirty.clear();
     }
 
     /// Drop timers at the top of the heap that no alarm waits for any more,
@@ -663,6 +926,19 @@ impl AlarmEngine {
                 break;
             }
             self.timers.pop();
+        }
+    }
+}
+
+/// A saved state's data: compact JSON of the small struct. Encoding these
+/// plain structs cannot fail; if it did (`None`, logged), the change is
+/// left out and the previous saved state stays.
+fn encode<T: serde::Serialize>(saved: &T) -> Option<Vec<u8>> {
+    match serde_json::to_vec(saved) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a saved alarm state");
+            None
         }
     }
 }

@@ -5,6 +5,11 @@
 //! It is saved after the events of a change are recorded, never before: a
 //! crash in between can at worst make the gateway raise an alarm again
 //! after the restart (a duplicate, with a new id), never lose one.
+//!
+//! The alarm task keeps its states in the journal now (one named state per
+//! alarm, see [`super::task`]); it reads an `alarm-state.json` left by an
+//! older version once, to migrate it. Other state files (arming) still use
+//! this type.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

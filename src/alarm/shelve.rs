@@ -32,6 +32,7 @@ impl AlarmEngine {
             .unwrap_or(ts);
         let t = alarm.core.shelve();
         alarm.shelved_until = Some((Some(now + duration), until_ts));
+        self.dirty.alarm(i);
         alarm.quiet = false;
         if !self.shelved.contains(&i) {
             self.shelved.push(i);
@@ -79,6 +80,7 @@ impl AlarmEngine {
             }
             alarm.shelved_until = None;
             self.shelved.swap_remove(k);
+            self.dirty.alarm(i);
             let t = alarm.core.unshelve();
             tracing::info!(key = %alarm.def.key, state = ?alarm.core.state(), "alarm shelf time over");
             let detail = serde_json::json!({"unshelved": "expired"});

@@ -5,12 +5,12 @@
 
 use super::live::Sample;
 use super::persist::StateFile;
-use super::{AlarmEngine, AlarmError};
+use super::{AlarmEngine, AlarmError, ALARM_STATE_PREFIX, OFFLINE_STATE_PREFIX};
 use crate::arming::ArmedZones;
 use crate::config::LoadedConfig;
 use crate::event::EventKind;
 use crate::event::{NewEvent, Timestamp};
-use crate::journal::{Journal, JournalError};
+use crate::journal::{Journal, JournalError, StateChange, MAX_STATE_NAME};
 use crate::point::{BusMessage, Quality};
 use crate::status::GatewayStatus;
 use crate::telemetry::TelemetryFilter;
@@ -26,7 +26,9 @@ type PendingReply = (
     Result<(), AlarmError>,
 );
 
-/// Name of the alarm engine's state snapshot in the journal.
+/// Name of the whole-engine state snapshot that earlier versions saved in
+/// the journal with every commit; [`restore`] migrates it to per-alarm
+/// states (`alarm/<key>`, `offline/<device>`) and removes it.
 pub const ALARM_STATE: &str = "alarms";
 
 /// The task beats its liveness heartbeat at least this often, idle or not.
@@ -232,12 +234,17 @@ pub async fn run_with(
         }
         if !out.is_empty() {
             if let Some(l) = &live {
-                l.set_alarms(engine.active());
+                // No alarm's state changed: the active list is the same.
+                if engine.alarms_dirty() {
+                    l.set_alarms(engine.active());
+                }
             }
-            // The states go with the events, in the same commit and after
-            // them: a crash keeps both or the events alone (an alarm may
-            // be raised again after the restart, never lost).
-            record(&journal, std::mem::take(&mut out), snapshot(&engine)).await;
+            // The states of the alarms (and devices) that changed go with
+            // the events, in the same commit and after them: a crash keeps
+            // both or the events alone (an alarm may be raised again after
+            // the restart, never lost).
+            record(&journal, std::mem::take(&mut out), state_changes(&engine)).await;
+            engine.clear_dirty();
             status
                 .alarms_active
                 .store(engine.active_count() as u64, Ordering::Relaxed);
@@ -253,15 +260,19 @@ pub async fn run_with(
             }
         }
     }
-    // Bus closed: drivers are stopped. Save the states, flush telemetry.
+    // Bus closed: drivers are stopped. Save what changed, flush telemetry.
     if !out.is_empty() {
-        record(&journal, std::mem::take(&mut out), snapshot(&engine)).await;
+        record(&journal, std::mem::take(&mut out), state_changes(&engine)).await;
+        engine.clear_dirty();
     }
-    if let Err(e) = journal
-        .save_state(ALARM_STATE, snapshot(&engine).unwrap_or_default())
-        .await
-    {
-        tracing::error!(error = %e, "cannot save alarm states");
+    if engine.has_dirty() {
+        match journal
+            .record_with_states(Vec::new(), state_changes(&engine))
+            .await
+        {
+            Ok(_) => engine.clear_dirty(),
+            Err(e) => tracing::error!(error = %e, "cannot save alarm states"),
+        }
     }
     let now = Instant::now();
     while let Some(payload) = telemetry.flush(now) {
@@ -282,62 +293,132 @@ fn set_online(offline: &mut [bool], di: usize, online: bool, status: &GatewaySta
     }
 }
 
-/// The engine's states as saved in the journal.
-fn snapshot(engine: &AlarmEngine) -> Option<Vec<u8>> {
-    match serde_json::to_vec(&engine.snapshot()) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot encode alarm states");
-            None
+/// The engine's changed states as journal state changes. A name the
+/// journal cannot hold (an alarm key of more than 249 bytes) is left out,
+/// logged: that alarm's state does not survive a restart (it is raised
+/// again by the next readings).
+fn state_changes(engine: &AlarmEngine) -> Vec<StateChange> {
+    let mut changes = engine.dirty_states();
+    changes.retain(|(name, _)| {
+        let fits = name.len() <= MAX_STATE_NAME;
+        if !fits {
+            tracing::error!(name = %name, "alarm state name too long to save; not kept across restarts");
         }
-    }
+        fits
+    });
+    changes
 }
 
-/// Restore alarm states saved before a restart or reload: from the
-/// journal, or once, after an upgrade, from the `alarm-state.json` of
-/// earlier versions (then moved into the journal and the file removed).
+/// Saved states under `prefix`; none (logged) if they cannot be read.
+fn load_states(journal: &Journal, prefix: &str) -> Vec<(String, Vec<u8>)> {
+    journal.load_states(prefix).unwrap_or_else(|e| {
+        tracing::error!(error = %e, prefix, "cannot read saved alarm states; starting from normal");
+        Vec::new()
+    })
+}
+
+/// Restore alarm states saved before a restart or reload.
+///
+/// From the journal's per-alarm states (`alarm/<key>`, `offline/<device>`);
+/// states of alarms or devices no longer configured are removed once here.
+/// Two migrations, each crash-safe (the old form is removed only in the
+/// same commit as, and after, the per-alarm states written from it):
+/// - the whole-engine snapshot [`ALARM_STATE`] that earlier versions kept
+///   in the journal: restored, written as per-alarm states (any other
+///   per-alarm state removed: they are older), then removed;
+/// - once, after an upgrade from versions before that, the
+///   `alarm-state.json` file: restored when the journal holds no state,
+///   written as per-alarm states, then the file removed.
+///
 /// Missing or unreadable states start from normal (logged): readings
 /// re-raise what is active.
 pub(super) async fn restore(engine: &mut AlarmEngine, journal: &Journal, legacy: &StateFile) {
-    let saved = match journal.load_state(ALARM_STATE) {
+    let alarms = load_states(journal, ALARM_STATE_PREFIX);
+    let offline = load_states(journal, OFFLINE_STATE_PREFIX);
+    let old = match journal.load_state(ALARM_STATE) {
         Ok(Some(bytes)) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
             Ok(v) => Some(v),
             Err(e) => {
-                tracing::error!(error = %e, "saved alarm states unreadable; starting from normal");
+                tracing::error!(error = %e, "saved alarm snapshot unreadable; ignored");
                 None
             }
         },
         Ok(None) => None,
         Err(e) => {
-            tracing::error!(error = %e, "cannot read saved alarm states; starting from normal");
+            tracing::error!(error = %e, "cannot read the saved alarm snapshot; ignored");
             None
         }
     };
-    let from_file = saved.is_none();
-    let snapshot = match saved {
+    let from_file = old.is_none() && alarms.is_empty() && offline.is_empty();
+    let snapshot = match old {
         Some(v) => Some(v),
-        None => match legacy.load() {
+        None if from_file => match legacy.load() {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(error = %e, file = %legacy.path().display(), "cannot read saved alarm states; starting from normal");
                 None
             }
         },
+        None => None,
     };
-    if let Some(snapshot) = &snapshot {
-        match engine.restore(snapshot) {
-            Ok(n) => tracing::info!(alarms = n, "alarm states restored"),
-            Err(e) => tracing::error!(error = %e, "alarm states not restored"),
+    let migrated = match &snapshot {
+        Some(snapshot) => match engine.restore(snapshot) {
+            Ok(n) => {
+                tracing::info!(
+                    alarms = n,
+                    "alarm states restored from a whole-engine snapshot"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "alarm states not restored");
+                false
+            }
+        },
+        None => false,
+    };
+    if migrated {
+        // Every restored state, then the removal of per-alarm states the
+        // snapshot does not hold, then of the snapshot: in one commit.
+        let mut changes = state_changes(engine);
+        let written: std::collections::HashSet<String> =
+            changes.iter().map(|(n, _)| n.clone()).collect();
+        for (name, _) in alarms.iter().chain(&offline) {
+            if !written.contains(name) {
+                changes.push((name.clone(), None));
+            }
+        }
+        if !from_file {
+            changes.push((ALARM_STATE.to_string(), None));
+        }
+        record(journal, Vec::new(), changes).await;
+        engine.clear_dirty();
+        tracing::info!("alarm states saved per alarm");
+    } else {
+        let restored = engine.restore_states(&alarms, &offline);
+        if restored.alarms + restored.offline_devices > 0 {
+            tracing::info!(
+                alarms = restored.alarms,
+                offline_devices = restored.offline_devices,
+                "alarm states restored"
+            );
+        }
+        if !restored.stale.is_empty() {
+            let n = restored.stale.len();
+            let removals = restored.stale.into_iter().map(|n| (n, None)).collect();
+            match journal.record_with_states(Vec::new(), removals).await {
+                Ok(_) => tracing::info!(
+                    states = n,
+                    "saved states of alarms no longer configured removed"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "saved states of alarms no longer configured not removed")
+                }
+            }
         }
     }
     if legacy.path().exists() {
-        if from_file && snapshot.is_some() {
-            // Into the journal first, then the file goes.
-            let bytes = serde_json::to_vec(&engine.snapshot()).unwrap_or_default();
-            if let Err(e) = journal.save_state(ALARM_STATE, bytes).await {
-                tracing::error!(error = %e, "alarm states not moved into the journal; keeping the file");
-                return;
-            }
+        if from_file && migrated {
             tracing::info!(file = %legacy.path().display(), "alarm states moved into the journal");
         }
         if let Err(e) = std::fs::remove_file(legacy.path()) {
@@ -349,12 +430,12 @@ pub(super) async fn restore(engine: &mut AlarmEngine, journal: &Journal, legacy:
 /// Record events, retrying until the journal takes them: an alarm is never
 /// dropped because the disk hiccuped.
 ///
-/// `state`, the engine's snapshot after these events, is saved with them.
-async fn record(journal: &Journal, events: Vec<NewEvent>, state: Option<Vec<u8>>) {
+/// `states`, the changes of the engine's saved states that these events
+/// made, are saved with them.
+async fn record(journal: &Journal, events: Vec<NewEvent>, states: Vec<StateChange>) {
     let mut wait = Duration::from_millis(50);
-    let with_state = || state.clone().map(|s| (ALARM_STATE, s));
     let mut outcome = journal
-        .record_with_state(events.clone(), with_state())
+        .record_with_states(events.clone(), states.clone())
         .await;
     loop {
         match outcome {
@@ -395,7 +476,7 @@ async fn record(journal: &Journal, events: Vec<NewEvent>, state: Option<Vec<u8>>
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
                 outcome = journal
-                    .record_with_state(events.clone(), with_state())
+                    .record_with_states(events.clone(), states.clone())
                     .await;
             }
         }

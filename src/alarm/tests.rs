@@ -1,5 +1,6 @@
 use super::*;
 use crate::config::{load_str, LoadedConfig};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 const CONFIG: &str = r#"
@@ -818,6 +819,9 @@ mod prop {
         fn transitions_are_always_valid(ops in proptest::collection::vec(op(), 1..120)) {
             let mut b = Bench::new();
             let mut model: HashMap<String, AlarmState> = HashMap::new();
+            // The journal's per-alarm states, saved as the task does: the
+            // dirty ones with each batch of events.
+            let mut saved: BTreeMap<String, Vec<u8>> = BTreeMap::new();
             let mut ms = 0u64;
             let devices = ["fire-panel-a", "fence", "hvac-1"];
             for op in ops {
@@ -864,6 +868,9 @@ mod prop {
                         prop_assert!(false, "{}", msg);
                     }
                 }
+                if !evs.is_empty() {
+                    save_dirty(&mut b.engine, &mut saved);
+                }
                 // The engine's states are exactly what its events said.
                 for key in KEYS {
                     let s = b.engine.state(key).unwrap();
@@ -884,7 +891,249 @@ mod prop {
             for key in &KEYS[..6] {
                 prop_assert_eq!(r.engine.state(key), b.engine.state(key), "{}", key);
             }
+            // The per-alarm states saved along the way, plus what the
+            // shutdown saves, restore exactly what the whole snapshot does.
+            save_dirty(&mut b.engine, &mut saved);
+            prop_assert!(!b.engine.has_dirty());
+            let mut d = Bench::new();
+            let restored = restore_saved(&mut d.engine, &saved);
+            prop_assert!(restored.stale.is_empty());
+            prop_assert_eq!(d.engine.snapshot(), r.engine.snapshot());
         }
+    }
+}
+
+/// Apply the engine's dirty states to `saved` (a journal's named states)
+/// and clear them, as the alarm task records them.
+fn save_dirty(engine: &mut AlarmEngine, saved: &mut BTreeMap<String, Vec<u8>>) {
+    for (name, data) in engine.dirty_states() {
+        match data {
+            Some(d) => saved.insert(name, d),
+            None => saved.remove(&name),
+        };
+    }
+    engine.clear_dirty();
+}
+
+/// Restore `saved` (as [`save_dirty`] left it) into `engine`.
+fn restore_saved(engine: &mut AlarmEngine, saved: &BTreeMap<String, Vec<u8>>) -> Restored {
+    let with = |prefix: &str| -> Vec<(String, Vec<u8>)> {
+        saved
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(n, d)| (n.clone(), d.clone()))
+            .collect()
+    };
+    engine.restore_states(&with(ALARM_STATE_PREFIX), &with(OFFLINE_STATE_PREFIX))
+}
+
+mod dirty {
+    use super::*;
+
+    fn changes(b: &Bench) -> Vec<(String, Option<String>)> {
+        let mut v: Vec<_> = b
+            .engine
+            .dirty_states()
+            .into_iter()
+            .map(|(n, d)| (n, d.map(|d| String::from_utf8(d).unwrap())))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn alarm(key: &str, json: Option<&str>) -> (String, Option<String>) {
+        (format!("alarm/{key}"), json.map(str::to_string))
+    }
+
+    #[test]
+    fn a_raise_is_dirty_until_cleared_and_a_repeat_is_not() {
+        let mut b = Bench::new();
+        assert!(!b.engine.has_dirty());
+        assert!(b.engine.dirty_states().is_empty());
+        b.read(0, FIRE3, Value::Bool(true));
+        assert!(b.engine.alarms_dirty());
+        assert_eq!(
+            changes(&b),
+            [alarm(
+                FIRE3,
+                Some(r#"{"state":"active_unacked","condition":true}"#)
+            )]
+        );
+        b.engine.clear_dirty();
+        assert!(!b.engine.has_dirty());
+        // The same value again changes nothing saved.
+        assert!(b.read(10, FIRE3, Value::Bool(true)).is_empty());
+        assert!(!b.engine.has_dirty());
+        // Readings of points without a saved change stay clean.
+        b.read(20, "hvac-1/supply-temp", Value::Float(21.0));
+        assert!(!b.engine.has_dirty());
+    }
+
+    #[test]
+    fn back_to_normal_is_a_removal() {
+        let mut b = Bench::new();
+        b.read(0, FIRE4, Value::Bool(true));
+        b.read(1, FIRE4, Value::Bool(false));
+        assert_eq!(
+            changes(&b),
+            [alarm(
+                FIRE4,
+                Some(r#"{"state":"returned_unacked","condition":false}"#)
+            )]
+        );
+        b.engine.clear_dirty();
+        b.ack(2, FIRE4).unwrap();
+        assert_eq!(changes(&b), [alarm(FIRE4, None)]);
+    }
+
+    #[test]
+    fn a_condition_change_without_an_event_is_dirty() {
+        let mut b = Bench::new();
+        b.read(0, FIRE3, Value::Bool(true));
+        b.engine.clear_dirty();
+        // Latched: the condition goes, the alarm stays in, nothing emitted.
+        assert!(b.read(10, FIRE3, Value::Bool(false)).is_empty());
+        assert_eq!(
+            changes(&b),
+            [alarm(
+                FIRE3,
+                Some(r#"{"state":"active_unacked","condition":false}"#)
+            )]
+        );
+        // Unknown keeps what is saved.
+        b.engine.clear_dirty();
+        b.bad(20, FIRE3);
+        assert!(!b.engine.has_dirty());
+    }
+
+    #[test]
+    fn delays_acks_and_shelves_are_dirty() {
+        let mut b = Bench::new();
+        // On-delay: nothing saved until it fires.
+        b.read(0, FENCE, Value::Bool(true));
+        assert!(!b.engine.has_dirty());
+        b.tick(2000);
+        assert_eq!(
+            changes(&b),
+            [alarm(
+                FENCE,
+                Some(r#"{"state":"active_unacked","condition":true}"#)
+            )]
+        );
+        b.engine.clear_dirty();
+        b.ack(2500, FENCE).unwrap();
+        assert_eq!(
+            changes(&b),
+            [alarm(
+                FENCE,
+                Some(r#"{"state":"active_acked","condition":true}"#)
+            )]
+        );
+        b.engine.clear_dirty();
+        b.shelve(3000, FENCE, 60).unwrap();
+        let until = serde_json::to_string(&Bench::ts(63_000)).unwrap();
+        assert_eq!(
+            changes(&b),
+            [alarm(
+                FENCE,
+                Some(&format!(
+                    r#"{{"state":"shelved","condition":true,"shelved_until":{until}}}"#
+                ))
+            )]
+        );
+        b.engine.clear_dirty();
+        // The shelf's instant is filled in: nothing saved changes.
+        b.tick(4000);
+        assert!(!b.engine.has_dirty());
+        b.read(5000, FENCE, Value::Bool(false));
+        b.tick(20_000);
+        let json = format!(r#"{{"state":"shelved","condition":false,"shelved_until":{until}}}"#);
+        assert_eq!(changes(&b), [alarm(FENCE, Some(&json))]);
+        b.engine.clear_dirty();
+        // Shelf over, condition normal: back to normal, removed.
+        b.tick(63_000);
+        assert_eq!(changes(&b), [alarm(FENCE, None)]);
+    }
+
+    #[test]
+    fn device_offline_and_its_comm_alarm_are_dirty() {
+        let mut b = Bench::new();
+        b.device(0, "fire-panel-a", false);
+        assert_eq!(
+            changes(&b),
+            [
+                alarm(
+                    "fire-panel-a/comm",
+                    Some(r#"{"state":"active_unacked","condition":true}"#)
+                ),
+                (
+                    "offline/fire-panel-a".into(),
+                    Some(r#"{"offline":true}"#.into())
+                ),
+            ]
+        );
+        b.engine.clear_dirty();
+        b.device(10, "fire-panel-a", true);
+        assert_eq!(
+            changes(&b),
+            [
+                alarm(
+                    "fire-panel-a/comm",
+                    Some(r#"{"state":"returned_unacked","condition":false}"#)
+                ),
+                ("offline/fire-panel-a".into(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn saved_states_restore_without_being_dirty_and_stale_ones_are_listed() {
+        let mut b = Bench::new();
+        b.read(0, FIRE3, Value::Bool(true));
+        b.read(0, FENCE, Value::Bool(true));
+        b.tick(2000);
+        b.shelve(3000, FENCE, 60).unwrap();
+        b.device(3000, "hvac-1", false);
+        let mut saved = BTreeMap::new();
+        save_dirty(&mut b.engine, &mut saved);
+        saved.insert(
+            "alarm/gone/point".into(),
+            br#"{"state":"active_unacked","condition":true}"#.to_vec(),
+        );
+        saved.insert(
+            "offline/gone-device".into(),
+            br#"{"offline":true}"#.to_vec(),
+        );
+        saved.insert("alarm/fence/spare".into(), b"{not json".to_vec());
+        let mut r = Bench::new();
+        let restored = restore_saved(&mut r.engine, &saved);
+        assert_eq!(
+            restored,
+            Restored {
+                alarms: 2,
+                offline_devices: 1,
+                stale: vec!["offline/gone-device".into(), "alarm/gone/point".into()],
+            }
+        );
+        assert!(!r.engine.has_dirty(), "restored states are saved already");
+        assert_eq!(r.engine.snapshot(), b.engine.snapshot());
+        assert_eq!(r.state(FENCE), AlarmState::Shelved);
+        assert!(r.engine.device_offline(2));
+    }
+
+    #[test]
+    fn a_whole_snapshot_restores_dirty_for_the_migration() {
+        let mut b = Bench::new();
+        b.read(0, FIRE3, Value::Bool(true));
+        b.device(0, "fence", false);
+        let mut r = Bench::new();
+        r.engine.restore(&b.engine.snapshot()).unwrap();
+        let mut saved = BTreeMap::new();
+        save_dirty(&mut r.engine, &mut saved);
+        assert_eq!(
+            saved.keys().collect::<Vec<_>>(),
+            ["alarm/fire-panel-a/zone-3", "offline/fence"]
+        );
     }
 }
 
@@ -1247,6 +1496,207 @@ mod persistence {
         assert_eq!(c.engine.snapshot(), before.engine.snapshot());
     }
 
+    /// The whole-engine snapshot earlier versions saved with every commit.
+    fn save_old_snapshot(rt: &tokio::runtime::Runtime, j: &Journal, b: &Bench) {
+        let bytes = serde_json::to_vec(&b.engine.snapshot()).unwrap();
+        rt.block_on(j.save_state(task::ALARM_STATE, bytes)).unwrap();
+    }
+
+    fn saved_names(j: &Journal) -> Vec<String> {
+        let mut v: Vec<String> = j
+            .load_states(ALARM_STATE_PREFIX)
+            .unwrap()
+            .into_iter()
+            .chain(j.load_states(OFFLINE_STATE_PREFIX).unwrap())
+            .map(|(n, _)| n)
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn old_snapshot_in_the_journal_becomes_per_alarm_states_then_goes() {
+        let rt = rt();
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemStorage::new());
+        let mut before = Bench::new();
+        before.read(0, FIRE3, Value::Bool(true));
+        before.device(0, "hvac-1", false);
+        let j = journal(&mem, dir.path());
+        save_old_snapshot(&rt, &j, &before);
+        // A per-alarm state older than the snapshot (written by this
+        // version before a downgrade): the snapshot wins, it goes.
+        rt.block_on(j.record_with_states(
+            vec![],
+            vec![(
+                "alarm/fence/zone-1".into(),
+                Some(br#"{"state":"active_unacked","condition":true}"#.to_vec()),
+            )],
+        ))
+        .unwrap();
+        rt.block_on(j.flush()).unwrap();
+        let legacy = StateFile::in_dir(dir.path());
+        let mut b = Bench::new();
+        rt.block_on(task::restore(&mut b.engine, &j, &legacy));
+        assert_eq!(b.engine.snapshot(), before.engine.snapshot());
+        assert!(!b.engine.has_dirty());
+        assert_eq!(j.load_state(task::ALARM_STATE).unwrap(), None);
+        assert_eq!(
+            saved_names(&j),
+            ["alarm/fire-panel-a/zone-3", "offline/hvac-1"]
+        );
+        // Durable: a crash of the store keeps the migration (WAL).
+        mem.crash();
+        j.abandon();
+        let j = journal(&mem, dir.path());
+        assert_eq!(j.load_state(task::ALARM_STATE).unwrap(), None);
+        let mut c = Bench::new();
+        rt.block_on(task::restore(&mut c.engine, &j, &legacy));
+        assert_eq!(c.engine.snapshot(), before.engine.snapshot());
+    }
+
+    #[test]
+    fn a_migration_cut_short_before_the_old_snapshot_goes_is_done_again() {
+        let rt = rt();
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemStorage::new());
+        let mut before = Bench::new();
+        before.read(0, FIRE3, Value::Bool(true));
+        before.read(0, FIRE4, Value::Bool(true));
+        before.read(1, FIRE4, Value::Bool(false));
+        let j = journal(&mem, dir.path());
+        save_old_snapshot(&rt, &j, &before);
+        rt.block_on(j.flush()).unwrap();
+        let legacy = StateFile::in_dir(dir.path());
+        let mut b = Bench::new();
+        rt.block_on(task::restore(&mut b.engine, &j, &legacy));
+        mem.crash();
+        j.abandon();
+        // Power cut during that commit's write: the WAL keeps a prefix of
+        // its records, the per-alarm states without the snapshot's
+        // removal (the last record: kind 3, "alarms").
+        let wal = dir.path().join("wal.0");
+        let mut bytes = std::fs::read(&wal).unwrap();
+        let removal = bytes
+            .windows(7)
+            .rposition(|w| w == b"\x06alarms")
+            .expect("the removal record");
+        let seq = u64::from_le_bytes(bytes[removal - 8..removal].try_into().unwrap());
+        assert_eq!(seq >> 56, 3, "the snapshot's removal is the last record");
+        bytes[removal + 1] ^= 0xff;
+        std::fs::write(&wal, &bytes).unwrap();
+        let j = journal(&mem, dir.path());
+        assert!(j.load_state(task::ALARM_STATE).unwrap().is_some());
+        assert_eq!(
+            saved_names(&j),
+            ["alarm/fire-panel-a/zone-3", "alarm/fire-panel-a/zone-4"]
+        );
+        // The next start restores from the snapshot again, and finishes.
+        let mut c = Bench::new();
+        rt.block_on(task::restore(&mut c.engine, &j, &legacy));
+        assert_eq!(c.engine.snapshot(), before.engine.snapshot());
+        assert_eq!(j.load_state(task::ALARM_STATE).unwrap(), None);
+        let mut d = Bench::new();
+        rt.block_on(task::restore(&mut d.engine, &j, &legacy));
+        assert_eq!(d.engine.snapshot(), before.engine.snapshot());
+    }
+
+    #[test]
+    fn states_of_alarms_no_longer_configured_are_removed_at_start() {
+        let rt = rt();
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemStorage::new());
+        let j = journal(&mem, dir.path());
+        let active = br#"{"state":"active_unacked","condition":true}"#.to_vec();
+        rt.block_on(j.record_with_states(
+            vec![],
+            vec![
+                ("alarm/gone/point".into(), Some(active.clone())),
+                (format!("alarm/{FIRE3}"), Some(active)),
+                ("offline/gone".into(), Some(br#"{"offline":true}"#.to_vec())),
+            ],
+        ))
+        .unwrap();
+        let mut b = Bench::new();
+        rt.block_on(task::restore(
+            &mut b.engine,
+            &j,
+            &StateFile::in_dir(dir.path()),
+        ));
+        assert_eq!(b.state(FIRE3), AlarmState::ActiveUnacked);
+        assert_eq!(saved_names(&j), [format!("alarm/{FIRE3}")]);
+    }
+
+    #[test]
+    fn states_saved_with_each_commit_come_back_after_a_crash() {
+        use crate::point::{BusMessage, Reading};
+        use tokio::sync::mpsc;
+        let rt = rt();
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemStorage::new());
+        let j = journal(&mem, dir.path());
+        let b = Bench::new();
+        let cfg = Arc::new(super::cfg());
+        let status = Arc::new(crate::status::GatewayStatus::new(
+            cfg.config.devices.len() as u64
+        ));
+        let (bus, bus_rx) = mpsc::channel(16);
+        let (_requests, requests_rx) = mpsc::channel(1);
+        let running = rt.spawn(task::run(cfg, j.clone(), status, bus_rx, requests_rx));
+        let reading = |key: &str, v: bool| BusMessage::Readings {
+            device: key.split('/').next().unwrap().into(),
+            ts: Timestamp::now(),
+            replied_at: Instant::now(),
+            readings: vec![Reading {
+                point: b.point(key),
+                value: Value::Bool(v),
+            }],
+        };
+        rt.block_on(async {
+            bus.send(reading(FIRE3, true)).await.unwrap();
+            bus.send(reading(FIRE4, true)).await.unwrap();
+            bus.send(reading(FIRE4, false)).await.unwrap();
+            bus.send(BusMessage::DeviceStatus {
+                device: "hvac-1".into(),
+                ts: Timestamp::now(),
+                online: false,
+                reason: Some("timeout".into()),
+            })
+            .await
+            .unwrap();
+            // raised ×2, cleared, device.offline: durable with their states.
+            let mut head = j.watch();
+            while head.borrow_and_update().last_seq < 4 {
+                head.changed().await.unwrap();
+            }
+            j.wait_durable(4).await.unwrap();
+        });
+        // The process dies: no shutdown save.
+        mem.crash();
+        j.abandon();
+        running.abort();
+        drop(rt);
+        let rt = self::rt();
+        let j = journal(&mem, dir.path());
+        let mut c = Bench::new();
+        rt.block_on(task::restore(
+            &mut c.engine,
+            &j,
+            &StateFile::in_dir(dir.path()),
+        ));
+        assert_eq!(c.state(FIRE3), AlarmState::ActiveUnacked);
+        assert_eq!(c.state(FIRE4), AlarmState::ReturnedUnacked);
+        assert!(c.engine.device_offline(2));
+        assert_eq!(
+            saved_names(&j),
+            [
+                format!("alarm/{FIRE3}"),
+                format!("alarm/{FIRE4}"),
+                "offline/hvac-1".to_string()
+            ]
+        );
+    }
+
     #[test]
     fn no_saved_states_starts_from_normal() {
         let rt = rt();
@@ -1258,4 +1708,50 @@ mod persistence {
         rt.block_on(super::super::task::restore(&mut b.engine, &j, &legacy));
         assert_eq!(b.engine.snapshot(), Bench::new().engine.snapshot());
     }
+}
+
+/// Scenario A's shape: 50 devices with an alarm on coil 0 each, most of
+/// them left returned-unacknowledged. A commit used to carry the whole
+/// snapshot (every non-normal alarm); now it carries the changed alarm.
+#[test]
+fn a_commit_carries_the_changed_alarm_whatever_the_number_active() {
+    let mut toml =
+        String::from("[site]\nid = \"bench\"\ngateway = \"gw\"\n[uplink]\nhost = \"127.0.0.1\"\n");
+    for d in 0..50 {
+        toml.push_str(&format!(
+            "[[devices]]\nid = \"dev-{d:02}\"\ncategory = \"perimeter\"\n\
+             [devices.modbus]\nhost = \"127.0.0.1\"\nport = {}\n\
+             [[devices.points]]\nid = \"coil-0\"\nregister = \"coil\"\naddress = 0\n",
+            15000 + d
+        ));
+    }
+    for d in 0..50 {
+        toml.push_str(&format!(
+            "[[alarms]]\npoint = \"dev-{d:02}/coil-0\"\nequals = true\npriority = 2\n\
+             message = \"Coil {d}\"\n"
+        ));
+    }
+    let mut b = Bench::with(load_str(&toml, Path::new("bench.toml")).unwrap());
+    for d in 0..50 {
+        let key = format!("dev-{d:02}/coil-0");
+        b.read(0, &key, Value::Bool(true));
+        b.read(1, &key, Value::Bool(false));
+    }
+    b.engine.clear_dirty();
+    let ev = b.read(2, "dev-07/coil-0", Value::Bool(true));
+    assert_eq!(ev.len(), 1);
+    // WAL bytes of the states in this commit: a record header (16), the
+    // name's length byte, the name, the data.
+    let record = |name: &str, data: usize| 16 + 1 + name.len() + data;
+    let old = serde_json::to_vec(&b.engine.snapshot()).unwrap();
+    let old_bytes = record(task::ALARM_STATE, old.len());
+    let new_bytes: usize = b
+        .engine
+        .dirty_states()
+        .iter()
+        .map(|(n, d)| record(n, d.as_ref().map_or(0, Vec::len)))
+        .sum();
+    println!("state bytes per commit: whole snapshot {old_bytes}, changed alarm {new_bytes}");
+    assert!(old_bytes > 3000, "{old_bytes}");
+    assert!(new_bytes < 100, "{new_bytes}");
 }

@@ -41,6 +41,14 @@ use tokio::sync::watch;
 /// Largest telemetry payload accepted, in bytes.
 pub const MAX_TELEMETRY_BYTES: usize = 64 * 1024;
 
+/// Longest name of a named state, in bytes (its WAL record stores the
+/// length in one byte).
+pub const MAX_STATE_NAME: usize = 255;
+
+/// A change to one named state (see [`Journal::record_with_states`]): its
+/// name and new data, or `None` to remove it.
+pub type StateChange = (String, Option<Vec<u8>>);
+
 /// Entries removed (acknowledged or evicted) per storage batch, so one huge
 /// acknowledgement does not hold the journal's lock for long.
 const REMOVE_CHUNK: usize = 1024;
@@ -64,6 +72,8 @@ pub enum JournalError {
     UnknownSink(String),
     #[error("telemetry payload of {0} bytes exceeds the {MAX_TELEMETRY_BYTES} byte limit")]
     TooLarge(usize),
+    #[error("state name of {0} bytes exceeds the {MAX_STATE_NAME} byte limit")]
+    StateName(usize),
 }
 
 impl From<StorageError> for JournalError {
@@ -166,13 +176,15 @@ struct State {
     /// failed) since the last checkpoint: if the store fails before that
     /// checkpoint, a reopen writes them again from here.
     unlogged: Vec<(u64, Vec<u8>)>,
-    /// Named state snapshots waiting for the committer (name, data).
-    states_pending: Vec<(String, Vec<u8>)>,
+    /// Named state changes waiting for the committer, in order (name,
+    /// data; `None`: removed).
+    states_pending: Vec<StateChange>,
     /// Last state version given out (versions order a name's snapshots
     /// across the WAL's files and the store).
     state_version: u64,
-    /// State snapshots written to the WAL alone while the store is failing.
-    state_overlay: BTreeMap<String, Vec<u8>>,
+    /// State changes written to the WAL alone while the store is failing
+    /// (`None`: removed).
+    state_overlay: BTreeMap<String, Option<Vec<u8>>>,
     /// Cursor records for the committer to append to the WAL.
     lazy_wal: Vec<(u64, Vec<u8>)>,
 }
@@ -215,10 +227,13 @@ impl Tail {
     }
 }
 
+/// A state change with its version: (name, version, data or `None`).
+type VersionedState = (String, u64, Option<Vec<u8>>);
+
 impl State {
     /// Put states taken by a commit that failed back in front of the queue
     /// (a newer snapshot of the same name, queued meanwhile, stays last).
-    fn requeue_states(&mut self, states: Vec<(String, u64, Vec<u8>)>) {
+    fn requeue_states(&mut self, states: Vec<VersionedState>) {
         let back = std::mem::take(&mut self.states_pending);
         self.states_pending = states.into_iter().map(|(n, _, d)| (n, d)).collect();
         self.states_pending.extend(back);
@@ -427,7 +442,7 @@ impl Shared {
             return Ok(st.overlay.last().map_or(st.meta.last_seq, |(s, _)| *s));
         }
         let pending = std::mem::take(&mut st.pending);
-        let states: Vec<(String, u64, Vec<u8>)> = std::mem::take(&mut st.states_pending)
+        let states: Vec<VersionedState> = std::mem::take(&mut st.states_pending)
             .into_iter()
             .map(|(name, data)| {
                 st.state_version += 1;
@@ -440,7 +455,7 @@ impl Shared {
         // its events).
         let mut side: Vec<(u64, Vec<u8>)> = states
             .iter()
-            .map(|(name, version, data)| state_record(name, *version, data))
+            .map(|(name, version, data)| state_record(name, *version, data.as_deref()))
             .collect();
         side.append(&mut st.lazy_wal);
         if !st.store_failing {
@@ -486,17 +501,21 @@ impl Shared {
         Ok(st.meta.last_seq)
     }
 
-    /// Write named state snapshots into the store (`s <name>`: version, data).
-    fn write_states(&self, states: &[(String, u64, Vec<u8>)]) -> Result<(), JournalError> {
+    /// Write named state snapshots into the store (`s <name>`: version,
+    /// data) and delete the removed ones, in order.
+    fn write_states(&self, states: &[VersionedState]) -> Result<(), JournalError> {
         if states.is_empty() {
             return Ok(());
         }
         let mut batch = Batch::default();
         for (name, version, data) in states {
-            batch.put(
-                keys::state(name),
-                [&version.to_be_bytes()[..], data].concat(),
-            );
+            match data {
+                Some(data) => batch.put(
+                    keys::state(name),
+                    [&version.to_be_bytes()[..], data].concat(),
+                ),
+                None => batch.delete(keys::state(name)),
+            }
         }
         self.storage.apply(batch)?;
         Ok(())
@@ -543,7 +562,7 @@ impl Shared {
         &self,
         st: &mut State,
         pending: Vec<(u64, Vec<u8>)>,
-        states: Vec<(String, u64, Vec<u8>)>,
+        states: Vec<VersionedState>,
         side: Vec<(u64, Vec<u8>)>,
     ) -> Result<u64, JournalError> {
         // Once both files are full only a checkpoint (after a reopen) makes
@@ -1147,7 +1166,7 @@ impl Journal {
     /// Dropping the returned future before it completes does not withdraw
     /// the events: they are recorded all the same.
     pub async fn record(&self, events: Vec<NewEvent>) -> Result<Vec<Event>, JournalError> {
-        self.record_with_state(events, None).await
+        self.record_with_states(events, Vec::new()).await
     }
 
     /// [`record`](Self::record) events together with a named state snapshot
@@ -1159,8 +1178,32 @@ impl Journal {
         events: Vec<NewEvent>,
         state: Option<(&str, Vec<u8>)>,
     ) -> Result<Vec<Event>, JournalError> {
-        if events.is_empty() && state.is_none() {
+        let states = state
+            .map(|(name, data)| (name.to_string(), Some(data)))
+            .into_iter()
+            .collect();
+        self.record_with_states(events, states).await
+    }
+
+    /// [`record`](Self::record) events together with changes to named
+    /// states, durable in the same commit: each `(name, Some(data))`
+    /// replaces the state `name`, each `(name, None)` removes it. The
+    /// changes are applied in order, after the events: a crash keeps the
+    /// events alone, the events and a prefix of the changes, or all of
+    /// them; never a change without the events before it.
+    ///
+    /// A name longer than [`MAX_STATE_NAME`] bytes is refused
+    /// ([`JournalError::StateName`]) before anything is recorded.
+    pub async fn record_with_states(
+        &self,
+        events: Vec<NewEvent>,
+        states: Vec<StateChange>,
+    ) -> Result<Vec<Event>, JournalError> {
+        if events.is_empty() && states.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some((name, _)) = states.iter().find(|(n, _)| n.len() > MAX_STATE_NAME) {
+            return Err(JournalError::StateName(name.len()));
         }
         let sh = self.shared();
         let (recorded, last) = {
@@ -1189,8 +1232,8 @@ impl Journal {
             }
             st.assigned_seq = seq;
             st.pending.extend(staged);
-            if let Some((name, data)) = state {
-                st.states_pending.push((name.to_string(), data));
+            if !states.is_empty() {
+                st.states_pending.extend(states);
                 sh.states_waiting.store(true, Ordering::SeqCst);
             }
             (out, seq)
@@ -1219,20 +1262,47 @@ impl Journal {
             .map(|_| ())
     }
 
-    /// The last saved snapshot named `name` (also one not yet durable).
+    /// The last saved snapshot named `name` (also one not yet durable);
+    /// `None` if there is none or it was removed.
     pub fn load_state(&self, name: &str) -> Result<Option<Vec<u8>>, JournalError> {
         let sh = self.shared();
         let st = sh.lock();
         if let Some((_, data)) = st.states_pending.iter().rev().find(|(n, _)| n == name) {
-            return Ok(Some(data.clone()));
+            return Ok(data.clone());
         }
         if let Some(data) = st.state_overlay.get(name) {
-            return Ok(Some(data.clone()));
+            return Ok(data.clone());
         }
         Ok(sh
             .storage
             .get(&keys::state(name))?
             .map(|v| v.get(8..).unwrap_or_default().to_vec()))
+    }
+
+    /// Every saved state whose name starts with `prefix`, by name, with
+    /// its data: the store's, then changes written to the WAL alone
+    /// while the store fails, then changes not yet durable, each applied
+    /// in order (removals included), as [`load_state`](Self::load_state)
+    /// sees them.
+    pub fn load_states(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, JournalError> {
+        let sh = self.shared();
+        let st = sh.lock();
+        let start = keys::state(prefix);
+        // Names are UTF-8, which never holds the byte 0xff.
+        let end = [&start[..], &[0xff]].concat();
+        let stored = sh
+            .storage
+            .range(&start, &end, usize::MAX)?
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let name = String::from_utf8(k.get(1..)?.to_vec()).ok()?;
+                Some((name, v.get(8..).unwrap_or_default().to_vec()))
+            });
+        let changes = st
+            .state_overlay
+            .iter()
+            .chain(st.states_pending.iter().map(|(name, data)| (name, data)));
+        Ok(merge_states(stored, changes, prefix))
     }
 
     /// Wait until every event up to `seq` is durable (after a
@@ -1759,25 +1829,53 @@ fn load_tail(storage: &dyn Storage, meta: &Meta) -> Result<Option<Tail>, Journal
     }))
 }
 
-/// The WAL record of a state snapshot.
-fn state_record(name: &str, version: u64, data: &[u8]) -> (u64, Vec<u8>) {
-    let name = &name.as_bytes()[..name.len().min(255)];
+/// The WAL record of a state snapshot, or of its removal (`data` `None`):
+/// names are checked against [`MAX_STATE_NAME`] when recorded.
+fn state_record(name: &str, version: u64, data: Option<&[u8]>) -> (u64, Vec<u8>) {
+    let name = &name.as_bytes()[..name.len().min(MAX_STATE_NAME)];
+    let kind = match data {
+        Some(_) => wal::KIND_STATE,
+        None => wal::KIND_STATE_REMOVED,
+    };
+    let data = data.unwrap_or_default();
     let mut p = Vec::with_capacity(1 + name.len() + data.len());
     p.push(name.len() as u8);
     p.extend_from_slice(name);
     p.extend_from_slice(data);
-    (wal::tagged(wal::KIND_STATE, version), p)
+    (wal::tagged(kind, version), p)
 }
 
-/// (name, version, data) of a state record (`None` if damaged).
-fn decode_state_record(r: &wal::WalRecord) -> Option<(String, u64, Vec<u8>)> {
+/// The states named `prefix…`: `stored` (name, data) with `changes`
+/// (`None`: removed) applied in order, by name.
+fn merge_states<'a>(
+    stored: impl IntoIterator<Item = (String, Vec<u8>)>,
+    changes: impl IntoIterator<Item = (&'a String, &'a Option<Vec<u8>>)>,
+    prefix: &str,
+) -> Vec<(String, Vec<u8>)> {
+    let mut out: BTreeMap<String, Vec<u8>> = stored
+        .into_iter()
+        .filter(|(n, _)| n.starts_with(prefix))
+        .collect();
+    for (name, data) in changes.into_iter().filter(|(n, _)| n.starts_with(prefix)) {
+        match data {
+            Some(d) => out.insert(name.clone(), d.clone()),
+            None => out.remove(name),
+        };
+    }
+    out.into_iter().collect()
+}
+
+/// (name, version, data; `None`: removed) of a state or state removal
+/// record (`None` if damaged).
+fn decode_state_record(r: &wal::WalRecord) -> Option<VersionedState> {
     let len = usize::from(*r.payload.first()?);
     let name = std::str::from_utf8(r.payload.get(1..1 + len)?).ok()?;
-    Some((
-        name.to_string(),
-        wal::value(r.seq),
-        r.payload[1 + len..].to_vec(),
-    ))
+    let data = match wal::kind(r.seq) {
+        wal::KIND_STATE => Some(r.payload[1 + len..].to_vec()),
+        _ if r.payload.len() == 1 + len => None,
+        _ => return None,
+    };
+    Some((name.to_string(), wal::value(r.seq), data))
 }
 
 /// The WAL record of a cursor position.
@@ -1811,12 +1909,13 @@ fn wal_cursors(records: &[wal::WalRecord]) -> BTreeMap<(u8, String), u64> {
     out
 }
 
-/// The newest snapshot per name among state records: (version, data).
-fn wal_states(records: &[wal::WalRecord]) -> BTreeMap<String, (u64, Vec<u8>)> {
-    let mut out: BTreeMap<String, (u64, Vec<u8>)> = BTreeMap::new();
+/// The newest change per name among state and state removal records:
+/// (version, data; `None`: removed).
+fn wal_states(records: &[wal::WalRecord]) -> BTreeMap<String, (u64, Option<Vec<u8>>)> {
+    let mut out: BTreeMap<String, (u64, Option<Vec<u8>>)> = BTreeMap::new();
     for r in records
         .iter()
-        .filter(|r| wal::kind(r.seq) == wal::KIND_STATE)
+        .filter(|r| matches!(wal::kind(r.seq), wal::KIND_STATE | wal::KIND_STATE_REMOVED))
     {
         let Some((name, version, data)) = decode_state_record(r) else {
             tracing::warn!("journal: damaged state record in the WAL skipped");
@@ -1839,8 +1938,8 @@ fn stored_state_versions(storage: &dyn Storage) -> Result<BTreeMap<String, u64>,
     Ok(out)
 }
 
-/// Bring the store's state snapshots up to the newest in `records`; returns
-/// the highest version seen.
+/// Bring the store's state snapshots up to the newest changes in `records`
+/// (writing or deleting them); returns the highest version seen.
 fn apply_wal_states(
     storage: &dyn Storage,
     records: &[wal::WalRecord],
@@ -1851,10 +1950,13 @@ fn apply_wal_states(
     for (name, (version, data)) in wal_states(records) {
         top = top.max(version);
         if stored.get(&name).is_none_or(|v| *v < version) {
-            batch.put(
-                keys::state(&name),
-                [&version.to_be_bytes()[..], &data].concat(),
-            );
+            match data {
+                Some(data) => batch.put(
+                    keys::state(&name),
+                    [&version.to_be_bytes()[..], &data].concat(),
+                ),
+                None => batch.delete(keys::state(&name)),
+            }
         }
     }
     storage.apply(batch)?;

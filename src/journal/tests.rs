@@ -1143,3 +1143,222 @@ fn states_saved_while_the_store_fails_survive_the_reopen() {
         Some(&b"during"[..])
     );
 }
+
+fn change(name: &str, data: Option<&[u8]>) -> StateChange {
+    (name.to_string(), data.map(<[u8]>::to_vec))
+}
+
+fn loaded(j: &Journal, prefix: &str) -> Vec<(String, String)> {
+    j.load_states(prefix)
+        .unwrap()
+        .into_iter()
+        .map(|(n, d)| (n, String::from_utf8(d).unwrap()))
+        .collect()
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(n, d)| (n.to_string(), d.to_string()))
+        .collect()
+}
+
+#[test]
+fn merge_states_applies_changes_in_order_over_the_store() {
+    let stored = vec![
+        ("alarm/a".to_string(), b"a0".to_vec()),
+        ("alarm/b".to_string(), b"b0".to_vec()),
+        ("alarms".to_string(), b"old".to_vec()),
+    ];
+    let overlay = [change("alarm/a", None), change("alarm/c", Some(b"c1"))];
+    let pending = [
+        change("alarm/c", None),
+        change("alarm/a", Some(b"a2")),
+        change("alarm/d", Some(b"d1")),
+        change("alarm/d", None),
+        change("other/x", Some(b"x")),
+        change("alarm/b", Some(b"b2")),
+    ];
+    let changes = overlay.iter().chain(&pending).map(|(n, d)| (n, d));
+    let got = merge_states(stored, changes, "alarm/");
+    let want: Vec<(String, Vec<u8>)> = vec![
+        ("alarm/a".into(), b"a2".to_vec()),
+        ("alarm/b".into(), b"b2".to_vec()),
+    ];
+    assert_eq!(got, want);
+}
+
+#[test]
+fn per_name_states_load_by_prefix_and_removals_delete_them() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemStorage::new());
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    assert!(j.load_states("alarm/").unwrap().is_empty());
+    rt.block_on(j.record_with_states(
+        vec![ev(1)],
+        vec![
+            change("alarm/fence/zone-1", Some(b"f1")),
+            change("alarm/fire/zone-3", Some(b"z1")),
+            change("alarms", Some(b"legacy")),
+            change("offline/fence", Some(b"o")),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        loaded(&j, "alarm/"),
+        pairs(&[("alarm/fence/zone-1", "f1"), ("alarm/fire/zone-3", "z1")])
+    );
+    assert_eq!(loaded(&j, "offline/"), pairs(&[("offline/fence", "o")]));
+    rt.block_on(j.record_with_states(
+        vec![ev(2)],
+        vec![
+            change("alarm/fence/zone-1", None),
+            change("alarm/fire/zone-3", Some(b"z2")),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(loaded(&j, "alarm/"), pairs(&[("alarm/fire/zone-3", "z2")]));
+    assert_eq!(j.load_state("alarm/fence/zone-1").unwrap(), None);
+    assert_eq!(
+        j.load_state("alarms").unwrap().as_deref(),
+        Some(&b"legacy"[..])
+    );
+    // Removing what does not exist is no error.
+    rt.block_on(j.record_with_states(vec![], vec![change("alarm/never", None)]))
+        .unwrap();
+    // Names that do not fit a WAL record are refused, nothing recorded.
+    let long = "a".repeat(MAX_STATE_NAME + 1);
+    assert!(matches!(
+        rt.block_on(j.record_with_states(vec![ev(3)], vec![change(&long, Some(b"x"))])),
+        Err(JournalError::StateName(256))
+    ));
+    assert_eq!(j.stats().last_seq, 2);
+}
+
+#[test]
+fn removals_are_replayed_from_the_wal_after_a_crash_and_checkpointed_into_the_store() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemStorage::new());
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    rt.block_on(j.record_with_states(
+        vec![ev(1)],
+        vec![
+            change("alarm/a", Some(b"a1")),
+            change("alarm/b", Some(b"b1")),
+            change("alarm/c", Some(b"c1")),
+        ],
+    ))
+    .unwrap();
+    // In the store, flushed: only the WAL knows of what follows.
+    rt.block_on(j.flush()).unwrap();
+    rt.block_on(j.record_with_states(
+        vec![ev(2)],
+        vec![change("alarm/a", None), change("alarm/b", Some(b"b2"))],
+    ))
+    .unwrap();
+    // Removed, then saved again: the newest wins.
+    rt.block_on(j.record_with_states(vec![ev(3)], vec![change("alarm/c", None)]))
+        .unwrap();
+    rt.block_on(j.record_with_states(vec![ev(4)], vec![change("alarm/c", Some(b"c3"))]))
+        .unwrap();
+    assert!(mem.pending() > 0);
+    mem.crash();
+    j.abandon();
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    let want = pairs(&[("alarm/b", "b2"), ("alarm/c", "c3")]);
+    assert_eq!(loaded(&j, "alarm/"), want);
+    assert_eq!(seqs(&j, 0), vec![1, 2, 3, 4]);
+    // The replay's checkpoint deleted the removed state from the store.
+    assert_eq!(mem.get(&keys::state("alarm/a")).unwrap(), None);
+    // A removal after the replay, checkpointed: gone from the store too,
+    // and a crash does not bring it back.
+    rt.block_on(j.record_with_states(vec![ev(5)], vec![change("alarm/b", None)]))
+        .unwrap();
+    rt.block_on(j.flush()).unwrap();
+    assert_eq!(mem.pending(), 0);
+    assert_eq!(mem.get(&keys::state("alarm/b")).unwrap(), None);
+    mem.crash();
+    j.abandon();
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    assert_eq!(loaded(&j, "alarm/"), pairs(&[("alarm/c", "c3")]));
+    // Versions continue after the removals: a new save still wins over
+    // the store after another crash.
+    rt.block_on(j.record_with_states(vec![], vec![change("alarm/c", Some(b"c4"))]))
+        .unwrap();
+    mem.crash();
+    j.abandon();
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    assert_eq!(loaded(&j, "alarm/"), pairs(&[("alarm/c", "c4")]));
+}
+
+#[test]
+fn a_wal_written_before_removals_existed_still_replays_its_state_records() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // The layout of a state record as written before kind 3 existed:
+        // kind 1, version; payload name length, name, data.
+        let (mut w, _) = wal::WalPair::open(dir.path(), wal::WAL_BYTES, false).unwrap();
+        w.reset_all().unwrap();
+        let record = |version: u64, name: &str, data: &[u8]| {
+            let mut p = vec![name.len() as u8];
+            p.extend_from_slice(name.as_bytes());
+            p.extend_from_slice(data);
+            ((1u64 << 56) | version, p)
+        };
+        w.append(
+            &[(1, serde_json::to_vec(&ev(1)).unwrap())],
+            &[record(1, "alarms", b"{\"v\":1}"), record(2, "arming", b"a")],
+        )
+        .unwrap();
+        w.append(&[], &[record(3, "alarms", b"{\"v\":2}")]).unwrap();
+        w.sync().unwrap();
+    }
+    let mem = Arc::new(MemStorage::new());
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    assert_eq!(
+        j.load_state("alarms").unwrap().as_deref(),
+        Some(&b"{\"v\":2}"[..])
+    );
+    assert_eq!(j.load_state("arming").unwrap().as_deref(), Some(&b"a"[..]));
+    assert!(j.load_states("alarm/").unwrap().is_empty());
+}
+
+#[test]
+fn removals_while_the_store_fails_survive_the_reopen() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemStorage::new());
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    rt.block_on(j.record_with_states(
+        vec![ev(1)],
+        vec![
+            change("alarm/a", Some(b"a1")),
+            change("alarm/b", Some(b"b1")),
+        ],
+    ))
+    .unwrap();
+    rt.block_on(j.flush()).unwrap();
+    mem.set_fail_apply(true);
+    mem.set_fail_flush(true);
+    rt.block_on(j.record_with_states(
+        vec![ev(2)],
+        vec![change("alarm/a", None), change("alarm/c", Some(b"c2"))],
+    ))
+    .unwrap();
+    assert!(j.stats().store_failing);
+    // The overlay's removal hides the store's state.
+    let want = pairs(&[("alarm/b", "b1"), ("alarm/c", "c2")]);
+    assert_eq!(loaded(&j, "alarm/"), want);
+    assert_eq!(j.load_state("alarm/a").unwrap(), None);
+    mem.set_fail_apply(false);
+    mem.set_fail_flush(false);
+    wait_for("store reopened", || !j.stats().store_failing);
+    assert_eq!(loaded(&j, "alarm/"), want);
+    assert_eq!(mem.get(&keys::state("alarm/a")).unwrap(), None);
+    rt.block_on(j.flush()).unwrap();
+    mem.crash();
+    j.abandon();
+    let j = wal_journal(&mem, dir.path(), &["uplink"]);
+    assert_eq!(loaded(&j, "alarm/"), want);
+}

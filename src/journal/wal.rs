@@ -26,7 +26,12 @@
 //! The top byte of a record's `seq` field is its kind (see [`tagged`]):
 //! 0 for an event (the field is its seq; files written before kinds
 //! existed hold only these), 1 for a named state snapshot (the rest is its
-//! version), 2 for a sink's cursor (the rest is the position).
+//! version), 2 for a sink's cursor (the rest is the position), 3 for the
+//! removal of a named state (the rest is its version, ordered with the
+//! snapshots' versions; payload: name length u8, name). Files written
+//! before removals existed hold no kind 3 and replay as before; a reader
+//! that predates kind 3 skips such records (the state stays: an alarm may
+//! come back after a downgrade, none is lost).
 //!
 //! A new generation overwrites only the header: records of an older
 //! generation that follow fail their checksum (the generation is part of
@@ -47,6 +52,8 @@ pub const KIND_EVENT: u8 = 0;
 pub const KIND_STATE: u8 = 1;
 /// A sink's cursor: payload `lane u8 (b'e' or b't'), sink name`; value: position.
 pub const KIND_CURSOR: u8 = 2;
+/// A named state's removal: payload `name len u8, name`; value: version.
+pub const KIND_STATE_REMOVED: u8 = 3;
 const VALUE_MASK: u64 = (1 << 56) - 1;
 
 /// The `seq` field of a record of `kind` carrying `value` (< 2^56).
