@@ -9,7 +9,7 @@
 
 use super::AlarmView;
 use crate::event::Timestamp;
-use crate::point::{PointIndex, Quality, Value};
+use crate::point::{Confirmation, PointIndex, Quality, Value};
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
@@ -48,6 +48,34 @@ impl LiveView {
         for (i, s) in samples {
             if let Some(slot) = v.get_mut(i as usize) {
                 *slot = Some(s);
+            }
+        }
+    }
+
+    /// Points a driver confirmed unchanged at `ts` (alarm task): the same
+    /// as [`set_values`](Self::set_values) with their values, good, at
+    /// `ts`. A held good value only takes the new `ts`; a point without
+    /// one gets its value decoded.
+    pub fn confirm(&self, ts: Timestamp, c: &dyn Confirmation) {
+        let mut v = match self.values.write() {
+            Ok(v) => v,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for i in 0..c.count() {
+            let Some(slot) = c.point(i).and_then(|p| v.get_mut(p as usize)) else {
+                continue;
+            };
+            match slot {
+                Some(s) if s.quality == Quality::Good && s.value.is_some() => s.ts = ts,
+                _ => {
+                    if let Some(value) = c.value(i) {
+                        *slot = Some(Sample {
+                            value: Some(value),
+                            quality: Quality::Good,
+                            ts,
+                        });
+                    }
+                }
             }
         }
     }

@@ -15,7 +15,7 @@
 //! current table ([`Shift`], per device).
 
 use super::units::Shift;
-use crate::point::BusMessage;
+use crate::point::{BusMessage, Confirmation, PointIndex, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -101,7 +101,9 @@ impl Relay {
 
 fn device_of(m: &BusMessage) -> &Arc<str> {
     match m {
-        BusMessage::Readings { device, .. } | BusMessage::DeviceStatus { device, .. } => device,
+        BusMessage::Readings { device, .. }
+        | BusMessage::Confirmed { device, .. }
+        | BusMessage::DeviceStatus { device, .. } => device,
     }
 }
 
@@ -202,7 +204,61 @@ pub(super) fn shift(shifts: &Shifts, m: BusMessage) -> Option<BusMessage> {
                 readings,
             })
         }
+        BusMessage::Confirmed {
+            device,
+            ts,
+            replied_at,
+            points,
+        } => {
+            let points = match shifts.get(&device) {
+                Some(Some(s)) => {
+                    let shifted = Shifted {
+                        inner: points,
+                        shift: *s,
+                    };
+                    let kept = (0..shifted.count())
+                        .filter(|&i| shifted.point(i).is_some())
+                        .count();
+                    if kept < shifted.count() {
+                        tracing::warn!(device = %device, dropped = shifted.count() - kept, "confirmed points outside the device's points dropped");
+                    }
+                    if kept == 0 {
+                        return None;
+                    }
+                    Arc::new(shifted) as Arc<dyn Confirmation>
+                }
+                _ => points,
+            };
+            Some(BusMessage::Confirmed {
+                device,
+                ts,
+                replied_at,
+                points,
+            })
+        }
         other => Some(other),
+    }
+}
+
+/// A kept driver's confirmation with its points moved to the current
+/// table (points outside the device's span: skipped).
+#[derive(Debug)]
+struct Shifted {
+    inner: Arc<dyn Confirmation>,
+    shift: Shift,
+}
+
+impl Confirmation for Shifted {
+    fn count(&self) -> usize {
+        self.inner.count()
+    }
+
+    fn point(&self, i: usize) -> Option<PointIndex> {
+        self.inner.point(i).and_then(|p| self.shift.forward(p))
+    }
+
+    fn value(&self, i: usize) -> Option<Value> {
+        self.inner.value(i)
     }
 }
 
