@@ -1175,3 +1175,117 @@ fn on_schedule(due: Instant, interval: Duration, now: Instant) -> Instant {
         next
     }
 }
+
+#[cfg(test)]
+mod raw_tests {
+    use super::{decode_into, LastReplies, Raw, Reply};
+    use crate::drivers::modbus::plan::{plan, Limits};
+    use crate::drivers::{PointConfig, PointType, RegisterKind};
+    use crate::point::{Confirmation, PointIndex};
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    const TYPES: [PointType; 5] = [
+        PointType::U16,
+        PointType::I16,
+        PointType::U32,
+        PointType::I32,
+        PointType::F32,
+    ];
+
+    proptest! {
+        /// A confirmation's values, decoded one by one, are the readings
+        /// the same replies decode to, in the same order.
+        #[test]
+        fn confirmed_values_are_the_decoded_readings(
+            points in proptest::collection::vec((any::<bool>(), 0u16..300, 0usize..5), 1..40),
+            seed in any::<u64>(),
+        ) {
+            let configs: Vec<PointConfig> = points
+                .iter()
+                .map(|&(coil, address, t)| {
+                    if coil {
+                        PointConfig::modbus(RegisterKind::Coil, address, PointType::Bool)
+                    } else {
+                        PointConfig::modbus(RegisterKind::Holding, address, TYPES[t])
+                    }
+                })
+                .collect();
+            let refs: Vec<_> = configs
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (i as PointIndex * 3 + 7, p))
+                .collect();
+            let limits = Limits { max_registers: 20, max_bits: 50, max_gap_registers: 4, max_gap_bits: 8 };
+            let plan = Arc::new(plan(&refs, limits).unwrap());
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let replies: Vec<Reply> = plan
+                .requests
+                .iter()
+                .map(|r| {
+                    if r.table.is_bit() {
+                        Reply::Bits((0..r.count).map(|_| rng.bool()).collect())
+                    } else {
+                        Reply::Words((0..r.count).map(|_| rng.u16(..)).collect())
+                    }
+                })
+                .collect();
+            let mut readings = Vec::new();
+            for (r, reply) in plan.requests.iter().zip(&replies) {
+                decode_into(&plan, r, reply, &mut readings).unwrap();
+            }
+            let last = LastReplies {
+                plan: plan.clone(),
+                replies: replies.iter().map(Raw::of).collect(),
+            };
+            prop_assert_eq!(last.count(), readings.len());
+            for (i, r) in readings.iter().enumerate() {
+                prop_assert_eq!(last.point(i), Some(r.point));
+                let v = last.value(i).unwrap();
+                // NaN != NaN: compare the bits of floats.
+                prop_assert_eq!(format!("{v:?}"), format!("{:?}", r.value));
+            }
+            prop_assert_eq!(last.point(readings.len()), None);
+            prop_assert_eq!(last.value(readings.len()), None);
+        }
+
+        /// Kept bits compare equal to exactly the same reply and read back
+        /// bit by bit; words likewise.
+        #[test]
+        fn kept_replies_compare_exactly(
+            bits in proptest::collection::vec(any::<bool>(), 0..300),
+            flip in any::<proptest::sample::Index>(),
+            words in proptest::collection::vec(any::<u16>(), 0..130),
+        ) {
+            let raw = Raw::of(&Reply::Bits(bits.clone()));
+            prop_assert!(raw.same_as(&Reply::Bits(bits.clone())));
+            for (k, b) in bits.iter().enumerate() {
+                prop_assert_eq!(raw.bit(k), Some(*b));
+            }
+            prop_assert_eq!(raw.bit(bits.len()), None);
+            if !bits.is_empty() {
+                let mut other = bits.clone();
+                let k = flip.index(bits.len());
+                other[k] = !other[k];
+                prop_assert!(!raw.same_as(&Reply::Bits(other)));
+                prop_assert!(!raw.same_as(&Reply::Bits(bits[1..].to_vec())));
+            }
+            let mut longer = bits.clone();
+            longer.push(false);
+            prop_assert!(!raw.same_as(&Reply::Bits(longer)));
+            prop_assert!(!raw.same_as(&Reply::Words(vec![0; bits.len()])));
+
+            let raw = Raw::of(&Reply::Words(words.clone()));
+            prop_assert!(raw.same_as(&Reply::Words(words.clone())));
+            if !words.is_empty() {
+                let mut other = words.clone();
+                let k = flip.index(words.len());
+                other[k] ^= 1 << (k % 16);
+                prop_assert!(!raw.same_as(&Reply::Words(other)));
+            }
+            let mut longer = words.clone();
+            longer.push(0);
+            prop_assert!(!raw.same_as(&Reply::Words(longer)));
+        }
+    }
+}

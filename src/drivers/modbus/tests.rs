@@ -382,7 +382,8 @@ async fn all_units_of_an_endpoint_share_one_link_one_request_at_a_time() {
     let mut per_device: HashMap<String, u32> = HashMap::new();
     let deadline = Instant::now() + Duration::from_millis(9_900);
     while let Ok(m) = tokio::time::timeout_at(deadline, rx.recv()).await {
-        if let Some(BusMessage::Readings { device, .. } | BusMessage::Confirmed { device, .. }) = m {
+        if let Some(BusMessage::Readings { device, .. } | BusMessage::Confirmed { device, .. }) = m
+        {
             *per_device.entry(device.to_string()).or_default() += 1;
         }
     }
@@ -1184,11 +1185,8 @@ async fn a_failed_poll_and_offline_and_online_send_readings_again() {
 async fn a_reopened_link_sends_readings_again() {
     use super::probe::ProbeError;
     let shared = fake(&[(1, Behaviour::Answer)]);
-    let (probers, mut rx, token, h) = start_probed(
-        &shared,
-        LinkKind::Tcp,
-        vec![device(1, 0, 2000, 100, 3, 30)],
-    );
+    let (probers, mut rx, token, h) =
+        start_probed(&shared, LinkKind::Tcp, vec![device(1, 0, 2000, 100, 3, 30)]);
     assert!(!next_poll(&mut rx).await.0);
     assert!(next_poll(&mut rx).await.0);
     // A probe times out between two polls: the link is dropped, the
