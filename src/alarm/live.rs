@@ -134,6 +134,55 @@ mod tests {
         assert_eq!(live.values(), vec![None, Some(s)]);
     }
 
+    #[derive(Debug)]
+    struct Fixed(Vec<(PointIndex, Value)>);
+
+    impl Confirmation for Fixed {
+        fn count(&self) -> usize {
+            self.0.len()
+        }
+        fn point(&self, i: usize) -> Option<PointIndex> {
+            self.0.get(i).map(|e| e.0)
+        }
+        fn value(&self, i: usize) -> Option<Value> {
+            self.0.get(i).map(|e| e.1)
+        }
+    }
+
+    #[test]
+    fn a_confirmation_is_the_same_values_at_the_new_time() {
+        let live = LiveView::new(4);
+        let t1 = Timestamp::from_unix_ms(1_000).unwrap();
+        let t2 = Timestamp::from_unix_ms(2_000).unwrap();
+        let good = |v, ts| Sample {
+            value: Some(v),
+            quality: Quality::Good,
+            ts,
+        };
+        let bad = Sample {
+            value: None,
+            quality: Quality::Bad,
+            ts: t1,
+        };
+        live.set_values([(0, good(Value::Int(1), t1)), (1, bad)]);
+        let c = Fixed(vec![
+            (0, Value::Int(1)),
+            (1, Value::Int(2)),
+            (2, Value::Bool(true)),
+            (9, Value::Int(0)),
+        ]);
+        live.confirm(t2, &c);
+        assert_eq!(
+            live.values(),
+            vec![
+                Some(good(Value::Int(1), t2)),
+                Some(good(Value::Int(2), t2)),
+                Some(good(Value::Bool(true), t2)),
+                None
+            ]
+        );
+    }
+
     #[test]
     fn alarms_notify_only_on_change() {
         let live = LiveView::new(0);

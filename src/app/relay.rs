@@ -323,6 +323,74 @@ mod tests {
         assert!(shift(&shifts, status).is_none());
     }
 
+    /// Confirmed values of the given points (value = the point index).
+    #[derive(Debug)]
+    struct Fixed(Vec<u32>);
+
+    impl Confirmation for Fixed {
+        fn count(&self) -> usize {
+            self.0.len()
+        }
+        fn point(&self, i: usize) -> Option<PointIndex> {
+            self.0.get(i).copied()
+        }
+        fn value(&self, i: usize) -> Option<Value> {
+            self.0.get(i).map(|&p| Value::Int(p as i64))
+        }
+    }
+
+    fn confirmed(device: &str, points: &[u32]) -> BusMessage {
+        BusMessage::Confirmed {
+            device: device.into(),
+            ts: Timestamp::now(),
+            replied_at: Instant::now(),
+            points: Arc::new(Fixed(points.to_vec())),
+        }
+    }
+
+    /// (point or none, value) of every entry of a confirmation.
+    fn entries(m: &BusMessage) -> Vec<(Option<u32>, Option<Value>)> {
+        match m {
+            BusMessage::Confirmed { points, .. } => (0..points.count())
+                .map(|i| (points.point(i), points.value(i)))
+                .collect(),
+            _ => panic!("not a confirmation"),
+        }
+    }
+
+    #[test]
+    fn confirmed_points_move_to_the_current_table() {
+        let mut shifts = Shifts::new();
+        shifts.insert(
+            "a".into(),
+            Some(Shift {
+                driver: Span { first: 2, len: 3 },
+                table: 10,
+            }),
+        );
+        shifts.insert("dropped".into(), None);
+        let m = shift(&shifts, confirmed("a", &[4, 2])).unwrap();
+        assert_eq!(
+            entries(&m),
+            vec![
+                (Some(12), Some(Value::Int(4))),
+                (Some(10), Some(Value::Int(2)))
+            ]
+        );
+        // Outside the device's span: that entry is skipped, its value kept
+        // in place so the others stay aligned.
+        let m = shift(&shifts, confirmed("a", &[5, 3])).unwrap();
+        assert_eq!(
+            entries(&m),
+            vec![(None, Some(Value::Int(5))), (Some(11), Some(Value::Int(3)))]
+        );
+        assert!(shift(&shifts, confirmed("a", &[5])).is_none());
+        // Other devices pass as they are; a device the table lacks: dropped.
+        let m = shift(&shifts, confirmed("b", &[2])).unwrap();
+        assert_eq!(entries(&m), vec![(Some(2), Some(Value::Int(2)))]);
+        assert!(shift(&shifts, confirmed("dropped", &[0])).is_none());
+    }
+
     #[tokio::test]
     async fn switching_alarm_tasks_loses_and_repeats_nothing() {
         let relay = Relay::start();
