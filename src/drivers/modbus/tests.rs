@@ -252,9 +252,12 @@ fn set(shared: &Shared, unit: u8, b: Behaviour) {
     shared.lock().unwrap().units.insert(unit, b);
 }
 
+/// A device and the (point, value)s of one poll.
+type PollValues = (Arc<str>, Vec<(PointIndex, Value)>);
+
 /// The device and (point, value)s of a `Readings` or `Confirmed`, the
 /// confirmed values decoded as a consumer would.
-fn values_of(m: &BusMessage) -> Option<(Arc<str>, Vec<(PointIndex, Value)>)> {
+fn values_of(m: &BusMessage) -> Option<PollValues> {
     match m {
         BusMessage::Readings {
             device, readings, ..
