@@ -178,6 +178,7 @@ pub async fn run_with(
                         match &msg {
                             BusMessage::Readings { readings, .. } => bus::readings(&mut targets, now, ts, readings),
                             BusMessage::Confirmed { points, .. } => bus::confirmed(&mut targets, now, ts, &**points, was_held),
+                            // Handled by its own arm.
                             BusMessage::DeviceStatus { .. } => {}
                         }
                     }

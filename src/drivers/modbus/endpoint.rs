@@ -286,7 +286,8 @@ impl Confirmation for LastReplies {
         self.plan.slots.get(i).map(|s| s.point)
     }
 
-    /// Decoded as [`decode_into`] does (the replies decoded then).
+    /// Decoded as a poll decodes it (`decode_into`; the kept replies
+    /// decoded without error then).
     fn value(&self, i: usize) -> Option<Value> {
         let s = self.plan.slots.get(i)?;
         let k = self.plan.requests.partition_point(|r| r.slots.end <= i);
