@@ -197,12 +197,6 @@ impl DevicePoller {
         self.last = None;
     }
 
-    /// The last replies are kept (tests).
-    #[cfg(test)]
-    pub fn keeps_replies(&self) -> bool {
-        self.last.is_some()
-    }
-
     /// Accept writes to these points.
     pub fn with_writable(mut self, writable: HashMap<PointIndex, WriteTarget>) -> DevicePoller {
         self.writable = writable;
@@ -1055,9 +1049,18 @@ impl<C: Connector> Endpoint<C> {
         self.ensure_link(timeout).await?;
         let requests = self.devices[i].plan.requests.len();
         let mut replies: Vec<Reply> = Vec::with_capacity(requests);
-        // Decoded only once a reply differs from the kept one.
-        let mut same = self.devices[i].last.is_some();
-        let mut readings = Vec::new();
+        // Decoded only once a reply differs from the kept one (kept for
+        // this very plan).
+        let dev = &self.devices[i];
+        let mut same = dev
+            .last
+            .as_ref()
+            .is_some_and(|l| Arc::ptr_eq(&l.plan, &dev.plan));
+        let mut readings = if same {
+            Vec::new()
+        } else {
+            Vec::with_capacity(dev.plan.slots.len())
+        };
         let mut replied_at = std::time::Instant::now();
         for k in 0..requests {
             self.frame_gap().await;
@@ -1118,7 +1121,12 @@ impl<C: Connector> Endpoint<C> {
             }
         }
         let raws = replies.iter().map(Raw::of).collect();
-        match dev.last.as_mut().and_then(Arc::get_mut) {
+        match dev
+            .last
+            .as_mut()
+            .and_then(Arc::get_mut)
+            .filter(|l| Arc::ptr_eq(&l.plan, &dev.plan))
+        {
             Some(last) => last.replies = raws,
             None => {
                 dev.last = Some(Arc::new(LastReplies {
