@@ -87,6 +87,11 @@ fn main() {
                     assert_eq!(readings.len(), 101);
                     polls += 1;
                 }
+                // An unchanged poll: the values of the last one, not decoded.
+                BusMessage::Confirmed { points, .. } => {
+                    assert_eq!(points.count(), 101);
+                    polls += 1;
+                }
                 BusMessage::DeviceStatus { .. } => failures += 1,
             }
         }

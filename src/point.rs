@@ -60,6 +60,21 @@ pub struct Reading {
     pub value: Value,
 }
 
+/// The points of a [`BusMessage::Confirmed`] and their values, which a
+/// consumer decodes only when it does not hold them already.
+///
+/// Entry `i` is one point; entries are in the order a
+/// [`BusMessage::Readings`] of the same reply would list them.
+pub trait Confirmation: std::fmt::Debug + Send + Sync {
+    /// How many entries.
+    fn count(&self) -> usize;
+    /// Entry `i`'s point (`None`: skip the entry, e.g. a point the current
+    /// point table does not have).
+    fn point(&self, i: usize) -> Option<PointIndex>;
+    /// Entry `i`'s value, decoded now (`None`: no value; skip the entry).
+    fn value(&self, i: usize) -> Option<Value>;
+}
+
 /// What drivers tell the rest of the gateway.
 #[derive(Clone, Debug)]
 pub enum BusMessage {
@@ -70,6 +85,20 @@ pub enum BusMessage {
         /// When the device's reply was received (for latency measurement).
         replied_at: Instant,
         readings: Vec<Reading>,
+    },
+    /// A device answered a poll with exactly the values of its previous
+    /// answer: the same as a [`BusMessage::Readings`] of these points with
+    /// the values last sent for them, without decoding them again. A driver
+    /// sends it only right after a `Readings` or `Confirmed` of the same
+    /// points and values (never as the first message, nor after a
+    /// `DeviceStatus` of the device); a consumer that does not hold the
+    /// values (it did not see that message) decodes them from `points`.
+    Confirmed {
+        device: Arc<str>,
+        ts: Timestamp,
+        /// When the device's reply was received (for latency measurement).
+        replied_at: Instant,
+        points: Arc<dyn Confirmation>,
     },
     /// A device went offline (after N failed polls) or came back.
     DeviceStatus {

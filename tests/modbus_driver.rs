@@ -80,12 +80,31 @@ impl Driver {
     }
 }
 
+/// Device `dev`'s values in a poll's message: its readings, or the
+/// values a confirmation (an unchanged poll) repeats.
 fn readings_of(m: &BusMessage, dev: &str) -> Option<HashMap<u32, Value>> {
     match m {
-        BusMessage::Readings {
-            device, readings, ..
-        } if &**device == dev => Some(readings.iter().map(|r| (r.point, r.value)).collect()),
+        BusMessage::Readings { device, .. } | BusMessage::Confirmed { device, .. }
+            if &**device == dev =>
+        {
+            values_of(m)
+        }
         _ => None,
+    }
+}
+
+/// The values in a poll's message (`None`: a `DeviceStatus`).
+fn values_of(m: &BusMessage) -> Option<HashMap<u32, Value>> {
+    match m {
+        BusMessage::Readings { readings, .. } => {
+            Some(readings.iter().map(|r| (r.point, r.value)).collect())
+        }
+        BusMessage::Confirmed { points, .. } => Some(
+            (0..points.count())
+                .filter_map(|i| Some((points.point(i)?, points.value(i)?)))
+                .collect(),
+        ),
+        BusMessage::DeviceStatus { .. } => None,
     }
 }
 
@@ -396,10 +415,8 @@ async fn rtu_two_slaves_on_one_bus_and_an_absent_one() {
     while start.elapsed() < Duration::from_secs(8) {
         let m = d.next(Duration::from_secs(3), "RTU traffic").await;
         match &m {
-            BusMessage::Readings {
-                device, readings, ..
-            } => {
-                let v: HashMap<_, _> = readings.iter().map(|r| (r.point, r.value)).collect();
+            BusMessage::Readings { device, .. } | BusMessage::Confirmed { device, .. } => {
+                let v = values_of(&m).unwrap();
                 match &**device {
                     "slave-1" => assert_eq!(v[&level("slave-1")], Value::Int(111)),
                     "slave-2" => {

@@ -9,7 +9,7 @@
 
 use super::AlarmView;
 use crate::event::Timestamp;
-use crate::point::{PointIndex, Quality, Value};
+use crate::point::{Confirmation, PointIndex, Quality, Value};
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
@@ -48,6 +48,34 @@ impl LiveView {
         for (i, s) in samples {
             if let Some(slot) = v.get_mut(i as usize) {
                 *slot = Some(s);
+            }
+        }
+    }
+
+    /// Points a driver confirmed unchanged at `ts` (alarm task): the same
+    /// as [`set_values`](Self::set_values) with their values, good, at
+    /// `ts`. A held good value only takes the new `ts`; a point without
+    /// one gets its value decoded.
+    pub fn confirm(&self, ts: Timestamp, c: &dyn Confirmation) {
+        let mut v = match self.values.write() {
+            Ok(v) => v,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for i in 0..c.count() {
+            let Some(slot) = c.point(i).and_then(|p| v.get_mut(p as usize)) else {
+                continue;
+            };
+            match slot {
+                Some(s) if s.quality == Quality::Good && s.value.is_some() => s.ts = ts,
+                _ => {
+                    if let Some(value) = c.value(i) {
+                        *slot = Some(Sample {
+                            value: Some(value),
+                            quality: Quality::Good,
+                            ts,
+                        });
+                    }
+                }
             }
         }
     }
@@ -104,6 +132,55 @@ mod tests {
         };
         live.set_values([(1, s), (7, s)]);
         assert_eq!(live.values(), vec![None, Some(s)]);
+    }
+
+    #[derive(Debug)]
+    struct Fixed(Vec<(PointIndex, Value)>);
+
+    impl Confirmation for Fixed {
+        fn count(&self) -> usize {
+            self.0.len()
+        }
+        fn point(&self, i: usize) -> Option<PointIndex> {
+            self.0.get(i).map(|e| e.0)
+        }
+        fn value(&self, i: usize) -> Option<Value> {
+            self.0.get(i).map(|e| e.1)
+        }
+    }
+
+    #[test]
+    fn a_confirmation_is_the_same_values_at_the_new_time() {
+        let live = LiveView::new(4);
+        let t1 = Timestamp::from_unix_ms(1_000).unwrap();
+        let t2 = Timestamp::from_unix_ms(2_000).unwrap();
+        let good = |v, ts| Sample {
+            value: Some(v),
+            quality: Quality::Good,
+            ts,
+        };
+        let bad = Sample {
+            value: None,
+            quality: Quality::Bad,
+            ts: t1,
+        };
+        live.set_values([(0, good(Value::Int(1), t1)), (1, bad)]);
+        let c = Fixed(vec![
+            (0, Value::Int(1)),
+            (1, Value::Int(2)),
+            (2, Value::Bool(true)),
+            (9, Value::Int(0)),
+        ]);
+        live.confirm(t2, &c);
+        assert_eq!(
+            live.values(),
+            vec![
+                Some(good(Value::Int(1), t2)),
+                Some(good(Value::Int(2), t2)),
+                Some(good(Value::Bool(true), t2)),
+                None
+            ]
+        );
     }
 
     #[test]

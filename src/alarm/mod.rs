@@ -91,6 +91,7 @@
 //! by [`PointIndex`] in a flat table: a point without rules costs two loads
 //! and a compare; nothing allocates unless an event is emitted.
 
+mod bus;
 mod condition;
 mod config;
 pub mod live;
@@ -490,6 +491,13 @@ impl AlarmEngine {
             return;
         }
         self.on_reading_ruled(now, ts, start, end, value, quality, out);
+    }
+
+    /// Does any rule watch `point`? A reading of a point no rule watches
+    /// changes nothing ([`on_reading`](Self::on_reading) returns at once).
+    pub fn watches(&self, point: PointIndex) -> bool {
+        let p = point as usize;
+        matches!((self.first.get(p), self.first.get(p + 1)), (Some(a), Some(b)) if a != b)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -3,6 +3,7 @@
 //! resulting events durably, and serves operator actions (acknowledge) so
 //! that alarm state has exactly one owner.
 
+use super::bus;
 use super::live::Sample;
 use super::persist::StateFile;
 use super::{AlarmEngine, AlarmError, ALARM_STATE_PREFIX, OFFLINE_STATE_PREFIX};
@@ -132,6 +133,9 @@ pub async fn run_with(
     if let Some(l) = &live {
         l.set_alarms(engine.active());
     }
+    // Per device: this task applied the device's last values (a driver's
+    // `Confirmed` repeats them).
+    let mut held = vec![false; cfg.config.devices.len()];
     let mut requests_open = true;
     // Operator replies wait until their events are durable.
     let mut replies: Vec<PendingReply> = Vec::new();
@@ -154,26 +158,36 @@ pub async fn run_with(
                 let Some(msg) = msg else { break };
                 let now = Instant::now();
                 match msg {
-                    BusMessage::Readings { device, ts, readings, .. } => {
-                        if let Some(&di) = device_index.get(&*device) {
+                    BusMessage::Readings { ref device, ts, .. } | BusMessage::Confirmed { ref device, ts, .. } => {
+                        let di = device_index.get(&**device).copied();
+                        // This task applied the device's previous message.
+                        let mut was_held = di.is_some_and(|di| held[di]);
+                        if let Some(di) = di {
                             if offline[di] {
                                 // Offline before a restart; answering now.
                                 set_online(&mut offline, di, true, &status);
                                 engine.on_device_status(now, ts, di, true, None, &mut out);
+                                was_held = false;
                             }
+                            held[di] = true;
                         }
-                        if let Some(l) = &live {
-                            l.set_values(readings.iter().map(|r| (r.point, Sample { value: Some(r.value), quality: Quality::Good, ts })));
-                        }
-                        for r in &readings {
-                            engine.on_reading(now, ts, r.point, Some(r.value), Quality::Good, &mut out);
-                            if telemetry_on {
-                                telemetry.offer(now, ts, r.point, Some(r.value), Quality::Good);
-                            }
+                        let mut targets = bus::Targets {
+                            engine: &mut engine,
+                            telemetry: telemetry_on.then_some(&mut telemetry),
+                            live: live.as_deref(),
+                            out: &mut out,
+                        };
+                        match &msg {
+                            BusMessage::Readings { readings, .. } => bus::readings(&mut targets, now, ts, readings),
+                            BusMessage::Confirmed { points, .. } => bus::confirmed(&mut targets, now, ts, &**points, was_held),
+                            // Handled by its own arm.
+                            BusMessage::DeviceStatus { .. } => {}
                         }
                     }
                     BusMessage::DeviceStatus { device, ts, online, reason } => {
                         let Some(&di) = device_index.get(&*device) else { continue };
+                        // Values of the device come as `Readings` again.
+                        held[di] = false;
                         if offline[di] != online {
                             continue;
                         }

@@ -15,7 +15,7 @@
 //! current table ([`Shift`], per device).
 
 use super::units::Shift;
-use crate::point::BusMessage;
+use crate::point::{BusMessage, Confirmation, PointIndex, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -101,7 +101,9 @@ impl Relay {
 
 fn device_of(m: &BusMessage) -> &Arc<str> {
     match m {
-        BusMessage::Readings { device, .. } | BusMessage::DeviceStatus { device, .. } => device,
+        BusMessage::Readings { device, .. }
+        | BusMessage::Confirmed { device, .. }
+        | BusMessage::DeviceStatus { device, .. } => device,
     }
 }
 
@@ -202,7 +204,61 @@ pub(super) fn shift(shifts: &Shifts, m: BusMessage) -> Option<BusMessage> {
                 readings,
             })
         }
+        BusMessage::Confirmed {
+            device,
+            ts,
+            replied_at,
+            points,
+        } => {
+            let points = match shifts.get(&device) {
+                Some(Some(s)) => {
+                    let shifted = Shifted {
+                        inner: points,
+                        shift: *s,
+                    };
+                    let kept = (0..shifted.count())
+                        .filter(|&i| shifted.point(i).is_some())
+                        .count();
+                    if kept < shifted.count() {
+                        tracing::warn!(device = %device, dropped = shifted.count() - kept, "confirmed points outside the device's points dropped");
+                    }
+                    if kept == 0 {
+                        return None;
+                    }
+                    Arc::new(shifted) as Arc<dyn Confirmation>
+                }
+                _ => points,
+            };
+            Some(BusMessage::Confirmed {
+                device,
+                ts,
+                replied_at,
+                points,
+            })
+        }
         other => Some(other),
+    }
+}
+
+/// A kept driver's confirmation with its points moved to the current
+/// table (points outside the device's span: skipped).
+#[derive(Debug)]
+struct Shifted {
+    inner: Arc<dyn Confirmation>,
+    shift: Shift,
+}
+
+impl Confirmation for Shifted {
+    fn count(&self) -> usize {
+        self.inner.count()
+    }
+
+    fn point(&self, i: usize) -> Option<PointIndex> {
+        self.inner.point(i).and_then(|p| self.shift.forward(p))
+    }
+
+    fn value(&self, i: usize) -> Option<Value> {
+        self.inner.value(i)
     }
 }
 
@@ -265,6 +321,74 @@ mod tests {
             reason: None,
         };
         assert!(shift(&shifts, status).is_none());
+    }
+
+    /// Confirmed values of the given points (value = the point index).
+    #[derive(Debug)]
+    struct Fixed(Vec<u32>);
+
+    impl Confirmation for Fixed {
+        fn count(&self) -> usize {
+            self.0.len()
+        }
+        fn point(&self, i: usize) -> Option<PointIndex> {
+            self.0.get(i).copied()
+        }
+        fn value(&self, i: usize) -> Option<Value> {
+            self.0.get(i).map(|&p| Value::Int(p as i64))
+        }
+    }
+
+    fn confirmed(device: &str, points: &[u32]) -> BusMessage {
+        BusMessage::Confirmed {
+            device: device.into(),
+            ts: Timestamp::now(),
+            replied_at: Instant::now(),
+            points: Arc::new(Fixed(points.to_vec())),
+        }
+    }
+
+    /// (point or none, value) of every entry of a confirmation.
+    fn entries(m: &BusMessage) -> Vec<(Option<u32>, Option<Value>)> {
+        match m {
+            BusMessage::Confirmed { points, .. } => (0..points.count())
+                .map(|i| (points.point(i), points.value(i)))
+                .collect(),
+            _ => panic!("not a confirmation"),
+        }
+    }
+
+    #[test]
+    fn confirmed_points_move_to_the_current_table() {
+        let mut shifts = Shifts::new();
+        shifts.insert(
+            "a".into(),
+            Some(Shift {
+                driver: Span { first: 2, len: 3 },
+                table: 10,
+            }),
+        );
+        shifts.insert("dropped".into(), None);
+        let m = shift(&shifts, confirmed("a", &[4, 2])).unwrap();
+        assert_eq!(
+            entries(&m),
+            vec![
+                (Some(12), Some(Value::Int(4))),
+                (Some(10), Some(Value::Int(2)))
+            ]
+        );
+        // Outside the device's span: that entry is skipped, its value kept
+        // in place so the others stay aligned.
+        let m = shift(&shifts, confirmed("a", &[5, 3])).unwrap();
+        assert_eq!(
+            entries(&m),
+            vec![(None, Some(Value::Int(5))), (Some(11), Some(Value::Int(3)))]
+        );
+        assert!(shift(&shifts, confirmed("a", &[5])).is_none());
+        // Other devices pass as they are; a device the table lacks: dropped.
+        let m = shift(&shifts, confirmed("b", &[2])).unwrap();
+        assert_eq!(entries(&m), vec![(Some(2), Some(Value::Int(2)))]);
+        assert!(shift(&shifts, confirmed("dropped", &[0])).is_none());
     }
 
     #[tokio::test]

@@ -231,6 +231,32 @@ impl TelemetryFilter {
         }
     }
 
+    /// The point's last offered value, offered again: exactly
+    /// [`offer`](Self::offer)`(now, ts, point, value, Good)` when that
+    /// last offer was `value` with good quality, without the caller
+    /// decoding `value`. False, doing nothing, when the last offer was not
+    /// a good value (never offered, bad, stale): the caller must offer.
+    #[inline]
+    pub fn confirm(&mut self, now: Instant, ts: Timestamp, point: PointIndex) -> bool {
+        let (Some(info), Some(slot)) = (
+            self.points.get(point as usize),
+            self.slots.get(point as usize),
+        ) else {
+            // `offer` ignores the point too.
+            return true;
+        };
+        if !info.enabled {
+            return true;
+        }
+        if slot.last_at.is_none() || slot.last_quality != Quality::Good || slot.last_value.is_none()
+        {
+            return false;
+        }
+        let value = slot.last_value;
+        self.offer(now, ts, point, value, Quality::Good);
+        true
+    }
+
     /// A finished batch, as a contract `telemetry` JSON payload, if one is
     /// due at `now`. Call until it returns `None`.
     pub fn take_due(&mut self, now: Instant) -> Option<Vec<u8>> {

@@ -457,5 +457,68 @@ mod prop {
             }
             let _ = payloads;
         }
+
+        /// `confirm` is `offer` of the point's last offered value when that
+        /// was good, in both modes and over any sequence of offers, takes
+        /// and time steps; otherwise it does nothing and says so.
+        #[test]
+        fn confirm_is_an_offer_of_the_same_value(
+            every_poll in any::<bool>(),
+            steps in proptest::collection::vec(
+                (0u64..2500, 0u32..6, 0u8..6, -3.0f64..3.0),
+                1..300,
+            ),
+        ) {
+            let settings = format!(
+                "max_points_per_message = 4\nbatch_s = 0.3\nmax_interval_s = 2\ndeadband = 1\nevery_poll = {every_poll}"
+            );
+            // `confirmed` gets confirmations, `offered` the same offers.
+            let mut confirmed = Bench::new(&settings);
+            let mut offered = Bench::new(&settings);
+            offered.t0 = confirmed.t0;
+            // The model: each point's last offered (value, quality).
+            let mut last: [Option<(Option<Value>, Quality)>; 6] = [None; 6];
+            let mut ms = 0u64;
+            for (dt, point, op, x) in steps {
+                ms += dt;
+                let v = match point { 1 => Value::Bool(x > 0.0), 2 | 3 => Value::Int(x as i64), _ => Value::Float(x) };
+                match op {
+                    0 | 1 => {
+                        let applied = confirmed.f.confirm(confirmed.at(ms), Bench::ts(ms), point);
+                        // Point 3 (telemetry = false) and 5 (no such
+                        // point) are ignored, as by `offer`.
+                        let ignored = point == COUNTER || point > RETURN;
+                        match last[point as usize] {
+                            Some((Some(value), Quality::Good)) if !ignored => {
+                                prop_assert!(applied);
+                                offered.good(ms, point, value);
+                            }
+                            _ if ignored => prop_assert!(applied),
+                            _ => prop_assert!(!applied, "confirmed without a good value"),
+                        }
+                    }
+                    2 => {
+                        confirmed.offer(ms, point, None, Quality::Bad);
+                        offered.offer(ms, point, None, Quality::Bad);
+                        last[point as usize] = Some((None, Quality::Bad));
+                    }
+                    3 => {
+                        // Take what is due, at the same instants.
+                        prop_assert_eq!(confirmed.f.next_deadline(), offered.f.next_deadline());
+                        prop_assert_eq!(confirmed.take_points(ms), offered.take_points(ms));
+                    }
+                    _ => {
+                        confirmed.good(ms, point, v);
+                        offered.good(ms, point, v);
+                        last[point as usize] = Some((Some(v), Quality::Good));
+                    }
+                }
+                prop_assert_eq!(confirmed.f.queued(), offered.f.queued());
+            }
+            let far = ms + 100_000;
+            prop_assert_eq!(confirmed.take_points(far), offered.take_points(far));
+            let (a, b) = (confirmed.f.flush(confirmed.at(far)), offered.f.flush(offered.at(far)));
+            prop_assert_eq!(a, b);
+        }
     }
 }

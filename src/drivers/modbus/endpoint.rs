@@ -32,6 +32,18 @@
 //! taking turns with polls: a waiting probe runs when no poll is due, or
 //! once at least one poll ran since the previous probe. A probe changes
 //! neither the device's health nor its schedule.
+//!
+//! Unchanged replies: the endpoint keeps, per device, the raw words and
+//! bits of every request's last reply that went to the bus
+//! ([`LastReplies`], about 2 bytes a register and 1 bit a coil). A poll
+//! whose replies are all bit-identical to those is not decoded: it becomes
+//! a [`BusMessage::Confirmed`] of the same points, sharing the kept
+//! replies, so a consumer that needs a value decodes just that one. The
+//! kept replies are dropped whenever the bus may hold other values for the
+//! device than they say: a poll fails (a `DeviceStatus` may follow), the
+//! device is offline, the link is reopened, or a write to the device is
+//! attempted; a new read plan means a new endpoint. The first poll after
+//! that sends `Readings` again.
 
 use super::decode::{encode_u16, raw_u16, Codec};
 use super::health::{backoff, Health};
@@ -41,7 +53,7 @@ use super::transport::{Connector, ModbusError, Transport};
 use crate::drivers::write::{WriteError, WriteRequest};
 use crate::drivers::{PointType, RegisterKind};
 use crate::event::Timestamp;
-use crate::point::{BusMessage, PointIndex, Reading, Value};
+use crate::point::{BusMessage, Confirmation, PointIndex, Reading, Value};
 use crate::service::liveness::Heartbeat;
 use crate::status::PollCounters;
 use std::collections::HashMap;
@@ -137,7 +149,8 @@ pub struct DevicePoller {
     pub interval: Duration,
     pub timeout: Duration,
     pub backoff_max: Duration,
-    pub plan: ReadPlan,
+    /// The device's read plan (shared with its [`LastReplies`]).
+    pub plan: Arc<ReadPlan>,
     pub health: Health,
     pub next_poll: Instant,
     pub span: tracing::Span,
@@ -145,6 +158,9 @@ pub struct DevicePoller {
     pub counters: Option<Arc<PollCounters>>,
     /// The device's writable points (empty: the device takes no writes).
     pub writable: HashMap<PointIndex, WriteTarget>,
+    /// The replies behind the last values sent to the bus (`None`: the
+    /// next successful poll sends `Readings`).
+    last: Option<Arc<LastReplies>>,
 }
 
 impl DevicePoller {
@@ -166,13 +182,19 @@ impl DevicePoller {
             interval: interval.max(Duration::from_millis(10)),
             timeout: timeout.max(Duration::from_millis(1)),
             backoff_max,
-            plan,
+            plan: Arc::new(plan),
             health: Health::new(offline_after),
             next_poll: start,
             span: tracing::info_span!("modbus_device", device = %id, unit),
             counters: None,
             writable: HashMap::new(),
+            last: None,
         }
+    }
+
+    /// Forget the last replies: the next successful poll sends `Readings`.
+    fn forget_replies(&mut self) {
+        self.last = None;
     }
 
     /// Accept writes to these points.
@@ -186,6 +208,98 @@ impl DevicePoller {
 enum Reply {
     Bits(Vec<bool>),
     Words(Vec<u16>),
+}
+
+/// One request's reply as kept between polls: compact, compared exactly
+/// (length included).
+#[derive(Debug, PartialEq)]
+enum Raw {
+    Words(Box<[u16]>),
+    /// `len` bits, packed 16 to a word, lowest bit first.
+    Bits {
+        len: u32,
+        packed: Box<[u16]>,
+    },
+}
+
+impl Raw {
+    fn of(reply: &Reply) -> Raw {
+        match reply {
+            Reply::Words(w) => Raw::Words(w.as_slice().into()),
+            Reply::Bits(b) => {
+                let mut packed = vec![0u16; b.len().div_ceil(16)];
+                for (k, _) in b.iter().enumerate().filter(|(_, on)| **on) {
+                    packed[k / 16] |= 1 << (k % 16);
+                }
+                Raw::Bits {
+                    len: b.len() as u32,
+                    packed: packed.into(),
+                }
+            }
+        }
+    }
+
+    /// Is `reply` bit-identical to this one?
+    fn same_as(&self, reply: &Reply) -> bool {
+        match (self, reply) {
+            (Raw::Words(a), Reply::Words(b)) => **a == **b,
+            (Raw::Bits { len, packed }, Reply::Bits(b)) => {
+                *len as usize == b.len()
+                    && b.iter()
+                        .enumerate()
+                        .all(|(k, on)| (packed[k / 16] >> (k % 16)) & 1 == *on as u16)
+            }
+            _ => false,
+        }
+    }
+
+    fn bit(&self, k: usize) -> Option<bool> {
+        match self {
+            Raw::Bits { len, packed } if k < *len as usize => {
+                Some((packed[k / 16] >> (k % 16)) & 1 == 1)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A device's replies behind the values last sent to the bus, one per
+/// request of its plan; the [`Confirmation`] of an unchanged poll.
+#[derive(Debug)]
+pub struct LastReplies {
+    plan: Arc<ReadPlan>,
+    replies: Vec<Raw>,
+}
+
+impl Confirmation for LastReplies {
+    fn count(&self) -> usize {
+        self.plan.slots.len()
+    }
+
+    fn point(&self, i: usize) -> Option<PointIndex> {
+        self.plan.slots.get(i).map(|s| s.point)
+    }
+
+    /// Decoded as a poll decodes it (`decode_into`; the kept replies
+    /// decoded without error then).
+    fn value(&self, i: usize) -> Option<Value> {
+        let s = self.plan.slots.get(i)?;
+        let k = self.plan.requests.partition_point(|r| r.slots.end <= i);
+        self.plan.requests.get(k).filter(|r| r.slots.contains(&i))?;
+        let at = s.offset as usize;
+        match self.replies.get(k)? {
+            raw @ Raw::Bits { .. } => raw.bit(at).map(|b| s.codec.decode_bit(b)),
+            Raw::Words(words) => s.codec.decode_registers(words.get(at..)?).ok(),
+        }
+    }
+}
+
+/// What a successful poll of a device produced.
+enum Polled {
+    /// Values that differ from the last sent (or nothing was kept).
+    Changed(Vec<Reading>),
+    /// Every reply is bit-identical to the kept ones.
+    Same(Arc<LastReplies>),
 }
 
 async fn read_one<T: Transport>(
@@ -707,6 +821,8 @@ impl<C: Connector> Endpoint<C> {
         target: WriteTarget,
         op: WriteOp,
     ) -> Result<(), ModbusError> {
+        // A write (even a failed one) may change what the device reads.
+        self.devices[di].forget_replies();
         let timeout = self.devices[di].timeout;
         let unit = self.devices[di].unit;
         self.ensure_link(timeout).await?;
@@ -800,6 +916,10 @@ impl<C: Connector> Endpoint<C> {
 
     async fn poll_inner(&mut self, i: usize) -> [Option<BusMessage>; 2] {
         let began = Instant::now();
+        if self.devices[i].health.is_offline() {
+            // The bus holds the device's points as bad.
+            self.devices[i].forget_replies();
+        }
         let result = self.read_device(i).await;
         let now = Instant::now();
         let jitter = self.rng.f64();
@@ -809,7 +929,7 @@ impl<C: Connector> Endpoint<C> {
         }
         let mut messages: [Option<BusMessage>; 2] = [None, None];
         match result {
-            Ok((readings, replied_at)) => {
+            Ok((polled, replied_at)) => {
                 let o = dev.health.on_success();
                 if o.log_recovered {
                     info!("device answers again");
@@ -823,15 +943,25 @@ impl<C: Connector> Endpoint<C> {
                         reason: None,
                     });
                 }
-                messages[1] = Some(BusMessage::Readings {
-                    device: dev.id.clone(),
-                    ts: Timestamp::now(),
-                    replied_at,
-                    readings,
+                messages[1] = Some(match polled {
+                    Polled::Changed(readings) => BusMessage::Readings {
+                        device: dev.id.clone(),
+                        ts: Timestamp::now(),
+                        replied_at,
+                        readings,
+                    },
+                    Polled::Same(points) => BusMessage::Confirmed {
+                        device: dev.id.clone(),
+                        ts: Timestamp::now(),
+                        replied_at,
+                        points,
+                    },
                 });
                 dev.next_poll = on_schedule(dev.next_poll, dev.interval, now);
             }
             Err(e) => {
+                // A `DeviceStatus` may follow, or the values change meanwhile.
+                dev.forget_replies();
                 let o = dev.health.on_failure(&e);
                 if o.log_error {
                     warn!(error = %e, failures = dev.health.failures(), "poll failed");
@@ -888,6 +1018,9 @@ impl<C: Connector> Endpoint<C> {
         match r {
             Ok(link) => {
                 debug!(attempt = self.reconnect_attempt, "link open");
+                for d in &mut self.devices {
+                    d.forget_replies();
+                }
                 self.link = Some(link);
                 self.reconnect_attempt = 0;
                 self.link_error = None;
@@ -909,18 +1042,30 @@ impl<C: Connector> Endpoint<C> {
         }
     }
 
-    /// Run device `i`'s read plan; its readings and when the last reply came.
-    async fn read_device(
-        &mut self,
-        i: usize,
-    ) -> Result<(Vec<Reading>, std::time::Instant), ModbusError> {
+    /// Run device `i`'s read plan; its readings (or that they are all as
+    /// last sent) and when the last reply came.
+    async fn read_device(&mut self, i: usize) -> Result<(Polled, std::time::Instant), ModbusError> {
         let timeout = self.devices[i].timeout;
         self.ensure_link(timeout).await?;
+        let requests = self.devices[i].plan.requests.len();
+        let mut replies: Vec<Reply> = Vec::with_capacity(requests);
+        // Decoded only once a reply differs from the kept one (kept for
+        // this very plan).
         let dev = &self.devices[i];
-        let mut readings = Vec::with_capacity(dev.plan.slots.len());
+        let mut same = dev
+            .last
+            .as_ref()
+            .is_some_and(|l| Arc::ptr_eq(&l.plan, &dev.plan));
+        let mut readings = if same {
+            Vec::new()
+        } else {
+            Vec::with_capacity(dev.plan.slots.len())
+        };
         let mut replied_at = std::time::Instant::now();
-        for r in &dev.plan.requests {
+        for k in 0..requests {
             self.frame_gap().await;
+            let dev = &self.devices[i];
+            let r = &dev.plan.requests[k];
             let Some(link) = self.link.as_mut() else {
                 return Err(ModbusError::NotConnected("link closed".into()));
             };
@@ -944,13 +1089,53 @@ impl<C: Connector> Endpoint<C> {
                 }
             };
             replied_at = std::time::Instant::now();
-            if let Err(e) = decode_into(&dev.plan, r, &reply, &mut readings) {
-                self.link = None;
-                self.reconnect_at = Instant::now();
-                return Err(e);
+            replies.push(reply);
+            let dev = &self.devices[i];
+            let from = if !same {
+                k
+            } else if dev
+                .last
+                .as_ref()
+                .and_then(|l| l.replies.get(k))
+                .is_some_and(|raw| raw.same_as(&replies[k]))
+            {
+                continue;
+            } else {
+                // The first change: the replies so far are decoded too.
+                same = false;
+                readings.reserve(dev.plan.slots.len());
+                0
+            };
+            for (r, reply) in dev.plan.requests[from..=k].iter().zip(&replies[from..]) {
+                if let Err(e) = decode_into(&dev.plan, r, reply, &mut readings) {
+                    self.link = None;
+                    self.reconnect_at = Instant::now();
+                    return Err(e);
+                }
             }
         }
-        Ok((readings, replied_at))
+        let dev = &mut self.devices[i];
+        if same {
+            if let Some(last) = &dev.last {
+                return Ok((Polled::Same(last.clone()), replied_at));
+            }
+        }
+        let raws = replies.iter().map(Raw::of).collect();
+        match dev
+            .last
+            .as_mut()
+            .and_then(Arc::get_mut)
+            .filter(|l| Arc::ptr_eq(&l.plan, &dev.plan))
+        {
+            Some(last) => last.replies = raws,
+            None => {
+                dev.last = Some(Arc::new(LastReplies {
+                    plan: dev.plan.clone(),
+                    replies: raws,
+                }))
+            }
+        }
+        Ok((Polled::Changed(readings), replied_at))
     }
 
     /// The devices (tests).
@@ -997,5 +1182,119 @@ fn on_schedule(due: Instant, interval: Duration, now: Instant) -> Instant {
         now
     } else {
         next
+    }
+}
+
+#[cfg(test)]
+mod raw_tests {
+    use super::{decode_into, LastReplies, Raw, Reply};
+    use crate::drivers::modbus::plan::{plan, Limits};
+    use crate::drivers::{PointConfig, PointType, RegisterKind};
+    use crate::point::{Confirmation, PointIndex};
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    const TYPES: [PointType; 5] = [
+        PointType::U16,
+        PointType::I16,
+        PointType::U32,
+        PointType::I32,
+        PointType::F32,
+    ];
+
+    proptest! {
+        /// A confirmation's values, decoded one by one, are the readings
+        /// the same replies decode to, in the same order.
+        #[test]
+        fn confirmed_values_are_the_decoded_readings(
+            points in proptest::collection::vec((any::<bool>(), 0u16..300, 0usize..5), 1..40),
+            seed in any::<u64>(),
+        ) {
+            let configs: Vec<PointConfig> = points
+                .iter()
+                .map(|&(coil, address, t)| {
+                    if coil {
+                        PointConfig::modbus(RegisterKind::Coil, address, PointType::Bool)
+                    } else {
+                        PointConfig::modbus(RegisterKind::Holding, address, TYPES[t])
+                    }
+                })
+                .collect();
+            let refs: Vec<_> = configs
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (i as PointIndex * 3 + 7, p))
+                .collect();
+            let limits = Limits { max_registers: 20, max_bits: 50, max_gap_registers: 4, max_gap_bits: 8 };
+            let plan = Arc::new(plan(&refs, limits).unwrap());
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let replies: Vec<Reply> = plan
+                .requests
+                .iter()
+                .map(|r| {
+                    if r.table.is_bit() {
+                        Reply::Bits((0..r.count).map(|_| rng.bool()).collect())
+                    } else {
+                        Reply::Words((0..r.count).map(|_| rng.u16(..)).collect())
+                    }
+                })
+                .collect();
+            let mut readings = Vec::new();
+            for (r, reply) in plan.requests.iter().zip(&replies) {
+                decode_into(&plan, r, reply, &mut readings).unwrap();
+            }
+            let last = LastReplies {
+                plan: plan.clone(),
+                replies: replies.iter().map(Raw::of).collect(),
+            };
+            prop_assert_eq!(last.count(), readings.len());
+            for (i, r) in readings.iter().enumerate() {
+                prop_assert_eq!(last.point(i), Some(r.point));
+                let v = last.value(i).unwrap();
+                // NaN != NaN: compare the bits of floats.
+                prop_assert_eq!(format!("{v:?}"), format!("{:?}", r.value));
+            }
+            prop_assert_eq!(last.point(readings.len()), None);
+            prop_assert_eq!(last.value(readings.len()), None);
+        }
+
+        /// Kept bits compare equal to exactly the same reply and read back
+        /// bit by bit; words likewise.
+        #[test]
+        fn kept_replies_compare_exactly(
+            bits in proptest::collection::vec(any::<bool>(), 0..300),
+            flip in any::<proptest::sample::Index>(),
+            words in proptest::collection::vec(any::<u16>(), 0..130),
+        ) {
+            let raw = Raw::of(&Reply::Bits(bits.clone()));
+            prop_assert!(raw.same_as(&Reply::Bits(bits.clone())));
+            for (k, b) in bits.iter().enumerate() {
+                prop_assert_eq!(raw.bit(k), Some(*b));
+            }
+            prop_assert_eq!(raw.bit(bits.len()), None);
+            if !bits.is_empty() {
+                let mut other = bits.clone();
+                let k = flip.index(bits.len());
+                other[k] = !other[k];
+                prop_assert!(!raw.same_as(&Reply::Bits(other)));
+                prop_assert!(!raw.same_as(&Reply::Bits(bits[1..].to_vec())));
+            }
+            let mut longer = bits.clone();
+            longer.push(false);
+            prop_assert!(!raw.same_as(&Reply::Bits(longer)));
+            prop_assert!(!raw.same_as(&Reply::Words(vec![0; bits.len()])));
+
+            let raw = Raw::of(&Reply::Words(words.clone()));
+            prop_assert!(raw.same_as(&Reply::Words(words.clone())));
+            if !words.is_empty() {
+                let mut other = words.clone();
+                let k = flip.index(words.len());
+                other[k] ^= 1 << (k % 16);
+                prop_assert!(!raw.same_as(&Reply::Words(other)));
+            }
+            let mut longer = words.clone();
+            longer.push(0);
+            prop_assert!(!raw.same_as(&Reply::Words(longer)));
+        }
     }
 }

@@ -252,6 +252,29 @@ fn set(shared: &Shared, unit: u8, b: Behaviour) {
     shared.lock().unwrap().units.insert(unit, b);
 }
 
+/// A device and the (point, value)s of one poll.
+type PollValues = (Arc<str>, Vec<(PointIndex, Value)>);
+
+/// The device and (point, value)s of a `Readings` or `Confirmed`, the
+/// confirmed values decoded as a consumer would.
+fn values_of(m: &BusMessage) -> Option<PollValues> {
+    match m {
+        BusMessage::Readings {
+            device, readings, ..
+        } => Some((
+            device.clone(),
+            readings.iter().map(|r| (r.point, r.value)).collect(),
+        )),
+        BusMessage::Confirmed { device, points, .. } => Some((
+            device.clone(),
+            (0..points.count())
+                .map(|i| (points.point(i).unwrap(), points.value(i).unwrap()))
+                .collect(),
+        )),
+        BusMessage::DeviceStatus { .. } => None,
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn readings_are_decoded_one_message_per_poll() {
     let shared = fake(&[(1, Behaviour::Answer)]);
@@ -262,24 +285,20 @@ async fn readings_are_decoded_one_message_per_poll() {
     );
     let t0 = Instant::now();
     for n in 0..3 {
-        match rx.recv().await.unwrap() {
-            BusMessage::Readings {
-                device, readings, ..
-            } => {
-                assert_eq!(&*device, "dev-1");
-                let mut got: Vec<_> = readings.iter().map(|r| (r.point, r.value)).collect();
-                got.sort_by_key(|(p, _)| *p);
-                assert_eq!(
-                    got,
-                    vec![
-                        (10, Value::Int(42)),
-                        (11, Value::Float(21.5)),
-                        (12, Value::Bool(true))
-                    ]
-                );
-            }
-            m => panic!("{m:?}"),
-        }
+        let m = rx.recv().await.unwrap();
+        // The first poll sends readings; the unchanged ones confirm them.
+        assert_eq!(n == 0, matches!(m, BusMessage::Readings { .. }), "{m:?}");
+        let (device, mut got) = values_of(&m).unwrap();
+        assert_eq!(&*device, "dev-1");
+        got.sort_by_key(|(p, _)| *p);
+        assert_eq!(
+            got,
+            vec![
+                (10, Value::Int(42)),
+                (11, Value::Float(21.5)),
+                (12, Value::Bool(true))
+            ]
+        );
         // Polls start on the interval grid.
         let late = Instant::now() - t0 - Duration::from_secs(n);
         assert!(
@@ -366,7 +385,8 @@ async fn all_units_of_an_endpoint_share_one_link_one_request_at_a_time() {
     let mut per_device: HashMap<String, u32> = HashMap::new();
     let deadline = Instant::now() + Duration::from_millis(9_900);
     while let Ok(m) = tokio::time::timeout_at(deadline, rx.recv()).await {
-        if let Some(BusMessage::Readings { device, .. }) = m {
+        if let Some(BusMessage::Readings { device, .. } | BusMessage::Confirmed { device, .. }) = m
+        {
             *per_device.entry(device.to_string()).or_default() += 1;
         }
     }
@@ -393,7 +413,7 @@ async fn dead_slave_is_backed_off_without_stalling_the_bus() {
     let t0 = Instant::now();
     while Instant::now() - t0 < Duration::from_secs(60) {
         match rx.recv().await.unwrap() {
-            BusMessage::Readings { device, .. } => {
+            BusMessage::Readings { device, .. } | BusMessage::Confirmed { device, .. } => {
                 assert_eq!(&*device, "dev-1");
                 live_polls.push(Instant::now());
             }
@@ -828,7 +848,7 @@ fn receive(mut rx: mpsc::Receiver<BusMessage>) -> Received {
 fn polls_of(got: &Received) -> HashMap<String, Vec<Instant>> {
     let mut polls: HashMap<String, Vec<Instant>> = HashMap::new();
     for (at, m) in got.lock().unwrap().iter() {
-        if let BusMessage::Readings { device, .. } = m {
+        if let BusMessage::Readings { device, .. } | BusMessage::Confirmed { device, .. } = m {
             polls.entry(device.to_string()).or_default().push(*at);
         }
     }
@@ -1071,6 +1091,149 @@ async fn probes_back_to_back_keep_the_heartbeat_fresh() {
     for t in tasks {
         assert!(t.await.unwrap().is_err());
     }
+    token.cancel();
+    h.await.unwrap();
+}
+
+/// The next `Readings` or `Confirmed` (skipping status messages), as
+/// (is a confirmation, sorted values).
+async fn next_poll(rx: &mut mpsc::Receiver<BusMessage>) -> (bool, Vec<(PointIndex, Value)>) {
+    loop {
+        let m = rx.recv().await.expect("bus open");
+        if let Some((_, mut v)) = values_of(&m) {
+            v.sort_by_key(|(p, _)| *p);
+            return (matches!(m, BusMessage::Confirmed { .. }), v);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unchanged_poll_confirms_and_a_change_sends_readings() {
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    let (mut rx, token, h) = start(&shared, LinkKind::Tcp, vec![device(1, 0, 1000, 100, 3, 30)]);
+    let first = vec![
+        (0, Value::Int(42)),
+        (1, Value::Float(21.5)),
+        (2, Value::Bool(true)),
+    ];
+    assert_eq!(next_poll(&mut rx).await, (false, first.clone()));
+    assert_eq!(next_poll(&mut rx).await, (true, first.clone()));
+    assert_eq!(next_poll(&mut rx).await, (true, first.clone()));
+    // A register changes: readings of every point, then confirmations.
+    shared.lock().unwrap().holding[0] = 43;
+    let mut second = first.clone();
+    second[0].1 = Value::Int(43);
+    assert_eq!(next_poll(&mut rx).await, (false, second.clone()));
+    assert_eq!(next_poll(&mut rx).await, (true, second.clone()));
+    // A coil (the second request) changes.
+    shared.lock().unwrap().coils[0] = false;
+    second[2].1 = Value::Bool(false);
+    assert_eq!(next_poll(&mut rx).await, (false, second.clone()));
+    assert_eq!(next_poll(&mut rx).await, (true, second.clone()));
+    // A register outside every point but inside the request (the gap)
+    // changes: the reply differs, so readings (with the same values).
+    let mut wide = device(4, 0, 1000, 100, 3, 30);
+    let pts = [
+        point(RegisterKind::Holding, 0, PointType::U16),
+        point(RegisterKind::Holding, 5, PointType::U16),
+    ];
+    wide.plan = Arc::new(plan(&[(0, &pts[0]), (1, &pts[1])], LIMITS).unwrap());
+    token.cancel();
+    h.await.unwrap();
+    set(&shared, 4, Behaviour::Answer);
+    let (mut rx, token, h) = start(&shared, LinkKind::Tcp, vec![wide]);
+    let values = vec![(0, Value::Int(43)), (1, Value::Int(0))];
+    assert_eq!(next_poll(&mut rx).await, (false, values.clone()));
+    assert_eq!(next_poll(&mut rx).await, (true, values.clone()));
+    shared.lock().unwrap().holding[3] = 9;
+    assert_eq!(next_poll(&mut rx).await, (false, values.clone()));
+    assert_eq!(next_poll(&mut rx).await, (true, values));
+    token.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_poll_and_offline_and_online_send_readings_again() {
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    let (mut rx, token, h) = start(&shared, LinkKind::Tcp, vec![device(1, 0, 1000, 100, 2, 30)]);
+    assert!(!next_poll(&mut rx).await.0);
+    assert!(next_poll(&mut rx).await.0);
+    // One failed poll (a timeout: the link is dropped), not yet offline.
+    set(&shared, 1, Behaviour::Hang);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    set(&shared, 1, Behaviour::Answer);
+    assert!(!next_poll(&mut rx).await.0, "readings after a failed poll");
+    assert!(next_poll(&mut rx).await.0);
+    // An exception keeps the link; two take the device offline.
+    set(&shared, 1, Behaviour::Exception(4));
+    match rx.recv().await.unwrap() {
+        BusMessage::DeviceStatus { online: false, .. } => {}
+        m => panic!("{m:?}"),
+    }
+    set(&shared, 1, Behaviour::Answer);
+    match rx.recv().await.unwrap() {
+        BusMessage::DeviceStatus { online: true, .. } => {}
+        m => panic!("{m:?}"),
+    }
+    assert!(
+        matches!(rx.recv().await.unwrap(), BusMessage::Readings { .. }),
+        "readings when back online"
+    );
+    assert!(next_poll(&mut rx).await.0);
+    token.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reopened_link_sends_readings_again() {
+    use super::probe::ProbeError;
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    let (probers, mut rx, token, h) =
+        start_probed(&shared, LinkKind::Tcp, vec![device(1, 0, 2000, 100, 3, 30)]);
+    assert!(!next_poll(&mut rx).await.0);
+    assert!(next_poll(&mut rx).await.0);
+    // A probe times out between two polls: the link is dropped, the
+    // device's health is not touched.
+    set(&shared, 1, Behaviour::Hang);
+    assert_eq!(
+        probers.probe("dev-1", Duration::from_secs(5)).await,
+        Err(ProbeError::Timeout { timeout_ms: 100 })
+    );
+    set(&shared, 1, Behaviour::Answer);
+    assert!(!next_poll(&mut rx).await.0, "readings on a new link");
+    assert!(next_poll(&mut rx).await.0);
+    // A probe that succeeds changes nothing.
+    assert!(probers.probe("dev-1", Duration::from_secs(5)).await.is_ok());
+    assert!(next_poll(&mut rx).await.0);
+    assert_eq!(shared.lock().unwrap().connects, 2);
+    token.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_sends_readings_again_even_if_nothing_changed() {
+    use crate::drivers::write::WriteError;
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    let (mut rx, writers, token, h) = start_writable(&shared, LinkKind::Tcp);
+    assert!(!next_poll(&mut rx).await.0);
+    assert!(next_poll(&mut rx).await.0);
+    // The coil is on already: the device reads the same after the write.
+    writers
+        .write("dev-1", 2, Value::Bool(true), None, W)
+        .await
+        .unwrap();
+    let (confirmed, v) = next_poll(&mut rx).await;
+    assert!(!confirmed, "readings after a write");
+    assert!(v.contains(&(2, Value::Bool(true))));
+    assert!(next_poll(&mut rx).await.0);
+    // A failed write too (it may have reached the device).
+    set(&shared, 1, Behaviour::Exception(3));
+    assert!(matches!(
+        writers.write("dev-1", 2, Value::Bool(true), None, W).await,
+        Err(WriteError::Refused(_))
+    ));
+    set(&shared, 1, Behaviour::Answer);
+    assert!(!next_poll(&mut rx).await.0, "readings after a failed write");
     token.cancel();
     h.await.unwrap();
 }
