@@ -1231,6 +1231,31 @@ mod snapshot {
     }
 
     #[test]
+    fn states_repaired_on_restore_are_dirty() {
+        let mut b = Bench::new();
+        let saved = |key: &str, json: &str| (format!("alarm/{key}"), json.as_bytes().to_vec());
+        let r = b.engine.restore_states(
+            &[
+                // Non-latching, saved active with its condition gone:
+                // repaired to returned_unacked.
+                saved(FIRE4, r#"{"state":"active_unacked","condition":false}"#),
+                // Saved as it is restored: not dirty.
+                saved(FIRE3, r#"{"state":"active_unacked","condition":true}"#),
+            ],
+            &[],
+        );
+        assert_eq!(r.alarms, 2);
+        assert_eq!(b.state(FIRE4), ReturnedUnacked);
+        let names: Vec<String> = b
+            .engine
+            .dirty_states()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, [format!("alarm/{FIRE4}")]);
+    }
+
+    #[test]
     fn unknown_keys_skipped_and_bad_snapshots_refused() {
         let mut b = Bench::new();
         let v = serde_json::json!({"version": 1, "alarms": [
@@ -1695,6 +1720,126 @@ mod persistence {
                 "offline/hvac-1".to_string()
             ]
         );
+    }
+
+    #[test]
+    fn old_state_file_is_not_read_once_the_journal_is_marked() {
+        let rt = rt();
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemStorage::new());
+        let j = journal(&mem, dir.path());
+        let legacy = StateFile::in_dir(dir.path());
+        // A first start without the old file: every alarm normal, nothing
+        // saved per alarm, the marker saved.
+        let mut b = Bench::new();
+        rt.block_on(task::restore(&mut b.engine, &j, &legacy));
+        assert!(j.load_state(task::MIGRATED_STATE).unwrap().is_some());
+        // The old file is there again (its removal failed once, or a stale
+        // copy was put back): months-old states.
+        let mut old = Bench::new();
+        old.read(0, FIRE3, Value::Bool(true));
+        legacy.save(&old.engine.snapshot()).unwrap();
+        let mut c = Bench::new();
+        rt.block_on(task::restore(&mut c.engine, &j, &legacy));
+        assert_eq!(
+            c.state(FIRE3),
+            AlarmState::Normal,
+            "the old file is not read"
+        );
+        assert!(saved_names(&j).is_empty());
+        // Durable: after a crash of the store the marker still holds.
+        mem.crash();
+        j.abandon();
+        let j = journal(&mem, dir.path());
+        legacy.save(&old.engine.snapshot()).unwrap();
+        let mut d = Bench::new();
+        rt.block_on(task::restore(&mut d.engine, &j, &legacy));
+        assert_eq!(d.state(FIRE3), AlarmState::Normal);
+    }
+
+    #[test]
+    fn the_file_migration_saves_the_marker_in_its_commit() {
+        let rt = rt();
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemStorage::new());
+        let mut before = Bench::new();
+        before.read(0, FIRE4, Value::Bool(true));
+        before.read(1, FIRE4, Value::Bool(false));
+        let legacy = StateFile::in_dir(dir.path());
+        legacy.save(&before.engine.snapshot()).unwrap();
+        let j = journal(&mem, dir.path());
+        let mut b = Bench::new();
+        rt.block_on(task::restore(&mut b.engine, &j, &legacy));
+        assert_eq!(b.state(FIRE4), AlarmState::ReturnedUnacked);
+        assert!(j.load_state(task::MIGRATED_STATE).unwrap().is_some());
+        // The alarm is acknowledged: nothing is saved per alarm any more.
+        // A copy of the old file must not bring it back.
+        rt.block_on(j.record_with_states(vec![], vec![(format!("alarm/{FIRE4}"), None)]))
+            .unwrap();
+        legacy.save(&before.engine.snapshot()).unwrap();
+        let mut c = Bench::new();
+        rt.block_on(task::restore(&mut c.engine, &j, &legacy));
+        assert_eq!(c.state(FIRE4), AlarmState::Normal);
+    }
+
+    #[test]
+    fn a_save_at_stop_refused_as_full_is_retried_within_its_bound() {
+        use crate::journal::JournalError;
+        let rt = rt();
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemStorage::new());
+        let cfg = JournalConfig {
+            path: dir.path().to_path_buf(),
+            telemetry_flush: Duration::from_secs(3600),
+            ..JournalConfig::default()
+        };
+        // Small WAL files: both fill up at once while the store fails.
+        let j = Journal::with_storage_and_wal_sized(
+            mem.clone(),
+            Some(dir.path()),
+            4096,
+            &cfg,
+            "gw",
+            &["uplink"],
+        )
+        .unwrap();
+        mem.set_fail_apply(true);
+        mem.set_fail_flush(true);
+        let ev = || {
+            NewEvent::system(
+                EventKind::ConfigChanged,
+                crate::event::Priority::INFO,
+                serde_json::json!({}),
+            )
+        };
+        // Events queue until the journal refuses more.
+        for _ in 0..100 {
+            match rt.block_on(j.record(vec![ev(); 500])) {
+                Ok(_) | Err(JournalError::NotDurable { .. }) => {}
+                Err(JournalError::Full(_)) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(matches!(
+            rt.block_on(j.record(vec![ev()])),
+            Err(JournalError::Full(_))
+        ));
+        let name = format!("alarm/{FIRE3}");
+        let data = br#"{"state":"active_unacked","condition":false}"#.to_vec();
+        let changes = vec![(name.clone(), Some(data.clone()))];
+        // One try (no time to retry): refused, not queued.
+        assert!(!rt.block_on(task::save_on_stop(&j, changes.clone(), Duration::ZERO)));
+        assert_eq!(j.load_state(&name).unwrap(), None);
+        // Space returns while the stop retries: saved.
+        let m = mem.clone();
+        let heal = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            m.set_fail_apply(false);
+            m.set_fail_flush(false);
+        });
+        assert!(rt.block_on(task::save_on_stop(&j, changes, Duration::from_secs(10))));
+        heal.join().unwrap();
+        assert_eq!(j.load_state(&name).unwrap(), Some(data));
     }
 
     #[test]
