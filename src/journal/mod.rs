@@ -1180,6 +1180,22 @@ impl Journal {
         &self.inner.shared
     }
 
+    /// Tests: the state changes the WAL holds (since the last
+    /// checkpoint), in order: name and the bytes of the record's payload
+    /// (name length, name, data).
+    #[cfg(test)]
+    pub(crate) fn logged_states(&self) -> Vec<(String, usize)> {
+        let records = match self.shared().wal().as_ref() {
+            Some(w) => w.read_back().unwrap_or_default(),
+            None => Vec::new(),
+        };
+        records
+            .iter()
+            .filter(|r| matches!(wal::kind(r.seq), wal::KIND_STATE | wal::KIND_STATE_REMOVED))
+            .filter_map(|r| decode_state_record(r).map(|(name, ..)| (name, r.payload.len())))
+            .collect()
+    }
+
     /// Tests: drop this handle as a killed process would, without the
     /// committer's final checkpoint.
     #[cfg(test)]

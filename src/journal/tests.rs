@@ -1437,3 +1437,33 @@ fn state_only_record_after_a_failed_commit_is_not_reported_durable() {
         "state-only change reported durable while only in memory"
     );
 }
+
+#[test]
+fn state_only_change_whose_flush_failed_is_durable_only_after_a_flush_works() {
+    let rt = rt();
+    let mem = Arc::new(MemStorage::new());
+    let j = mem_journal(&mem, &mem_cfg(), &["uplink"]);
+    rt.block_on(j.record(vec![ev(1)])).unwrap();
+    // The state is written to the store, its flush fails: nothing is
+    // queued again, yet the change is not durable.
+    mem.set_fail_flush(true);
+    let last = match rt.block_on(j.save_state("alarm/x", b"v1".to_vec())) {
+        Err(JournalError::NotDurable { last, .. }) => last,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(last, 1, "no event with the state");
+    assert!(
+        rt.block_on(j.wait_durable(last)).is_err(),
+        "a state-only change is not durable while flushes fail"
+    );
+    mem.set_fail_flush(false);
+    rt.block_on(j.wait_durable(last)).unwrap();
+    mem.crash();
+    assert_eq!(
+        mem.get(&super::keys::state("alarm/x"))
+            .unwrap()
+            .map(|v| v[8..].to_vec()),
+        Some(b"v1".to_vec()),
+        "durable once a flush worked"
+    );
+}
