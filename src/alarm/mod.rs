@@ -793,8 +793,10 @@ impl AlarmEngine {
     /// [`dirty_states`](Self::dirty_states) (journal names and data, as
     /// loaded under [`ALARM_STATE_PREFIX`] and [`OFFLINE_STATE_PREFIX`])
     /// into a freshly built engine, before any reading; as
-    /// [`restore`](Self::restore) does, but nothing is marked dirty (it is
-    /// saved already).
+    /// [`restore`](Self::restore) does, but only states repaired on the
+    /// way are marked dirty (the rest is saved already): a shelf on an
+    /// alarm that is now life-safety, a non-latching alarm saved active
+    /// with its condition gone, and the like.
     ///
     /// States of alarms or devices no longer configured are listed in
     /// [`Restored::stale`] for the caller to remove; unreadable ones are
@@ -835,8 +837,17 @@ impl AlarmEngine {
                 }
             };
             let state = saved.state;
+            let want = match state {
+                AlarmState::Normal => (AlarmState::Normal, false, None),
+                _ => (state, saved.condition, saved.shelved_until),
+            };
             match self.restore_alarm(key, saved) {
-                Some(_) => out.alarms += 1,
+                Some(i) => {
+                    out.alarms += 1;
+                    if self.alarms[i as usize].saved() != want {
+                        self.dirty.alarm(i);
+                    }
+                }
                 None => {
                     tracing::warn!(key, state = ?state, "saved alarm no longer configured; dropped");
                     out.stale.push(name.clone());

@@ -32,6 +32,16 @@ type PendingReply = (
 /// states (`alarm/<key>`, `offline/<device>`) and removes it.
 pub const ALARM_STATE: &str = "alarms";
 
+/// Name of the marker state saved once [`restore`] has dealt with the old
+/// `alarm-state.json` file (migrated it, or found none): the file is never
+/// read again, even if its removal failed.
+pub const MIGRATED_STATE: &str = "alarm-migrated";
+
+/// How long the last save of changed states (with no events) at stop is
+/// retried while the journal refuses it as full: a reload or shutdown waits
+/// for the alarm task, so not forever.
+const SAVE_ON_STOP: Duration = Duration::from_secs(5);
+
 /// The task beats its liveness heartbeat at least this often, idle or not.
 const HEARTBEAT: Duration = Duration::from_secs(2);
 
@@ -279,14 +289,8 @@ pub async fn run_with(
         record(&journal, std::mem::take(&mut out), state_changes(&engine)).await;
         engine.clear_dirty();
     }
-    if engine.has_dirty() {
-        match journal
-            .record_with_states(Vec::new(), state_changes(&engine))
-            .await
-        {
-            Ok(_) => engine.clear_dirty(),
-            Err(e) => tracing::error!(error = %e, "cannot save alarm states"),
-        }
+    if engine.has_dirty() && save_on_stop(&journal, state_changes(&engine), SAVE_ON_STOP).await {
+        engine.clear_dirty();
     }
     let now = Instant::now();
     while let Some(payload) = telemetry.flush(now) {
@@ -323,12 +327,14 @@ fn state_changes(engine: &AlarmEngine) -> Vec<StateChange> {
     changes
 }
 
-/// Saved states under `prefix`; none (logged) if they cannot be read.
-fn load_states(journal: &Journal, prefix: &str) -> Vec<(String, Vec<u8>)> {
-    journal.load_states(prefix).unwrap_or_else(|e| {
-        tracing::error!(error = %e, prefix, "cannot read saved alarm states; starting from normal");
-        Vec::new()
-    })
+/// Saved states under `prefix`; `None` (logged) if they cannot be read.
+fn load_states(journal: &Journal, prefix: &str) -> Option<Vec<(String, Vec<u8>)>> {
+    journal
+        .load_states(prefix)
+        .inspect_err(|e| {
+            tracing::error!(error = %e, prefix, "cannot read saved alarm states; starting from normal");
+        })
+        .ok()
 }
 
 /// Restore alarm states saved before a restart or reload.
@@ -341,14 +347,27 @@ fn load_states(journal: &Journal, prefix: &str) -> Vec<(String, Vec<u8>)> {
 ///   in the journal: restored, written as per-alarm states (any other
 ///   per-alarm state removed: they are older), then removed;
 /// - once, after an upgrade from versions before that, the
-///   `alarm-state.json` file: restored when the journal holds no state,
-///   written as per-alarm states, then the file removed.
+///   `alarm-state.json` file: restored when the journal holds no state
+///   and no [`MIGRATED_STATE`] marker, written as per-alarm states with
+///   the marker, then the file removed. With the marker (or when the
+///   journal's states cannot be read) the file is never read.
 ///
 /// Missing or unreadable states start from normal (logged): readings
 /// re-raise what is active.
 pub(super) async fn restore(engine: &mut AlarmEngine, journal: &Journal, legacy: &StateFile) {
-    let alarms = load_states(journal, ALARM_STATE_PREFIX);
-    let offline = load_states(journal, OFFLINE_STATE_PREFIX);
+    let (alarms, offline) = (
+        load_states(journal, ALARM_STATE_PREFIX),
+        load_states(journal, OFFLINE_STATE_PREFIX),
+    );
+    let loaded = alarms.is_some() && offline.is_some();
+    let (alarms, offline) = (alarms.unwrap_or_default(), offline.unwrap_or_default());
+    let marked = match journal.load_state(MIGRATED_STATE) {
+        Ok(m) => Some(m.is_some()),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the alarm state migration marker");
+            None
+        }
+    };
     let old = match journal.load_state(ALARM_STATE) {
         Ok(Some(bytes)) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
             Ok(v) => Some(v),
@@ -363,7 +382,16 @@ pub(super) async fn restore(engine: &mut AlarmEngine, journal: &Journal, legacy:
             None
         }
     };
-    let from_file = old.is_none() && alarms.is_empty() && offline.is_empty();
+    // The old file only before the first migration, and only when the
+    // journal's states could be read: never over newer states.
+    let from_file =
+        loaded && marked == Some(false) && old.is_none() && alarms.is_empty() && offline.is_empty();
+    if !loaded || marked.is_none() {
+        tracing::error!(
+            file = %legacy.path().display(),
+            "saved alarm states unreadable: the old alarm state file is not read"
+        );
+    }
     let snapshot = match old {
         Some(v) => Some(v),
         None if from_file => match legacy.load() {
@@ -405,6 +433,9 @@ pub(super) async fn restore(engine: &mut AlarmEngine, journal: &Journal, legacy:
         if !from_file {
             changes.push((ALARM_STATE.to_string(), None));
         }
+        if marked == Some(false) {
+            changes.push((MIGRATED_STATE.to_string(), Some(Vec::new())));
+        }
         record(journal, Vec::new(), changes).await;
         engine.clear_dirty();
         tracing::info!("alarm states saved per alarm");
@@ -417,16 +448,29 @@ pub(super) async fn restore(engine: &mut AlarmEngine, journal: &Journal, legacy:
                 "alarm states restored"
             );
         }
-        if !restored.stale.is_empty() {
-            let n = restored.stale.len();
-            let removals = restored.stale.into_iter().map(|n| (n, None)).collect();
-            match journal.record_with_states(Vec::new(), removals).await {
-                Ok(_) => tracing::info!(
-                    states = n,
-                    "saved states of alarms no longer configured removed"
-                ),
+        let n = restored.stale.len();
+        let mut changes: Vec<StateChange> = restored.stale.into_iter().map(|n| (n, None)).collect();
+        // States repaired on restore (no longer valid under the current
+        // rules) are saved as repaired.
+        changes.extend(state_changes(engine));
+        if marked == Some(false) && loaded {
+            // No old file to migrate (or it could not be used): it is not
+            // read again.
+            changes.push((MIGRATED_STATE.to_string(), Some(Vec::new())));
+        }
+        if !changes.is_empty() {
+            match journal.record_with_states(Vec::new(), changes).await {
+                Ok(_) => {
+                    engine.clear_dirty();
+                    if n > 0 {
+                        tracing::info!(
+                            states = n,
+                            "saved states of alarms no longer configured removed"
+                        );
+                    }
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "saved states of alarms no longer configured not removed")
+                    tracing::warn!(error = %e, "saved alarm state changes of the restore not saved")
                 }
             }
         }
@@ -437,6 +481,38 @@ pub(super) async fn restore(engine: &mut AlarmEngine, journal: &Journal, legacy:
         }
         if let Err(e) = std::fs::remove_file(legacy.path()) {
             tracing::warn!(error = %e, file = %legacy.path().display(), "cannot remove the old alarm state file");
+        }
+    }
+}
+
+/// Save the changed states at stop (no events with them), retrying while
+/// the journal refuses them as [`JournalError::Full`] (nothing queued) for
+/// at most `limit`. True once the journal holds them: durable, or queued
+/// for a later commit (`NotDurable`; the next alarm task restores them
+/// from the queue). False (logged) when they were not taken.
+pub(super) async fn save_on_stop(
+    journal: &Journal,
+    states: Vec<StateChange>,
+    limit: Duration,
+) -> bool {
+    let until = tokio::time::Instant::now() + limit;
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match journal.record_with_states(Vec::new(), states.clone()).await {
+            Ok(_) => return true,
+            Err(JournalError::NotDurable { reason, .. }) => {
+                tracing::error!(%reason, states = states.len(), "alarm states saved at stop not yet durable; queued for a later commit");
+                return true;
+            }
+            Err(JournalError::Full(reason)) if tokio::time::Instant::now() + wait < until => {
+                tracing::warn!(%reason, states = states.len(), "journal full: retrying the save of alarm states at stop");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, states = states.len(), limit_s = limit.as_secs(), "alarm states not saved at stop: the next start restores older ones");
+                return false;
+            }
         }
     }
 }

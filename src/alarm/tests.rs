@@ -900,6 +900,60 @@ mod prop {
             prop_assert!(restored.stale.is_empty());
             prop_assert_eq!(d.engine.snapshot(), r.engine.snapshot());
         }
+
+        /// Shelves too (start, expiry, refusal on life-safety alarms): the
+        /// per-alarm states saved as the task saves them restore exactly
+        /// what the whole snapshot does.
+        #[test]
+        fn saved_states_with_shelves_restore_what_the_snapshot_does(
+            ops in proptest::collection::vec(
+                prop_oneof![
+                    6 => op().prop_map(Ok),
+                    1 => (0..KEYS.len(), 1u64..20).prop_map(Err),
+                ],
+                1..120,
+            )
+        ) {
+            let mut b = Bench::new();
+            let mut saved: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+            let mut ms = 0u64;
+            let devices = ["fire-panel-a", "fence", "hvac-1"];
+            for op in ops {
+                let evs = match op {
+                    // Shelve KEYS[key] for `secs` seconds.
+                    Err((key, secs)) => b.shelve(ms, KEYS[key], secs).unwrap_or_default(),
+                    Ok(Op::Read { point, value }) => {
+                        let key = POINTS[point];
+                        let v = value.map(|x| match point {
+                            0..=2 => Value::Bool(x > 17.0),
+                            4 => Value::Int((x as i64).rem_euclid(5)),
+                            _ => Value::Float(x),
+                        });
+                        match v {
+                            Some(v) => b.read(ms, key, v),
+                            None => b.bad(ms, key),
+                        }
+                    }
+                    Ok(Op::Ack { key }) => b.ack(ms, KEYS[key]).unwrap_or_default(),
+                    Ok(Op::Advance { ms: d }) => {
+                        ms += d;
+                        b.tick(ms)
+                    }
+                    Ok(Op::Device { index, online }) => b.device(ms, devices[index], online),
+                };
+                if !evs.is_empty() {
+                    save_dirty(&mut b.engine, &mut saved);
+                }
+            }
+            let snap = b.engine.snapshot();
+            let mut r = Bench::new();
+            r.engine.restore(&snap).unwrap();
+            save_dirty(&mut b.engine, &mut saved);
+            let mut d = Bench::new();
+            let restored = restore_saved(&mut d.engine, &saved);
+            prop_assert!(restored.stale.is_empty());
+            prop_assert_eq!(d.engine.snapshot(), r.engine.snapshot());
+        }
     }
 }
 
@@ -1231,6 +1285,31 @@ mod snapshot {
     }
 
     #[test]
+    fn states_repaired_on_restore_are_dirty() {
+        let mut b = Bench::new();
+        let saved = |key: &str, json: &str| (format!("alarm/{key}"), json.as_bytes().to_vec());
+        let r = b.engine.restore_states(
+            &[
+                // Non-latching, saved active with its condition gone:
+                // repaired to returned_unacked.
+                saved(FIRE4, r#"{"state":"active_unacked","condition":false}"#),
+                // Saved as it is restored: not dirty.
+                saved(FIRE3, r#"{"state":"active_unacked","condition":true}"#),
+            ],
+            &[],
+        );
+        assert_eq!(r.alarms, 2);
+        assert_eq!(b.state(FIRE4), ReturnedUnacked);
+        let names: Vec<String> = b
+            .engine
+            .dirty_states()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, [format!("alarm/{FIRE4}")]);
+    }
+
+    #[test]
     fn unknown_keys_skipped_and_bad_snapshots_refused() {
         let mut b = Bench::new();
         let v = serde_json::json!({"version": 1, "alarms": [
@@ -1524,8 +1603,11 @@ mod persistence {
         before.device(0, "hvac-1", false);
         let j = journal(&mem, dir.path());
         save_old_snapshot(&rt, &j, &before);
-        // A per-alarm state older than the snapshot (written by this
-        // version before a downgrade): the snapshot wins, it goes.
+        // A per-alarm state left from before a downgrade (this version
+        // wrote it, the older one then saved the snapshot). Written here
+        // after the snapshot, so its version is the higher one: versions
+        // do not decide, the snapshot's presence does. The snapshot wins
+        // and this state, which the snapshot does not hold, is removed.
         rt.block_on(j.record_with_states(
             vec![],
             vec![(
@@ -1698,6 +1780,126 @@ mod persistence {
     }
 
     #[test]
+    fn old_state_file_is_not_read_once_the_journal_is_marked() {
+        let rt = rt();
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemStorage::new());
+        let j = journal(&mem, dir.path());
+        let legacy = StateFile::in_dir(dir.path());
+        // A first start without the old file: every alarm normal, nothing
+        // saved per alarm, the marker saved.
+        let mut b = Bench::new();
+        rt.block_on(task::restore(&mut b.engine, &j, &legacy));
+        assert!(j.load_state(task::MIGRATED_STATE).unwrap().is_some());
+        // The old file is there again (its removal failed once, or a stale
+        // copy was put back): months-old states.
+        let mut old = Bench::new();
+        old.read(0, FIRE3, Value::Bool(true));
+        legacy.save(&old.engine.snapshot()).unwrap();
+        let mut c = Bench::new();
+        rt.block_on(task::restore(&mut c.engine, &j, &legacy));
+        assert_eq!(
+            c.state(FIRE3),
+            AlarmState::Normal,
+            "the old file is not read"
+        );
+        assert!(saved_names(&j).is_empty());
+        // Durable: after a crash of the store the marker still holds.
+        mem.crash();
+        j.abandon();
+        let j = journal(&mem, dir.path());
+        legacy.save(&old.engine.snapshot()).unwrap();
+        let mut d = Bench::new();
+        rt.block_on(task::restore(&mut d.engine, &j, &legacy));
+        assert_eq!(d.state(FIRE3), AlarmState::Normal);
+    }
+
+    #[test]
+    fn the_file_migration_saves_the_marker_in_its_commit() {
+        let rt = rt();
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemStorage::new());
+        let mut before = Bench::new();
+        before.read(0, FIRE4, Value::Bool(true));
+        before.read(1, FIRE4, Value::Bool(false));
+        let legacy = StateFile::in_dir(dir.path());
+        legacy.save(&before.engine.snapshot()).unwrap();
+        let j = journal(&mem, dir.path());
+        let mut b = Bench::new();
+        rt.block_on(task::restore(&mut b.engine, &j, &legacy));
+        assert_eq!(b.state(FIRE4), AlarmState::ReturnedUnacked);
+        assert!(j.load_state(task::MIGRATED_STATE).unwrap().is_some());
+        // The alarm is acknowledged: nothing is saved per alarm any more.
+        // A copy of the old file must not bring it back.
+        rt.block_on(j.record_with_states(vec![], vec![(format!("alarm/{FIRE4}"), None)]))
+            .unwrap();
+        legacy.save(&before.engine.snapshot()).unwrap();
+        let mut c = Bench::new();
+        rt.block_on(task::restore(&mut c.engine, &j, &legacy));
+        assert_eq!(c.state(FIRE4), AlarmState::Normal);
+    }
+
+    #[test]
+    fn a_save_at_stop_refused_as_full_is_retried_within_its_bound() {
+        use crate::journal::JournalError;
+        let rt = rt();
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemStorage::new());
+        let cfg = JournalConfig {
+            path: dir.path().to_path_buf(),
+            telemetry_flush: Duration::from_secs(3600),
+            ..JournalConfig::default()
+        };
+        // Small WAL files: both fill up at once while the store fails.
+        let j = Journal::with_storage_and_wal_sized(
+            mem.clone(),
+            Some(dir.path()),
+            4096,
+            &cfg,
+            "gw",
+            &["uplink"],
+        )
+        .unwrap();
+        mem.set_fail_apply(true);
+        mem.set_fail_flush(true);
+        let ev = || {
+            NewEvent::system(
+                EventKind::ConfigChanged,
+                crate::event::Priority::INFO,
+                serde_json::json!({}),
+            )
+        };
+        // Events queue until the journal refuses more.
+        for _ in 0..100 {
+            match rt.block_on(j.record(vec![ev(); 500])) {
+                Ok(_) | Err(JournalError::NotDurable { .. }) => {}
+                Err(JournalError::Full(_)) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(matches!(
+            rt.block_on(j.record(vec![ev()])),
+            Err(JournalError::Full(_))
+        ));
+        let name = format!("alarm/{FIRE3}");
+        let data = br#"{"state":"active_unacked","condition":false}"#.to_vec();
+        let changes = vec![(name.clone(), Some(data.clone()))];
+        // One try (no time to retry): refused, not queued.
+        assert!(!rt.block_on(task::save_on_stop(&j, changes.clone(), Duration::ZERO)));
+        assert_eq!(j.load_state(&name).unwrap(), None);
+        // Space returns while the stop retries: saved.
+        let m = mem.clone();
+        let heal = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            m.set_fail_apply(false);
+            m.set_fail_flush(false);
+        });
+        assert!(rt.block_on(task::save_on_stop(&j, changes, Duration::from_secs(10))));
+        heal.join().unwrap();
+        assert_eq!(j.load_state(&name).unwrap(), Some(data));
+    }
+
+    #[test]
     fn no_saved_states_starts_from_normal() {
         let rt = rt();
         let dir = tempfile::tempdir().unwrap();
@@ -1754,4 +1956,94 @@ fn a_commit_carries_the_changed_alarm_whatever_the_number_active() {
     println!("state bytes per commit: whole snapshot {old_bytes}, changed alarm {new_bytes}");
     assert!(old_bytes > 3000, "{old_bytes}");
     assert!(new_bytes < 100, "{new_bytes}");
+}
+
+/// The same shape through the alarm task: what its commit of the one
+/// change actually writes to the WAL is the changed alarm's state alone.
+#[test]
+fn the_task_records_only_the_changed_alarm_whatever_the_number_active() {
+    use crate::journal::{Journal, MemStorage};
+    use crate::point::{BusMessage, Reading};
+    use std::sync::Arc;
+    use tokio::sync::mpsc;
+    let mut toml =
+        String::from("[site]\nid = \"bench\"\ngateway = \"gw\"\n[uplink]\nhost = \"127.0.0.1\"\n");
+    for d in 0..50 {
+        toml.push_str(&format!(
+            "[[devices]]\nid = \"dev-{d:02}\"\ncategory = \"perimeter\"\n\
+             [devices.modbus]\nhost = \"127.0.0.1\"\nport = {}\n\
+             [[devices.points]]\nid = \"coil-0\"\nregister = \"coil\"\naddress = 0\n\
+             [[alarms]]\npoint = \"dev-{d:02}/coil-0\"\nequals = true\npriority = 2\n\
+             message = \"Coil {d}\"\n",
+            15000 + d
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = load_str(&toml, Path::new("bench.toml")).unwrap();
+    cfg.config.journal.path = dir.path().to_path_buf();
+    cfg.config.journal.telemetry_flush = Duration::from_secs(3600);
+    let points = Bench::with(cfg.clone());
+    let mem = Arc::new(MemStorage::new());
+    let j = Journal::with_storage_and_wal(
+        mem,
+        Some(dir.path()),
+        &cfg.config.journal,
+        "gw",
+        &["uplink"],
+    )
+    .unwrap();
+    let cfg = Arc::new(cfg);
+    let status = Arc::new(crate::status::GatewayStatus::new(50));
+    let (bus, bus_rx) = mpsc::channel(256);
+    let (_requests, requests_rx) = mpsc::channel(1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let running = rt.spawn(super::task::run(
+        cfg,
+        j.clone(),
+        status,
+        bus_rx,
+        requests_rx,
+    ));
+    let reading = |d: usize, v: bool| BusMessage::Readings {
+        device: format!("dev-{d:02}").into(),
+        ts: Timestamp::now(),
+        replied_at: Instant::now(),
+        readings: vec![Reading {
+            point: points.point(&format!("dev-{d:02}/coil-0")),
+            value: Value::Bool(v),
+        }],
+    };
+    let wait_seq = |j: &Journal, seq: u64| {
+        let mut head = j.watch();
+        async move {
+            while head.borrow_and_update().last_seq < seq {
+                head.changed().await.unwrap();
+            }
+        }
+    };
+    rt.block_on(async {
+        // Every alarm raised and returned: 50 returned-unacknowledged.
+        for d in 0..50 {
+            bus.send(reading(d, true)).await.unwrap();
+            bus.send(reading(d, false)).await.unwrap();
+        }
+        wait_seq(&j, 100).await;
+        // A checkpoint empties the WAL: what follows is the next commit.
+        j.flush().await.unwrap();
+        assert!(j.logged_states().is_empty());
+        bus.send(reading(7, true)).await.unwrap();
+        wait_seq(&j, 101).await;
+    });
+    let logged = j.logged_states();
+    println!("states in the commit of one change: {logged:?}");
+    assert_eq!(
+        logged.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["alarm/dev-07/coil-0"]
+    );
+    assert!(logged[0].1 < 100, "{logged:?}");
+    drop(bus);
+    rt.block_on(running).unwrap();
 }

@@ -30,6 +30,8 @@ type Reply = oneshot::Sender<Result<(), String>>;
 
 struct Request {
     upto: u64,
+    /// State ticket to cover (see `State::states_ticket`; 0: none).
+    states: u64,
     /// Checkpoint the store too (shutdown, explicit flush).
     full: bool,
     reply: Reply,
@@ -62,25 +64,30 @@ pub(crate) struct CommitHandle {
 }
 
 impl CommitHandle {
-    /// Wait until every event up to `upto` (and everything applied before
-    /// this call) is durable.
-    pub(crate) async fn wait_durable(&self, upto: u64) -> Result<(), JournalError> {
-        self.request(upto, false).await
+    /// Wait until every event up to `upto` and every state change up to
+    /// ticket `states` (and everything applied before this call) is durable.
+    pub(crate) async fn wait_durable(&self, upto: u64, states: u64) -> Result<(), JournalError> {
+        self.request(upto, states, false).await
     }
 
     /// Checkpoint: everything written so far, telemetry and cursors
     /// included, is durable in the store itself.
-    pub(crate) async fn checkpoint(&self, upto: u64) -> Result<(), JournalError> {
-        self.request(upto, true).await
+    pub(crate) async fn checkpoint(&self, upto: u64, states: u64) -> Result<(), JournalError> {
+        self.request(upto, states, true).await
     }
 
-    async fn request(&self, upto: u64, full: bool) -> Result<(), JournalError> {
+    async fn request(&self, upto: u64, states: u64, full: bool) -> Result<(), JournalError> {
         let stopped = || JournalError::Storage("journal committer has stopped".into());
         let (reply, rx) = oneshot::channel();
         self.tx
             .as_ref()
             .ok_or_else(stopped)?
-            .send(Request { upto, full, reply })
+            .send(Request {
+                upto,
+                states,
+                full,
+                reply,
+            })
             .map_err(|_| stopped())?;
         rx.await
             .map_err(|_| stopped())?
@@ -240,8 +247,10 @@ fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>, lazy_every: Duration) {
                     waiters.push(r);
                 }
                 let durable = shared.durable_seq.load(Ordering::SeqCst);
-                let covered = waiters.iter().all(|w| w.upto <= durable)
-                    && !shared.states_waiting.load(Ordering::SeqCst);
+                let durable_states = shared.durable_states.load(Ordering::SeqCst);
+                let covered = waiters
+                    .iter()
+                    .all(|w| w.upto <= durable && w.states <= durable_states);
                 let full = waiters.iter().any(|w| w.full) || !shared.has_wal();
                 // With a WAL, a request covered by an earlier commit is
                 // answered at once; without one (or for a checkpoint),
@@ -310,8 +319,8 @@ fn commit(shared: &Shared, full: bool) -> Result<(), String> {
                 .map_err(|e| e.to_string())
         });
     match res {
-        Ok(target) => {
-            shared.set_durable(target);
+        Ok((target, states)) => {
+            shared.set_durable(target, states);
             Ok(())
         }
         Err(e) => {

@@ -176,6 +176,13 @@ struct State {
     /// failed) since the last checkpoint: if the store fails before that
     /// checkpoint, a reopen writes them again from here.
     unlogged: Vec<(u64, Vec<u8>)>,
+    /// State changes written to the store but not to the WAL, with them:
+    /// a reopen before the next checkpoint writes them again from here
+    /// (after the WAL's, by version).
+    unlogged_states: Vec<VersionedState>,
+    /// Ticket of the last batch of state changes queued: a batch is
+    /// durable once [`Shared::durable_states`] reaches its ticket.
+    states_ticket: u64,
     /// Named state changes waiting for the committer, in order (name,
     /// data; `None`: removed).
     states_pending: Vec<StateChange>,
@@ -233,6 +240,8 @@ type VersionedState = (String, u64, Option<Vec<u8>>);
 impl State {
     /// Put states taken by a commit that failed back in front of the queue
     /// (a newer snapshot of the same name, queued meanwhile, stays last).
+    /// Their tickets stay covered by `states_ticket`, so waiters are
+    /// answered only after a later commit writes them.
     fn requeue_states(&mut self, states: Vec<VersionedState>) {
         let back = std::mem::take(&mut self.states_pending);
         self.states_pending = states.into_iter().map(|(n, _, d)| (n, d)).collect();
@@ -285,9 +294,10 @@ pub(crate) struct Shared {
     wal_full: AtomicBool,
     /// Successful checkpoints since open.
     checkpoints: AtomicU64,
-    /// A state snapshot waits for a commit (a request for it is never
-    /// "already covered").
-    states_waiting: AtomicBool,
+    /// Highest state ticket (see `State::states_ticket`) whose changes a
+    /// successful commit made durable; only [`set_durable`](Self::set_durable)
+    /// advances it.
+    durable_states: AtomicU64,
 }
 
 impl Shared {
@@ -317,17 +327,21 @@ impl Shared {
     /// With a WAL that holds every such event, one `fdatasync` of the WAL;
     /// otherwise (or when `full`) a checkpoint. Runs on the committer thread.
     pub(crate) fn commit(&self, full: bool) -> Result<(), StorageError> {
-        let (failing, unlogged) = {
+        let (failing, unlogged, unlogged_states) = {
             let st = self.lock();
-            (st.store_failing, st.unlogged.len())
+            (
+                st.store_failing,
+                st.unlogged.len(),
+                st.unlogged_states.len(),
+            )
         };
         if failing {
             // The store cannot take a checkpoint: the WAL alone makes the
             // events durable, unless some never reached it.
-            if unlogged > 0 {
+            if unlogged > 0 || unlogged_states > 0 {
                 return Err(StorageError(format!(
-                    "{unlogged} events are neither in the write-ahead log nor flushed \
-                     (the store cannot be written)"
+                    "{unlogged} events and {unlogged_states} state changes are neither in the \
+                     write-ahead log nor flushed (the store cannot be written)"
                 )));
             }
             return match self.wal().as_ref() {
@@ -369,7 +383,11 @@ impl Shared {
             return Err(e);
         }
         self.checkpoints.fetch_add(1, Ordering::Relaxed);
-        self.lock().unlogged.clear();
+        {
+            let mut st = self.lock();
+            st.unlogged.clear();
+            st.unlogged_states.clear();
+        }
         self.needs_checkpoint.store(false, Ordering::SeqCst);
         let mut wal = self.wal();
         if let Some(w) = wal.as_mut() {
@@ -421,8 +439,10 @@ impl Shared {
         self.rotated.swap(false, Ordering::SeqCst)
     }
 
-    /// Publish a new durable seq to readers and watchers.
-    pub(crate) fn set_durable(&self, seq: u64) {
+    /// Publish a new durable seq to readers and watchers, and the state
+    /// ticket a successful commit covered.
+    pub(crate) fn set_durable(&self, seq: u64, states: u64) {
+        self.durable_states.fetch_max(states, Ordering::SeqCst);
         let prev = self.durable_seq.fetch_max(seq, Ordering::SeqCst);
         if seq > prev {
             self.head.send_modify(|h| h.last_seq = h.last_seq.max(seq));
@@ -431,10 +451,14 @@ impl Shared {
 
     /// Write the pending events into their blocks, then the metadata.
     /// Runs on the committer thread before each flush; returns the last
-    /// seq written. On failure the events stay pending (no seq is lost).
-    pub(crate) fn write_pending(&self) -> Result<u64, JournalError> {
+    /// seq written and the ticket of the last state batch written (both
+    /// durable once the flush succeeds). On failure the events and states
+    /// stay pending (no seq is lost).
+    pub(crate) fn write_pending(&self) -> Result<(u64, u64), JournalError> {
         let mut st = self.lock();
+        let ticket = st.states_ticket;
         self.write_pending_locked(&mut st)
+            .map(|last| (last, ticket))
     }
 
     fn write_pending_locked(&self, st: &mut State) -> Result<u64, JournalError> {
@@ -449,7 +473,6 @@ impl Shared {
                 (name, st.state_version, data)
             })
             .collect();
-        self.states_waiting.store(false, Ordering::SeqCst);
         // Side records follow the events: a state is saved after the events
         // of its change (a crash keeps a prefix: never the state without
         // its events).
@@ -493,6 +516,7 @@ impl Shared {
                 // them durable.
                 self.needs_checkpoint.store(true, Ordering::SeqCst);
                 st.unlogged.extend(pending.iter().cloned());
+                st.unlogged_states.extend(states.iter().cloned());
             }
         }
         if let Err(e) = self.enforce_cap(st) {
@@ -662,8 +686,19 @@ impl Shared {
                 .map_err(|e| JournalError::Storage(format!("journal WAL: {e}")))?,
             None => Vec::new(),
         };
-        // State snapshots: the WAL holds every one saved while failing.
-        let version = apply_wal_states(self.storage.as_ref(), &logged)?;
+        // State snapshots: the WAL holds every one saved while failing;
+        // those the WAL did not take are kept beside the unlogged events
+        // (the newest version of a name wins).
+        let mut state_records: Vec<wal::WalRecord> = logged
+            .iter()
+            .filter(|r| matches!(wal::kind(r.seq), wal::KIND_STATE | wal::KIND_STATE_REMOVED))
+            .cloned()
+            .collect();
+        state_records.extend(st.unlogged_states.iter().map(|(name, version, data)| {
+            let (seq, payload) = state_record(name, *version, data.as_deref());
+            wal::WalRecord { seq, payload }
+        }));
+        let version = apply_wal_states(self.storage.as_ref(), &state_records)?;
         st.state_version = st.state_version.max(version);
         let mut records: Vec<(u64, Vec<u8>)> = logged
             .into_iter()
@@ -1080,6 +1115,8 @@ impl Journal {
                 store_failing: false,
                 overlay: Vec::new(),
                 unlogged: Vec::new(),
+                unlogged_states: Vec::new(),
+                states_ticket: 0,
                 states_pending: Vec::new(),
                 state_version,
                 state_overlay: BTreeMap::new(),
@@ -1100,7 +1137,7 @@ impl Journal {
             disk_low: AtomicBool::new(false),
             wal_full: AtomicBool::new(false),
             checkpoints: AtomicU64::new(0),
-            states_waiting: AtomicBool::new(false),
+            durable_states: AtomicU64::new(0),
         });
         if assigned_seq > meta.last_seq {
             tracing::info!(
@@ -1111,9 +1148,9 @@ impl Journal {
         }
         // Replayed events into the store, then a checkpoint: the WAL
         // starts its first generation of this run empty.
-        let last = shared.write_pending()?;
+        let (last, states) = shared.write_pending()?;
         shared.checkpoint()?;
-        shared.set_durable(last);
+        shared.set_durable(last, states);
         shared.refresh_size();
         // A sink dropped from the configuration may unblock removal.
         shared.remove_acknowledged()?;
@@ -1141,6 +1178,22 @@ impl Journal {
 
     fn shared(&self) -> &Shared {
         &self.inner.shared
+    }
+
+    /// Tests: the state changes the WAL holds (since the last
+    /// checkpoint), in order: name and the bytes of the record's payload
+    /// (name length, name, data).
+    #[cfg(test)]
+    pub(crate) fn logged_states(&self) -> Vec<(String, usize)> {
+        let records = match self.shared().wal().as_ref() {
+            Some(w) => w.read_back().unwrap_or_default(),
+            None => Vec::new(),
+        };
+        records
+            .iter()
+            .filter(|r| matches!(wal::kind(r.seq), wal::KIND_STATE | wal::KIND_STATE_REMOVED))
+            .filter_map(|r| decode_state_record(r).map(|(name, ..)| (name, r.payload.len())))
+            .collect()
     }
 
     /// Tests: drop this handle as a killed process would, without the
@@ -1206,7 +1259,7 @@ impl Journal {
             return Err(JournalError::StateName(name.len()));
         }
         let sh = self.shared();
-        let (recorded, last) = {
+        let (recorded, last, ticket) = {
             let mut st = sh.lock();
             if st.store_failing && st.pending.len() >= MAX_QUEUED_WHILE_FAILING {
                 return Err(JournalError::Full(format!(
@@ -1232,13 +1285,15 @@ impl Journal {
             }
             st.assigned_seq = seq;
             st.pending.extend(staged);
+            let mut ticket = 0;
             if !states.is_empty() {
                 st.states_pending.extend(states);
-                sh.states_waiting.store(true, Ordering::SeqCst);
+                st.states_ticket += 1;
+                ticket = st.states_ticket;
             }
-            (out, seq)
+            (out, seq, ticket)
         };
-        match self.inner.committer.wait_durable(last).await {
+        match self.inner.committer.wait_durable(last, ticket).await {
             Ok(()) => Ok(recorded),
             // The events keep their seqs: re-recording them would duplicate
             // them under new ids. Wait with `wait_durable(last)` instead.
@@ -1273,6 +1328,9 @@ impl Journal {
         if let Some(data) = st.state_overlay.get(name) {
             return Ok(data.clone());
         }
+        if let Some((_, _, data)) = st.unlogged_states.iter().rev().find(|(n, _, _)| n == name) {
+            return Ok(data.clone());
+        }
         Ok(sh
             .storage
             .get(&keys::state(name))?
@@ -1280,7 +1338,8 @@ impl Journal {
     }
 
     /// Every saved state whose name starts with `prefix`, by name, with
-    /// its data: the store's, then changes written to the WAL alone
+    /// its data: the store's, then changes the WAL did not take (kept
+    /// until the next checkpoint), then changes written to the WAL alone
     /// while the store fails, then changes not yet durable, each applied
     /// in order (removals included), as [`load_state`](Self::load_state)
     /// sees them.
@@ -1299,16 +1358,20 @@ impl Journal {
                 Some((name, v.get(8..).unwrap_or_default().to_vec()))
             });
         let changes = st
-            .state_overlay
+            .unlogged_states
             .iter()
+            .map(|(name, _, data)| (name, data))
+            .chain(st.state_overlay.iter())
             .chain(st.states_pending.iter().map(|(name, data)| (name, data)));
         Ok(merge_states(stored, changes, prefix))
     }
 
-    /// Wait until every event up to `seq` is durable (after a
-    /// [`JournalError::NotDurable`] from [`record`](Self::record)).
+    /// Wait until every event up to `seq`, and every state change queued
+    /// before this call, is durable (after a [`JournalError::NotDurable`]
+    /// from [`record`](Self::record)).
     pub async fn wait_durable(&self, seq: u64) -> Result<(), JournalError> {
-        self.inner.committer.wait_durable(seq).await
+        let ticket = self.shared().lock().states_ticket;
+        self.inner.committer.wait_durable(seq, ticket).await
     }
 
     /// Record one telemetry message (durable within `telemetry_flush_s`).
@@ -1622,8 +1685,11 @@ impl Journal {
     /// Make everything recorded so far durable (shutdown path).
     pub async fn flush(&self) -> Result<(), JournalError> {
         let sh = self.shared();
-        let last = sh.lock().assigned_seq;
-        self.inner.committer.checkpoint(last).await
+        let (last, ticket) = {
+            let st = sh.lock();
+            (st.assigned_seq, st.states_ticket)
+        };
+        self.inner.committer.checkpoint(last, ticket).await
     }
 }
 

@@ -1362,3 +1362,108 @@ fn removals_while_the_store_fails_survive_the_reopen() {
     let j = wal_journal(&mem, dir.path(), &["uplink"]);
     assert_eq!(loaded(&j, "alarm/"), want);
 }
+
+#[test]
+fn state_in_an_unlogged_commit_survives_a_store_reopen() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemStorage::with_flush_delay(Duration::from_millis(400)));
+    let j = small_wal_journal(&mem, dir.path(), &mem_cfg());
+    let data = |i: u8| vec![b'0' + i; 1200];
+    let mut last_ok = 0;
+    let mut refused = None;
+    for i in 1..=8u8 {
+        if i >= 4 {
+            // From the commit after the switch on: flushes fail.
+            mem.set_fail_flush(true);
+        }
+        match rt.block_on(
+            j.record_with_states(vec![ev(i as u64)], vec![("alarm/x".into(), Some(data(i)))]),
+        ) {
+            Ok(_) => last_ok = i,
+            Err(JournalError::NotDurable { .. }) => {
+                refused = Some(i);
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    eprintln!(
+        "last ok {last_ok}, refused {refused:?}, failing {}",
+        j.stats().store_failing
+    );
+    let want = data(refused.unwrap_or(last_ok));
+    assert_eq!(
+        j.load_state("alarm/x").unwrap(),
+        Some(want.clone()),
+        "before reopen"
+    );
+    mem.set_fail_flush(false);
+    wait_for("store reopened", || !j.stats().store_failing);
+    std::thread::sleep(Duration::from_millis(500));
+    let got = j.load_state("alarm/x").unwrap().map(|d| d[0] - b'0');
+    rt.block_on(j.wait_durable(5)).unwrap();
+    eprintln!("event 5 durable after reopen: {:?}", seqs(&j, 0));
+    assert_eq!(got, Some(want[0] - b'0'), "after reopen");
+}
+
+#[test]
+fn state_only_record_after_a_failed_commit_is_not_reported_durable() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemStorage::new());
+    let j = small_wal_journal(&mem, dir.path(), &mem_cfg());
+    mem.set_fail_apply(true);
+    mem.set_fail_flush(true);
+    let mut i = 0u8;
+    let last = loop {
+        i += 1;
+        match rt.block_on(j.record_with_states(
+            vec![],
+            vec![(format!("alarm/{i}"), Some(vec![b'0' + i; 900]))],
+        )) {
+            Ok(_) => {}
+            Err(JournalError::NotDurable { last, .. }) => break last,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(i < 50);
+    };
+    eprintln!("refused at state {i}, failing {}", j.stats().store_failing);
+    // What the alarm task's record() does on NotDurable:
+    let w = rt.block_on(j.wait_durable(last));
+    eprintln!("wait_durable({last}) -> {w:?}");
+    assert!(
+        w.is_err(),
+        "state-only change reported durable while only in memory"
+    );
+}
+
+#[test]
+fn state_only_change_whose_flush_failed_is_durable_only_after_a_flush_works() {
+    let rt = rt();
+    let mem = Arc::new(MemStorage::new());
+    let j = mem_journal(&mem, &mem_cfg(), &["uplink"]);
+    rt.block_on(j.record(vec![ev(1)])).unwrap();
+    // The state is written to the store, its flush fails: nothing is
+    // queued again, yet the change is not durable.
+    mem.set_fail_flush(true);
+    let last = match rt.block_on(j.save_state("alarm/x", b"v1".to_vec())) {
+        Err(JournalError::NotDurable { last, .. }) => last,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(last, 1, "no event with the state");
+    assert!(
+        rt.block_on(j.wait_durable(last)).is_err(),
+        "a state-only change is not durable while flushes fail"
+    );
+    mem.set_fail_flush(false);
+    rt.block_on(j.wait_durable(last)).unwrap();
+    mem.crash();
+    assert_eq!(
+        mem.get(&super::keys::state("alarm/x"))
+            .unwrap()
+            .map(|v| v[8..].to_vec()),
+        Some(b"v1".to_vec()),
+        "durable once a flush worked"
+    );
+}
