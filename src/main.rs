@@ -110,7 +110,12 @@ fn main() -> ExitCode {
             for w in &cfg.warnings {
                 tracing::warn!("config: {w}");
             }
-            report(runtime().block_on(estate_gateway::app::run(cfg)))
+            report(runtime().block_on(async {
+                let trim = tokio::spawn(return_free_memory());
+                let r = estate_gateway::app::run(cfg).await;
+                trim.abort();
+                r
+            }))
         }
         Command::Demo { duration_s } => {
             estate_gateway::logging::init(&estate_gateway::config::LogConfig {
@@ -292,6 +297,29 @@ fn report(r: anyhow::Result<()>) -> ExitCode {
             eprintln!("error: {e:#}");
             tracing::error!("{e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// How often freed heap memory goes back to the kernel.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// glibc returns freed memory to the kernel only from the top of the heap;
+/// memory freed below live allocations (start-up's config parsing, bursts
+/// of alarms or readings queued on the bus) stays resident until reused.
+/// `malloc_trim` hands those free pages back (`MADV_DONTNEED`), so the
+/// resident set follows what is in use. It takes well under a millisecond
+/// on the gateway's heap (docs/benchmarks.md).
+async fn return_free_memory() {
+    let mut tick = tokio::time::interval(TRIM_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free pages of the allocator's
+        // own arenas; it is thread-safe.
+        unsafe {
+            libc::malloc_trim(0);
         }
     }
 }

@@ -27,6 +27,7 @@ mod config;
 pub mod decode;
 pub mod endpoint;
 pub mod health;
+pub mod mbap;
 pub mod plan;
 pub mod probe;
 #[cfg(test)]

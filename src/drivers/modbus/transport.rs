@@ -1,12 +1,13 @@
 //! Hardware access behind two small traits, so the polling logic can be
 //! tested with a fake: a [`Connector`] opens a link (TCP connection, serial
-//! port), a [`Transport`] reads from it. The real implementations wrap
-//! tokio-modbus.
+//! port), a [`Transport`] reads from it. Serial lines use tokio-modbus's RTU
+//! client; TCP links the gateway's own MBAP framing ([`super::mbap`]).
 //!
 //! Timeouts are not the transport's business: the endpoint task wraps every
 //! call in `tokio::time::timeout` and drops the link after one.
 
 use super::config::{Parity, SerialBusConfig};
+use super::mbap::MbapLink;
 use std::future::Future;
 use std::io;
 use std::time::Duration;
@@ -63,7 +64,7 @@ impl ModbusError {
         }
     }
 
-    fn exception(function: &'static str, e: ExceptionCode) -> ModbusError {
+    pub(super) fn exception(function: &'static str, e: ExceptionCode) -> ModbusError {
         let name = match e {
             ExceptionCode::IllegalFunction => "illegal function",
             ExceptionCode::IllegalDataAddress => "illegal data address",
@@ -146,7 +147,7 @@ pub trait Connector: Send {
     fn name(&self) -> &str;
 }
 
-/// A tokio-modbus client context (TCP or RTU).
+/// A tokio-modbus client context (an RTU line).
 pub struct ModbusLink {
     ctx: Context,
 }
@@ -269,9 +270,9 @@ impl TcpConnector {
 }
 
 impl Connector for TcpConnector {
-    type Link = ModbusLink;
+    type Link = MbapLink<tokio::net::TcpStream>;
 
-    async fn connect(&mut self) -> Result<ModbusLink, ModbusError> {
+    async fn connect(&mut self) -> Result<Self::Link, ModbusError> {
         let err = |e: io::Error| ModbusError::Connect {
             endpoint: self.endpoint.clone(),
             message: e.to_string(),
@@ -281,9 +282,7 @@ impl Connector for TcpConnector {
             .map_err(err)?;
         // Requests are small and latency matters more than packet count.
         stream.set_nodelay(true).map_err(err)?;
-        Ok(ModbusLink {
-            ctx: tokio_modbus::client::tcp::attach(stream),
-        })
+        Ok(MbapLink::new(stream))
     }
 
     fn name(&self) -> &str {
