@@ -10,13 +10,183 @@
 //! the live view takes the new timestamp; otherwise (a new alarm task after
 //! a reload, a device that was offline) every value is decoded and applied
 //! as `readings`.
+//!
+//! [`Devices`] is the alarm task's handling of one bus message: which
+//! device is offline, and whether the targets hold a device's values.
+//! Values carried over from a previous alarm task (a reload) are applied
+//! with [`Devices::carried`] and are never held: that task may have missed
+//! a message of the device, so the first `Confirmed` after a reload is
+//! decoded in full.
 
 use super::live::{LiveView, Sample};
 use super::AlarmEngine;
+use crate::config::LoadedConfig;
 use crate::event::{NewEvent, Timestamp};
-use crate::point::{Confirmation, Quality, Reading};
+use crate::point::{BusMessage, Confirmation, Quality, Reading};
+use crate::status::GatewayStatus;
 use crate::telemetry::TelemetryFilter;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
+
+/// The alarm task's per-device bookkeeping, by device index.
+#[derive(Debug)]
+pub(super) struct Devices {
+    index: HashMap<Arc<str>, usize>,
+    /// The device is offline (its points are bad).
+    offline: Vec<bool>,
+    /// The targets applied the device's last message, which came from its
+    /// driver (a driver's `Confirmed` repeats it), and nothing of the
+    /// device since. Never true while the device is offline: the task
+    /// starts with nothing held, and `DeviceStatus` clears it.
+    held: Vec<bool>,
+}
+
+impl Devices {
+    /// Devices of `cfg`, `offline` as restored (one entry per device),
+    /// none held.
+    pub fn new(cfg: &LoadedConfig, offline: Vec<bool>) -> Devices {
+        let n = cfg.config.devices.len();
+        debug_assert_eq!(offline.len(), n);
+        Devices {
+            index: cfg
+                .config
+                .devices
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (Arc::from(d.id.as_str()), i))
+                .collect(),
+            offline,
+            held: vec![false; n],
+        }
+    }
+
+    /// Apply one bus message to the targets; `status` counts devices
+    /// online and offline.
+    pub fn apply(
+        &mut self,
+        cfg: &LoadedConfig,
+        status: &GatewayStatus,
+        t: &mut Targets<'_>,
+        now: Instant,
+        msg: &BusMessage,
+    ) {
+        match msg {
+            BusMessage::Readings {
+                device,
+                ts,
+                readings: values,
+                ..
+            } => {
+                self.answered(device, status, t, now, *ts, true);
+                readings(t, now, *ts, values);
+            }
+            BusMessage::Confirmed {
+                device, ts, points, ..
+            } => {
+                let held = self.answered(device, status, t, now, *ts, true);
+                confirmed(t, now, *ts, &**points, held);
+            }
+            BusMessage::DeviceStatus {
+                device,
+                ts,
+                online,
+                reason,
+            } => {
+                let Some(&di) = self.index.get(&**device) else {
+                    return;
+                };
+                // Values of the device come as `Readings` again.
+                self.held[di] = false;
+                if self.offline[di] != *online {
+                    return;
+                }
+                self.set_online(di, *online, status);
+                t.engine
+                    .on_device_status(now, *ts, di, *online, reason.as_deref(), t.out);
+                if !online {
+                    // Every point of the device goes bad.
+                    for (pi, meta) in cfg.points.iter() {
+                        if meta.device_index == di {
+                            if let Some(l) = t.live {
+                                let bad = Sample {
+                                    value: None,
+                                    quality: Quality::Bad,
+                                    ts: *ts,
+                                };
+                                l.set_values([(pi, bad)]);
+                            }
+                            t.engine.on_reading(now, *ts, pi, None, Quality::Bad, t.out);
+                            if let Some(f) = t.telemetry.as_deref_mut() {
+                                f.offer(now, *ts, pi, None, Quality::Bad);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Apply a device's values carried over from a previous alarm task:
+    /// as readings, not held (a `Confirmed` that follows is decoded).
+    pub fn carried(
+        &mut self,
+        status: &GatewayStatus,
+        t: &mut Targets<'_>,
+        now: Instant,
+        c: &Carried,
+    ) {
+        self.answered(&c.device, status, t, now, c.ts, false);
+        readings(t, now, c.ts, &c.readings);
+    }
+
+    /// Values of `device` arrive at `ts`: an offline device is online
+    /// again. Whether the targets held the device's values before; they
+    /// hold them after when `holds`.
+    fn answered(
+        &mut self,
+        device: &str,
+        status: &GatewayStatus,
+        t: &mut Targets<'_>,
+        now: Instant,
+        ts: Timestamp,
+        holds: bool,
+    ) -> bool {
+        let Some(&di) = self.index.get(device) else {
+            return false;
+        };
+        if self.offline[di] {
+            // Offline before a restart; answering now.
+            self.set_online(di, true, status);
+            t.engine.on_device_status(now, ts, di, true, None, t.out);
+        }
+        std::mem::replace(&mut self.held[di], holds)
+    }
+
+    fn set_online(&mut self, di: usize, online: bool, status: &GatewayStatus) {
+        self.offline[di] = !online;
+        let (up, down) = (&status.devices_online, &status.devices_offline);
+        if online {
+            up.fetch_add(1, Ordering::Relaxed);
+            down.fetch_sub(1, Ordering::Relaxed);
+        } else {
+            up.fetch_sub(1, Ordering::Relaxed);
+            down.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The last values of a device, carried over from a previous alarm task
+/// (a reload keeps the device's driver running).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Carried {
+    pub device: Arc<str>,
+    /// When the values were read.
+    pub ts: Timestamp,
+    /// In the new point table's indices.
+    pub readings: Vec<Reading>,
+}
 
 /// Where a poll's values go.
 pub(super) struct Targets<'a> {
@@ -102,6 +272,7 @@ mod tests {
     use crate::config::{load_str, LoadedConfig};
     use crate::point::{PointIndex, Value};
     use proptest::prelude::*;
+    use serde_json::Value as Json;
     use std::path::Path;
     use std::sync::Arc;
     use std::time::Duration;
@@ -215,15 +386,15 @@ message = "Smoke loop 1"
         }
     }
 
-    /// What the alarm task keeps, fed as the alarm task feeds it.
+    /// What the alarm task keeps, fed by the alarm task's own handling
+    /// of bus messages ([`Devices`]).
     struct Side {
         engine: AlarmEngine,
         telemetry: TelemetryFilter,
         live: LiveView,
         out: Vec<NewEvent>,
-        /// As the alarm task: per device, its last values are held.
-        held: Vec<bool>,
-        offline: Vec<bool>,
+        devices: Devices,
+        status: GatewayStatus,
     }
 
     impl Side {
@@ -233,72 +404,95 @@ message = "Smoke loop 1"
                 telemetry: TelemetryFilter::new(cfg),
                 live: LiveView::new(cfg.points.len()),
                 out: Vec::new(),
-                held: vec![false; cfg.config.devices.len()],
-                offline: vec![false; cfg.config.devices.len()],
+                devices: Devices::new(cfg, vec![false; cfg.config.devices.len()]),
+                status: GatewayStatus::new(cfg.config.devices.len() as u64),
             }
         }
 
-        /// The alarm task's handling of one bus message (see `task.rs`).
-        fn apply(&mut self, cfg: &LoadedConfig, now: Instant, m: &Msg) {
-            let ts = m.ts;
-            let di = m.device;
-            match &m.body {
-                Body::Status(online) => {
-                    self.held[di] = false;
-                    if self.offline[di] != *online {
-                        return;
-                    }
-                    self.offline[di] = !online;
-                    self.engine
-                        .on_device_status(now, ts, di, *online, None, &mut self.out);
-                    if !online {
-                        for (pi, meta) in cfg.points.iter() {
-                            if meta.device_index == di {
-                                let bad = Sample {
-                                    value: None,
-                                    quality: Quality::Bad,
-                                    ts,
-                                };
-                                self.live.set_values([(pi, bad)]);
-                                self.engine.on_reading(
-                                    now,
-                                    ts,
-                                    pi,
-                                    None,
-                                    Quality::Bad,
-                                    &mut self.out,
-                                );
-                                self.telemetry.offer(now, ts, pi, None, Quality::Bad);
-                            }
-                        }
-                    }
-                }
-                Body::Values { values, confirm } => {
-                    let mut was_held = self.held[di];
-                    if self.offline[di] {
-                        self.offline[di] = false;
-                        self.engine
-                            .on_device_status(now, ts, di, true, None, &mut self.out);
-                        was_held = false;
-                    }
-                    self.held[di] = true;
-                    let mut t = Targets {
-                        engine: &mut self.engine,
-                        telemetry: Some(&mut self.telemetry),
-                        live: Some(&self.live),
-                        out: &mut self.out,
-                    };
-                    if *confirm {
-                        confirmed(&mut t, now, ts, &Fixed(values.clone()), was_held);
-                    } else {
-                        let rs: Vec<Reading> = values
-                            .iter()
-                            .map(|&(point, value)| Reading { point, value })
-                            .collect();
-                        readings(&mut t, now, ts, &rs);
-                    }
+        /// A new alarm task after a reload, given the previous task's
+        /// last good values (as the app carries them).
+        fn reloaded(cfg: &LoadedConfig, now: Instant, old: &Side) -> Side {
+            let mut side = Side::new(cfg);
+            let mut by_device: std::collections::BTreeMap<(usize, i64), Vec<Reading>> =
+                Default::default();
+            for (pi, s) in old.live.values().into_iter().enumerate() {
+                if let Some(Sample {
+                    value: Some(value),
+                    quality: Quality::Good,
+                    ts,
+                }) = s
+                {
+                    let d = cfg.points.get(pi as PointIndex).device_index;
+                    by_device
+                        .entry((d, ts.0.timestamp_millis()))
+                        .or_default()
+                        .push(Reading {
+                            point: pi as PointIndex,
+                            value,
+                        });
                 }
             }
+            for ((d, ms), readings) in by_device {
+                let c = Carried {
+                    device: cfg.config.devices[d].id.as_str().into(),
+                    ts: Timestamp::from_unix_ms(ms).unwrap(),
+                    readings,
+                };
+                side.devices.carried(
+                    &side.status,
+                    &mut Targets {
+                        engine: &mut side.engine,
+                        telemetry: Some(&mut side.telemetry),
+                        live: Some(&side.live),
+                        out: &mut side.out,
+                    },
+                    now,
+                    &c,
+                );
+            }
+            side
+        }
+
+        /// The alarm task's handling of one bus message.
+        fn apply(&mut self, cfg: &LoadedConfig, now: Instant, m: &Msg) {
+            let device: Arc<str> = cfg.config.devices[m.device].id.as_str().into();
+            let ts = m.ts;
+            let msg = match &m.body {
+                Body::Status(online) => BusMessage::DeviceStatus {
+                    device,
+                    ts,
+                    online: *online,
+                    reason: None,
+                },
+                Body::Values {
+                    values,
+                    confirm: true,
+                } => BusMessage::Confirmed {
+                    device,
+                    ts,
+                    replied_at: now,
+                    points: Arc::new(Fixed(values.clone())),
+                },
+                Body::Values {
+                    values,
+                    confirm: false,
+                } => BusMessage::Readings {
+                    device,
+                    ts,
+                    replied_at: now,
+                    readings: values
+                        .iter()
+                        .map(|&(point, value)| Reading { point, value })
+                        .collect(),
+                },
+            };
+            let mut t = Targets {
+                engine: &mut self.engine,
+                telemetry: Some(&mut self.telemetry),
+                live: Some(&self.live),
+                out: &mut self.out,
+            };
+            self.devices.apply(cfg, &self.status, &mut t, now, &msg);
         }
 
         /// Events, telemetry and live values due at `now`.
@@ -354,12 +548,13 @@ message = "Smoke loop 1"
         /// (timers, arming changes, hysteresis), the same telemetry
         /// payloads, the same live values and timestamps, in both
         /// telemetry modes, across device outages and a new alarm task
-        /// that did not see the values (a reload).
+        /// (a reload) that holds no values or the old task's last values,
+        /// which may be older than what the endpoint last sent.
         #[test]
         fn confirmations_equal_readings(
             every_poll in any::<bool>(),
             steps in proptest::collection::vec(
-                (0u64..1500, 0u8..12, 0usize..2, proptest::collection::vec(any::<u8>(), 5)),
+                (0u64..1500, 0u8..14, 0usize..2, proptest::collection::vec(any::<u8>(), 5)),
                 1..150,
             ),
         ) {
@@ -422,6 +617,21 @@ message = "Smoke loop 1"
                         slow = Side::new(&cfg);
                         fast = Side::new(&cfg);
                     }
+                    // A reload that carries the old task's last values.
+                    10 => {
+                        slow = Side::reloaded(&cfg, now, &slow);
+                        fast = Side::reloaded(&cfg, now, &fast);
+                    }
+                    // The values change and the endpoint sends them, but
+                    // the old task misses the message (it panicked, or the
+                    // device's messages were dropped); then a reload
+                    // carries what that task had.
+                    11 if !down[d] => {
+                        device_values[d] = values_of(&cfg, d, &draw);
+                        sent[d] = Some(device_values[d].clone());
+                        slow = Side::reloaded(&cfg, now, &slow);
+                        fast = Side::reloaded(&cfg, now, &fast);
+                    }
                     // Time passes.
                     _ => {}
                 }
@@ -439,5 +649,317 @@ message = "Smoke loop 1"
                 prop_assert_eq!(slow.engine.snapshot(), fast.engine.snapshot());
             }
         }
+    }
+
+    /// The real alarm task, its live view and journal.
+    mod task {
+        use super::*;
+        use crate::alarm::task::{run_with, Carried, Hooks};
+        use crate::journal::{Journal, MemStorage};
+        use serde_json::Value as Json;
+        use tokio::sync::mpsc;
+
+        pub(super) struct Run {
+            pub cfg: Arc<LoadedConfig>,
+            pub bus: mpsc::Sender<BusMessage>,
+            pub live: Arc<LiveView>,
+            pub journal: Journal,
+            task: tokio::task::JoinHandle<()>,
+            _dir: tempfile::TempDir,
+        }
+
+        pub(super) fn start(carried: Vec<Carried>) -> Run {
+            let dir = tempfile::tempdir().unwrap();
+            let text = CONFIG.replace("EVERY_POLL", "every_poll = true");
+            let mut cfg = load_str(&text, Path::new("t.toml")).unwrap();
+            cfg.config.journal.path = dir.path().to_path_buf();
+            let journal = Journal::with_storage_and_wal(
+                Arc::new(MemStorage::new()),
+                Some(dir.path()),
+                &cfg.config.journal,
+                "gw",
+                &["uplink"],
+            )
+            .unwrap();
+            let cfg = Arc::new(cfg);
+            let status = Arc::new(GatewayStatus::new(cfg.config.devices.len() as u64));
+            let live = Arc::new(LiveView::new(cfg.points.len()));
+            let (bus, bus_rx) = mpsc::channel(16);
+            let (_requests, requests_rx) = mpsc::channel(1);
+            let hooks = Hooks {
+                live: Some(live.clone()),
+                carried,
+                ..Hooks::default()
+            };
+            let task = tokio::spawn(run_with(
+                cfg.clone(),
+                journal.clone(),
+                status,
+                bus_rx,
+                requests_rx,
+                hooks,
+            ));
+            Run {
+                cfg,
+                bus,
+                live,
+                journal,
+                task,
+                _dir: dir,
+            }
+        }
+
+        impl Run {
+            pub fn point(&self, key: &str) -> PointIndex {
+                self.cfg.points.find(key).unwrap()
+            }
+
+            /// Close the bus and wait for the task to finish (it flushes
+            /// telemetry).
+            pub async fn stop(self) -> Stopped {
+                drop(self.bus);
+                self.task.await.unwrap();
+                let events = self
+                    .journal
+                    .read_events(0, 1000)
+                    .unwrap()
+                    .into_iter()
+                    .map(|e| serde_json::from_slice::<Json>(&e.payload).unwrap())
+                    .collect();
+                let telemetry = self
+                    .journal
+                    .read_telemetry(0, 1000)
+                    .unwrap()
+                    .into_iter()
+                    .flat_map(|t| {
+                        let j: Json = serde_json::from_slice(&t.payload).unwrap();
+                        j["points"].as_array().unwrap().clone()
+                    })
+                    .collect();
+                Stopped {
+                    live: self.live.values(),
+                    events,
+                    telemetry,
+                }
+            }
+        }
+
+        pub(super) struct Stopped {
+            pub live: Vec<Option<Sample>>,
+            pub events: Vec<Json>,
+            /// Every telemetry entry, in order.
+            pub telemetry: Vec<Json>,
+        }
+
+        impl Stopped {
+            /// The last telemetry entry of `device/point`: value, quality, ts.
+            pub fn last_telemetry(&self, key: &str) -> (Json, String, String) {
+                let (device, point) = key.split_once('/').unwrap();
+                let e = self
+                    .telemetry
+                    .iter()
+                    .rev()
+                    .find(|e| e["device"] == device && e["point"] == point)
+                    .unwrap_or_else(|| panic!("no telemetry of {key}"));
+                (
+                    e["value"].clone(),
+                    e["quality"].as_str().unwrap().to_string(),
+                    e["ts"].as_str().unwrap().to_string(),
+                )
+            }
+
+            pub fn kinds(&self) -> Vec<String> {
+                self.events
+                    .iter()
+                    .map(|e| {
+                        let kind = e["kind"].as_str().or(e["type"].as_str()).unwrap_or("?");
+                        match e["alarm"]["key"].as_str() {
+                            Some(k) => format!("{kind} {k}"),
+                            None => kind.to_string(),
+                        }
+                    })
+                    .collect()
+            }
+        }
+
+        pub(super) fn ts(ms: i64) -> Timestamp {
+            Timestamp::from_unix_ms(1_795_813_445_000 + ms).unwrap()
+        }
+
+        pub(super) fn confirmed(
+            device: &str,
+            ts: Timestamp,
+            values: Vec<(PointIndex, Value)>,
+        ) -> BusMessage {
+            BusMessage::Confirmed {
+                device: device.into(),
+                ts,
+                replied_at: Instant::now(),
+                points: Arc::new(Fixed(values)),
+            }
+        }
+
+        pub(super) fn readings(
+            device: &str,
+            ts: Timestamp,
+            values: &[(PointIndex, Value)],
+        ) -> BusMessage {
+            BusMessage::Readings {
+                device: device.into(),
+                ts,
+                replied_at: Instant::now(),
+                readings: values
+                    .iter()
+                    .map(|&(point, value)| Reading { point, value })
+                    .collect(),
+            }
+        }
+
+        pub(super) fn status(device: &str, ts: Timestamp, online: bool) -> BusMessage {
+            BusMessage::DeviceStatus {
+                device: device.into(),
+                ts,
+                online,
+                reason: (!online).then(|| "timeout".to_string()),
+            }
+        }
+
+        pub(super) fn good(value: Value, ts: Timestamp) -> Option<Sample> {
+            Some(Sample {
+                value: Some(value),
+                quality: Quality::Good,
+                ts,
+            })
+        }
+    }
+
+    /// The fence's values: temperature, status and the spare register.
+    fn fence(r: &task::Run, temp: f64, status: i64, spare: i64) -> Vec<(PointIndex, Value)> {
+        vec![
+            (r.point("fence/zone-1"), Value::Bool(false)),
+            (r.point("fence/zone-2"), Value::Bool(false)),
+            (r.point("fence/temp"), Value::Float(temp)),
+            (r.point("fence/status"), Value::Int(status)),
+            (r.point("fence/spare"), Value::Int(spare)),
+        ]
+    }
+
+    /// After a reload the old task's last values are carried, but that task
+    /// may have missed the device's last `Readings` (it panicked, or the
+    /// device's messages were dropped): the first `Confirmed` is decoded in
+    /// full, so the live view and telemetry show what the device sent, not
+    /// the carried value with a fresh timestamp.
+    #[tokio::test]
+    async fn a_confirmation_after_carried_values_is_decoded() {
+        let probe = task::start(Vec::new());
+        let old = fence(&probe, 0.5, 0, 1);
+        let now = fence(&probe, 0.5, 0, 9);
+        drop(probe.stop().await);
+        let carried = Carried {
+            device: "fence".into(),
+            ts: task::ts(0),
+            readings: old
+                .iter()
+                .map(|&(point, value)| Reading { point, value })
+                .collect(),
+        };
+        let r = task::start(vec![carried]);
+        let spare = r.point("fence/spare");
+        r.bus
+            .send(task::confirmed("fence", task::ts(1000), now.clone()))
+            .await
+            .unwrap();
+        r.bus
+            .send(task::confirmed("fence", task::ts(2000), now.clone()))
+            .await
+            .unwrap();
+        let done = r.stop().await;
+        for &(point, value) in &now {
+            assert_eq!(done.live[point as usize], task::good(value, task::ts(2000)));
+        }
+        assert_eq!(
+            done.live[spare as usize].unwrap().value,
+            Some(Value::Int(9))
+        );
+        let (value, quality, ts) = done.last_telemetry("fence/spare");
+        assert_eq!(value, serde_json::json!(9));
+        assert_eq!(quality, "good");
+        assert_eq!(ts, task::ts(2000).to_string());
+    }
+
+    /// The real task's bookkeeping over an outage: values, confirmations,
+    /// offline and online; a `Confirmed` right after a `DeviceStatus` (which
+    /// a driver does not send) is decoded, not taken as held.
+    #[tokio::test]
+    async fn confirmations_across_an_outage_in_the_real_task() {
+        let r = task::start(Vec::new());
+        let a = fence(&r, 2.4, 0, 1);
+        let b = fence(&r, 2.0, 2, 7);
+        let send = |m| r.bus.send(m);
+        send(task::readings("fence", task::ts(0), &a))
+            .await
+            .unwrap();
+        send(task::confirmed("fence", task::ts(1000), a.clone()))
+            .await
+            .unwrap();
+        send(task::status("fence", task::ts(2000), false))
+            .await
+            .unwrap();
+        send(task::status("fence", task::ts(3000), true))
+            .await
+            .unwrap();
+        send(task::confirmed("fence", task::ts(4000), a.clone()))
+            .await
+            .unwrap();
+        // A repeated status (the device is online): values come as
+        // readings again, so a confirmation is decoded.
+        send(task::status("fence", task::ts(5000), true))
+            .await
+            .unwrap();
+        send(task::confirmed("fence", task::ts(6000), b.clone()))
+            .await
+            .unwrap();
+        let done = r.stop().await;
+        for &(point, value) in &b {
+            assert_eq!(done.live[point as usize], task::good(value, task::ts(6000)));
+        }
+        for (key, v) in [
+            ("fence/temp", serde_json::json!(2.0)),
+            ("fence/status", serde_json::json!(2)),
+            ("fence/spare", serde_json::json!(7)),
+        ] {
+            let (value, quality, ts) = done.last_telemetry(key);
+            assert_eq!(
+                (value, quality.as_str(), ts),
+                (v, "good", task::ts(6000).to_string()),
+                "{key}"
+            );
+        }
+        // Every point went bad at the outage, and good again at 4 s.
+        let spare: Vec<(Json, String)> = done
+            .telemetry
+            .iter()
+            .filter(|e| e["point"] == "spare")
+            .map(|e| {
+                (
+                    e["value"].clone(),
+                    e["quality"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            spare,
+            [
+                (serde_json::json!(1), "good".to_string()),
+                (serde_json::json!(1), "good".to_string()),
+                (Json::Null, "bad".to_string()),
+                (serde_json::json!(1), "good".to_string()),
+                (serde_json::json!(7), "good".to_string()),
+            ]
+        );
+        assert_eq!(
+            done.kinds(),
+            ["alarm.raised fence/temp", "device.offline", "device.online"]
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! that alarm state has exactly one owner.
 
 use super::bus;
-use super::live::Sample;
+pub use super::bus::Carried;
 use super::persist::StateFile;
 use super::{AlarmEngine, AlarmError, ALARM_STATE_PREFIX, OFFLINE_STATE_PREFIX};
 use crate::arming::ArmedZones;
@@ -12,10 +12,9 @@ use crate::config::LoadedConfig;
 use crate::event::EventKind;
 use crate::event::{NewEvent, Timestamp};
 use crate::journal::{Journal, JournalError, StateChange, MAX_STATE_NAME};
-use crate::point::{BusMessage, Quality};
+use crate::point::BusMessage;
 use crate::status::GatewayStatus;
 use crate::telemetry::TelemetryFilter;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,6 +76,10 @@ pub struct Hooks {
     /// Camera clips: alarms raised get their clip attachments before
     /// linkage sees them and before they are journaled.
     pub clips: Option<crate::cameras::ClipTrigger>,
+    /// Last values of devices whose drivers kept running across a reload,
+    /// applied before any bus message. They are not taken as what the
+    /// devices last sent: a `Confirmed` that follows is decoded in full.
+    pub carried: Vec<Carried>,
 }
 
 /// Run until the bus closes (all drivers stopped), then flush what is pending.
@@ -104,6 +107,7 @@ pub async fn run_with(
         arming: mut armed,
         live,
         clips,
+        mut carried,
     } = hooks;
     let mut engine = AlarmEngine::new(&cfg);
     if let Some(a) = &mut armed {
@@ -112,13 +116,6 @@ pub async fn run_with(
     let mut telemetry = TelemetryFilter::new(&cfg);
     let telemetry_on = cfg.config.telemetry.enabled;
     let mut out: Vec<NewEvent> = Vec::new();
-    let device_index: HashMap<&str, usize> = cfg
-        .config
-        .devices
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (d.id.as_str(), i))
-        .collect();
     restore(
         &mut engine,
         &journal,
@@ -126,7 +123,7 @@ pub async fn run_with(
     )
     .await;
     // Disabled devices are not polled: never counted offline.
-    let mut offline: Vec<bool> = cfg
+    let offline: Vec<bool> = cfg
         .config
         .devices
         .iter()
@@ -143,9 +140,7 @@ pub async fn run_with(
     if let Some(l) = &live {
         l.set_alarms(engine.active());
     }
-    // Per device: this task applied the device's last values (a driver's
-    // `Confirmed` repeats them).
-    let mut held = vec![false; cfg.config.devices.len()];
+    let mut devices = bus::Devices::new(&cfg, offline);
     let mut requests_open = true;
     // Operator replies wait until their events are durable.
     let mut replies: Vec<PendingReply> = Vec::new();
@@ -164,61 +159,28 @@ pub async fn run_with(
         };
         tokio::select! {
             biased;
+            // Before any driver's message.
+            _ = std::future::ready(()), if !carried.is_empty() => {
+                let now = Instant::now();
+                for c in carried.drain(..) {
+                    let mut targets = bus::Targets {
+                        engine: &mut engine,
+                        telemetry: telemetry_on.then_some(&mut telemetry),
+                        live: live.as_deref(),
+                        out: &mut out,
+                    };
+                    devices.carried(&status, &mut targets, now, &c);
+                }
+            }
             msg = bus.recv() => {
                 let Some(msg) = msg else { break };
-                let now = Instant::now();
-                match msg {
-                    BusMessage::Readings { ref device, ts, .. } | BusMessage::Confirmed { ref device, ts, .. } => {
-                        let di = device_index.get(&**device).copied();
-                        // This task applied the device's previous message.
-                        let mut was_held = di.is_some_and(|di| held[di]);
-                        if let Some(di) = di {
-                            if offline[di] {
-                                // Offline before a restart; answering now.
-                                set_online(&mut offline, di, true, &status);
-                                engine.on_device_status(now, ts, di, true, None, &mut out);
-                                was_held = false;
-                            }
-                            held[di] = true;
-                        }
-                        let mut targets = bus::Targets {
-                            engine: &mut engine,
-                            telemetry: telemetry_on.then_some(&mut telemetry),
-                            live: live.as_deref(),
-                            out: &mut out,
-                        };
-                        match &msg {
-                            BusMessage::Readings { readings, .. } => bus::readings(&mut targets, now, ts, readings),
-                            BusMessage::Confirmed { points, .. } => bus::confirmed(&mut targets, now, ts, &**points, was_held),
-                            // Handled by its own arm.
-                            BusMessage::DeviceStatus { .. } => {}
-                        }
-                    }
-                    BusMessage::DeviceStatus { device, ts, online, reason } => {
-                        let Some(&di) = device_index.get(&*device) else { continue };
-                        // Values of the device come as `Readings` again.
-                        held[di] = false;
-                        if offline[di] != online {
-                            continue;
-                        }
-                        set_online(&mut offline, di, online, &status);
-                        engine.on_device_status(now, ts, di, online, reason.as_deref(), &mut out);
-                        if !online {
-                            // Every point of the device goes bad.
-                            for (pi, meta) in cfg.points.iter() {
-                                if meta.device_index == di {
-                                    if let Some(l) = &live {
-                                        l.set_values([(pi, Sample { value: None, quality: Quality::Bad, ts })]);
-                                    }
-                                    engine.on_reading(now, ts, pi, None, Quality::Bad, &mut out);
-                                    if telemetry_on {
-                                        telemetry.offer(now, ts, pi, None, Quality::Bad);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
+                let mut targets = bus::Targets {
+                    engine: &mut engine,
+                    telemetry: telemetry_on.then_some(&mut telemetry),
+                    live: live.as_deref(),
+                    out: &mut out,
+                };
+                devices.apply(&cfg, &status, &mut targets, Instant::now(), &msg);
             }
             req = requests.recv(), if requests_open => {
                 match req {
@@ -297,18 +259,6 @@ pub async fn run_with(
         let _ = journal.record_telemetry(&payload);
     }
     tracing::debug!("alarm task stopped");
-}
-
-fn set_online(offline: &mut [bool], di: usize, online: bool, status: &GatewayStatus) {
-    offline[di] = !online;
-    let (up, down) = (&status.devices_online, &status.devices_offline);
-    if online {
-        up.fetch_add(1, Ordering::Relaxed);
-        down.fetch_sub(1, Ordering::Relaxed);
-    } else {
-        up.fetch_sub(1, Ordering::Relaxed);
-        down.fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 /// The engine's changed states as journal state changes. A name the

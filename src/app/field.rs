@@ -457,6 +457,12 @@ impl Field {
             crate::linkage::task::spawn(cfg.clone(), writers.clone(), shared.journal.clone());
         let live = Arc::new(LiveView::new(cfg.points.len()));
         let (bus_tx, bus_rx) = mpsc::channel::<BusMessage>(BUS_CAPACITY);
+        // Kept devices do not send their values again unless they change
+        // (MQTT, GPIO): their last values go first to the new alarm task.
+        let carried = match self.previous.take() {
+            Some((old, old_live)) => carried_values(&old, &old_live, &cfg, kept),
+            None => Vec::new(),
+        };
         let alarm = tokio::spawn(alarm_task::run_with(
             cfg.clone(),
             shared.journal.clone(),
@@ -468,15 +474,9 @@ impl Field {
                 arming: Some(arming.watch()),
                 live: Some(live.clone()),
                 clips: crate::cameras::ClipTrigger::for_cameras(&cfg, clip_queues),
+                carried,
             },
         ));
-        // Kept devices do not send their values again unless they change
-        // (MQTT, GPIO): their last values go first to the new alarm task.
-        if let Some((old, old_live)) = self.previous.take() {
-            for m in carried_values(&old, &old_live, &cfg, kept) {
-                let _ = bus_tx.send(m).await;
-            }
-        }
         // Devices of units that do not run are offline (an event, the
         // counters, bad values) until their driver reports them.
         let units = units::units_of(c);
@@ -644,14 +644,13 @@ fn shifted_writer(to: WriteSender, shift: Shift) -> WriteSender {
 }
 
 /// The last good values of `kept` devices in `old_live` (indices of
-/// `old`), as readings in `new`'s indices, one message per device and
-/// reading time.
+/// `old`), in `new`'s indices, one entry per device and reading time.
 fn carried_values(
     old: &LoadedConfig,
     old_live: &LiveView,
     new: &LoadedConfig,
     kept: &HashSet<Arc<str>>,
-) -> Vec<BusMessage> {
+) -> Vec<alarm_task::Carried> {
     let mut by_device: BTreeMap<(Arc<str>, Timestamp), Vec<Reading>> = BTreeMap::new();
     for (i, sample) in old_live.values().into_iter().enumerate() {
         let Some(Sample {
@@ -677,13 +676,11 @@ fn carried_values(
             .or_default()
             .push(Reading { point, value });
     }
-    let now = std::time::Instant::now();
     by_device
         .into_iter()
-        .map(|((device, ts), readings)| BusMessage::Readings {
+        .map(|((device, ts), readings)| alarm_task::Carried {
             device,
             ts,
-            replied_at: now,
             readings,
         })
         .collect()

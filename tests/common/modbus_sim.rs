@@ -106,23 +106,31 @@ impl ModbusSim {
 
     /// Modbus TCP on each of `ports` (many devices, one datastore).
     pub fn start_tcp_ports(ports: &[u16], units: &[u8]) -> Option<ModbusSim> {
+        Self::start_tcp_ports_with(ports, units, false)
+    }
+
+    /// [`start_tcp_ports`](Self::start_tcp_ports); with `changing`, holding
+    /// register 0 takes a new value on every read of holding registers, so
+    /// every poll sees changed values.
+    pub fn start_tcp_ports_with(ports: &[u16], units: &[u8], changing: bool) -> Option<ModbusSim> {
         let py = python_or_skip()?;
         let control_port = free_port();
-        let child = spawn_sim(
-            &py,
-            &[
-                "--tcp-port".into(),
-                ports
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
-                "--control-port".into(),
-                control_port.to_string(),
-                "--units".into(),
-                units_arg(units),
-            ],
-        );
+        let mut args: Vec<String> = vec![
+            "--tcp-port".into(),
+            ports
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            "--control-port".into(),
+            control_port.to_string(),
+            "--units".into(),
+            units_arg(units),
+        ];
+        if changing {
+            args.push("--changing".into());
+        }
+        let child = spawn_sim(&py, &args);
         Some(ModbusSim {
             child: Some(child),
             socat: None,

@@ -11,6 +11,10 @@ One datastore, several ways in:
   can change values (write coils/registers) while the gateway reads them over
   RTU or TCP.
 
+With ``--changing``, every read of holding registers first writes a new
+value (a read counter) to holding register 0 of its unit, so every poll of
+a device sees changed values (benchmarks of decoding).
+
 Every unit id in ``--units`` has coils, discrete inputs, holding and input
 registers at addresses 0..255, all zero at start. A request for a unit id not
 in ``--units`` gets no reply at all (like an absent slave on an RS-485 line).
@@ -38,9 +42,11 @@ class SharedStore:
     unknown unit ids raising NoSuchIdException (so, with
     ``ignore_missing_devices``, the server stays silent)."""
 
-    def __init__(self, core, units):
+    def __init__(self, core, units, changing=False):
         self.core = core
         self.units = set(units)
+        self.changing = changing
+        self.reads = 0
 
     def device_ids(self):
         return list(self.units)
@@ -51,6 +57,9 @@ class SharedStore:
 
     async def async_getValues(self, device_id, func_code, address, count=1):
         self._check(device_id)
+        if self.changing and func_code == 3:
+            self.reads = (self.reads + 1) & 0xFFFF
+            await self.core.async_setValues(device_id, 6, 0, [self.reads])
         return await self.core.async_getValues(device_id, func_code, address, count)
 
     async def async_setValues(self, device_id, func_code, address, values):
@@ -71,6 +80,7 @@ async def main() -> None:
     ap.add_argument("--baud", type=int, default=19200)
     ap.add_argument("--control-port", type=int)
     ap.add_argument("--units", default="1", help="comma-separated unit ids")
+    ap.add_argument("--changing", action="store_true", help="holding register 0 changes on every read")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.ERROR)
@@ -85,7 +95,7 @@ async def main() -> None:
     def add(server):
         nonlocal store
         if store is None:
-            store = SharedStore(server.context, units)
+            store = SharedStore(server.context, units, args.changing)
         server.context = store
         servers.append(server)
 

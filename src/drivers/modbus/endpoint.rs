@@ -1050,13 +1050,15 @@ impl<C: Connector> Endpoint<C> {
         let requests = self.devices[i].plan.requests.len();
         let mut replies: Vec<Reply> = Vec::with_capacity(requests);
         // Decoded only once a reply differs from the kept one (kept for
-        // this very plan).
+        // this very plan): `same` holds the kept replies while every reply
+        // so far equals them.
         let dev = &self.devices[i];
         let mut same = dev
             .last
             .as_ref()
-            .is_some_and(|l| Arc::ptr_eq(&l.plan, &dev.plan));
-        let mut readings = if same {
+            .filter(|l| Arc::ptr_eq(&l.plan, &dev.plan))
+            .cloned();
+        let mut readings = if same.is_some() {
             Vec::new()
         } else {
             Vec::with_capacity(dev.plan.slots.len())
@@ -1091,20 +1093,23 @@ impl<C: Connector> Endpoint<C> {
             replied_at = std::time::Instant::now();
             replies.push(reply);
             let dev = &self.devices[i];
-            let from = if !same {
-                k
-            } else if dev
-                .last
-                .as_ref()
-                .and_then(|l| l.replies.get(k))
-                .is_some_and(|raw| raw.same_as(&replies[k]))
-            {
-                continue;
-            } else {
-                // The first change: the replies so far are decoded too.
-                same = false;
-                readings.reserve(dev.plan.slots.len());
-                0
+            let from = match &same {
+                None => k,
+                Some(last)
+                    if last
+                        .replies
+                        .get(k)
+                        .is_some_and(|raw| raw.same_as(&replies[k])) =>
+                {
+                    continue
+                }
+                Some(_) => {
+                    // The first change: the replies so far are decoded too
+                    // (and the kept ones may be updated in place).
+                    same = None;
+                    readings.reserve(dev.plan.slots.len());
+                    0
+                }
             };
             for (r, reply) in dev.plan.requests[from..=k].iter().zip(&replies[from..]) {
                 if let Err(e) = decode_into(&dev.plan, r, reply, &mut readings) {
@@ -1114,12 +1119,10 @@ impl<C: Connector> Endpoint<C> {
                 }
             }
         }
-        let dev = &mut self.devices[i];
-        if same {
-            if let Some(last) = &dev.last {
-                return Ok((Polled::Same(last.clone()), replied_at));
-            }
+        if let Some(last) = same {
+            return Ok((Polled::Same(last), replied_at));
         }
+        let dev = &mut self.devices[i];
         let raws = replies.iter().map(Raw::of).collect();
         match dev
             .last
@@ -1189,7 +1192,7 @@ fn on_schedule(due: Instant, interval: Duration, now: Instant) -> Instant {
 mod raw_tests {
     use super::{decode_into, LastReplies, Raw, Reply};
     use crate::drivers::modbus::plan::{plan, Limits};
-    use crate::drivers::{PointConfig, PointType, RegisterKind};
+    use crate::drivers::{Order, PointConfig, PointType, RegisterKind};
     use crate::point::{Confirmation, PointIndex};
     use proptest::prelude::*;
     use std::sync::Arc;
@@ -1207,17 +1210,45 @@ mod raw_tests {
         /// the same replies decode to, in the same order.
         #[test]
         fn confirmed_values_are_the_decoded_readings(
-            points in proptest::collection::vec((any::<bool>(), 0u16..300, 0usize..5), 1..40),
+            points in proptest::collection::vec(
+                (0usize..4, 0u16..300, 0usize..6, 0u8..16, any::<(bool, bool)>(), 0usize..4),
+                1..40,
+            ),
             seed in any::<u64>(),
         ) {
+            // Every register kind; in registers every type, a bit of a
+            // register as bool, both byte and word orders, a scale and an
+            // offset.
+            const KINDS: [RegisterKind; 4] = [
+                RegisterKind::Coil,
+                RegisterKind::DiscreteInput,
+                RegisterKind::Holding,
+                RegisterKind::Input,
+            ];
+            const SCALES: [(f64, f64); 4] = [(1.0, 0.0), (0.1, 0.0), (0.5, -40.0), (-2.0, 3.5)];
             let configs: Vec<PointConfig> = points
                 .iter()
-                .map(|&(coil, address, t)| {
-                    if coil {
-                        PointConfig::modbus(RegisterKind::Coil, address, PointType::Bool)
-                    } else {
-                        PointConfig::modbus(RegisterKind::Holding, address, TYPES[t])
+                .map(|&(kind, address, t, bit, (byte_little, word_little), scale)| {
+                    let kind = KINDS[kind];
+                    if matches!(kind, RegisterKind::Coil | RegisterKind::DiscreteInput) {
+                        return PointConfig::modbus(kind, address, PointType::Bool);
                     }
+                    let order = |little| if little { Order::Little } else { Order::Big };
+                    let mut p = match TYPES.get(t) {
+                        Some(&t) => {
+                            let mut p = PointConfig::modbus(kind, address, t);
+                            (p.scale, p.offset) = SCALES[scale];
+                            p
+                        }
+                        None => {
+                            let mut p = PointConfig::modbus(kind, address, PointType::Bool);
+                            p.bit = Some(bit);
+                            p
+                        }
+                    };
+                    p.byte_order = order(byte_little);
+                    p.word_order = order(word_little);
+                    p
                 })
                 .collect();
             let refs: Vec<_> = configs
