@@ -436,6 +436,8 @@ fn web_config_editing_end_to_end() {
         "/api/v1/config/apply",
         &json!({"version": v5, "comment": "hung up", "edits": [
             {"op": "set", "path": "alarms[0].message", "value": "Door 7 (hung up)"}]}),
+        // Validated and reloading: the handler runs.
+        || rig.gw.wait_log("Door 7 (hung up)", Duration::from_secs(20)),
     );
     common::wait_for(Duration::from_secs(20), "apply after hang-up", || {
         disk().contains("Door 7 (hung up)").then_some(())

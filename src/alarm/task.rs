@@ -11,10 +11,13 @@ use crate::arming::ArmedZones;
 use crate::config::LoadedConfig;
 use crate::event::EventKind;
 use crate::event::{NewEvent, Timestamp};
-use crate::journal::{Journal, JournalError, StateChange, MAX_STATE_NAME};
+use crate::journal::{Journal, JournalError, Refused, Staged, StateChange, MAX_STATE_NAME};
 use crate::point::BusMessage;
 use crate::status::GatewayStatus;
 use crate::telemetry::TelemetryFilter;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +46,37 @@ const SAVE_ON_STOP: Duration = Duration::from_secs(5);
 
 /// The task beats its liveness heartbeat at least this often, idle or not.
 const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// Commits the task keeps in flight at most. It stages each batch of events
+/// and goes on with the next readings while the journal commits (batches
+/// staged meanwhile share the next commit); past this many it waits for
+/// the oldest before taking another message, and the bus holds the drivers.
+const MAX_IN_FLIGHT: usize = 32;
+
+/// A staged batch on its way to durability, with the operator replies that
+/// wait for it.
+struct InFlight {
+    durable: Pin<Box<dyn Future<Output = ()> + Send>>,
+    replies: Vec<PendingReply>,
+}
+
+/// Wait for the oldest batch in flight (forever when there is none), then
+/// send its replies. Cancel-safe: the batch stays at the front until done.
+async fn oldest_durable(in_flight: &mut VecDeque<InFlight>) {
+    match in_flight.front_mut() {
+        Some(f) => f.durable.as_mut().await,
+        None => std::future::pending().await,
+    }
+    if let Some(f) = in_flight.pop_front() {
+        send_replies(f.replies);
+    }
+}
+
+fn send_replies(replies: Vec<PendingReply>) {
+    for (reply, r) in replies {
+        let _ = reply.send(r);
+    }
+}
 
 /// Requests to the alarm task from the command path.
 #[derive(Debug)]
@@ -144,9 +178,13 @@ pub async fn run_with(
     let mut requests_open = true;
     // Operator replies wait until their events are durable.
     let mut replies: Vec<PendingReply> = Vec::new();
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let heartbeat = status.liveness.register("alarm", HEARTBEAT);
     loop {
         heartbeat.beat();
+        while in_flight.len() >= MAX_IN_FLIGHT {
+            oldest_durable(&mut in_flight).await;
+        }
         let deadline = earliest(
             earliest(engine.next_deadline(), telemetry.next_deadline()),
             Some(heartbeat.next_due().into_std()),
@@ -172,6 +210,8 @@ pub async fn run_with(
                     devices.carried(&status, &mut targets, now, &c);
                 }
             }
+            // Replies and logs of committed batches before new work.
+            _ = oldest_durable(&mut in_flight), if !in_flight.is_empty() => {}
             msg = bus.recv() => {
                 let Some(msg) = msg else { break };
                 let mut targets = bus::Targets {
@@ -228,16 +268,32 @@ pub async fn run_with(
             // The states of the alarms (and devices) that changed go with
             // the events, in the same commit and after them: a crash keeps
             // both or the events alone (an alarm may be raised again after
-            // the restart, never lost).
-            record(&journal, std::mem::take(&mut out), state_changes(&engine)).await;
+            // the restart, never lost). Staged now, durable with the next
+            // group commit; the task goes on meanwhile.
+            let replies = std::mem::take(&mut replies);
+            match journal.stage_with_states(std::mem::take(&mut out), state_changes(&engine)) {
+                Ok(staged) => in_flight.push_back(InFlight {
+                    durable: Box::pin(until_durable(journal.clone(), staged)),
+                    replies,
+                }),
+                Err(refused) => {
+                    // Refused before staging (the journal is full): wait
+                    // for the batches before it, then retry these in line
+                    // until the journal takes them, as the drivers wait.
+                    while !in_flight.is_empty() {
+                        oldest_durable(&mut in_flight).await;
+                    }
+                    record_refused(&journal, refused).await;
+                    send_replies(replies);
+                }
+            }
             engine.clear_dirty();
             status
                 .alarms_active
                 .store(engine.active_count() as u64, Ordering::Relaxed);
         }
-        for (reply, r) in replies.drain(..) {
-            let _ = reply.send(r);
-        }
+        // Replies whose actions made no event.
+        send_replies(std::mem::take(&mut replies));
         if telemetry_on {
             while let Some(payload) = telemetry.take_due(now) {
                 if let Err(e) = journal.record_telemetry(&payload) {
@@ -246,7 +302,11 @@ pub async fn run_with(
             }
         }
     }
-    // Bus closed: drivers are stopped. Save what changed, flush telemetry.
+    // Bus closed: drivers are stopped. Wait for the batches in flight, save
+    // what changed, flush telemetry.
+    while !in_flight.is_empty() {
+        oldest_durable(&mut in_flight).await;
+    }
     if !out.is_empty() {
         record(&journal, std::mem::take(&mut out), state_changes(&engine)).await;
         engine.clear_dirty();
@@ -473,51 +533,63 @@ pub(super) async fn save_on_stop(
 /// `states`, the changes of the engine's saved states that these events
 /// made, are saved with them.
 async fn record(journal: &Journal, events: Vec<NewEvent>, states: Vec<StateChange>) {
+    match journal.stage_with_states(events, states) {
+        Ok(staged) => until_durable(journal.clone(), staged).await,
+        Err(refused) => record_refused(journal, refused).await,
+    }
+}
+
+/// Retry what the journal refused to stage until it takes it, then wait
+/// until it is durable.
+async fn record_refused(journal: &Journal, refused: Refused) {
+    let Refused {
+        mut error,
+        mut events,
+        mut states,
+    } = refused;
     let mut wait = Duration::from_millis(50);
-    let mut outcome = journal
-        .record_with_states(events.clone(), states.clone())
-        .await;
     loop {
-        match outcome {
-            Ok(recorded) => {
-                for e in &recorded {
-                    tracing::info!(
-                        seq = e.seq,
-                        kind = e.body.kind.as_str(),
-                        key = e.body.alarm.as_ref().map(|a| a.key.as_str()),
-                        "event recorded"
-                    );
-                }
+        tracing::error!(error = %error, events = events.len(), "cannot record events; retrying");
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+        match journal.stage_with_states(events, states) {
+            Ok(staged) => return until_durable(journal.clone(), staged).await,
+            Err(r) => (error, events, states) = (r.error, r.events, r.states),
+        }
+    }
+}
+
+/// Wait until staged events are durable, retrying the flush until it
+/// works: they keep their seqs, so they are never staged twice.
+async fn until_durable(journal: Journal, staged: Staged) {
+    let last = staged.last_seq();
+    let error = match staged.durable().await {
+        Ok(recorded) => {
+            for e in &recorded {
+                tracing::info!(
+                    seq = e.seq,
+                    kind = e.body.kind.as_str(),
+                    key = e.body.alarm.as_ref().map(|a| a.key.as_str()),
+                    "event recorded"
+                );
+            }
+            return;
+        }
+        Err(e) => e,
+    };
+    // Staged with their seqs: wait for them, never record them twice.
+    tracing::error!(%error, "events not yet durable; retrying the flush");
+    let mut wait = Duration::from_millis(50);
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+        match journal.wait_durable(last).await {
+            Ok(()) => {
+                tracing::info!(last, "events recorded after retry");
                 return;
             }
-            // Staged with their seqs: wait for them, never record them twice.
-            Err(JournalError::NotDurable {
-                first,
-                last,
-                reason,
-            }) => {
-                tracing::error!(first, last, %reason, "events not yet durable; retrying the flush");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-                outcome = match journal.wait_durable(last).await {
-                    Ok(()) => {
-                        tracing::info!(first, last, "events recorded after retry");
-                        return;
-                    }
-                    Err(e) => Err(JournalError::NotDurable {
-                        first,
-                        last,
-                        reason: e.to_string(),
-                    }),
-                };
-            }
-            Err(e) => {
-                tracing::error!(error = %e, events = events.len(), "cannot record events; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-                outcome = journal
-                    .record_with_states(events.clone(), states.clone())
-                    .await;
+            Err(error) => {
+                tracing::error!(last, %error, "events not yet durable; retrying the flush");
             }
         }
     }

@@ -1958,17 +1958,11 @@ fn a_commit_carries_the_changed_alarm_whatever_the_number_active() {
     assert!(new_bytes < 100, "{new_bytes}");
 }
 
-/// The same shape through the alarm task: what its commit of the one
-/// change actually writes to the WAL is the changed alarm's state alone.
-#[test]
-fn the_task_records_only_the_changed_alarm_whatever_the_number_active() {
-    use crate::journal::{Journal, MemStorage};
-    use crate::point::{BusMessage, Reading};
-    use std::sync::Arc;
-    use tokio::sync::mpsc;
+/// `n` devices `dev-00`… with an alarm on their coil, journal in `dir`.
+fn coil_devices(n: usize, dir: &Path) -> LoadedConfig {
     let mut toml =
         String::from("[site]\nid = \"bench\"\ngateway = \"gw\"\n[uplink]\nhost = \"127.0.0.1\"\n");
-    for d in 0..50 {
+    for d in 0..n {
         toml.push_str(&format!(
             "[[devices]]\nid = \"dev-{d:02}\"\ncategory = \"perimeter\"\n\
              [devices.modbus]\nhost = \"127.0.0.1\"\nport = {}\n\
@@ -1978,10 +1972,34 @@ fn the_task_records_only_the_changed_alarm_whatever_the_number_active() {
             15000 + d
         ));
     }
-    let dir = tempfile::tempdir().unwrap();
     let mut cfg = load_str(&toml, Path::new("bench.toml")).unwrap();
-    cfg.config.journal.path = dir.path().to_path_buf();
+    cfg.config.journal.path = dir.to_path_buf();
     cfg.config.journal.telemetry_flush = Duration::from_secs(3600);
+    cfg
+}
+
+/// A coil reading of `dev-NN` as its driver sends it.
+fn coil_reading(points: &Bench, d: usize, v: bool) -> crate::point::BusMessage {
+    crate::point::BusMessage::Readings {
+        device: format!("dev-{d:02}").into(),
+        ts: Timestamp::now(),
+        replied_at: Instant::now(),
+        readings: vec![crate::point::Reading {
+            point: points.point(&format!("dev-{d:02}/coil-0")),
+            value: Value::Bool(v),
+        }],
+    }
+}
+
+/// The same shape through the alarm task: what its commit of the one
+/// change actually writes to the WAL is the changed alarm's state alone.
+#[test]
+fn the_task_records_only_the_changed_alarm_whatever_the_number_active() {
+    use crate::journal::{Journal, MemStorage};
+    use std::sync::Arc;
+    use tokio::sync::mpsc;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = coil_devices(50, dir.path());
     let points = Bench::with(cfg.clone());
     let mem = Arc::new(MemStorage::new());
     let j = Journal::with_storage_and_wal(
@@ -2007,15 +2025,7 @@ fn the_task_records_only_the_changed_alarm_whatever_the_number_active() {
         bus_rx,
         requests_rx,
     ));
-    let reading = |d: usize, v: bool| BusMessage::Readings {
-        device: format!("dev-{d:02}").into(),
-        ts: Timestamp::now(),
-        replied_at: Instant::now(),
-        readings: vec![Reading {
-            point: points.point(&format!("dev-{d:02}/coil-0")),
-            value: Value::Bool(v),
-        }],
-    };
+    let reading = |d: usize, v: bool| coil_reading(&points, d, v);
     let wait_seq = |j: &Journal, seq: u64| {
         let mut head = j.watch();
         async move {
@@ -2044,6 +2054,78 @@ fn the_task_records_only_the_changed_alarm_whatever_the_number_active() {
         ["alarm/dev-07/coil-0"]
     );
     assert!(logged[0].1 < 100, "{logged:?}");
+    drop(bus);
+    rt.block_on(running).unwrap();
+}
+
+/// Alarms that arrive while a commit runs do not wait for it one by one:
+/// the task stages them and goes on, and they share the next commit. An
+/// operator's reply still waits until its event is durable.
+#[test]
+fn a_burst_of_alarms_shares_commits_and_replies_wait_for_durability() {
+    use crate::journal::{Journal, MemStorage};
+    use std::sync::Arc;
+    use tokio::sync::{mpsc, oneshot};
+    const N: usize = 20;
+    const FLUSH: Duration = Duration::from_millis(25);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = coil_devices(N, dir.path());
+    let points = Bench::with(cfg.clone());
+    // No WAL: every commit is a flush of the store, which takes FLUSH.
+    let mem = Arc::new(MemStorage::with_flush_delay(FLUSH));
+    let j = Journal::with_storage(mem.clone(), &cfg.config.journal, "gw", &["uplink"]).unwrap();
+    let cfg = Arc::new(cfg);
+    let status = Arc::new(crate::status::GatewayStatus::new(N as u64));
+    let (bus, bus_rx) = mpsc::channel(256);
+    let (requests, requests_rx) = mpsc::channel(4);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let running = rt.spawn(super::task::run(
+        cfg,
+        j.clone(),
+        status,
+        bus_rx,
+        requests_rx,
+    ));
+    rt.block_on(async {
+        let flushes_before = mem.counts().0;
+        for d in 0..N {
+            bus.send(coil_reading(&points, d, true)).await.unwrap();
+        }
+        let mut head = j.watch();
+        while head.borrow_and_update().last_seq < N as u64 {
+            head.changed().await.unwrap();
+        }
+        let flushes = mem.counts().0 - flushes_before;
+        // One commit after another would be N flushes.
+        assert!(flushes <= 4, "{flushes} flushes for {N} alarms");
+        let raised: Vec<u64> = j
+            .read_events(0, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(raised, (1..=N as u64).collect::<Vec<_>>());
+        // An acknowledgement is answered once its event (seq N + 1) is
+        // durable, not before.
+        let (reply, answer) = oneshot::channel();
+        requests
+            .send(super::task::AlarmRequest::Acknowledge {
+                key: "dev-03/coil-0".into(),
+                operator: "guard".into(),
+                comment: None,
+                reply,
+            })
+            .await
+            .unwrap();
+        answer.await.unwrap().unwrap();
+        assert!(
+            j.watch().borrow().last_seq > N as u64,
+            "answered before durable"
+        );
+    });
     drop(bus);
     rt.block_on(running).unwrap();
 }

@@ -226,6 +226,12 @@ impl Arming {
         Some(z.windows.iter().any(|w| w.contains(&local)))
     }
 
+    /// Whether any zone follows a schedule: without one, a tick after the
+    /// first changes nothing.
+    pub fn has_schedules(&self) -> bool {
+        self.zones.iter().any(|z| !z.windows.is_empty())
+    }
+
     /// Apply schedule edges passed since the last tick.
     pub fn tick(&mut self, now: DateTime<Utc>) -> Vec<Change> {
         let mut out = Vec::new();

@@ -165,6 +165,8 @@ async fn run(
     apply(&arming, first, &file, &journal, &state).await;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Without schedules the task only serves requests: no wake-ups.
+    let scheduled = arming.has_schedules();
     loop {
         tokio::select! {
             biased;
@@ -182,7 +184,7 @@ async fn run(
                     }
                 }
             }
-            _ = tick.tick() => {
+            _ = tick.tick(), if scheduled => {
                 let changes = arming.tick(clock.now());
                 if !changes.is_empty() {
                     apply(&arming, changes, &file, &journal, &state).await;

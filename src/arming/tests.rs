@@ -193,6 +193,15 @@ fn zone_without_schedule_starts_as_configured_and_is_restored() {
     assert!(a.is_armed("villa-12"));
     a.set("villa-12", false, "owner", sh(2026, 11, 27, 12, 1))
         .unwrap();
+    // Without schedules the task does not tick: later ticks change nothing.
+    assert!(!a.has_schedules());
+    assert!(Arming::new(&cfg(PERIMETER)).has_schedules());
+    for day in 27..30 {
+        for hour in [0, 6, 12, 22] {
+            assert!(a.tick(sh(2026, 11, day, hour, 0)).is_empty());
+        }
+    }
+    assert!(!a.is_armed("villa-12"));
     let mut b = Arming::new(&c);
     b.restore(&a.snapshot()).unwrap();
     assert!(

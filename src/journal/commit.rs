@@ -76,8 +76,19 @@ impl CommitHandle {
         self.request(upto, states, true).await
     }
 
-    async fn request(&self, upto: u64, states: u64, full: bool) -> Result<(), JournalError> {
-        let stopped = || JournalError::Storage("journal committer has stopped".into());
+    /// Ask for what [`wait_durable`](Self::wait_durable) waits for, now,
+    /// without waiting: the commit starts (or joins the next group) at
+    /// once; [`Pending::wait`] then waits for its answer.
+    pub(crate) fn submit(&self, upto: u64, states: u64) -> Pending {
+        Pending(self.send(upto, states, false))
+    }
+
+    fn send(
+        &self,
+        upto: u64,
+        states: u64,
+        full: bool,
+    ) -> Result<oneshot::Receiver<Result<(), String>>, JournalError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .as_ref()
@@ -89,7 +100,26 @@ impl CommitHandle {
                 reply,
             })
             .map_err(|_| stopped())?;
-        rx.await
+        Ok(rx)
+    }
+
+    async fn request(&self, upto: u64, states: u64, full: bool) -> Result<(), JournalError> {
+        Pending(self.send(upto, states, full)).wait().await
+    }
+}
+
+fn stopped() -> JournalError {
+    JournalError::Storage("journal committer has stopped".into())
+}
+
+/// A commit request on its way: see [`CommitHandle::submit`].
+pub(crate) struct Pending(Result<oneshot::Receiver<Result<(), String>>, JournalError>);
+
+impl Pending {
+    /// The committer's answer: `Ok` once durable.
+    pub(crate) async fn wait(self) -> Result<(), JournalError> {
+        self.0?
+            .await
             .map_err(|_| stopped())?
             .map_err(|e| JournalError::Storage(format!("flush failed: {e}")))
     }

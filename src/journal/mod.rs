@@ -984,6 +984,54 @@ pub struct Journal {
     inner: Arc<Inner>,
 }
 
+/// What [`Journal::stage_with_states`] refused, given back: nothing of it
+/// was staged.
+#[derive(Debug)]
+pub struct Refused {
+    pub error: JournalError,
+    pub events: Vec<NewEvent>,
+    pub states: Vec<StateChange>,
+}
+
+/// Events (and state changes) given their seqs and queued for a commit by
+/// [`Journal::stage_with_states`]: recorded once [`durable`](Self::durable)
+/// says so.
+#[must_use = "staged events count as recorded only once durable() says so"]
+pub struct Staged {
+    recorded: Vec<Event>,
+    /// Seq of the last staged event (with none: the last one before).
+    last: u64,
+    /// The commit request; `None` when nothing was staged.
+    pending: Option<commit::Pending>,
+}
+
+impl Staged {
+    /// Seq of the last staged event; with none, of the last event staged
+    /// before.
+    pub fn last_seq(&self) -> u64 {
+        self.last
+    }
+
+    /// Wait for the commit: the events as recorded once durable. On
+    /// failure ([`JournalError::NotDurable`]) they keep their seqs and
+    /// become durable with a later commit: wait with
+    /// [`Journal::wait_durable`], never stage them again (that would
+    /// duplicate them under new ids).
+    pub async fn durable(self) -> Result<Vec<Event>, JournalError> {
+        let Some(pending) = self.pending else {
+            return Ok(self.recorded);
+        };
+        match pending.wait().await {
+            Ok(()) => Ok(self.recorded),
+            Err(e) => Err(JournalError::NotDurable {
+                first: self.last + 1 - self.recorded.len() as u64,
+                last: self.last,
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
 impl Journal {
     /// Open (or create) the journal. `sinks` are the names of every sink
     /// that must acknowledge an event before it may be removed.
@@ -1252,35 +1300,85 @@ impl Journal {
         events: Vec<NewEvent>,
         states: Vec<StateChange>,
     ) -> Result<Vec<Event>, JournalError> {
+        self.stage_with_states(events, states)
+            .map_err(|r| r.error)?
+            .durable()
+            .await
+    }
+
+    /// The first half of [`record_with_states`](Self::record_with_states):
+    /// give the events their seqs, queue them and the state changes for
+    /// the committer and ask it to commit, without waiting. The caller
+    /// goes on (staging more: each joins the next group commit) and waits
+    /// with [`Staged::durable`]; nothing counts as recorded before that
+    /// returns `Ok`. Successive stagings are committed in order.
+    ///
+    /// Errors are those `record_with_states` returns before anything is
+    /// staged ([`JournalError::Full`], [`JournalError::StateName`], an
+    /// encoding failure): nothing was given a seq.
+    pub fn stage_with_states(
+        &self,
+        events: Vec<NewEvent>,
+        states: Vec<StateChange>,
+    ) -> Result<Staged, Refused> {
         if events.is_empty() && states.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Staged {
+                recorded: Vec::new(),
+                last: 0,
+                pending: None,
+            });
         }
         if let Some((name, _)) = states.iter().find(|(n, _)| n.len() > MAX_STATE_NAME) {
-            return Err(JournalError::StateName(name.len()));
+            let error = JournalError::StateName(name.len());
+            return Err(Refused {
+                error,
+                events,
+                states,
+            });
         }
         let sh = self.shared();
         let (recorded, last, ticket) = {
             let mut st = sh.lock();
             if st.store_failing && st.pending.len() >= MAX_QUEUED_WHILE_FAILING {
-                return Err(JournalError::Full(format!(
+                let error = JournalError::Full(format!(
                     "{} events wait for room: the write-ahead log is full and the store \
                      cannot be written",
                     st.pending.len()
-                )));
+                ));
+                return Err(Refused {
+                    error,
+                    events,
+                    states,
+                });
             }
             let mut seq = st.assigned_seq;
             let mut out = Vec::with_capacity(events.len());
             let mut staged = Vec::with_capacity(events.len());
-            for body in events {
+            let mut bodies = events.into_iter();
+            while let Some(body) = bodies.next() {
                 seq += 1;
                 let ev = Event {
                     id: event_id(&sh.gateway, seq),
                     seq,
                     body,
                 };
-                let payload = serde_json::to_vec(&ev)
-                    .map_err(|e| JournalError::Storage(format!("encoding event {seq}: {e}")))?;
-                staged.push((seq, payload));
+                match serde_json::to_vec(&ev) {
+                    Ok(payload) => staged.push((seq, payload)),
+                    Err(e) => {
+                        // Nothing staged: every event back, in order.
+                        let events = out
+                            .into_iter()
+                            .chain(std::iter::once(ev))
+                            .map(|e: Event| e.body)
+                            .chain(bodies)
+                            .collect();
+                        return Err(Refused {
+                            error: JournalError::Storage(format!("encoding event {seq}: {e}")),
+                            events,
+                            states,
+                        });
+                    }
+                }
                 out.push(ev);
             }
             st.assigned_seq = seq;
@@ -1293,16 +1391,11 @@ impl Journal {
             }
             (out, seq, ticket)
         };
-        match self.inner.committer.wait_durable(last, ticket).await {
-            Ok(()) => Ok(recorded),
-            // The events keep their seqs: re-recording them would duplicate
-            // them under new ids. Wait with `wait_durable(last)` instead.
-            Err(e) => Err(JournalError::NotDurable {
-                first: last + 1 - recorded.len() as u64,
-                last,
-                reason: e.to_string(),
-            }),
-        }
+        Ok(Staged {
+            pending: Some(self.inner.committer.submit(last, ticket)),
+            recorded,
+            last,
+        })
     }
 
     /// Save a small named state snapshot (the alarm engine's states) in
@@ -1442,6 +1535,23 @@ impl Journal {
             } else {
                 durable
             };
+            // The newest events are in the tail block, kept in memory.
+            if !st.store_failing {
+                if let Some(t) = st.tail.as_ref().filter(|t| from >= t.first) {
+                    let mut out: Vec<StoredEvent> = (t.first..)
+                        .zip(&t.payloads)
+                        .filter(|(seq, _)| *seq >= from && *seq <= durable)
+                        .take(max)
+                        .map(|(seq, payload)| StoredEvent {
+                            seq,
+                            payload: payload.clone(),
+                        })
+                        .collect();
+                    let room = max - out.len();
+                    out.extend(overlay.into_iter().take(room));
+                    return Ok(out);
+                }
+            }
             (from, overlay, durable)
         };
         if max == 0 || from > durable {

@@ -101,7 +101,9 @@ impl Client {
 
     /// Send a POST and close the connection at once, without reading the
     /// answer: a client that goes away mid-request.
-    pub fn post_and_hang_up(&self, path: &str, body: &serde_json::Value) {
+    /// Send a state-changing request, wait for `taken_up` (the server is
+    /// handling it), then hang up without reading the response.
+    pub fn post_and_hang_up(&self, path: &str, body: &serde_json::Value, taken_up: impl FnOnce()) {
         let mut s = TcpStream::connect(self.addr).expect("connect to the web server");
         let body = body.to_string();
         let mut req = format!(
@@ -120,10 +122,11 @@ impl Client {
         );
         s.write_all(req.as_bytes()).unwrap();
         // The request is complete before the hang-up (FIN after it), and
-        // the server has a moment to take it up: it is the handler, not
-        // the request, that the hang-up must not cut off.
+        // the server has taken it up: it is the handler, not the request,
+        // that the hang-up must not cut off. (A fixed pause here was too
+        // short for a loaded machine: the server had not read the request.)
         let _ = s.shutdown(std::net::Shutdown::Write);
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        taken_up();
         let _ = s.shutdown(std::net::Shutdown::Both);
     }
 
