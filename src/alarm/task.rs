@@ -53,11 +53,22 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 /// the oldest before taking another message, and the bus holds the drivers.
 const MAX_IN_FLIGHT: usize = 32;
 
+/// A batch still not durable after this long means the journal is stuck:
+/// the task stops beating its heartbeat, as when it waited in line, so the
+/// watchdog sees it.
+const STUCK_AFTER: Duration = Duration::from_secs(10);
+
+/// How long a reload or shutdown waits for the batches in flight. Past it
+/// their events stay queued in the journal (its committer writes them)
+/// and their operators get no reply rather than a premature one.
+const IN_FLIGHT_ON_STOP: Duration = Duration::from_secs(10);
+
 /// A staged batch on its way to durability, with the operator replies that
 /// wait for it.
 struct InFlight {
     durable: Pin<Box<dyn Future<Output = ()> + Send>>,
     replies: Vec<PendingReply>,
+    staged_at: Instant,
 }
 
 /// Wait for the oldest batch in flight (forever when there is none), then
@@ -181,13 +192,18 @@ pub async fn run_with(
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let heartbeat = status.liveness.register("alarm", HEARTBEAT);
     loop {
-        heartbeat.beat();
+        let stuck = in_flight
+            .front()
+            .is_some_and(|f| f.staged_at.elapsed() >= STUCK_AFTER);
+        if !stuck {
+            heartbeat.beat();
+        }
         while in_flight.len() >= MAX_IN_FLIGHT {
             oldest_durable(&mut in_flight).await;
         }
         let deadline = earliest(
             earliest(engine.next_deadline(), telemetry.next_deadline()),
-            Some(heartbeat.next_due().into_std()),
+            (!stuck).then(|| heartbeat.next_due().into_std()),
         );
         let sleep = async {
             match deadline {
@@ -275,6 +291,7 @@ pub async fn run_with(
                 Ok(staged) => in_flight.push_back(InFlight {
                     durable: Box::pin(until_durable(journal.clone(), staged)),
                     replies,
+                    staged_at: Instant::now(),
                 }),
                 Err(refused) => {
                     // Refused before staging (the journal is full): wait
@@ -292,8 +309,13 @@ pub async fn run_with(
                 .alarms_active
                 .store(engine.active_count() as u64, Ordering::Relaxed);
         }
-        // Replies whose actions made no event.
-        send_replies(std::mem::take(&mut replies));
+        // Replies whose actions made no event: after the batches before
+        // them (an "already acknowledged" must not overtake the first
+        // acknowledgement, nor arrive before it is durable).
+        match in_flight.back_mut() {
+            Some(last) => last.replies.append(&mut replies),
+            None => send_replies(std::mem::take(&mut replies)),
+        }
         if telemetry_on {
             while let Some(payload) = telemetry.take_due(now) {
                 if let Err(e) = journal.record_telemetry(&payload) {
@@ -304,8 +326,18 @@ pub async fn run_with(
     }
     // Bus closed: drivers are stopped. Wait for the batches in flight, save
     // what changed, flush telemetry.
-    while !in_flight.is_empty() {
-        oldest_durable(&mut in_flight).await;
+    let drained = tokio::time::timeout(IN_FLIGHT_ON_STOP, async {
+        while !in_flight.is_empty() {
+            oldest_durable(&mut in_flight).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::error!(
+            batches = in_flight.len(),
+            waited_s = IN_FLIGHT_ON_STOP.as_secs(),
+            "alarm events still not durable at stop; they stay queued in the journal"
+        );
     }
     if !out.is_empty() {
         record(&journal, std::mem::take(&mut out), state_changes(&engine)).await;
@@ -577,12 +609,11 @@ async fn until_durable(journal: Journal, staged: Staged) {
         }
         Err(e) => e,
     };
-    // Staged with their seqs: wait for them, never record them twice.
+    // Staged with their seqs: wait for them, never record them twice. A
+    // later commit may have made them durable already: ask first.
     tracing::error!(%error, "events not yet durable; retrying the flush");
     let mut wait = Duration::from_millis(50);
     loop {
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(5));
         match journal.wait_durable(last).await {
             Ok(()) => {
                 tracing::info!(last, "events recorded after retry");
@@ -592,6 +623,8 @@ async fn until_durable(journal: Journal, staged: Staged) {
                 tracing::error!(last, %error, "events not yet durable; retrying the flush");
             }
         }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
     }
 }
 

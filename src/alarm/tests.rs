@@ -2129,3 +2129,81 @@ fn a_burst_of_alarms_shares_commits_and_replies_wait_for_durability() {
     drop(bus);
     rt.block_on(running).unwrap();
 }
+
+/// While the journal cannot flush, alarms keep being staged and no
+/// operator reply goes out, not even one whose action made no event; once
+/// it flushes again every event is there, in order, and the replies follow.
+#[test]
+fn replies_wait_while_the_journal_cannot_flush_and_nothing_is_lost() {
+    use crate::journal::{Journal, MemStorage};
+    use std::sync::Arc;
+    use tokio::sync::{mpsc, oneshot};
+    const N: usize = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = coil_devices(N + 1, dir.path());
+    let points = Bench::with(cfg.clone());
+    let mem = Arc::new(MemStorage::new());
+    let j = Journal::with_storage(mem.clone(), &cfg.config.journal, "gw", &["uplink"]).unwrap();
+    let cfg = Arc::new(cfg);
+    let status = Arc::new(crate::status::GatewayStatus::new(N as u64 + 1));
+    let (bus, bus_rx) = mpsc::channel(256);
+    let (requests, requests_rx) = mpsc::channel(4);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let running = rt.spawn(super::task::run(
+        cfg,
+        j.clone(),
+        status,
+        bus_rx,
+        requests_rx,
+    ));
+    let ack = |reply| super::task::AlarmRequest::Acknowledge {
+        key: "dev-00/coil-0".into(),
+        operator: "guard".into(),
+        comment: None,
+        reply,
+    };
+    rt.block_on(async {
+        bus.send(coil_reading(&points, 0, true)).await.unwrap();
+        let mut head = j.watch();
+        while head.borrow_and_update().last_seq < 1 {
+            head.changed().await.unwrap();
+        }
+        mem.set_fail_flush(true);
+        for d in 1..=N {
+            bus.send(coil_reading(&points, d, true)).await.unwrap();
+        }
+        // The first acknowledgement makes an event; the second is refused
+        // (already acknowledged) and makes none.
+        let (first, mut first_answer) = oneshot::channel();
+        let (second, mut second_answer) = oneshot::channel();
+        requests.send(ack(first)).await.unwrap();
+        requests.send(ack(second)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            first_answer.try_recv().is_err(),
+            "answered while not durable"
+        );
+        assert!(
+            second_answer.try_recv().is_err(),
+            "refusal overtook the acknowledgement"
+        );
+        assert_eq!(j.watch().borrow().last_seq, 1);
+        mem.set_fail_flush(false);
+        first_answer.await.unwrap().unwrap();
+        assert!(j.watch().borrow().last_seq >= N as u64 + 2);
+        assert!(second_answer.await.unwrap().is_err());
+    });
+    // Stopping waits for whatever is in flight.
+    drop(bus);
+    rt.block_on(running).unwrap();
+    let all: Vec<u64> = j
+        .read_events(0, 100)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(all, (1..=N as u64 + 2).collect::<Vec<_>>());
+}

@@ -1,7 +1,8 @@
 //! Group commit: one thread makes the journal durable for every writer.
 //!
-//! A writer applies its batch to storage, then asks the committer to make
-//! everything up to its seq durable and waits. The committer takes every
+//! A writer queues its batch (seqs given), then asks the committer to make
+//! everything up to its seq durable, and waits at once (`wait_durable`) or
+//! later (`submit`, then `Pending::wait`). The committer takes every
 //! request queued at that moment, runs one flush (and `fsync`), and answers
 //! them all: while a flush runs, new requests pile up and share the next
 //! one. A request already covered by an earlier flush is answered at once.

@@ -482,12 +482,19 @@ impl Shared {
             .collect();
         side.append(&mut st.lazy_wal);
         if !st.store_failing {
-            let written = self
-                .write_blocks(st, &pending)
-                .and_then(|()| self.write_states(&states));
-            if let Err(e) = written {
+            // (error, whether the events' blocks were written)
+            let written = match self.write_blocks(st, &pending) {
+                Ok(()) => self.write_states(&states).map_err(|e| (e, true)),
+                Err(e) => Err((e, false)),
+            };
+            if let Err((e, blocks_written)) = written {
                 if !self.has_wal() {
-                    st.pending = pending;
+                    // Written blocks are in `meta` and the tail: queueing
+                    // their events again would write them twice. The
+                    // next flush makes them durable.
+                    if !blocks_written {
+                        st.pending = pending;
+                    }
                     st.requeue_states(states);
                     return Err(e);
                 }
@@ -999,15 +1006,16 @@ pub struct Refused {
 #[must_use = "staged events count as recorded only once durable() says so"]
 pub struct Staged {
     recorded: Vec<Event>,
-    /// Seq of the last staged event (with none: the last one before).
+    /// Seq of the last staged event (with none staged: the last event
+    /// staged before; 0 when nothing at all was staged).
     last: u64,
     /// The commit request; `None` when nothing was staged.
     pending: Option<commit::Pending>,
 }
 
 impl Staged {
-    /// Seq of the last staged event; with none, of the last event staged
-    /// before.
+    /// Seq of the last staged event; with none (state changes alone), of
+    /// the last event staged before; 0 when nothing was staged.
     pub fn last_seq(&self) -> u64 {
         self.last
     }
@@ -1313,9 +1321,10 @@ impl Journal {
     /// with [`Staged::durable`]; nothing counts as recorded before that
     /// returns `Ok`. Successive stagings are committed in order.
     ///
-    /// Errors are those `record_with_states` returns before anything is
-    /// staged ([`JournalError::Full`], [`JournalError::StateName`], an
-    /// encoding failure): nothing was given a seq.
+    /// Refused ([`Refused`], the events and changes handed back) for the
+    /// errors `record_with_states` returns before anything is staged
+    /// ([`JournalError::Full`], [`JournalError::StateName`], an encoding
+    /// failure): nothing was given a seq.
     pub fn stage_with_states(
         &self,
         events: Vec<NewEvent>,

@@ -349,6 +349,8 @@ struct MemInner {
     entries_read: u64,
     fail_flush: bool,
     fail_apply: bool,
+    /// Writes to let through before `fail_apply` turns on.
+    apply_budget: Option<u64>,
     flush_delay: std::time::Duration,
     reopens: u64,
 }
@@ -390,6 +392,11 @@ impl MemStorage {
     pub fn set_fail_apply(&self, fail: bool) {
         self.lock().fail_apply = fail;
     }
+    /// Let `n` more writes through, then fail every write (until
+    /// `set_fail_apply(false)`).
+    pub fn fail_apply_after(&self, n: u64) {
+        self.lock().apply_budget = Some(n);
+    }
     /// Writes applied since the last flush.
     pub fn pending(&self) -> usize {
         self.lock().pending.len()
@@ -418,6 +425,14 @@ impl Storage for MemStorage {
     }
     fn apply(&self, batch: Batch) -> Result<(), StorageError> {
         let mut g = self.lock();
+        match g.apply_budget {
+            Some(0) => {
+                g.apply_budget = None;
+                g.fail_apply = true;
+            }
+            Some(n) => g.apply_budget = Some(n - 1),
+            None => {}
+        }
         if g.fail_apply {
             return Err(StorageError("write failed (simulated)".into()));
         }

@@ -246,6 +246,48 @@ fn the_newest_events_are_read_from_memory_and_match_the_store() {
     assert_eq!(seqs(&j, 0), [41]);
 }
 
+/// Without a WAL: the events' blocks are written, then the states' write
+/// fails. The events are not written a second time by the next commit.
+#[test]
+fn events_written_before_a_failed_state_write_are_not_written_twice() {
+    let rt = rt();
+    let mem = Arc::new(MemStorage::new());
+    let j = mem_journal(&mem, &mem_cfg(), &["uplink"]);
+    mem.fail_apply_after(1);
+    let r = rt.block_on(j.record_with_states(
+        (1..=3).map(ev).collect(),
+        vec![("alarm/a".into(), Some(b"x".to_vec()))],
+    ));
+    let Err(JournalError::NotDurable { first, last, .. }) = r else {
+        panic!("{r:?}")
+    };
+    assert_eq!((first, last), (1, 3));
+    // Nothing durable yet: not readable.
+    assert!(j.read_events(0, 10).unwrap().is_empty());
+    mem.set_fail_apply(false);
+    rt.block_on(j.wait_durable(3)).unwrap();
+    let read: Vec<(u64, u64)> = j
+        .read_events(0, 10)
+        .unwrap()
+        .iter()
+        .map(|e| (e.seq, detail_n(&e.payload)))
+        .collect();
+    assert_eq!(read, [(1, 1), (2, 2), (3, 3)]);
+    assert_eq!(j.load_state("alarm/a").unwrap().as_deref(), Some(&b"x"[..]));
+    rt.block_on(j.record(vec![ev(4)])).unwrap();
+    drop(j);
+    let j = mem_journal(&mem, &mem_cfg(), &["uplink"]);
+    assert_eq!(seqs(&j, 0), [1, 2, 3, 4]);
+    assert_eq!(
+        j.read_events(3, 1)
+            .unwrap()
+            .iter()
+            .map(|e| detail_n(&e.payload))
+            .collect::<Vec<_>>(),
+        [4]
+    );
+}
+
 #[test]
 fn cursors_are_independent_and_removal_waits_for_every_sink() {
     let rt = rt();

@@ -99,10 +99,9 @@ impl Client {
         resp
     }
 
-    /// Send a POST and close the connection at once, without reading the
-    /// answer: a client that goes away mid-request.
-    /// Send a state-changing request, wait for `taken_up` (the server is
-    /// handling it), then hang up without reading the response.
+    /// Send a POST, wait for `taken_up` (the server is handling it), then
+    /// hang up without reading the answer: a client that goes away
+    /// mid-request.
     pub fn post_and_hang_up(&self, path: &str, body: &serde_json::Value, taken_up: impl FnOnce()) {
         let mut s = TcpStream::connect(self.addr).expect("connect to the web server");
         let body = body.to_string();
