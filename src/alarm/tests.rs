@@ -1991,13 +1991,46 @@ fn coil_reading(points: &Bench, d: usize, v: bool) -> crate::point::BusMessage {
     }
 }
 
+/// The alarm task as the daemon runs it, on its own runtime: its bus and
+/// request senders and the running task.
+struct RunningTask {
+    rt: tokio::runtime::Runtime,
+    bus: tokio::sync::mpsc::Sender<crate::point::BusMessage>,
+    requests: tokio::sync::mpsc::Sender<super::task::AlarmRequest>,
+    running: tokio::task::JoinHandle<()>,
+}
+
+fn run_task(cfg: LoadedConfig, j: &crate::journal::Journal) -> RunningTask {
+    let status = std::sync::Arc::new(crate::status::GatewayStatus::new(
+        cfg.config.devices.len() as u64
+    ));
+    let (bus, bus_rx) = tokio::sync::mpsc::channel(256);
+    let (requests, requests_rx) = tokio::sync::mpsc::channel(4);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let running = rt.spawn(super::task::run(
+        std::sync::Arc::new(cfg),
+        j.clone(),
+        status,
+        bus_rx,
+        requests_rx,
+    ));
+    RunningTask {
+        rt,
+        bus,
+        requests,
+        running,
+    }
+}
+
 /// The same shape through the alarm task: what its commit of the one
 /// change actually writes to the WAL is the changed alarm's state alone.
 #[test]
 fn the_task_records_only_the_changed_alarm_whatever_the_number_active() {
     use crate::journal::{Journal, MemStorage};
     use std::sync::Arc;
-    use tokio::sync::mpsc;
     let dir = tempfile::tempdir().unwrap();
     let cfg = coil_devices(50, dir.path());
     let points = Bench::with(cfg.clone());
@@ -2010,21 +2043,9 @@ fn the_task_records_only_the_changed_alarm_whatever_the_number_active() {
         &["uplink"],
     )
     .unwrap();
-    let cfg = Arc::new(cfg);
-    let status = Arc::new(crate::status::GatewayStatus::new(50));
-    let (bus, bus_rx) = mpsc::channel(256);
-    let (_requests, requests_rx) = mpsc::channel(1);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let running = rt.spawn(super::task::run(
-        cfg,
-        j.clone(),
-        status,
-        bus_rx,
-        requests_rx,
-    ));
+    let RunningTask {
+        rt, bus, running, ..
+    } = run_task(cfg, &j);
     let reading = |d: usize, v: bool| coil_reading(&points, d, v);
     let wait_seq = |j: &Journal, seq: u64| {
         let mut head = j.watch();
@@ -2065,7 +2086,7 @@ fn the_task_records_only_the_changed_alarm_whatever_the_number_active() {
 fn a_burst_of_alarms_shares_commits_and_replies_wait_for_durability() {
     use crate::journal::{Journal, MemStorage};
     use std::sync::Arc;
-    use tokio::sync::{mpsc, oneshot};
+    use tokio::sync::oneshot;
     const N: usize = 20;
     const FLUSH: Duration = Duration::from_millis(25);
     let dir = tempfile::tempdir().unwrap();
@@ -2074,21 +2095,12 @@ fn a_burst_of_alarms_shares_commits_and_replies_wait_for_durability() {
     // No WAL: every commit is a flush of the store, which takes FLUSH.
     let mem = Arc::new(MemStorage::with_flush_delay(FLUSH));
     let j = Journal::with_storage(mem.clone(), &cfg.config.journal, "gw", &["uplink"]).unwrap();
-    let cfg = Arc::new(cfg);
-    let status = Arc::new(crate::status::GatewayStatus::new(N as u64));
-    let (bus, bus_rx) = mpsc::channel(256);
-    let (requests, requests_rx) = mpsc::channel(4);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let running = rt.spawn(super::task::run(
-        cfg,
-        j.clone(),
-        status,
-        bus_rx,
-        requests_rx,
-    ));
+    let RunningTask {
+        rt,
+        bus,
+        requests,
+        running,
+    } = run_task(cfg, &j);
     rt.block_on(async {
         let flushes_before = mem.counts().0;
         for d in 0..N {
@@ -2137,28 +2149,19 @@ fn a_burst_of_alarms_shares_commits_and_replies_wait_for_durability() {
 fn replies_wait_while_the_journal_cannot_flush_and_nothing_is_lost() {
     use crate::journal::{Journal, MemStorage};
     use std::sync::Arc;
-    use tokio::sync::{mpsc, oneshot};
+    use tokio::sync::oneshot;
     const N: usize = 5;
     let dir = tempfile::tempdir().unwrap();
     let cfg = coil_devices(N + 1, dir.path());
     let points = Bench::with(cfg.clone());
     let mem = Arc::new(MemStorage::new());
     let j = Journal::with_storage(mem.clone(), &cfg.config.journal, "gw", &["uplink"]).unwrap();
-    let cfg = Arc::new(cfg);
-    let status = Arc::new(crate::status::GatewayStatus::new(N as u64 + 1));
-    let (bus, bus_rx) = mpsc::channel(256);
-    let (requests, requests_rx) = mpsc::channel(4);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let running = rt.spawn(super::task::run(
-        cfg,
-        j.clone(),
-        status,
-        bus_rx,
-        requests_rx,
-    ));
+    let RunningTask {
+        rt,
+        bus,
+        requests,
+        running,
+    } = run_task(cfg, &j);
     let ack = |reply| super::task::AlarmRequest::Acknowledge {
         key: "dev-00/coil-0".into(),
         operator: "guard".into(),
