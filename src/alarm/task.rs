@@ -53,6 +53,12 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 /// the oldest before taking another message, and the bus holds the drivers.
 const MAX_IN_FLIGHT: usize = 32;
 
+/// Bus messages applied in one turn before their events are staged. The
+/// drivers of one poll round answer together: the messages already waiting
+/// go into one batch (one commit) instead of one batch each. Bounded, so
+/// the first alarm of a long queue is not held back by many readings.
+const DRAIN_AT_ONCE: usize = 32;
+
 /// A batch still not durable after this long means the journal is stuck:
 /// the task stops beating its heartbeat, as when it waited in line, so the
 /// watchdog sees it.
@@ -237,6 +243,12 @@ pub async fn run_with(
                     out: &mut out,
                 };
                 devices.apply(&cfg, &status, &mut targets, Instant::now(), &msg);
+                // The messages already waiting (the other devices of one
+                // poll round) go into the same batch: one commit for them.
+                for _ in 1..DRAIN_AT_ONCE {
+                    let Ok(msg) = bus.try_recv() else { break };
+                    devices.apply(&cfg, &status, &mut targets, Instant::now(), &msg);
+                }
             }
             req = requests.recv(), if requests_open => {
                 match req {

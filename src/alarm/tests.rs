@@ -2001,6 +2001,15 @@ struct RunningTask {
 }
 
 fn run_task(cfg: LoadedConfig, j: &crate::journal::Journal) -> RunningTask {
+    run_task_with(cfg, j, super::task::Hooks::default())
+}
+
+/// [`run_task`] with arming, linkage or live-view hooks.
+fn run_task_with(
+    cfg: LoadedConfig,
+    j: &crate::journal::Journal,
+    hooks: super::task::Hooks,
+) -> RunningTask {
     let status = std::sync::Arc::new(crate::status::GatewayStatus::new(
         cfg.config.devices.len() as u64
     ));
@@ -2010,12 +2019,13 @@ fn run_task(cfg: LoadedConfig, j: &crate::journal::Journal) -> RunningTask {
         .enable_all()
         .build()
         .unwrap();
-    let running = rt.spawn(super::task::run(
+    let running = rt.spawn(super::task::run_with(
         std::sync::Arc::new(cfg),
         j.clone(),
         status,
         bus_rx,
         requests_rx,
+        hooks,
     ));
     RunningTask {
         rt,
@@ -2137,6 +2147,48 @@ fn a_burst_of_alarms_shares_commits_and_replies_wait_for_durability() {
             j.watch().borrow().last_seq > N as u64,
             "answered before durable"
         );
+    });
+    drop(bus);
+    rt.block_on(running).unwrap();
+}
+
+/// Readings already waiting on the bus when the task wakes (the devices
+/// of one poll round answer together) are applied in one turn: their
+/// alarms go out as one batch, to linkage and to the journal (one commit),
+/// not the first alone and the rest after it.
+#[test]
+fn readings_waiting_together_make_one_batch() {
+    use crate::journal::{Journal, MemStorage};
+    use std::sync::Arc;
+    const N: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = coil_devices(N, dir.path());
+    let points = Bench::with(cfg.clone());
+    let mem = Arc::new(MemStorage::new());
+    let j = Journal::with_storage(mem.clone(), &cfg.config.journal, "gw", &["uplink"]).unwrap();
+    let (linkage, mut batches) = tokio::sync::mpsc::channel(64);
+    let hooks = super::task::Hooks {
+        linkage: Some(linkage),
+        ..Default::default()
+    };
+    let RunningTask {
+        rt, bus, running, ..
+    } = run_task_with(cfg, &j, hooks);
+    rt.block_on(async {
+        // The task is up and waits for the bus.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let flushes_before = mem.counts().0;
+        // Queued without yielding: all are waiting when the task wakes.
+        for d in 0..N {
+            bus.try_send(coil_reading(&points, d, true)).unwrap();
+        }
+        let first = batches.recv().await.unwrap();
+        assert_eq!(first.len(), N, "alarms of the first batch");
+        let mut head = j.watch();
+        while head.borrow_and_update().last_seq < N as u64 {
+            head.changed().await.unwrap();
+        }
+        assert_eq!(mem.counts().0 - flushes_before, 1, "commits for {N} alarms");
     });
     drop(bus);
     rt.block_on(running).unwrap();
