@@ -1978,6 +1978,34 @@ fn coil_devices(n: usize, dir: &Path) -> LoadedConfig {
     cfg
 }
 
+/// `n` coil devices (see [`coil_devices`]), their points, and a journal
+/// without a WAL on `mem`, in a directory of its own (kept while `_dir`
+/// lives).
+struct CoilJournal {
+    _dir: tempfile::TempDir,
+    cfg: LoadedConfig,
+    points: Bench,
+    mem: std::sync::Arc<crate::journal::MemStorage>,
+    j: crate::journal::Journal,
+}
+
+fn coil_journal(n: usize, mem: crate::journal::MemStorage) -> CoilJournal {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = coil_devices(n, dir.path());
+    let points = Bench::with(cfg.clone());
+    let mem = std::sync::Arc::new(mem);
+    let j =
+        crate::journal::Journal::with_storage(mem.clone(), &cfg.config.journal, "gw", &["uplink"])
+            .unwrap();
+    CoilJournal {
+        _dir: dir,
+        cfg,
+        points,
+        mem,
+        j,
+    }
+}
+
 /// A coil reading of `dev-NN` as its driver sends it.
 fn coil_reading(points: &Bench, d: usize, v: bool) -> crate::point::BusMessage {
     crate::point::BusMessage::Readings {
@@ -2094,17 +2122,18 @@ fn the_task_records_only_the_changed_alarm_whatever_the_number_active() {
 /// operator's reply still waits until its event is durable.
 #[test]
 fn a_burst_of_alarms_shares_commits_and_replies_wait_for_durability() {
-    use crate::journal::{Journal, MemStorage};
-    use std::sync::Arc;
+    use crate::journal::MemStorage;
     use tokio::sync::oneshot;
     const N: usize = 20;
     const FLUSH: Duration = Duration::from_millis(25);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = coil_devices(N, dir.path());
-    let points = Bench::with(cfg.clone());
     // No WAL: every commit is a flush of the store, which takes FLUSH.
-    let mem = Arc::new(MemStorage::with_flush_delay(FLUSH));
-    let j = Journal::with_storage(mem.clone(), &cfg.config.journal, "gw", &["uplink"]).unwrap();
+    let CoilJournal {
+        _dir,
+        cfg,
+        points,
+        mem,
+        j,
+    } = coil_journal(N, MemStorage::with_flush_delay(FLUSH));
     let RunningTask {
         rt,
         bus,
@@ -2158,14 +2187,15 @@ fn a_burst_of_alarms_shares_commits_and_replies_wait_for_durability() {
 /// not the first alone and the rest after it.
 #[test]
 fn readings_waiting_together_make_one_batch() {
-    use crate::journal::{Journal, MemStorage};
-    use std::sync::Arc;
+    use crate::journal::MemStorage;
     const N: usize = 20;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = coil_devices(N, dir.path());
-    let points = Bench::with(cfg.clone());
-    let mem = Arc::new(MemStorage::new());
-    let j = Journal::with_storage(mem.clone(), &cfg.config.journal, "gw", &["uplink"]).unwrap();
+    let CoilJournal {
+        _dir,
+        cfg,
+        points,
+        mem,
+        j,
+    } = coil_journal(N, MemStorage::new());
     let (linkage, mut batches) = tokio::sync::mpsc::channel(64);
     let hooks = super::task::Hooks {
         linkage: Some(linkage),
@@ -2199,15 +2229,16 @@ fn readings_waiting_together_make_one_batch() {
 /// it flushes again every event is there, in order, and the replies follow.
 #[test]
 fn replies_wait_while_the_journal_cannot_flush_and_nothing_is_lost() {
-    use crate::journal::{Journal, MemStorage};
-    use std::sync::Arc;
+    use crate::journal::MemStorage;
     use tokio::sync::oneshot;
     const N: usize = 5;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = coil_devices(N + 1, dir.path());
-    let points = Bench::with(cfg.clone());
-    let mem = Arc::new(MemStorage::new());
-    let j = Journal::with_storage(mem.clone(), &cfg.config.journal, "gw", &["uplink"]).unwrap();
+    let CoilJournal {
+        _dir,
+        cfg,
+        points,
+        mem,
+        j,
+    } = coil_journal(N + 1, MemStorage::new());
     let RunningTask {
         rt,
         bus,
