@@ -2202,11 +2202,25 @@ fn readings_waiting_together_make_one_batch() {
         ..Default::default()
     };
     let RunningTask {
-        rt, bus, running, ..
+        rt,
+        bus,
+        requests,
+        running,
     } = run_task_with(cfg, &j, hooks);
     rt.block_on(async {
-        // The task is up and waits for the bus.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A reply means the task has restored (and committed what the
+        // restore saves) and waits in its loop.
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        requests
+            .send(super::task::AlarmRequest::Acknowledge {
+                key: "no-such/alarm".into(),
+                operator: "guard".into(),
+                comment: None,
+                reply,
+            })
+            .await
+            .unwrap();
+        let _ = answer.await.unwrap();
         let flushes_before = mem.counts().0;
         // Queued without yielding: all are waiting when the task wakes.
         for d in 0..N {
