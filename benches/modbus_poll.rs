@@ -96,8 +96,10 @@ fn run(secs: u64, changing: bool) -> bool {
         let (mut polls, mut decoded, mut failures) = (0u64, 0u64, 0u64);
         while let Ok(Some(m)) = tokio::time::timeout_at(end, rx.recv()).await {
             match m {
+                // The points of the requests whose replies changed: the
+                // holding registers' (100) when the coil did not change.
                 BusMessage::Readings { readings, .. } => {
-                    assert_eq!(readings.len(), 101);
+                    assert!(matches!(readings.len(), 100 | 101), "{}", readings.len());
                     polls += 1;
                     decoded += 1;
                 }

@@ -416,12 +416,16 @@ async fn rtu_two_slaves_on_one_bus_and_an_absent_one() {
         let m = d.next(Duration::from_secs(3), "RTU traffic").await;
         match &m {
             BusMessage::Readings { device, .. } | BusMessage::Confirmed { device, .. } => {
+                // `Readings` after a change carry the changed requests'
+                // points only (the coil's, when only it flipped).
                 let v = values_of(&m).unwrap();
                 match &**device {
                     "slave-1" => assert_eq!(v[&level("slave-1")], Value::Int(111)),
                     "slave-2" => {
-                        assert_eq!(v[&level("slave-2")], Value::Int(222));
-                        if v[&alarm("slave-2")] == Value::Bool(true) {
+                        if let Some(l) = v.get(&level("slave-2")) {
+                            assert_eq!(*l, Value::Int(222));
+                        }
+                        if v.get(&alarm("slave-2")) == Some(&Value::Bool(true)) {
                             saw_flip = true;
                         }
                     }

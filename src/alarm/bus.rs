@@ -6,13 +6,17 @@
 //! same effect as `readings` with those values: when the alarm task holds
 //! them (it applied the device's previous message), only the points a rule
 //! watches are decoded (a reading can fire a delay that ran out or meet a
-//! changed arming state), the telemetry filter re-offers its own copy, and
-//! the live view takes the new timestamp; otherwise (a new alarm task after
-//! a reload, a device that was offline) every value is decoded and applied
-//! as `readings`.
+//! changed arming state), the telemetry filter re-offers its own copy (one
+//! time stamp for the whole device while it is steady), and the live view
+//! takes the new timestamp; otherwise (a new alarm task after a reload, a
+//! device that was offline) every value is decoded and applied as
+//! `readings`.
 //!
 //! [`Devices`] is the alarm task's handling of one bus message: which
 //! device is offline, and whether the targets hold a device's values.
+//! `Readings` of all of a device's points make it held; `Readings` of some
+//! (an endpoint sends only the requests whose replies changed) leave it as
+//! it was, since the other points' values are held only if they were.
 //! Values carried over from a previous alarm task (a reload) are applied
 //! with [`Devices::carried`] and are never held: that task may have missed
 //! a message of the device, so the first `Confirmed` after a reload is
@@ -41,6 +45,10 @@ pub(super) struct Devices {
     /// device since. Never true while the device is offline: the task
     /// starts with nothing held, and `DeviceStatus` clears it.
     held: Vec<bool>,
+    /// Points of each device in the table: `Readings` of fewer (a driver
+    /// sends only the requests that changed) leave the others as they
+    /// were, so they make the device held only if it was.
+    points: Vec<usize>,
 }
 
 impl Devices {
@@ -59,6 +67,15 @@ impl Devices {
                 .collect(),
             offline,
             held: vec![false; n],
+            points: {
+                let mut points = vec![0; n];
+                for (_, m) in cfg.points.iter() {
+                    if let Some(c) = points.get_mut(m.device_index) {
+                        *c += 1;
+                    }
+                }
+                points
+            },
         }
     }
 
@@ -79,13 +96,17 @@ impl Devices {
                 readings: values,
                 ..
             } => {
-                self.answered(device, status, t, now, *ts, true);
+                let all = self
+                    .index
+                    .get(&**device)
+                    .is_some_and(|&di| values.len() >= self.points[di]);
+                self.answered(device, status, t, now, *ts, |held| held || all);
                 readings(t, now, *ts, values);
             }
             BusMessage::Confirmed {
                 device, ts, points, ..
             } => {
-                let held = self.answered(device, status, t, now, *ts, true);
+                let held = self.answered(device, status, t, now, *ts, |_| true);
                 confirmed(t, now, *ts, &**points, held);
             }
             BusMessage::DeviceStatus {
@@ -137,13 +158,13 @@ impl Devices {
         now: Instant,
         c: &Carried,
     ) {
-        self.answered(&c.device, status, t, now, c.ts, false);
+        self.answered(&c.device, status, t, now, c.ts, |_| false);
         readings(t, now, c.ts, &c.readings);
     }
 
     /// Values of `device` arrive at `ts`: an offline device is online
     /// again. Whether the targets held the device's values before; they
-    /// hold them after when `holds`.
+    /// hold them after when `holds(held before)`.
     fn answered(
         &mut self,
         device: &str,
@@ -151,7 +172,7 @@ impl Devices {
         t: &mut Targets<'_>,
         now: Instant,
         ts: Timestamp,
-        holds: bool,
+        holds: impl FnOnce(bool) -> bool,
     ) -> bool {
         let Some(&di) = self.index.get(device) else {
             return false;
@@ -161,7 +182,9 @@ impl Devices {
             self.set_online(di, true, status);
             t.engine.on_device_status(now, ts, di, true, None, t.out);
         }
-        std::mem::replace(&mut self.held[di], holds)
+        let before = self.held[di];
+        self.held[di] = holds(before);
+        before
     }
 
     fn set_online(&mut self, di: usize, online: bool, status: &GatewayStatus) {
@@ -246,22 +269,17 @@ pub(super) fn confirmed(
     if let Some(l) = t.live {
         l.confirm(ts, c);
     }
+    // Rules see every confirmed value (on-delays, off-delays run on them).
     for i in 0..c.count() {
         let Some(point) = c.point(i) else { continue };
-        let mut value = None;
         if t.engine.watches(point) {
-            value = c.value(i);
-            let Some(v) = value else { continue };
+            let Some(v) = c.value(i) else { continue };
             t.engine
                 .on_reading(now, ts, point, Some(v), Quality::Good, t.out);
         }
-        if let Some(f) = t.telemetry.as_deref_mut() {
-            if !f.confirm(now, ts, point) {
-                if let Some(v) = value.or_else(|| c.value(i)) {
-                    f.offer(now, ts, point, Some(v), Quality::Good);
-                }
-            }
-        }
+    }
+    if let Some(f) = t.telemetry.as_deref_mut() {
+        f.confirm_all(now, ts, c);
     }
 }
 
@@ -402,7 +420,7 @@ message = "Smoke loop 1"
             Side {
                 engine: AlarmEngine::new(cfg),
                 telemetry: TelemetryFilter::new(cfg),
-                live: LiveView::new(cfg.points.len()),
+                live: LiveView::new(&cfg.points),
                 out: Vec::new(),
                 devices: Devices::new(cfg, vec![false; cfg.config.devices.len()]),
                 status: GatewayStatus::new(cfg.config.devices.len() as u64),
@@ -651,6 +669,86 @@ message = "Smoke loop 1"
         }
     }
 
+    /// `Readings` of some points (an endpoint sends only the requests that
+    /// changed) keep the device held only if it was: after a reload that
+    /// carried values older than the endpoint's, the next `Confirmed` is
+    /// still decoded in full.
+    #[test]
+    fn readings_of_some_points_do_not_make_a_device_held() {
+        let text = CONFIG.replace("EVERY_POLL", "every_poll = false");
+        let cfg = load_str(&text, Path::new("t.toml")).unwrap();
+        let t0 = Instant::now();
+        let at = |ms: u64| {
+            (
+                t0 + Duration::from_millis(ms),
+                Timestamp::from_unix_ms(1_795_813_445_000 + ms as i64).unwrap(),
+            )
+        };
+        let values = |body: Body, ms: u64| {
+            let (_, ts) = at(ms);
+            Msg {
+                device: 0,
+                ts,
+                body,
+            }
+        };
+        let mut side = Side::new(&cfg);
+        let old = values_of(&cfg, 0, &[0; 5]);
+        let (now, _) = at(0);
+        side.apply(
+            &cfg,
+            now,
+            &values(
+                Body::Values {
+                    values: old.clone(),
+                    confirm: false,
+                },
+                0,
+            ),
+        );
+        // The endpoint sends new values that this task misses; a reload
+        // carries the old ones.
+        let mut new = values_of(&cfg, 0, &[1, 1, 2, 2, 2]);
+        assert_ne!(old[1..], new[1..]);
+        let (now, _) = at(1000);
+        side = Side::reloaded(&cfg, now, &side);
+        // Only the first point's request changes next; then a poll with
+        // nothing changed, confirmed.
+        new[0].1 = Value::Bool(false);
+        let (now, _) = at(2000);
+        side.apply(
+            &cfg,
+            now,
+            &values(
+                Body::Values {
+                    values: new[..1].to_vec(),
+                    confirm: false,
+                },
+                2000,
+            ),
+        );
+        let (now, _) = at(3000);
+        side.apply(
+            &cfg,
+            now,
+            &values(
+                Body::Values {
+                    values: new.clone(),
+                    confirm: true,
+                },
+                3000,
+            ),
+        );
+        let live = side.live.values();
+        for (point, value) in &new {
+            assert_eq!(
+                live[*point as usize].map(|s| s.value),
+                Some(Some(*value)),
+                "point {point}: the confirmation was taken as held"
+            );
+        }
+    }
+
     /// The real alarm task, its live view and journal.
     mod task {
         use super::*;
@@ -683,7 +781,7 @@ message = "Smoke loop 1"
             .unwrap();
             let cfg = Arc::new(cfg);
             let status = Arc::new(GatewayStatus::new(cfg.config.devices.len() as u64));
-            let live = Arc::new(LiveView::new(cfg.points.len()));
+            let live = Arc::new(LiveView::new(&cfg.points));
             let (bus, bus_rx) = mpsc::channel(16);
             let (_requests, requests_rx) = mpsc::channel(1);
             let hooks = Hooks {

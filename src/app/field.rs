@@ -455,7 +455,7 @@ impl Field {
         );
         let (linkage_tx, linkage) =
             crate::linkage::task::spawn(cfg.clone(), writers.clone(), shared.journal.clone());
-        let live = Arc::new(LiveView::new(cfg.points.len()));
+        let live = Arc::new(LiveView::new(&cfg.points));
         let (bus_tx, bus_rx) = mpsc::channel::<BusMessage>(BUS_CAPACITY);
         // Kept devices do not send their values again unless they change
         // (MQTT, GPIO): their last values go first to the new alarm task.

@@ -37,14 +37,18 @@
 //! # Cost
 //!
 //! Per-point state sits in a `Vec` indexed by [`PointIndex`]; an offer that
-//! is not reported does no allocation and no hashing.
+//! is not reported does no allocation and no hashing. A device's unchanged
+//! poll ([`TelemetryFilter::confirm_all`]) costs one time stamp for the whole
+//! device while its values are steady: every point good and reported good,
+//! none due for its max-interval refresh. Otherwise it is confirmed point by
+//! point, which also finds out whether the device is steady again.
 
 mod config;
 pub use config::TelemetryConfig;
 
 use crate::config::LoadedConfig;
 use crate::event::Timestamp;
-use crate::point::{PointIndex, Quality, Value};
+use crate::point::{Confirmation, PointIndex, Quality, Value};
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -121,6 +125,24 @@ impl Slot {
     }
 }
 
+/// Per-device state of [`TelemetryFilter::confirm_all`]'s fast path.
+#[derive(Debug, Default)]
+struct DeviceState {
+    /// Points of the device in the table.
+    points: usize,
+    /// The device's last whole-device confirmation (`Instant`, device
+    /// time): the last offer of each of its points that were good then
+    /// and not offered since (their slots keep the earlier offer).
+    confirmed: Option<(Instant, Timestamp)>,
+    /// The device is steady: every enabled point's last offer is a good
+    /// value and its last report is good, so an unchanged poll reports
+    /// nothing until `refresh_from`. Cleared by any other offer or report.
+    steady: bool,
+    /// No point of the device is due for its max-interval refresh before
+    /// this (a lower bound: reports since only move dues later).
+    refresh_from: Option<Instant>,
+}
+
 /// A value waiting in the current batch.
 #[derive(Clone, Copy, Debug)]
 struct Queued {
@@ -135,6 +157,8 @@ pub struct TelemetryFilter {
     points: Vec<PointInfo>,
     /// Device ids, shared by the points of a device.
     devices: Vec<Arc<str>>,
+    /// Per device, indexed like `devices`: whole-device confirmations.
+    device_state: Vec<DeviceState>,
     /// Per point, indexed by [`PointIndex`]: what was offered and reported.
     slots: Vec<Slot>,
     every_poll: bool,
@@ -176,9 +200,15 @@ impl TelemetryFilter {
             })
             .collect();
         let slots = points.iter().map(|_| Slot::default()).collect();
+        let mut device_state: Vec<DeviceState> =
+            devices.iter().map(|_| DeviceState::default()).collect();
+        for p in &points {
+            device_state[p.device as usize].points += 1;
+        }
         TelemetryFilter {
             points,
             devices,
+            device_state,
             slots,
             every_poll: t.every_poll,
             // Validation refuses 0; guard anyway against a refresh storm.
@@ -212,6 +242,9 @@ impl TelemetryFilter {
             return;
         }
         self.clock = Some((now, ts));
+        if quality != Quality::Good || value.is_none() {
+            self.device_state[info.device as usize].steady = false;
+        }
         let sample = Sample { value, quality, ts };
         slot.last_value = value;
         slot.last_quality = quality;
@@ -257,6 +290,95 @@ impl TelemetryFilter {
         true
     }
 
+    /// A device's unchanged poll: every entry of `c` confirmed (as by
+    /// [`confirm`](Self::confirm)) or, where that does nothing, offered
+    /// with its decoded value. While the device is steady this is one
+    /// time stamp for the whole device, with the same outcome.
+    pub fn confirm_all(&mut self, now: Instant, ts: Timestamp, c: &dyn Confirmation) {
+        let n = c.count();
+        let Some(device) = c
+            .point(0)
+            .and_then(|p| self.points.get(p as usize))
+            .map(|info| info.device as usize)
+        else {
+            self.confirm_each(now, ts, c);
+            return;
+        };
+        let d = &mut self.device_state[device];
+        if !self.every_poll && d.steady && d.points == n && d.refresh_from.is_some_and(|r| now < r)
+        {
+            // What `offer` would do for each point: nothing is reported
+            // (same value, good, reported good, no refresh due); only the
+            // time of the last offer moves, kept here for all of them.
+            d.confirmed = Some((now, ts));
+            self.clock = Some((now, ts));
+            return;
+        }
+        self.confirm_each(now, ts, c);
+        // Steady now? Every entry a point of this device, all its points
+        // present, each enabled one good and reported good.
+        let mut steady = !self.every_poll && n == self.device_state[device].points;
+        let mut refresh_from: Option<Instant> = None;
+        for i in 0..n {
+            if !steady {
+                break;
+            }
+            let Some(p) = c.point(i) else {
+                steady = false;
+                break;
+            };
+            let (Some(info), Some(slot)) =
+                (self.points.get(p as usize), self.slots.get(p as usize))
+            else {
+                steady = false;
+                break;
+            };
+            if info.device as usize != device {
+                steady = false;
+            } else if info.enabled {
+                steady = slot.last_quality == Quality::Good
+                    && slot.last_value.is_some()
+                    && slot.reported_quality == Quality::Good;
+                if let Some(at) = slot.reported_at {
+                    let due = at + self.max_interval;
+                    refresh_from = Some(refresh_from.map_or(due, |r| r.min(due)));
+                }
+            }
+        }
+        let d = &mut self.device_state[device];
+        d.steady = steady;
+        // No enabled point: nothing is ever due.
+        d.refresh_from = refresh_from.or(Some(now + self.max_interval));
+    }
+
+    /// [`confirm_all`](Self::confirm_all) point by point.
+    fn confirm_each(&mut self, now: Instant, ts: Timestamp, c: &dyn Confirmation) {
+        for i in 0..c.count() {
+            let Some(point) = c.point(i) else { continue };
+            if !self.confirm(now, ts, point) {
+                if let Some(v) = c.value(i) {
+                    self.offer(now, ts, point, Some(v), Quality::Good);
+                }
+            }
+        }
+    }
+
+    /// A point's last offered sample and when it was offered, counting
+    /// its device's whole-device confirmations.
+    fn last_offer(&self, point: PointIndex) -> Option<(Sample, Instant)> {
+        let (mut sample, mut at) = self.slots[point as usize].last()?;
+        let device = self.points[point as usize].device as usize;
+        if let Some((confirmed_at, confirmed_ts)) = self.device_state[device].confirmed {
+            // A confirmation covers the points that were good then; one
+            // offered since (good or not) has a later offer of its own.
+            if confirmed_at > at && sample.quality == Quality::Good && sample.value.is_some() {
+                sample.ts = confirmed_ts;
+                at = confirmed_at;
+            }
+        }
+        Some((sample, at))
+    }
+
     /// A finished batch, as a contract `telemetry` JSON payload, if one is
     /// due at `now`. Call until it returns `None`.
     pub fn take_due(&mut self, now: Instant) -> Option<Vec<u8>> {
@@ -296,6 +418,10 @@ impl TelemetryFilter {
     }
 
     fn enqueue(&mut self, now: Instant, point: PointIndex, sample: Sample) {
+        if sample.quality != Quality::Good {
+            let device = self.points[point as usize].device as usize;
+            self.device_state[device].steady = false;
+        }
         let slot = &mut self.slots[point as usize];
         slot.reported_value = sample.value;
         slot.reported_quality = sample.quality;
@@ -318,10 +444,10 @@ impl TelemetryFilter {
             }
             self.refresh.pop();
             let max_interval = self.max_interval;
+            let last = self.last_offer(point);
             let slot = &mut self.slots[point as usize];
             slot.scheduled = false;
-            let (Some(reported_at), Some((mut sample, offered_at))) =
-                (slot.reported_at, slot.last())
+            let (Some(reported_at), Some((mut sample, offered_at))) = (slot.reported_at, last)
             else {
                 continue;
             };

@@ -97,6 +97,22 @@ impl Bench {
     }
 }
 
+/// A whole-device confirmation with these values, entry `i` point `i`.
+#[derive(Debug)]
+struct Device(Vec<Value>);
+
+impl Confirmation for Device {
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+    fn point(&self, i: usize) -> Option<PointIndex> {
+        (i < self.0.len()).then_some(i as PointIndex)
+    }
+    fn value(&self, i: usize) -> Option<Value> {
+        self.0.get(i).copied()
+    }
+}
+
 fn values(points: &[Json]) -> Vec<(String, Json)> {
     points
         .iter()
@@ -386,6 +402,68 @@ fn batch_time_counts_from_first_queued_value() {
 }
 
 #[test]
+fn a_steady_device_is_confirmed_whole_and_refreshed_with_the_confirmations_time() {
+    let mut b = Bench::new("batch_s = 0.1\nmax_interval_s = 10");
+    let device = Device(vec![
+        Value::Float(18.5),
+        Value::Bool(true),
+        Value::Int(3),
+        Value::Int(7),
+        Value::Float(20.0),
+    ]);
+    // The first confirmation finds nothing held: it offers every value.
+    b.f.confirm_all(b.at(0), Bench::ts(0), &device);
+    assert_eq!(b.take_points(100).len(), 4, "the four telemetry points");
+    // Unchanged polls: nothing to report, the device is steady.
+    for ms in (1_000..=9_000).step_by(1_000) {
+        b.f.confirm_all(b.at(ms), Bench::ts(ms), &device);
+        assert_eq!(b.take_points(ms), Vec::<Json>::new());
+    }
+    // The max-interval refresh: the values, good (confirmed 1 s ago, not
+    // stale), stamped with the last confirmation's device time.
+    let refreshed = b.take_points(10_100);
+    assert_eq!(refreshed.len(), 4);
+    for p in &refreshed {
+        assert_eq!(p["quality"], "good", "{p}");
+        assert_eq!(p["ts"], "2026-11-27T21:04:14.000Z", "{p}");
+    }
+    // A point gone bad: the device is confirmed point by point again; the
+    // bad point gets its confirmed value back, reported as a change.
+    b.offer(10_500, FAN, None, Quality::Bad);
+    assert_eq!(b.take_points(10_600).len(), 1);
+    b.f.confirm_all(b.at(11_000), Bench::ts(11_000), &device);
+    let back = b.take_points(11_100);
+    assert_eq!(values(&back), vec![("fan-run".into(), json!(true))]);
+    // No more polls. At the next refresh (20 s; the fan's at 21 s, as it
+    // was reported at 11 s) the values were offered 9 s before (at 11 s,
+    // point by point): good; the fan's 10 s before: stale. At the one
+    // after, all are stale.
+    let quality = |points: &[Json]| -> Vec<(String, Json)> {
+        points
+            .iter()
+            .map(|p| {
+                (
+                    p["point"].as_str().unwrap().to_string(),
+                    p["quality"].clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        quality(&b.take_points(25_000)),
+        vec![
+            ("supply-temp".into(), json!("good")),
+            ("fan-run".into(), json!("stale")),
+            ("status".into(), json!("good")),
+            ("return-temp".into(), json!("good")),
+        ]
+    );
+    let stale = b.take_points(35_000);
+    assert_eq!(stale.len(), 4);
+    assert!(stale.iter().all(|p| p["quality"] == "stale"), "{stale:?}");
+}
+
+#[test]
 fn flush_takes_everything_without_refreshing() {
     let mut b = Bench::new("max_points_per_message = 2\nbatch_s = 60\nmax_interval_s = 1");
     b.good(0, TEMP, Value::Float(1.0));
@@ -460,12 +538,14 @@ mod prop {
 
         /// `confirm` is `offer` of the point's last offered value when that
         /// was good, in both modes and over any sequence of offers, takes
-        /// and time steps; otherwise it does nothing and says so.
+        /// and time steps; otherwise it does nothing and says so. And
+        /// `confirm_all` of a whole device is the same as offering each
+        /// point its value, steady device or not.
         #[test]
         fn confirm_is_an_offer_of_the_same_value(
             every_poll in any::<bool>(),
             steps in proptest::collection::vec(
-                (0u64..2500, 0u32..6, 0u8..6, -3.0f64..3.0),
+                (0u64..2500, 0u32..6, 0u8..8, -3.0f64..3.0),
                 1..300,
             ),
         ) {
@@ -501,6 +581,21 @@ mod prop {
                         confirmed.offer(ms, point, None, Quality::Bad);
                         offered.offer(ms, point, None, Quality::Bad);
                         last[point as usize] = Some((None, Quality::Bad));
+                    }
+                    6 | 7 => {
+                        // A whole-device confirmation: each point's last
+                        // good value, or a new one where there is none.
+                        let device = Device((0..5).map(|p| match last[p] {
+                            Some((Some(value), Quality::Good)) => value,
+                            _ => v,
+                        }).collect());
+                        confirmed.f.confirm_all(confirmed.at(ms), Bench::ts(ms), &device);
+                        for (p, &value) in device.0.iter().enumerate() {
+                            offered.good(ms, p as PointIndex, value);
+                            if p as PointIndex != COUNTER {
+                                last[p] = Some((Some(value), Quality::Good));
+                            }
+                        }
                     }
                     3 => {
                         // Take what is due, at the same instants.

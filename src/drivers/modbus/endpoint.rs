@@ -38,7 +38,10 @@
 //! ([`LastReplies`], about 2 bytes a register and 1 bit a coil). A poll
 //! whose replies are all bit-identical to those is not decoded: it becomes
 //! a [`BusMessage::Confirmed`] of the same points, sharing the kept
-//! replies, so a consumer that needs a value decodes just that one. The
+//! replies, so a consumer that needs a value decodes just that one. When
+//! only some replies changed (a coil flipped, the registers did not), only
+//! those are decoded: the `Readings` carry the points of the changed
+//! requests, whose consumers hold the others' values already. The
 //! kept replies are dropped whenever the bus may hold other values for the
 //! device than they say: a poll fails (a `DeviceStatus` may follow), the
 //! device is offline, the link is reopened, or a write to the device is
@@ -296,7 +299,8 @@ impl Confirmation for LastReplies {
 
 /// What a successful poll of a device produced.
 enum Polled {
-    /// Values that differ from the last sent (or nothing was kept).
+    /// The points of every request whose reply differs from the kept one
+    /// (all points when nothing was kept).
     Changed(Vec<Reading>),
     /// Every reply is bit-identical to the kept ones.
     Same(Arc<LastReplies>),
@@ -898,9 +902,21 @@ impl<C: Connector> Endpoint<C> {
 
     /// Poll device `i` once and schedule its next poll. False when the bus
     /// is closed.
+    ///
+    /// The device's span is entered for the outcome (its log lines), not
+    /// across the request awaits: entering a span costs a subscriber round
+    /// trip on every wake-up, several per poll.
     async fn poll(&mut self, i: usize) -> [Option<BusMessage>; 2] {
-        let span = self.devices[i].span.clone();
-        self.poll_inner(i).instrument(span).await
+        let began = Instant::now();
+        if self.devices[i].health.is_offline() {
+            // The bus holds the device's points as bad.
+            self.devices[i].forget_replies();
+        }
+        let result = self.read_device(i).await;
+        let span = std::mem::replace(&mut self.devices[i].span, tracing::Span::none());
+        let messages = span.in_scope(|| self.settle(i, began, result));
+        self.devices[i].span = span;
+        messages
     }
 
     /// Hand a poll's messages to the bus; false once the bus is closed or
@@ -914,13 +930,14 @@ impl<C: Connector> Endpoint<C> {
         true
     }
 
-    async fn poll_inner(&mut self, i: usize) -> [Option<BusMessage>; 2] {
-        let began = Instant::now();
-        if self.devices[i].health.is_offline() {
-            // The bus holds the device's points as bad.
-            self.devices[i].forget_replies();
-        }
-        let result = self.read_device(i).await;
+    /// Device `i`'s health, counters and next poll after a poll that
+    /// began at `began`; the messages for the bus.
+    fn settle(
+        &mut self,
+        i: usize,
+        began: Instant,
+        result: Result<(Polled, std::time::Instant), ModbusError>,
+    ) -> [Option<BusMessage>; 2] {
         let now = Instant::now();
         let jitter = self.rng.f64();
         let dev = &mut self.devices[i];
@@ -1049,20 +1066,22 @@ impl<C: Connector> Endpoint<C> {
         self.ensure_link(timeout).await?;
         let requests = self.devices[i].plan.requests.len();
         let mut replies: Vec<Reply> = Vec::with_capacity(requests);
-        // Decoded only once a reply differs from the kept one (kept for
-        // this very plan): `same` holds the kept replies while every reply
-        // so far equals them.
+        // A reply equal to the kept one (kept for this very plan) is not
+        // decoded: its points' values are the ones last sent, which the
+        // bus holds. Only the requests whose replies changed are decoded
+        // (all of them when nothing is kept).
         let dev = &self.devices[i];
-        let mut same = dev
+        let kept = dev
             .last
             .as_ref()
             .filter(|l| Arc::ptr_eq(&l.plan, &dev.plan))
             .cloned();
-        let mut readings = if same.is_some() {
-            Vec::new()
+        let mut readings = Vec::with_capacity(if kept.is_some() {
+            0
         } else {
-            Vec::with_capacity(dev.plan.slots.len())
-        };
+            dev.plan.slots.len()
+        });
+        let mut changed = false;
         let mut replied_at = std::time::Instant::now();
         for k in 0..requests {
             self.frame_gap().await;
@@ -1082,7 +1101,7 @@ impl<C: Connector> Endpoint<C> {
                 Ok(reply) => reply,
                 Err(e) => {
                     if e.drops_link() {
-                        debug!(error = %e, "dropping link");
+                        debug!(device = %dev.id, error = %e, "dropping link");
                         self.link = None;
                         // Reconnect at the next poll: the link itself may be fine.
                         self.reconnect_at = Instant::now();
@@ -1091,37 +1110,26 @@ impl<C: Connector> Endpoint<C> {
                 }
             };
             replied_at = std::time::Instant::now();
-            replies.push(reply);
-            let dev = &self.devices[i];
-            let from = match &same {
-                None => k,
-                Some(last)
-                    if last
-                        .replies
-                        .get(k)
-                        .is_some_and(|raw| raw.same_as(&replies[k])) =>
-                {
-                    continue
-                }
-                Some(_) => {
-                    // The first change: the replies so far are decoded too
-                    // (and the kept ones may be updated in place).
-                    same = None;
-                    readings.reserve(dev.plan.slots.len());
-                    0
-                }
-            };
-            for (r, reply) in dev.plan.requests[from..=k].iter().zip(&replies[from..]) {
-                if let Err(e) = decode_into(&dev.plan, r, reply, &mut readings) {
+            let unchanged = kept
+                .as_ref()
+                .and_then(|l| l.replies.get(k))
+                .is_some_and(|raw| raw.same_as(&reply));
+            if !unchanged {
+                changed = true;
+                if let Err(e) = decode_into(&dev.plan, r, &reply, &mut readings) {
                     self.link = None;
                     self.reconnect_at = Instant::now();
                     return Err(e);
                 }
             }
+            replies.push(reply);
         }
-        if let Some(last) = same {
-            return Ok((Polled::Same(last), replied_at));
+        if let (false, Some(last)) = (changed, &kept) {
+            return Ok((Polled::Same(last.clone()), replied_at));
         }
+        // The kept replies are replaced in place when no one else holds
+        // them (a consumer may still have the last `Confirmed`).
+        drop(kept);
         let dev = &mut self.devices[i];
         let raws = replies.iter().map(Raw::of).collect();
         match dev

@@ -8,10 +8,11 @@
 //!   `host:port` or one RS-485 bus over a single shared link.
 //!
 //! [`spawn`] starts one task per TCP endpoint and one per serial bus. Every
-//! successful device poll becomes one [`BusMessage::Readings`], or, when
-//! every reply is bit-identical to the previous poll's, one
-//! [`BusMessage::Confirmed`] of the same values, not decoded again (see
-//! [`endpoint`]); a device going offline or coming back becomes a
+//! successful device poll becomes one [`BusMessage::Readings`] (of the
+//! points of the requests whose replies changed), or, when every reply is
+//! bit-identical to the previous poll's, one [`BusMessage::Confirmed`] of
+//! the same values, not decoded again (see [`endpoint`]); a device going
+//! offline or coming back becomes a
 //! [`BusMessage::DeviceStatus`].
 //!
 //! Writes: [`spawn_with_writers`] gives every endpoint task a queue and

@@ -1119,15 +1119,23 @@ async fn an_unchanged_poll_confirms_and_a_change_sends_readings() {
     assert_eq!(next_poll(&mut rx).await, (false, first.clone()));
     assert_eq!(next_poll(&mut rx).await, (true, first.clone()));
     assert_eq!(next_poll(&mut rx).await, (true, first.clone()));
-    // A register changes: readings of every point, then confirmations.
+    // A register changes: readings of the points of its request (the
+    // registers'), not of the unchanged coil; then confirmations of all.
     shared.lock().unwrap().holding[0] = 43;
     let mut second = first.clone();
     second[0].1 = Value::Int(43);
-    assert_eq!(next_poll(&mut rx).await, (false, second.clone()));
+    assert_eq!(next_poll(&mut rx).await, (false, second[..2].to_vec()));
     assert_eq!(next_poll(&mut rx).await, (true, second.clone()));
-    // A coil (the second request) changes.
+    // A coil (the second request) changes: its point alone.
     shared.lock().unwrap().coils[0] = false;
     second[2].1 = Value::Bool(false);
+    assert_eq!(next_poll(&mut rx).await, (false, second[2..].to_vec()));
+    assert_eq!(next_poll(&mut rx).await, (true, second.clone()));
+    // Both change: both requests' points.
+    shared.lock().unwrap().holding[0] = 44;
+    shared.lock().unwrap().coils[0] = true;
+    second[0].1 = Value::Int(44);
+    second[2].1 = Value::Bool(true);
     assert_eq!(next_poll(&mut rx).await, (false, second.clone()));
     assert_eq!(next_poll(&mut rx).await, (true, second.clone()));
     // A register outside every point but inside the request (the gap)
@@ -1142,7 +1150,7 @@ async fn an_unchanged_poll_confirms_and_a_change_sends_readings() {
     h.await.unwrap();
     set(&shared, 4, Behaviour::Answer);
     let (mut rx, token, h) = start(&shared, LinkKind::Tcp, vec![wide]);
-    let values = vec![(0, Value::Int(43)), (1, Value::Int(0))];
+    let values = vec![(0, Value::Int(44)), (1, Value::Int(0))];
     assert_eq!(next_poll(&mut rx).await, (false, values.clone()));
     assert_eq!(next_poll(&mut rx).await, (true, values.clone()));
     shared.lock().unwrap().holding[3] = 9;
