@@ -336,7 +336,7 @@ impl TelemetryFilter {
             if info.device as usize != device {
                 steady = false;
             } else if info.enabled {
-                steady = slot.last_quality == Quality::Good
+                steady &= slot.last_quality == Quality::Good
                     && slot.last_value.is_some()
                     && slot.reported_quality == Quality::Good;
                 if let Some(at) = slot.reported_at {
@@ -347,7 +347,7 @@ impl TelemetryFilter {
         }
         let d = &mut self.device_state[device];
         d.steady = steady;
-        // No enabled point: nothing is ever due.
+        // No enabled point: nothing is due; look again an interval on.
         d.refresh_from = refresh_from.or(Some(now + self.max_interval));
     }
 
