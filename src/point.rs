@@ -75,6 +75,20 @@ pub trait Confirmation: std::fmt::Debug + Send + Sync {
     fn value(&self, i: usize) -> Option<Value>;
 }
 
+/// Tests: a confirmation of fixed (point, value) entries.
+#[cfg(test)]
+impl Confirmation for Vec<(PointIndex, Value)> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn point(&self, i: usize) -> Option<PointIndex> {
+        self.get(i).map(|e| e.0)
+    }
+    fn value(&self, i: usize) -> Option<Value> {
+        self.get(i).map(|e| e.1)
+    }
+}
+
 /// What drivers tell the rest of the gateway.
 #[derive(Clone, Debug)]
 pub enum BusMessage {

@@ -388,22 +388,6 @@ priority = 1
 message = "Smoke loop 1"
 "#;
 
-    /// A confirmation of fixed values.
-    #[derive(Debug)]
-    struct Fixed(Vec<(PointIndex, Value)>);
-
-    impl Confirmation for Fixed {
-        fn count(&self) -> usize {
-            self.0.len()
-        }
-        fn point(&self, i: usize) -> Option<PointIndex> {
-            self.0.get(i).map(|r| r.0)
-        }
-        fn value(&self, i: usize) -> Option<Value> {
-            self.0.get(i).map(|r| r.1)
-        }
-    }
-
     /// What the alarm task keeps, fed by the alarm task's own handling
     /// of bus messages ([`Devices`]).
     struct Side {
@@ -489,7 +473,7 @@ message = "Smoke loop 1"
                     device,
                     ts,
                     replied_at: now,
-                    points: Arc::new(Fixed(values.clone())),
+                    points: Arc::new(values.clone()),
                 },
                 Body::Values {
                     values,
@@ -893,7 +877,7 @@ message = "Smoke loop 1"
                 device: device.into(),
                 ts,
                 replied_at: Instant::now(),
-                points: Arc::new(Fixed(values)),
+                points: Arc::new(values),
             }
         }
 

@@ -231,21 +231,6 @@ mod tests {
         assert_eq!(live.values(), vec![None, Some(s)]);
     }
 
-    #[derive(Debug)]
-    struct Fixed(Vec<(PointIndex, Value)>);
-
-    impl Confirmation for Fixed {
-        fn count(&self) -> usize {
-            self.0.len()
-        }
-        fn point(&self, i: usize) -> Option<PointIndex> {
-            self.0.get(i).map(|e| e.0)
-        }
-        fn value(&self, i: usize) -> Option<Value> {
-            self.0.get(i).map(|e| e.1)
-        }
-    }
-
     #[test]
     fn a_confirmation_is_the_same_values_at_the_new_time() {
         let live = LiveView::with_devices(vec![0, 0, 0, 0]);
@@ -262,12 +247,12 @@ mod tests {
             ts: t1,
         };
         live.set_values([(0, good(Value::Int(1), t1)), (1, bad)]);
-        let c = Fixed(vec![
+        let c = vec![
             (0, Value::Int(1)),
             (1, Value::Int(2)),
             (2, Value::Bool(true)),
             (9, Value::Int(0)),
-        ]);
+        ];
         live.confirm(t2, &c);
         assert_eq!(
             live.values(),
@@ -290,11 +275,11 @@ mod tests {
             quality: Quality::Good,
             ts,
         };
-        let device = Fixed(vec![
+        let device = vec![
             (0, Value::Int(1)),
             (1, Value::Int(2)),
             (2, Value::Bool(true)),
-        ]);
+        ];
         let other = good(Value::Int(9), t(1));
         live.set_values([(3, other)]);
         // The first confirmation decodes (nothing held); the second finds
@@ -325,11 +310,11 @@ mod tests {
         assert_eq!(live.values(), expected);
         // Not steady now: the next confirmation writes every point (the
         // bad one gets its value back), and then is steady again.
-        let device = Fixed(vec![
+        let device = vec![
             (0, Value::Int(5)),
             (1, Value::Int(2)),
             (2, Value::Bool(true)),
-        ]);
+        ];
         live.confirm(t(4), &device);
         live.confirm(t(5), &device);
         let mut expected = all_at(t(5));

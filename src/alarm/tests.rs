@@ -2028,6 +2028,29 @@ struct RunningTask {
     running: tokio::task::JoinHandle<()>,
 }
 
+/// A guard's acknowledgement of `key`, answered on `reply`.
+fn guard_ack(
+    key: &str,
+    reply: tokio::sync::oneshot::Sender<Result<(), AlarmError>>,
+) -> super::task::AlarmRequest {
+    super::task::AlarmRequest::Acknowledge {
+        key: key.into(),
+        operator: "guard".into(),
+        comment: None,
+        reply,
+    }
+}
+
+/// Acknowledge `key` as a guard through the running task; its answer.
+async fn acknowledge(
+    requests: &tokio::sync::mpsc::Sender<super::task::AlarmRequest>,
+    key: &str,
+) -> Result<(), AlarmError> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    requests.send(guard_ack(key, reply)).await.unwrap();
+    answer.await.unwrap()
+}
+
 fn run_task(cfg: LoadedConfig, j: &crate::journal::Journal) -> RunningTask {
     run_task_with(cfg, j, super::task::Hooks::default())
 }
@@ -2123,7 +2146,6 @@ fn the_task_records_only_the_changed_alarm_whatever_the_number_active() {
 #[test]
 fn a_burst_of_alarms_shares_commits_and_replies_wait_for_durability() {
     use crate::journal::MemStorage;
-    use tokio::sync::oneshot;
     const N: usize = 20;
     const FLUSH: Duration = Duration::from_millis(25);
     // No WAL: every commit is a flush of the store, which takes FLUSH.
@@ -2161,17 +2183,7 @@ fn a_burst_of_alarms_shares_commits_and_replies_wait_for_durability() {
         assert_eq!(raised, (1..=N as u64).collect::<Vec<_>>());
         // An acknowledgement is answered once its event (seq N + 1) is
         // durable, not before.
-        let (reply, answer) = oneshot::channel();
-        requests
-            .send(super::task::AlarmRequest::Acknowledge {
-                key: "dev-03/coil-0".into(),
-                operator: "guard".into(),
-                comment: None,
-                reply,
-            })
-            .await
-            .unwrap();
-        answer.await.unwrap().unwrap();
+        acknowledge(&requests, "dev-03/coil-0").await.unwrap();
         assert!(
             j.watch().borrow().last_seq > N as u64,
             "answered before durable"
@@ -2210,17 +2222,7 @@ fn readings_waiting_together_make_one_batch() {
     rt.block_on(async {
         // A reply means the task has restored (and committed what the
         // restore saves) and waits in its loop.
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        requests
-            .send(super::task::AlarmRequest::Acknowledge {
-                key: "no-such/alarm".into(),
-                operator: "guard".into(),
-                comment: None,
-                reply,
-            })
-            .await
-            .unwrap();
-        let _ = answer.await.unwrap();
+        let _ = acknowledge(&requests, "no-such/alarm").await;
         let flushes_before = mem.counts().0;
         // Queued without yielding: all are waiting when the task wakes.
         for d in 0..N {
@@ -2259,12 +2261,7 @@ fn replies_wait_while_the_journal_cannot_flush_and_nothing_is_lost() {
         requests,
         running,
     } = run_task(cfg, &j);
-    let ack = |reply| super::task::AlarmRequest::Acknowledge {
-        key: "dev-00/coil-0".into(),
-        operator: "guard".into(),
-        comment: None,
-        reply,
-    };
+    let ack = |reply| guard_ack("dev-00/coil-0", reply);
     rt.block_on(async {
         bus.send(coil_reading(&points, 0, true)).await.unwrap();
         let mut head = j.watch();

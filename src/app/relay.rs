@@ -323,28 +323,17 @@ mod tests {
         assert!(shift(&shifts, status).is_none());
     }
 
-    /// Confirmed values of the given points (value = the point index).
-    #[derive(Debug)]
-    struct Fixed(Vec<u32>);
-
-    impl Confirmation for Fixed {
-        fn count(&self) -> usize {
-            self.0.len()
-        }
-        fn point(&self, i: usize) -> Option<PointIndex> {
-            self.0.get(i).copied()
-        }
-        fn value(&self, i: usize) -> Option<Value> {
-            self.0.get(i).map(|&p| Value::Int(p as i64))
-        }
-    }
-
     fn confirmed(device: &str, points: &[u32]) -> BusMessage {
         BusMessage::Confirmed {
             device: device.into(),
             ts: Timestamp::now(),
             replied_at: Instant::now(),
-            points: Arc::new(Fixed(points.to_vec())),
+            points: Arc::new(
+                points
+                    .iter()
+                    .map(|&p| (p, Value::Int(p as i64)))
+                    .collect::<Vec<_>>(),
+            ),
         }
     }
 

@@ -98,19 +98,12 @@ impl Bench {
 }
 
 /// A whole-device confirmation with these values, entry `i` point `i`.
-#[derive(Debug)]
-struct Device(Vec<Value>);
-
-impl Confirmation for Device {
-    fn count(&self) -> usize {
-        self.0.len()
-    }
-    fn point(&self, i: usize) -> Option<PointIndex> {
-        (i < self.0.len()).then_some(i as PointIndex)
-    }
-    fn value(&self, i: usize) -> Option<Value> {
-        self.0.get(i).copied()
-    }
+fn device(values: Vec<Value>) -> Vec<(PointIndex, Value)> {
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| (i as PointIndex, v))
+        .collect()
 }
 
 fn values(points: &[Json]) -> Vec<(String, Json)> {
@@ -404,7 +397,7 @@ fn batch_time_counts_from_first_queued_value() {
 #[test]
 fn a_steady_device_is_confirmed_whole_and_refreshed_with_the_confirmations_time() {
     let mut b = Bench::new("batch_s = 0.1\nmax_interval_s = 10");
-    let device = Device(vec![
+    let device = device(vec![
         Value::Float(18.5),
         Value::Bool(true),
         Value::Int(3),
@@ -585,15 +578,15 @@ mod prop {
                     6 | 7 => {
                         // A whole-device confirmation: each point's last
                         // good value, or a new one where there is none.
-                        let device = Device((0..5).map(|p| match last[p] {
+                        let device = device((0..5).map(|p| match last[p] {
                             Some((Some(value), Quality::Good)) => value,
                             _ => v,
                         }).collect());
                         confirmed.f.confirm_all(confirmed.at(ms), Bench::ts(ms), &device);
-                        for (p, &value) in device.0.iter().enumerate() {
-                            offered.good(ms, p as PointIndex, value);
-                            if p as PointIndex != COUNTER {
-                                last[p] = Some((Some(value), Quality::Good));
+                        for &(p, value) in &device {
+                            offered.good(ms, p, value);
+                            if p != COUNTER {
+                                last[p as usize] = Some((Some(value), Quality::Good));
                             }
                         }
                     }
