@@ -14,31 +14,14 @@
 // Anything else is diagnostics. Exit code 0 only when every step passed.
 //
 // Usage: node pages.mjs URL TECH TECH_PW CLIP_ID SHOTS_DIR
-import { chromium } from "playwright-core";
-import { mkdtempSync, mkdirSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { launch, say } from "./launch.mjs";
 
 const [url, tech, techPw, clipId, shots] = process.argv.slice(2);
 mkdirSync(shots, { recursive: true });
-const say = (s) => process.stdout.write(s + "\n");
 
-const userDataDir = mkdtempSync(join(tmpdir(), "gw-chromium-"));
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-    "--autoplay-policy=no-user-gesture-required",
-  ],
-  viewport: { width: 1280, height: 800 },
-});
-const fail = async (msg) => {
-  say("FAIL " + msg);
-  await context.close().catch(() => {});
-  process.exit(1);
-};
+const { context, fail } = await launch({ extraArgs: ["--autoplay-policy=no-user-gesture-required"] });
 const timer = setTimeout(() => fail("timed out"), 120_000);
 const shot = (page, name) => page.screenshot({ path: join(shots, name), fullPage: true });
 
