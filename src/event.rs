@@ -26,15 +26,69 @@ impl Timestamp {
     }
 }
 
+/// `%Y-%m-%dT%H:%M:%S%.3fZ`, the contract's form.
+const RFC3339_MS: &str = "%Y-%m-%dT%H:%M:%S%.3fZ";
+
+impl Timestamp {
+    /// The RFC 3339 text in `buf`, written digit by digit (every event and
+    /// telemetry message carries timestamps: chrono's general formatter
+    /// costs about 30 times more). `None` outside years 0–9999 and in a
+    /// leap second, which chrono formats instead.
+    fn rfc3339_ms(&self, buf: &mut [u8; 24]) -> Option<()> {
+        use chrono::{Datelike as _, Timelike as _};
+        let (y, nanos) = (self.0.year(), self.0.nanosecond());
+        if !(0..=9999).contains(&y) || nanos >= 1_000_000_000 {
+            return None;
+        }
+        let mut put = |at: usize, width: usize, mut v: u32| {
+            for i in (at..at + width).rev() {
+                buf[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, y as u32);
+        put(5, 2, self.0.month());
+        put(8, 2, self.0.day());
+        put(11, 2, self.0.hour());
+        put(14, 2, self.0.minute());
+        put(17, 2, self.0.second());
+        put(20, 3, nanos / 1_000_000);
+        for (at, sep) in [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'.'),
+            (23, b'Z'),
+        ] {
+            buf[at] = sep;
+        }
+        Some(())
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0.format("%Y-%m-%dT%H:%M:%S%.3fZ"))
+        let mut buf = [0u8; 24];
+        match self.rfc3339_ms(&mut buf) {
+            // ASCII digits and separators only.
+            Some(()) => f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?),
+            None => write!(f, "{}", self.0.format(RFC3339_MS)),
+        }
     }
 }
 
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        let mut buf = [0u8; 24];
+        match self.rfc3339_ms(&mut buf) {
+            Some(()) => match std::str::from_utf8(&buf) {
+                Ok(text) => s.serialize_str(text),
+                Err(_) => s.collect_str(self),
+            },
+            None => s.collect_str(self),
+        }
     }
 }
 
@@ -223,6 +277,19 @@ pub enum AlarmState {
     Shelved,
 }
 
+impl AlarmState {
+    /// The contract's spelling (`active_unacked`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlarmState::Normal => "normal",
+            AlarmState::ActiveUnacked => "active_unacked",
+            AlarmState::ActiveAcked => "active_acked",
+            AlarmState::ReturnedUnacked => "returned_unacked",
+            AlarmState::Shelved => "shelved",
+        }
+    }
+}
+
 /// The `alarm` object of an alarm event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AlarmInfo {
@@ -352,6 +419,47 @@ mod tests {
         assert!(v.get("attachments").is_none());
         let back: Event = serde_json::from_value(v).unwrap();
         assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn timestamps_format_as_chrono_does() {
+        let chrono_text = |t: &Timestamp| t.0.format(RFC3339_MS).to_string();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let edges = [
+            0,
+            -1,
+            1_795_813_445_123,
+            951_782_400_000,     // 2000-02-29
+            253_402_300_799_999, // 9999-12-31T23:59:59.999
+            -62_167_219_200_000, // 0000-01-01
+            -62_167_219_200_001, // year -1: chrono's form
+            253_402_300_800_000, // year 10000: chrono's form
+        ];
+        let random = (0..20_000).map(|_| rng.i64(-62_167_219_200_000..253_402_300_800_000));
+        for ms in edges.into_iter().chain(random) {
+            let t = Timestamp::from_unix_ms(ms).unwrap();
+            assert_eq!(t.to_string(), chrono_text(&t), "{ms}");
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(json, format!("\"{}\"", chrono_text(&t)), "{ms}");
+            if (0..=9999).contains(&chrono::Datelike::year(&t.0)) {
+                assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+            }
+        }
+        // A leap second: chrono's form, whatever it is.
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .and_then(|d| d.and_hms_milli_opt(23, 59, 59, 1_500))
+            .unwrap()
+            .and_utc();
+        let t = Timestamp(leap);
+        assert_eq!(t.to_string(), chrono_text(&t));
+    }
+
+    #[test]
+    fn alarm_states_as_str_is_the_contract_spelling() {
+        use AlarmState::*;
+        for s in [Normal, ActiveUnacked, ActiveAcked, ReturnedUnacked, Shelved] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
     }
 
     #[test]

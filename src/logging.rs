@@ -63,7 +63,7 @@ pub struct LogLine {
     pub ts: crate::event::Timestamp,
     /// `ERROR`, `WARN` or `INFO`.
     pub level: &'static str,
-    pub target: String,
+    pub target: &'static str,
     /// Spans (`modbus_device{device=…}`), message and fields, one line.
     pub text: String,
 }
@@ -101,6 +101,25 @@ pub fn recent(n: usize) -> Vec<LogLine> {
     ring().recent(n)
 }
 
+/// Whether a field's name contains one of [`HIDDEN_FIELDS`], in any case.
+fn is_hidden(name: &str) -> bool {
+    HIDDEN_FIELDS.iter().any(|h| {
+        name.as_bytes()
+            .windows(h.len())
+            .any(|w| w.eq_ignore_ascii_case(h.as_bytes()))
+    })
+}
+
+/// This thread's log lines at INFO and above, kept in a fresh ring while
+/// the guard lives (for tests of other modules' log lines).
+#[cfg(test)]
+pub(crate) fn capture() -> (Arc<LogRing>, tracing::subscriber::DefaultGuard) {
+    let ring = Arc::new(LogRing::default());
+    let sub =
+        tracing_subscriber::registry().with(RingLayer(ring.clone()).with_filter(LevelFilter::INFO));
+    (ring, tracing::subscriber::set_default(sub))
+}
+
 /// Writes `name=value` pairs; hides the values of [`HIDDEN_FIELDS`].
 struct Fields<'a> {
     out: &'a mut String,
@@ -115,11 +134,10 @@ impl tracing::field::Visit for Fields<'_> {
             self.message = Some(format!("{value:?}"));
             return;
         }
-        let lower = name.to_ascii_lowercase();
         if !self.out.is_empty() {
             self.out.push(' ');
         }
-        if HIDDEN_FIELDS.iter().any(|h| lower.contains(h)) {
+        if is_hidden(name) {
             let _ = write!(self.out, "{name}=[redacted]");
         } else {
             let _ = write!(self.out, "{name}={value:?}");
@@ -205,7 +223,7 @@ where
                 Level::DEBUG => "DEBUG",
                 Level::TRACE => "TRACE",
             },
-            target: m.target().to_string(),
+            target: m.target(),
             text,
         });
     }
@@ -269,13 +287,17 @@ mod tests {
     fn secret_looking_fields_are_hidden() {
         let ring = with_ring(|| {
             tracing::warn!(setup_token = %"abc123", user = "wang", "setup");
+            tracing::warn!(Authorization = "Bearer xyz789", "upper case");
             let span = tracing::info_span!("s", password = "hunter2");
             let _e = span.enter();
             tracing::info!(api_token = "t0k", "x");
         });
         let all = format!("{:?}", ring.recent(10));
         assert!(
-            !all.contains("abc123") && !all.contains("hunter2") && !all.contains("t0k"),
+            !all.contains("abc123")
+                && !all.contains("hunter2")
+                && !all.contains("t0k")
+                && !all.contains("xyz789"),
             "{all}"
         );
         assert!(

@@ -321,6 +321,9 @@ pub struct AlarmEngine {
     first: Vec<u32>,
     /// Point rules sorted by point, then communication-loss alarms.
     alarms: Vec<Alarm>,
+    /// Indexes into `alarms`, most urgent first (priority, then key): the
+    /// order of [`active`](Self::active), fixed at load time.
+    by_urgency: Vec<u32>,
     by_key: HashMap<Arc<str>, u32>,
     devices: Vec<DeviceInfo>,
     /// Armed on/off delays: (due, alarm index). Entries whose alarm no longer
@@ -453,10 +456,16 @@ impl AlarmEngine {
             points = cfg.points.len(),
             "alarm engine built"
         );
+        let mut by_urgency: Vec<u32> = (0..alarms.len() as u32).collect();
+        by_urgency.sort_by(|&a, &b| {
+            let (a, b) = (&alarms[a as usize].def, &alarms[b as usize].def);
+            a.priority.cmp(&b.priority).then_with(|| a.key.cmp(&b.key))
+        });
         let dirty = Dirty::new(alarms.len(), devices.len());
         AlarmEngine {
             first,
             alarms,
+            by_urgency,
             by_key,
             devices,
             timers: BinaryHeap::new(),
@@ -688,9 +697,9 @@ impl AlarmEngine {
 
     /// Every alarm not in the normal state, most urgent first.
     pub fn active(&self) -> Vec<AlarmView> {
-        let mut v: Vec<AlarmView> = self
-            .alarms
+        self.by_urgency
             .iter()
+            .map(|&i| &self.alarms[i as usize])
             .filter(|a| a.core.state() != AlarmState::Normal)
             .map(|a| AlarmView {
                 key: a.def.key.clone(),
@@ -700,9 +709,7 @@ impl AlarmEngine {
                 message: a.def.message.clone(),
                 latched: a.core.latching(),
             })
-            .collect();
-        v.sort_by(|a, b| a.priority.cmp(&b.priority).then_with(|| a.key.cmp(&b.key)));
-        v
+            .collect()
     }
 
     /// The states worth keeping across a restart in the whole-engine format
@@ -1016,7 +1023,8 @@ fn emit(
         } else {
             (d.priority, detail.clone())
         };
-        tracing::info!(
+        // The info line is the task's "event recorded", once durable.
+        tracing::debug!(
             key = %d.key,
             kind = t.kind.as_str(),
             state = ?t.state,

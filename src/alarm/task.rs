@@ -610,10 +610,13 @@ async fn until_durable(journal: Journal, staged: Staged) {
     let error = match staged.durable().await {
         Ok(recorded) => {
             for e in &recorded {
+                let alarm = e.body.alarm.as_ref();
                 tracing::info!(
                     seq = e.seq,
                     kind = e.body.kind.as_str(),
-                    key = e.body.alarm.as_ref().map(|a| a.key.as_str()),
+                    key = alarm.map(|a| a.key.as_str()),
+                    state = alarm.map(|a| a.state.as_str()),
+                    priority = e.body.priority.get(),
                     "event recorded"
                 );
             }

@@ -879,6 +879,16 @@ mod prop {
                 }
                 let active = model.values().filter(|s| **s != Normal).count();
                 prop_assert_eq!(b.engine.active_count(), active);
+                // The active list: those alarms, by priority, then key.
+                let list = b.engine.active();
+                prop_assert_eq!(list.len(), active);
+                for pair in list.windows(2) {
+                    let order = (pair[0].priority, &pair[0].key).cmp(&(pair[1].priority, &pair[1].key));
+                    prop_assert!(order.is_lt(), "{:?}", pair);
+                }
+                for v in &list {
+                    prop_assert_eq!(Some(v.state), model.get(&*v.key).copied(), "{}", v.key);
+                }
                 // Nothing due is left behind after a tick.
                 if let Some(dl) = b.engine.next_deadline() {
                     prop_assert!(dl > b.at(ms) || !is_advance);

@@ -419,23 +419,30 @@ impl Pipeline {
     }
 }
 
-/// Where the uplink stands, for logs and the local status page.
+/// Where the uplink stands, for the logs (one line per change).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     /// Not connected to the platform's broker.
     Offline,
-    /// Connected and delivering events recorded while offline.
+    /// Connected and delivering a backlog: events recorded while offline,
+    /// or more waiting than the in-flight window holds.
     Backlog,
-    /// Connected and caught up.
+    /// Connected and caught up. Events in flight (published, not yet
+    /// acknowledged) are the normal traffic of this phase, not a backlog.
     Online,
 }
 
 impl Phase {
-    pub fn of(connected: bool, backlog: u64) -> Phase {
-        match (connected, backlog) {
-            (false, _) => Phase::Offline,
-            (true, 0) => Phase::Online,
-            (true, _) => Phase::Backlog,
+    /// The phase after this one, given the link and the events recorded
+    /// but not yet acknowledged (`backlog`). Once caught up, the uplink
+    /// stays online until more than `window` events wait, so each event in
+    /// flight does not count as a backlog (and a log line) of its own.
+    pub fn next(self, connected: bool, backlog: u64, window: u64) -> Phase {
+        match (self, connected) {
+            (_, false) => Phase::Offline,
+            (Phase::Online, true) if backlog <= window => Phase::Online,
+            (_, true) if backlog == 0 => Phase::Online,
+            (_, true) => Phase::Backlog,
         }
     }
 }

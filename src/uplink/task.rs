@@ -911,7 +911,8 @@ impl Uplink {
     }
 
     fn update_phase(&mut self) {
-        let phase = Phase::of(self.connected, self.backlog());
+        let window = u64::from(self.cfg.inflight);
+        let phase = self.phase.next(self.connected, self.backlog(), window);
         if phase != self.phase {
             tracing::info!(from = ?self.phase, to = ?phase, backlog = self.backlog(), "uplink phase");
             self.phase = phase;

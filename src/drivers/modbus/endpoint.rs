@@ -374,6 +374,10 @@ pub struct Endpoint<C: Connector> {
     probes: Option<mpsc::Receiver<ProbeRequest>>,
     /// A poll ran since the last probe (probes and polls take turns).
     polled_since_probe: bool,
+    /// `modbus_endpoint{endpoint=…}`: the parent of the devices' spans.
+    /// Entered for the endpoint's own log lines only, not across awaits:
+    /// entering a span costs a subscriber round trip on every wake-up.
+    span: tracing::Span,
 }
 
 impl<C: Connector> Endpoint<C> {
@@ -396,7 +400,14 @@ impl<C: Connector> Endpoint<C> {
             .min()
             .unwrap_or(Duration::from_secs(30))
             .max(reconnect_base);
+        let span = tracing::info_span!("modbus_endpoint", endpoint = %connector.name());
+        let mut devices = devices;
+        for d in &mut devices {
+            d.span =
+                tracing::info_span!(parent: &span, "modbus_device", device = %d.id, unit = d.unit);
+        }
         Endpoint {
+            span,
             connector,
             link: None,
             kind,
@@ -455,9 +466,9 @@ impl<C: Connector> Endpoint<C> {
 
     /// Poll until `shutdown` (or until the bus closes).
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let span = tracing::info_span!("modbus_endpoint", endpoint = %self.connector.name());
-        async move {
-            debug!(devices = self.devices.len(), "endpoint task started");
+        self.span
+            .in_scope(|| debug!(devices = self.devices.len(), "endpoint task started"));
+        {
             let sleep = tokio::time::sleep_until(Instant::now());
             tokio::pin!(sleep);
             loop {
@@ -558,7 +569,8 @@ impl<C: Connector> Endpoint<C> {
                 };
                 self.polled_since_probe = true;
                 if !self.send(messages, &shutdown).await {
-                    info!("bus closed or stopping; endpoint task stops");
+                    self.span
+                        .in_scope(|| info!("bus closed or stopping; endpoint task stops"));
                     break;
                 }
             }
@@ -567,10 +579,12 @@ impl<C: Connector> Endpoint<C> {
             // written now, within a short deadline.
             if !self.releases.is_empty() {
                 let deadline = Instant::now() + STOP_RELEASE_DEADLINE;
-                info!(
-                    pending = self.releases.len(),
-                    "stopping: writing pending pulse releases"
-                );
+                self.span.in_scope(|| {
+                    info!(
+                        pending = self.releases.len(),
+                        "stopping: writing pending pulse releases"
+                    )
+                });
                 while !self.releases.is_empty() {
                     let now = Instant::now();
                     if now >= deadline {
@@ -587,17 +601,17 @@ impl<C: Connector> Endpoint<C> {
                     }
                 }
                 if !self.releases.is_empty() {
-                    warn!(
-                        pending = self.releases.len(),
-                        "stopping with pulse releases not written"
-                    );
+                    self.span.in_scope(|| {
+                        warn!(
+                            pending = self.releases.len(),
+                            "stopping with pulse releases not written"
+                        )
+                    });
                 }
             }
-            // Dropping `self` closes the link.
-            debug!("endpoint task stopped");
         }
-        .instrument(span)
-        .await
+        // Dropping `self` closes the link.
+        self.span.in_scope(|| debug!("endpoint task stopped"));
     }
 
     /// The next queued write, if one is waiting.
@@ -633,6 +647,7 @@ impl<C: Connector> Endpoint<C> {
         // The page gave up waiting (its deadline passed while the probe
         // was queued): the bus time goes to the polls.
         if reply.is_closed() {
+            let _e = self.span.enter();
             debug!(device = %device, "read now: caller gone; probe skipped");
             return;
         }
@@ -714,6 +729,7 @@ impl<C: Connector> Endpoint<C> {
         } = req;
         let outcome = self.write_inner(point, value, pulse).await;
         if let Err(e) = &outcome {
+            let _e = self.span.enter();
             warn!(point, value = ?value, error = %e, "write failed");
         }
         let _ = reply.send(outcome);
@@ -883,7 +899,7 @@ impl<C: Connector> Endpoint<C> {
     fn link_result<T>(&mut self, r: Result<T, ModbusError>) -> Result<T, ModbusError> {
         if let Err(e) = &r {
             if e.drops_link() {
-                debug!(error = %e, "dropping link");
+                self.span.in_scope(|| debug!(error = %e, "dropping link"));
                 self.link = None;
                 self.reconnect_at = Instant::now();
             }
@@ -1034,7 +1050,8 @@ impl<C: Connector> Endpoint<C> {
         };
         match r {
             Ok(link) => {
-                debug!(attempt = self.reconnect_attempt, "link open");
+                self.span
+                    .in_scope(|| debug!(attempt = self.reconnect_attempt, "link open"));
                 for d in &mut self.devices {
                     d.forget_replies();
                 }
@@ -1050,7 +1067,8 @@ impl<C: Connector> Endpoint<C> {
                     self.reconnect_attempt,
                     self.rng.f64(),
                 );
-                debug!(error = %e, retry_in = ?delay, "cannot open link");
+                self.span
+                    .in_scope(|| debug!(error = %e, retry_in = ?delay, "cannot open link"));
                 self.reconnect_at = Instant::now() + delay;
                 self.reconnect_attempt = self.reconnect_attempt.saturating_add(1);
                 self.link_error = Some(e.to_string());
@@ -1101,7 +1119,7 @@ impl<C: Connector> Endpoint<C> {
                 Ok(reply) => reply,
                 Err(e) => {
                     if e.drops_link() {
-                        debug!(device = %dev.id, error = %e, "dropping link");
+                        dev.span.in_scope(|| debug!(error = %e, "dropping link"));
                         self.link = None;
                         // Reconnect at the next poll: the link itself may be fine.
                         self.reconnect_at = Instant::now();

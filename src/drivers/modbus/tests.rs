@@ -509,6 +509,51 @@ async fn shutdown_is_prompt_during_backoff_and_during_a_request() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn log_lines_name_the_endpoint_and_the_device() {
+    // The endpoint's span is entered only for its own lines, and the
+    // devices' spans are its children: every line still says where.
+    let (ring, _guard) = crate::logging::capture();
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    let (mut rx, _token, h) = start(&shared, LinkKind::Tcp, vec![device(1, 0, 1000, 100, 1, 30)]);
+    assert!(matches!(rx.recv().await, Some(BusMessage::Readings { .. })));
+    set(&shared, 1, Behaviour::Hang);
+    let offline = rx.recv().await.unwrap();
+    assert!(
+        matches!(offline, BusMessage::DeviceStatus { online: false, .. }),
+        "{offline:?}"
+    );
+    // Back online: its next message finds the bus closed.
+    set(&shared, 1, Behaviour::Answer);
+    drop(rx);
+    tokio::time::timeout(Duration::from_secs(60), h)
+        .await
+        .unwrap()
+        .unwrap();
+    let lines: Vec<String> = ring.recent(100).into_iter().map(|l| l.text).collect();
+    let device = "modbus_endpoint{endpoint=fake}: modbus_device{device=dev-1 unit=1}: ";
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(device) && l.contains("device offline")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l
+                == "modbus_endpoint{endpoint=fake}: bus closed or stopping; endpoint task stops"),
+        "{lines:#?}"
+    );
+    // No line lost its place.
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.starts_with("modbus_endpoint{endpoint=fake}: ")),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn closed_bus_stops_the_task() {
     let shared = fake(&[(1, Behaviour::Answer)]);
     let (rx, _token, h) = start(&shared, LinkKind::Tcp, vec![device(1, 0, 1000, 100, 1, 30)]);

@@ -298,10 +298,36 @@ fn pipeline_disconnect_forgets_the_connection() {
 
 #[test]
 fn phase_follows_link_and_backlog() {
-    assert_eq!(Phase::of(false, 0), Phase::Offline);
-    assert_eq!(Phase::of(false, 9), Phase::Offline);
-    assert_eq!(Phase::of(true, 9), Phase::Backlog);
-    assert_eq!(Phase::of(true, 0), Phase::Online);
+    use Phase::*;
+    // Offline whenever the link is down, whatever waits.
+    for from in [Offline, Backlog, Online] {
+        assert_eq!(from.next(false, 0, 10), Offline);
+        assert_eq!(from.next(false, 99, 10), Offline);
+    }
+    // Connecting with events recorded meanwhile: a backlog until caught up.
+    assert_eq!(Offline.next(true, 3, 10), Backlog);
+    assert_eq!(Offline.next(true, 0, 10), Online);
+    assert_eq!(Backlog.next(true, 1, 10), Backlog);
+    assert_eq!(Backlog.next(true, 0, 10), Online);
+    // Once online, events in flight are normal traffic, not a backlog...
+    assert_eq!(Online.next(true, 1, 10), Online);
+    assert_eq!(Online.next(true, 10, 10), Online);
+    // ...until more wait than the window holds (the platform falls behind).
+    assert_eq!(Online.next(true, 11, 10), Backlog);
+}
+
+#[test]
+fn phase_does_not_flap_with_each_event_in_flight() {
+    // One event recorded and acknowledged at a time, 100 times: one change
+    // (offline -> online), where the old rule logged 200.
+    let mut phase = Phase::Offline;
+    let mut changes = 0;
+    for backlog in std::iter::once(0).chain([1, 0].into_iter().cycle().take(200)) {
+        let next = phase.next(true, backlog, 10);
+        changes += usize::from(next != phase);
+        phase = next;
+    }
+    assert_eq!((phase, changes), (Phase::Online, 1));
 }
 
 #[test]
