@@ -319,6 +319,73 @@ pub struct Acks {
     pub result: Option<u64>,
 }
 
+/// Acknowledgements waiting to be written to the journal, gathered for
+/// `window` from the first: a burst of PUBACKs becomes one journal write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AckBatch {
+    window: Duration,
+    /// Events up to this seq, telemetry up to this key.
+    events: Option<u64>,
+    telemetry: Option<u64>,
+    /// When the oldest of them arrived.
+    since: Option<Instant>,
+}
+
+impl AckBatch {
+    pub fn new(window: Duration) -> AckBatch {
+        AckBatch {
+            window,
+            events: None,
+            telemetry: None,
+            since: None,
+        }
+    }
+
+    /// Add the journal acknowledgements of `acks`, arrived at `now`.
+    pub fn add(&mut self, acks: &Acks, now: Instant) {
+        self.events = acks.events.max(self.events);
+        self.telemetry = acks.telemetry.max(self.telemetry);
+        if (acks.events.is_some() || acks.telemetry.is_some()) && self.since.is_none() {
+            self.since = Some(now);
+        }
+    }
+
+    /// What to write now: everything waiting when `force` or once the
+    /// oldest has waited the window; nothing otherwise. The caller hands
+    /// back what it could not write with [`failed`](Self::failed).
+    pub fn take(&mut self, now: Instant, force: bool) -> (Option<u64>, Option<u64>) {
+        match self.since {
+            Some(since) if force || now.duration_since(since) >= self.window => {
+                self.since = None;
+                (self.events.take(), self.telemetry.take())
+            }
+            _ => (None, None),
+        }
+    }
+
+    /// Writes that failed at `now`: tried again a window later (unless
+    /// newer acknowledgements came meanwhile, which cover them).
+    pub fn failed(&mut self, events: Option<u64>, telemetry: Option<u64>, now: Instant) {
+        self.add(
+            &Acks {
+                events,
+                telemetry,
+                result: None,
+            },
+            now,
+        );
+    }
+
+    /// When the waiting acknowledgements are due (`None`: none wait).
+    pub fn due_at(&self) -> Option<Instant> {
+        self.since.map(|s| s + self.window)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.since.is_none()
+    }
+}
+
 /// Both lanes and the packet-id bookkeeping.
 #[derive(Debug)]
 pub struct Pipeline {

@@ -9,7 +9,7 @@
 //! thrown away anyway.
 
 use super::payload::{Downlink, EventsAck, HeartbeatPayload, StatusPayload, Topics};
-use super::state::{Acks, Backoff, Confirm, Lane, Link, LinkChange, Phase, Pipeline};
+use super::state::{AckBatch, Acks, Backoff, Confirm, Lane, Link, LinkChange, Phase, Pipeline};
 use super::{IncomingCommand, UplinkContext, UplinkError};
 use crate::app::UPLINK_SINK;
 use crate::event::{EventKind, NewEvent, Priority, Timestamp};
@@ -53,7 +53,9 @@ const HOUSEKEEPING_IDLE: Duration = Duration::from_secs(1);
 
 /// The main loop beats its liveness heartbeat at least this often.
 const HEARTBEAT: Duration = Duration::from_secs(2);
-/// Journal acknowledgements are written at most this often while busy.
+/// Acknowledgements are gathered for this long from the first one, then
+/// written to the journal together: a burst of PUBACKs is one removal
+/// (one journal write instead of one per PUBACK).
 const ACK_FLUSH: Duration = Duration::from_millis(50);
 /// How long the clean shutdown may take to publish `offline` and disconnect.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
@@ -157,9 +159,7 @@ struct Uplink {
     telemetry_ahead: ReadAhead<StoredTelemetry>,
     journal_retry_at: Option<Instant>,
     /// Acknowledgements not yet written to the journal.
-    ack_events_due: Option<u64>,
-    ack_telemetry_due: Option<u64>,
-    last_ack_flush: Instant,
+    acks: AckBatch,
     /// Command results waiting to be published.
     results: VecDeque<(String, Vec<u8>)>,
     /// Command results published and awaiting PUBACK, by token.
@@ -285,9 +285,7 @@ pub(super) async fn run(ctx: UplinkContext, shutdown: CancellationToken) {
         events_ahead: ReadAhead::new(),
         telemetry_ahead: ReadAhead::new(),
         journal_retry_at: None,
-        ack_events_due: None,
-        ack_telemetry_due: None,
-        last_ack_flush: Instant::now(),
+        acks: AckBatch::new(ACK_FLUSH),
         results: VecDeque::new(),
         results_in_flight: std::collections::BTreeMap::new(),
         next_result_token: 0,
@@ -451,7 +449,10 @@ impl Uplink {
             } else {
                 HOUSEKEEPING_IDLE
             };
-            let soonest = tokio::time::Instant::now() + period;
+            let mut soonest = tokio::time::Instant::now() + period;
+            if let Some(due) = self.acks.due_at() {
+                soonest = soonest.min(tokio::time::Instant::from_std(due));
+            }
             if step_was_housekeeping || soonest < housekeeping_at {
                 housekeeping_at = soonest;
             }
@@ -464,8 +465,7 @@ impl Uplink {
     fn awaiting_acks(&self) -> bool {
         self.pipeline.events.in_flight() > 0
             || self.pipeline.telemetry.in_flight() > 0
-            || self.ack_events_due.is_some()
-            || self.ack_telemetry_due.is_some()
+            || !self.acks.is_empty()
             || self.journal_retry_at.is_some()
     }
 
@@ -611,12 +611,7 @@ impl Uplink {
     }
 
     fn take_acks(&mut self, acks: Acks) {
-        if let Some(s) = acks.events {
-            self.ack_events_due = Some(s);
-        }
-        if let Some(k) = acks.telemetry {
-            self.ack_telemetry_due = Some(k);
-        }
+        self.acks.add(&acks, Instant::now());
         if let Some(token) = acks.result {
             if let Some((id, _)) = self.results_in_flight.remove(&token) {
                 tracing::debug!(request_id = %id, "command result delivered");
@@ -624,26 +619,29 @@ impl Uplink {
         }
     }
 
-    /// Write due acknowledgements to the journal: at once when `force` or
-    /// when a lane went idle, else at most every [`ACK_FLUSH`].
+    /// Write due acknowledgements to the journal: at once when `force`,
+    /// else once the oldest has waited [`ACK_FLUSH`].
     fn flush_acks(&mut self, now: Instant, force: bool) {
-        let idle = self.pipeline.events.in_flight() == 0;
-        if !force && !idle && now.duration_since(self.last_ack_flush) < ACK_FLUSH {
-            return;
-        }
-        self.last_ack_flush = now;
-        if let Some(upto) = self.ack_events_due {
-            match self.journal.ack_events(UPLINK_SINK, upto) {
-                Ok(()) => self.ack_events_due = None,
-                Err(e) => tracing::error!(error = %e, upto, "cannot acknowledge events"),
+        let (events, telemetry) = self.acks.take(now, force);
+        let events = events.filter(|&upto| match self.journal.ack_events(UPLINK_SINK, upto) {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::error!(error = %e, upto, "cannot acknowledge events");
+                true
             }
-        }
-        if let Some(upto) = self.ack_telemetry_due {
-            match self.journal.ack_telemetry(UPLINK_SINK, upto) {
-                Ok(()) => self.ack_telemetry_due = None,
-                Err(e) => tracing::error!(error = %e, upto, "cannot acknowledge telemetry"),
-            }
-        }
+        });
+        let telemetry =
+            telemetry.filter(
+                |&upto| match self.journal.ack_telemetry(UPLINK_SINK, upto) {
+                    Ok(()) => false,
+                    Err(e) => {
+                        tracing::error!(error = %e, upto, "cannot acknowledge telemetry");
+                        true
+                    }
+                },
+            );
+        // Failed writes are tried again a window later.
+        self.acks.failed(events, telemetry, now);
     }
 
     fn on_message(&mut self, topic: &str, body: &[u8]) {

@@ -624,3 +624,78 @@ impl Sim {
         Ok(())
     }
 }
+
+#[test]
+fn acknowledgements_of_a_burst_are_written_once() {
+    let t = t0();
+    let ms = |n| t + Duration::from_millis(n);
+    let ev = |seq| Acks {
+        events: Some(seq),
+        ..Acks::default()
+    };
+    let mut b = AckBatch::new(Duration::from_millis(50));
+    assert!(b.is_empty());
+    assert_eq!(b.due_at(), None);
+    assert_eq!(b.take(ms(0), false), (None, None));
+    // Twelve PUBACKs within 10 ms: nothing written until 50 ms after the first.
+    for i in 0..12 {
+        b.add(&ev(100 + i), ms(i));
+        assert_eq!(b.take(ms(i), false), (None, None));
+    }
+    b.add(
+        &Acks {
+            telemetry: Some(7),
+            ..Acks::default()
+        },
+        ms(20),
+    );
+    assert_eq!(b.due_at(), Some(ms(50)));
+    assert_eq!(b.take(ms(49), false), (None, None));
+    // Then all of it at once, the newest of each lane.
+    assert_eq!(b.take(ms(50), false), (Some(111), Some(7)));
+    assert!(b.is_empty());
+    assert_eq!(b.take(ms(200), true), (None, None));
+    // A result's PUBACK alone is not a journal acknowledgement.
+    b.add(
+        &Acks {
+            result: Some(3),
+            ..Acks::default()
+        },
+        ms(300),
+    );
+    assert!(b.is_empty());
+    // Shutdown writes at once.
+    b.add(&ev(112), ms(400));
+    assert_eq!(b.take(ms(401), true), (Some(112), None));
+}
+
+#[test]
+fn failed_acknowledgement_writes_are_tried_again_a_window_later() {
+    let t = t0();
+    let ms = |n| t + Duration::from_millis(n);
+    let mut b = AckBatch::new(Duration::from_millis(50));
+    b.add(
+        &Acks {
+            events: Some(10),
+            telemetry: Some(4),
+            result: None,
+        },
+        ms(0),
+    );
+    assert_eq!(b.take(ms(50), false), (Some(10), Some(4)));
+    // The events' write failed; the telemetry's worked.
+    b.failed(Some(10), None, ms(50));
+    assert_eq!(b.due_at(), Some(ms(100)));
+    assert_eq!(b.take(ms(99), false), (None, None));
+    // A newer acknowledgement meanwhile covers the failed one.
+    b.add(
+        &Acks {
+            events: Some(12),
+            ..Acks::default()
+        },
+        ms(60),
+    );
+    assert_eq!(b.take(ms(100), false), (Some(12), None));
+    b.failed(None, None, ms(100));
+    assert!(b.is_empty());
+}
