@@ -44,6 +44,10 @@ pub fn init(cfg: &LogConfig) {
 
 /// Lines kept by the in-memory ring.
 pub const RING_LINES: usize = 500;
+/// Warnings and errors kept besides, once the ring has moved past them:
+/// on a busy site the info lines (an "event recorded" per event) would
+/// otherwise push the last problems out within a minute.
+pub const RING_PROBLEMS: usize = 200;
 /// Longest line kept (longer ones are cut).
 const RING_LINE_MAX: usize = 2000;
 /// Field names whose values are never kept, whatever their type (defence
@@ -68,25 +72,45 @@ pub struct LogLine {
     pub text: String,
 }
 
-/// The newest log lines, a bounded buffer.
+/// The newest log lines, a bounded buffer, and the warnings and errors
+/// that were pushed out of it.
 #[derive(Debug, Default)]
 pub struct LogRing {
-    lines: Mutex<VecDeque<LogLine>>,
+    kept: Mutex<Kept>,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    /// The newest [`RING_LINES`] lines, oldest first.
+    lines: VecDeque<LogLine>,
+    /// Up to [`RING_PROBLEMS`] warnings and errors older than every line
+    /// of `lines`, oldest first.
+    problems: VecDeque<LogLine>,
 }
 
 impl LogRing {
     fn push(&self, line: LogLine) {
-        let mut g = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-        if g.len() >= RING_LINES {
-            g.pop_front();
+        let mut g = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if g.lines.len() >= RING_LINES {
+            if let Some(old) = g.lines.pop_front() {
+                if matches!(old.level, "WARN" | "ERROR") {
+                    if g.problems.len() >= RING_PROBLEMS {
+                        g.problems.pop_front();
+                    }
+                    g.problems.push_back(old);
+                }
+            }
         }
-        g.push_back(line);
+        g.lines.push_back(line);
     }
 
-    /// Up to `n` newest lines, oldest first.
+    /// Up to `n` newest lines, oldest first: the kept warnings and errors
+    /// (older than the rest), then the newest lines.
     pub fn recent(&self, n: usize) -> Vec<LogLine> {
-        let g = self.lines.lock().unwrap_or_else(|p| p.into_inner());
-        g.iter().skip(g.len().saturating_sub(n)).cloned().collect()
+        let g = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        let all = g.problems.iter().chain(g.lines.iter());
+        let len = g.problems.len() + g.lines.len();
+        all.skip(len.saturating_sub(n)).cloned().collect()
     }
 }
 
@@ -95,8 +119,9 @@ fn ring() -> &'static Arc<LogRing> {
     RING.get_or_init(Default::default)
 }
 
-/// Up to `n` newest log lines at INFO and above, oldest first (empty when
-/// [`init`] was not called, as in unit tests).
+/// Up to `n` newest log lines at INFO and above, oldest first, with the
+/// warnings and errors kept from before them (empty when [`init`] was
+/// not called, as in unit tests).
 pub fn recent(n: usize) -> Vec<LogLine> {
     ring().recent(n)
 }
@@ -304,6 +329,37 @@ mod tests {
             all.contains("setup_token=[redacted]") && all.contains("user=wang"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn problems_outlive_a_flood_of_info_lines() {
+        let ring = with_ring(|| {
+            tracing::warn!(n = 1, "device offline");
+            tracing::info!("recorded");
+            tracing::error!(n = 2, "journal commit failed");
+            for i in 0..(RING_LINES * 3) {
+                tracing::info!(i, "event recorded");
+            }
+        });
+        let lines = ring.recent(usize::MAX);
+        assert_eq!(lines.len(), RING_LINES + 2);
+        assert_eq!(lines[0].text, "device offline n=1");
+        assert_eq!(lines[1].text, "journal commit failed n=2");
+        assert!(lines[2..].iter().all(|l| l.level == "INFO"));
+        assert!(lines[2].text.ends_with(&format!("i={}", RING_LINES * 2)));
+        // Bounded too, oldest problems out first.
+        let ring = with_ring(|| {
+            for i in 0..(RING_PROBLEMS + RING_LINES + 10) {
+                tracing::warn!(i, "poll failed");
+            }
+        });
+        let lines = ring.recent(usize::MAX);
+        assert_eq!(lines.len(), RING_PROBLEMS + RING_LINES);
+        assert!(lines[0].text.ends_with("i=10"), "{:?}", lines[0]);
+        assert_eq!(ring.recent(3).len(), 3);
+        assert!(ring.recent(3)[2]
+            .text
+            .ends_with(&format!("i={}", RING_PROBLEMS + RING_LINES + 9)));
     }
 
     #[test]

@@ -121,7 +121,8 @@ async fn system(
 }
 
 /// `GET /api/v1/system/logs` (technician): the newest log lines at INFO
-/// and above, newest last.
+/// and above, and the warnings and errors kept from before them, newest
+/// last.
 async fn logs(a: Authed) -> Result<Json<serde_json::Value>, ApiError> {
     if !a.session.role.can_administer() {
         return Err(ApiError(
@@ -130,7 +131,7 @@ async fn logs(a: Authed) -> Result<Json<serde_json::Value>, ApiError> {
         ));
     }
     Ok(Json(json!({
-        "lines": crate::logging::recent(crate::logging::RING_LINES),
+        "lines": crate::logging::recent(crate::logging::RING_LINES + crate::logging::RING_PROBLEMS),
     })))
 }
 
