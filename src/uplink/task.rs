@@ -53,9 +53,10 @@ const HOUSEKEEPING_IDLE: Duration = Duration::from_secs(1);
 
 /// The main loop beats its liveness heartbeat at least this often.
 const HEARTBEAT: Duration = Duration::from_secs(2);
-/// Acknowledgements are gathered for this long from the first one, then
-/// written to the journal together: a burst of PUBACKs is one removal
-/// (one journal write instead of one per PUBACK).
+/// Events' acknowledgements are gathered for this long from the first
+/// one, then written to the journal together: a burst of PUBACKs is one
+/// removal. Telemetry's are written at most this often while more is in
+/// flight (see `AckBatch`).
 const ACK_FLUSH: Duration = Duration::from_millis(50);
 /// How long the clean shutdown may take to publish `offline` and disconnect.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
@@ -622,7 +623,8 @@ impl Uplink {
     /// Write due acknowledgements to the journal: at once when `force`,
     /// else once the oldest has waited [`ACK_FLUSH`].
     fn flush_acks(&mut self, now: Instant, force: bool) {
-        let (events, telemetry) = self.acks.take(now, force);
+        let telemetry_idle = self.pipeline.telemetry.in_flight() == 0;
+        let (events, telemetry) = self.acks.take(now, force, telemetry_idle);
         let events = events.filter(|&upto| match self.journal.ack_events(UPLINK_SINK, upto) {
             Ok(()) => false,
             Err(e) => {

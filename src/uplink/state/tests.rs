@@ -633,28 +633,30 @@ fn acknowledgements_of_a_burst_are_written_once() {
         events: Some(seq),
         ..Acks::default()
     };
+    let tel = |key| Acks {
+        telemetry: Some(key),
+        ..Acks::default()
+    };
     let mut b = AckBatch::new(Duration::from_millis(50));
     assert!(b.is_empty());
     assert_eq!(b.due_at(), None);
-    assert_eq!(b.take(ms(0), false), (None, None));
-    // Twelve PUBACKs within 10 ms: nothing written until 50 ms after the first.
+    assert_eq!(b.take(ms(0), false, true), (None, None));
+    // Twelve PUBACKs of events within 10 ms: nothing written until 50 ms
+    // after the first.
     for i in 0..12 {
         b.add(&ev(100 + i), ms(i));
-        assert_eq!(b.take(ms(i), false), (None, None));
+        assert_eq!(b.take(ms(i), false, true), (None, None));
     }
-    b.add(
-        &Acks {
-            telemetry: Some(7),
-            ..Acks::default()
-        },
-        ms(20),
-    );
     assert_eq!(b.due_at(), Some(ms(50)));
-    assert_eq!(b.take(ms(49), false), (None, None));
-    // Then all of it at once, the newest of each lane.
-    assert_eq!(b.take(ms(50), false), (Some(111), Some(7)));
+    // Telemetry's acknowledgement goes at once, the events' still wait.
+    b.add(&tel(7), ms(20));
+    assert_eq!(b.take(ms(20), false, true), (None, Some(7)));
+    assert_eq!(b.take(ms(49), false, true), (None, None));
+    assert!(!b.is_empty());
+    // Then the events' at once, the newest.
+    assert_eq!(b.take(ms(50), false, true), (Some(111), None));
     assert!(b.is_empty());
-    assert_eq!(b.take(ms(200), true), (None, None));
+    assert_eq!(b.take(ms(200), true, true), (None, None));
     // A result's PUBACK alone is not a journal acknowledgement.
     b.add(
         &Acks {
@@ -666,11 +668,11 @@ fn acknowledgements_of_a_burst_are_written_once() {
     assert!(b.is_empty());
     // Shutdown writes at once.
     b.add(&ev(112), ms(400));
-    assert_eq!(b.take(ms(401), true), (Some(112), None));
+    assert_eq!(b.take(ms(401), true, true), (Some(112), None));
 }
 
 #[test]
-fn failed_acknowledgement_writes_are_tried_again_a_window_later() {
+fn failed_acknowledgement_writes_are_tried_again() {
     let t = t0();
     let ms = |n| t + Duration::from_millis(n);
     let mut b = AckBatch::new(Duration::from_millis(50));
@@ -682,11 +684,15 @@ fn failed_acknowledgement_writes_are_tried_again_a_window_later() {
         },
         ms(0),
     );
-    assert_eq!(b.take(ms(50), false), (Some(10), Some(4)));
-    // The events' write failed; the telemetry's worked.
+    assert_eq!(b.take(ms(10), false, true), (None, Some(4)));
+    // The telemetry's write failed: tried at the next turn.
+    b.failed(None, Some(4), ms(10));
+    assert_eq!(b.take(ms(11), false, true), (None, Some(4)));
+    assert_eq!(b.take(ms(50), false, true), (Some(10), None));
+    // The events' write failed: a window later.
     b.failed(Some(10), None, ms(50));
     assert_eq!(b.due_at(), Some(ms(100)));
-    assert_eq!(b.take(ms(99), false), (None, None));
+    assert_eq!(b.take(ms(99), false, true), (None, None));
     // A newer acknowledgement meanwhile covers the failed one.
     b.add(
         &Acks {
@@ -695,7 +701,32 @@ fn failed_acknowledgement_writes_are_tried_again_a_window_later() {
         },
         ms(60),
     );
-    assert_eq!(b.take(ms(100), false), (Some(12), None));
+    assert_eq!(b.take(ms(100), false, true), (Some(12), None));
     b.failed(None, None, ms(100));
+    assert!(b.is_empty());
+}
+
+#[test]
+fn telemetry_acknowledgements_are_spaced_while_more_is_in_flight() {
+    let t = t0();
+    let ms = |n| t + Duration::from_millis(n);
+    let tel = |key| Acks {
+        telemetry: Some(key),
+        ..Acks::default()
+    };
+    let mut b = AckBatch::new(Duration::from_millis(50));
+    // A drain: more in flight after each PUBACK. The first goes at once,
+    // the next ones a window apart, the newest each time.
+    b.add(&tel(1), ms(0));
+    assert_eq!(b.take(ms(0), false, false), (None, Some(1)));
+    for k in 2..=9 {
+        b.add(&tel(k), ms(k * 5));
+        assert_eq!(b.take(ms(k * 5), false, false), (None, None));
+    }
+    assert_eq!(b.due_at(), Some(ms(50)));
+    assert_eq!(b.take(ms(50), false, false), (None, Some(9)));
+    // Caught up (nothing in flight): at once.
+    b.add(&tel(10), ms(60));
+    assert_eq!(b.take(ms(60), false, true), (None, Some(10)));
     assert!(b.is_empty());
 }
