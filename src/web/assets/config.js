@@ -214,8 +214,14 @@ function cfgRenderRaw(body) {
   cfgShowProblems();
 }
 
+// Whether the configuration view is still on the page: a request can
+// finish after the user (or the login flow) moved to another view, and
+// its answer must then update the model only, not the missing elements.
+const cfgMounted = () => !!document.getElementById("config-edit");
+
 async function cfgRenderHistory(body) {
   const r = await api("GET", "/config/history");
+  if (!body.isConnected) return;
   if (!r.ok) { body.innerHTML = `<p class="error">${esc(r.data.error)}</p>`; return; }
   const vs = r.data.versions || [];
   body.innerHTML = `<table id="cfg-history"><thead><tr><th>${esc(t("cfg_version"))}</th><th>${esc(t("time"))}</th><th>${esc(t("cfg_by"))}</th><th>${esc(t("cfg_summary"))}</th><th></th></tr></thead><tbody>
@@ -302,6 +308,7 @@ function cfgChange() {
 // entries, draw the forms again from the resulting model.
 async function cfgValidate(rerender) {
   const r = await api("POST", "/config/validate", { version: cfg.file.version, ...cfgChange() });
+  if (!cfgMounted()) return false;
   if (r.status === 409) { cfgSetBanner("warn", t("cfg_stale")); return false; }
   if (!r.ok) { cfgSetBanner("bad", r.data.error || String(r.status)); return false; }
   cfg.problems = r.data.problems || [];
@@ -337,6 +344,7 @@ async function cfgApplyOnce() {
   if (r.ok) {
     const restarted = (d.restarted || []).length ? ` · ${t("cfg_restarted")} ${d.restarted.join(", ")}` : "";
     await cfgLoad();
+    if (!cfgMounted()) return;
     $("#cfg-comment").value = "";
     cfgSetBanner("good", d.applied ? `${t("cfg_applied")} (#${d.history_id ?? "?"})${restarted}` : t("cfg_unchanged"));
     return;
@@ -366,6 +374,7 @@ async function cfgLoad() {
   cfg.rawDirty = false;
   cfg.edits = [];
   cfg.problems = r.data.problems || [];
+  if (!cfgMounted()) return r;
   cfgTab(cfg.tab);
   $("#cfg-differs").hidden = r.data.running_matches_file !== false;
   document.body.dataset.cfgVersion = r.data.version;
@@ -410,6 +419,7 @@ async function viewConfigEdit(el) {
   // while the file is still the version they were made against.
   const keep = cfg.file && cfg.edits.length ? { version: cfg.file.version, edits: cfg.edits } : null;
   const r = await cfgLoad();
+  if (!cfgMounted()) return;
   if (!r.ok) { el.innerHTML = `<p class="error">${esc(r.data.error)}</p>`; return; }
   if (keep && keep.version === cfg.file.version) {
     cfg.edits = keep.edits;
