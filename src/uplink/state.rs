@@ -406,13 +406,12 @@ impl AckBatch {
         );
     }
 
-    /// When the waiting acknowledgements are due at the latest (`None`:
-    /// none wait).
-    pub fn due_at(&self) -> Option<Instant> {
-        let telemetry = self.telemetry.map(|_| {
-            self.telemetry_taken
-                .map_or(Instant::now(), |t| t + self.window)
-        });
+    /// When the waiting acknowledgements are due, `now` if at once
+    /// (`None`: none wait).
+    pub fn due_at(&self, now: Instant) -> Option<Instant> {
+        let telemetry = self
+            .telemetry
+            .map(|_| self.telemetry_taken.map_or(now, |t| t + self.window));
         match (self.since.map(|s| s + self.window), telemetry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

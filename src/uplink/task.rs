@@ -451,7 +451,7 @@ impl Uplink {
                 HOUSEKEEPING_IDLE
             };
             let mut soonest = tokio::time::Instant::now() + period;
-            if let Some(due) = self.acks.due_at() {
+            if let Some(due) = self.acks.due_at(Instant::now()) {
                 soonest = soonest.min(tokio::time::Instant::from_std(due));
             }
             if step_was_housekeeping || soonest < housekeeping_at {

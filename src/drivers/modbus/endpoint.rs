@@ -156,6 +156,8 @@ pub struct DevicePoller {
     pub plan: Arc<ReadPlan>,
     pub health: Health,
     pub next_poll: Instant,
+    /// `modbus_device{device=… unit=…}`, a child of the endpoint's span
+    /// (set by [`Endpoint::new`]).
     pub span: tracing::Span,
     /// Poll counters for `/metrics` (none in tests that do not look).
     pub counters: Option<Arc<PollCounters>>,
@@ -188,7 +190,7 @@ impl DevicePoller {
             plan: Arc::new(plan),
             health: Health::new(offline_after),
             next_poll: start,
-            span: tracing::info_span!("modbus_device", device = %id, unit),
+            span: tracing::Span::none(),
             counters: None,
             writable: HashMap::new(),
             last: None,
@@ -384,7 +386,7 @@ impl<C: Connector> Endpoint<C> {
     pub fn new(
         connector: C,
         kind: LinkKind,
-        devices: Vec<DevicePoller>,
+        mut devices: Vec<DevicePoller>,
         bus: mpsc::Sender<BusMessage>,
     ) -> Endpoint<C> {
         // Reconnects start at the fastest device's interval and back off to
@@ -401,7 +403,6 @@ impl<C: Connector> Endpoint<C> {
             .unwrap_or(Duration::from_secs(30))
             .max(reconnect_base);
         let span = tracing::info_span!("modbus_endpoint", endpoint = %connector.name());
-        let mut devices = devices;
         for d in &mut devices {
             d.span =
                 tracing::info_span!(parent: &span, "modbus_device", device = %d.id, unit = d.unit);

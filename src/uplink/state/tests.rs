@@ -639,7 +639,7 @@ fn acknowledgements_of_a_burst_are_written_once() {
     };
     let mut b = AckBatch::new(Duration::from_millis(50));
     assert!(b.is_empty());
-    assert_eq!(b.due_at(), None);
+    assert_eq!(b.due_at(ms(0)), None);
     assert_eq!(b.take(ms(0), false, true), (None, None));
     // Twelve PUBACKs of events within 10 ms: nothing written until 50 ms
     // after the first.
@@ -647,7 +647,7 @@ fn acknowledgements_of_a_burst_are_written_once() {
         b.add(&ev(100 + i), ms(i));
         assert_eq!(b.take(ms(i), false, true), (None, None));
     }
-    assert_eq!(b.due_at(), Some(ms(50)));
+    assert_eq!(b.due_at(ms(0)), Some(ms(50)));
     // Telemetry's acknowledgement goes at once, the events' still wait.
     b.add(&tel(7), ms(20));
     assert_eq!(b.take(ms(20), false, true), (None, Some(7)));
@@ -691,7 +691,7 @@ fn failed_acknowledgement_writes_are_tried_again() {
     assert_eq!(b.take(ms(50), false, true), (Some(10), None));
     // The events' write failed: a window later.
     b.failed(Some(10), None, ms(50));
-    assert_eq!(b.due_at(), Some(ms(100)));
+    assert_eq!(b.due_at(ms(0)), Some(ms(100)));
     assert_eq!(b.take(ms(99), false, true), (None, None));
     // A newer acknowledgement meanwhile covers the failed one.
     b.add(
@@ -718,12 +718,13 @@ fn telemetry_acknowledgements_are_spaced_while_more_is_in_flight() {
     // A drain: more in flight after each PUBACK. The first goes at once,
     // the next ones a window apart, the newest each time.
     b.add(&tel(1), ms(0));
+    assert_eq!(b.due_at(ms(0)), Some(ms(0)));
     assert_eq!(b.take(ms(0), false, false), (None, Some(1)));
     for k in 2..=9 {
         b.add(&tel(k), ms(k * 5));
         assert_eq!(b.take(ms(k * 5), false, false), (None, None));
     }
-    assert_eq!(b.due_at(), Some(ms(50)));
+    assert_eq!(b.due_at(ms(0)), Some(ms(50)));
     assert_eq!(b.take(ms(50), false, false), (None, Some(9)));
     // Caught up (nothing in flight): at once.
     b.add(&tel(10), ms(60));
