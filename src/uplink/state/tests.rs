@@ -625,18 +625,22 @@ impl Sim {
     }
 }
 
+/// Acknowledgements of events up to `events`, telemetry up to
+/// `telemetry`, and the command result `result`.
+fn acks(events: Option<u64>, telemetry: Option<u64>, result: Option<u64>) -> Acks {
+    Acks {
+        events,
+        telemetry,
+        result,
+    }
+}
+
 #[test]
 fn acknowledgements_of_a_burst_are_written_once() {
     let t = t0();
     let ms = |n| t + Duration::from_millis(n);
-    let ev = |seq| Acks {
-        events: Some(seq),
-        ..Acks::default()
-    };
-    let tel = |key| Acks {
-        telemetry: Some(key),
-        ..Acks::default()
-    };
+    let ev = |seq| acks(Some(seq), None, None);
+    let tel = |key| acks(None, Some(key), None);
     let mut b = AckBatch::new(Duration::from_millis(50));
     assert!(b.is_empty());
     assert_eq!(b.due_at(ms(0)), None);
@@ -658,13 +662,7 @@ fn acknowledgements_of_a_burst_are_written_once() {
     assert!(b.is_empty());
     assert_eq!(b.take(ms(200), true, true), (None, None));
     // A result's PUBACK alone is not a journal acknowledgement.
-    b.add(
-        &Acks {
-            result: Some(3),
-            ..Acks::default()
-        },
-        ms(300),
-    );
+    b.add(&acks(None, None, Some(3)), ms(300));
     assert!(b.is_empty());
     // Shutdown writes at once.
     b.add(&ev(112), ms(400));
@@ -676,14 +674,7 @@ fn failed_acknowledgement_writes_are_tried_again() {
     let t = t0();
     let ms = |n| t + Duration::from_millis(n);
     let mut b = AckBatch::new(Duration::from_millis(50));
-    b.add(
-        &Acks {
-            events: Some(10),
-            telemetry: Some(4),
-            result: None,
-        },
-        ms(0),
-    );
+    b.add(&acks(Some(10), Some(4), None), ms(0));
     assert_eq!(b.take(ms(10), false, true), (None, Some(4)));
     // The telemetry's write failed: tried at the next turn.
     b.failed(None, Some(4), ms(10));
@@ -694,13 +685,7 @@ fn failed_acknowledgement_writes_are_tried_again() {
     assert_eq!(b.due_at(ms(0)), Some(ms(100)));
     assert_eq!(b.take(ms(99), false, true), (None, None));
     // A newer acknowledgement meanwhile covers the failed one.
-    b.add(
-        &Acks {
-            events: Some(12),
-            ..Acks::default()
-        },
-        ms(60),
-    );
+    b.add(&acks(Some(12), None, None), ms(60));
     assert_eq!(b.take(ms(100), false, true), (Some(12), None));
     b.failed(None, None, ms(100));
     assert!(b.is_empty());
@@ -710,10 +695,7 @@ fn failed_acknowledgement_writes_are_tried_again() {
 fn telemetry_acknowledgements_are_spaced_while_more_is_in_flight() {
     let t = t0();
     let ms = |n| t + Duration::from_millis(n);
-    let tel = |key| Acks {
-        telemetry: Some(key),
-        ..Acks::default()
-    };
+    let tel = |key| acks(None, Some(key), None);
     let mut b = AckBatch::new(Duration::from_millis(50));
     // A drain: more in flight after each PUBACK. The first goes at once,
     // the next ones a window apart, the newest each time.
