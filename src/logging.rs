@@ -284,10 +284,8 @@ mod tests {
     use super::*;
 
     fn with_ring(f: impl FnOnce()) -> Arc<LogRing> {
-        let ring = Arc::new(LogRing::default());
-        let sub = tracing_subscriber::registry()
-            .with(RingLayer(ring.clone()).with_filter(LevelFilter::INFO));
-        tracing::subscriber::with_default(sub, f);
+        let (ring, _guard) = capture();
+        f();
         ring
     }
 
