@@ -620,8 +620,10 @@ impl Uplink {
         }
     }
 
-    /// Write due acknowledgements to the journal: at once when `force`,
-    /// else once the oldest has waited [`ACK_FLUSH`].
+    /// Write due acknowledgements to the journal: all of them when
+    /// `force`, else as [`AckBatch::take`] says (the events' once the
+    /// oldest has waited [`ACK_FLUSH`], the telemetry's when none is in
+    /// flight or [`ACK_FLUSH`] after the last).
     fn flush_acks(&mut self, now: Instant, force: bool) {
         let telemetry_idle = self.pipeline.telemetry.in_flight() == 0;
         let (events, telemetry) = self.acks.take(now, force, telemetry_idle);
