@@ -6,7 +6,7 @@
 //!
 //! A point's offered value is queued when, compared with the last value
 //! *reported* for that point:
-//! - it moved by more than the point's deadband (floats; bools and integers:
+//! - it moved by more than the point's deadband (integers and floats; bools:
 //!   any change; a change of type or between "no value" and a value counts);
 //! - its quality changed;
 //! - or `max_interval` has passed since the point was last reported.
@@ -537,6 +537,11 @@ fn changed(reported: Option<Value>, value: Option<Value>, deadband: f64) -> bool
                 // Infinite values: inf - inf is NaN, caught by a == b above.
                 (b - a).abs() > deadband
             }
+        }
+        // i64 to f64 rounds beyond 2^53: the difference of two 64-bit
+        // counters is exact enough for a deadband.
+        (Some(Value::Int(a)), Some(Value::Int(b))) => {
+            a != b && (b as f64 - a as f64).abs() > deadband
         }
         (a, b) => a != b,
     }

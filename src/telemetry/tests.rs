@@ -196,22 +196,49 @@ fn default_deadband_applies_to_points_without_their_own() {
 }
 
 #[test]
-fn bools_and_ints_report_any_change() {
+fn bools_report_any_change() {
     let mut b = Bench::new("deadband = 100.0");
     b.good(0, FAN, Value::Bool(false));
     b.good(100, FAN, Value::Bool(false));
     b.good(200, FAN, Value::Bool(true));
-    b.good(0, STATUS, Value::Int(3));
-    b.good(100, STATUS, Value::Int(3));
-    b.good(200, STATUS, Value::Int(4));
     assert_eq!(
         values(&b.take_points(5000)),
         [
             ("fan-run".into(), json!(false)),
             ("fan-run".into(), json!(true)),
-            ("status".into(), json!(3)),
-            ("status".into(), json!(4)),
         ]
+    );
+}
+
+#[test]
+fn integers_move_past_the_deadband() {
+    // The contract: "a value is sent when it changes by more than its
+    // deadband", raw integer registers included.
+    let mut b = Bench::new("deadband = 10.0");
+    b.good(0, STATUS, Value::Int(300));
+    b.good(100, STATUS, Value::Int(305)); // within the deadband
+    b.good(200, STATUS, Value::Int(310)); // exactly the deadband: not more
+    b.good(300, STATUS, Value::Int(311));
+    b.good(400, STATUS, Value::Int(i64::MIN)); // no overflow
+    assert_eq!(
+        values(&b.take_points(5000)),
+        [
+            ("status".into(), json!(300)),
+            ("status".into(), json!(311)),
+            ("status".into(), json!(i64::MIN)),
+        ]
+    );
+}
+
+#[test]
+fn integers_report_any_change_without_a_deadband() {
+    let mut b = Bench::new("");
+    b.good(0, STATUS, Value::Int(3));
+    b.good(100, STATUS, Value::Int(3));
+    b.good(200, STATUS, Value::Int(4));
+    assert_eq!(
+        values(&b.take_points(5000)),
+        [("status".into(), json!(3)), ("status".into(), json!(4))]
     );
 }
 
