@@ -61,6 +61,11 @@ pub struct AlarmRuleConfig {
     /// alarm event, when the alarm is raised.
     #[serde(default)]
     pub cameras: Vec<String>,
+    /// The rule watches the gateway's own enclosure (its tamper switch):
+    /// each raise of the alarm is followed by a `gateway.tamper` event,
+    /// the uplink contract's kind for a gateway opened or tampered with.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tamper: bool,
 }
 
 /// Behaviour of a rule while its zone is disarmed.

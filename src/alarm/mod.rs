@@ -269,6 +269,8 @@ struct AlarmDef {
     when_disarmed: WhenDisarmed,
     /// Fire or priority 1: never shelved, never affected by arming.
     life_safety: bool,
+    /// The gateway's own enclosure: a raise is followed by `gateway.tamper`.
+    tamper: bool,
 }
 
 /// One alarm: definition, state, and the current value (`None` while unknown).
@@ -389,6 +391,7 @@ impl AlarmEngine {
                         message: r.message.as_str().into(),
                         when_disarmed: r.when_disarmed.unwrap_or_default(),
                         life_safety: AlarmDef::life_safety(category, r.priority),
+                        tamper: r.tamper,
                     },
                     core: Core::new(latching, r.on_delay, r.off_delay),
                     value: None,
@@ -428,6 +431,7 @@ impl AlarmEngine {
                         message: format!("Communication lost with {name} ({})", d.id).into(),
                         when_disarmed: WhenDisarmed::Raise,
                         life_safety: true,
+                        tamper: false,
                     },
                     core: Core::new(false, Duration::ZERO, Duration::ZERO),
                     value: None,
@@ -1031,7 +1035,7 @@ fn emit(
             priority = priority.get(),
             "alarm transition"
         );
-        out.push(NewEvent {
+        let event = NewEvent {
             ts,
             kind: t.kind,
             priority,
@@ -1055,7 +1059,16 @@ fn emit(
             }),
             attachments: Vec::new(),
             detail,
+        };
+        // The alarm keeps its own life cycle (raised, acknowledged,
+        // cleared); the platform also learns that the gateway itself was
+        // opened, under the contract's kind for it.
+        let tamper = (d.tamper && t.kind == EventKind::AlarmRaised).then(|| NewEvent {
+            kind: EventKind::GatewayTamper,
+            ..event.clone()
         });
+        out.push(event);
+        out.extend(tamper);
     }
     if alarm.core.state() == AlarmState::Normal {
         alarm.quiet = false;

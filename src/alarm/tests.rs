@@ -1535,6 +1535,50 @@ fn when_disarmed_on_fire_is_a_config_error() {
     assert!(err.contains("never disarmable"), "{err}");
 }
 
+#[test]
+fn a_tamper_rule_records_gateway_tamper_after_each_raise() {
+    // The fence's spare input stands in for the gateway's own lid switch.
+    let with_tamper = format!(
+        "{CONFIG}\n[[alarms]]\npoint = \"fence/spare\"\nequals = true\npriority = 2\n\
+         category = \"system\"\nmessage = \"Gateway enclosure opened\"\ntamper = true\n"
+    );
+    let mut b = Bench::with(load_str(&with_tamper, Path::new("t.toml")).unwrap());
+    let lid = "fence/spare";
+    let ev = b.read(0, lid, Value::Bool(true));
+    assert_eq!(
+        kinds(&ev),
+        vec![
+            (Raised, Some(ActiveUnacked)),
+            (EventKind::GatewayTamper, Some(ActiveUnacked))
+        ]
+    );
+    assert_eq!(
+        NewEvent {
+            kind: Raised,
+            ..ev[1].clone()
+        },
+        ev[0],
+        "the tamper event repeats the raise: key, value, source, priority"
+    );
+    assert_eq!(ev[1].category, Category::System);
+    // The alarm's own life cycle carries no second tamper event.
+    assert_eq!(
+        kinds(&b.ack(10, lid).unwrap()),
+        vec![(Acked, Some(ActiveAcked))]
+    );
+    assert_eq!(
+        kinds(&b.read(20, lid, Value::Bool(false))),
+        vec![(Cleared, Some(Normal))]
+    );
+    // Opened again: raised again, and tampered again.
+    assert_eq!(
+        kinds(&b.read(30, lid, Value::Bool(true)))[1],
+        (EventKind::GatewayTamper, Some(ActiveUnacked))
+    );
+    // Rules without `tamper` never record one.
+    assert_eq!(kinds(&b.read(40, FIRE3, Value::Bool(true))).len(), 1);
+}
+
 mod persistence {
     use super::*;
     use crate::alarm::persist::StateFile;

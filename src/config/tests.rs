@@ -90,6 +90,61 @@ fn validation_collects_every_problem() {
 }
 
 #[test]
+fn rules_no_value_of_the_point_can_meet_are_errors() {
+    let with = |point_extra: &str, rule: &str| {
+        let text = MINIMAL.replace(
+            "[[alarms]]",
+            &format!(
+                "[[devices.points]]\nid = \"status\"\nregister = \"holding\"\naddress = 0\n\
+                 type = \"u16\"\n{point_extra}\n[[alarms]]\npoint = \"fire-panel-a/status\"\n\
+                 {rule}\npriority = 3\nmessage = \"Panel fault\"\n\n[[alarms]]"
+            ),
+        );
+        load(&text).err().map(|e| {
+            let found: Vec<_> =
+                e.0.iter()
+                    .map(|p| (p.key.clone(), p.message.clone()))
+                    .collect();
+            found
+        })
+    };
+    for rule in [
+        "equals = 1.5",
+        "equals = -4",
+        "equals = 65536",
+        "high = 65535",
+        "low = 0",
+    ] {
+        let errs = with("", rule).unwrap_or_else(|| panic!("{rule} accepted"));
+        let key = format!("alarms[0].{}", rule.split(' ').next().unwrap());
+        assert!(
+            errs.iter()
+                .any(|(k, m)| *k == key && m.contains("never met") && m.contains("0 to 65535")),
+            "{rule}: {errs:?}"
+        );
+    }
+    for rule in [
+        "equals = 3",
+        "equals = 65535",
+        "high = 65534.5",
+        "low = 0.5",
+    ] {
+        assert_eq!(with("", rule), None, "{rule}");
+    }
+    // Scaled to tenths: 0 to 6553.5.
+    assert_eq!(
+        with("scale = 0.1", "equals = 1.5"),
+        None,
+        "a scaled u16 can read 1.5"
+    );
+    assert!(
+        with("scale = 0.1", "high = 6553.5").is_some(),
+        "6553.5 is the most a scaled u16 reads"
+    );
+    assert_eq!(with("scale = 0.1", "high = 6553.4"), None);
+}
+
+#[test]
 fn syntax_error_has_line() {
     let errs = load("[site]\nid = \"a\"\ngateway = \n").unwrap_err().0;
     assert_eq!(errs[0].line, Some(3), "{errs:?}");

@@ -478,6 +478,9 @@ pub(super) fn validate(c: &Config, origins: &super::profiles::Origins) -> Vec<Fi
                 _ => f.err(k.key("equals"), "must be true, false or a number"),
             }
         }
+        if let Some((key, why)) = never_met(a, pt) {
+            f.err(k.key(key), why);
+        }
         if (a.high.is_some() || a.low.is_some()) && pt.kind == PointType::Bool {
             f.err(
                 k.clone(),
@@ -536,6 +539,53 @@ pub(super) fn validate(c: &Config, origins: &super::profiles::Origins) -> Vec<Fi
         }
     }
     f.0
+}
+
+/// A rule on an integer point that no value of the point can meet (the
+/// raw type's range, scaled): `equals = 1.5` or `-4` on a `u16`, `high =
+/// 70000` on a `u16`. Such an alarm would never be raised.
+fn never_met(
+    a: &crate::alarm::AlarmRuleConfig,
+    pt: &crate::drivers::PointConfig,
+) -> Option<(&'static str, String)> {
+    let (lo, hi) = pt.kind.int_range()?;
+    let ends = [
+        lo as f64 * pt.scale + pt.offset,
+        hi as f64 * pt.scale + pt.offset,
+    ];
+    let (min, max) = (ends[0].min(ends[1]), ends[0].max(ends[1]));
+    if !(min.is_finite() && max.is_finite()) {
+        return None;
+    }
+    // Scaled values are rounded to the scale's decimals: compare loosely.
+    let slack = 1e-9 * max.abs().max(min.abs()).max(1.0);
+    let kind = format!("{:?}", pt.kind).to_lowercase();
+    let takes = if (pt.scale, pt.offset) == (1.0, 0.0) {
+        format!("a {kind} point takes whole numbers from {min} to {max}")
+    } else {
+        format!(
+            "this {kind} point (scale {}, offset {}) takes values from {min} to {max}",
+            pt.scale, pt.offset
+        )
+    };
+    if let Some(v) = &a.equals {
+        let x = match v {
+            toml::Value::Integer(i) => *i as f64,
+            toml::Value::Float(x) => *x,
+            _ => return None,
+        };
+        let fraction = (pt.scale, pt.offset) == (1.0, 0.0) && x.fract() != 0.0;
+        if fraction || x < min - slack || x > max + slack {
+            return Some(("equals", format!("never met: {takes}")));
+        }
+    }
+    if a.high.is_some_and(|h| h >= max - slack) {
+        return Some(("high", format!("never met: {takes}, never more than {max}")));
+    }
+    if a.low.is_some_and(|l| l <= min + slack) {
+        return Some(("low", format!("never met: {takes}, never less than {min}")));
+    }
+    None
 }
 
 fn check_readable(f: &mut Findings, key: KeyPath, path: &std::path::Path) {

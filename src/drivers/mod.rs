@@ -146,6 +146,17 @@ impl PointType {
             PointType::U32 | PointType::I32 | PointType::F32 => 2,
         }
     }
+
+    /// The raw values an integer type can hold (`None` for `bool`, `f32`).
+    pub fn int_range(&self) -> Option<(i64, i64)> {
+        match self {
+            PointType::U16 => Some((0, u16::MAX.into())),
+            PointType::I16 => Some((i16::MIN.into(), i16::MAX.into())),
+            PointType::U32 => Some((0, u32::MAX.into())),
+            PointType::I32 => Some((i32::MIN.into(), i32::MAX.into())),
+            PointType::Bool | PointType::F32 => None,
+        }
+    }
 }
 
 /// Byte or word order.
