@@ -50,12 +50,12 @@ Object.assign(T["en"], {
 const CFG_KEYS = {
   device: ["id", "name", "zone", "category", "enabled", "life_safety", "poll_interval_s", "timeout_s", "offline_after", "profile"],
   point: ["id", "name", "register", "address", "type", "bit", "scale", "offset", "unit", "deadband", "zone", "telemetry", "writable"],
-  rule: ["id", "point", "equals", "high", "low", "hysteresis", "on_delay_s", "off_delay_s", "priority", "category", "zone", "message", "latching", "when_disarmed", "cameras"],
+  rule: ["id", "point", "equals", "high", "low", "hysteresis", "on_delay_s", "off_delay_s", "priority", "category", "zone", "message", "latching", "when_disarmed", "cameras", "tamper"],
   zone: ["id", "name", "armed_at_start"],
   camera: ["id", "name", "zone", "url", "username", "transport", "video_loss_s", "pre_s", "post_s", "pre_buffer_bytes", "enabled"],
   channel: ["name", "kind", "url", "format", "language", "rate_per_minute", "storm_threshold", "storm_window_s"],
 };
-const CFG_BOOL = new Set(["enabled", "life_safety", "telemetry", "writable", "latching", "armed_at_start"]);
+const CFG_BOOL = new Set(["enabled", "life_safety", "telemetry", "writable", "latching", "armed_at_start", "tamper"]);
 const CFG_NUM = new Set(["poll_interval_s", "timeout_s", "offline_after", "address", "bit", "scale", "offset", "deadband",
   "high", "low", "hysteresis", "on_delay_s", "off_delay_s", "priority", "video_loss_s", "pre_s", "post_s",
   "pre_buffer_bytes", "rate_per_minute", "storm_threshold", "storm_window_s", "port", "unit", "backoff_max_s"]);
