@@ -327,6 +327,29 @@ max_pulse_s = 5
         assert_eq!(before, now, "refused command {id} changed a device");
     }
 
+    // A request id no result topic can carry (over 128 bytes) is refused
+    // too: no `cmd_result`, but its `command.executed` event, id cut short.
+    let long_id = "x".repeat(200);
+    sub.publish(
+        &topic(&format!("cmd/{long_id}")),
+        br#"{"action":"write_point","target":"hvac-1/fan-run","value":false,"operator":"op"}"#,
+    )
+    .await;
+    let (e, _) = find_event(
+        &mut Vec::new(),
+        &mut sub,
+        "the refused long request id",
+        Duration::from_secs(10),
+        |v| v["kind"] == "command.executed" && v["detail"]["request_id"] == long_id[..128],
+    )
+    .await;
+    assert_eq!(e["detail"]["ok"], false, "{e}");
+    let err = e["detail"]["error"].as_str().unwrap_or_default();
+    assert!(err.contains("invalid request id"), "{err:?}");
+    assert_eq!(e["detail"]["target"], "hvac-1/fan-run");
+    let now = (hvac_probe.snapshot().await, door_probe.snapshot().await);
+    assert_eq!(before, now, "a refused command changed a device");
+
     // open_door pulses the release output: on, then off after 1 s.
     let t0 = Instant::now();
     let (r, _) = command(

@@ -16,6 +16,9 @@ pub enum Downlink<'a> {
     EventsAck,
     /// `cmd/{request_id}`.
     Command { request_id: &'a str },
+    /// `cmd/{request_id}` whose id cannot name a `cmd_result` topic: empty,
+    /// longer than 128 bytes or with control characters.
+    InvalidCommand { request_id: &'a str },
 }
 
 impl Topics {
@@ -57,7 +60,14 @@ impl Topics {
             return Some(Downlink::EventsAck);
         }
         let id = rest.strip_prefix("cmd/")?;
-        valid_request_id(id).then_some(Downlink::Command { request_id: id })
+        if id.contains('/') {
+            return None;
+        }
+        Some(if valid_request_id(id) {
+            Downlink::Command { request_id: id }
+        } else {
+            Downlink::InvalidCommand { request_id: id }
+        })
     }
 }
 
@@ -183,7 +193,19 @@ mod tests {
                 request_id: "abc-1"
             })
         );
-        assert_eq!(t.parse("estate/v1/s/g/cmd/"), None);
+        assert_eq!(
+            t.parse("estate/v1/s/g/cmd/"),
+            Some(Downlink::InvalidCommand { request_id: "" })
+        );
+        let long = format!("estate/v1/s/g/cmd/{}", "r".repeat(129));
+        assert!(matches!(
+            t.parse(&long),
+            Some(Downlink::InvalidCommand { .. })
+        ));
+        assert!(matches!(
+            t.parse("estate/v1/s/g/cmd/a\u{7}b"),
+            Some(Downlink::InvalidCommand { .. })
+        ));
         assert_eq!(t.parse("estate/v1/s/g/cmd/a/b"), None);
         assert_eq!(t.parse("estate/v1/s/other/cmd/a"), None);
         assert_eq!(t.parse("estate/v1/s/g/events"), None);

@@ -659,6 +659,22 @@ impl Uplink {
                 Err(e) => tracing::warn!(error = %e, "malformed events_ack ignored"),
             },
             Some(Downlink::Command { request_id }) => self.on_command(request_id, body),
+            Some(Downlink::InvalidCommand { request_id }) => {
+                // Refused, and recorded as every command is; there is no
+                // `cmd_result` topic to answer on.
+                let shown: String = request_id
+                    .chars()
+                    .take(128)
+                    .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+                    .collect();
+                tracing::warn!(request_id = %shown, "command with an invalid request id refused");
+                record_refusal(
+                    &self.journal,
+                    &shown,
+                    body,
+                    "invalid request id: 1 to 128 bytes without control characters",
+                );
+            }
             None => tracing::warn!(topic, "message on an unexpected topic ignored"),
         }
     }
