@@ -947,11 +947,30 @@ impl Uplink {
                 self.status.version,
                 &self.status.boot_id,
             );
-            let published =
-                self.publish_other(self.topics.status(), QoS::AtLeastOnce, true, bye.to_bytes());
-            let disconnecting = published && self.client.try_disconnect().is_ok();
+            let deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
+            // The request queue may be full (command results, telemetry):
+            // let the event loop send what is queued until the offline
+            // status and the disconnect fit behind it.
+            let mut published = false;
+            let disconnecting = loop {
+                published = published
+                    || self.publish_other(
+                        self.topics.status(),
+                        QoS::AtLeastOnce,
+                        true,
+                        bye.to_bytes(),
+                    );
+                if published && self.client.try_disconnect().is_ok() {
+                    break true;
+                }
+                let Ok(Ok(ev)) = tokio::time::timeout_at(deadline, el.poll()).await else {
+                    break false;
+                };
+                if self.on_poll(Instant::now(), Ok(ev)).is_err() {
+                    break false;
+                }
+            };
             if disconnecting {
-                let deadline = tokio::time::Instant::now() + SHUTDOWN_DRAIN;
                 loop {
                     match tokio::time::timeout_at(deadline, el.poll()).await {
                         Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => break,
