@@ -177,8 +177,12 @@ pub struct PageState {
     pub users: UserStore,
     pub setup: auth::SetupToken,
     pub sessions: Mutex<auth::Sessions>,
-    pub throttle_user: Mutex<auth::Throttle>,
+    /// Login attempts per account at a client address.
+    pub throttle_account: Mutex<auth::Throttle>,
+    /// Login attempts per client address, whatever the account.
     pub throttle_addr: Mutex<auth::Throttle>,
+    /// Bounds the password checks running and waiting at once.
+    pub logins: auth::LoginGate,
     pub audit: audit::AuditLog,
     /// Mark cookies `Secure` (served over HTTPS).
     pub secure_cookie: bool,
@@ -215,10 +219,11 @@ impl PageState {
             users,
             setup,
             sessions: Mutex::new(auth::Sessions::new(w.session_idle)),
-            throttle_user: Mutex::new(auth::Throttle::new(failures, w.login_window)),
+            throttle_account: Mutex::new(auth::Throttle::new(failures, w.login_window)),
             // An address (a gatehouse PC) serves several people: four
             // times the per-account allowance.
             throttle_addr: Mutex::new(auth::Throttle::new(failures * 4, w.login_window)),
+            logins: auth::LoginGate::default(),
             audit: audit::AuditLog::new(&dir),
             secure_cookie: w.tls.is_some(),
             heavy: tokio::sync::Semaphore::new(api::HEAVY_REQUESTS),

@@ -17,6 +17,9 @@ use std::sync::{Mutex, RwLock};
 /// File name of the accounts file inside the state directory.
 pub const USERS_FILE: &str = "web-users.json";
 
+/// Longest user name, in bytes (names are ASCII).
+pub const MAX_NAME_LEN: usize = 32;
+
 /// Shortest password accepted.
 pub const MIN_PASSWORD_LEN: usize = 10;
 
@@ -149,9 +152,9 @@ pub struct UserStore {
     dummy_hash: std::sync::OnceLock<String>,
 }
 
-/// A valid user name: 1–32 of `[A-Za-z0-9._-]`.
+/// A valid user name: 1–[`MAX_NAME_LEN`] of `[A-Za-z0-9._-]`.
 pub fn valid_name(name: &str) -> bool {
-    (1..=32).contains(&name.len())
+    (1..=MAX_NAME_LEN).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
