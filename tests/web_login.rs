@@ -101,3 +101,25 @@ fn logins_at_once_are_counted_and_bounded() {
     assert_eq!(long.status, 400, "{}", long.body);
     assert_eq!(c.login(&"y".repeat(33), "whatever it is").status, 400);
 }
+
+#[test]
+fn a_stranger_cannot_lock_a_guard_out() {
+    let Some(rig) = Rig::start("web-login-lockout", &[("li", "guard", GUARD_PW)]) else {
+        return;
+    };
+    let seen: Seen = Default::default();
+    let stranger_ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let mut stranger = Client::from(rig.web, &seen, stranger_ip);
+    for _ in 0..LOGIN_FAILURES {
+        assert_eq!(stranger.login("li", "a wrong guess!").status, 401);
+    }
+    // The stranger is locked out of li, even with the right password …
+    let locked = stranger.login("li", GUARD_PW);
+    assert_eq!(locked.status, 429, "{}", locked.body);
+    // … the guard at the gatehouse PC is not.
+    let mut guard = Client::from(rig.web, &seen, HERE);
+    let r = guard.login("li", GUARD_PW);
+    assert_eq!(r.status, 200, "{}", r.body);
+    // And the guard's success does not unlock the stranger.
+    assert_eq!(stranger.login("li", GUARD_PW).status, 429);
+}

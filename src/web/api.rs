@@ -236,8 +236,8 @@ struct LoginBody {
     password: String,
 }
 
-/// `POST /api/v1/session`: sign in. Throttled per account and per
-/// address; the attempt counts before its password is checked, and at
+/// `POST /api/v1/session`: sign in. Throttled per account at an address
+/// and per address; the attempt counts before its password is checked, and at
 /// most a few checks run or wait at once (else 429 "busy").
 async fn login(
     State(state): State<WebState>,
@@ -261,7 +261,9 @@ async fn login(
             auth::users::MAX_NAME_LEN
         )));
     }
-    let user_key = format!("user:{}", b.name);
+    // The account is throttled per client address: a stranger's guesses
+    // lock the stranger out, not the guard at the gatehouse PC.
+    let user_key = format!("user:{}@{}", b.name, addr.ip());
     let addr_key = format!("addr:{}", addr.ip());
     let now = Instant::now();
     let entry = |ok: bool, detail: Option<String>| AuditEntry {

@@ -96,9 +96,9 @@ pub struct WebConfig {
         default = "default_session_idle"
     )]
     pub session_idle: std::time::Duration,
-    /// Failed logins per account, and separately per client address,
-    /// within `login_window_s` before further attempts are refused.
-    /// Default 5.
+    /// Failed logins per account from one client address, and (four
+    /// times as many) per client address, within `login_window_s` before
+    /// further attempts are refused. Default 5.
     #[serde(default = "default_login_failures")]
     pub login_failures: u32,
     /// The window of `login_failures`, in seconds. Default 900.
@@ -177,7 +177,8 @@ pub struct PageState {
     pub users: UserStore,
     pub setup: auth::SetupToken,
     pub sessions: Mutex<auth::Sessions>,
-    /// Login attempts per account at a client address.
+    /// Login attempts per account at a client address (a stranger's
+    /// guesses never lock the account out elsewhere).
     pub throttle_account: Mutex<auth::Throttle>,
     /// Login attempts per client address, whatever the account.
     pub throttle_addr: Mutex<auth::Throttle>,

@@ -1,6 +1,6 @@
 //! Login throttling: after `max_failures` attempts that were not forgiven
 //! within `window` for one key (an account at a client address, or a
-//! client address), further attempts for that key are refused until the
+//! client address: the caller picks the keys), further attempts for that key are refused until the
 //! oldest leaves the window.
 //!
 //! An attempt is counted when it starts ([`Throttle::attempt`], which
