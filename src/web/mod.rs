@@ -15,6 +15,7 @@
 //!   cameras page, the clips of active alarms.
 //! - [`probe`]: "read now" of a device (technicians).
 //! - [`system`]: version, disk, journal backlog per sink, recent logs.
+//! - [`server`]: the accept loop (HTTP and HTTPS): timeouts, connection caps.
 //!
 //! Open without a session: the page shell and its assets (they hold no
 //! data; the page signs in through the API), `/healthz`, and `/metrics`
@@ -32,6 +33,7 @@ pub mod config_edit;
 pub mod health;
 pub mod metrics;
 pub mod probe;
+pub mod server;
 pub mod system;
 pub mod tls;
 
@@ -45,16 +47,12 @@ use auth::UserStore;
 use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-/// How long requests in progress may finish after shutdown begins.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why the web server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -311,116 +309,12 @@ pub async fn spawn(
         ));
     }
     let app = router(state);
-    let handle = match tls {
-        None => tokio::spawn(serve_http(listener, app, shutdown)),
-        Some(tls) => tokio::spawn(serve_https(listener, app, tls, shutdown)),
-    };
+    let handle = tokio::spawn(server::serve(
+        listener,
+        app,
+        tls,
+        server::Limits::default(),
+        shutdown,
+    ));
     Ok((addr, handle))
-}
-
-async fn serve_http(listener: tokio::net::TcpListener, app: Router, shutdown: CancellationToken) {
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    let stop = shutdown.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .into_future();
-    // Graceful shutdown waits for every open connection: a client that
-    // never finishes its request must not hold the gateway's shutdown.
-    let deadline = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        r = served => {
-            if let Err(e) = r {
-                tracing::error!(error = %e, "web server stopped");
-            }
-        }
-        _ = deadline => {
-            tracing::warn!("web clients still connected at shutdown; closing them");
-        }
-    }
-}
-
-/// Longest a client may take over its TLS handshake.
-const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Most connections served at once over HTTPS; further ones wait in the
-/// listen backlog.
-const MAX_TLS_CONNECTIONS: usize = 256;
-
-async fn serve_https(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    tls: Arc<tokio_rustls::rustls::ServerConfig>,
-    shutdown: CancellationToken,
-) {
-    use hyper_util::rt::TokioIo;
-    use tower::ServiceExt as _;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        while conns.try_join_next().is_some() {}
-        if conns.len() >= MAX_TLS_CONNECTIONS {
-            tokio::select! {
-                _ = conns.join_next() => continue,
-                _ = shutdown.cancelled() => break,
-            }
-        }
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "web accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let stop = shutdown.clone();
-        conns.spawn(async move {
-            let stream = match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let svc = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
-                    app.clone().oneshot(req.map(axum::body::Body::new))
-                },
-            );
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "web connection ended");
-                    }
-                }
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
-    {
-        tracing::warn!("web clients still connected at shutdown; closing them");
-        conns.abort_all();
-    }
 }
