@@ -60,17 +60,18 @@ fn logins_at_once_are_counted_and_bounded() {
     };
     let seen: Seen = Default::default();
 
-    // 40 wrong passwords for one account at once: no more than the
-    // allowance is checked; the rest are refused before any check.
-    let rs = burst(rig.web, 40, |_| {
+    // 30 wrong passwords for one account at once (within the server's
+    // 32 connections per address): no more than the allowance is
+    // checked; the rest are refused before any check.
+    let rs = burst(rig.web, 30, |_| {
         (HERE, "li".into(), "not the password".into())
     });
     let checked = count(&rs, 401);
     assert!(
         (1..=LOGIN_FAILURES).contains(&checked),
-        "{checked} wrong passwords checked of 40 sent at once (allowance {LOGIN_FAILURES})"
+        "{checked} wrong passwords checked of 30 sent at once (allowance {LOGIN_FAILURES})"
     );
-    assert_eq!(checked + count(&rs, 429), 40, "{:?}", show(&rs));
+    assert_eq!(checked + count(&rs, 429), 30, "{:?}", show(&rs));
     assert!(rs
         .iter()
         .filter(|r| r.status == 429)
@@ -122,4 +123,23 @@ fn a_stranger_cannot_lock_a_guard_out() {
     assert_eq!(r.status, 200, "{}", r.body);
     // And the guard's success does not unlock the stranger.
     assert_eq!(stranger.login("li", GUARD_PW).status, 429);
+}
+
+#[test]
+fn a_flood_of_refused_logins_is_audited_once() {
+    let Some(rig) = Rig::start("web-login-audit", &[("li", "guard", GUARD_PW)]) else {
+        return;
+    };
+    let seen: Seen = Default::default();
+    let mut stranger = Client::from(rig.web, &seen, IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+    for _ in 0..LOGIN_FAILURES {
+        assert_eq!(stranger.login("li", "a wrong guess!").status, 401);
+    }
+    for _ in 0..50 {
+        assert_eq!(stranger.login("li", "a wrong guess!").status, 429);
+    }
+    let audit = std::fs::read_to_string(rig.gw.dir().join("journal/web-audit.jsonl")).unwrap();
+    let lines = |what: &str| audit.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(lines("wrong name or password"), LOGIN_FAILURES, "{audit}");
+    assert_eq!(lines("throttled"), 1, "one entry for 50 refusals: {audit}");
 }

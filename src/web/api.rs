@@ -305,7 +305,19 @@ async fn login(
             .forgive(&addr_key, now);
     };
     if let Some(r) = refused {
-        page.audit.append(&entry(false, Some("throttled".into())));
+        // One entry per key and window, not one per refused request: a
+        // flood must not rotate the audit log's real entries away.
+        if let Some(rep) = r.report {
+            let detail = if rep.first {
+                "throttled (further refusals are summed up once per window)".to_string()
+            } else {
+                format!(
+                    "throttled: {} attempts refused since the last such entry",
+                    rep.refused
+                )
+            };
+            page.audit.append(&entry(false, Some(detail)));
+        }
         let secs = r.wait.as_secs().max(1);
         return Ok(too_many(
             secs,

@@ -11,7 +11,7 @@ pub mod users;
 
 pub use gate::LoginGate;
 pub use session::{Session, Sessions};
-pub use throttle::{Refused, Throttle};
+pub use throttle::{Refused, Report, Throttle};
 pub use users::{Lang, Role, SetupToken, UserError, UserInfo, UserStore};
 
 use ring::rand::SecureRandom;

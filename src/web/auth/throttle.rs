@@ -8,7 +8,12 @@
 //! burst of concurrent logins cannot all pass the check before the first
 //! failure is recorded. An attempt that turns out not to be a guess (the
 //! right password, or one refused before any check) is taken back with
-//! [`Throttle::forgive`]. Pure state over an injected `Instant`.
+//! [`Throttle::forgive`].
+//!
+//! Refused attempts are counted too, so that a flood of them is recorded
+//! as one audit entry per key per window ([`Refused::report`]), not one per
+//! request: a stranger cannot rotate the audit log's real entries away.
+//! Pure state over an injected `Instant`.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -21,7 +26,17 @@ const MAX_KEYS: usize = 4096;
 pub struct Throttle {
     max_failures: usize,
     window: Duration,
-    keys: HashMap<String, VecDeque<Instant>>,
+    keys: HashMap<String, Key>,
+}
+
+/// One key's counted attempts and refusals.
+#[derive(Debug, Default)]
+struct Key {
+    attempts: VecDeque<Instant>,
+    /// Refused since the last report.
+    refused: u64,
+    /// When the last report was due.
+    reported: Option<Instant>,
 }
 
 /// An attempt refused because its key is locked out.
@@ -29,6 +44,20 @@ pub struct Throttle {
 pub struct Refused {
     /// Until the oldest counted attempt leaves the window.
     pub wait: Duration,
+    /// `Some` when this refusal is to be recorded (audited): the first
+    /// of the key, then the first after each window since the last
+    /// report. Carries the refusals since the last report, this one
+    /// included; the others are only counted.
+    pub report: Option<Report>,
+}
+
+/// What a recorded refusal stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// Refusals since the last report, this one included.
+    pub refused: u64,
+    /// The key's first report (no earlier one in memory).
+    pub first: bool,
 }
 
 impl Throttle {
@@ -52,7 +81,7 @@ impl Throttle {
     /// `Some(wait)` while `key` is locked out.
     pub fn blocked(&mut self, key: &str, now: Instant) -> Option<Duration> {
         let window = self.window;
-        let q = self.keys.get_mut(key)?;
+        let q = &mut self.keys.get_mut(key)?.attempts;
         Self::prune(q, window, now);
         if q.len() >= self.max_failures {
             q.front()
@@ -67,21 +96,36 @@ impl Throttle {
     /// [`forgive`](Self::forgive)n.
     pub fn attempt(&mut self, key: &str, now: Instant) -> Result<(), Refused> {
         if let Some(wait) = self.blocked(key, now) {
-            return Err(Refused { wait });
+            let window = self.window;
+            let k = self.keys.get_mut(key).expect("a blocked key is tracked");
+            k.refused += 1;
+            let due = k
+                .reported
+                .is_none_or(|t| now.saturating_duration_since(t) >= window);
+            let report = due.then(|| {
+                let r = Report {
+                    refused: k.refused,
+                    first: k.reported.is_none(),
+                };
+                k.refused = 0;
+                k.reported = Some(now);
+                r
+            });
+            return Err(Refused { wait, report });
         }
         self.make_room(key, now);
-        let q = self.keys.entry(key.to_string()).or_default();
-        q.push_back(now);
+        let k = self.keys.entry(key.to_string()).or_default();
+        k.attempts.push_back(now);
         Ok(())
     }
 
     /// Take back the attempt counted at `at` (it was not a guess).
     pub fn forgive(&mut self, key: &str, at: Instant) {
-        if let Some(q) = self.keys.get_mut(key) {
-            if let Some(i) = q.iter().rposition(|t| *t == at) {
-                q.remove(i);
+        if let Some(k) = self.keys.get_mut(key) {
+            if let Some(i) = k.attempts.iter().rposition(|t| *t == at) {
+                k.attempts.remove(i);
             }
-            if q.is_empty() {
+            if k.attempts.is_empty() && k.reported.is_none() {
                 self.keys.remove(key);
             }
         }
@@ -99,15 +143,17 @@ impl Throttle {
             return;
         }
         let window = self.window;
-        self.keys.retain(|_, q| {
-            Self::prune(q, window, now);
-            !q.is_empty()
+        self.keys.retain(|_, k| {
+            Self::prune(&mut k.attempts, window, now);
+            !k.attempts.is_empty()
+                || k.reported
+                    .is_some_and(|t| now.saturating_duration_since(t) < window)
         });
         if self.keys.len() >= MAX_KEYS {
             if let Some(k) = self
                 .keys
                 .iter()
-                .min_by_key(|(_, q)| q.back().copied())
+                .min_by_key(|(_, k)| k.attempts.back().copied().max(k.reported))
                 .map(|(k, _)| k.clone())
             {
                 self.keys.remove(&k);
@@ -169,6 +215,47 @@ mod tests {
         assert!(t.blocked("k", t1).is_none());
         t.forgive("k", t0);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_refusals_is_reported_once_per_window() {
+        let t0 = Instant::now();
+        let w = Duration::from_secs(60);
+        let mut t = Throttle::new(2, w);
+        t.attempt("k", t0).unwrap();
+        t.attempt("k", t0).unwrap();
+        let mut reports = Vec::new();
+        // Ten refusals a second for 59 s, then one after the window.
+        for i in 0..590u64 {
+            let r = t.attempt("k", t0 + Duration::from_millis(100 * i));
+            if let Some(rep) = r.unwrap_err().report {
+                reports.push(rep);
+            }
+        }
+        assert_eq!(
+            reports,
+            [Report {
+                refused: 1,
+                first: true
+            }]
+        );
+        // The lock lifted after 60 s; two new failures lock again.
+        let t1 = t0 + Duration::from_secs(61);
+        t.attempt("k", t1).unwrap();
+        t.attempt("k", t1).unwrap();
+        let r = t.attempt("k", t1).unwrap_err().report.unwrap();
+        assert_eq!(
+            r,
+            Report {
+                refused: 590,
+                first: false
+            }
+        );
+        assert!(t.attempt("k", t1).unwrap_err().report.is_none());
+        // Other keys report on their own.
+        t.attempt("j", t1).unwrap();
+        t.attempt("j", t1).unwrap();
+        assert!(t.attempt("j", t1).unwrap_err().report.unwrap().first);
     }
 
     #[test]
