@@ -20,7 +20,9 @@
 //! Open without a session: the page shell and its assets (they hold no
 //! data; the page signs in through the API), `/healthz`, and `/metrics`
 //! (for a Prometheus scraper; the default listen address is loopback —
-//! keep `/metrics` off untrusted networks, it reveals counts only).
+//! keep `/metrics` off untrusted networks: besides counts it shows
+//! whether the uplink is connected, active alarms and each camera's
+//! online state).
 //!
 //! axum 0.7 is the version rumqttd already brings in: no second HTTP stack.
 
