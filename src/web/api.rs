@@ -236,7 +236,9 @@ struct LoginBody {
     password: String,
 }
 
-/// `POST /api/v1/session`: sign in. Throttled per account and per address.
+/// `POST /api/v1/session`: sign in. Throttled per account at an address
+/// and per address; the attempt counts before its password is checked, and at
+/// most a few checks run or wait at once (else 429 "busy").
 async fn login(
     State(state): State<WebState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
@@ -252,7 +254,16 @@ async fn login(
     }
     let b: LoginBody =
         serde_json::from_slice(&body).map_err(|_| ApiError::bad("expected {name, password}"))?;
-    let user_key = format!("user:{}", b.name);
+    // No account has a longer name: nothing to check, nothing to count.
+    if b.name.len() > auth::users::MAX_NAME_LEN {
+        return Err(ApiError::bad(format!(
+            "user names are at most {} characters",
+            auth::users::MAX_NAME_LEN
+        )));
+    }
+    // The account is throttled per client address: a stranger's guesses
+    // lock the stranger out, not the guard at the gatehouse PC.
+    let user_key = format!("user:{}@{}", b.name, addr.ip());
     let addr_key = format!("addr:{}", addr.ip());
     let now = Instant::now();
     let entry = |ok: bool, detail: Option<String>| AuditEntry {
@@ -264,43 +275,84 @@ async fn login(
         ok,
         detail,
     };
-    {
-        let mut users_t = page.throttle_user.lock().unwrap_or_else(|p| p.into_inner());
+    // Check and count the attempt in one step, before any await: attempts
+    // running at once count against the limit like finished ones.
+    let refused = {
+        let mut users_t = page
+            .throttle_account
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let mut addr_t = page.throttle_addr.lock().unwrap_or_else(|p| p.into_inner());
-        let wait = users_t
-            .blocked(&user_key, now)
-            .or_else(|| addr_t.blocked(&addr_key, now));
-        if let Some(wait) = wait {
-            drop((users_t, addr_t));
-            page.audit.append(&entry(false, Some("throttled".into())));
-            let secs = wait.as_secs().max(1);
-            return Ok((
-                StatusCode::TOO_MANY_REQUESTS,
-                [(header::RETRY_AFTER, secs.to_string())],
-                Json(json!({"error": "too many failed logins; try again later", "retry_after_s": secs})),
-            )
-                .into_response());
+        match users_t.attempt(&user_key, now) {
+            Err(r) => Some(r),
+            Ok(()) => match addr_t.attempt(&addr_key, now) {
+                Err(r) => {
+                    users_t.forgive(&user_key, now);
+                    Some(r)
+                }
+                Ok(()) => None,
+            },
         }
-    }
-    let verifier = page.clone();
-    let (name, pw) = (b.name.clone(), b.password);
-    let user = tokio::task::spawn_blocking(move || verifier.users.verify(&name, &pw))
-        .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "login failed"))?;
-    let Some(user) = user else {
-        page.throttle_user
+    };
+    let forgive = || {
+        page.throttle_account
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .fail(&user_key, now);
+            .forgive(&user_key, now);
         page.throttle_addr
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .fail(&addr_key, now);
+            .forgive(&addr_key, now);
+    };
+    if let Some(r) = refused {
+        // One entry per key and window, not one per refused request: a
+        // flood must not rotate the audit log's real entries away.
+        if let Some(rep) = r.report {
+            let detail = if rep.first {
+                "throttled (further refusals are summed up once per window)".to_string()
+            } else {
+                format!(
+                    "throttled: {} attempts refused since the last such entry",
+                    rep.refused
+                )
+            };
+            page.audit.append(&entry(false, Some(detail)));
+        }
+        let secs = r.wait.as_secs().max(1);
+        return Ok(too_many(
+            secs,
+            json!({"error": "too many failed logins; try again later", "retry_after_s": secs}),
+        ));
+    }
+    let Some(admitted) = page.logins.admit() else {
+        // Not a guess: no password was checked.
+        forgive();
+        tracing::debug!(addr = %addr.ip(), "login refused: password checks busy");
+        return Ok(too_many(
+            BUSY_RETRY_S,
+            json!({"error": "busy checking other sign-ins; try again in a moment",
+                   "busy": true, "retry_after_s": BUSY_RETRY_S}),
+        ));
+    };
+    let permit = admitted.check().await;
+    let verifier = page.clone();
+    let (name, pw) = (b.name.clone(), b.password);
+    // The permit moves into the check: held until the check ends, even
+    // when the client goes away meanwhile.
+    let user = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        verifier.users.verify(&name, &pw)
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "login failed"))?;
+    let Some(user) = user else {
+        // The attempt stays counted: it was a failure.
         page.audit
             .append(&entry(false, Some("wrong name or password".into())));
         return Err(ApiError::unauthorized_login());
     };
-    page.throttle_user
+    forgive();
+    page.throttle_account
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clear(&user_key);
@@ -318,6 +370,19 @@ async fn login(
         Json(me_json(&session)),
     )
         .into_response())
+}
+
+/// Seconds a login refused as busy is told to wait.
+const BUSY_RETRY_S: u64 = 1;
+
+/// 429 with `Retry-After`.
+fn too_many(secs: u64, body: serde_json::Value) -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, secs.to_string())],
+        Json(body),
+    )
+        .into_response()
 }
 
 impl ApiError {
@@ -377,24 +442,20 @@ async fn setup(
         .map_err(|_| ApiError::bad("expected {token, name, password}"))?;
     let addr_key = format!("addr:{}", addr.ip());
     let now = Instant::now();
-    if page
-        .throttle_addr
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .blocked(&addr_key, now)
-        .is_some()
     {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many attempts",
-        ));
-    }
-    if !page.setup.take(&b.token) {
-        page.throttle_addr
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .fail(&addr_key, now);
-        return Err(ApiError::forbidden("no setup pending or wrong setup token"));
+        // The attempt counts until the token proves right.
+        let mut addr_t = page.throttle_addr.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(r) = addr_t.attempt(&addr_key, now) {
+            let secs = r.wait.as_secs().max(1);
+            return Ok(too_many(
+                secs,
+                json!({"error": "too many attempts", "retry_after_s": secs}),
+            ));
+        }
+        if !page.setup.take(&b.token) {
+            return Err(ApiError::forbidden("no setup pending or wrong setup token"));
+        }
+        addr_t.forgive(&addr_key, now);
     }
     let store = page.clone();
     let (name, pw) = (b.name.clone(), b.password);

@@ -14,8 +14,13 @@ use std::sync::Mutex;
 /// File name inside the state directory.
 pub const AUDIT_FILE: &str = "web-audit.jsonl";
 
-/// Size at which the log is rotated to `web-audit.jsonl.1` (one old file kept).
+/// Size at which the log is rotated to `web-audit.jsonl.1`. Refused
+/// logins are recorded once per throttled key and window, so a flood of
+/// them cannot rotate real entries away.
 const ROTATE_BYTES: u64 = 4 << 20;
+
+/// Rotated files kept (`web-audit.jsonl.1` newest … `.4` oldest).
+const KEEP_ROTATED: u32 = 4;
 
 /// One audited request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -38,6 +43,7 @@ pub struct AuditEntry {
 #[derive(Debug)]
 pub struct AuditLog {
     path: PathBuf,
+    rotate_bytes: u64,
     lock: Mutex<()>,
 }
 
@@ -45,8 +51,23 @@ impl AuditLog {
     pub fn new(state_dir: &Path) -> AuditLog {
         AuditLog {
             path: state_dir.join(AUDIT_FILE),
+            rotate_bytes: ROTATE_BYTES,
             lock: Mutex::new(()),
         }
+    }
+
+    /// `web-audit.jsonl.N`.
+    fn rotated(&self, n: u32) -> PathBuf {
+        self.path.with_extension(format!("jsonl.{n}"))
+    }
+
+    /// Shift the rotated files by one (the oldest goes) and make the
+    /// current file `.1`.
+    fn rotate(&self) {
+        for n in (1..KEEP_ROTATED).rev() {
+            let _ = std::fs::rename(self.rotated(n), self.rotated(n + 1));
+        }
+        let _ = std::fs::rename(&self.path, self.rotated(1));
     }
 
     /// Append an entry. Blocking (small write); failures are logged, not
@@ -60,8 +81,8 @@ impl AuditLog {
                 return;
             }
         };
-        if std::fs::metadata(&self.path).is_ok_and(|m| m.len() > ROTATE_BYTES) {
-            let _ = std::fs::rename(&self.path, self.path.with_extension("jsonl.1"));
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.len() > self.rotate_bytes) {
+            self.rotate();
         }
         let r = std::fs::OpenOptions::new()
             .create(true)
@@ -104,20 +125,42 @@ impl AuditLog {
 mod tests {
     use super::*;
 
+    fn entry(action: String) -> AuditEntry {
+        AuditEntry {
+            ts: Timestamp::now(),
+            user: Some("li".into()),
+            addr: None,
+            action,
+            target: None,
+            ok: true,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn keeps_four_rotated_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = AuditLog::new(dir.path());
+        log.rotate_bytes = 100;
+        for i in 0..40 {
+            log.append(&entry(format!("a{i}")));
+        }
+        let text = |n: u32| std::fs::read_to_string(log.rotated(n)).unwrap();
+        for n in 1..=KEEP_ROTATED {
+            assert!(text(n).contains("\"action\""), "file .{n}");
+        }
+        assert!(!log.rotated(KEEP_ROTATED + 1).exists());
+        // Newest in the current file, older ones further down.
+        assert!(std::fs::read_to_string(&log.path).unwrap().contains("a39"));
+        assert!(!text(KEEP_ROTATED).contains("a39"));
+    }
+
     #[test]
     fn append_and_read_newest_first() {
         let dir = tempfile::tempdir().unwrap();
         let log = AuditLog::new(dir.path());
         for i in 0..5 {
-            log.append(&AuditEntry {
-                ts: Timestamp::now(),
-                user: Some("li".into()),
-                addr: None,
-                action: format!("a{i}"),
-                target: None,
-                ok: true,
-                detail: None,
-            });
+            log.append(&entry(format!("a{i}")));
         }
         let r = log.recent(3);
         assert_eq!(

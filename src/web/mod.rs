@@ -15,11 +15,14 @@
 //!   cameras page, the clips of active alarms.
 //! - [`probe`]: "read now" of a device (technicians).
 //! - [`system`]: version, disk, journal backlog per sink, recent logs.
+//! - [`server`]: the accept loop (HTTP and HTTPS): timeouts, connection caps.
 //!
 //! Open without a session: the page shell and its assets (they hold no
 //! data; the page signs in through the API), `/healthz`, and `/metrics`
 //! (for a Prometheus scraper; the default listen address is loopback —
-//! keep `/metrics` off untrusted networks, it reveals counts only).
+//! keep `/metrics` off untrusted networks: besides counts it shows
+//! whether the uplink is connected, active alarms and each camera's
+//! online state).
 //!
 //! axum 0.7 is the version rumqttd already brings in: no second HTTP stack.
 
@@ -32,6 +35,7 @@ pub mod config_edit;
 pub mod health;
 pub mod metrics;
 pub mod probe;
+pub mod server;
 pub mod system;
 pub mod tls;
 
@@ -45,16 +49,12 @@ use auth::UserStore;
 use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-/// How long requests in progress may finish after shutdown begins.
-const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why the web server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -96,9 +96,9 @@ pub struct WebConfig {
         default = "default_session_idle"
     )]
     pub session_idle: std::time::Duration,
-    /// Failed logins per account, and separately per client address,
-    /// within `login_window_s` before further attempts are refused.
-    /// Default 5.
+    /// Failed logins per account from one client address, and (four
+    /// times as many) per client address, within `login_window_s` before
+    /// further attempts are refused. Default 5.
     #[serde(default = "default_login_failures")]
     pub login_failures: u32,
     /// The window of `login_failures`, in seconds. Default 900.
@@ -177,8 +177,13 @@ pub struct PageState {
     pub users: UserStore,
     pub setup: auth::SetupToken,
     pub sessions: Mutex<auth::Sessions>,
-    pub throttle_user: Mutex<auth::Throttle>,
+    /// Login attempts per account at a client address (a stranger's
+    /// guesses never lock the account out elsewhere).
+    pub throttle_account: Mutex<auth::Throttle>,
+    /// Login attempts per client address, whatever the account.
     pub throttle_addr: Mutex<auth::Throttle>,
+    /// Bounds the password checks running and waiting at once.
+    pub logins: auth::LoginGate,
     pub audit: audit::AuditLog,
     /// Mark cookies `Secure` (served over HTTPS).
     pub secure_cookie: bool,
@@ -215,10 +220,11 @@ impl PageState {
             users,
             setup,
             sessions: Mutex::new(auth::Sessions::new(w.session_idle)),
-            throttle_user: Mutex::new(auth::Throttle::new(failures, w.login_window)),
+            throttle_account: Mutex::new(auth::Throttle::new(failures, w.login_window)),
             // An address (a gatehouse PC) serves several people: four
             // times the per-account allowance.
             throttle_addr: Mutex::new(auth::Throttle::new(failures * 4, w.login_window)),
+            logins: auth::LoginGate::default(),
             audit: audit::AuditLog::new(&dir),
             secure_cookie: w.tls.is_some(),
             heavy: tokio::sync::Semaphore::new(api::HEAVY_REQUESTS),
@@ -305,116 +311,12 @@ pub async fn spawn(
         ));
     }
     let app = router(state);
-    let handle = match tls {
-        None => tokio::spawn(serve_http(listener, app, shutdown)),
-        Some(tls) => tokio::spawn(serve_https(listener, app, tls, shutdown)),
-    };
+    let handle = tokio::spawn(server::serve(
+        listener,
+        app,
+        tls,
+        server::Limits::default(),
+        shutdown,
+    ));
     Ok((addr, handle))
-}
-
-async fn serve_http(listener: tokio::net::TcpListener, app: Router, shutdown: CancellationToken) {
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    let stop = shutdown.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .into_future();
-    // Graceful shutdown waits for every open connection: a client that
-    // never finishes its request must not hold the gateway's shutdown.
-    let deadline = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        r = served => {
-            if let Err(e) = r {
-                tracing::error!(error = %e, "web server stopped");
-            }
-        }
-        _ = deadline => {
-            tracing::warn!("web clients still connected at shutdown; closing them");
-        }
-    }
-}
-
-/// Longest a client may take over its TLS handshake.
-const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Most connections served at once over HTTPS; further ones wait in the
-/// listen backlog.
-const MAX_TLS_CONNECTIONS: usize = 256;
-
-async fn serve_https(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    tls: Arc<tokio_rustls::rustls::ServerConfig>,
-    shutdown: CancellationToken,
-) {
-    use hyper_util::rt::TokioIo;
-    use tower::ServiceExt as _;
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        while conns.try_join_next().is_some() {}
-        if conns.len() >= MAX_TLS_CONNECTIONS {
-            tokio::select! {
-                _ = conns.join_next() => continue,
-                _ = shutdown.cancelled() => break,
-            }
-        }
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "web accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        let stop = shutdown.clone();
-        conns.spawn(async move {
-            let stream = match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let svc = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
-                    app.clone().oneshot(req.map(axum::body::Body::new))
-                },
-            );
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "web connection ended");
-                    }
-                }
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
-    {
-        tracing::warn!("web clients still connected at shutdown; closing them");
-        conns.abort_all();
-    }
 }

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,22 @@ pub struct Client {
     pub cookie: Option<String>,
     pub csrf: Option<String>,
     pub seen: Seen,
+    /// Source address of the client's connections (`None`: the system's
+    /// choice). Any of 127.0.0.0/8 stands for another machine.
+    pub from: Option<IpAddr>,
+}
+
+/// A connection to `to` from `from` (another loopback address: another
+/// client machine as far as the server can tell).
+pub fn connect_from(to: SocketAddr, from: Option<IpAddr>) -> TcpStream {
+    let Some(ip) = from else {
+        return TcpStream::connect(to).expect("connect to the web server");
+    };
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::new(ip, 0).into())
+        .unwrap_or_else(|e| panic!("bind {ip}: {e}"));
+    s.connect(&to.into()).expect("connect to the web server");
+    s.into()
 }
 
 impl Client {
@@ -48,6 +64,15 @@ impl Client {
             cookie: None,
             csrf: None,
             seen: seen.clone(),
+            from: None,
+        }
+    }
+
+    /// A client on another machine (source address `from`).
+    pub fn from(addr: SocketAddr, seen: &Seen, from: IpAddr) -> Client {
+        Client {
+            from: Some(from),
+            ..Client::new(addr, seen)
         }
     }
 
@@ -60,7 +85,7 @@ impl Client {
         body: Option<&serde_json::Value>,
         csrf: bool,
     ) -> Resp {
-        let mut s = TcpStream::connect(self.addr).expect("connect to the web server");
+        let mut s = connect_from(self.addr, self.from);
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let mut req = format!(
@@ -103,7 +128,7 @@ impl Client {
     /// hang up without reading the answer: a client that goes away
     /// mid-request.
     pub fn post_and_hang_up(&self, path: &str, body: &serde_json::Value, taken_up: impl FnOnce()) {
-        let mut s = TcpStream::connect(self.addr).expect("connect to the web server");
+        let mut s = connect_from(self.addr, self.from);
         let body = body.to_string();
         let mut req = format!(
             "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
@@ -154,7 +179,7 @@ impl Client {
     /// Open the alarm stream; its `alarms` events arrive on the receiver
     /// with the time they were read.
     pub fn alarm_stream(&self) -> std::sync::mpsc::Receiver<(Instant, serde_json::Value)> {
-        let mut s = TcpStream::connect(self.addr).expect("connect");
+        let mut s = connect_from(self.addr, self.from);
         let req = format!(
             "GET /api/v1/alarms/stream HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nConnection: close\r\nCookie: eg_session={}\r\n\r\n",
             self.addr,

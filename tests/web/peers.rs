@@ -28,6 +28,11 @@ impl Rig {
     /// password) before the gateway starts, gateway running. `None`: a
     /// peer is missing (skipped loudly).
     pub fn start(name: &str, users: &[(&str, &str, &str)]) -> Option<Rig> {
+        Rig::start_with(name, users, "")
+    }
+
+    /// [`Rig::start`] with more `[web]` keys (TOML lines).
+    pub fn start_with(name: &str, users: &[(&str, &str, &str)], web: &str) -> Option<Rig> {
         let broker = Mosquitto::start_or_skip()?;
         let sim = ModbusSim::start_tcp(&[1])?;
         let sub = MqttSub::start(broker.port(), &format!("{ROOT}#"));
@@ -62,6 +67,7 @@ enabled = false
 listen = "127.0.0.1:{web_port}"
 login_failures = 3
 login_window_s = 600
+{web}
 
 [[devices]]
 id = "door-panel"

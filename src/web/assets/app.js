@@ -8,7 +8,7 @@ const T = {
     nav_users: "用户", nav_audit: "审计", nav_config: "配置", logout: "退出",
     login_title: "登录", user: "用户名", password: "密码", login: "登录",
     setup_title: "创建第一个技术员账户", setup_token: "设置令牌（见日志）", create: "创建",
-    bad_login: "用户名或密码错误", throttled: "失败次数过多，请稍后再试",
+    bad_login: "用户名或密码错误", throttled: "失败次数过多，请稍后再试", busy: "系统正忙，请稍后再试",
     uplink: "上行链路", connected: "已连接", disconnected: "未连接", backlog: "待发送事件",
     devices_online: "在线设备", devices_offline: "离线设备", alarms_active: "活动报警",
     prio: "优先级", alarm: "报警", state: "状态", category: "类别", actions: "操作",
@@ -28,7 +28,7 @@ const T = {
     nav_users: "Users", nav_audit: "Audit", nav_config: "Configuration", logout: "Sign out",
     login_title: "Sign in", user: "User name", password: "Password", login: "Sign in",
     setup_title: "Create the first technician", setup_token: "Setup token (see the log)", create: "Create",
-    bad_login: "Wrong user name or password", throttled: "Too many failed attempts; try again later",
+    bad_login: "Wrong user name or password", throttled: "Too many failed attempts; try again later", busy: "Busy; try again in a moment",
     uplink: "Uplink", connected: "connected", disconnected: "disconnected", backlog: "Events to send",
     devices_online: "Devices online", devices_offline: "Devices offline", alarms_active: "Active alarms",
     prio: "Priority", alarm: "Alarm", state: "State", category: "Category", actions: "Actions",
@@ -315,7 +315,7 @@ document.addEventListener("DOMContentLoaded", async () => {
     const r = await api("POST", "/session", { name: $("#login-name").value, password: $("#login-password").value });
     $("#login-password").value = "";
     if (r.ok) { $("#login-error").textContent = ""; beepUnlock(); signedIn(r.data); }
-    else $("#login-error").textContent = r.status === 429 ? t("throttled") : t("bad_login");
+    else $("#login-error").textContent = r.status === 429 ? t(r.data && r.data.busy ? "busy" : "throttled") : t("bad_login");
   };
   $("#setup-form").onsubmit = async (ev) => {
     ev.preventDefault();

@@ -1,14 +1,17 @@
 //! Who may use the local web page: accounts ([`users`]), sessions with
-//! idle expiry and a CSRF token each ([`session`]), and login throttling
-//! ([`throttle`]). Sessions and throttles are pure state over an injected
+//! idle expiry and a CSRF token each ([`session`]), login throttling
+//! ([`throttle`]) and the bound on password checks running at once
+//! ([`gate`]). Sessions and throttles are pure state over an injected
 //! `Instant`, so tests need no real clock.
 
+pub mod gate;
 pub mod session;
 pub mod throttle;
 pub mod users;
 
+pub use gate::LoginGate;
 pub use session::{Session, Sessions};
-pub use throttle::Throttle;
+pub use throttle::{Refused, Report, Throttle};
 pub use users::{Lang, Role, SetupToken, UserError, UserInfo, UserStore};
 
 use ring::rand::SecureRandom;

@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 /// Most sessions kept at once; the least recently used goes first.
 pub const MAX_SESSIONS: usize = 256;
 
+/// Most sessions of one user; the user's own least recently used goes
+/// first, so one account cannot sign everybody else out.
+pub const MAX_SESSIONS_PER_USER: usize = 8;
+
 /// One signed-in browser.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Session {
@@ -46,15 +50,14 @@ impl Sessions {
         now: Instant,
     ) -> (String, Session) {
         self.expire(now);
+        let own = self.by_token.values().filter(|s| s.user == user).count();
+        if own >= MAX_SESSIONS_PER_USER {
+            self.drop_least_recent(|s| s.user == user);
+        }
+        // Reached only with more than MAX_SESSIONS / MAX_SESSIONS_PER_USER
+        // users signed in.
         if self.by_token.len() >= MAX_SESSIONS {
-            if let Some(oldest) = self
-                .by_token
-                .iter()
-                .min_by_key(|(_, s)| s.last_seen)
-                .map(|(t, _)| t.clone())
-            {
-                self.by_token.remove(&oldest);
-            }
+            self.drop_least_recent(|_| true);
         }
         let token = super::random_hex(32);
         let s = Session {
@@ -67,6 +70,19 @@ impl Sessions {
         };
         self.by_token.insert(token.clone(), s.clone());
         (token, s)
+    }
+
+    /// End the least recently used session among those `which` selects.
+    fn drop_least_recent(&mut self, which: impl Fn(&Session) -> bool) {
+        if let Some(oldest) = self
+            .by_token
+            .iter()
+            .filter(|(_, s)| which(s))
+            .min_by_key(|(_, s)| s.last_seen)
+            .map(|(t, _)| t.clone())
+        {
+            self.by_token.remove(&oldest);
+        }
     }
 
     /// The session of a cookie token, refreshed; `None` if unknown or idle
@@ -164,10 +180,10 @@ mod tests {
     fn bounded() {
         let t0 = Instant::now();
         let mut s = Sessions::new(Duration::from_secs(3600));
-        let (first, _) = s.create("u", Role::Viewer, Lang::ZhCn, t0);
+        let (first, _) = s.create("u0", Role::Viewer, Lang::ZhCn, t0);
         for i in 1..=MAX_SESSIONS {
             s.create(
-                "u",
+                &format!("u{i}"),
                 Role::Viewer,
                 Lang::ZhCn,
                 t0 + Duration::from_millis(i as u64),
@@ -175,5 +191,26 @@ mod tests {
         }
         assert_eq!(s.len(), MAX_SESSIONS);
         assert!(s.touch(&first, t0 + Duration::from_secs(1)).is_none());
+    }
+
+    #[test]
+    fn one_account_cannot_sign_others_out() {
+        let t0 = Instant::now();
+        let mut s = Sessions::new(Duration::from_secs(3600));
+        let (guard, _) = s.create("li", Role::Guard, Lang::ZhCn, t0);
+        let (first_own, _) = s.create("evil", Role::Viewer, Lang::ZhCn, t0);
+        let mut last_own = String::new();
+        for i in 1..=2 * MAX_SESSIONS {
+            let at = t0 + Duration::from_millis(i as u64);
+            last_own = s.create("evil", Role::Viewer, Lang::ZhCn, at).0;
+        }
+        let later = t0 + Duration::from_secs(1);
+        assert!(
+            s.touch(&guard, later).is_some(),
+            "the guard stays signed in"
+        );
+        assert!(s.touch(&last_own, later).is_some());
+        assert!(s.touch(&first_own, later).is_none(), "its own oldest went");
+        assert_eq!(s.len(), 1 + MAX_SESSIONS_PER_USER);
     }
 }

@@ -17,6 +17,9 @@ use std::sync::{Mutex, RwLock};
 /// File name of the accounts file inside the state directory.
 pub const USERS_FILE: &str = "web-users.json";
 
+/// Longest user name, in bytes (names are ASCII).
+pub const MAX_NAME_LEN: usize = 32;
+
 /// Shortest password accepted.
 pub const MIN_PASSWORD_LEN: usize = 10;
 
@@ -136,11 +139,38 @@ struct UsersFile {
     users: Vec<User>,
 }
 
-/// The accounts, in memory and on disk.
+/// What identifies one version of the accounts file without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    #[cfg(unix)]
+    ino: u64,
+}
+
+impl Stamp {
+    /// `None`: no file.
+    fn of(path: &Path) -> Option<Stamp> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(Stamp {
+            len: m.len(),
+            modified: m.modified().ok(),
+            #[cfg(unix)]
+            ino: std::os::unix::fs::MetadataExt::ino(&m),
+        })
+    }
+}
+
+/// The accounts, in memory and on disk. The file is the truth: another
+/// process (`estate-gateway user add`) may change it while the gateway
+/// runs, so it is read again when it changed before a login is checked,
+/// the accounts are listed, or a change is made.
 #[derive(Debug)]
 pub struct UserStore {
     path: PathBuf,
     users: RwLock<Vec<User>>,
+    /// The file as last read or written.
+    stamp: Mutex<Option<Stamp>>,
     /// Serialises read-modify-write of the file.
     write: Mutex<()>,
     /// Hash verified when the user does not exist, so a login takes as
@@ -149,9 +179,9 @@ pub struct UserStore {
     dummy_hash: std::sync::OnceLock<String>,
 }
 
-/// A valid user name: 1–32 of `[A-Za-z0-9._-]`.
+/// A valid user name: 1–[`MAX_NAME_LEN`] of `[A-Za-z0-9._-]`.
 pub fn valid_name(name: &str) -> bool {
-    (1..=32).contains(&name.len())
+    (1..=MAX_NAME_LEN).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
@@ -183,21 +213,12 @@ impl UserStore {
     /// Open (or start empty) the accounts file in `state_dir`.
     pub fn open(state_dir: &Path) -> Result<UserStore, UserError> {
         let path = state_dir.join(USERS_FILE);
-        let users = match std::fs::read(&path) {
-            Ok(bytes) => {
-                let f: UsersFile =
-                    serde_json::from_slice(&bytes).map_err(|source| UserError::Parse {
-                        path: path.clone(),
-                        source,
-                    })?;
-                f.users
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(source) => return Err(UserError::Io { path, source }),
-        };
+        let stamp = Stamp::of(&path);
+        let users = load(&path)?.unwrap_or_default();
         Ok(UserStore {
             path,
             users: RwLock::new(users),
+            stamp: Mutex::new(stamp),
             write: Mutex::new(()),
             dummy_hash: std::sync::OnceLock::new(),
         })
@@ -207,8 +228,33 @@ impl UserStore {
         self.users.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Read the file again if it changed since it was last read or
+    /// written (a `stat` otherwise). A file that cannot be read or parsed
+    /// leaves the accounts in memory as they were (logged).
+    fn refresh(&self) {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = self.refresh_locked() {
+            tracing::warn!(error = %e, "accounts file changed but cannot be read; keeping the accounts known");
+        }
+    }
+
+    /// [`refresh`](Self::refresh) under the write lock; errors returned.
+    fn refresh_locked(&self) -> Result<(), UserError> {
+        let now = Stamp::of(&self.path);
+        let mut known = self.stamp.lock().unwrap_or_else(|p| p.into_inner());
+        if now == *known || now.is_none() {
+            return Ok(());
+        }
+        if let Some(users) = load(&self.path)? {
+            *self.users.write().unwrap_or_else(|p| p.into_inner()) = users;
+        }
+        *known = now;
+        Ok(())
+    }
+
     /// Every account, without hashes.
     pub fn list(&self) -> Vec<UserInfo> {
+        self.refresh();
         self.read().iter().map(UserInfo::from).collect()
     }
 
@@ -228,6 +274,7 @@ impl UserStore {
     /// Check a password. Takes as long for an unknown name as for a known
     /// one. Blocking (argon2): call from a blocking thread.
     pub fn verify(&self, name: &str, pw: &str) -> Option<UserInfo> {
+        self.refresh();
         let found = self.read().iter().find(|u| u.name == name).cloned();
         if pw.len() > MAX_PASSWORD_LEN * 4 {
             return None;
@@ -299,16 +346,20 @@ impl UserStore {
         })
     }
 
-    /// Apply `f` to a copy, write it, then publish it: a failed write
-    /// leaves memory and disk as they were.
+    /// Apply `f` to a copy of the file as it is now (read again if
+    /// another process changed it: its accounts are kept), write it, then
+    /// publish it: a failed write leaves memory and disk as they were. A
+    /// file that cannot be parsed is not overwritten.
     fn modify<T>(
         &self,
         f: impl FnOnce(&mut Vec<User>) -> Result<T, UserError>,
     ) -> Result<T, UserError> {
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        self.refresh_locked()?;
         let mut users = self.read().clone();
         let out = f(&mut users)?;
         self.save(&users)?;
+        *self.stamp.lock().unwrap_or_else(|p| p.into_inner()) = Stamp::of(&self.path);
         *self.users.write().unwrap_or_else(|p| p.into_inner()) = users;
         Ok(out)
     }
@@ -343,6 +394,25 @@ impl UserStore {
             let _ = d.sync_all();
         }
         Ok(())
+    }
+}
+
+/// The accounts in the file at `path`; `None` if there is no file.
+fn load(path: &Path) -> Result<Option<Vec<User>>, UserError> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let f: UsersFile =
+                serde_json::from_slice(&bytes).map_err(|source| UserError::Parse {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            Ok(Some(f.users))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(UserError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -426,6 +496,42 @@ mod tests {
         ));
         again.remove("li").unwrap();
         assert!(again.get("li").is_none());
+    }
+
+    #[test]
+    fn accounts_added_by_another_process_are_kept_and_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = UserStore::open(dir.path()).unwrap();
+        gateway
+            .add("wang", Role::Technician, "correct horse battery")
+            .unwrap();
+        // `estate-gateway user add` while the gateway runs.
+        let cli = UserStore::open(dir.path()).unwrap();
+        cli.add("chen", Role::Guard, "gatehouse-43!").unwrap();
+        // The new account signs in at once …
+        assert!(gateway.verify("chen", "gatehouse-43!").is_some());
+        // … and a change from the page keeps it.
+        let cli2 = UserStore::open(dir.path()).unwrap();
+        cli2.add("zhao", Role::Viewer, "viewer-pass-1").unwrap();
+        gateway.add("li", Role::Guard, "gatehouse-42!").unwrap();
+        let on_disk: Vec<String> = UserStore::open(dir.path())
+            .unwrap()
+            .list()
+            .into_iter()
+            .map(|u| u.name)
+            .collect();
+        assert_eq!(on_disk, ["wang", "chen", "zhao", "li"]);
+        // A file broken by hand is not overwritten.
+        std::fs::write(dir.path().join(USERS_FILE), "{ not json").unwrap();
+        assert!(matches!(
+            gateway.set_lang("li", Lang::En),
+            Err(UserError::Parse { .. })
+        ));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(USERS_FILE)).unwrap(),
+            "{ not json"
+        );
+        assert!(gateway.get("li").is_some(), "the accounts known are kept");
     }
 
     #[test]

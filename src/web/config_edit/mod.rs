@@ -77,6 +77,26 @@ impl ConfigEditor {
 /// directory. A crash leaves the old or the new file, never a mix. A
 /// symlinked `path` is followed: the link's target is replaced, the link
 /// kept.
+/// Why [`write_if_unchanged`] wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("the file changed on disk meanwhile (now version {0})")]
+    Changed(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Write `bytes` to `path` ([`write_atomic`]) only if the file still has
+/// version `expected`: an edit by hand (or another tool) made while the
+/// new configuration was being reloaded is never overwritten unseen.
+pub fn write_if_unchanged(path: &Path, expected: &str, bytes: &[u8]) -> Result<(), WriteError> {
+    let now = version_of(&std::fs::read(path)?);
+    if now != expected {
+        return Err(WriteError::Changed(now));
+    }
+    Ok(write_atomic(path, bytes)?)
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let target;
     let path = if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
@@ -553,10 +573,16 @@ async fn apply_to_end(
         }
     };
 
-    // The new configuration runs: now the file says so.
-    let (path, new_text) = (ed.path.clone(), p.text.clone());
-    if let Err(we) = blocking(move || write_atomic(&path, new_text.as_bytes())).await? {
-        tracing::error!(error = %we, file = %ed.path.display(), "configuration not written; reloading the previous one");
+    // The new configuration runs: now the file says so, unless it was
+    // changed on disk during the reload.
+    let (path, new_text, bv) = (ed.path.clone(), p.text.clone(), base_version.clone());
+    if let Err(we) = blocking(move || write_if_unchanged(&path, &bv, new_text.as_bytes())).await? {
+        let changed = matches!(we, WriteError::Changed(_));
+        if changed {
+            tracing::warn!(error = %we, file = %ed.path.display(), "configuration not written: the file changed meanwhile; reloading the previous one");
+        } else {
+            tracing::error!(error = %we, file = %ed.path.display(), "configuration not written; reloading the previous one");
+        }
         let (path, old) = (ed.path.clone(), base.clone());
         let back = match blocking(move || crate::config::load_str(&old, &path)).await? {
             Ok(prev) => ed.reloader.reload(prev).await.map(|_| ()),
@@ -566,19 +592,39 @@ async fn apply_to_end(
             tracing::error!(error = %be, "previous configuration not reloaded after a failed write");
         }
         audit(&a, &ed.path, false, format!("not written: {we}"));
-        let matches = running_matches(&a, &ed.path, &base).await;
+        let (status, outcome, error, version) = match &we {
+            WriteError::Changed(now) => (
+                StatusCode::CONFLICT,
+                "changed_meanwhile",
+                "the file was changed on disk while the new configuration was being reloaded; nothing was written and the previous configuration runs again: reload the file and make the change again".to_string(),
+                now.clone(),
+            ),
+            WriteError::Io(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "not_written",
+                redact_urls(&format!("cannot write the configuration: {we}")),
+                base_version.clone(),
+            ),
+        };
+        let on_disk = if changed {
+            read_file(&ed.path).await.unwrap_or_default()
+        } else {
+            base.clone()
+        };
+        let matches = running_matches(&a, &ed.path, &on_disk).await;
         return Ok((
-            StatusCode::INTERNAL_SERVER_ERROR,
+            status,
             Json(json!({
                 "ok": false,
                 "applied": false,
-                "outcome": "not_written",
+                "outcome": outcome,
+                "stale": changed,
                 "rolled_back": back.is_ok(),
-                "file_restored": true,
+                "file_restored": !changed,
                 "running_matches_file": matches,
-                "error": redact_urls(&format!("cannot write the configuration: {we}")),
+                "error": error,
                 "problems": [],
-                "version": base_version,
+                "version": version,
             })),
         )
             .into_response());
@@ -662,6 +708,30 @@ async fn history_diff(a: Authed, UrlPath(id): UrlPath<u64>) -> ApiResult {
             format!("no version {id} in the history"),
         )),
         Err(e) => Err(internal(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod write_tests {
+    use super::*;
+
+    #[test]
+    fn a_file_changed_meanwhile_is_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, "a = 1\n").unwrap();
+        let loaded = version_of(b"a = 1\n");
+        // Edited by hand while the reload ran.
+        std::fs::write(&path, "a = 2\n").unwrap();
+        let r = write_if_unchanged(&path, &loaded, b"a = 3\n");
+        assert!(
+            matches!(&r, Err(WriteError::Changed(v)) if *v == version_of(b"a = 2\n")),
+            "{r:?}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a = 2\n");
+        // Unchanged: written.
+        write_if_unchanged(&path, &version_of(b"a = 2\n"), b"a = 3\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a = 3\n");
     }
 }
 
