@@ -437,3 +437,26 @@ fn a_file_with_right_types_is_checked_fully() {
     assert_eq!(e.1, Checked::Fully);
     assert!(e.hint().is_none());
 }
+
+#[test]
+fn unknown_keys_of_cameras_clips_and_web_tls_are_reported_with_the_rest() {
+    let text = MINIMAL.replace("id = \"palm-bay\"", "id = \"Palm Bay\"")
+        + "\n[web.tls]\nnmaes = [\"gw\"]\n\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://10.0.0.5/main\"\nzoen = \"gate\"\n\n[clips]\nmax_byte = 5\n";
+    let e = load(&text).unwrap_err();
+    let line = |needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
+    for (key, at) in [
+        ("web.tls.nmaes", "nmaes"),
+        ("cameras[0].zoen", "zoen"),
+        ("clips.max_byte", "max_byte"),
+    ] {
+        let p =
+            e.0.iter()
+                .find(|p| p.key == key)
+                .unwrap_or_else(|| panic!("{key}: {e}"));
+        assert_eq!(p.message, "unknown key (misspelled, or not valid here)");
+        assert_eq!(p.line, Some(line(at)), "{e}");
+    }
+    // The value checks ran too.
+    assert!(e.0.iter().any(|p| p.key == "site.id"), "{e}");
+    assert_eq!(e.1, Checked::Fully);
+}
