@@ -460,3 +460,32 @@ fn unknown_keys_of_cameras_clips_and_web_tls_are_reported_with_the_rest() {
     assert!(e.0.iter().any(|p| p.key == "site.id"), "{e}");
     assert_eq!(e.1, Checked::Fully);
 }
+
+#[test]
+fn web_service_and_telemetry_settings_are_range_checked() {
+    let with = |extra: &str| format!("{MINIMAL}\n{extra}\n");
+    for (section, key, bad, good) in [
+        ("web", "session_idle_s", "0", "60"),
+        ("web", "session_idle_s", "604801", "604800"),
+        ("web", "login_failures", "0", "1"),
+        ("web", "login_failures", "1001", "1000"),
+        ("web", "login_window_s", "0", "1"),
+        ("web", "login_window_s", "86401", "86400"),
+        ("service", "liveness_grace_s", "0", "0.5"),
+        ("service", "liveness_grace_s", "3601", "3600"),
+        ("telemetry", "batch_s", "0", "0.01"),
+        ("telemetry", "batch_s", "61", "60"),
+    ] {
+        let text = with(&format!("[{section}]\n{key} = {bad}"));
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{key} = {bad}: {e}");
+        assert_eq!(e.0[0].key, format!("{section}.{key}"), "{e}");
+        assert!(e.0[0].message.starts_with("must be "), "{e}");
+        assert_eq!(
+            e.0[0].line,
+            Some(text.lines().position(|l| l.starts_with(key)).unwrap() + 1)
+        );
+        let text = with(&format!("[{section}]\n{key} = {good}"));
+        load(&text).unwrap_or_else(|e| panic!("{key} = {good}: {e}"));
+    }
+}
