@@ -150,6 +150,14 @@ pub fn validate(c: &crate::config::Config) -> Vec<(KeyPath, String)> {
                 format!("duplicate camera id {:?} (also cameras[{prev}])", cam.id),
             ));
         }
+        if let Some(z) = &cam.zone {
+            if !crate::config::is_valid_id(z) {
+                out.push((
+                    k.key("zone"),
+                    format!("{z:?} must be 1–64 characters of a-z, 0-9 and '-'"),
+                ));
+            }
+        }
         match url::Url::parse(&cam.url) {
             Err(e) => out.push((
                 k.key("url"),
