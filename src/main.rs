@@ -93,6 +93,9 @@ fn main() -> ExitCode {
                     eprintln!("error: {p}");
                 }
                 eprintln!("{}: {} problem(s)", file.display(), errors.0.len());
+                if let Some(hint) = errors.hint() {
+                    eprintln!("{hint}");
+                }
                 ExitCode::from(2)
             }
         },
@@ -102,6 +105,9 @@ fn main() -> ExitCode {
                 Err(errors) => {
                     for p in &errors.0 {
                         eprintln!("error: {p}");
+                    }
+                    if let Some(hint) = errors.hint() {
+                        eprintln!("{hint}");
                     }
                     return ExitCode::from(2);
                 }

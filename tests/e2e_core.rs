@@ -682,6 +682,10 @@ message = "Smoke detector zone 3"
             .any(|l| l.contains(&format!("{path}:17: devices[0].modbus.port: "))),
         "type error not reported with its line and key: {stderr}"
     );
+    assert!(
+        stderr.contains("later problems are not checked yet"),
+        "no hint that the check stopped early: {stderr}"
+    );
 
     // `run` refuses it without starting: non-zero exit, no journal created.
     gw.rewrite_config(text);

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 /// One RTSP camera (`[[cameras]]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CameraConfig {
     /// Camera id, `[a-z0-9-]{1,64}`; named by linkage `clip` actions, in
     /// events (`source.device`) and in clip ids.
@@ -73,7 +72,6 @@ pub enum CameraTransport {
 
 /// Where clips go (`[clips]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ClipsConfig {
     /// Directory of the clips (`{id}.mp4`), created if missing.
     #[serde(default = "default_clip_path")]
@@ -151,6 +149,14 @@ pub fn validate(c: &crate::config::Config) -> Vec<(KeyPath, String)> {
                 k.key("id"),
                 format!("duplicate camera id {:?} (also cameras[{prev}])", cam.id),
             ));
+        }
+        if let Some(z) = &cam.zone {
+            if !crate::config::is_valid_id(z) {
+                out.push((
+                    k.key("zone"),
+                    format!("{z:?} must be 1–64 characters of a-z, 0-9 and '-'"),
+                ));
+            }
         }
         match url::Url::parse(&cam.url) {
             Err(e) => out.push((

@@ -424,4 +424,19 @@ camera = "cam-a"
             found.iter().map(|f| &f.1).collect::<Vec<_>>()
         );
     }
+
+    #[test]
+    fn a_camera_zone_is_an_id() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = cfg(d.path()).config;
+        c.cameras[0].zone = Some("gate-1".into());
+        assert!(config::validate(&c).is_empty());
+        c.cameras[0].zone = Some("Gate Area/1".into());
+        let found = config::validate(&c);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0.to_string(), "cameras[0].zone");
+        assert!(found[0]
+            .1
+            .contains("\"Gate Area/1\" must be 1–64 characters"));
+    }
 }

@@ -5,6 +5,7 @@
 //! file, and reports every problem at once with file, line and key.
 
 pub mod duration;
+mod parse;
 pub mod points;
 mod profiles;
 pub mod secret;
@@ -206,9 +207,29 @@ impl fmt::Display for ConfigProblem {
     }
 }
 
-/// Every problem found in a config file.
+/// Every problem found in a config file, and how far the file was checked.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<ConfigProblem>);
+pub struct ConfigErrors(pub Vec<ConfigProblem>, pub Checked);
+
+/// How far a file with problems was checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checked {
+    /// Every check ran: these are all the problems.
+    Fully,
+    /// The file could not be read, or did not read as the config's syntax
+    /// and types: those problems (and unknown keys) are listed, the checks
+    /// of the values did not run yet.
+    Partly,
+}
+
+impl ConfigErrors {
+    /// A line to print after the problems when checking stopped early.
+    pub fn hint(&self) -> Option<&'static str> {
+        (self.1 == Checked::Partly).then_some(
+            "fix these, then check again: later problems are not checked yet (the values are checked once the file's syntax and types are right)",
+        )
+    }
+}
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -243,22 +264,25 @@ impl LoadedConfig {
 /// Read, parse and validate a config file.
 pub fn load(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigProblem {
-            file: path.to_path_buf(),
-            line: None,
-            key: "(file)".into(),
-            message: format!("cannot read: {e}"),
-        }])
+        ConfigErrors(
+            vec![ConfigProblem {
+                file: path.to_path_buf(),
+                line: None,
+                key: "(file)".into(),
+                message: format!("cannot read: {e}"),
+            }],
+            Checked::Partly,
+        )
     })?;
     load_str(&text, path)
 }
 
-/// Parse and validate config text; `path` names it in problems.
 /// The problem reported for a secret written inline (its value is never
 /// repeated in a message).
 pub const INLINE_SECRET_MESSAGE: &str =
     "must be { file = … } or { env = … }; inline secrets are not accepted";
 
+/// Parse and validate config text; `path` names it in problems.
 pub fn load_str(text: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     let lines = LineIndex::new(text);
     let problem = |line: Option<usize>, key: String, message: String| ConfigProblem {
@@ -273,10 +297,9 @@ pub fn load_str(text: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     let doc_cell: std::cell::OnceCell<Option<toml_edit::ImDocument<String>>> =
         std::cell::OnceCell::new();
     let doc = || doc_cell.get_or_init(|| text.parse().ok()).as_ref();
-    let mut unknown: Vec<KeyPath> = Vec::new();
-    let parsed: Result<Config, toml::de::Error> = toml::Deserializer::parse(text)
-        .and_then(|de| serde_ignored::deserialize(de, |p| unknown.push(ignored_path(&p))));
-    let mut problems: Vec<ConfigProblem> = unknown
+    let parsed = parse::parse(text, &lines, doc);
+    let mut problems: Vec<ConfigProblem> = parsed
+        .unknown
         .iter()
         .map(|k| {
             problem(
@@ -286,29 +309,16 @@ pub fn load_str(text: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
             )
         })
         .collect();
-    let config = match parsed {
-        Ok(c) => c,
-        Err(e) => {
-            let line = e.span().map(|s| lines.line_of(s.start));
-            let key = match doc() {
-                None => "(syntax)".to_string(),
-                Some(d) => line
-                    .and_then(|l| key_on_line(d, &lines, l))
-                    .map(|k| k.to_string())
-                    .unwrap_or_else(|| "(value)".into()),
-            };
-            // A secret written inline is quoted by the parser's message:
-            // never repeat it (it would reach logs and the web page).
-            let message = if e.message().contains("SecretSource") {
-                INLINE_SECRET_MESSAGE.to_string()
-            } else {
-                first_line(e.message())
-            };
-            problems.push(problem(line, key, message));
-            return Err(ConfigErrors(problems));
-        }
+    let Some(mut config) = parsed.config else {
+        problems.extend(
+            parsed
+                .problems
+                .into_iter()
+                .map(|p| problem(p.line, p.key, p.message)),
+        );
+        problems.sort_by_key(|p| p.line.unwrap_or(0));
+        return Err(ConfigErrors(problems, Checked::Partly));
     };
-    let mut config = config;
     let (origins, mut findings) = profiles::expand(&mut config);
     findings.extend(validate::validate(&config, &origins));
     // A problem in a profile's point is found once per device using it.
@@ -329,7 +339,7 @@ pub fn load_str(text: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     }
     if !problems.is_empty() {
         problems.sort_by_key(|p| p.line.unwrap_or(0));
-        return Err(ConfigErrors(problems));
+        return Err(ConfigErrors(problems, Checked::Fully));
     }
     let points = PointTable::build(&config);
     Ok(LoadedConfig {
@@ -338,10 +348,6 @@ pub fn load_str(text: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
         path: path.to_path_buf(),
         warnings,
     })
-}
-
-fn first_line(s: &str) -> String {
-    s.trim().lines().next().unwrap_or("invalid").to_string()
 }
 
 /// The key path of the (deepest) key written on `line`: toml's type errors

@@ -364,3 +364,183 @@ fn inline_secrets_are_never_quoted_in_problems() {
         assert!(!e.to_string().contains("hunter2") && !e.to_string().contains("123456"));
     }
 }
+
+#[test]
+fn a_missing_section_or_key_is_named_with_its_table() {
+    let no_uplink = MINIMAL.replace("[uplink]\nhost = \"127.0.0.1\"\n", "");
+    let e = load(&no_uplink).unwrap_err();
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert_eq!(e.0[0].key, "uplink", "{e}");
+    assert_eq!(e.0[0].line, Some(1), "{e}");
+    assert_eq!(e.0[0].message, "missing (required section)");
+    assert_eq!(e.1, Checked::Partly);
+    assert!(e.hint().is_some());
+
+    let e = load("").unwrap_err();
+    assert_eq!(e.to_string(), "gw.toml:1: site: missing (required section)");
+
+    // A point without `id`: named inside its device, at its table's header.
+    let text = MINIMAL.replace(
+        "[[devices.points]]\nid = \"zone-3\"\n",
+        "[[devices.points]]\n",
+    );
+    let e = load(&text).unwrap_err();
+    let header = text
+        .lines()
+        .position(|l| l == "[[devices.points]]")
+        .unwrap()
+        + 1;
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert_eq!(e.0[0].key, "devices[0].points[0].id", "{e}");
+    assert_eq!(e.0[0].line, Some(header), "{e}");
+    assert_eq!(e.0[0].message, "missing (required key)");
+}
+
+#[test]
+fn a_duplicate_key_is_named() {
+    let text = MINIMAL.replace(
+        "[uplink]\nhost = \"127.0.0.1\"\n",
+        "[uplink]\nhost = \"a\"\nhost = \"b\"\n",
+    );
+    let e = load(&text).unwrap_err();
+    let line = text.lines().position(|l| l == "host = \"b\"").unwrap() + 1;
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert_eq!(e.0[0].key, "uplink.host", "{e}");
+    assert_eq!(e.0[0].line, Some(line), "{e}");
+    assert!(e.0[0].message.starts_with("duplicate key"), "{e}");
+
+    // An inline table, then the same table as a section, in the second device.
+    let text = MINIMAL.replace(
+        "[[alarms]]",
+        "[[devices]]\nid = \"b\"\nmodbus = { host = \"x\" }\n[devices.modbus]\nport = 1\n\n[[alarms]]",
+    );
+    let e = load(&text).unwrap_err();
+    let line = text
+        .lines()
+        .position(|l| l == "[devices.modbus]")
+        .unwrap_or(0);
+    let line = text
+        .lines()
+        .skip(line + 1)
+        .position(|l| l == "[devices.modbus]")
+        .unwrap()
+        + line
+        + 2;
+    assert_eq!(e.0[0].key, "devices[1].modbus", "{e}");
+    assert_eq!(e.0[0].line, Some(line), "{e}");
+
+    // A dotted key given twice, in an array of tables' element.
+    let text = MINIMAL.replace(
+        "address = 3",
+        "address = 3\nmqtt.topic = \"a\"\nmqtt.topic = \"b\"",
+    );
+    let e = load(&text).unwrap_err();
+    assert_eq!(e.0[0].key, "devices[0].points[0].mqtt.topic", "{e}");
+}
+
+#[test]
+fn every_type_error_and_unknown_key_is_reported() {
+    let text = MINIMAL
+        .replace("gateway = \"gw-north-1\"", "gateway = 5")
+        .replace(
+            "[uplink]\nhost = \"127.0.0.1\"",
+            "[uplink]\nhost = \"127.0.0.1\"\nport = \"x\"\nhots = 1",
+        )
+        .replace("port = 5020", "port = 5020\nunit = -1")
+        .replace("address = 3", "address = \"3\"\nadress = 3")
+        .replace("priority = 1", "priority = \"high\"\ncameras = [\"a\", 3]");
+    let e = load(&text).unwrap_err();
+    let line = |needle: &str| text.lines().position(|l| l == needle).unwrap() + 1;
+    let expect = [
+        ("site.gateway", line("gateway = 5")),
+        ("uplink.port", line("port = \"x\"")),
+        ("uplink.hots", line("hots = 1")),
+        ("devices[0].modbus.unit", line("unit = -1")),
+        ("devices[0].points[0].address", line("address = \"3\"")),
+        ("devices[0].points[0].adress", line("adress = 3")),
+        ("alarms[0].priority", line("priority = \"high\"")),
+        ("alarms[0].cameras[1]", line("cameras = [\"a\", 3]")),
+    ];
+    let got: Vec<(&str, usize)> =
+        e.0.iter()
+            .map(|p| (p.key.as_str(), p.line.unwrap()))
+            .collect();
+    assert_eq!(got, expect, "{e}");
+    assert_eq!(e.1, Checked::Partly);
+    // The value checks did not run: `gateway` stood in as "" is not reported as an id.
+    assert!(!e.to_string().contains("must be 1–64"), "{e}");
+}
+
+#[test]
+fn type_errors_in_inline_tables_are_each_reported() {
+    let text = MINIMAL.replace(
+        "[devices.modbus]\nhost = \"127.0.0.1\"\nport = 5020",
+        "modbus = { port = \"a\", host = \"127.0.0.1\", unit = \"b\" }",
+    );
+    let e = load(&text).unwrap_err();
+    let keys: Vec<&str> = e.0.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["devices[0].modbus.port", "devices[0].modbus.unit"],
+        "{e}"
+    );
+}
+
+#[test]
+fn a_file_with_right_types_is_checked_fully() {
+    let e = load(&MINIMAL.replace("id = \"palm-bay\"", "id = \"Palm Bay\"")).unwrap_err();
+    assert_eq!(e.1, Checked::Fully);
+    assert!(e.hint().is_none());
+}
+
+#[test]
+fn unknown_keys_of_cameras_clips_and_web_tls_are_reported_with_the_rest() {
+    let text = MINIMAL.replace("id = \"palm-bay\"", "id = \"Palm Bay\"")
+        + "\n[web.tls]\nnmaes = [\"gw\"]\n\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://10.0.0.5/main\"\nzoen = \"gate\"\n\n[clips]\nmax_byte = 5\n";
+    let e = load(&text).unwrap_err();
+    let line = |needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
+    for (key, at) in [
+        ("web.tls.nmaes", "nmaes"),
+        ("cameras[0].zoen", "zoen"),
+        ("clips.max_byte", "max_byte"),
+    ] {
+        let p =
+            e.0.iter()
+                .find(|p| p.key == key)
+                .unwrap_or_else(|| panic!("{key}: {e}"));
+        assert_eq!(p.message, "unknown key (misspelled, or not valid here)");
+        assert_eq!(p.line, Some(line(at)), "{e}");
+    }
+    // The value checks ran too.
+    assert!(e.0.iter().any(|p| p.key == "site.id"), "{e}");
+    assert_eq!(e.1, Checked::Fully);
+}
+
+#[test]
+fn web_service_and_telemetry_settings_are_range_checked() {
+    let with = |extra: &str| format!("{MINIMAL}\n{extra}\n");
+    for (section, key, bad, good) in [
+        ("web", "session_idle_s", "0", "60"),
+        ("web", "session_idle_s", "604801", "604800"),
+        ("web", "login_failures", "0", "1"),
+        ("web", "login_failures", "1001", "1000"),
+        ("web", "login_window_s", "0", "1"),
+        ("web", "login_window_s", "86401", "86400"),
+        ("service", "liveness_grace_s", "0", "0.5"),
+        ("service", "liveness_grace_s", "3601", "3600"),
+        ("telemetry", "batch_s", "0", "0.01"),
+        ("telemetry", "batch_s", "61", "60"),
+    ] {
+        let text = with(&format!("[{section}]\n{key} = {bad}"));
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{key} = {bad}: {e}");
+        assert_eq!(e.0[0].key, format!("{section}.{key}"), "{e}");
+        assert!(e.0[0].message.starts_with("must be "), "{e}");
+        assert_eq!(
+            e.0[0].line,
+            Some(text.lines().position(|l| l.starts_with(key)).unwrap() + 1)
+        );
+        let text = with(&format!("[{section}]\n{key} = {good}"));
+        load(&text).unwrap_or_else(|e| panic!("{key} = {good}: {e}"));
+    }
+}

@@ -168,6 +168,41 @@ pub(super) fn validate(c: &Config, origins: &super::profiles::Origins) -> Vec<Fi
     if c.telemetry.max_points_per_message == 0 {
         f.err(t.key("max_points_per_message"), "must be at least 1");
     }
+    if !(0.01..=60.0).contains(&c.telemetry.batch.as_secs_f64()) {
+        f.err(
+            t.key("batch_s"),
+            "must be 0.01–60 seconds (0 would send a message for every change)",
+        );
+    }
+
+    // [web]
+    let w = root.key("web");
+    if !(60..=604_800).contains(&c.web.session_idle.as_secs()) {
+        f.err(
+            w.key("session_idle_s"),
+            "must be 60–604800 seconds (1 minute to 7 days)",
+        );
+    }
+    if !(1..=1000).contains(&c.web.login_failures) {
+        f.err(
+            w.key("login_failures"),
+            "must be 1–1000 failed logins before further attempts are refused",
+        );
+    }
+    if !(1.0..=86_400.0).contains(&c.web.login_window.as_secs_f64()) {
+        f.err(
+            w.key("login_window_s"),
+            "must be 1–86400 seconds (0 would never refuse an attempt)",
+        );
+    }
+
+    // [service]
+    if !(0.5..=3600.0).contains(&c.service.liveness_grace.as_secs_f64()) {
+        f.err(
+            root.key("service").key("liveness_grace_s"),
+            "must be 0.5–3600 seconds (with less, a loop a little late counts as wedged and the watchdog restarts the gateway)",
+        );
+    }
 
     // [[serial_buses]]
     let mut buses = HashSet::new();

@@ -191,12 +191,14 @@ pub struct PointConfig {
     /// For `bool` points on a register: bit number 0 (least significant) … 15.
     #[serde(default)]
     pub bit: Option<u8>,
-    /// Byte order within each 16-bit register.
-    #[serde(default)]
-    pub byte_order: Order,
-    /// Order of the two registers of a 32-bit value (`big`: high word first).
-    #[serde(default)]
-    pub word_order: Order,
+    /// Byte order within each 16-bit register. Default `big`; absent and
+    /// given are told apart (an MQTT point must not give it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub byte_order: Option<Order>,
+    /// Order of the two registers of a 32-bit value (`big`: high word
+    /// first). Default `big`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub word_order: Option<Order>,
     /// Engineering value = raw × scale + offset (numeric types only).
     #[serde(default = "one")]
     pub scale: f64,
@@ -244,8 +246,8 @@ impl PointConfig {
             address: Some(address),
             kind,
             bit: None,
-            byte_order: Order::Big,
-            word_order: Order::Big,
+            byte_order: None,
+            word_order: None,
             scale: 1.0,
             offset: 0.0,
             unit: None,

@@ -54,12 +54,13 @@ fn five() -> u8 {
     5
 }
 
-/// One action of a rule (`[[linkage.actions]]`), chosen by `type`.
+/// One action of a rule (`[[linkage.actions]]`), chosen by `type`. A key
+/// that does not apply to the action's type is a config error.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ActionConfig {
     /// `write` (set a point), `pulse` (set a point, hold, set it back),
-    /// `clip` (camera clip; recorded, not wired yet), `notify` (staff
-    /// notification; recorded, not wired yet).
+    /// `clip` (record a clip on a `[[cameras]]` camera), `notify` (push the
+    /// alarm to a `[[push.tiers]]` tier).
     #[serde(rename = "type")]
     pub kind: ActionKind,
     /// `write`, `pulse`: the point, `device/point` (must be `writable`).
@@ -68,23 +69,45 @@ pub struct ActionConfig {
     /// `write`, `pulse`: the value (`true`/`false` or a number).
     #[serde(default)]
     pub value: Option<toml::Value>,
-    /// `pulse`: how long to hold the value, in seconds.
+    /// `pulse`: how long to hold the value, in seconds. Default 5
+    /// ([`ActionConfig::pulse`]).
     #[serde(
         rename = "pulse_s",
-        with = "crate::config::duration",
-        default = "default_pulse"
+        with = "crate::config::duration::option",
+        default,
+        skip_serializing_if = "Option::is_none"
     )]
-    pub pulse: Duration,
+    pub pulse: Option<Duration>,
     /// `clip`: camera id.
     #[serde(default)]
     pub camera: Option<String>,
-    /// `notify`: recipient group.
+    /// `notify`: a tier of `[[push.tiers]]`.
     #[serde(default)]
     pub to: Option<String>,
 }
 
-fn default_pulse() -> Duration {
-    Duration::from_secs(5)
+impl ActionConfig {
+    /// A `pulse` action's hold time.
+    pub fn pulse(&self) -> Duration {
+        self.pulse.unwrap_or(Duration::from_secs(5))
+    }
+
+    /// The keys given that do not apply to the action's type.
+    pub fn keys_not_applying(&self) -> Vec<&'static str> {
+        use ActionKind::*;
+        let given = [
+            ("point", self.point.is_some(), &[Write, Pulse][..]),
+            ("value", self.value.is_some(), &[Write, Pulse][..]),
+            ("pulse_s", self.pulse.is_some(), &[Pulse][..]),
+            ("camera", self.camera.is_some(), &[Clip][..]),
+            ("to", self.to.is_some(), &[Notify][..]),
+        ];
+        given
+            .into_iter()
+            .filter(|(_, set, kinds)| *set && !kinds.contains(&self.kind))
+            .map(|(key, _, _)| key)
+            .collect()
+    }
 }
 
 /// Kinds of linkage action.
@@ -95,4 +118,16 @@ pub enum ActionKind {
     Pulse,
     Clip,
     Notify,
+}
+
+impl ActionKind {
+    /// As written in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            ActionKind::Write => "write",
+            ActionKind::Pulse => "pulse",
+            ActionKind::Clip => "clip",
+            ActionKind::Notify => "notify",
+        }
+    }
 }

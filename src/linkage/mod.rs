@@ -165,7 +165,7 @@ fn resolve(cfg: &LoadedConfig, a: &ActionConfig) -> Result<Action, String> {
             let p = cfg.point_config(meta);
             let v = a.value.as_ref().ok_or("needs `value`")?;
             let value = crate::command::check::value_from_toml(p, v)?;
-            let pulse = (a.kind == ActionKind::Pulse).then_some(a.pulse);
+            let pulse = (a.kind == ActionKind::Pulse).then(|| a.pulse());
             Ok(Action::Write {
                 device: meta.device.clone(),
                 point: pi,
@@ -263,6 +263,12 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
         }
         for (ai, a) in r.actions.iter().enumerate() {
             let ak = k.key("actions").index(ai);
+            for key in a.keys_not_applying() {
+                out.push((
+                    ak.key(key),
+                    format!("`{key}` does not apply to a `{}` action", a.kind.name()),
+                ));
+            }
             match a.kind {
                 ActionKind::Write | ActionKind::Pulse => {
                     let Some(key) = a.point.as_deref() else {
@@ -297,7 +303,7 @@ pub fn validate(c: &Config) -> Vec<(KeyPath, String)> {
                         if p.kind != crate::drivers::PointType::Bool {
                             out.push((ak.key("type"), "a pulse needs a bool point".into()));
                         }
-                        if a.pulse.is_zero() {
+                        if a.pulse().is_zero() {
                             out.push((ak.key("pulse_s"), "must be greater than 0".into()));
                         }
                     }

@@ -313,3 +313,84 @@ type = "clip"
         assert!(err.contains(needle), "{needle:?} missing in:\n{err}");
     }
 }
+
+#[test]
+fn keys_that_do_not_apply_to_an_action_are_config_errors() {
+    let extra = r#"
+[[linkage]]
+id = "stray-keys"
+key = "fire-panel-a/*"
+[[linkage.actions]]
+type = "write"
+point = "hvac-1/fan-run"
+value = false
+camera = "cam-1"
+to = "guards"
+pulse_s = 0
+[[linkage.actions]]
+type = "clip"
+camera = "cam-1"
+point = "hvac-1/fan-run"
+"#;
+    let text = format!("{BASE}{extra}");
+    let e = load_str(&text, Path::new("t.toml")).unwrap_err();
+    // The `nth` line of the rule starting with `needle`.
+    let line = |needle: &str, nth: usize| {
+        let base = BASE.lines().count();
+        extra
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.starts_with(needle))
+            .nth(nth)
+            .unwrap()
+            .0
+            + base
+            + 1
+    };
+    let got: Vec<(String, Option<usize>, &str)> =
+        e.0.iter()
+            .map(|p| (p.key.clone(), p.line, p.message.as_str()))
+            .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "linkage[0].actions[0].camera".to_string(),
+                Some(line("camera", 0)),
+                "`camera` does not apply to a `write` action"
+            ),
+            (
+                "linkage[0].actions[0].to".to_string(),
+                Some(line("to =", 0)),
+                "`to` does not apply to a `write` action"
+            ),
+            (
+                "linkage[0].actions[0].pulse_s".to_string(),
+                Some(line("pulse_s", 0)),
+                "`pulse_s` does not apply to a `write` action"
+            ),
+            (
+                "linkage[0].actions[1].point".to_string(),
+                Some(line("point", 1)),
+                "`point` does not apply to a `clip` action"
+            ),
+        ],
+        "{e}"
+    );
+    // Each key where it applies is fine, `pulse_s` defaulting to 5 s.
+    let cfg = load(
+        r#"
+[[linkage]]
+id = "door"
+[[linkage.actions]]
+type = "pulse"
+point = "access-panel/door-1-release"
+value = true
+"#,
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.config.linkage[0].actions[0].pulse(),
+        Duration::from_secs(5)
+    );
+}

@@ -15,7 +15,6 @@ pub const SELF_SIGNED_KEY: &str = "web-tls.key";
 
 /// `[web.tls]`: its presence turns HTTPS on.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct WebTlsConfig {
     /// PEM certificate chain. With `key`; without both, a self-signed
     /// certificate is generated on first start and kept.

@@ -65,8 +65,8 @@ impl Codec {
         Codec {
             kind: p.kind,
             bit: p.bit.unwrap_or(0).min(15),
-            byte_order: p.byte_order,
-            word_order: p.word_order,
+            byte_order: p.byte_order.unwrap_or_default(),
+            word_order: p.word_order.unwrap_or_default(),
             scale: p.scale,
             offset: p.offset,
             decimals: decimals_of(p.scale).max(decimals_of(p.offset)),

@@ -1273,8 +1273,8 @@ mod raw_tests {
                             p
                         }
                     };
-                    p.byte_order = order(byte_little);
-                    p.word_order = order(word_little);
+                    p.byte_order = Some(order(byte_little));
+                    p.word_order = Some(order(word_little));
                     p
                 })
                 .collect();

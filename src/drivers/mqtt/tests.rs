@@ -453,6 +453,18 @@ fn validation_names_the_protocol_of_each_key() {
         "{e:?}"
     );
     assert!(e.iter().any(|m| m.contains("points[1].address")), "{e:?}");
+    // Given as its default is given all the same.
+    let e = errors(&CONFIG.replace(
+        "id = \"voltage\"",
+        "id = \"voltage\"\nbyte_order = \"big\"\nword_order = \"big\"",
+    ));
+    for key in ["points[1].byte_order", "points[1].word_order"] {
+        assert!(
+            e.iter()
+                .any(|m| m.contains(key) && m.contains("Modbus key")),
+            "{key}: {e:?}"
+        );
+    }
     let e = errors(&CONFIG.replace(
         "[devices.mqtt]\nsilence_timeout_s = 60",
         "[devices.mqtt]\nsilence_timeout_s = 60\n[devices.modbus]\nhost = \"10.0.0.1\"",

@@ -3,7 +3,6 @@
 
 use super::payload::{self, Path};
 use crate::config::{Config, KeyPath};
-use crate::drivers::Order;
 
 /// One problem (or, with `warning`, a doubtful setting).
 #[derive(Clone, Debug, PartialEq)]
@@ -208,8 +207,8 @@ pub fn validate(c: &Config, point_key: &dyn Fn(usize, usize) -> KeyPath) -> Vec<
                 ("register", p.register.is_some()),
                 ("address", p.address.is_some()),
                 ("bit", p.bit.is_some()),
-                ("byte_order", p.byte_order != Order::Big),
-                ("word_order", p.word_order != Order::Big),
+                ("byte_order", p.byte_order.is_some()),
+                ("word_order", p.word_order.is_some()),
             ] {
                 if set {
                     err(
