@@ -74,7 +74,10 @@ fn main() -> ExitCode {
     one_malloc_arena();
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file } => match estate_gateway::config::load(&file) {
+        Command::CheckConfig { file } => match estate_gateway::config::load_for(
+            &file,
+            estate_gateway::config::Target::AnyMachine,
+        ) {
             Ok(c) => {
                 for w in &c.warnings {
                     eprintln!("warning: {w}");
@@ -89,6 +92,9 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(errors) => {
+                for w in errors.warnings() {
+                    eprintln!("warning: {w}");
+                }
                 for p in &errors.0 {
                     eprintln!("error: {p}");
                 }

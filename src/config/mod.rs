@@ -207,9 +207,11 @@ impl fmt::Display for ConfigProblem {
     }
 }
 
-/// Every problem found in a config file, and how far the file was checked.
+/// Every problem found in a config file; also how far the file was
+/// checked ([`ConfigErrors::hint`]) and the warnings
+/// ([`ConfigErrors::warnings`]).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<ConfigProblem>, pub Checked);
+pub struct ConfigErrors(pub Vec<ConfigProblem>, Checked, Vec<ConfigProblem>);
 
 /// How far a file with problems was checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,6 +225,16 @@ pub enum Checked {
 }
 
 impl ConfigErrors {
+    /// How far the file was checked.
+    pub fn checked(&self) -> Checked {
+        self.1
+    }
+
+    /// Non-fatal findings, as [`LoadedConfig::warnings`].
+    pub fn warnings(&self) -> &[ConfigProblem] {
+        &self.2
+    }
+
     /// A line to print after the problems when checking stopped early.
     pub fn hint(&self) -> Option<&'static str> {
         (self.1 == Checked::Partly).then_some(
@@ -261,8 +273,24 @@ impl LoadedConfig {
     }
 }
 
-/// Read, parse and validate a config file.
+/// What a file is checked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// This machine runs it (`run`, a reload, the web page's edits): what
+    /// the machine lacks (GPIO) is a problem.
+    ThisMachine,
+    /// Any gateway (`check-config`, on a laptop or in CI as well): what
+    /// this machine lacks is a warning.
+    AnyMachine,
+}
+
+/// Read, parse and validate a config file to run on this machine.
 pub fn load(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
+    load_for(path, Target::ThisMachine)
+}
+
+/// Read, parse and validate a config file for `target`.
+pub fn load_for(path: &Path, target: Target) -> Result<LoadedConfig, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(
             vec![ConfigProblem {
@@ -272,9 +300,10 @@ pub fn load(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
                 message: format!("cannot read: {e}"),
             }],
             Checked::Partly,
+            Vec::new(),
         )
     })?;
-    load_str(&text, path)
+    load_str_for(&text, path, target)
 }
 
 /// The problem reported for a secret written inline (its value is never
@@ -282,8 +311,14 @@ pub fn load(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
 pub const INLINE_SECRET_MESSAGE: &str =
     "must be { file = … } or { env = … }; inline secrets are not accepted";
 
-/// Parse and validate config text; `path` names it in problems.
+/// Parse and validate config text to run on this machine; `path` names it
+/// in problems.
 pub fn load_str(text: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
+    load_str_for(text, path, Target::ThisMachine)
+}
+
+/// Parse and validate config text for `target`; `path` names it in problems.
+pub fn load_str_for(text: &str, path: &Path, target: Target) -> Result<LoadedConfig, ConfigErrors> {
     let lines = LineIndex::new(text);
     let problem = |line: Option<usize>, key: String, message: String| ConfigProblem {
         file: path.to_path_buf(),
@@ -317,7 +352,7 @@ pub fn load_str(text: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
                 .map(|p| problem(p.line, p.key, p.message)),
         );
         problems.sort_by_key(|p| p.line.unwrap_or(0));
-        return Err(ConfigErrors(problems, Checked::Partly));
+        return Err(ConfigErrors(problems, Checked::Partly, Vec::new()));
     };
     let (origins, mut findings) = profiles::expand(&mut config);
     findings.extend(validate::validate(&config, &origins));
@@ -326,12 +361,21 @@ pub fn load_str(text: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     findings.retain(|f| seen.insert((f.key.to_string(), f.message.clone())));
     let mut warnings = Vec::new();
     for f in findings {
+        let elsewhere = f.this_machine && target == Target::AnyMachine;
+        let message = if elsewhere {
+            format!(
+                "{}: fine for a gateway that has it, but `run` refuses this file here",
+                f.message
+            )
+        } else {
+            f.message
+        };
         let p = problem(
             doc().and_then(|d| locate(d, &lines, &f.key)),
             f.key.to_string(),
-            f.message,
+            message,
         );
-        if f.warning {
+        if f.warning || elsewhere {
             warnings.push(p);
         } else {
             problems.push(p);
@@ -339,7 +383,7 @@ pub fn load_str(text: &str, path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     }
     if !problems.is_empty() {
         problems.sort_by_key(|p| p.line.unwrap_or(0));
-        return Err(ConfigErrors(problems, Checked::Fully));
+        return Err(ConfigErrors(problems, Checked::Fully, warnings));
     }
     let points = PointTable::build(&config);
     Ok(LoadedConfig {

@@ -8,6 +8,9 @@ pub(super) struct Finding {
     pub key: KeyPath,
     pub message: String,
     pub warning: bool,
+    /// Not a problem of the file but of the machine checking it (no GPIO
+    /// here): an error for a file this machine is to run, else a warning.
+    pub this_machine: bool,
 }
 
 impl Finding {
@@ -16,6 +19,7 @@ impl Finding {
             key,
             message,
             warning: false,
+            this_machine: false,
         }
     }
 }
@@ -25,17 +29,18 @@ struct Findings(Vec<Finding>);
 
 impl Findings {
     fn err(&mut self, key: KeyPath, message: impl Into<String>) {
-        self.0.push(Finding {
-            key,
-            message: message.into(),
-            warning: false,
-        });
+        self.0.push(Finding::error(key, message.into()));
     }
     fn warn(&mut self, key: KeyPath, message: impl Into<String>) {
         self.0.push(Finding {
-            key,
-            message: message.into(),
             warning: true,
+            ..Finding::error(key, message.into())
+        });
+    }
+    fn this_machine(&mut self, key: KeyPath, message: impl Into<String>) {
+        self.0.push(Finding {
+            this_machine: true,
+            ..Finding::error(key, message.into())
         });
     }
 }
@@ -260,6 +265,9 @@ pub(super) fn validate(c: &Config, origins: &super::profiles::Origins) -> Vec<Fi
         }
         for (key, message) in crate::drivers::gpio::validate(d, &k) {
             f.err(key, message);
+        }
+        if let Some((key, message)) = crate::drivers::gpio::missing_hardware(d, &k) {
+            f.this_machine(key, message);
         }
         if d.gpio.is_some() && (d.modbus.is_some() || d.mqtt.is_some()) {
             f.err(

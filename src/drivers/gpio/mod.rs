@@ -107,20 +107,15 @@ fn default_sample() -> Duration {
 }
 
 /// Problems with a GPIO device `d` at key path `k` (none when it has no
-/// `[devices.gpio]`), hardware presence included: a GPIO config is refused
-/// on a machine (or a build) that cannot drive it.
+/// `[devices.gpio]`). Whether this machine can drive it is
+/// [`missing_hardware`]'s question. (A second protocol section is
+/// reported by the common device checks.)
 pub fn validate(d: &DeviceConfig, k: &KeyPath) -> Vec<(KeyPath, String)> {
     let Some(g) = &d.gpio else {
         return Vec::new();
     };
     let mut out = Vec::new();
     let gk = k.key("gpio");
-    if d.modbus.is_some() {
-        out.push((
-            k.clone(),
-            "a device has one protocol: [devices.modbus] or [devices.gpio], not both".into(),
-        ));
-    }
     if !(Duration::from_millis(1)..=Duration::from_secs(1)).contains(&g.sample) {
         out.push((gk.key("sample_s"), "must be 0.001–1".into()));
     }
@@ -168,12 +163,17 @@ pub fn validate(d: &DeviceConfig, k: &KeyPath) -> Vec<(KeyPath, String)> {
             }
         }
     }
-    if d.enabled {
-        if let Err(e) = probed() {
-            out.push((gk, e.to_string()));
-        }
-    }
     out
+}
+
+/// An enabled GPIO device `d` (at key path `k`) on a machine, or a build,
+/// that cannot drive it: `run` refuses such a file; `check-config` warns,
+/// as the file may be meant for another machine.
+pub fn missing_hardware(d: &DeviceConfig, k: &KeyPath) -> Option<(KeyPath, String)> {
+    if d.gpio.is_none() || !d.enabled {
+        return None;
+    }
+    probed().err().map(|e| (k.key("gpio"), e.to_string()))
 }
 
 /// [`hw::probe`], once per process.
