@@ -121,7 +121,26 @@ latching = false
 }
 
 /// Local ports of the gateway's established TCP connections to `port`.
+///
+/// The kernel builds `/proc/PID/net/tcp` page by page, so a read that races
+/// a socket being opened or closed (another device's driver restarting) can
+/// list a connection twice or miss one. Each socket is counted once (by
+/// inode), and the table is read until two reads agree.
 fn connections_to(pid: u32, port: u16) -> Vec<u16> {
+    let mut last = connections_to_once(pid, port);
+    for _ in 0..20 {
+        let now = connections_to_once(pid, port);
+        if now == last {
+            return now;
+        }
+        last = now;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    last
+}
+
+/// One read of the connection table; see [`connections_to`].
+fn connections_to_once(pid: u32, port: u16) -> Vec<u16> {
     let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|rd| {
             rd.flatten()
@@ -141,7 +160,7 @@ fn connections_to(pid: u32, port: u16) -> Vec<u16> {
             .next()
             .and_then(|p| u16::from_str_radix(p, 16).ok())
     };
-    let mut ports: Vec<u16> = tcp
+    let by_inode: std::collections::BTreeMap<&str, u16> = tcp
         .lines()
         .skip(1)
         .filter_map(|l| {
@@ -149,10 +168,11 @@ fn connections_to(pid: u32, port: u16) -> Vec<u16> {
             // local, remote, state (01 = established), …, inode
             let (local, remote, state, inode) = (f.get(1)?, f.get(2)?, f.get(3)?, f.get(9)?);
             (*state == "01" && port_of(remote) == Some(port) && inodes.contains(*inode))
-                .then(|| port_of(local))
+                .then(|| port_of(local).map(|p| (*inode, p)))
                 .flatten()
         })
         .collect();
+    let mut ports: Vec<u16> = by_inode.into_values().collect();
     ports.sort();
     ports
 }
