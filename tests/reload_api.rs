@@ -3,6 +3,9 @@
 //! reload, a configuration that cannot start rolls back to the previous
 //! one, and push channels add and remove journal sinks.
 
+mod common;
+
+use common::free_port;
 use estate_gateway::app::{Gateway, ReloadError};
 use estate_gateway::config::{load, LoadedConfig};
 use std::path::Path;
@@ -153,14 +156,6 @@ id = "pressed"
 filter = "button/pressed"
 "#
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The alarm task answers (it runs).

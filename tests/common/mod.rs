@@ -18,13 +18,46 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released).
+/// A free TCP port on 127.0.0.1 for a peer the test starts, that no other
+/// test process is handed at the same time.
+///
+/// Ports come from below the kernel's ephemeral range (32768 and up), so an
+/// outgoing connection cannot take one between this call and the peer's
+/// bind. Tests run in parallel processes, so each port is reserved by a file
+/// in a shared directory; a reservation older than an hour is stale (a run
+/// that ended) and is taken over.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    const FIRST: u16 = 20_000;
+    const LAST: u16 = 32_000;
+    const STALE: Duration = Duration::from_secs(3600);
+    let dir = std::env::temp_dir().join("estate-gateway-test-ports");
+    std::fs::create_dir_all(&dir).expect("create the port reservation directory");
+    let random = || {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    };
+    for _ in 0..10_000 {
+        let port = FIRST + (random() % u64::from(LAST - FIRST)) as u16;
+        let path = dir.join(port.to_string());
+        let stale = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .map(|t| t.elapsed().unwrap_or_default() > STALE)
+            .unwrap_or(false);
+        if stale {
+            let _ = std::fs::remove_file(&path);
+        }
+        let reserved = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .is_ok();
+        if reserved && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{LAST}");
 }
 
 /// True when CI demands every peer (`REQUIRE_PEERS=1`).
