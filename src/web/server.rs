@@ -10,6 +10,9 @@
 //!   timeout of a kept-alive connection. It never runs while a response
 //!   is being sent: the live alarm stream (SSE) is one long response and
 //!   is not cut.
+//! - **Body deadline**: a request's body must arrive in full within
+//!   [`Limits::body_timeout`] of its head; a body sent a byte at a time
+//!   fails its read, and the connection closes.
 //! - **TLS handshake timeout** ([`Limits::tls_handshake`]).
 //! - **Connection caps**: at most [`Limits::max_per_address`] connections
 //!   from one client address and [`Limits::max_connections`] in all. A
@@ -38,6 +41,9 @@ pub struct Limits {
     /// Longest wait for a request's head, from when the connection starts
     /// waiting for it (also how long a kept-alive connection may idle).
     pub header_timeout: Duration,
+    /// Longest wait for a request's whole body, from when its head has
+    /// arrived.
+    pub body_timeout: Duration,
     /// Longest TLS handshake.
     pub tls_handshake: Duration,
     /// Most connections open at once.
@@ -50,6 +56,9 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             header_timeout: Duration::from_secs(10),
+            // The largest bodies are configuration files (axum refuses
+            // bodies over 2 MB): seconds even on a poor Wi-Fi link.
+            body_timeout: Duration::from_secs(30),
             tls_handshake: Duration::from_secs(10),
             max_connections: 256,
             // A browser opens up to 6 connections per host, plus the
@@ -213,7 +222,17 @@ async fn serve_connection<S>(
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
-        app.clone().oneshot(req.map(axum::body::Body::new))
+        let req = req.map(|body| {
+            if http_body::Body::is_end_stream(&body) {
+                axum::body::Body::new(body)
+            } else {
+                axum::body::Body::new(DeadlineBody {
+                    inner: body,
+                    deadline: Box::pin(tokio::time::sleep(limits.body_timeout)),
+                })
+            }
+        });
+        app.clone().oneshot(req)
     });
     let conn = hyper::server::conn::http1::Builder::new()
         // Without a timer hyper's header timeout silently does nothing.
@@ -234,10 +253,52 @@ async fn serve_connection<S>(
     }
 }
 
+/// A request body that must arrive in full by a deadline: past it, the
+/// next read fails (the handler's extractor answers 400 and hyper closes
+/// the connection, since the body was not read to its end).
+struct DeadlineBody {
+    inner: hyper::body::Incoming,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+/// The error a body read past [`Limits::body_timeout`] fails with.
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received in time")]
+struct BodyTooSlow;
+
+impl http_body::Body for DeadlineBody {
+    type Data = hyper::body::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        let this = &mut *self;
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(BodyTooSlow.into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::routing::get;
+    use axum::routing::{get, post};
     use std::net::Ipv4Addr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpSocket, TcpStream};
@@ -250,6 +311,10 @@ mod tests {
     fn app() -> Router {
         Router::new()
             .route("/healthz", get(|| async { "ok" }))
+            .route(
+                "/echo",
+                post(|body: axum::body::Bytes| async move { format!("got {}", body.len()) }),
+            )
             .route(
                 "/stream",
                 get(|| async {
@@ -322,6 +387,7 @@ mod tests {
     fn short() -> Limits {
         Limits {
             header_timeout: SHORT,
+            body_timeout: SHORT,
             tls_handshake: SHORT,
             ..Limits::default()
         }
@@ -352,6 +418,54 @@ mod tests {
             .await
             .expect("a trickled head is cut");
         assert!(!got.contains(" 200 "), "{got}");
+        assert!(
+            t0.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t0.elapsed()
+        );
+        srv.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_body_must_arrive_in_full_by_its_deadline() {
+        let srv = start(short(), None).await;
+        // A whole body is read.
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+            .await
+            .unwrap();
+        let got = read_until(&mut s, "got 5").await;
+        assert!(got.contains(" 200 "), "{got}");
+        // A body that stops short is cut at the deadline.
+        let t0 = Instant::now();
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+            .await
+            .unwrap();
+        let got = read_to_close(&mut s, Duration::from_secs(5))
+            .await
+            .expect("a stalled body is cut");
+        assert!(!got.contains(" 200 "), "{got}");
+        assert!(t0.elapsed() >= SHORT, "cut after {:?}", t0.elapsed());
+        // A body sent a byte at a time does not extend the deadline: 40
+        // bytes, 50 ms apart, would take 2 s.
+        let t0 = Instant::now();
+        let (mut r, mut w) = TcpStream::connect(srv.addr).await.unwrap().into_split();
+        tokio::spawn(async move {
+            let _ = w
+                .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n")
+                .await;
+            for _ in 0..40 {
+                if w.write_all(b"x").await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let got = read_to_close(&mut r, Duration::from_secs(5))
+            .await
+            .expect("a trickled body is cut");
+        assert!(!got.contains("got 40"), "{got}");
         assert!(
             t0.elapsed() < Duration::from_millis(1500),
             "{:?}",
