@@ -145,6 +145,7 @@ impl Gateway {
                 uplink_sink: UPLINK_SINK,
                 page,
                 state_dir: c.journal.path.clone(),
+                metrics_token: metrics_token(&c.web),
             };
             // Alarms matter more than metrics: a taken port is logged
             // loudly, and the gateway runs on without its web server.
@@ -319,6 +320,18 @@ pub async fn run(cfg: LoadedConfig) -> anyhow::Result<()> {
         let _ = w.await;
     }
     Ok(())
+}
+
+/// `[web] metrics_token`, read at start. The check at load has read it
+/// already; if it cannot be read now (the file removed meanwhile),
+/// `/metrics` fails closed: the stand-in holds a NUL, which no HTTP header
+/// value can, so no request matches it.
+fn metrics_token(web: &web::WebConfig) -> Option<crate::config::secret::Secret> {
+    let src = web.metrics_token.as_ref()?;
+    Some(src.resolve().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "[web] metrics_token unreadable: /metrics refuses every request");
+        crate::config::secret::Secret::new("\0unreadable")
+    }))
 }
 
 /// The web page's state, or `None` (logged) when `[web] page = false` or

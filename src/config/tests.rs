@@ -173,6 +173,7 @@ fn example_config_is_valid() {
                 assert!(
                     (p.key.starts_with("uplink.tls")
                         || p.key == "uplink.password"
+                        || p.key == "web.metrics_token"
                         || p.key.starts_with("site_broker.embedded.users")
                         || p.key.starts_with("push.channels"))
                         && p.message.contains("cannot read"),
@@ -552,5 +553,35 @@ fn web_service_and_telemetry_settings_are_range_checked() {
         );
         let text = with(&format!("[{section}]\n{key} = {good}"));
         load(&text).unwrap_or_else(|e| panic!("{key} = {good}: {e}"));
+    }
+}
+
+#[test]
+fn the_metrics_token_must_be_readable_long_and_header_safe() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("metrics.token");
+    let with = |token: Option<&str>| {
+        if let Some(t) = token {
+            std::fs::write(&file, t).unwrap();
+        } else {
+            let _ = std::fs::remove_file(&file);
+        }
+        let text = format!(
+            "{MINIMAL}\n[web]\nmetrics_token = {{ file = \"{}\" }}\n",
+            file.display()
+        );
+        load(&text)
+    };
+    with(Some("0123456789abcdef\n")).expect("16 characters and a newline");
+    for (token, says) in [
+        (None, "cannot read secret file"),
+        (Some("\n"), "secret is empty"),
+        (Some("0123456789abcde"), "at least 16 characters"),
+        (Some("0123456789 abcdef"), "must not contain spaces"),
+    ] {
+        let e = with(token).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{token:?}: {e}");
+        assert_eq!(e.0[0].key, "web.metrics_token", "{e}");
+        assert!(e.0[0].message.contains(says), "{token:?}: {e}");
     }
 }

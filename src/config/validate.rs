@@ -200,6 +200,23 @@ pub(super) fn validate(c: &Config, origins: &super::profiles::Origins) -> Vec<Fi
             "must be 1–86400 seconds (0 would never refuse an attempt)",
         );
     }
+    if let Some(src) = &c.web.metrics_token {
+        match src.resolve() {
+            Err(e) => f.err(w.key("metrics_token"), e.to_string()),
+            Ok(t) if t.expose().chars().count() < crate::web::metrics::MIN_TOKEN_LEN => f.err(
+                w.key("metrics_token"),
+                format!(
+                    "the token must be at least {} characters (e.g. `openssl rand -hex 16`)",
+                    crate::web::metrics::MIN_TOKEN_LEN
+                ),
+            ),
+            Ok(t) if t.expose().chars().any(|ch| ch.is_whitespace() || ch.is_control()) => f.err(
+                w.key("metrics_token"),
+                "the token must not contain spaces or control characters (it travels in an HTTP header)",
+            ),
+            Ok(_) => {}
+        }
+    }
 
     // [service]
     if !(0.5..=3600.0).contains(&c.service.liveness_grace.as_secs_f64()) {

@@ -419,8 +419,43 @@ pub fn render(state: &WebState) -> String {
     e.finish()
 }
 
-pub(super) async fn handler(State(state): State<WebState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], render(&state))
+/// The shortest `[web] metrics_token` accepted.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+pub(super) async fn handler(
+    State(state): State<WebState>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    if let Some(token) = &state.metrics_token {
+        if !bearer_matches(&headers, token) {
+            return (
+                axum::http::StatusCode::UNAUTHORIZED,
+                [(
+                    header::WWW_AUTHENTICATE,
+                    "Bearer realm=\"estate-gateway metrics\"",
+                )],
+                "a bearer token is required ([web] metrics_token)\n",
+            )
+                .into_response();
+        }
+    }
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], render(&state)).into_response()
+}
+
+/// The request carries `Authorization: Bearer <token>` (compared in
+/// constant time).
+fn bearer_matches(headers: &axum::http::HeaderMap, token: &crate::config::secret::Secret) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+    else {
+        return false;
+    };
+    super::auth::ct_eq(given.as_bytes(), token.expose().as_bytes())
 }
 
 #[cfg(test)]
@@ -438,6 +473,27 @@ mod tests {
             "# HELP x_total Things\\\\counted\\nhere.\n# TYPE x_total counter\n\
              x_total{device=\"a\\\"b\\\\c\\nd\"} 3\nx_total 0.25\n"
         );
+    }
+
+    #[test]
+    fn the_bearer_token_must_match() {
+        use axum::http::HeaderValue;
+        let token = crate::config::secret::Secret::new("0123456789abcdef0123");
+        let with = |v: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        assert!(bearer_matches(&with("Bearer 0123456789abcdef0123"), &token));
+        assert!(bearer_matches(&with("bearer 0123456789abcdef0123"), &token));
+        assert!(!bearer_matches(&with("Bearer 0123456789abcdef012"), &token));
+        assert!(!bearer_matches(
+            &with("Bearer 0123456789abcdef01234"),
+            &token
+        ));
+        assert!(!bearer_matches(&with("Basic 0123456789abcdef0123"), &token));
+        assert!(!bearer_matches(&with("Bearer"), &token));
+        assert!(!bearer_matches(&axum::http::HeaderMap::new(), &token));
     }
 
     #[test]
@@ -491,6 +547,7 @@ mod tests {
             uplink_sink: "uplink",
             page: None,
             state_dir: std::path::PathBuf::new(),
+            metrics_token: None,
         });
         for line in [
             "estate_gateway_device_polls_total{device=\"plc-\\\"1\\\"\"} 3",

@@ -117,6 +117,12 @@ pub struct WebConfig {
     /// their diffs) in `<journal path>/config-history/`. Default 50.
     #[serde(default = "default_config_history")]
     pub config_history: usize,
+    /// A bearer token `/metrics` requires (`Authorization: Bearer …`),
+    /// read from a file or an environment variable (`{ file = "…" }` or
+    /// `{ env = "…" }`), at least 16 characters. Without it `/metrics` is
+    /// open to whoever reaches `listen`. `/healthz` stays open either way.
+    #[serde(default)]
+    pub metrics_token: Option<crate::config::secret::SecretSource>,
 }
 
 impl Default for WebConfig {
@@ -130,6 +136,7 @@ impl Default for WebConfig {
             login_window: default_login_window(),
             tls: None,
             config_history: default_config_history(),
+            metrics_token: None,
         }
     }
 }
@@ -167,6 +174,8 @@ pub struct WebState {
     pub page: Option<Arc<PageState>>,
     /// Where a generated HTTPS certificate is kept (`[journal] path`).
     pub state_dir: std::path::PathBuf,
+    /// The token `/metrics` requires (`[web] metrics_token`; `None`: open).
+    pub metrics_token: Option<crate::config::secret::Secret>,
 }
 
 /// What the page and its API need.

@@ -217,7 +217,8 @@ impl Client {
     }
 }
 
-fn parse(raw: &[u8]) -> Resp {
+/// A raw HTTP/1.1 response: status, headers, body (de-chunked).
+pub fn parse(raw: &[u8]) -> Resp {
     let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 pub const ROOT: &str = "estate/v1/web/gw/";
 /// The uplink password the config points at: must never be served.
 pub const UPLINK_SECRET: &str = "uplink-S3cret-7f29c1";
+/// Written to `metrics.token` in the gateway's directory, for a rig whose
+/// `[web]` sets `metrics_token = { file = "@DIR@/metrics.token" }`.
+pub const METRICS_TOKEN: &str = "metrics-5c0e91b2d7a64f38";
 pub const ALARM_KEY: &str = "door-panel/door-7";
 
 pub struct Rig {
@@ -99,6 +102,7 @@ latching = false
         );
         let mut gw = GatewayProc::new(name, &cfg);
         std::fs::write(gw.dir().join("uplink.pw"), UPLINK_SECRET).unwrap();
+        std::fs::write(gw.dir().join("metrics.token"), METRICS_TOKEN).unwrap();
         for (user, role, pw) in users {
             add_user_cli(&gw, user, role, pw);
         }
