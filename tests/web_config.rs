@@ -119,6 +119,8 @@ fn web_config_editing_end_to_end() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["ok"], false);
+    // Value problems: the file was checked fully.
+    assert_eq!(r.json()["partly_checked"], false, "{}", r.body);
     let keys = problem_keys(&r);
     assert!(
         keys.contains(&"alarms[0].point".to_string())
@@ -136,6 +138,8 @@ fn web_config_editing_end_to_end() {
     let p = &r.json()["problems"][0];
     assert_eq!(p["key"], "devices[0].points[0].address", "{}", r.body);
     assert_eq!(p["line"], line, "{}", r.body);
+    // A type error: the values are not checked yet, and the page says so.
+    assert_eq!(r.json()["partly_checked"], true, "{}", r.body);
     // An edit of a key that does not exist names its path.
     let r = tech.post(
         "/api/v1/config/validate",

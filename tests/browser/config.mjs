@@ -85,6 +85,8 @@ try {
   const err = await page.textContent(errSel);
   const still = await page.evaluate(() => document.body.dataset.cfgVersion);
   if (still !== v1) await fail("version changed after a refused apply");
+  // A type error: the page says the values are checked once it is fixed.
+  await page.waitForSelector("#cfg-problems li.cfg-hint");
   await page.screenshot({ path: join(shots, "config-04-field-error.png"), fullPage: true });
   say("FIELD_ERROR " + err.trim());
   await page.click("#cfg-discard");

@@ -24,6 +24,7 @@ Object.assign(T["zh-CN"], {
   cfg_raw_dirty: "原文已修改：请先应用或放弃，再使用表单", cfg_restarted: "重启：",
   cfg_new_id: "新编号", cfg_yes: "是", cfg_no: "否", cfg_unset: "（未设置）",
   cfg_file_before: "页面修改之前的文件",
+  cfg_partly: "请先修正标出的问题再校验：文件的语法和类型都正确之后才会检查各项取值，修正后可能还会出现其他问题。",
 });
 Object.assign(T["en"], {
   cfg_forms: "Forms", cfg_raw: "TOML text", cfg_history: "History",
@@ -43,6 +44,7 @@ Object.assign(T["en"], {
   cfg_raw_dirty: "The text was edited: apply or discard it before using the forms", cfg_restarted: "Restarted:",
   cfg_new_id: "new id", cfg_yes: "yes", cfg_no: "no", cfg_unset: "(not set)",
   cfg_file_before: "the file before changes from the page",
+  cfg_partly: "Fix the problems marked, then validate again: the values are checked once the file's syntax and types are right, so more problems may show up then.",
 });
 
 // Keys shown for each kind of entry (others present in the file are shown
@@ -69,6 +71,7 @@ const cfg = {
   rawDirty: false,
   rawText: "",
   problems: [],
+  partly: false,   // the problems are syntax or type errors: values not checked yet
   banner: null,    // {cls, text}
 };
 
@@ -294,7 +297,8 @@ function cfgShowProblems() {
     if (!placed) rest.push(p);
   }
   const list = $("#cfg-problems");
-  list.innerHTML = rest.map((p) => `<li data-key="${esc(p.key)}">${p.line ? `${esc(t("cfg_line"))} ${p.line}: ` : ""}<code>${esc(p.key)}</code> ${esc(p.message)}</li>`).join("");
+  list.innerHTML = rest.map((p) => `<li data-key="${esc(p.key)}">${p.line ? `${esc(t("cfg_line"))} ${p.line}: ` : ""}<code>${esc(p.key)}</code> ${esc(p.message)}</li>`).join("")
+    + (cfg.partly && cfg.problems.length ? `<li class="cfg-hint">${esc(t("cfg_partly"))}</li>` : "");
   const first = view.querySelector(".invalid");
   if (first && first.scrollIntoView) first.scrollIntoView({ block: "center" });
 }
@@ -312,6 +316,7 @@ async function cfgValidate(rerender) {
   if (r.status === 409) { cfgSetBanner("warn", t("cfg_stale")); return false; }
   if (!r.ok) { cfgSetBanner("bad", r.data.error || String(r.status)); return false; }
   cfg.problems = r.data.problems || [];
+  cfg.partly = r.data.partly_checked === true;
   if (r.data.model) cfg.model = r.data.model;
   if (r.data.text !== undefined && !cfg.rawDirty) cfg.rawText = r.data.text;
   if (rerender && cfg.tab === "forms") cfgRenderForms($("#cfg-body"));
@@ -351,6 +356,7 @@ async function cfgApplyOnce() {
   }
   if (r.status === 422) {
     cfg.problems = d.problems || [];
+    cfg.partly = d.partly_checked === true;
     cfgShowProblems();
     cfgSetBanner("bad", t("cfg_invalid"));
   } else if (d.stale) {
@@ -374,6 +380,7 @@ async function cfgLoad() {
   cfg.rawDirty = false;
   cfg.edits = [];
   cfg.problems = r.data.problems || [];
+  cfg.partly = r.data.partly_checked === true;
   if (!cfgMounted()) return r;
   cfgTab(cfg.tab);
   $("#cfg-differs").hidden = r.data.running_matches_file !== false;

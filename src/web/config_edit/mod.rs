@@ -355,6 +355,7 @@ async fn file(a: Authed) -> ApiResult {
         "text": edit::redact_text(&text),
         "model": edit::model(&text),
         "problems": probs,
+        "partly_checked": partly_checked(&checked),
         "warnings": warnings,
         "running_matches_file": matches,
     }))
@@ -370,10 +371,22 @@ fn parse_body(body: &[u8]) -> ApiResult<ChangeBody> {
     })
 }
 
-fn unprocessable(problems: &[ProblemOut]) -> Response {
+/// `partly_checked: true`, when the text's syntax or types were wrong: its
+/// values (ranges, references) are not checked yet, so more problems may
+/// follow once these are fixed (`ConfigErrors::hint`).
+fn partly_checked<T>(checked: &Result<T, ConfigErrors>) -> bool {
+    checked.as_ref().err().is_some_and(|e| e.hint().is_some())
+}
+
+fn unprocessable(problems: &[ProblemOut], partly_checked: bool) -> Response {
     (
         StatusCode::UNPROCESSABLE_ENTITY,
-        Json(json!({"ok": false, "error": "the configuration has problems", "problems": problems})),
+        Json(json!({
+            "ok": false,
+            "error": "the configuration has problems",
+            "problems": problems,
+            "partly_checked": partly_checked,
+        })),
     )
         .into_response()
 }
@@ -392,7 +405,12 @@ async fn validate(a: Authed, body: axum::body::Bytes) -> ApiResult {
     }
     let p = match prepare(&base, &b) {
         Ok(p) => p,
-        Err(probs) => return Ok(Json(json!({"ok": false, "problems": probs})).into_response()),
+        Err(probs) => {
+            return Ok(
+                Json(json!({"ok": false, "problems": probs, "partly_checked": false}))
+                    .into_response(),
+            )
+        }
     };
     let path = ed.path.clone();
     let t = p.text.clone();
@@ -408,6 +426,7 @@ async fn validate(a: Authed, body: axum::body::Bytes) -> ApiResult {
     Ok(Json(json!({
         "ok": ok,
         "problems": probs,
+        "partly_checked": partly_checked(&r),
         "warnings": warnings,
         "changed": p.text != base,
         "summary": p.summary,
@@ -492,7 +511,7 @@ async fn apply_to_end(
         Ok(p) => p,
         Err(probs) => {
             audit(&a, &ed.path, false, "invalid edits".into());
-            return Ok(unprocessable(&probs));
+            return Ok(unprocessable(&probs, false));
         }
     };
     let path = ed.path.clone();
@@ -506,7 +525,7 @@ async fn apply_to_end(
                 false,
                 format!("refused: {} problem(s)", e.0.len()),
             );
-            return Ok(unprocessable(&problems(&e)));
+            return Ok(unprocessable(&problems(&e), e.hint().is_some()));
         }
     };
     if p.text == base {
