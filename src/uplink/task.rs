@@ -938,7 +938,12 @@ impl Uplink {
     }
 
     /// Clean stop: publish `offline` (reason shutdown), disconnect, and keep
-    /// polling until the disconnect is written (bounded).
+    /// reading until the broker closes the connection (bounded by
+    /// `SHUTDOWN_DRAIN`). Closing first, with the broker's last PUBACKs
+    /// unread, would reset the connection (RST): a broker still sending
+    /// those PUBACKs then fails its write, drops the client as lost before
+    /// it reads the DISCONNECT, and publishes the last will instead of the
+    /// offline status.
     async fn shutdown(&mut self, el: Box<EventLoop>) {
         let mut el = el;
         if self.connected {
@@ -971,17 +976,27 @@ impl Uplink {
                 }
             };
             if disconnecting {
+                let mut disconnect_sent = false;
                 loop {
                     match tokio::time::timeout_at(deadline, el.poll()).await {
-                        Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => break,
+                        Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) => disconnect_sent = true,
                         Ok(Ok(ev)) => {
                             // PUBACKs still count.
                             if self.on_poll(Instant::now(), Ok(ev)).is_err() {
                                 break;
                             }
                         }
+                        // After DISCONNECT the broker closes the connection:
+                        // the end of the stop.
+                        Ok(Err(_)) if disconnect_sent => break,
                         Ok(Err(e)) => {
                             tracing::warn!(error = %e, "uplink dropped during shutdown");
+                            break;
+                        }
+                        Err(_) if disconnect_sent => {
+                            tracing::debug!(
+                                "the broker did not close the connection after DISCONNECT"
+                            );
                             break;
                         }
                         Err(_) => {
