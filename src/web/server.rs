@@ -384,6 +384,33 @@ mod tests {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    /// Sends `at_once`, then `trickled` a byte every 50 ms; returns what
+    /// came back once the server closed, which must be within 1.5 s
+    /// (`SHORT` deadlines), long before the last byte would be sent.
+    async fn trickled_is_cut(addr: SocketAddr, at_once: &[u8], trickled: &[u8]) -> String {
+        let t0 = Instant::now();
+        let (mut r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
+        let (at_once, trickled) = (at_once.to_vec(), trickled.to_vec());
+        tokio::spawn(async move {
+            let _ = w.write_all(&at_once).await;
+            for b in trickled {
+                if w.write_all(&[b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let got = read_to_close(&mut r, Duration::from_secs(5))
+            .await
+            .expect("a trickled request is cut");
+        assert!(
+            t0.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t0.elapsed()
+        );
+        got
+    }
+
     fn short() -> Limits {
         Limits {
             header_timeout: SHORT,
@@ -404,25 +431,8 @@ mod tests {
         assert!(t0.elapsed() >= SHORT, "closed after {:?}", t0.elapsed());
         // A head sent a byte at a time does not extend the deadline: it is
         // cut long before it would be complete (33 bytes, 50 ms apart).
-        let t0 = Instant::now();
-        let (mut r, mut w) = TcpStream::connect(srv.addr).await.unwrap().into_split();
-        tokio::spawn(async move {
-            for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" {
-                if w.write_all(&[*b]).await.is_err() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        });
-        let got = read_to_close(&mut r, Duration::from_secs(5))
-            .await
-            .expect("a trickled head is cut");
+        let got = trickled_is_cut(srv.addr, b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(!got.contains(" 200 "), "{got}");
-        assert!(
-            t0.elapsed() < Duration::from_millis(1500),
-            "{:?}",
-            t0.elapsed()
-        );
         srv.stop().await;
     }
 
@@ -449,28 +459,13 @@ mod tests {
         assert!(t0.elapsed() >= SHORT, "cut after {:?}", t0.elapsed());
         // A body sent a byte at a time does not extend the deadline: 40
         // bytes, 50 ms apart, would take 2 s.
-        let t0 = Instant::now();
-        let (mut r, mut w) = TcpStream::connect(srv.addr).await.unwrap().into_split();
-        tokio::spawn(async move {
-            let _ = w
-                .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n")
-                .await;
-            for _ in 0..40 {
-                if w.write_all(b"x").await.is_err() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        });
-        let got = read_to_close(&mut r, Duration::from_secs(5))
-            .await
-            .expect("a trickled body is cut");
+        let got = trickled_is_cut(
+            srv.addr,
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n",
+            &[b'x'; 40],
+        )
+        .await;
         assert!(!got.contains("got 40"), "{got}");
-        assert!(
-            t0.elapsed() < Duration::from_millis(1500),
-            "{:?}",
-            t0.elapsed()
-        );
         srv.stop().await;
     }
 
