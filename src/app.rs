@@ -46,7 +46,7 @@ pub const UPLINK_SINK: &str = "uplink";
 const JOURNAL_FLUSH_ALLOWANCE: Duration = Duration::from_secs(20);
 
 /// How long the uplink may keep delivering after the drivers stopped.
-const UPLINK_GRACE: Duration = Duration::from_secs(3);
+pub const UPLINK_GRACE: Duration = Duration::from_secs(3);
 
 /// A running gateway.
 pub struct Gateway {

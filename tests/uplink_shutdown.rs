@@ -18,6 +18,9 @@ mod mosquitto;
 
 use common::gateway::{signal, GatewayProc};
 use common::mqtt_sub::MqttSub;
+// How long the gateway lets the uplink deliver at a stop before stopping
+// it (the backlog is never empty here).
+use estate_gateway::app::UPLINK_GRACE;
 use estate_gateway::app::UPLINK_SINK;
 use estate_gateway::event::{
     AlarmInfo, AlarmState, Category, EventKind, NewEvent, Priority, Source, Timestamp,
@@ -36,9 +39,6 @@ const BACKLOG: u64 = 100_000;
 /// outnumber what rumqttc takes before its in-flight limit (inflight 64
 /// events + 32) plus the request queue (64 + 16 + 64): 176.
 const COMMANDS: usize = 250;
-/// How long the gateway lets the uplink deliver at a stop before stopping
-/// it (`UPLINK_GRACE` in `src/app.rs`; the backlog is never empty here).
-const UPLINK_GRACE: Duration = Duration::from_secs(3);
 
 /// Gateway config: no devices, events only; a 10 s keepalive so that
 /// neither side gives up on the link while it is held (about 6 s).
