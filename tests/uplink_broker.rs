@@ -2,16 +2,17 @@
 //! end-to-end acknowledgements, commands, heartbeat and telemetry.
 
 mod common;
+#[path = "common/events.rs"]
+mod events;
 #[path = "common/mosquitto.rs"]
 mod mosquitto;
 
 use estate_gateway::app::UPLINK_SINK;
-use estate_gateway::event::{
-    event_id, AlarmInfo, AlarmState, Category, EventKind, NewEvent, Priority, Source, Timestamp,
-};
+use estate_gateway::event::{event_id, NewEvent};
 use estate_gateway::journal::{Journal, JournalConfig};
 use estate_gateway::status::GatewayStatus;
 use estate_gateway::uplink::{self, IncomingCommand, UplinkConfig, UplinkContext};
+use events::fire_alarm;
 use mosquitto::{Mosquitto, Subscriber};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -56,31 +57,6 @@ fn open_journal(dir: &std::path::Path) -> Journal {
         ..JournalConfig::default()
     };
     Journal::open(&cfg, GW, &[UPLINK_SINK]).expect("journal")
-}
-
-fn fire_alarm(i: u64) -> NewEvent {
-    NewEvent {
-        ts: Timestamp::now(),
-        kind: EventKind::AlarmRaised,
-        priority: Priority::LIFE_SAFETY,
-        category: Category::Fire,
-        source: Source {
-            device: Some("fire-panel-a".into()),
-            point: Some(format!("zone-{i}")),
-            zone: Some("villa-12".into()),
-        },
-        alarm: Some(AlarmInfo {
-            key: format!("fire-panel-a/zone-{i}"),
-            state: AlarmState::ActiveUnacked,
-            value: serde_json::Value::Bool(true),
-            message: format!("Smoke detector zone {i}"),
-            operator: None,
-            comment: None,
-            latched: true,
-        }),
-        attachments: Vec::new(),
-        detail: None,
-    }
 }
 
 async fn record(journal: &Journal, n: u64) {

@@ -13,6 +13,8 @@
 //! gets SIGTERM; the link comes back while its uplink is stopping.
 
 mod common;
+#[path = "common/events.rs"]
+mod events;
 #[path = "common/mosquitto.rs"]
 mod mosquitto;
 
@@ -22,10 +24,9 @@ use common::mqtt_sub::MqttSub;
 // it (the backlog is never empty here).
 use estate_gateway::app::UPLINK_GRACE;
 use estate_gateway::app::UPLINK_SINK;
-use estate_gateway::event::{
-    AlarmInfo, AlarmState, Category, EventKind, NewEvent, Priority, Source, Timestamp,
-};
+use estate_gateway::event::NewEvent;
 use estate_gateway::journal::{Journal, JournalConfig};
+use events::fire_alarm;
 use mosquitto::Mosquitto;
 use relay::Relay;
 use std::path::Path;
@@ -69,31 +70,6 @@ reconnect_max_s = 1
 enabled = false
 "#
     )
-}
-
-fn fire_alarm(i: u64) -> NewEvent {
-    NewEvent {
-        ts: Timestamp::now(),
-        kind: EventKind::AlarmRaised,
-        priority: Priority::LIFE_SAFETY,
-        category: Category::Fire,
-        source: Source {
-            device: Some("fire-panel-a".into()),
-            point: Some(format!("zone-{i}")),
-            zone: Some("villa-12".into()),
-        },
-        alarm: Some(AlarmInfo {
-            key: format!("fire-panel-a/zone-{i}"),
-            state: AlarmState::ActiveUnacked,
-            value: serde_json::Value::Bool(true),
-            message: format!("Smoke detector zone {i}"),
-            operator: None,
-            comment: None,
-            latched: true,
-        }),
-        attachments: Vec::new(),
-        detail: None,
-    }
 }
 
 /// Record `n` alarms in the gateway's journal (gateway not running): the
