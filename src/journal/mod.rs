@@ -32,7 +32,7 @@ pub use storage::{MemStorage, SledStorage, Storage, StorageError};
 use crate::event::{event_id, Event, NewEvent};
 use commit::{CommitHandle, Committer};
 use keys::Meta;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use storage::Batch;
@@ -52,6 +52,14 @@ pub type StateChange = (String, Option<Vec<u8>>);
 /// Entries removed (acknowledged or evicted) per storage batch, so one huge
 /// acknowledgement does not hold the journal's lock for long.
 const REMOVE_CHUNK: usize = 1024;
+
+/// Telemetry held in memory, not yet written to the store, beyond which
+/// the oldest is written (see `State::held_telemetry`).
+const HELD_TELEMETRY_BYTES: u64 = 1024 * 1024;
+
+/// While the store cannot be written, telemetry is refused once this much
+/// is held in memory.
+const HELD_TELEMETRY_MAX: u64 = 2 * HELD_TELEMETRY_BYTES;
 
 /// Journal failures.
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +202,18 @@ struct State {
     state_overlay: BTreeMap<String, Option<Vec<u8>>>,
     /// Cursor records for the committer to append to the WAL.
     lazy_wal: Vec<(u64, Vec<u8>)>,
+    /// Telemetry recorded and not yet written to the store, oldest first;
+    /// its keys follow `meta.telemetry_last` without a gap (`meta`
+    /// describes the store alone). Telemetry every sink acknowledges
+    /// while here leaves without ever being written: delivered at once, it
+    /// costs the store (and the flash) nothing. The rest is written at the
+    /// next checkpoint, or as soon as it exceeds [`HELD_TELEMETRY_BYTES`].
+    held_telemetry: VecDeque<(u64, Vec<u8>)>,
+    /// What `held_telemetry` would cost in the store (`keys::entry_cost`).
+    held_telemetry_bytes: u64,
+    /// Telemetry cursors moved since they were last written to the store
+    /// (they are written with the held telemetry; the WAL has them).
+    telemetry_cursors_moved: bool,
 }
 
 /// The last event block, as written.
@@ -246,6 +266,46 @@ impl State {
         let back = std::mem::take(&mut self.states_pending);
         self.states_pending = states.into_iter().map(|(n, _, d)| (n, d)).collect();
         self.states_pending.extend(back);
+    }
+
+    /// Last telemetry key given out, held in memory or stored.
+    fn telemetry_last(&self) -> u64 {
+        self.held_telemetry
+            .back()
+            .map_or(self.meta.telemetry_last, |(k, _)| *k)
+    }
+
+    /// Telemetry messages kept, held in memory or stored.
+    fn telemetry_count(&self) -> u64 {
+        self.meta.telemetry_count() + self.held_telemetry.len() as u64
+    }
+
+    /// Bytes of events and telemetry kept, counting held telemetry at
+    /// what it will cost in the store.
+    fn live_bytes(&self) -> u64 {
+        self.meta.live_bytes() + self.held_telemetry_bytes
+    }
+
+    /// Drop held telemetry up to key `upto`, oldest first, or (with
+    /// `until_bytes`) until live bytes fall to that figure. Only when
+    /// nothing is stored: held keys follow the stored ones. How many left.
+    fn drop_held_telemetry(&mut self, upto: u64, until_bytes: Option<u64>) -> u64 {
+        debug_assert_eq!(self.meta.telemetry_count(), 0);
+        let mut dropped = 0;
+        while let Some((key, payload)) = self.held_telemetry.front() {
+            if *key > upto || until_bytes.is_some_and(|t| self.live_bytes() <= t) {
+                break;
+            }
+            let cost = keys::entry_cost(&keys::telemetry(*key), payload);
+            self.held_telemetry_bytes = self.held_telemetry_bytes.saturating_sub(cost);
+            // Nothing stored: the store's lane moves past the key as if
+            // it had been written and removed.
+            self.meta.telemetry_last = *key;
+            self.meta.telemetry_removed = *key;
+            self.held_telemetry.pop_front();
+            dropped += 1;
+        }
+        dropped
     }
 
     /// Every event at or below this is acknowledged by every sink (or
@@ -365,8 +425,38 @@ impl Shared {
         self.checkpoint()
     }
 
-    /// Flush the store, and `fsync` it when configured.
+    /// Write held telemetry and moved telemetry cursors to the store (not
+    /// while it is failing: they stay in memory).
+    fn write_held_telemetry(&self, st: &mut State) -> Result<(), StorageError> {
+        if st.store_failing || (st.held_telemetry.is_empty() && !st.telemetry_cursors_moved) {
+            return Ok(());
+        }
+        let mut meta = st.meta;
+        let mut batch = Batch::default();
+        for (key, payload) in &st.held_telemetry {
+            batch.put(keys::telemetry(*key).to_vec(), payload.clone());
+        }
+        meta.telemetry_last = st.telemetry_last();
+        meta.telemetry_bytes += st.held_telemetry_bytes;
+        batch.put(keys::META, meta.encode());
+        for (sink, c) in &st.telemetry_cursors {
+            batch.put(keys::telemetry_cursor(sink), c.to_be_bytes().to_vec());
+        }
+        self.storage.apply(batch)?;
+        st.meta = meta;
+        st.held_telemetry.clear();
+        st.held_telemetry_bytes = 0;
+        st.telemetry_cursors_moved = false;
+        Ok(())
+    }
+
+    /// Flush the store, and `fsync` it when configured. Held telemetry is
+    /// written first.
     pub(crate) fn flush_store(&self) -> Result<(), StorageError> {
+        {
+            let mut st = self.lock();
+            self.write_held_telemetry(&mut st)?;
+        }
         self.storage.flush()?;
         if self.fsync {
             self.storage.sync()?;
@@ -759,7 +849,7 @@ impl Shared {
             *c = (*c).clamp(removed, last);
             batch.put(keys::event_cursor(sink), c.to_be_bytes().to_vec());
         }
-        let (removed, last) = (st.meta.telemetry_removed, st.meta.telemetry_last);
+        let (removed, last) = (st.meta.telemetry_removed, st.telemetry_last());
         for (sink, c) in st.telemetry_cursors.iter_mut() {
             *c = (*c).clamp(removed, last);
             batch.put(keys::telemetry_cursor(sink), c.to_be_bytes().to_vec());
@@ -777,8 +867,8 @@ impl Shared {
             // Make room: telemetry is worth least.
             let mut st = self.lock();
             let mut evicted = 0;
-            while st.meta.telemetry_count() > 0 {
-                let last = st.meta.telemetry_last;
+            while st.telemetry_count() > 0 {
+                let last = st.telemetry_last();
                 evicted += self.remove_telemetry_chunk(&mut st, last, None)?;
             }
             st.telemetry_evicted += evicted;
@@ -821,7 +911,7 @@ impl Shared {
             let Some(upto) = st.telemetry_cursors.values().min().copied() else {
                 break;
             };
-            let upto = upto.min(st.meta.telemetry_last);
+            let upto = upto.min(st.telemetry_last());
             if upto <= st.meta.telemetry_removed {
                 break;
             }
@@ -882,15 +972,22 @@ impl Shared {
     }
 
     /// Remove telemetry up to `upto`, or (with `until_bytes`) the oldest
-    /// telemetry until live bytes fall to that figure. One chunk.
+    /// telemetry until live bytes fall to that figure. One chunk: stored
+    /// telemetry first, held telemetry once nothing is stored.
     fn remove_telemetry_chunk(
         &self,
         st: &mut State,
         upto: u64,
         until_bytes: Option<u64>,
     ) -> Result<u64, JournalError> {
+        if st.meta.telemetry_count() == 0 {
+            return Ok(st.drop_held_telemetry(upto, until_bytes));
+        }
+        let held_bytes = st.held_telemetry_bytes;
         let from = st.meta.telemetry_removed + 1;
-        let to = upto.min(from + REMOVE_CHUNK as u64 - 1);
+        let to = upto
+            .min(st.meta.telemetry_last)
+            .min(from + REMOVE_CHUNK as u64 - 1);
         let entries =
             self.storage
                 .range(&keys::telemetry(from), &keys::telemetry(to), REMOVE_CHUNK)?;
@@ -900,7 +997,7 @@ impl Shared {
         let mut removed = 0;
         for (k, v) in entries {
             if let Some(target) = until_bytes {
-                if meta.live_bytes() <= target {
+                if meta.live_bytes() + held_bytes <= target {
                     removed_upto = keys::decode_key(&k).saturating_sub(1);
                     break;
                 }
@@ -928,20 +1025,20 @@ impl Shared {
     /// Enforce the size cap: evict the oldest telemetry while over it; if
     /// events alone are over it, flag pressure (events are never evicted).
     fn enforce_cap(&self, st: &mut State) -> Result<(), JournalError> {
-        if st.meta.live_bytes() > self.max_bytes {
+        if st.live_bytes() > self.max_bytes {
             // Evict down to 95% of the cap so eviction runs in batches, not
             // on every message.
             let target = self.max_bytes - self.max_bytes / 20;
             let mut evicted = 0;
-            while st.meta.live_bytes() > target && st.meta.telemetry_count() > 0 {
-                let last = st.meta.telemetry_last;
+            while st.live_bytes() > target && st.telemetry_count() > 0 {
+                let last = st.telemetry_last();
                 evicted += self.remove_telemetry_chunk(st, last, Some(target))?;
             }
             if evicted > 0 {
                 st.telemetry_evicted += evicted;
                 tracing::warn!(
                     evicted,
-                    live_bytes = st.meta.live_bytes(),
+                    live_bytes = st.live_bytes(),
                     max_bytes = self.max_bytes,
                     "journal at its size cap: oldest telemetry evicted"
                 );
@@ -1177,6 +1274,9 @@ impl Journal {
                 state_version,
                 state_overlay: BTreeMap::new(),
                 lazy_wal: Vec::new(),
+                held_telemetry: VecDeque::new(),
+                held_telemetry_bytes: 0,
+                telemetry_cursors_moved: false,
             }),
             durable_seq: AtomicU64::new(meta.last_seq),
             dirty: AtomicBool::new(false),
@@ -1502,18 +1602,24 @@ impl Journal {
                 st.meta.event_bytes, sh.max_bytes
             )));
         }
-        let mut meta = st.meta;
-        meta.telemetry_last += 1;
-        let key = keys::telemetry(meta.telemetry_last);
-        meta.telemetry_bytes += keys::entry_cost(&key, payload);
-        let mut batch = Batch::default();
-        batch.put(key.to_vec(), payload.to_vec());
-        batch.put(keys::META, meta.encode());
-        sh.storage.apply(batch)?;
-        st.meta = meta;
+        if st.held_telemetry_bytes >= HELD_TELEMETRY_MAX {
+            return Err(JournalError::Full(
+                "telemetry waiting to be written fills its memory".into(),
+            ));
+        }
+        let key = st.telemetry_last() + 1;
+        st.held_telemetry_bytes += keys::entry_cost(&keys::telemetry(key), payload);
+        st.held_telemetry.push_back((key, payload.to_vec()));
+        if st.held_telemetry_bytes > HELD_TELEMETRY_BYTES {
+            // On failure it stays held (up to HELD_TELEMETRY_MAX) and the
+            // next checkpoint, which reports the failure, tries again.
+            if let Err(e) = sh.write_held_telemetry(&mut st) {
+                tracing::debug!(error = %e, "held telemetry not written yet");
+            }
+        }
         sh.dirty.store(true, Ordering::SeqCst);
         sh.enforce_cap(&mut st)?;
-        let last = st.meta.telemetry_last;
+        let last = st.telemetry_last();
         drop(st);
         sh.head.send_modify(|h| h.last_telemetry = last);
         Ok(())
@@ -1615,32 +1721,49 @@ impl Journal {
             .unwrap_or(0)
     }
 
-    /// Up to `max` telemetry messages with `key > after`, oldest first.
+    /// Up to `max` telemetry messages with `key > after`, oldest first:
+    /// stored ones, then held ones.
     pub fn read_telemetry(
         &self,
         after: u64,
         max: usize,
     ) -> Result<Vec<StoredTelemetry>, JournalError> {
         let sh = self.shared();
-        let (from, last) = {
+        let (from, stored_last, held) = {
             let st = sh.lock();
-            (
-                after.max(st.meta.telemetry_removed).saturating_add(1),
-                st.meta.telemetry_last,
-            )
+            let from = after.max(st.meta.telemetry_removed).saturating_add(1);
+            // Copied under the lock: a concurrent write moves them to the
+            // store, after `stored_last`.
+            let held: Vec<StoredTelemetry> = st
+                .held_telemetry
+                .iter()
+                .filter(|(k, _)| *k >= from)
+                .take(max)
+                .map(|(k, p)| StoredTelemetry {
+                    key: *k,
+                    payload: p.clone(),
+                })
+                .collect();
+            (from, st.meta.telemetry_last, held)
         };
-        if max == 0 || from > last {
+        if max == 0 {
             return Ok(Vec::new());
         }
-        Ok(sh
-            .storage
-            .range(&keys::telemetry(from), &keys::telemetry(last), max)?
-            .into_iter()
-            .map(|(k, v)| StoredTelemetry {
-                key: keys::decode_key(&k),
-                payload: v,
-            })
-            .collect())
+        let mut out = Vec::new();
+        if from <= stored_last {
+            out = sh
+                .storage
+                .range(&keys::telemetry(from), &keys::telemetry(stored_last), max)?
+                .into_iter()
+                .map(|(k, v)| StoredTelemetry {
+                    key: keys::decode_key(&k),
+                    payload: v,
+                })
+                .collect();
+        }
+        let room = max - out.len();
+        out.extend(held.into_iter().take(room));
+        Ok(out)
     }
 
     /// `sink` has delivered telemetry up to `upto` (inclusive).
@@ -1661,7 +1784,7 @@ impl Journal {
                     sh.durable_seq.load(Ordering::SeqCst),
                     keys::event_cursor(sink),
                 ),
-                Lane::Telemetry => (st.meta.telemetry_last, keys::telemetry_cursor(sink)),
+                Lane::Telemetry => (st.telemetry_last(), keys::telemetry_cursor(sink)),
             };
             let cursors = match lane {
                 Lane::Events => &mut st.event_cursors,
@@ -1672,7 +1795,11 @@ impl Journal {
                 .ok_or_else(|| JournalError::UnknownSink(sink.to_string()))?;
             let upto = upto.min(cap);
             if upto > cur {
-                if !st.store_failing {
+                if matches!(lane, Lane::Telemetry) {
+                    // Written with the held telemetry, at the latest by the
+                    // next checkpoint (the WAL has it before).
+                    st.telemetry_cursors_moved = true;
+                } else if !st.store_failing {
                     let mut batch = Batch::default();
                     batch.put(key, upto.to_be_bytes().to_vec());
                     if let Err(e) = sh.storage.apply(batch) {
@@ -1723,10 +1850,10 @@ impl Journal {
         let last_seq = sh.durable_seq.load(Ordering::SeqCst);
         JournalStats {
             events: last_seq.saturating_sub(st.held_from()),
-            telemetry: st.meta.telemetry_count(),
+            telemetry: st.telemetry_count(),
             bytes_on_disk: sh.bytes_on_disk.load(Ordering::Relaxed),
             last_seq,
-            live_bytes: st.meta.live_bytes(),
+            live_bytes: st.live_bytes(),
             pressure: st.pressure,
             telemetry_evicted: st.telemetry_evicted,
             store_failing: st.store_failing,
@@ -1778,7 +1905,7 @@ impl Journal {
                     .clamp(st.meta.events_removed, st.meta.last_seq);
                 let t = read_cursor(sh.storage.as_ref(), &keys::telemetry_cursor(sink))?
                     .unwrap_or(st.meta.telemetry_removed)
-                    .clamp(st.meta.telemetry_removed, st.meta.telemetry_last);
+                    .clamp(st.meta.telemetry_removed, st.telemetry_last());
                 batch.put(keys::event_cursor(sink), e.to_be_bytes().to_vec());
                 batch.put(keys::telemetry_cursor(sink), t.to_be_bytes().to_vec());
                 added.push((sink.clone(), e, t));

@@ -411,6 +411,93 @@ fn telemetry_written_lazily_is_flushed_by_the_committer() {
     assert_eq!(j.read_telemetry(0, 10).unwrap().len(), 1);
 }
 
+/// Telemetry keys in the store itself (not the journal's view of it).
+fn stored_telemetry_keys(mem: &MemStorage) -> Vec<u64> {
+    mem.range(&keys::telemetry(0), &keys::telemetry(u64::MAX), usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|(k, _)| keys::decode_key(k))
+        .collect()
+}
+
+#[test]
+fn telemetry_acknowledged_before_a_checkpoint_never_reaches_the_store() {
+    let rt = rt();
+    let mem = Arc::new(MemStorage::new());
+    let j = mem_journal(&mem, &mem_cfg(), &["uplink"]);
+    for i in 0..100u8 {
+        j.record_telemetry(&[i; 200]).unwrap();
+        let t = j.read_telemetry(j.acked_telemetry("uplink"), 10).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].key, i as u64 + 1);
+        assert_eq!(t[0].payload, vec![i; 200]);
+        j.ack_telemetry("uplink", t[0].key).unwrap();
+    }
+    // Two waiting at the checkpoint: only they are written.
+    j.record_telemetry(b"a").unwrap();
+    j.record_telemetry(b"b").unwrap();
+    assert!(stored_telemetry_keys(&mem).is_empty());
+    assert_eq!(j.stats().telemetry, 2);
+    rt.block_on(j.flush()).unwrap();
+    assert_eq!(stored_telemetry_keys(&mem), vec![101, 102]);
+    // Keys go on after the ones that never were stored, across a reopen.
+    mem.crash();
+    j.abandon();
+    let j = mem_journal(&mem, &mem_cfg(), &["uplink"]);
+    assert_eq!(j.acked_telemetry("uplink"), 100);
+    j.record_telemetry(b"c").unwrap();
+    let t = j.read_telemetry(0, 10).unwrap();
+    assert_eq!(
+        t.iter().map(|t| t.key).collect::<Vec<_>>(),
+        vec![101, 102, 103]
+    );
+    assert_eq!(t[2].payload, b"c");
+}
+
+#[test]
+fn telemetry_outgrowing_its_memory_is_written_and_read_back_in_order() {
+    let rt = rt();
+    let mem = Arc::new(MemStorage::new());
+    let j = mem_journal(&mem, &mem_cfg(), &["uplink"]);
+    let payload = |i: u64| i.to_be_bytes().repeat(100);
+    let n = 2 * HELD_TELEMETRY_BYTES / 800;
+    for i in 1..=n {
+        j.record_telemetry(&payload(i)).unwrap();
+    }
+    // No flush yet: the oldest went to the store, the newest are held.
+    let stored = stored_telemetry_keys(&mem);
+    assert!(
+        !stored.is_empty() && (stored.len() as u64) < n,
+        "{}",
+        stored.len()
+    );
+    assert_eq!(stored, (1..=stored.len() as u64).collect::<Vec<_>>());
+    let all = j.read_telemetry(0, usize::MAX).unwrap();
+    assert_eq!(
+        all.iter().map(|t| t.key).collect::<Vec<_>>(),
+        (1..=n).collect::<Vec<_>>()
+    );
+    assert!(all.iter().all(|t| t.payload == payload(t.key)));
+    // A read across the boundary, limited.
+    let edge = stored.len() as u64;
+    let some = j.read_telemetry(edge - 2, 4).unwrap();
+    assert_eq!(
+        some.iter().map(|t| t.key).collect::<Vec<_>>(),
+        (edge - 1..=edge + 2).collect::<Vec<_>>()
+    );
+    // Acknowledging past the boundary empties the store, then the memory.
+    j.ack_telemetry("uplink", edge + 1).unwrap();
+    assert!(stored_telemetry_keys(&mem).is_empty());
+    assert_eq!(j.stats().telemetry, n - edge - 1);
+    assert_eq!(j.read_telemetry(0, 1).unwrap()[0].key, edge + 2);
+    rt.block_on(j.flush()).unwrap();
+    assert_eq!(
+        stored_telemetry_keys(&mem),
+        (edge + 2..=n).collect::<Vec<_>>()
+    );
+    assert_eq!(j.stats().live_bytes, recount(&mem, 0).2);
+}
+
 #[test]
 fn eviction_takes_oldest_telemetry_and_never_events() {
     let rt = rt();
@@ -553,11 +640,12 @@ fn recount(mem: &MemStorage, held_from: u64) -> (u64, u64, u64) {
 fn a_crash_after_any_write_recovers_consistent_counts() {
     let rt = rt();
     let cfg = JournalConfig {
-        max_bytes: 60_000,
+        max_bytes: 2 * HELD_TELEMETRY_BYTES,
         ..mem_cfg()
     };
     // The unflushed tail: a record whose flush failed, an acknowledgement
-    // (cursor, metadata, deletions), telemetry with eviction.
+    // (cursor, metadata, deletions), telemetry written to the store as it
+    // outgrows its memory, with eviction.
     let setup = || {
         let mem = Arc::new(MemStorage::new());
         let j = mem_journal(&mem, &cfg, &["uplink"]);
@@ -567,21 +655,23 @@ fn a_crash_after_any_write_recovers_consistent_counts() {
             .block_on(j.record((101..=110).map(ev).collect()))
             .is_err());
         j.ack_events("uplink", 60).unwrap();
-        for i in 0..400u32 {
-            j.record_telemetry(&i.to_be_bytes().repeat(25)).unwrap();
+        for i in 0..(3 * HELD_TELEMETRY_BYTES / 16_000) as u32 {
+            j.record_telemetry(&i.to_be_bytes().repeat(4000)).unwrap();
         }
+        assert!(j.stats().telemetry_evicted > 0);
         (mem, j)
     };
     let total = {
         let (mem, _j) = setup();
         mem.pending()
     };
-    assert!(total > 400, "{total}");
+    assert!(total > 150, "{total}");
     for n in 0..=total {
         let (mem, j) = setup();
         mem.crash_keeping(n);
         mem.set_fail_flush(false);
-        drop(j);
+        // A crash: the committer's final checkpoint must not run.
+        j.abandon();
         let j = mem_journal(&mem, &cfg, &["uplink"]);
         let s = j.stats();
         let (events, telemetry, bytes) = recount(&mem, j.acked_seq("uplink"));
@@ -706,7 +796,10 @@ proptest! {
             if let Some(keep) = crash {
                 mem.crash_keeping(mem.pending() * keep as usize / 256);
             }
-            drop(old);
+            if let Some(old) = old {
+                // A crash: the committer's final checkpoint must not run.
+                if crash.is_some() { old.abandon() } else { drop(old) }
+            }
             let j = mem_journal(&mem, &mem_cfg(), &SINKS);
             let (events, telemetry, bytes) = recount(&mem, SINKS.iter().map(|s| j.acked_seq(s)).min().unwrap());
             let s = j.stats();
