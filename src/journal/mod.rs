@@ -9,9 +9,11 @@
 //!   events. [`Journal::record`] returns only once the events are durable
 //!   (storage flush, then `fsync`), with group commit: a committer thread
 //!   writes and flushes for every caller waiting at that moment.
-//! - **telemetry**: opaque payloads under their own `u64` keys, flushed
-//!   lazily every `telemetry_flush_s`, and the first thing evicted when the
-//!   journal reaches its size cap. Events are never evicted.
+//! - **telemetry**: opaque payloads under their own `u64` keys, held in
+//!   memory until the next checkpoint (every `telemetry_flush_s`), so that
+//!   telemetry delivered meanwhile is never written, and the first thing
+//!   evicted when the journal reaches its size cap. Events are never
+//!   evicted.
 //!
 //! Each sink has its own cursor per lane; an entry is removed once every
 //! sink named at [`Journal::open`] has acknowledged it.
@@ -54,11 +56,11 @@ pub type StateChange = (String, Option<Vec<u8>>);
 const REMOVE_CHUNK: usize = 1024;
 
 /// Telemetry held in memory, not yet written to the store, beyond which
-/// the oldest is written (see `State::held_telemetry`).
+/// all of it is written at once (see `State::held_telemetry`).
 const HELD_TELEMETRY_BYTES: u64 = 1024 * 1024;
 
-/// While the store cannot be written, telemetry is refused once this much
-/// is held in memory.
+/// When held telemetry cannot be written, more is refused once this much
+/// waits in memory.
 const HELD_TELEMETRY_MAX: u64 = 2 * HELD_TELEMETRY_BYTES;
 
 /// Journal failures.
