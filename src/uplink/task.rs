@@ -17,8 +17,8 @@ use crate::journal::{Journal, JournalHead, StoredEvent, StoredTelemetry};
 use crate::service::liveness::Heartbeat;
 use crate::status::GatewayStatus;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
-    Transport,
+    AsyncClient, ClientError, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions,
+    Outgoing, QoS, Request, Transport,
 };
 use std::collections::VecDeque;
 use std::future::Future;
@@ -843,7 +843,7 @@ impl Uplink {
                     }
                 }
             }
-            let Some(ev) = self.events_ahead.buf.front() else {
+            let Some(ev) = self.events_ahead.buf.front_mut() else {
                 break;
             };
             if ev.seq <= self.pipeline.events.cursor() {
@@ -851,11 +851,12 @@ impl Uplink {
                 self.events_ahead.buf.pop_front();
                 continue;
             }
-            if self
-                .client
-                .try_publish(topic.as_str(), QoS::AtLeastOnce, false, ev.payload.clone())
-                .is_err()
+            if let Err(kept) =
+                try_publish_owned(&self.client, &topic, QoS::AtLeastOnce, &mut ev.payload)
             {
+                if !kept {
+                    self.events_ahead.reset();
+                }
                 break;
             }
             let seq = ev.seq;
@@ -897,18 +898,17 @@ impl Uplink {
                     }
                 }
             }
-            let Some(t) = self.telemetry_ahead.buf.front() else {
+            let Some(t) = self.telemetry_ahead.buf.front_mut() else {
                 break;
             };
             if t.key <= self.pipeline.telemetry.cursor() {
                 self.telemetry_ahead.buf.pop_front();
                 continue;
             }
-            if self
-                .client
-                .try_publish(topic.as_str(), qos, false, t.payload.clone())
-                .is_err()
-            {
+            if let Err(kept) = try_publish_owned(&self.client, &topic, qos, &mut t.payload) {
+                if !kept {
+                    self.telemetry_ahead.reset();
+                }
                 break;
             }
             let key = t.key;
@@ -1027,4 +1027,29 @@ fn record_refusal(journal: &Journal, request_id: &str, payload: &[u8], error: &s
         }
     });
     reply
+}
+
+/// Hand `payload` to rumqttc without copying it (the read-ahead entry is
+/// dropped once published). When rumqttc's request queue is full the
+/// payload comes back with the refused request and is put back:
+/// `Err(true)`. `Err(false)`: it could not be put back (no publish in the
+/// refused request, which rumqttc never does); the caller re-reads from
+/// the journal, which still holds it.
+fn try_publish_owned(
+    client: &AsyncClient,
+    topic: &str,
+    qos: QoS,
+    payload: &mut Vec<u8>,
+) -> Result<(), bool> {
+    match client.try_publish(topic, qos, false, std::mem::take(payload)) {
+        Ok(()) => Ok(()),
+        Err(
+            ClientError::TryRequest(Request::Publish(p))
+            | ClientError::Request(Request::Publish(p)),
+        ) => {
+            *payload = Vec::from(p.payload);
+            Err(true)
+        }
+        Err(_) => Err(false),
+    }
 }
