@@ -4,8 +4,9 @@
 # size, and runs it under qemu-user (`--version`, then the demo for
 # DEMO_S seconds, counting the alarms its platform console prints). Prints
 # one JSON line. Needs the aarch64 target (rustup), gcc-aarch64-linux-gnu,
-# binutils-aarch64-linux-gnu and qemu-user-static: `scripts/cross-check`
-# installs the first three; `apt-get install qemu-user-static`.
+# binutils-aarch64-linux-gnu, libc6-dev-arm64-cross and qemu-user-static:
+# `scripts/cross-check` installs all but the last; `apt-get install
+# qemu-user-static`.
 #
 #   scripts/bench_aarch64.sh
 set -euo pipefail
