@@ -246,15 +246,47 @@ fn completely_full_disk_keeps_alarms_flowing_and_recovers_without_restart() {
     let sub = MqttSub::start(broker.port(), &format!("{ROOT}events"));
     sub.wait_subscribed(Duration::from_secs(10));
     let journal = fs.path().join("journal");
-    // Checkpoints every second, so the store meets the full disk at once.
+    // Events every sink has at once never reach the store (they are held
+    // in memory and the WAL until the next checkpoint). A staff push
+    // channel that cannot be reached holds them back, so the store must
+    // keep them: checkpoints every second meet the full disk at once.
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("hook.secret");
+    std::fs::write(&secret, "s3cret").unwrap();
+    let unreachable = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let push = format!(
+        r#"
+[push]
+retry_max_s = 2
+
+[[push.channels]]
+name = "hook"
+kind = "webhook"
+url = "http://127.0.0.1:{unreachable}/alarm"
+secret = {{ file = "{secret}" }}
+
+[[push.tiers]]
+name = "guards"
+channels = ["hook"]
+
+[[push.rules]]
+name = "all"
+tiers = ["guards"]
+"#,
+        secret = secret.display()
+    );
     let mut gw = GatewayProc::start_with(
         "fulldisk",
-        &config_with(
+        &(config_with(
             broker.port(),
             sim.tcp_port.unwrap(),
             &journal,
             "telemetry_flush_s = 1",
-        ),
+        ) + &push),
     );
     let started = sub.wait_json("/events", Duration::from_secs(20), "gateway.started", |e| {
         e["kind"] == "gateway.started"

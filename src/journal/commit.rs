@@ -341,7 +341,7 @@ fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>, lazy_every: Duration) {
 /// timer retries and staged events become durable without a new record.
 fn commit(shared: &Shared, full: bool) -> Result<(), String> {
     let res = shared
-        .write_pending()
+        .write_pending(true)
         .map_err(|e| e.to_string())
         .and_then(|target| {
             shared

@@ -178,10 +178,13 @@ struct State {
     /// The store refused a write or a flush (full filesystem): it is left
     /// alone until [`Shared::try_reopen`] works; events go to the WAL only.
     store_failing: bool,
-    /// Events written to the WAL only while the store is failing, in seq
-    /// order, all after `meta.last_seq`: readers find them here. Bounded by
-    /// the WAL's size.
-    overlay: Vec<(u64, Vec<u8>)>,
+    /// Events in the WAL and not yet in the store, in seq order, all
+    /// after `meta.last_seq`: readers find them here. Normally they are
+    /// written to the store at the next checkpoint, and events every sink
+    /// acknowledges before that never are; while the store is failing,
+    /// by the reopen. Bounded by the WAL's size (a full WAL file starts a
+    /// checkpoint).
+    held_events: Vec<(u64, Vec<u8>)>,
     /// Events written to the store but not to the WAL (it was full or
     /// failed) since the last checkpoint: if the store fails before that
     /// checkpoint, a reopen writes them again from here.
@@ -199,9 +202,12 @@ struct State {
     /// Last state version given out (versions order a name's snapshots
     /// across the WAL's files and the store).
     state_version: u64,
-    /// State changes written to the WAL alone while the store is failing
-    /// (`None`: removed).
-    state_overlay: BTreeMap<String, Option<Vec<u8>>>,
+    /// State changes in the WAL and not yet in the store, newest per name
+    /// (version, data; `None`: removed), written with the held events.
+    held_states: BTreeMap<String, (u64, Option<Vec<u8>>)>,
+    /// What `held_events` will cost in the store, at most (`keys::entry_cost`
+    /// of each as if alone in a block).
+    held_event_bytes: u64,
     /// Cursor records for the committer to append to the WAL.
     lazy_wal: Vec<(u64, Vec<u8>)>,
     /// Telemetry recorded and not yet written to the store, oldest first;
@@ -213,9 +219,9 @@ struct State {
     held_telemetry: VecDeque<(u64, Vec<u8>)>,
     /// What `held_telemetry` would cost in the store (`keys::entry_cost`).
     held_telemetry_bytes: u64,
-    /// Telemetry cursors moved since they were last written to the store
-    /// (they are written with the held telemetry; the WAL has them).
-    telemetry_cursors_moved: bool,
+    /// Cursors moved since they were last written to the store (they are
+    /// written with the held events and telemetry; the WAL has them).
+    cursors_moved: bool,
 }
 
 /// The last event block, as written.
@@ -282,10 +288,60 @@ impl State {
         self.meta.telemetry_count() + self.held_telemetry.len() as u64
     }
 
-    /// Bytes of events and telemetry kept, counting held telemetry at
-    /// what it will cost in the store.
+    /// Bytes of events and telemetry kept, counting held events and
+    /// telemetry at what they will cost in the store.
     fn live_bytes(&self) -> u64 {
-        self.meta.live_bytes() + self.held_telemetry_bytes
+        self.meta.live_bytes() + self.held_telemetry_bytes + self.held_event_bytes
+    }
+
+    /// Bytes of events kept, held ones included.
+    fn event_bytes(&self) -> u64 {
+        self.meta.event_bytes + self.held_event_bytes
+    }
+
+    /// Last event seq written, to the WAL or the store.
+    fn events_last(&self) -> u64 {
+        self.held_events
+            .last()
+            .map_or(self.meta.last_seq, |(s, _)| *s)
+    }
+
+    /// Hold events the WAL has taken (those after the store's last).
+    fn hold_events(&mut self, events: Vec<(u64, Vec<u8>)>) {
+        let last = self.meta.last_seq;
+        for (seq, payload) in events.into_iter().filter(|(seq, _)| *seq > last) {
+            self.held_event_bytes += keys::entry_cost(&keys::event(seq), &payload);
+            self.held_events.push((seq, payload));
+        }
+    }
+
+    /// Set the held events (recounting their cost).
+    fn set_held_events(&mut self, events: Vec<(u64, Vec<u8>)>) {
+        self.held_events.clear();
+        self.held_event_bytes = 0;
+        self.hold_events(events);
+    }
+
+    /// Drop held events up to seq `upto`: every sink has them. Only when
+    /// no event is left in the store (held seqs follow the stored ones);
+    /// the store's lane moves past them as if they had been written and
+    /// removed. Whether any was dropped.
+    fn drop_held_events(&mut self, upto: u64) -> bool {
+        debug_assert!(self.meta.events_removed >= self.meta.last_seq);
+        let n = self.held_events.partition_point(|(seq, _)| *seq <= upto);
+        if n == 0 {
+            return false;
+        }
+        for (seq, payload) in self.held_events.drain(..n) {
+            let cost = keys::entry_cost(&keys::event(seq), &payload);
+            self.held_event_bytes = self.held_event_bytes.saturating_sub(cost);
+            self.meta.last_seq = seq;
+            self.meta.events_removed = seq;
+        }
+        // The next event written starts a block of its own.
+        self.tail = None;
+        self.meta.tail_cost = 0;
+        true
     }
 
     /// Drop held telemetry up to key `upto`, oldest first, or (with
@@ -427,10 +483,41 @@ impl Shared {
         self.checkpoint()
     }
 
-    /// Write held telemetry and moved telemetry cursors to the store (not
-    /// while it is failing: they stay in memory).
+    /// Write held events and states to the store (not while it is
+    /// failing: they stay held, the reopen writes them). Events first, then
+    /// the states saved with them, as they were appended to the WAL.
+    fn write_held_events(&self, st: &mut State) -> Result<(), StorageError> {
+        if st.store_failing {
+            return Ok(());
+        }
+        if !st.held_events.is_empty() {
+            let events = std::mem::take(&mut st.held_events);
+            if let Err(e) = self.write_blocks(st, &events) {
+                st.held_events = events;
+                return Err(StorageError(e.to_string()));
+            }
+            st.held_event_bytes = 0;
+        }
+        if !st.held_states.is_empty() {
+            let states: Vec<VersionedState> = std::mem::take(&mut st.held_states)
+                .into_iter()
+                .map(|(name, (version, data))| (name, version, data))
+                .collect();
+            if let Err(e) = self.write_states(&states) {
+                st.held_states = states
+                    .into_iter()
+                    .map(|(name, version, data)| (name, (version, data)))
+                    .collect();
+                return Err(StorageError(e.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Write held telemetry, moved cursors and the metadata to the store
+    /// (not while it is failing: they stay in memory).
     fn write_held_telemetry(&self, st: &mut State) -> Result<(), StorageError> {
-        if st.store_failing || (st.held_telemetry.is_empty() && !st.telemetry_cursors_moved) {
+        if st.store_failing {
             return Ok(());
         }
         let mut meta = st.meta;
@@ -440,23 +527,32 @@ impl Shared {
         }
         meta.telemetry_last = st.telemetry_last();
         meta.telemetry_bytes += st.held_telemetry_bytes;
+        // Always: held events dropped since the last checkpoint moved the
+        // event lane's position, which must not go back after the WAL is
+        // emptied (seqs are never given out twice).
         batch.put(keys::META, meta.encode());
-        for (sink, c) in &st.telemetry_cursors {
-            batch.put(keys::telemetry_cursor(sink), c.to_be_bytes().to_vec());
+        if st.cursors_moved {
+            for (sink, c) in &st.event_cursors {
+                batch.put(keys::event_cursor(sink), c.to_be_bytes().to_vec());
+            }
+            for (sink, c) in &st.telemetry_cursors {
+                batch.put(keys::telemetry_cursor(sink), c.to_be_bytes().to_vec());
+            }
         }
         self.storage.apply(batch)?;
         st.meta = meta;
         st.held_telemetry.clear();
         st.held_telemetry_bytes = 0;
-        st.telemetry_cursors_moved = false;
+        st.cursors_moved = false;
         Ok(())
     }
 
-    /// Flush the store, and `fsync` it when configured. Held telemetry is
-    /// written first.
+    /// Flush the store, and `fsync` it when configured. Held events,
+    /// states and telemetry are written first.
     pub(crate) fn flush_store(&self) -> Result<(), StorageError> {
         {
             let mut st = self.lock();
+            self.write_held_events(&mut st)?;
             self.write_held_telemetry(&mut st)?;
         }
         self.storage.flush()?;
@@ -541,21 +637,23 @@ impl Shared {
         }
     }
 
-    /// Write the pending events into their blocks, then the metadata.
-    /// Runs on the committer thread before each flush; returns the last
+    /// Write the pending events and states: with a WAL and `hold`, to the
+    /// WAL alone, holding them for the next checkpoint; otherwise into
+    /// their blocks in the store (after any held ones), then the WAL.
+    /// Runs on the committer thread before each commit; returns the last
     /// seq written and the ticket of the last state batch written (both
-    /// durable once the flush succeeds). On failure the events and states
+    /// durable once the commit succeeds). On failure the events and states
     /// stay pending (no seq is lost).
-    pub(crate) fn write_pending(&self) -> Result<(u64, u64), JournalError> {
+    pub(crate) fn write_pending(&self, hold: bool) -> Result<(u64, u64), JournalError> {
         let mut st = self.lock();
         let ticket = st.states_ticket;
-        self.write_pending_locked(&mut st)
+        self.write_pending_locked(&mut st, hold)
             .map(|last| (last, ticket))
     }
 
-    fn write_pending_locked(&self, st: &mut State) -> Result<u64, JournalError> {
+    fn write_pending_locked(&self, st: &mut State, hold: bool) -> Result<u64, JournalError> {
         if st.pending.is_empty() && st.states_pending.is_empty() && st.lazy_wal.is_empty() {
-            return Ok(st.overlay.last().map_or(st.meta.last_seq, |(s, _)| *s));
+            return Ok(st.events_last());
         }
         let pending = std::mem::take(&mut st.pending);
         let states: Vec<VersionedState> = std::mem::take(&mut st.states_pending)
@@ -573,9 +671,31 @@ impl Shared {
             .map(|(name, version, data)| state_record(name, *version, data.as_deref()))
             .collect();
         side.append(&mut st.lazy_wal);
+        // The WAL refused this batch: it goes to the store instead.
+        let mut wal_refused = false;
+        if hold && !st.store_failing && self.has_wal() {
+            // The WAL alone makes them durable; the store takes them at
+            // the next checkpoint, unless every sink has them by then.
+            let appended = self.append_wal(&pending, &side);
+            if appended {
+                st.hold_events(pending);
+                for (name, version, data) in states {
+                    st.held_states.insert(name, (version, data));
+                }
+                if let Err(e) = self.enforce_cap(st) {
+                    tracing::warn!(error = %e, "journal size cap not enforced");
+                }
+                return Ok(st.events_last());
+            }
+            wal_refused = true;
+        }
         if !st.store_failing {
             // (error, whether the events' blocks were written)
-            let written = match self.write_blocks(st, &pending) {
+            let written = match self
+                .write_held_events(st)
+                .map_err(|e| JournalError::Storage(e.0))
+                .and_then(|()| self.write_blocks(st, &pending))
+            {
                 Ok(()) => self.write_states(&states).map_err(|e| (e, true)),
                 Err(e) => Err((e, false)),
             };
@@ -597,31 +717,38 @@ impl Shared {
             return self.log_only(st, pending, states, side);
         }
         // Then the WAL, in the same order, under the same lock.
-        if let Some(w) = self.wal().as_mut() {
-            let unlogged = match w.append(&pending, &side) {
-                Ok(wal::Appended::Yes) => false,
-                Ok(wal::Appended::Rotated) => {
-                    self.rotated.store(true, Ordering::SeqCst);
-                    false
-                }
-                Ok(wal::Appended::No) => true,
-                Err(e) => {
-                    tracing::error!(error = %e, "journal WAL write failed; checkpointing instead");
-                    true
-                }
-            };
-            if unlogged {
-                // States and cursors are in the store: the checkpoint makes
-                // them durable.
-                self.needs_checkpoint.store(true, Ordering::SeqCst);
-                st.unlogged.extend(pending.iter().cloned());
-                st.unlogged_states.extend(states.iter().cloned());
-            }
+        if self.has_wal() && (wal_refused || !self.append_wal(&pending, &side)) {
+            // States and cursors are in the store (or, cursors, written
+            // by it): the checkpoint makes them durable.
+            self.needs_checkpoint.store(true, Ordering::SeqCst);
+            st.cursors_moved = true;
+            st.unlogged.extend(pending.iter().cloned());
+            st.unlogged_states.extend(states.iter().cloned());
         }
         if let Err(e) = self.enforce_cap(st) {
             tracing::warn!(error = %e, "journal size cap not enforced");
         }
         Ok(st.meta.last_seq)
+    }
+
+    /// Append events and side records to the WAL; false when it did not
+    /// take them (both files full, or an error, logged).
+    fn append_wal(&self, events: &[(u64, Vec<u8>)], side: &[(u64, Vec<u8>)]) -> bool {
+        let Some(w) = self.wal().as_mut().map(|w| w.append(events, side)) else {
+            return false;
+        };
+        match w {
+            Ok(wal::Appended::Yes) => true,
+            Ok(wal::Appended::Rotated) => {
+                self.rotated.store(true, Ordering::SeqCst);
+                true
+            }
+            Ok(wal::Appended::No) => false,
+            Err(e) => {
+                tracing::error!(error = %e, "journal WAL write failed; checkpointing instead");
+                false
+            }
+        }
     }
 
     /// Write named state snapshots into the store (`s <name>`: version,
@@ -679,7 +806,7 @@ impl Shared {
     }
 
     /// While the store is failing: the events (and states, cursors) go to
-    /// the WAL alone, and to the overlays for readers. When the WAL is full
+    /// the WAL alone, and to the held events and states for readers. When the WAL is full
     /// too they stay pending.
     fn log_only(
         &self,
@@ -701,13 +828,11 @@ impl Shared {
                     tracing::info!("journal WAL has room again");
                 }
                 // Events the store took before it failed are read from it.
-                let last = st.meta.last_seq;
-                st.overlay
-                    .extend(pending.into_iter().filter(|(seq, _)| *seq > last));
-                for (name, _, data) in states {
-                    st.state_overlay.insert(name, data);
+                st.hold_events(pending);
+                for (name, version, data) in states {
+                    st.held_states.insert(name, (version, data));
                 }
-                return Ok(st.overlay.last().map_or(st.meta.last_seq, |(s, _)| *s));
+                return Ok(st.events_last());
             }
             Ok(wal::Appended::No) => {
                 if !self.wal_full.swap(true, Ordering::SeqCst) {
@@ -806,7 +931,7 @@ impl Shared {
             .collect();
         let logged: std::collections::BTreeSet<u64> = records.iter().map(|r| r.0).collect();
         records.extend(st.unlogged.iter().cloned());
-        records.extend(st.overlay.iter().cloned());
+        records.extend(st.held_events.iter().cloned());
         records.sort_by_key(|r| r.0);
         records.dedup_by_key(|r| r.0);
         let replay = replayable(
@@ -834,15 +959,12 @@ impl Shared {
             .cloned()
             .collect();
         if let Err(e) = self.write_blocks(&mut st, &replay) {
-            // Still failing: the overlay keeps serving readers.
-            st.overlay = replay
-                .into_iter()
-                .filter(|r| r.0 > st.meta.last_seq)
-                .collect();
+            // Still failing: the held events keep serving readers.
+            st.set_held_events(replay);
             return Err(e);
         }
-        st.overlay.clear();
-        st.state_overlay.clear();
+        st.set_held_events(Vec::new());
+        st.held_states.clear();
         st.unlogged = unlogged;
         // The cursors moved meanwhile, clamped to what exists now.
         let mut batch = Batch::default();
@@ -904,7 +1026,18 @@ impl Shared {
             let Some(upto) = st.event_cursors.values().min().copied() else {
                 break;
             };
-            if upto <= st.meta.events_removed || !self.remove_events_chunk(&mut st, upto)? {
+            if upto <= st.meta.events_removed {
+                break;
+            }
+            if st.meta.events_removed >= st.meta.last_seq {
+                // Nothing stored: what every sink has leaves memory
+                // without a write.
+                if st.drop_held_events(upto) {
+                    self.dirty.store(true, Ordering::SeqCst);
+                }
+                break;
+            }
+            if !self.remove_events_chunk(&mut st, upto)? {
                 break;
             }
         }
@@ -1053,20 +1186,20 @@ impl Shared {
     /// Pressure: undelivered events alone exceed the cap. Recomputed after
     /// recording and after removal, so a drained backlog lifts it at once.
     fn update_pressure(&self, st: &mut State) {
-        let over = st.meta.event_bytes > self.max_bytes;
+        let over = st.event_bytes() > self.max_bytes;
         if over != st.pressure {
             st.pressure = over;
             if over {
                 tracing::error!(
-                    events = st.meta.event_count(),
-                    event_bytes = st.meta.event_bytes,
+                    events = st.meta.event_count() + st.held_events.len() as u64,
+                    event_bytes = st.event_bytes(),
                     max_bytes = self.max_bytes,
                     "journal pressure: undelivered events alone exceed the size cap; \
                      still recording events, refusing telemetry"
                 );
             } else {
                 tracing::info!(
-                    event_bytes = st.meta.event_bytes,
+                    event_bytes = st.event_bytes(),
                     max_bytes = self.max_bytes,
                     "journal pressure relieved"
                 );
@@ -1268,17 +1401,18 @@ impl Journal {
                 pressure: false,
                 telemetry_evicted: 0,
                 store_failing: false,
-                overlay: Vec::new(),
+                held_events: Vec::new(),
                 unlogged: Vec::new(),
                 unlogged_states: Vec::new(),
                 states_ticket: 0,
                 states_pending: Vec::new(),
                 state_version,
-                state_overlay: BTreeMap::new(),
+                held_states: BTreeMap::new(),
+                held_event_bytes: 0,
                 lazy_wal: Vec::new(),
                 held_telemetry: VecDeque::new(),
                 held_telemetry_bytes: 0,
-                telemetry_cursors_moved: false,
+                cursors_moved: false,
             }),
             durable_seq: AtomicU64::new(meta.last_seq),
             dirty: AtomicBool::new(false),
@@ -1306,7 +1440,7 @@ impl Journal {
         }
         // Replayed events into the store, then a checkpoint: the WAL
         // starts its first generation of this run empty.
-        let (last, states) = shared.write_pending()?;
+        let (last, states) = shared.write_pending(false)?;
         shared.checkpoint()?;
         shared.set_durable(last, states);
         shared.refresh_size();
@@ -1529,7 +1663,7 @@ impl Journal {
         if let Some((_, data)) = st.states_pending.iter().rev().find(|(n, _)| n == name) {
             return Ok(data.clone());
         }
-        if let Some(data) = st.state_overlay.get(name) {
+        if let Some((_, data)) = st.held_states.get(name) {
             return Ok(data.clone());
         }
         if let Some((_, _, data)) = st.unlogged_states.iter().rev().find(|(n, _, _)| n == name) {
@@ -1565,7 +1699,7 @@ impl Journal {
             .unlogged_states
             .iter()
             .map(|(name, _, data)| (name, data))
-            .chain(st.state_overlay.iter())
+            .chain(st.held_states.iter().map(|(name, (_, data))| (name, data)))
             .chain(st.states_pending.iter().map(|(name, data)| (name, data)));
         Ok(merge_states(stored, changes, prefix))
     }
@@ -1601,7 +1735,8 @@ impl Journal {
         if st.pressure {
             return Err(JournalError::Full(format!(
                 "undelivered events take {} bytes of the {} byte cap",
-                st.meta.event_bytes, sh.max_bytes
+                st.event_bytes(),
+                sh.max_bytes
             )));
         }
         if st.held_telemetry_bytes >= HELD_TELEMETRY_MAX {
@@ -1632,13 +1767,13 @@ impl Journal {
     pub fn read_events(&self, after: u64, max: usize) -> Result<Vec<StoredEvent>, JournalError> {
         let sh = self.shared();
         let durable = sh.durable_seq.load(Ordering::SeqCst);
-        let (from, overlay, durable) = {
+        let (from, held, durable) = {
             let st = sh.lock();
             let from = after.max(st.held_from()).saturating_add(1);
-            // Events only in the WAL while the store is failing: the
-            // store holds everything up to `meta.last_seq`.
-            let overlay: Vec<StoredEvent> = st
-                .overlay
+            // Events held (in the WAL, not yet in the store): the store
+            // holds everything up to `meta.last_seq`.
+            let held: Vec<StoredEvent> = st
+                .held_events
                 .iter()
                 .filter(|(seq, _)| *seq >= from && *seq <= durable)
                 .take(max)
@@ -1647,6 +1782,10 @@ impl Journal {
                     payload: payload.clone(),
                 })
                 .collect();
+            if from > st.meta.last_seq {
+                // Nothing the store holds.
+                return Ok(held);
+            }
             let durable = if st.store_failing {
                 durable.min(st.meta.last_seq)
             } else {
@@ -1665,14 +1804,14 @@ impl Journal {
                         })
                         .collect();
                     let room = max - out.len();
-                    out.extend(overlay.into_iter().take(room));
+                    out.extend(held.into_iter().take(room));
                     return Ok(out);
                 }
             }
-            (from, overlay, durable)
+            (from, held, durable)
         };
         if max == 0 || from > durable {
-            return Ok(overlay);
+            return Ok(held);
         }
         // The block holding `from` starts at or before it.
         let start = match sh.storage.last(&keys::event(0), &keys::event(from))? {
@@ -1702,7 +1841,7 @@ impl Journal {
             }
         }
         let room = max - out.len();
-        out.extend(overlay.into_iter().take(room));
+        out.extend(held.into_iter().take(room));
         Ok(out)
     }
 
@@ -1797,10 +1936,10 @@ impl Journal {
                 .ok_or_else(|| JournalError::UnknownSink(sink.to_string()))?;
             let upto = upto.min(cap);
             if upto > cur {
-                if matches!(lane, Lane::Telemetry) {
-                    // Written with the held telemetry, at the latest by the
-                    // next checkpoint (the WAL has it before).
-                    st.telemetry_cursors_moved = true;
+                if sh.has_wal() || matches!(lane, Lane::Telemetry) {
+                    // Written with the held events and telemetry, at the
+                    // latest by the next checkpoint (the WAL has it before).
+                    st.cursors_moved = true;
                 } else if !st.store_failing {
                     let mut batch = Batch::default();
                     batch.put(key, upto.to_be_bytes().to_vec());
@@ -1904,7 +2043,7 @@ impl Journal {
                 }
                 let e = read_cursor(sh.storage.as_ref(), &keys::event_cursor(sink))?
                     .unwrap_or(st.meta.events_removed)
-                    .clamp(st.meta.events_removed, st.meta.last_seq);
+                    .clamp(st.meta.events_removed, st.events_last());
                 let t = read_cursor(sh.storage.as_ref(), &keys::telemetry_cursor(sink))?
                     .unwrap_or(st.meta.telemetry_removed)
                     .clamp(st.meta.telemetry_removed, st.telemetry_last());
