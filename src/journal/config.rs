@@ -24,7 +24,8 @@ pub struct JournalConfig {
     pub fsync: bool,
     /// How often buffered telemetry, sinks' acknowledgements and removals
     /// are made durable, in seconds: a checkpoint of the store, which also
-    /// empties the write-ahead log. Events are durable (in the write-ahead
+    /// empties the write-ahead log and writes the events held since the
+    /// last one into the store. Events are durable (in the write-ahead
     /// log) before they count as recorded, regardless.
     #[serde(
         rename = "telemetry_flush_s",
