@@ -266,7 +266,7 @@ impl IndexState {
     fn apply(&mut self, payload: &[u8]) {
         // Only events that name a clip are parsed (`"type": "clip"` in an
         // attachment, `"clip": …` in a clip event's detail).
-        if !payload.windows(6).any(|w| w == b"\"clip\"") {
+        if !names_a_clip(payload) {
             return;
         }
         let Ok(e) = serde_json::from_slice::<serde_json::Value>(payload) else {
@@ -353,6 +353,20 @@ impl ClipIndex {
         }
         !batch.is_empty()
     }
+}
+
+/// Whether an event's JSON has the string `"clip"` (every event passes
+/// here; most have none): quotes are rare, so look at them alone.
+fn names_a_clip(payload: &[u8]) -> bool {
+    const CLIP: &[u8] = b"\"clip\"";
+    let mut rest = payload;
+    while let Some(i) = rest.iter().position(|&b| b == b'"') {
+        if rest[i..].starts_with(CLIP) {
+            return true;
+        }
+        rest = &rest[i + 1..];
+    }
+    false
 }
 
 /// Follow the journal into `index` until `stop`.
@@ -535,6 +549,25 @@ async fn cameras(State(state): State<WebState>, a: Authed) -> Result<Response, A
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_events_with_the_string_clip_are_parsed() {
+        let found = |s: &str| names_a_clip(s.as_bytes());
+        assert!(found(r#"{"attachments":[{"type":"clip","id":"c1"}]}"#));
+        assert!(found(r#"{"detail":{"clip":"c1"}}"#));
+        assert!(found(r#""clip""#));
+        assert!(!found(r#"{"a":"cli","b":"clips","c":"a clip"}"#));
+        assert!(!found(r#"{"x":"clip "}"#));
+        assert!(!found(""));
+        assert!(!found("\""));
+        assert!(!found("\"clip"));
+        // The same answer as a plain search, on payloads cut anywhere.
+        let p = br#"{"seq":1,"attachments":[{"type":"clip"}],"m":"""#;
+        for end in 0..=p.len() {
+            let slow = p[..end].windows(6).any(|w| w == b"\"clip\"");
+            assert_eq!(names_a_clip(&p[..end]), slow, "{end}");
+        }
+    }
 
     #[test]
     fn ranges() {
