@@ -73,6 +73,10 @@ pub trait Confirmation: std::fmt::Debug + Send + Sync {
     fn point(&self, i: usize) -> Option<PointIndex>;
     /// Entry `i`'s value, decoded now (`None`: no value; skip the entry).
     fn value(&self, i: usize) -> Option<Value>;
+    /// The entry of `point`, if there is one.
+    fn index_of(&self, point: PointIndex) -> Option<usize> {
+        (0..self.count()).find(|&i| self.point(i) == Some(point))
+    }
 }
 
 /// Tests: a confirmation of fixed (point, value) entries.

@@ -26,7 +26,7 @@ use super::live::{LiveView, Sample};
 use super::AlarmEngine;
 use crate::config::LoadedConfig;
 use crate::event::{NewEvent, Timestamp};
-use crate::point::{BusMessage, Confirmation, Quality, Reading};
+use crate::point::{BusMessage, Confirmation, PointIndex, Quality, Reading};
 use crate::status::GatewayStatus;
 use crate::telemetry::TelemetryFilter;
 use std::collections::HashMap;
@@ -49,6 +49,9 @@ pub(super) struct Devices {
     /// sends only the requests that changed) leave the others as they
     /// were, so they make the device held only if it was.
     points: Vec<usize>,
+    /// Points of each device that alarm rules watch, in table order;
+    /// found on the device's first `Confirmed` (`None` before).
+    watched: Vec<Option<Box<[PointIndex]>>>,
 }
 
 impl Devices {
@@ -76,6 +79,7 @@ impl Devices {
                 }
                 points
             },
+            watched: vec![None; n],
         }
     }
 
@@ -107,7 +111,8 @@ impl Devices {
                 device, ts, points, ..
             } => {
                 let held = self.answered(device, status, t, now, *ts, |_| true);
-                confirmed(t, now, *ts, &**points, held);
+                let watched = self.watched(cfg, t.engine, device);
+                confirmed(t, now, *ts, &**points, held, watched);
             }
             BusMessage::DeviceStatus {
                 device,
@@ -187,6 +192,20 @@ impl Devices {
         before
     }
 
+    /// The points of `device` that alarm rules watch (see `watched`).
+    fn watched(&mut self, cfg: &LoadedConfig, engine: &AlarmEngine, device: &str) -> &[PointIndex] {
+        let Some(&di) = self.index.get(device) else {
+            return &[];
+        };
+        self.watched[di].get_or_insert_with(|| {
+            cfg.points
+                .iter()
+                .filter(|(pi, meta)| meta.device_index == di && engine.watches(*pi))
+                .map(|(pi, _)| pi)
+                .collect()
+        })
+    }
+
     fn set_online(&mut self, di: usize, online: bool, status: &GatewayStatus) {
         self.offline[di] = !online;
         let (up, down) = (&status.devices_online, &status.devices_offline);
@@ -247,12 +266,14 @@ pub(super) fn readings(t: &mut Targets<'_>, now: Instant, ts: Timestamp, reading
 /// Apply a confirmation at `ts`: the same as [`readings`] with the
 /// confirmed values. `held`: the targets applied the device's previous
 /// message (so they hold these values) and nothing of the device since.
+/// `watched`: the device's points that alarm rules watch.
 pub(super) fn confirmed(
     t: &mut Targets<'_>,
     now: Instant,
     ts: Timestamp,
     c: &dyn Confirmation,
     held: bool,
+    watched: &[PointIndex],
 ) {
     if !held {
         let decoded: Vec<Reading> = (0..c.count())
@@ -269,13 +290,27 @@ pub(super) fn confirmed(
     if let Some(l) = t.live {
         l.confirm(ts, c);
     }
-    // Rules see every confirmed value (on-delays, off-delays run on them).
-    for i in 0..c.count() {
-        let Some(point) = c.point(i) else { continue };
-        if t.engine.watches(point) {
-            let Some(v) = c.value(i) else { continue };
+    // Rules see every confirmed value (on-delays, off-delays run on them),
+    // in the confirmation's order; only the watched points are looked at.
+    let mut rule = |i: usize, point: PointIndex| {
+        if let Some(v) = c.value(i) {
             t.engine
                 .on_reading(now, ts, point, Some(v), Quality::Good, t.out);
+        }
+    };
+    if let [point] = watched {
+        // The common case, without a list.
+        if let Some(i) = c.index_of(*point) {
+            rule(i, *point);
+        }
+    } else {
+        let mut seen: Vec<(usize, PointIndex)> = watched
+            .iter()
+            .filter_map(|&p| Some((c.index_of(p)?, p)))
+            .collect();
+        seen.sort_unstable_by_key(|(i, _)| *i);
+        for (i, point) in seen {
+            rule(i, point);
         }
     }
     if let Some(f) = t.telemetry.as_deref_mut() {

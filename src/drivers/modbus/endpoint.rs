@@ -285,6 +285,10 @@ impl Confirmation for LastReplies {
         self.plan.slots.get(i).map(|s| s.point)
     }
 
+    fn index_of(&self, point: PointIndex) -> Option<usize> {
+        self.plan.slots.iter().position(|s| s.point == point)
+    }
+
     /// Decoded as a poll decodes it (`decode_into`; the kept replies
     /// decoded without error then).
     fn value(&self, i: usize) -> Option<Value> {
