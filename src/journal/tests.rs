@@ -413,7 +413,12 @@ fn telemetry_written_lazily_is_flushed_by_the_committer() {
 
 /// Telemetry keys in the store itself (not the journal's view of it).
 fn stored_telemetry_keys(mem: &MemStorage) -> Vec<u64> {
-    mem.range(&keys::telemetry(0), &keys::telemetry(u64::MAX), usize::MAX)
+    stored_keys(mem, keys::telemetry(0), keys::telemetry(u64::MAX))
+}
+
+/// The numbers of the store's keys from `start` to `end`.
+fn stored_keys(mem: &MemStorage, start: impl AsRef<[u8]>, end: impl AsRef<[u8]>) -> Vec<u64> {
+    mem.range(start.as_ref(), end.as_ref(), usize::MAX)
         .unwrap()
         .iter()
         .map(|(k, _)| keys::decode_key(k))
@@ -866,11 +871,7 @@ fn with_a_wal_commits_sync_the_wal_not_the_store_and_a_crash_loses_nothing() {
 
 /// First seqs of the event blocks in the store.
 fn stored_event_blocks(mem: &MemStorage) -> Vec<u64> {
-    mem.range(&keys::event(0), &keys::event(u64::MAX), usize::MAX)
-        .unwrap()
-        .iter()
-        .map(|(k, _)| keys::decode_key(k))
-        .collect()
+    stored_keys(mem, keys::event(0), keys::event(u64::MAX))
 }
 
 #[test]
