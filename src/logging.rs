@@ -145,33 +145,79 @@ pub(crate) fn capture() -> (Arc<LogRing>, tracing::subscriber::DefaultGuard) {
     (ring, tracing::subscriber::set_default(sub))
 }
 
-/// Writes `name=value` pairs; hides the values of [`HIDDEN_FIELDS`].
+/// Writes `name=value` pairs into one line; hides the values of
+/// [`HIDDEN_FIELDS`]. The message goes in at `message_at`, before the
+/// pairs, whatever the order the fields are recorded in.
 struct Fields<'a> {
     out: &'a mut String,
-    message: Option<String>,
+    /// Where the message goes (the end of the span prefix).
+    message_at: usize,
+    /// Whether the first pair needs a space before it (an event's pairs
+    /// follow its message; a span's stand alone).
+    lead_space: bool,
+}
+
+impl Fields<'_> {
+    /// ` name=` (or `name=` first in a span's line); false when the
+    /// value is hidden (then `[redacted]` is written).
+    fn name(&mut self, field: &tracing::field::Field) -> bool {
+        let name = field.name();
+        if self.lead_space || self.out.len() > self.message_at {
+            self.out.push(' ');
+        }
+        self.out.push_str(name);
+        self.out.push('=');
+        if is_hidden(name) {
+            self.out.push_str("[redacted]");
+            return false;
+        }
+        true
+    }
 }
 
 impl tracing::field::Visit for Fields<'_> {
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
         use fmt::Write as _;
-        let name = field.name();
-        if name == "message" {
-            self.message = Some(format!("{value:?}"));
+        if field.name() == "message" {
+            if self.out.len() == self.message_at {
+                let _ = write!(self.out, "{value:?}");
+            } else {
+                self.out.insert_str(self.message_at, &format!("{value:?}"));
+            }
             return;
         }
-        if !self.out.is_empty() {
-            self.out.push(' ');
-        }
-        if is_hidden(name) {
-            let _ = write!(self.out, "{name}=[redacted]");
-        } else {
-            let _ = write!(self.out, "{name}={value:?}");
+        if self.name(field) {
+            let _ = write!(self.out, "{value:?}");
         }
     }
 
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
         // Strings without the quotes Debug adds.
-        self.record_debug(field, &format_args!("{value}"));
+        if field.name() == "message" {
+            self.record_debug(field, &format_args!("{value}"));
+        } else if self.name(field) {
+            self.out.push_str(value);
+        }
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        use fmt::Write as _;
+        if self.name(field) {
+            let _ = write!(self.out, "{value}");
+        }
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        use fmt::Write as _;
+        if self.name(field) {
+            let _ = write!(self.out, "{value}");
+        }
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        if self.name(field) {
+            self.out.push_str(if value { "true" } else { "false" });
+        }
     }
 }
 
@@ -194,7 +240,8 @@ where
         let mut out = String::new();
         let mut v = Fields {
             out: &mut out,
-            message: None,
+            message_at: 0,
+            lead_space: false,
         };
         attrs.record(&mut v);
         if let Some(span) = ctx.span(id) {
@@ -203,7 +250,7 @@ where
     }
 
     fn on_event(&self, ev: &Event<'_>, ctx: Context<'_, S>) {
-        let mut text = String::new();
+        let mut text = String::with_capacity(160);
         if let Some(scope) = ctx.event_scope(ev) {
             for span in scope.from_root() {
                 text.push_str(span.name());
@@ -217,19 +264,12 @@ where
                 text.push_str(": ");
             }
         }
-        let mut fields = String::new();
-        let mut v = Fields {
-            out: &mut fields,
-            message: None,
-        };
-        ev.record(&mut v);
-        if let Some(m) = v.message.take() {
-            text.push_str(&m);
-        }
-        if !fields.is_empty() {
-            text.push(' ');
-            text.push_str(&fields);
-        }
+        let message_at = text.len();
+        ev.record(&mut Fields {
+            out: &mut text,
+            message_at,
+            lead_space: true,
+        });
         if text.len() > RING_LINE_MAX {
             let mut cut = RING_LINE_MAX;
             while !text.is_char_boundary(cut) {
@@ -296,13 +336,19 @@ mod tests {
             let _e = span.enter();
             tracing::debug!("not kept");
             tracing::warn!(error = "timeout", failures = 3, "poll failed");
+            tracing::info!(late = true, n = -2, message = "message last");
         });
         let lines = ring.recent(10);
-        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines.len(), 2, "{lines:?}");
         assert_eq!(lines[0].level, "WARN");
         assert_eq!(
             lines[0].text,
             "modbus_device{device=door-panel unit=1}: poll failed error=timeout failures=3"
+        );
+        // A message recorded after the pairs still comes first.
+        assert_eq!(
+            lines[1].text,
+            "modbus_device{device=door-panel unit=1}: message last late=true n=-2"
         );
     }
 
