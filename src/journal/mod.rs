@@ -55,6 +55,11 @@ pub type StateChange = (String, Option<Vec<u8>>);
 /// acknowledgement does not hold the journal's lock for long.
 const REMOVE_CHUNK: usize = 1024;
 
+/// Bytes reserved for an event's JSON before encoding it: an alarm event
+/// of the contract is 300 to 500 bytes (encoding into an empty buffer
+/// would grow it to the same capacity, copying six times).
+const PAYLOAD_CAPACITY: usize = 512;
+
 /// Telemetry held in memory, not yet written to the store, beyond which
 /// all of it is written at once (see `State::held_telemetry`).
 const HELD_TELEMETRY_BYTES: u64 = 1024 * 1024;
@@ -1607,8 +1612,10 @@ impl Journal {
                     seq,
                     body,
                 };
-                match serde_json::to_vec(&ev) {
-                    Ok(payload) => staged.push((seq, payload)),
+                // Sized for a typical alarm event: no growing copies.
+                let mut payload = Vec::with_capacity(PAYLOAD_CAPACITY);
+                match serde_json::to_writer(&mut payload, &ev) {
+                    Ok(()) => staged.push((seq, payload)),
                     Err(e) => {
                         // Nothing staged: every event back, in order.
                         let events = out
