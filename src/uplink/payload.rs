@@ -7,6 +7,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topics {
     root: String,
+    // The fixed topics, built once (the events' and telemetry's are
+    // needed for every publish).
+    status: String,
+    heartbeat: String,
+    events: String,
+    telemetry: String,
+    events_ack: String,
 }
 
 /// What an incoming message on a subscribed topic is.
@@ -23,27 +30,33 @@ pub enum Downlink<'a> {
 
 impl Topics {
     pub fn new(site: &str, gateway: &str) -> Topics {
+        let root = format!("estate/v1/{site}/{gateway}/");
         Topics {
-            root: format!("estate/v1/{site}/{gateway}/"),
+            status: format!("{root}status"),
+            heartbeat: format!("{root}heartbeat"),
+            events: format!("{root}events"),
+            telemetry: format!("{root}telemetry"),
+            events_ack: format!("{root}events_ack"),
+            root,
         }
     }
     pub fn root(&self) -> &str {
         &self.root
     }
-    pub fn status(&self) -> String {
-        format!("{}status", self.root)
+    pub fn status(&self) -> &str {
+        &self.status
     }
-    pub fn heartbeat(&self) -> String {
-        format!("{}heartbeat", self.root)
+    pub fn heartbeat(&self) -> &str {
+        &self.heartbeat
     }
-    pub fn events(&self) -> String {
-        format!("{}events", self.root)
+    pub fn events(&self) -> &str {
+        &self.events
     }
-    pub fn telemetry(&self) -> String {
-        format!("{}telemetry", self.root)
+    pub fn telemetry(&self) -> &str {
+        &self.telemetry
     }
-    pub fn events_ack(&self) -> String {
-        format!("{}events_ack", self.root)
+    pub fn events_ack(&self) -> &str {
+        &self.events_ack
     }
     /// Subscription filter for commands: `cmd/+`.
     pub fn commands_filter(&self) -> String {

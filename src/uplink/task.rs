@@ -545,7 +545,7 @@ impl Uplink {
         let online =
             StatusPayload::online(self.attempt_at, self.status.version, &self.status.boot_id);
         self.publish_other(
-            self.topics.status(),
+            self.topics.status().to_string(),
             QoS::AtLeastOnce,
             true,
             online.to_bytes(),
@@ -772,7 +772,7 @@ impl Uplink {
             alarms_active: GatewayStatus::get(&s.alarms_active),
         };
         self.publish_other(
-            self.topics.heartbeat(),
+            self.topics.heartbeat().to_string(),
             QoS::AtMostOnce,
             false,
             hb.to_bytes(),
@@ -852,7 +852,7 @@ impl Uplink {
                 continue;
             }
             if let Err(kept) =
-                try_publish_owned(&self.client, &topic, QoS::AtLeastOnce, &mut ev.payload)
+                try_publish_owned(&self.client, topic, QoS::AtLeastOnce, &mut ev.payload)
             {
                 if !kept {
                     self.events_ahead.reset();
@@ -905,7 +905,7 @@ impl Uplink {
                 self.telemetry_ahead.buf.pop_front();
                 continue;
             }
-            if let Err(kept) = try_publish_owned(&self.client, &topic, qos, &mut t.payload) {
+            if let Err(kept) = try_publish_owned(&self.client, topic, qos, &mut t.payload) {
                 if !kept {
                     self.telemetry_ahead.reset();
                 }
@@ -960,7 +960,7 @@ impl Uplink {
             let disconnecting = loop {
                 published = published
                     || self.publish_other(
-                        self.topics.status(),
+                        self.topics.status().to_string(),
                         QoS::AtLeastOnce,
                         true,
                         bye.to_bytes(),
