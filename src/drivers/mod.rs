@@ -270,6 +270,12 @@ pub async fn send_or_stop(
     m: crate::point::BusMessage,
     stop: &tokio_util::sync::CancellationToken,
 ) -> bool {
+    // Room in the bus (the usual case): no waiting, no shutdown future.
+    let m = match bus.try_send(m) {
+        Ok(()) => return true,
+        Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return false,
+        Err(tokio::sync::mpsc::error::TrySendError::Full(m)) => m,
+    };
     tokio::select! {
         biased;
         r = bus.send(m) => r.is_ok(),

@@ -60,6 +60,7 @@ use crate::point::{BusMessage, Confirmation, PointIndex, Reading, Value};
 use crate::service::liveness::Heartbeat;
 use crate::status::PollCounters;
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -476,12 +477,17 @@ impl<C: Connector> Endpoint<C> {
         {
             let sleep = tokio::time::sleep_until(Instant::now());
             tokio::pin!(sleep);
+            // One shutdown future for the task's life: polled in every
+            // select below, registered with the token once (a new one per
+            // select would register and unregister on each poll).
+            let cancelled = shutdown.cancelled();
+            tokio::pin!(cancelled);
             loop {
                 // Writes go first: between two polls, in arrival order.
                 if let Some(req) = self.try_next_write() {
                     tokio::select! {
                         biased;
-                        _ = shutdown.cancelled() => break,
+                        _ = &mut cancelled => break,
                         _ = self.write(req) => {}
                     }
                     continue;
@@ -497,14 +503,14 @@ impl<C: Connector> Endpoint<C> {
                         self.polled_since_probe = false;
                         tokio::select! {
                             biased;
-                            _ = shutdown.cancelled() => break,
+                            _ = &mut cancelled => break,
                             _ = self.probe(req) => {}
                         }
                         continue;
                     }
                 }
                 let Some(i) = self.next_due() else {
-                    shutdown.cancelled().await;
+                    cancelled.as_mut().await;
                     break;
                 };
                 let release_due = self.releases.iter().map(|r| r.at).min();
@@ -521,9 +527,11 @@ impl<C: Connector> Endpoint<C> {
                     sleep.as_mut().reset(due);
                     let writes = &mut self.writes;
                     let probes = &mut self.probes;
+                    // Shutdown last in both selects of a poll cycle: it is
+                    // then polled only while the others wait (a wake-up
+                    // whose work is ready does not register it again).
                     let woke = tokio::select! {
                         biased;
-                        _ = shutdown.cancelled() => break,
                         w = next_write(writes) => Some(w),
                         p = next_probe(probes) => {
                             match p {
@@ -531,7 +539,7 @@ impl<C: Connector> Endpoint<C> {
                                     self.polled_since_probe = false;
                                     tokio::select! {
                                         biased;
-                                        _ = shutdown.cancelled() => break,
+                                        _ = &mut cancelled => break,
                                         _ = self.probe(req) => {}
                                     }
                                 }
@@ -540,12 +548,13 @@ impl<C: Connector> Endpoint<C> {
                             continue;
                         }
                         _ = &mut sleep => None,
+                        _ = &mut cancelled => break,
                     };
                     match woke {
                         Some(Some(req)) => {
                             tokio::select! {
                                 biased;
-                                _ = shutdown.cancelled() => break,
+                                _ = &mut cancelled => break,
                                 _ = self.write(req) => {}
                             }
                             continue;
@@ -560,7 +569,7 @@ impl<C: Connector> Endpoint<C> {
                 if release_due.is_some_and(|r| r <= Instant::now()) {
                     tokio::select! {
                         biased;
-                        _ = shutdown.cancelled() => break,
+                        _ = &mut cancelled => break,
                         _ = self.release() => {}
                     }
                     continue;
@@ -569,8 +578,8 @@ impl<C: Connector> Endpoint<C> {
                 // of what was already read: the alarm task drains the bus.
                 let messages = tokio::select! {
                     biased;
-                    _ = shutdown.cancelled() => break,
-                    m = self.poll(i) => m,
+                    m = self.poll(i, sleep.as_mut()) => m,
+                    _ = &mut cancelled => break,
                 };
                 self.polled_since_probe = true;
                 if !self.send(messages, &shutdown).await {
@@ -924,20 +933,21 @@ impl<C: Connector> Endpoint<C> {
     /// Poll device `i` once and schedule its next poll. False when the bus
     /// is closed.
     ///
-    /// The device's span is entered for the outcome (its log lines), not
-    /// across the request awaits: entering a span costs a subscriber round
-    /// trip on every wake-up, several per poll.
-    async fn poll(&mut self, i: usize) -> [Option<BusMessage>; 2] {
+    /// The device's span is entered for the log lines of the outcome only,
+    /// not across the request awaits nor for a poll that logs nothing:
+    /// entering a span costs a subscriber round trip.
+    async fn poll(
+        &mut self,
+        i: usize,
+        timer: Pin<&mut tokio::time::Sleep>,
+    ) -> [Option<BusMessage>; 2] {
         let began = Instant::now();
         if self.devices[i].health.is_offline() {
             // The bus holds the device's points as bad.
             self.devices[i].forget_replies();
         }
-        let result = self.read_device(i).await;
-        let span = std::mem::replace(&mut self.devices[i].span, tracing::Span::none());
-        let messages = span.in_scope(|| self.settle(i, began, result));
-        self.devices[i].span = span;
-        messages
+        let result = self.read_device(i, timer).await;
+        self.settle(i, began, result)
     }
 
     /// Hand a poll's messages to the bus; false once the bus is closed or
@@ -970,10 +980,10 @@ impl<C: Connector> Endpoint<C> {
             Ok((polled, replied_at)) => {
                 let o = dev.health.on_success();
                 if o.log_recovered {
-                    info!("device answers again");
+                    dev.span.in_scope(|| info!("device answers again"));
                 }
                 if o.came_online {
-                    info!("device online");
+                    dev.span.in_scope(|| info!("device online"));
                     messages[0] = Some(BusMessage::DeviceStatus {
                         device: dev.id.clone(),
                         ts: Timestamp::now(),
@@ -1002,10 +1012,14 @@ impl<C: Connector> Endpoint<C> {
                 dev.forget_replies();
                 let o = dev.health.on_failure(&e);
                 if o.log_error {
-                    warn!(error = %e, failures = dev.health.failures(), "poll failed");
+                    dev.span.in_scope(
+                        || warn!(error = %e, failures = dev.health.failures(), "poll failed"),
+                    );
                 }
                 if o.went_offline {
-                    warn!(error = %e, failures = dev.health.failures(), "device offline");
+                    dev.span.in_scope(
+                        || warn!(error = %e, failures = dev.health.failures(), "device offline"),
+                    );
                     messages[0] = Some(BusMessage::DeviceStatus {
                         device: dev.id.clone(),
                         ts: Timestamp::now(),
@@ -1083,8 +1097,15 @@ impl<C: Connector> Endpoint<C> {
     }
 
     /// Run device `i`'s read plan; its readings (or that they are all as
-    /// last sent) and when the last reply came.
-    async fn read_device(&mut self, i: usize) -> Result<(Polled, std::time::Instant), ModbusError> {
+    /// last sent) and when the last reply came. `timer` (the task's wait
+    /// timer, set again before the next wait) is each request's deadline:
+    /// moving a registered timer costs half of registering a new one and
+    /// removing it.
+    async fn read_device(
+        &mut self,
+        i: usize,
+        mut timer: Pin<&mut tokio::time::Sleep>,
+    ) -> Result<(Polled, std::time::Instant), ModbusError> {
         let timeout = self.devices[i].timeout;
         self.ensure_link(timeout).await?;
         let requests = self.devices[i].plan.requests.len();
@@ -1113,9 +1134,11 @@ impl<C: Connector> Endpoint<C> {
             let Some(link) = self.link.as_mut() else {
                 return Err(ModbusError::NotConnected("link closed".into()));
             };
-            let result = match tokio::time::timeout(timeout, read_one(link, dev.unit, r)).await {
-                Ok(r) => r,
-                Err(_) => Err(ModbusError::Timeout(timeout)),
+            timer.as_mut().reset(Instant::now() + timeout);
+            let result = tokio::select! {
+                biased;
+                r = read_one(link, dev.unit, r) => r,
+                _ = timer.as_mut() => Err(ModbusError::Timeout(timeout)),
             };
             if matches!(self.kind, LinkKind::Serial { .. }) {
                 self.last_frame = Some(Instant::now());
