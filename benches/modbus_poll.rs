@@ -109,6 +109,7 @@ fn run(secs: u64, changing: bool) -> bool {
                     polls += 1;
                 }
                 BusMessage::DeviceStatus { .. } => failures += 1,
+                BusMessage::Handover { .. } => unreachable!("a driver sent a handover mark"),
             }
         }
         let cpu = thread_cpu() - cpu0;

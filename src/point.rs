@@ -126,4 +126,29 @@ pub enum BusMessage {
         /// Last error, when going offline.
         reason: Option<String>,
     },
+    /// The end of one alarm task's turn on the field's bus: what was sent
+    /// before it goes to that task, what follows to the next one. Sent
+    /// by the bus's relay (`app::relay`) only, never by a driver; a
+    /// [`BusFeed`] ends at its own mark and never hands one on.
+    Handover { turn: u64 },
+}
+
+/// Where the alarm task takes the bus's messages from: the field's bus,
+/// lent to it for its life (`app::relay`), or a plain channel (tests).
+pub trait BusFeed: Send {
+    /// The next message; `None` once the feed has ended (its channel
+    /// closed, or the alarm task's turn on the bus is over).
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<BusMessage>> + Send;
+    /// A message already waiting, if there is one.
+    fn try_recv(&mut self) -> Option<BusMessage>;
+}
+
+impl BusFeed for tokio::sync::mpsc::Receiver<BusMessage> {
+    async fn recv(&mut self) -> Option<BusMessage> {
+        tokio::sync::mpsc::Receiver::recv(self).await
+    }
+
+    fn try_recv(&mut self) -> Option<BusMessage> {
+        tokio::sync::mpsc::Receiver::try_recv(self).ok()
+    }
 }

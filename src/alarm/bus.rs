@@ -151,6 +151,8 @@ impl Devices {
                     }
                 }
             }
+            // The relay's own mark; a feed never hands it on.
+            BusMessage::Handover { .. } => {}
         }
     }
 

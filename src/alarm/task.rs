@@ -12,7 +12,7 @@ use crate::config::LoadedConfig;
 use crate::event::EventKind;
 use crate::event::{NewEvent, Timestamp};
 use crate::journal::{Journal, JournalError, Refused, Staged, StateChange, MAX_STATE_NAME};
-use crate::point::BusMessage;
+use crate::point::BusFeed;
 use crate::status::GatewayStatus;
 use crate::telemetry::TelemetryFilter;
 use std::collections::VecDeque;
@@ -133,12 +133,14 @@ pub struct Hooks {
     pub carried: Vec<Carried>,
 }
 
-/// Run until the bus closes (all drivers stopped), then flush what is pending.
+/// Run until the bus feed ends (its channel closed, or the field's relay
+/// ended this task's turn: drivers stopped, or a reload), then flush what
+/// is pending.
 pub async fn run(
     cfg: Arc<LoadedConfig>,
     journal: Journal,
     status: Arc<GatewayStatus>,
-    bus: mpsc::Receiver<BusMessage>,
+    bus: impl BusFeed,
     requests: mpsc::Receiver<AlarmRequest>,
 ) {
     run_with(cfg, journal, status, bus, requests, Hooks::default()).await
@@ -149,7 +151,7 @@ pub async fn run_with(
     cfg: Arc<LoadedConfig>,
     journal: Journal,
     status: Arc<GatewayStatus>,
-    mut bus: mpsc::Receiver<BusMessage>,
+    mut bus: impl BusFeed,
     mut requests: mpsc::Receiver<AlarmRequest>,
     hooks: Hooks,
 ) {
@@ -197,6 +199,13 @@ pub async fn run_with(
     let mut replies: Vec<PendingReply> = Vec::new();
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let heartbeat = status.liveness.register("alarm", HEARTBEAT);
+    // One timer for the task's life. It is moved only to an earlier
+    // deadline (or once it fired): a later one (the heartbeat's, moving
+    // with every beat) waits until the armed time, where the loop comes
+    // round and sets it again. An early wake-up only runs the loop once.
+    let sleep = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(sleep);
+    let mut timer_at: Option<Instant> = None;
     loop {
         let stuck = in_flight
             .front()
@@ -211,12 +220,12 @@ pub async fn run_with(
             earliest(engine.next_deadline(), telemetry.next_deadline()),
             (!stuck).then(|| heartbeat.next_due().into_std()),
         );
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending().await,
+        if let Some(d) = deadline {
+            if timer_at.is_none_or(|a| d < a) {
+                sleep.as_mut().reset(d.into());
+                timer_at = Some(d);
             }
-        };
+        }
         tokio::select! {
             biased;
             // Before any driver's message.
@@ -246,7 +255,7 @@ pub async fn run_with(
                 // The messages already waiting (the other devices of one
                 // poll round) go into the same batch: one commit for them.
                 for _ in 1..DRAIN_AT_ONCE {
-                    let Ok(msg) = bus.try_recv() else { break };
+                    let Some(msg) = bus.try_recv() else { break };
                     devices.apply(&cfg, &status, &mut targets, Instant::now(), &msg);
                 }
             }
@@ -269,7 +278,7 @@ pub async fn run_with(
                     None => armed = None,
                 }
             }
-            _ = sleep => {}
+            _ = &mut sleep, if timer_at.is_some() => timer_at = None,
         }
         let now = Instant::now();
         engine.tick(now, Timestamp::now(), &mut out);
@@ -336,8 +345,9 @@ pub async fn run_with(
             }
         }
     }
-    // Bus closed: drivers are stopped. Wait for the batches in flight, save
-    // what changed, flush telemetry.
+    // The feed ended (drivers stopped, or the bus went to the next alarm
+    // task). Wait for the batches in flight, save what changed, flush
+    // telemetry.
     let drained = tokio::time::timeout(IN_FLIGHT_ON_STOP, async {
         while !in_flight.is_empty() {
             oldest_durable(&mut in_flight).await;

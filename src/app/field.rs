@@ -8,7 +8,7 @@
 //! The journal, the gateway status, the web server and the uplink session
 //! live outside it and outlive every reload.
 
-use super::relay::{Relay, Shifts, BUS_CAPACITY};
+use super::relay::{Relay, Shifts};
 use super::units::{self, Shift, Span, UnitId, UnitPlan, UnitSpec};
 use super::UPLINK_SINK;
 use crate::alarm::live::{LiveView, Sample};
@@ -456,18 +456,33 @@ impl Field {
         let (linkage_tx, linkage) =
             crate::linkage::task::spawn(cfg.clone(), writers.clone(), shared.journal.clone());
         let live = Arc::new(LiveView::new(&cfg.points));
-        let (bus_tx, bus_rx) = mpsc::channel::<BusMessage>(BUS_CAPACITY);
         // Kept devices do not send their values again unless they change
         // (MQTT, GPIO): their last values go first to the new alarm task.
         let carried = match self.previous.take() {
             Some((old, old_live)) => carried_values(&old, &old_live, &cfg, kept),
             None => Vec::new(),
         };
+        // Devices of units that do not run are offline (an event, the
+        // counters, bad values) until their driver reports them: before
+        // anything the bus holds.
+        let units = units::units_of(c);
+        let mut first = Vec::new();
+        for id in self.down.keys() {
+            for device in units.get(id).into_iter().flat_map(|u| u.device_ids()) {
+                first.push(BusMessage::DeviceStatus {
+                    device: device.into(),
+                    ts: Timestamp::now(),
+                    online: false,
+                    reason: Some(format!("driver not running ({id})")),
+                });
+            }
+        }
+        let bus = self.relay.lend(first, shifts).await;
         let alarm = tokio::spawn(alarm_task::run_with(
             cfg.clone(),
             shared.journal.clone(),
             status.clone(),
-            bus_rx,
+            bus,
             req_rx,
             alarm_task::Hooks {
                 linkage: (!c.linkage.is_empty()).then_some(linkage_tx),
@@ -477,21 +492,6 @@ impl Field {
                 carried,
             },
         ));
-        // Devices of units that do not run are offline (an event, the
-        // counters, bad values) until their driver reports them.
-        let units = units::units_of(c);
-        for id in self.down.keys() {
-            for device in units.get(id).into_iter().flat_map(|u| u.device_ids()) {
-                let m = BusMessage::DeviceStatus {
-                    device: device.into(),
-                    ts: Timestamp::now(),
-                    online: false,
-                    reason: Some(format!("driver not running ({id})")),
-                };
-                let _ = bus_tx.send(m).await;
-            }
-        }
-        self.relay.attach(bus_tx, shifts).await;
         let command_path = CommandPath::new(
             cfg.clone(),
             writers.clone(),

@@ -1,25 +1,25 @@
 //! The driver bus across reloads.
 //!
 //! Drivers send their [`BusMessage`]s into one channel that lives as long
-//! as the field side ([`Relay::sender`]); a small task forwards them to the
-//! current alarm task. A reload [`detach`](Relay::detach)es the old alarm
-//! task — what is queued at that moment is forwarded to it first, then its
-//! channel is released so it drains and ends — and
-//! [`attach`](Relay::attach)es the new one. Meanwhile kept drivers go on
-//! sending: their messages wait in the channel (a driver waits when it is
-//! full, as on a slow alarm task) and go to the new alarm task. No message
-//! is dropped or delivered twice.
+//! as the field side ([`Relay::sender`]). Its receiving end is lent to the
+//! current alarm task ([`Relay::lend`]), which reads it directly: no task
+//! stands between the drivers and the alarm engine. A reload ends the
+//! alarm task's turn ([`Relay::detach`]) with a mark sent into the bus
+//! ([`BusMessage::Handover`]): the old alarm task takes everything sent
+//! before the mark, then gives the receiving end back and drains and
+//! ends; what kept drivers send meanwhile waits in the channel (a driver
+//! waits when it is full, as on a slow alarm task) for the next alarm
+//! task. No message is dropped or delivered twice.
 //!
 //! A kept driver still numbers its points as in the point table it was
-//! started with; the relay moves each reading to the point's index in the
+//! started with; the lease moves each reading to the point's index in the
 //! current table ([`Shift`], per device).
 
 use super::units::Shift;
-use crate::point::{BusMessage, Confirmation, PointIndex, Value};
+use crate::point::{BusFeed, BusMessage, Confirmation, PointIndex, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 /// Capacity of the driver bus. When full, drivers wait (alarms are never
 /// dropped); a poll cycle is at most delayed.
@@ -30,26 +30,33 @@ pub(super) const BUS_CAPACITY: usize = 1024;
 /// that the current table lacks or numbers differently).
 pub(super) type Shifts = HashMap<Arc<str>, Option<Shift>>;
 
-enum Ctl {
-    Attach(mpsc::Sender<BusMessage>, Shifts),
-    Detach(oneshot::Sender<()>),
-    Purge(HashSet<Arc<str>>, oneshot::Sender<usize>),
-}
+/// The bus's receiving end on its way back from a lease.
+type Returned = oneshot::Receiver<mpsc::Receiver<BusMessage>>;
 
-/// The bus of the field side and its forwarding task.
+/// The bus of the field side.
 pub(super) struct Relay {
     tx: mpsc::Sender<BusMessage>,
-    ctl: mpsc::Sender<Ctl>,
-    task: JoinHandle<()>,
+    /// The bus's receiving end while no alarm task has it.
+    idle: Option<mpsc::Receiver<BusMessage>>,
+    /// Messages a purge kept, in order: they go first to the next lease.
+    held: VecDeque<BusMessage>,
+    /// While lent: the lease's turn and where the receiving end comes back.
+    lent: Option<(u64, Returned)>,
+    /// Turns handed out so far.
+    turns: u64,
 }
 
 impl Relay {
-    /// A bus with no alarm task attached (messages wait).
+    /// A bus with no alarm task reading it (messages wait).
     pub fn start() -> Relay {
         let (tx, rx) = mpsc::channel(BUS_CAPACITY);
-        let (ctl, ctl_rx) = mpsc::channel(4);
-        let task = tokio::spawn(run(rx, ctl_rx));
-        Relay { tx, ctl, task }
+        Relay {
+            tx,
+            idle: Some(rx),
+            held: VecDeque::new(),
+            lent: None,
+            turns: 0,
+        }
     }
 
     /// Where drivers send.
@@ -57,113 +64,178 @@ impl Relay {
         self.tx.clone()
     }
 
-    /// Forward from now on to `to`, moving indices by `shifts`.
-    pub async fn attach(&self, to: mpsc::Sender<BusMessage>, shifts: Shifts) {
-        if self.ctl.send(Ctl::Attach(to, shifts)).await.is_err() {
-            tracing::error!("bus relay gone; readings no longer reach the alarm engine");
+    /// Lend the bus to a new alarm task: `first` (in the current table's
+    /// numbering), then what a purge kept and what waits in the bus, then
+    /// what drivers send, with indices moved by `shifts`. A lease still
+    /// out is detached first: one alarm task reads the bus at a time.
+    pub async fn lend(&mut self, first: Vec<BusMessage>, shifts: Shifts) -> Lease {
+        self.detach().await;
+        self.turns += 1;
+        let turn = self.turns;
+        let mut queue: VecDeque<BusMessage> = first.into();
+        queue.extend(self.held.drain(..).filter_map(|m| shift(&shifts, m)));
+        let rx = self.idle.take();
+        if rx.is_none() {
+            tracing::error!("driver bus lost; readings no longer reach the alarm engine");
+        }
+        let (back, returned) = oneshot::channel();
+        self.lent = Some((turn, returned));
+        Lease {
+            first: queue,
+            rx,
+            shifts,
+            turn,
+            back: Some(back),
         }
     }
 
-    /// Forward what is queued now to the attached alarm task, then let go
-    /// of it (its bus closes once it has taken everything). Returns once
-    /// done; later messages wait for the next [`attach`](Self::attach).
-    pub async fn detach(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.ctl.send(Ctl::Detach(done)).await.is_ok() {
-            let _ = wait.await;
+    /// End the current alarm task's turn: it takes what the bus holds now,
+    /// then gives the bus back, and its feed ends (the task drains and
+    /// stops). Returns once the bus is back; later messages wait for the
+    /// next [`lend`](Self::lend).
+    pub async fn detach(&mut self) {
+        let Some((turn, mut returned)) = self.lent.take() else {
+            return;
+        };
+        let rx = tokio::select! {
+            biased;
+            // The alarm task ended before its mark (it stopped on its own):
+            // the bus came back with its lease; no mark needed.
+            r = &mut returned => r.ok(),
+            _ = self.tx.send(BusMessage::Handover { turn }) => returned.await.ok(),
+        };
+        match rx {
+            Some(rx) => self.idle = Some(rx),
+            None => {
+                tracing::error!(
+                    "driver bus not given back; readings no longer reach the alarm engine"
+                )
+            }
         }
     }
 
-    /// Drop the messages waiting (no alarm task attached) of `devices`,
+    /// Drop the messages waiting (no alarm task reading) of `devices`,
     /// logged; returns how many. A reload calls it for the devices of the
     /// units it stopped after detaching: their messages may be numbered in
     /// a point table no alarm task will run with (a unit started by a
     /// reload that then rolled back).
-    pub async fn purge(&self, devices: HashSet<Arc<str>>) -> usize {
+    pub async fn purge(&mut self, devices: HashSet<Arc<str>>) -> usize {
+        let Some(rx) = self.idle.as_mut() else {
+            return 0;
+        };
         if devices.is_empty() {
             return 0;
         }
-        let (done, wait) = oneshot::channel();
-        if self.ctl.send(Ctl::Purge(devices, done)).await.is_ok() {
-            wait.await.unwrap_or(0)
-        } else {
-            0
+        while let Ok(m) = rx.try_recv() {
+            // Marks of turns that ended before them are spent.
+            if !matches!(m, BusMessage::Handover { .. }) {
+                self.held.push_back(m);
+            }
         }
+        let before = self.held.len();
+        self.held
+            .retain(|m| device_of(m).is_none_or(|d| !devices.contains(d)));
+        let n = before - self.held.len();
+        if n > 0 {
+            tracing::warn!(dropped = n, devices = ?devices, "bus messages of stopped drivers dropped (their point numbering no longer runs)");
+        }
+        n
     }
 
     /// End the relay (after [`detach`](Self::detach); drivers stopped).
-    pub async fn close(self) {
-        drop(self.ctl);
-        drop(self.tx);
-        let _ = self.task.await;
+    pub async fn close(mut self) {
+        self.detach().await;
     }
 }
 
-fn device_of(m: &BusMessage) -> &Arc<str> {
+/// The field's bus lent to one alarm task (see [`Relay::lend`]).
+pub(super) struct Lease {
+    /// Messages before the bus's.
+    first: VecDeque<BusMessage>,
+    /// The bus; `None` once given back.
+    rx: Option<mpsc::Receiver<BusMessage>>,
+    shifts: Shifts,
+    /// This lease's turn: its mark ends it.
+    turn: u64,
+    back: Option<oneshot::Sender<mpsc::Receiver<BusMessage>>>,
+}
+
+/// What a lease does with a message from the bus.
+enum Taken {
+    Message(BusMessage),
+    Skip,
+    End,
+}
+
+impl Lease {
+    fn take(&mut self, m: BusMessage) -> Taken {
+        match m {
+            BusMessage::Handover { turn } if turn == self.turn => {
+                self.give_back();
+                Taken::End
+            }
+            // The mark of a turn that ended before it came (its task
+            // stopped first).
+            BusMessage::Handover { .. } => Taken::Skip,
+            m => match shift(&self.shifts, m) {
+                Some(m) => Taken::Message(m),
+                None => Taken::Skip,
+            },
+        }
+    }
+
+    fn give_back(&mut self) {
+        if let (Some(rx), Some(back)) = (self.rx.take(), self.back.take()) {
+            // The relay gone (the field stopped): the bus goes with it.
+            let _ = back.send(rx);
+        }
+    }
+}
+
+impl BusFeed for Lease {
+    async fn recv(&mut self) -> Option<BusMessage> {
+        if let Some(m) = self.first.pop_front() {
+            return Some(m);
+        }
+        loop {
+            let m = self.rx.as_mut()?.recv().await?;
+            match self.take(m) {
+                Taken::Message(m) => return Some(m),
+                Taken::Skip => continue,
+                Taken::End => return None,
+            }
+        }
+    }
+
+    fn try_recv(&mut self) -> Option<BusMessage> {
+        if let Some(m) = self.first.pop_front() {
+            return Some(m);
+        }
+        loop {
+            let m = self.rx.as_mut()?.try_recv().ok()?;
+            match self.take(m) {
+                Taken::Message(m) => return Some(m),
+                Taken::Skip => continue,
+                Taken::End => return None,
+            }
+        }
+    }
+}
+
+/// A lease dropped before its mark (its alarm task ended on its own, or
+/// panicked) gives the bus back: nothing waiting in it is lost.
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+fn device_of(m: &BusMessage) -> Option<&Arc<str>> {
     match m {
         BusMessage::Readings { device, .. }
         | BusMessage::Confirmed { device, .. }
-        | BusMessage::DeviceStatus { device, .. } => device,
-    }
-}
-
-async fn run(mut rx: mpsc::Receiver<BusMessage>, mut ctl: mpsc::Receiver<Ctl>) {
-    let mut to: Option<(mpsc::Sender<BusMessage>, Shifts)> = None;
-    // Messages taken out of the bus by a purge, in order; they go first.
-    let mut held: VecDeque<BusMessage> = VecDeque::new();
-    loop {
-        if let Some((tx, shifts)) = &to {
-            while let Some(m) = held.pop_front() {
-                forward(tx, shifts, m).await;
-            }
-        }
-        tokio::select! {
-            biased;
-            c = ctl.recv() => match c {
-                None => break,
-                Some(Ctl::Attach(tx, shifts)) => to = Some((tx, shifts)),
-                Some(Ctl::Purge(devices, done)) => {
-                    while let Ok(m) = rx.try_recv() {
-                        held.push_back(m);
-                    }
-                    let before = held.len();
-                    held.retain(|m| !devices.contains(device_of(m)));
-                    let n = before - held.len();
-                    if n > 0 {
-                        tracing::warn!(dropped = n, devices = ?devices, "bus messages of stopped drivers dropped (their point numbering no longer runs)");
-                    }
-                    let _ = done.send(n);
-                }
-                Some(Ctl::Detach(done)) => {
-                    if let Some((tx, shifts)) = to.take() {
-                        let mut n = 0usize;
-                        while let Some(m) = held.pop_front() {
-                            forward(&tx, &shifts, m).await;
-                            n += 1;
-                        }
-                        while let Ok(m) = rx.try_recv() {
-                            forward(&tx, &shifts, m).await;
-                            n += 1;
-                        }
-                        tracing::debug!(forwarded = n, "alarm task detached from the bus");
-                    }
-                    let _ = done.send(());
-                }
-            },
-            m = rx.recv(), if to.is_some() => {
-                let Some(m) = m else { break };
-                if let Some((tx, shifts)) = &to {
-                    forward(tx, shifts, m).await;
-                }
-            }
-        }
-    }
-}
-
-async fn forward(to: &mpsc::Sender<BusMessage>, shifts: &Shifts, m: BusMessage) {
-    let Some(m) = shift(shifts, m) else { return };
-    if to.send(m).await.is_err() {
-        tracing::error!("alarm task gone; a bus message was not evaluated");
+        | BusMessage::DeviceStatus { device, .. } => Some(device),
+        BusMessage::Handover { .. } => None,
     }
 }
 
@@ -171,9 +243,15 @@ async fn forward(to: &mpsc::Sender<BusMessage>, shifts: &Shifts, m: BusMessage) 
 /// device's points (none expected) is dropped, logged; so is every
 /// message of a device whose shift is `None`.
 pub(super) fn shift(shifts: &Shifts, m: BusMessage) -> Option<BusMessage> {
-    if let Some(None) = shifts.get(device_of(&m)) {
-        tracing::debug!(device = %device_of(&m), "message of a device the alarm engine does not run dropped");
-        return None;
+    // Nothing moves (no reload kept a driver whose points moved).
+    if shifts.is_empty() {
+        return Some(m);
+    }
+    if let Some(device) = device_of(&m) {
+        if let Some(None) = shifts.get(device) {
+            tracing::debug!(device = %device, "message of a device the alarm engine does not run dropped");
+            return None;
+        }
     }
     match m {
         BusMessage::Readings {
@@ -380,26 +458,38 @@ mod tests {
         assert!(shift(&shifts, confirmed("dropped", &[0])).is_none());
     }
 
+    /// Read a lease until its turn ends, as an alarm task does; the
+    /// points of each message.
+    fn drain(mut lease: Lease) -> tokio::task::JoinHandle<Vec<u32>> {
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(m) = lease.recv().await {
+                got.extend(points(&m).into_iter().map(|(p, _)| p));
+                // What is waiting is taken without waiting, as the alarm
+                // task takes a poll round.
+                while let Some(m) = lease.try_recv() {
+                    got.extend(points(&m).into_iter().map(|(p, _)| p));
+                }
+            }
+            got
+        })
+    }
+
     #[tokio::test]
     async fn switching_alarm_tasks_loses_and_repeats_nothing() {
-        let relay = Relay::start();
+        let mut relay = Relay::start();
         let bus = relay.sender();
-        let (a_tx, mut a_rx) = mpsc::channel(4096);
-        relay.attach(a_tx, Shifts::new()).await;
+        let a = drain(relay.lend(Vec::new(), Shifts::new()).await);
         for i in 0..100u32 {
             bus.send(readings("a", &[i])).await.unwrap();
         }
         relay.detach().await;
-        // Sent while no alarm task is attached: waits.
+        // Sent while no alarm task reads the bus: waits.
         for i in 100..200u32 {
             bus.send(readings("a", &[i])).await.unwrap();
         }
-        // The old alarm task's bus is closed once drained.
-        let mut first = Vec::new();
-        while let Some(m) = a_rx.recv().await {
-            first.extend(points(&m).into_iter().map(|(p, _)| p));
-        }
-        let (b_tx, mut b_rx) = mpsc::channel(4096);
+        // The old alarm task's feed ended after the mark.
+        let first = a.await.unwrap();
         let mut shifts = Shifts::new();
         shifts.insert(
             "a".into(),
@@ -411,7 +501,7 @@ mod tests {
                 table: 1000,
             }),
         );
-        relay.attach(b_tx, shifts).await;
+        let b = drain(relay.lend(Vec::new(), shifts).await);
         for i in 200..300u32 {
             bus.send(readings("a", &[i])).await.unwrap();
         }
@@ -425,21 +515,60 @@ mod tests {
         }
         assert_eq!(relay.purge(["gone".into()].into_iter().collect()).await, 5);
         bus.send(readings("a", &[310])).await.unwrap();
-        let (c_tx, mut c_rx) = mpsc::channel(4096);
-        relay.attach(c_tx, Shifts::new()).await;
+        // A lease's own first messages come before the bus's.
+        let c = drain(relay.lend(vec![readings("b", &[7])], Shifts::new()).await);
         relay.detach().await;
-        let mut third = Vec::new();
-        while let Some(m) = c_rx.recv().await {
-            third.extend(points(&m).into_iter().map(|(p, _)| p));
-        }
-        assert_eq!(third, vec![300, 302, 304, 306, 308, 310]);
+        assert_eq!(c.await.unwrap(), vec![7, 300, 302, 304, 306, 308, 310]);
         drop(bus);
         relay.close().await;
-        let mut second = Vec::new();
-        while let Some(m) = b_rx.recv().await {
-            second.extend(points(&m).into_iter().map(|(p, _)| p));
-        }
         assert_eq!(first, (0..100).collect::<Vec<_>>());
-        assert_eq!(second, (1100..1300).collect::<Vec<_>>());
+        assert_eq!(b.await.unwrap(), (1100..1300).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_lease_dropped_before_its_mark_gives_the_bus_back() {
+        let mut relay = Relay::start();
+        let bus = relay.sender();
+        // An alarm task that takes one message and ends on its own.
+        let mut lease = relay.lend(Vec::new(), Shifts::new()).await;
+        bus.send(readings("a", &[1])).await.unwrap();
+        bus.send(readings("a", &[2])).await.unwrap();
+        let m = lease.recv().await.unwrap();
+        assert_eq!(points(&m), vec![(1, Value::Int(1))]);
+        drop(lease);
+        // Detaching does not wait for a mark no one will read.
+        tokio::time::timeout(std::time::Duration::from_secs(5), relay.detach())
+            .await
+            .expect("detach returned");
+        // A mark sent for a turn whose task ends before reading it is
+        // skipped by the next lease; the messages around it are kept.
+        let lease = relay.lend(Vec::new(), Shifts::new()).await;
+        bus.send(BusMessage::Handover { turn: 1 }).await.unwrap();
+        bus.send(readings("a", &[3])).await.unwrap();
+        let next = drain(lease);
+        relay.detach().await;
+        assert_eq!(next.await.unwrap(), vec![2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_full_bus_is_taken_up_to_the_mark() {
+        let mut relay = Relay::start();
+        let bus = relay.sender();
+        let mut lease = relay.lend(Vec::new(), Shifts::new()).await;
+        // The bus full before the detach: the mark waits for room, the
+        // alarm task takes every message before it.
+        for i in 0..BUS_CAPACITY as u32 {
+            bus.send(readings("a", &[i])).await.unwrap();
+        }
+        let reader = tokio::spawn(async move {
+            let mut n = 0u32;
+            while let Some(m) = lease.recv().await {
+                assert_eq!(points(&m)[0].0, n);
+                n += 1;
+            }
+            n
+        });
+        relay.detach().await;
+        assert_eq!(reader.await.unwrap(), BUS_CAPACITY as u32);
     }
 }

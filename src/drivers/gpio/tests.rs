@@ -108,7 +108,9 @@ async fn next_readings(bus: &mut mpsc::Receiver<BusMessage>) -> Vec<(PointIndex,
             BusMessage::Readings { readings, .. } => {
                 return readings.iter().map(|r| (r.point, r.value)).collect()
             }
-            BusMessage::DeviceStatus { .. } | BusMessage::Confirmed { .. } => continue,
+            BusMessage::DeviceStatus { .. }
+            | BusMessage::Confirmed { .. }
+            | BusMessage::Handover { .. } => continue,
         }
     }
 }

@@ -271,7 +271,7 @@ fn values_of(m: &BusMessage) -> Option<PollValues> {
                 .map(|i| (points.point(i).unwrap(), points.value(i).unwrap()))
                 .collect(),
         )),
-        BusMessage::DeviceStatus { .. } => None,
+        BusMessage::DeviceStatus { .. } | BusMessage::Handover { .. } => None,
     }
 }
 
@@ -422,6 +422,7 @@ async fn dead_slave_is_backed_off_without_stalling_the_bus() {
                 assert!(!online);
                 offline += 1;
             }
+            m @ BusMessage::Handover { .. } => panic!("a driver sent {m:?}"),
         }
     }
     token.cancel();
