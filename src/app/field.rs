@@ -197,7 +197,7 @@ impl Field {
         // With no alarm task attached (a rollback, a retry), what the
         // stopped units sent waits in the bus, numbered as in the table
         // they started with, which no alarm task runs with: dropped.
-        self.relay.purge(stopped_devices).await;
+        self.relay.purge(stopped_devices);
         let kept = self.running_devices();
         let cameras_kept = self
             .units

@@ -119,7 +119,7 @@ impl Relay {
     /// units it stopped after detaching: their messages may be numbered in
     /// a point table no alarm task will run with (a unit started by a
     /// reload that then rolled back).
-    pub async fn purge(&mut self, devices: HashSet<Arc<str>>) -> usize {
+    pub fn purge(&mut self, devices: HashSet<Arc<str>>) -> usize {
         let Some(rx) = self.idle.as_mut() else {
             return 0;
         };
@@ -513,7 +513,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        assert_eq!(relay.purge(["gone".into()].into_iter().collect()).await, 5);
+        assert_eq!(relay.purge(["gone".into()].into_iter().collect()), 5);
         bus.send(readings("a", &[310])).await.unwrap();
         // A lease's own first messages come before the bus's.
         let c = drain(relay.lend(vec![readings("b", &[7])], Shifts::new()).await);
