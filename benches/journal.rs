@@ -12,6 +12,12 @@
 //! the production settings: fsync on, a current-thread runtime, N tasks
 //! each recording one event at a time. The open is measured in a fresh
 //! child process so its RSS is what a restarted gateway would have.
+//!
+//! "One at a time" records single events a few milliseconds apart, as
+//! scenario A's alarms arrive (no two in one commit), and prints the CPU
+//! time the process spends per recorded event, all threads together
+//! (`/proc/self/task/*/schedstat`), with fsync on and off: the difference
+//! is what making one alarm durable costs the CPU on this disk.
 
 use estate_gateway::event::{EventKind, NewEvent, Priority};
 use estate_gateway::journal::{Journal, JournalConfig};
@@ -179,6 +185,36 @@ fn append_and_drain(j: &Journal, n: u64, recorders: usize) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// CPU nanoseconds of every thread of this process so far.
+fn process_cpu_ns() -> u64 {
+    std::fs::read_dir("/proc/self/task")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// `n` events recorded one at a time, `gap` apart, each awaited (and so
+/// committed alone); returns the process's CPU µs per event.
+fn one_at_a_time(j: &Journal, n: u64, gap: Duration) -> f64 {
+    let rt = rt();
+    rt.block_on(async {
+        // Warm up: the first commits open and touch the files.
+        for _ in 0..20 {
+            j.record(vec![event(0)]).await.unwrap();
+        }
+        let cpu0 = process_cpu_ns();
+        for i in 0..n {
+            tokio::time::sleep(gap).await;
+            j.record(vec![event(i)]).await.unwrap();
+        }
+        (process_cpu_ns() - cpu0) as f64 / 1000.0 / n as f64
+    })
+}
+
 /// Read and acknowledge the whole backlog; returns events/s.
 fn drain_backlog(j: &Journal) -> f64 {
     let start = Instant::now();
@@ -256,6 +292,30 @@ fn main() {
         "backlog read/ack drain, in process:  {:>10.0} events/s   (runs: {:?})",
         median(backlog_drains.clone()),
         backlog_drains.iter().map(|r| r.round()).collect::<Vec<_>>()
+    );
+
+    let n_single = a.size.clamp(1, 2_000);
+    let mut single = [Vec::new(), Vec::new()];
+    for run in 0..a.runs {
+        for (k, fsync) in [true, false].into_iter().enumerate() {
+            let dir = work.join(format!("single-{run}-{fsync}"));
+            let j = Journal::open(&cfg(&dir, fsync), GW, &[SINK]).unwrap();
+            single[k].push(one_at_a_time(&j, n_single, Duration::from_millis(2)));
+            drop(j);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+    let round = |v: &[f64]| {
+        v.iter()
+            .map(|r| (r * 10.0).round() / 10.0)
+            .collect::<Vec<_>>()
+    };
+    println!(
+        "one at a time ({n_single} events, 2 ms apart), CPU per event: fsync on {:.1} µs, off {:.1} µs   (runs: {:?}, {:?})",
+        median(single[0].clone()),
+        median(single[1].clone()),
+        round(&single[0]),
+        round(&single[1])
     );
 
     // Build the backlog quickly (big batches, no fsync), then open it in
