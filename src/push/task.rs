@@ -7,7 +7,7 @@ use super::outbox::{Action, DeadReason, Failure, Item, Limits, Outbox};
 use super::route::{self, EscalationDetail, Routed, Wording};
 use super::vendor::{self, Credentials, HttpRequest, Notice};
 use super::{channel_sink, PushError, ESCALATION_SINK};
-use crate::event::{Event, EventKind, NewEvent, Priority, Timestamp};
+use crate::event::{AlarmState, Event, EventKind, NewEvent, Priority, Timestamp};
 use crate::journal::Journal;
 use crate::status::GatewayStatus;
 use std::io::Write;
@@ -750,12 +750,17 @@ pub fn apply(cfg: &PushConfig, esc: &mut Escalations, ev: &Event) -> bool {
                 _ => false,
             }
         }
-        EventKind::AlarmAcknowledged
-        | EventKind::AlarmCleared
-        | EventKind::AlarmShelved
-        | EventKind::CameraVideoRestored => {
+        EventKind::AlarmAcknowledged | EventKind::AlarmShelved | EventKind::CameraVideoRestored => {
             ev.body.alarm.as_ref().is_some_and(|a| esc.ended(&a.key))
         }
+        // A return to normal ends it; a return still unacknowledged (a
+        // panic button pressed and let go, a device back online) does not:
+        // someone must still acknowledge it.
+        EventKind::AlarmCleared => ev
+            .body
+            .alarm
+            .as_ref()
+            .is_some_and(|a| a.state == AlarmState::Normal && esc.ended(&a.key)),
         _ => false,
     }
 }
@@ -826,6 +831,73 @@ mod tests {
     fn phones_masked() {
         assert_eq!(mask_phone("+8613800001234"), "**********1234");
         assert_eq!(mask_phone("12"), "12");
+    }
+
+    fn event(kind: EventKind, state: AlarmState, seq: u64) -> Event {
+        use crate::event::{AlarmInfo, Category, Source};
+        Event {
+            id: format!("gw:{seq:016x}"),
+            seq,
+            body: NewEvent {
+                ts: Timestamp::from_unix_ms(1_795_813_445_123 + seq as i64).unwrap(),
+                kind,
+                priority: Priority::new(1).unwrap(),
+                category: Category::Intrusion,
+                source: Source {
+                    device: Some("access-main".into()),
+                    point: Some("panic".into()),
+                    zone: Some("villa-12".into()),
+                },
+                alarm: Some(AlarmInfo {
+                    key: "access-main/panic".into(),
+                    state,
+                    value: serde_json::Value::Bool(true),
+                    message: "Panic button".into(),
+                    operator: None,
+                    comment: None,
+                    latched: false,
+                }),
+                attachments: vec![],
+                detail: None,
+            },
+        }
+    }
+
+    #[test]
+    fn escalation_ends_on_acknowledgement_or_return_to_normal_only() {
+        let cfg: PushConfig = toml::from_str(
+            r#"
+            [[channels]]
+            name = "ding"
+            kind = "dingtalk"
+            key = { env = "X" }
+            [[tiers]]
+            name = "guards"
+            channels = ["ding"]
+            [[tiers]]
+            name = "manager"
+            channels = ["ding"]
+            [[rules]]
+            name = "all"
+            tiers = ["guards", "manager"]
+            escalate_after_s = 60
+            "#,
+        )
+        .unwrap();
+        let mut esc = Escalations::default();
+        let tracked = |esc: &Escalations| esc.alarms.contains_key("access-main/panic");
+        use AlarmState::*;
+        assert!(apply(&cfg, &mut esc, &event(EventKind::AlarmRaised, ActiveUnacked, 1)));
+        // The button let go: returned, still unacknowledged.
+        let returned = event(EventKind::AlarmCleared, ReturnedUnacked, 2);
+        assert!(!apply(&cfg, &mut esc, &returned));
+        assert!(tracked(&esc), "a returned, unacknowledged alarm escalates on");
+        assert!(apply(&cfg, &mut esc, &event(EventKind::AlarmAcknowledged, Normal, 3)));
+        assert!(!tracked(&esc));
+        // A clear straight to normal (as the gateway's own alarms clear) ends it.
+        assert!(apply(&cfg, &mut esc, &event(EventKind::AlarmRaised, ActiveUnacked, 4)));
+        assert!(apply(&cfg, &mut esc, &event(EventKind::AlarmCleared, Normal, 5)));
+        assert!(!tracked(&esc));
     }
 
     #[test]
