@@ -647,8 +647,8 @@ message = "Smoke loop 1"
                         let z = Arc::new(ArmedZones::with_disarmed(
                             disarmed.iter().copied().take(draw[0] as usize % 2),
                         ));
-                        slow.engine.set_armed_zones(z.clone());
-                        fast.engine.set_armed_zones(z);
+                        slow.engine.set_armed_zones(now, ts, z.clone(), &mut slow.out);
+                        fast.engine.set_armed_zones(now, ts, z, &mut fast.out);
                     }
                     // A new alarm task (reload): the endpoint keeps its
                     // replies, the task holds nothing.

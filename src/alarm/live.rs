@@ -216,6 +216,7 @@ mod tests {
             category: Category::Intrusion,
             message: "m".into(),
             latched: false,
+            zone_disarmed: false,
         }
     }
 

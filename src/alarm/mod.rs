@@ -252,6 +252,9 @@ pub struct AlarmView {
     pub category: Category,
     pub message: Arc<str>,
     pub latched: bool,
+    /// Raised while its zone was disarmed (`when_disarmed = "record"`):
+    /// recorded at priority 5, not announced.
+    pub zone_disarmed: bool,
 }
 
 /// What an alarm is about: fixed at load time.
@@ -479,9 +482,51 @@ impl AlarmEngine {
         }
     }
 
-    /// The zones' arming state changed: rules judged from now on follow it.
-    pub fn set_armed_zones(&mut self, armed: Arc<ArmedZones>) {
-        self.armed = armed;
+    /// The zones' arming state changed: rules judged from now on follow it,
+    /// and the rules that ignore a disarmed zone (`when_disarmed =
+    /// "ignore"`) whose zone changed are judged again at once with their
+    /// point's last value, as a new reading would be: a door left open
+    /// raises when its zone is armed, not at its next change (a device
+    /// that reports only changes may never send one), and disarming
+    /// returns such an alarm.
+    pub fn set_armed_zones(
+        &mut self,
+        now: Instant,
+        ts: Timestamp,
+        armed: Arc<ArmedZones>,
+        out: &mut Vec<NewEvent>,
+    ) {
+        let before = std::mem::replace(&mut self.armed, armed);
+        let armed = &*self.armed;
+        for (i, alarm) in self.alarms.iter_mut().enumerate() {
+            if alarm.def.when_disarmed != WhenDisarmed::Ignore {
+                continue;
+            }
+            let disarmed = zone_disarmed(&alarm.def, armed);
+            if disarmed == zone_disarmed(&alarm.def, &before) {
+                continue;
+            }
+            let (Some(condition), Some(value)) = (alarm.def.condition, alarm.value) else {
+                continue;
+            };
+            let saved = alarm.saved();
+            if let Some(at) = alarm.core.pending().filter(|at| *at <= now) {
+                let t = alarm.core.fire(at);
+                emit(alarm, armed, t, ts, None, None, None, out);
+            }
+            let cond = condition
+                .eval(value, alarm.core.raw())
+                .map(|c| c && !disarmed);
+            let step = alarm.core.observe(now, cond);
+            if let Some(at) = step.schedule {
+                self.timers.push(Reverse((at, i as u32)));
+            }
+            emit(alarm, armed, step.transitions, ts, None, None, None, out);
+            if alarm.saved() != saved {
+                self.dirty.alarm(i as u32);
+            }
+        }
+        self.prune_timers();
     }
 
     /// A new value (or a quality change) of a point. Only `good` values with
@@ -699,21 +744,32 @@ impl AlarmEngine {
             .map(|&i| self.alarms[i as usize].core.state())
     }
 
-    /// Every alarm not in the normal state, most urgent first.
+    /// Every alarm not in the normal state, most urgent first. An alarm
+    /// raised while its zone was disarmed (`record`) has priority 5 here
+    /// too, as its events have.
     pub fn active(&self) -> Vec<AlarmView> {
-        self.by_urgency
+        let mut list: Vec<AlarmView> = self
+            .by_urgency
             .iter()
             .map(|&i| &self.alarms[i as usize])
             .filter(|a| a.core.state() != AlarmState::Normal)
             .map(|a| AlarmView {
                 key: a.def.key.clone(),
                 state: a.core.state(),
-                priority: a.def.priority,
+                priority: if a.quiet {
+                    Priority::INFO
+                } else {
+                    a.def.priority
+                },
                 category: a.def.category,
                 message: a.def.message.clone(),
                 latched: a.core.latching(),
+                zone_disarmed: a.quiet,
             })
-            .collect()
+            .collect();
+        // Stable: within a priority, the order stays by key.
+        list.sort_by_key(|a| a.priority);
+        list
     }
 
     /// The states worth keeping across a restart in the whole-engine format

@@ -164,7 +164,12 @@ pub async fn run_with(
     } = hooks;
     let mut engine = AlarmEngine::new(&cfg);
     if let Some(a) = &mut armed {
-        engine.set_armed_zones(a.borrow_and_update().clone());
+        engine.set_armed_zones(
+            Instant::now(),
+            Timestamp::now(),
+            a.borrow_and_update().clone(),
+            &mut Vec::new(),
+        );
     }
     let mut telemetry = TelemetryFilter::new(&cfg);
     let telemetry_on = cfg.config.telemetry.enabled;
@@ -274,7 +279,7 @@ pub async fn run_with(
             }
             changed = changed_armed(&mut armed) => {
                 match changed {
-                    Some(z) => engine.set_armed_zones(z),
+                    Some(z) => engine.set_armed_zones(Instant::now(), Timestamp::now(), z, &mut out),
                     None => armed = None,
                 }
             }

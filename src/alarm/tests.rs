@@ -1365,9 +1365,15 @@ impl Bench {
         )?;
         Ok(std::mem::take(&mut self.out))
     }
-    fn disarm(&mut self, zones: &[&str]) {
-        self.engine
-            .set_armed_zones(Arc::new(ArmedZones::with_disarmed(zones.iter().copied())));
+    /// From `ms` on, `zones` are disarmed and every other zone armed.
+    fn disarm(&mut self, ms: u64, zones: &[&str]) -> Vec<NewEvent> {
+        self.engine.set_armed_zones(
+            self.at(ms),
+            Self::ts(ms),
+            Arc::new(ArmedZones::with_disarmed(zones.iter().copied())),
+            &mut self.out,
+        );
+        std::mem::take(&mut self.out)
     }
 }
 
@@ -1464,7 +1470,7 @@ fn a_shelf_survives_a_restart() {
 #[test]
 fn disarmed_zone_records_at_low_priority_but_fire_is_never_disarmed() {
     let mut b = Bench::new();
-    b.disarm(&["perimeter-north", "villa-12"]);
+    b.disarm(0, &["perimeter-north", "villa-12"]);
     b.read(0, FENCE, Value::Bool(true));
     let ev = b.tick(2000);
     assert_eq!(
@@ -1475,8 +1481,14 @@ fn disarmed_zone_records_at_low_priority_but_fire_is_never_disarmed() {
     let d = ev[0].detail.as_ref().unwrap();
     assert_eq!(d["zone_disarmed"], true);
     assert_eq!(d["rule_priority"], 2);
+    // The guards' list shows it as recorded, below the armed zones' alarms.
+    let listed = &b.engine.active()[0];
+    assert_eq!(
+        (listed.priority, listed.zone_disarmed),
+        (Priority::INFO, true)
+    );
     // The whole activation stays quiet, even once re-armed.
-    b.disarm(&[]);
+    assert!(b.disarm(2500, &[]).is_empty());
     b.read(3000, FENCE, Value::Bool(false));
     let ev = b.tick(8000);
     assert_eq!(ev[0].kind, EventKind::AlarmCleared);
@@ -1490,7 +1502,7 @@ fn disarmed_zone_records_at_low_priority_but_fire_is_never_disarmed() {
 
     // Fire in a disarmed zone: priority 1 regardless.
     let mut b = Bench::new();
-    b.disarm(&["villa-12"]);
+    b.disarm(0, &["villa-12"]);
     let ev = b.read(0, FIRE3, Value::Bool(true));
     assert_eq!(ev[0].priority, Priority::LIFE_SAFETY);
     assert!(ev[0].detail.is_none());
@@ -1503,24 +1515,43 @@ fn when_disarmed_ignore_and_raise() {
         "message = \"Fence zone 1 cut\"\nwhen_disarmed = \"ignore\"",
     );
     let mut b = Bench::with(load_str(&ignore, Path::new("t.toml")).unwrap());
-    b.disarm(&["perimeter-north"]);
+    b.disarm(0, &["perimeter-north"]);
     b.read(0, FENCE, Value::Bool(true));
     assert!(b.tick(5000).is_empty(), "ignored while disarmed");
-    b.disarm(&[]);
-    b.read(6000, FENCE, Value::Bool(true));
+    // Armed with the fence still cut: judged again at once, without a new
+    // reading (a device that reports only changes sends none), through the
+    // rule's on-delay.
+    assert!(b.disarm(6000, &[]).is_empty());
     let ev = b.tick(8000);
     assert_eq!(
         kinds(&ev),
         vec![(EventKind::AlarmRaised, Some(AlarmState::ActiveUnacked))]
     );
     assert_eq!(ev[0].priority, Priority::HIGH);
+    assert_eq!(
+        ev[0].ts,
+        Bench::ts(8000),
+        "raised when the on-delay ran out"
+    );
+    // Disarmed again while active: the alarm returns (unacknowledged).
+    let ev = b.disarm(9000, &["perimeter-north"]);
+    let ev = [ev, b.tick(15_000)].concat();
+    assert_eq!(
+        kinds(&ev),
+        vec![(EventKind::AlarmCleared, Some(AlarmState::ReturnedUnacked))]
+    );
+    // A zone that did not change leaves the rule alone.
+    assert!(b
+        .disarm(16_000, &["perimeter-north", "villa-12"])
+        .is_empty());
+    assert!(b.tick(30_000).is_empty());
 
     let raise = CONFIG.replace(
         "message = \"Fence zone 1 cut\"",
         "message = \"Fence zone 1 cut\"\nwhen_disarmed = \"raise\"",
     );
     let mut b = Bench::with(load_str(&raise, Path::new("t.toml")).unwrap());
-    b.disarm(&["perimeter-north"]);
+    b.disarm(0, &["perimeter-north"]);
     b.read(0, FENCE, Value::Bool(true));
     assert_eq!(b.tick(2000)[0].priority, Priority::HIGH);
 }

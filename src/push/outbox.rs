@@ -253,13 +253,16 @@ impl Outbox {
         if down {
             return Action::Wait(self.down_until);
         }
-        let ready: Vec<u64> = self
+        // Most urgent first, then oldest: in a storm the summary lists a
+        // P2 before the P4s that came before it, and never leaves it out.
+        let mut ready: Vec<(u8, u64)> = self
             .queue
             .iter()
             .filter(|i| i.routed.alarm.priority != 1 && now >= i.not_before)
-            .map(|i| i.seq)
+            .map(|i| (i.routed.alarm.priority, i.seq))
             .collect();
-        let Some(&first) = ready.first() else {
+        ready.sort_unstable();
+        let Some(&(_, first)) = ready.first() else {
             // Everything waits out its backoff.
             let t = self.queue.iter().map(|i| i.not_before).min();
             return t.map_or(Action::Idle, Action::Wait);
@@ -276,7 +279,11 @@ impl Outbox {
                 return Action::Wait(last + gap);
             }
         }
-        let seqs: Vec<u64> = ready.into_iter().take(MAX_SUMMARY).collect();
+        let seqs: Vec<u64> = ready
+            .into_iter()
+            .take(MAX_SUMMARY)
+            .map(|(_, seq)| seq)
+            .collect();
         let summary = seqs.len() > 1;
         Action::Send { seqs, summary }
     }
@@ -451,6 +458,33 @@ mod tests {
         all.sort();
         assert_eq!(all, (1..=50).collect::<Vec<_>>());
         assert_eq!(o.ack_upto(), 50);
+    }
+
+    #[test]
+    fn in_a_storm_the_most_urgent_go_first() {
+        let mut o = Outbox::new(limits(), 0);
+        // 30 P4s waiting, then a P3 and a P2.
+        let n = 30;
+        for seq in 1..=n {
+            o.read(seq, Some(routed(4)), 0);
+        }
+        o.read(n + 1, Some(routed(3)), 0);
+        o.read(n + 2, Some(routed(2)), 0);
+        let sent = drain(&mut o, 0, 10 * 60_000);
+        let order: Vec<u64> = sent.iter().flat_map(|(_, s, _)| s.clone()).collect();
+        assert_eq!(
+            order[..3],
+            [n + 2, n + 1, 1],
+            "P2, then P3, then the oldest P4: {sent:?}"
+        );
+        assert!(sent.iter().any(|(_, _, sum)| *sum), "condensed: {sent:?}");
+        let mut all: Vec<u64> = sent.iter().flat_map(|(_, s, _)| s.clone()).collect();
+        all.sort();
+        assert_eq!(
+            all,
+            (1..=n + 2).collect::<Vec<_>>(),
+            "every alarm pushed once"
+        );
     }
 
     #[test]

@@ -332,19 +332,26 @@ impl Wording {
     pub fn summary(&self, items: &[Routed], window_s: u64) -> (String, String, String) {
         const MAX_LINES: usize = 20;
         let zh = self.language == Language::ZhCn;
+        // Most urgent first (stable: oldest first within a priority), so
+        // the lines cut off are the least urgent; the title names the top.
+        let mut items: Vec<&Routed> = items.iter().collect();
+        items.sort_by_key(|r| r.alarm.priority);
+        let top = items.first().map_or(5, |r| r.alarm.priority);
         let title = if zh {
             format!(
-                "【报警汇总】{} · {} 条报警（{}秒内）",
+                "【报警汇总】{} · {} 条报警（{}秒内），最高 P{}",
                 self.site,
                 items.len(),
-                window_s
+                window_s,
+                top
             )
         } else {
             format!(
-                "[Alarm summary] {}: {} alarms (within {} s)",
+                "[Alarm summary] {}: {} alarms (within {} s), highest P{}",
                 self.site,
                 items.len(),
-                window_s
+                window_s,
+                top
             )
         };
         let mut text = title.clone();
@@ -505,6 +512,34 @@ mod tests {
         assert!(!in_quiet_hours(&t, "+08:00", at(7, 0)));
         assert!(!in_quiet_hours(&t, "+08:00", at(12, 0)));
         assert!(!quiet_blocks(&t, "+08:00", at(3, 0), 2));
+    }
+
+    #[test]
+    fn a_summary_lists_the_most_urgent_first() {
+        let c = cfg();
+        // 11:04 at +08:00, outside the guards' quiet hours.
+        let at_day = |p: u8, n: u64, zone: &str| {
+            let mut e = raised(n, p, Category::Perimeter, zone);
+            e.body.ts = Timestamp::from_unix_ms(1_795_813_445_123 + 6 * 3_600_000).unwrap();
+            route(&c, "wecom", &e).unwrap()
+        };
+        let mut items: Vec<Routed> = (1..=25).map(|n| at_day(4, n, "villa-3")).collect();
+        items.push(at_day(2, 26, "north"));
+        for (lang, top) in [(Language::ZhCn, "最高 P2"), (Language::En, "highest P2")] {
+            let w = Wording {
+                language: lang,
+                site: "Riverside".into(),
+                offset: parse_offset("+08:00").unwrap(),
+                alarm_link: None,
+            };
+            let (title, text, _) = w.summary(&items, 60);
+            assert!(title.contains(top), "{title}");
+            let first = text.lines().nth(1).unwrap();
+            assert!(
+                first.starts_with("- P2 ") && first.contains("north"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

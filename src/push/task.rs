@@ -887,16 +887,35 @@ mod tests {
         let mut esc = Escalations::default();
         let tracked = |esc: &Escalations| esc.alarms.contains_key("access-main/panic");
         use AlarmState::*;
-        assert!(apply(&cfg, &mut esc, &event(EventKind::AlarmRaised, ActiveUnacked, 1)));
+        assert!(apply(
+            &cfg,
+            &mut esc,
+            &event(EventKind::AlarmRaised, ActiveUnacked, 1)
+        ));
         // The button let go: returned, still unacknowledged.
         let returned = event(EventKind::AlarmCleared, ReturnedUnacked, 2);
         assert!(!apply(&cfg, &mut esc, &returned));
-        assert!(tracked(&esc), "a returned, unacknowledged alarm escalates on");
-        assert!(apply(&cfg, &mut esc, &event(EventKind::AlarmAcknowledged, Normal, 3)));
+        assert!(
+            tracked(&esc),
+            "a returned, unacknowledged alarm escalates on"
+        );
+        assert!(apply(
+            &cfg,
+            &mut esc,
+            &event(EventKind::AlarmAcknowledged, Normal, 3)
+        ));
         assert!(!tracked(&esc));
         // A clear straight to normal (as the gateway's own alarms clear) ends it.
-        assert!(apply(&cfg, &mut esc, &event(EventKind::AlarmRaised, ActiveUnacked, 4)));
-        assert!(apply(&cfg, &mut esc, &event(EventKind::AlarmCleared, Normal, 5)));
+        assert!(apply(
+            &cfg,
+            &mut esc,
+            &event(EventKind::AlarmRaised, ActiveUnacked, 4)
+        ));
+        assert!(apply(
+            &cfg,
+            &mut esc,
+            &event(EventKind::AlarmCleared, Normal, 5)
+        ));
         assert!(!tracked(&esc));
     }
 

@@ -519,6 +519,7 @@ fn alarm_json(v: &crate::alarm::AlarmView) -> serde_json::Value {
         "category": v.category,
         "message": v.message,
         "latched": v.latched,
+        "zone_disarmed": v.zone_disarmed,
     })
 }
 

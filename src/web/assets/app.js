@@ -20,7 +20,7 @@ const T = {
     shelved: "已搁置", normal: "正常", online: "在线", offline: "离线", unknown: "未知",
     disabled: "停用", good: "良好", bad: "故障", stale: "过期",
     technician: "技术员", guard: "保安", viewer: "查看者",
-    shelve_minutes: "分钟", journal: "日志", uptime: "运行时间",
+    shelve_minutes: "分钟", journal: "日志", uptime: "运行时间", zone_disarmed: "防区已撤防，仅记录",
     cat_fire: "消防", cat_intrusion: "入侵", cat_perimeter: "周界", cat_access: "门禁", cat_hvac: "暖通", cat_video: "视频", cat_system: "系统",
   },
   "en": {
@@ -40,7 +40,7 @@ const T = {
     shelved: "shelved", normal: "normal", online: "online", offline: "offline", unknown: "unknown",
     disabled: "disabled", good: "good", bad: "bad", stale: "stale",
     technician: "technician", guard: "guard", viewer: "viewer",
-    shelve_minutes: "min", journal: "Journal", uptime: "Uptime",
+    shelve_minutes: "min", journal: "Journal", uptime: "Uptime", zone_disarmed: "zone disarmed: recorded only",
     cat_fire: "fire", cat_intrusion: "intrusion", cat_perimeter: "perimeter", cat_access: "access", cat_hvac: "HVAC", cat_video: "video", cat_system: "system",
   },
 };
@@ -180,7 +180,7 @@ function renderAlarmRows(tbody) {
     const unacked = a.state === "active_unacked" || a.state === "returned_unacked";
     return `<tr class="${unacked ? "unacked" : ""}" data-key="${esc(a.key)}" data-state="${esc(a.state)}">
       <td data-label="${esc(t("prio"))}"><span class="prio p${a.priority}">P${a.priority}</span></td>
-      <td data-label="${esc(t("alarm"))}">${esc(a.message)}<br><small>${esc(a.key)}</small>${typeof alarmExtra === "function" ? alarmExtra(a) : ""}</td>
+      <td data-label="${esc(t("alarm"))}">${esc(a.message)}<br><small>${esc(a.key)}</small>${a.zone_disarmed ? `<br><small class="zone-disarmed">${esc(t("zone_disarmed"))}</small>` : ""}${typeof alarmExtra === "function" ? alarmExtra(a) : ""}</td>
       <td data-label="${esc(t("state"))}" class="state">${esc(t(a.state))}</td>
       <td data-label="${esc(t("category"))}">${esc(t("cat_" + a.category))}</td>
       <td data-label="${esc(t("actions"))}">${canOperate ? `<div class="alarm-actions">
