@@ -110,8 +110,10 @@ impl Gateway {
             .context("recording gateway.started")?;
 
         let disk_stop = CancellationToken::new();
+        let troubles = crate::alarm::trouble::Troubles::new(journal.clone());
         let disk = tokio::spawn(disk::watch(
             journal.clone(),
+            troubles.clone(),
             c.journal.path.clone(),
             c.journal.min_free_bytes,
             disk_stop.clone(),
@@ -119,6 +121,7 @@ impl Gateway {
         let (route_tx, route_rx) = watch::channel(mpsc::channel::<IncomingCommand>(1).0);
         let shared = Arc::new(Shared {
             journal: journal.clone(),
+            troubles,
             status: status.clone(),
             clock,
             command_route: route_tx,

@@ -165,17 +165,38 @@ async fn ingest_video_loss_and_restore() {
         0
     );
 
+    // Shelving is refused: the gateway's own alarm is acknowledged.
+    let shelve = br#"{"action":"shelve_alarm","target":"cam-a/video","value":600,"operator":"control-room/li"}"#;
+    sub.publish(&format!("{ROOT}cmd/s1"), shelve).await;
+    let ev = sub
+        .next_event("command.executed", Duration::from_secs(5))
+        .await;
+    assert_eq!(ev["detail"]["ok"], false, "{ev}");
+
     // Back: restored, and ingest resumes without restarting the gateway.
+    // Nobody acknowledged the loss: it returned, still unacknowledged.
     cam.restart();
     let ev = sub
         .next_event("camera.video_restored", Duration::from_secs(20))
         .await;
     assert_eq!(ev["source"]["device"], "cam-a");
+    assert_eq!(ev["alarm"]["state"], "returned_unacked");
     let h = wait_health(&gw, "cam-a", Duration::from_secs(10), "frames again", |h| {
         h.online && h.last_frame_age_s.is_some_and(|a| a < 1.0)
     })
     .await;
     assert!(h.reconnects >= 1, "{h:?}");
+
+    // The platform acknowledges it: recorded like a point alarm's.
+    let ack = br#"{"action":"ack_alarm","target":"cam-a/video","operator":"control-room/li","comment":"cable reseated"}"#;
+    sub.publish(&format!("{ROOT}cmd/a1"), ack).await;
+    let ev = sub
+        .next_event("alarm.acknowledged", Duration::from_secs(5))
+        .await;
+    assert_eq!(ev["alarm"]["key"], "cam-a/video");
+    assert_eq!(ev["alarm"]["state"], "normal");
+    assert_eq!(ev["alarm"]["operator"], "control-room/li");
+    assert_eq!(ev["category"], "video");
     gw.stop();
     gw.wait().await;
 }

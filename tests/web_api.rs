@@ -369,3 +369,75 @@ fn web_api_end_to_end() {
     }
     assert!(!rig.gw.log().contains(UPLINK_SECRET));
 }
+
+/// An alarm the gateway raises itself (here a camera's video loss) is on
+/// the guards' console like a point alarm, streamed live, and acknowledged
+/// there: recorded as `alarm.acknowledged` for the platform. It cannot be
+/// shelved.
+#[test]
+fn a_video_loss_is_on_the_console_and_acknowledged_there() {
+    // A camera no one answers for: video loss after 1 s.
+    let camera = r#"
+[clips]
+path = "@DIR@/clips"
+min_free_bytes = 0
+
+[[cameras]]
+id = "cam-gate"
+name = "Gate camera"
+zone = "villa-3"
+url = "rtsp://127.0.0.1:9/stream"
+video_loss_s = 1
+"#;
+    let Some(rig) = Rig::start_with("web-trouble", &[("li", "guard", GUARD_PW)], camera) else {
+        return;
+    };
+    let seen: Seen = Default::default();
+    let mut guard = Client::new(rig.web, &seen);
+    assert_eq!(guard.login("li", GUARD_PW).status, 200);
+    let stream = guard.alarm_stream();
+    let list = loop {
+        let (_, list) = stream
+            .recv_timeout(Duration::from_secs(15))
+            .expect("the video loss on the console");
+        if list.as_array().is_some_and(|a| !a.is_empty()) {
+            break list;
+        }
+    };
+    assert_eq!(list[0]["key"], "cam-gate/video", "{list}");
+    assert_eq!(list[0]["state"], "active_unacked");
+    assert_eq!(list[0]["category"], "video");
+    let dash = guard.get("/api/v1/dashboard").json();
+    assert_eq!(dash["alarms"]["active"], 1, "{dash}");
+
+    let shelve = guard.post(
+        "/api/v1/alarms/shelve",
+        json!({"key": "cam-gate/video", "duration_s": 600}),
+    );
+    assert_eq!(shelve.status, 409, "{}", shelve.body);
+    let ack = guard.post(
+        "/api/v1/alarms/ack",
+        json!({"key": "cam-gate/video", "comment": "摄像头维修中"}),
+    );
+    assert_eq!(ack.status, 200, "{}", ack.body);
+    let acked = rig.sub.wait_json(
+        "/events",
+        Duration::from_secs(10),
+        "alarm.acknowledged",
+        |e| e["kind"] == "alarm.acknowledged",
+    );
+    assert_eq!(acked["alarm"]["key"], "cam-gate/video");
+    assert_eq!(acked["alarm"]["state"], "active_acked");
+    assert_eq!(acked["alarm"]["operator"], "li");
+    let after = loop {
+        let (_, list) = stream
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the list after the acknowledgement");
+        if list[0]["state"] != "active_unacked" {
+            break list;
+        }
+    };
+    assert_eq!(after[0]["state"], "active_acked", "{after}");
+    let twice = guard.post("/api/v1/alarms/ack", json!({"key": "cam-gate/video"}));
+    assert_eq!(twice.status, 409, "{}", twice.body);
+}

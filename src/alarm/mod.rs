@@ -101,6 +101,7 @@ mod state;
 pub mod task;
 #[cfg(test)]
 mod tests;
+pub mod trouble;
 
 pub use config::{AlarmRuleConfig, WhenDisarmed};
 

@@ -14,9 +14,11 @@
 //! The alarm is the gateway's own: it is not in the alarm engine, so it
 //! cannot be acknowledged or shelved; it clears itself.
 
+use crate::alarm::trouble::Troubles;
 use crate::event::{AlarmInfo, AlarmState, Category, EventKind, NewEvent, Priority, Source};
 use crate::journal::Journal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -142,7 +144,13 @@ pub fn disk_event(change: DiskChange, free: u64, min_free: u64, path: &Path) -> 
 }
 
 /// Check the journal's filesystem every [`DISK_CHECK`] until `stop`.
-pub async fn watch(journal: Journal, path: PathBuf, min_free: u64, stop: CancellationToken) {
+pub async fn watch(
+    journal: Journal,
+    troubles: Arc<Troubles>,
+    path: PathBuf,
+    min_free: u64,
+    stop: CancellationToken,
+) {
     let mut guard = DiskGuard::new(min_free);
     let mut failing = false;
     loop {
@@ -170,7 +178,7 @@ pub async fn watch(journal: Journal, path: PathBuf, min_free: u64, stop: Cancell
                         d.insert("journal_store_failing".into(), st.store_failing.into());
                         d.insert("journal_wal_full".into(), st.wal_full.into());
                     }
-                    if let Err(e) = journal.record(vec![ev]).await {
+                    if let Err(e) = troubles.record(ev).await {
                         tracing::error!(error = %e, "gateway/disk alarm not recorded");
                     }
                 }

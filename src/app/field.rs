@@ -13,6 +13,7 @@ use super::units::{self, Shift, Span, UnitId, UnitPlan, UnitSpec};
 use super::UPLINK_SINK;
 use crate::alarm::live::{LiveView, Sample};
 use crate::alarm::task::{self as alarm_task, AlarmRequest};
+use crate::alarm::trouble::Troubles;
 use crate::arming::{ArmingHandle, WallClock};
 use crate::cameras::ClipRequest;
 use crate::command::CommandPath;
@@ -49,6 +50,8 @@ pub struct FieldHandles {
     pub arming: ArmingHandle,
     /// Last point values and active alarms (the local web page).
     pub live: Arc<crate::alarm::live::LiveView>,
+    /// The gateway's own alarms (the local web page lists them too).
+    pub troubles: Arc<Troubles>,
     /// "Read now" probes of Modbus devices (the local web page).
     pub probes: modbus::probe::Probers,
 }
@@ -56,6 +59,8 @@ pub struct FieldHandles {
 /// What every field shares and keeps across reloads.
 pub(super) struct Shared {
     pub journal: Journal,
+    /// The gateway's own alarms (video loss, disk, drivers): on the console.
+    pub troubles: Arc<Troubles>,
     pub status: Arc<GatewayStatus>,
     pub clock: Arc<dyn WallClock>,
     /// The uplink's commands go to the current field's command task.
@@ -309,6 +314,7 @@ impl Field {
                 cfg,
                 id,
                 shared.journal.clone(),
+                shared.troubles.clone(),
                 shared.status.clone(),
                 stop.clone(),
             ) {
@@ -385,7 +391,7 @@ impl Field {
         if was_down != is_down {
             let names: Vec<String> = self.down.keys().map(|u| u.to_string()).collect();
             let ev = drivers_event(&names);
-            if let Err(e) = shared.journal.record(vec![ev]).await {
+            if let Err(e) = shared.troubles.record(ev).await {
                 tracing::error!(error = %e, "gateway/drivers alarm not recorded");
             }
         }
@@ -498,6 +504,7 @@ impl Field {
             req_tx.clone(),
             Some(arming.clone()),
             shared.journal.clone(),
+            Some(shared.troubles.clone()),
         );
         let (cmd_tx, cmd_rx) = mpsc::channel::<IncomingCommand>(64);
         let commands = tokio::spawn(crate::command::run(cmd_rx, command_path.clone()));
@@ -518,6 +525,7 @@ impl Field {
             commands: command_path,
             arming,
             live,
+            troubles: shared.troubles.clone(),
             probes,
         })
     }

@@ -9,6 +9,7 @@ use super::health::{CameraHealth, RateMeter};
 use super::mp4::Mp4Writer;
 use super::redact::{redact_text, redact_url};
 use super::ClipRequest;
+use crate::alarm::trouble::Troubles;
 use crate::config::secret::Secret;
 use crate::event::{
     AlarmInfo, AlarmState, Attachment, Category, EventKind, NewEvent, Priority, Source, Timestamp,
@@ -76,6 +77,8 @@ pub(super) struct CameraTask {
     pub url: url::Url,
     pub password: Option<Secret>,
     pub journal: Journal,
+    /// Video loss and its end are troubles: on the guards' console.
+    pub troubles: Arc<Troubles>,
     pub status: Arc<GatewayStatus>,
     pub health: Arc<CameraHealth>,
     pub store: ClipStore,
@@ -330,7 +333,7 @@ impl CameraTask {
     }
 
     async fn record(&self, ev: NewEvent) {
-        if let Err(e) = self.journal.record(vec![ev]).await {
+        if let Err(e) = self.troubles.record(ev).await {
             tracing::error!(error = %e, "cannot record camera event");
         }
     }

@@ -32,6 +32,7 @@ pub use config::{CameraConfig, CameraTransport, ClipsConfig};
 pub use driver::Backoff;
 pub use health::{HealthRegistry, HealthSnapshot};
 
+use crate::alarm::trouble::Troubles;
 use crate::config::secret::SecretError;
 use crate::config::LoadedConfig;
 use crate::event::{Attachment, Category, EventKind, NewEvent, Timestamp};
@@ -157,6 +158,7 @@ pub struct Cameras {
 pub fn spawn(
     cfg: &LoadedConfig,
     journal: Journal,
+    troubles: Arc<Troubles>,
     status: Arc<GatewayStatus>,
     shutdown: CancellationToken,
 ) -> Cameras {
@@ -172,7 +174,7 @@ pub fn spawn(
     let mut tasks = Vec::new();
     let mut senders = HashMap::new();
     for cam in enabled {
-        if let Some((task, tx)) = start(cfg, cam, &journal, &status, shutdown.clone()) {
+        if let Some((task, tx)) = start(cfg, cam, &journal, &troubles, &status, shutdown.clone()) {
             senders.insert(cam.id.clone(), tx);
             tasks.push(task);
         }
@@ -201,6 +203,7 @@ pub fn spawn_one(
     cfg: &LoadedConfig,
     id: &str,
     journal: Journal,
+    troubles: Arc<Troubles>,
     status: Arc<GatewayStatus>,
     shutdown: CancellationToken,
 ) -> Option<(tokio::task::JoinHandle<()>, mpsc::Sender<ClipRequest>)> {
@@ -209,13 +212,14 @@ pub fn spawn_one(
         .cameras
         .iter()
         .find(|c| c.id == id && c.enabled)?;
-    start(cfg, cam, &journal, &status, shutdown)
+    start(cfg, cam, &journal, &troubles, &status, shutdown)
 }
 
 fn start(
     cfg: &LoadedConfig,
     cam: &CameraConfig,
     journal: &Journal,
+    troubles: &Arc<Troubles>,
     status: &Arc<GatewayStatus>,
     shutdown: CancellationToken,
 ) -> Option<(tokio::task::JoinHandle<()>, mpsc::Sender<ClipRequest>)> {
@@ -255,6 +259,7 @@ fn start(
         url,
         password,
         journal: journal.clone(),
+        troubles: troubles.clone(),
         status: status.clone(),
         health: status.cameras.camera(&cam.id),
         store: ClipStore::new(&cfg.config.clips),

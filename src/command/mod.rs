@@ -15,6 +15,7 @@ pub use check::{Command, Plan};
 pub use config::{validate, CommandsConfig, DoorConfig, WriteTargetConfig, ACTIONS};
 
 use crate::alarm::task::AlarmRequest;
+use crate::alarm::trouble::Troubles;
 use crate::arming::ArmingHandle;
 use crate::config::LoadedConfig;
 use crate::drivers::write::Writers;
@@ -183,6 +184,8 @@ pub struct CommandPath {
     alarms: mpsc::Sender<AlarmRequest>,
     arming: Option<ArmingHandle>,
     journal: Journal,
+    /// The gateway's own alarms, acknowledged here too (`None`: none).
+    troubles: Option<Arc<Troubles>>,
 }
 
 impl CommandPath {
@@ -192,6 +195,7 @@ impl CommandPath {
         alarms: mpsc::Sender<AlarmRequest>,
         arming: Option<ArmingHandle>,
         journal: Journal,
+        troubles: Option<Arc<Troubles>>,
     ) -> CommandPath {
         CommandPath {
             cfg,
@@ -199,6 +203,15 @@ impl CommandPath {
             alarms,
             arming,
             journal,
+            troubles,
+        }
+    }
+
+    /// The trouble `key` is, when it is one not in normal now.
+    async fn trouble(&self, key: &str) -> Option<&Arc<Troubles>> {
+        match &self.troubles {
+            Some(t) if t.has(key).await => Some(t),
+            _ => None,
         }
     }
 
@@ -257,6 +270,9 @@ impl CommandPath {
         let timeout = self.cfg.config.commands.write_timeout;
         match plan {
             Plan::Ack { key } => {
+                if let Some(t) = self.trouble(&key).await {
+                    return t.acknowledge(&key, &operator, cmd.comment.as_deref()).await;
+                }
                 let (tx, rx) = oneshot::channel();
                 self.alarm_request(
                     AlarmRequest::Acknowledge {
@@ -270,6 +286,11 @@ impl CommandPath {
                 .await
             }
             Plan::Shelve { key, duration } => {
+                if self.trouble(&key).await.is_some() {
+                    return Err(format!(
+                        "alarm {key:?} is raised by the gateway itself and cannot be shelved; acknowledge it"
+                    ));
+                }
                 let (tx, rx) = oneshot::channel();
                 self.alarm_request(
                     AlarmRequest::Shelve {

@@ -750,13 +750,13 @@ pub fn apply(cfg: &PushConfig, esc: &mut Escalations, ev: &Event) -> bool {
                 _ => false,
             }
         }
-        EventKind::AlarmAcknowledged | EventKind::AlarmShelved | EventKind::CameraVideoRestored => {
+        EventKind::AlarmAcknowledged | EventKind::AlarmShelved => {
             ev.body.alarm.as_ref().is_some_and(|a| esc.ended(&a.key))
         }
         // A return to normal ends it; a return still unacknowledged (a
-        // panic button pressed and let go, a device back online) does not:
-        // someone must still acknowledge it.
-        EventKind::AlarmCleared => ev
+        // panic button pressed and let go, a device back online, a camera's
+        // picture back) does not: someone must still acknowledge it.
+        EventKind::AlarmCleared | EventKind::CameraVideoRestored => ev
             .body
             .alarm
             .as_ref()

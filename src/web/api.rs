@@ -14,6 +14,7 @@
 use super::audit::AuditEntry;
 use super::auth::{self, Lang, Role, Session, UserError, UserInfo};
 use super::{PageState, WebState};
+use crate::alarm::trouble;
 use crate::command::{Command, Origin};
 use crate::event::Timestamp;
 use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
@@ -532,7 +533,7 @@ async fn dashboard(State(state): State<WebState>, a: Authed) -> Json<serde_json:
     let s = &state.status;
     let stats = state.journal.stats();
     let acked = state.journal.acked_seq(state.uplink_sink);
-    let active = a.page.live().alarms().borrow().clone();
+    let active = a.page.alarm_list();
     let mut by_priority = [0u64; 5];
     for v in active.iter() {
         let p = v.priority.get().clamp(1, 5) as usize;
@@ -566,23 +567,25 @@ async fn dashboard(State(state): State<WebState>, a: Authed) -> Json<serde_json:
 
 /// `GET /api/v1/alarms`: active alarms, most urgent first.
 async fn alarms(a: Authed) -> Json<serde_json::Value> {
-    let list = a.page.live().alarms().borrow().clone();
+    let list = a.page.alarm_list();
     Json(json!({"alarms": alarms_json(&list)}))
 }
 
 /// `GET /api/v1/alarms/stream`: Server-Sent Events. An `alarms` event with
-/// the whole active list at once and at every change (published by the
-/// alarm task before the events are journaled). The stream ends when the
-/// session does.
+/// the whole active list (alarms and troubles) at once and at every change
+/// (published by the alarm task before the events are journaled). The
+/// stream ends when the session does.
 async fn alarm_stream(
     a: Authed,
 ) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
     let mut rx = a.page.live().alarms();
     rx.mark_changed();
+    let troubles = a.page.troubles().subscribe();
     let page = a.page.clone();
     let token = a.token.clone();
-    let stream =
-        futures_util::stream::unfold((rx, page, token), |(mut rx, page, token)| async move {
+    let stream = futures_util::stream::unfold(
+        (rx, troubles, page, token),
+        |(mut rx, mut troubles, page, token)| async move {
             loop {
                 tokio::select! {
                     changed = rx.changed() => {
@@ -599,11 +602,16 @@ async fn alarm_stream(
                         if !alive {
                             return None;
                         }
-                        let list = rx.borrow_and_update().clone();
+                        let list = trouble::merged(&rx.borrow_and_update(), &troubles.borrow_and_update());
                         let ev = SseEvent::default()
                             .event("alarms")
                             .data(alarms_json(&list).to_string());
-                        return Some((Ok(ev), (rx, page, token)));
+                        return Some((Ok(ev), (rx, troubles, page, token)));
+                    }
+                    // The troubles live as long as the gateway: a closed
+                    // channel only stops this branch.
+                    Ok(()) = troubles.changed() => {
+                        rx.mark_changed();
                     }
                     // A session that ended (signed out, idle, user removed)
                     // closes the stream soon, so the page shows the sign-in
@@ -620,7 +628,8 @@ async fn alarm_stream(
                     }
                 }
             }
-        });
+        },
+    );
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 

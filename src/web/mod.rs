@@ -276,6 +276,19 @@ impl PageState {
     pub fn live(&self) -> Arc<LiveView> {
         self.field.borrow().live.clone()
     }
+
+    /// The gateway's own alarms (video loss, disk, drivers not running).
+    pub fn troubles(&self) -> Arc<crate::alarm::trouble::Troubles> {
+        self.field.borrow().troubles.clone()
+    }
+
+    /// The console's list: the active alarms and the troubles, most
+    /// urgent first.
+    pub fn alarm_list(&self) -> Vec<crate::alarm::AlarmView> {
+        let alarms = self.live().alarms().borrow().clone();
+        let troubles = self.troubles().subscribe().borrow().clone();
+        crate::alarm::trouble::merged(&alarms, &troubles)
+    }
 }
 
 /// The routes.

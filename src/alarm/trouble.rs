@@ -1,0 +1,334 @@
+//! Troubles: alarms the gateway raises itself rather than a rule on a
+//! point: a camera's video loss (`{camera}/video`), the journal's disk
+//! running low (`gateway/disk`), field drivers not running
+//! (`gateway/drivers`).
+//!
+//! Their sources record raises and clears through [`Troubles`], which
+//! follows each one's ISA-18.2 state like the alarm engine does for point
+//! alarms: a trouble that clears before anyone acknowledged it is
+//! *returned, unacknowledged* and stays on the guards' console; an
+//! acknowledgement (from the console or the platform's `ack_alarm`) is
+//! recorded as `alarm.acknowledged` and ends its push escalation. So the
+//! guards see, acknowledge and silence them as any other alarm.
+//!
+//! Troubles are not saved: after a restart their sources find the
+//! condition again and raise it anew.
+
+use super::{AlarmError, AlarmView};
+use crate::event::{AlarmState, EventKind, NewEvent, Timestamp};
+use crate::journal::{Journal, JournalError};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::{watch, Mutex};
+
+/// The troubles not in the normal state, by key.
+#[derive(Debug, Default)]
+pub struct TroubleStates {
+    open: BTreeMap<String, Open>,
+}
+
+/// A trouble not in normal: its state and the raise it came with (what an
+/// acknowledgement repeats: priority, category, source, message).
+#[derive(Debug)]
+struct Open {
+    state: AlarmState,
+    raised: NewEvent,
+}
+
+fn is_raise(kind: EventKind) -> bool {
+    matches!(kind, EventKind::AlarmRaised | EventKind::CameraVideoLoss)
+}
+
+fn is_clear(kind: EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::AlarmCleared | EventKind::CameraVideoRestored
+    )
+}
+
+impl TroubleStates {
+    /// A raise or clear of a trouble: its `alarm.state` is set to the
+    /// state the trouble goes to (a clear before an acknowledgement leaves
+    /// it returned, unacknowledged). Other events are left alone.
+    pub fn apply(&mut self, ev: &mut NewEvent) {
+        let Some(info) = ev.alarm.as_mut() else {
+            return;
+        };
+        if is_raise(ev.kind) {
+            let state = match self.open.get(&info.key).map(|o| o.state) {
+                // Raised again while active: as it was.
+                Some(s @ (AlarmState::ActiveUnacked | AlarmState::ActiveAcked)) => s,
+                _ => AlarmState::ActiveUnacked,
+            };
+            info.state = state;
+            let key = info.key.clone();
+            self.open.insert(
+                key,
+                Open {
+                    state,
+                    raised: ev.clone(),
+                },
+            );
+        } else if is_clear(ev.kind) {
+            let returned = match self.open.get_mut(&info.key) {
+                Some(o) if o.state == AlarmState::ActiveUnacked => {
+                    o.state = AlarmState::ReturnedUnacked;
+                    true
+                }
+                Some(o) if o.state == AlarmState::ReturnedUnacked => true,
+                _ => false,
+            };
+            if returned {
+                info.state = AlarmState::ReturnedUnacked;
+            } else {
+                info.state = AlarmState::Normal;
+                self.open.remove(&info.key);
+            }
+        }
+    }
+
+    /// Whether `key` is a trouble not in the normal state.
+    pub fn has(&self, key: &str) -> bool {
+        self.open.contains_key(key)
+    }
+
+    /// The `alarm.acknowledged` event of `key` at `ts`, and the trouble's
+    /// new state applied; or why not.
+    pub fn acknowledge(
+        &mut self,
+        key: &str,
+        ts: Timestamp,
+        operator: &str,
+        comment: Option<&str>,
+    ) -> Result<NewEvent, AlarmError> {
+        let open = self
+            .open
+            .get_mut(key)
+            .ok_or_else(|| AlarmError::UnknownAlarm(key.to_string()))?;
+        let state = match open.state {
+            AlarmState::ActiveUnacked => AlarmState::ActiveAcked,
+            AlarmState::ReturnedUnacked => AlarmState::Normal,
+            _ => return Err(AlarmError::NotUnacked(key.to_string())),
+        };
+        let mut ev = NewEvent {
+            ts,
+            kind: EventKind::AlarmAcknowledged,
+            attachments: Vec::new(),
+            ..open.raised.clone()
+        };
+        if let Some(info) = ev.alarm.as_mut() {
+            info.state = state;
+            info.operator = Some(operator.to_string());
+            info.comment = comment.map(str::to_string);
+        }
+        if state == AlarmState::Normal {
+            self.open.remove(key);
+        } else {
+            open.state = state;
+        }
+        Ok(ev)
+    }
+
+    /// The troubles not in normal, most urgent first, as the console lists
+    /// alarms.
+    pub fn views(&self) -> Vec<AlarmView> {
+        let mut list: Vec<AlarmView> = self
+            .open
+            .iter()
+            .map(|(key, o)| AlarmView {
+                key: Arc::from(key.as_str()),
+                state: o.state,
+                priority: o.raised.priority,
+                category: o.raised.category,
+                message: Arc::from(o.raised.alarm.as_ref().map_or("", |a| a.message.as_str())),
+                latched: false,
+                zone_disarmed: false,
+            })
+            .collect();
+        list.sort_by_key(|v| v.priority);
+        list
+    }
+}
+
+/// The gateway's troubles, shared by their sources, the command path and
+/// the web page. Recording holds the lock, so the journal has a trouble's
+/// events in the order its states changed.
+pub struct Troubles {
+    journal: Journal,
+    states: Mutex<TroubleStates>,
+    list: watch::Sender<Arc<Vec<AlarmView>>>,
+}
+
+impl Troubles {
+    pub fn new(journal: Journal) -> Arc<Troubles> {
+        Arc::new(Troubles {
+            journal,
+            states: Mutex::new(TroubleStates::default()),
+            list: watch::Sender::new(Arc::new(Vec::new())),
+        })
+    }
+
+    /// Record a raise or clear of a trouble, durably, with the state it
+    /// goes to. Its state changes even if the journal fails (the condition
+    /// is real); the error is returned.
+    pub async fn record(&self, mut ev: NewEvent) -> Result<(), JournalError> {
+        let mut st = self.states.lock().await;
+        st.apply(&mut ev);
+        self.list.send_replace(Arc::new(st.views()));
+        self.journal.record(vec![ev]).await.map(|_| ())
+    }
+
+    /// Whether `key` is a trouble that is not in normal now.
+    pub async fn has(&self, key: &str) -> bool {
+        self.states.lock().await.has(key)
+    }
+
+    /// Acknowledge the trouble `key`: recorded as `alarm.acknowledged`.
+    pub async fn acknowledge(
+        &self,
+        key: &str,
+        operator: &str,
+        comment: Option<&str>,
+    ) -> Result<(), String> {
+        let mut st = self.states.lock().await;
+        let ev = st
+            .acknowledge(key, Timestamp::now(), operator, comment)
+            .map_err(|e| e.to_string())?;
+        self.list.send_replace(Arc::new(st.views()));
+        self.journal
+            .record(vec![ev])
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The troubles not in normal, and their changes.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Vec<AlarmView>>> {
+        self.list.subscribe()
+    }
+}
+
+/// The console's list: the alarm engine's and the troubles', most urgent
+/// first (stable: the engine's before the troubles' within a priority).
+pub fn merged(alarms: &[AlarmView], troubles: &[AlarmView]) -> Vec<AlarmView> {
+    let mut all: Vec<AlarmView> = alarms.iter().chain(troubles).cloned().collect();
+    all.sort_by_key(|a| a.priority);
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{AlarmInfo, Category, Priority, Source};
+
+    fn ev(kind: EventKind, key: &str, priority: u8) -> NewEvent {
+        NewEvent {
+            ts: Timestamp::from_unix_ms(1_795_813_445_123).unwrap(),
+            kind,
+            priority: Priority::new(priority).unwrap(),
+            category: Category::Video,
+            source: Source {
+                device: Some("cam-gate".into()),
+                point: Some("video".into()),
+                zone: Some("gate".into()),
+            },
+            alarm: Some(AlarmInfo {
+                key: key.into(),
+                // What a source puts here is replaced.
+                state: AlarmState::Normal,
+                value: serde_json::Value::Bool(true),
+                message: "Video loss: gate".into(),
+                operator: None,
+                comment: None,
+                latched: false,
+            }),
+            attachments: vec![],
+            detail: None,
+        }
+    }
+
+    fn state(e: &NewEvent) -> AlarmState {
+        e.alarm.as_ref().unwrap().state
+    }
+
+    #[test]
+    fn a_trouble_follows_isa_states() {
+        let mut t = TroubleStates::default();
+        let key = "cam-gate/video";
+        // Raised, cleared unacknowledged: returned, still listed.
+        let mut raise = ev(EventKind::CameraVideoLoss, key, 2);
+        t.apply(&mut raise);
+        assert_eq!(state(&raise), AlarmState::ActiveUnacked);
+        let mut clear = ev(EventKind::CameraVideoRestored, key, 4);
+        t.apply(&mut clear);
+        assert_eq!(state(&clear), AlarmState::ReturnedUnacked);
+        assert_eq!(t.views()[0].state, AlarmState::ReturnedUnacked);
+        assert_eq!(
+            t.views()[0].priority,
+            Priority::HIGH,
+            "the raise's priority"
+        );
+        // Acknowledged: normal, gone from the list.
+        let ack = t
+            .acknowledge(key, raise.ts, "guard-li", Some("gate camera cable"))
+            .unwrap();
+        assert_eq!(ack.kind, EventKind::AlarmAcknowledged);
+        assert_eq!(state(&ack), AlarmState::Normal);
+        assert_eq!(
+            ack.alarm.as_ref().unwrap().operator.as_deref(),
+            Some("guard-li")
+        );
+        assert_eq!((ack.priority, &ack.source), (raise.priority, &raise.source));
+        assert!(t.views().is_empty());
+        assert!(matches!(
+            t.acknowledge(key, raise.ts, "guard-li", None),
+            Err(AlarmError::UnknownAlarm(_))
+        ));
+        // Raised, acknowledged while active, cleared: normal at the clear.
+        let mut raise = ev(EventKind::AlarmRaised, "gateway/disk", 2);
+        t.apply(&mut raise);
+        let ack = t
+            .acknowledge("gateway/disk", raise.ts, "tech", None)
+            .unwrap();
+        assert_eq!(state(&ack), AlarmState::ActiveAcked);
+        assert!(matches!(
+            t.acknowledge("gateway/disk", raise.ts, "tech", None),
+            Err(AlarmError::NotUnacked(_))
+        ));
+        let mut clear = ev(EventKind::AlarmCleared, "gateway/disk", 2);
+        t.apply(&mut clear);
+        assert_eq!(state(&clear), AlarmState::Normal);
+        assert!(!t.has("gateway/disk"));
+        // A clear of a trouble not known (raised before a restart): normal.
+        let mut clear = ev(EventKind::AlarmCleared, "gateway/drivers", 2);
+        t.apply(&mut clear);
+        assert_eq!(state(&clear), AlarmState::Normal);
+        // Returned, then raised again: active, unacknowledged.
+        let mut raise = ev(EventKind::AlarmRaised, "gateway/drivers", 2);
+        t.apply(&mut raise);
+        let mut clear = ev(EventKind::AlarmCleared, "gateway/drivers", 2);
+        t.apply(&mut clear);
+        let mut again = ev(EventKind::AlarmRaised, "gateway/drivers", 2);
+        t.apply(&mut again);
+        assert_eq!(state(&again), AlarmState::ActiveUnacked);
+    }
+
+    #[test]
+    fn the_console_list_merges_by_priority() {
+        let view = |key: &str, p: u8| AlarmView {
+            key: key.into(),
+            state: AlarmState::ActiveUnacked,
+            priority: Priority::new(p).unwrap(),
+            category: Category::Video,
+            message: "m".into(),
+            latched: false,
+            zone_disarmed: false,
+        };
+        let list = merged(
+            &[view("fence/z1", 2), view("door/d1", 4)],
+            &[view("cam/video", 2), view("gateway/disk", 3)],
+        );
+        let keys: Vec<&str> = list.iter().map(|v| &*v.key).collect();
+        assert_eq!(keys, ["fence/z1", "cam/video", "gateway/disk", "door/d1"]);
+    }
+}
