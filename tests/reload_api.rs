@@ -118,6 +118,19 @@ async fn reload_api_refuses_restart_only_changes_and_rolls_back() {
     );
     assert_eq!(gw.current().config.config.push.channels.len(), 1);
 
+    // A linkage rule that notifies a tier: the pushes carry it, so they
+    // restart with it (the field too: linkage is the alarm side's).
+    let notify = format!(
+        "{}\n[[linkage]]\nid = \"fire-wardens\"\ncategory = \"fire\"\n\
+         [[linkage.actions]]\ntype = \"notify\"\nto = \"guards\"\n",
+        config(dir, "gw", true)
+    );
+    let r = gw
+        .reload(loaded(dir, "n.toml", &notify))
+        .await
+        .expect("reload with the notify rule");
+    assert_eq!(r.restarted, vec!["field", "pushes"]);
+
     // And removed again.
     let r = gw.reload(a).await.unwrap();
     assert_eq!(r.restarted, vec!["field", "pushes"]);
@@ -126,7 +139,7 @@ async fn reload_api_refuses_restart_only_changes_and_rolls_back() {
     // Every outcome but "unchanged" is an event for the platform.
     let changes = config_changes(&gw);
     let oks: Vec<bool> = changes.iter().map(|d| d["ok"].as_bool().unwrap()).collect();
-    assert_eq!(oks, vec![false, false, true, true], "{changes:?}");
+    assert_eq!(oks, vec![false, false, true, true, true], "{changes:?}");
     assert!(changes[0]["error"].as_str().unwrap().contains("[site]"));
 
     gw.stop();

@@ -216,7 +216,10 @@ impl Reloader {
             return Ok(report);
         }
         let uplink_changed = old.config.uplink != new.config.uplink;
-        let pushes_changed = old.config.push != new.config.push;
+        // The pushes also carry the linkage rules' `notify` actions.
+        let pushes_changed = old.config.push != new.config.push
+            || crate::push::notify::rules(&old.config.linkage)
+                != crate::push::notify::rules(&new.config.linkage);
         // Read secrets before stopping anything.
         let password = if uplink_changed {
             Some(Uplink::password(&new.config).map_err(|e| ReloadError::Secret(format!("{e:#}")))?)
