@@ -245,6 +245,9 @@ pub async fn run_with(
                     };
                     devices.carried(&status, &mut targets, now, &c);
                 }
+                // The carried values keep the times they were read at:
+                // the telemetry's message time is now, not theirs.
+                telemetry.set_clock(now, Timestamp::now());
             }
             // Replies and logs of committed batches before new work.
             _ = oldest_durable(&mut in_flight), if !in_flight.is_empty() => {}

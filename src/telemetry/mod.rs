@@ -505,6 +505,12 @@ impl TelemetryFilter {
         Some(bytes)
     }
 
+    /// The wall-clock time at `now` is `ts`: values offered with older
+    /// times (carried over a reload) then do not hold messages' `ts` back.
+    pub fn set_clock(&mut self, now: Instant, ts: Timestamp) {
+        self.clock = Some((now, ts));
+    }
+
     /// Wall-clock time at `now`, from the latest offer's clock pair.
     fn wall_clock(&self, now: Instant) -> Timestamp {
         let Some((at, ts)) = self.clock else {

@@ -137,6 +137,27 @@ fn payload_has_contract_format() {
 }
 
 #[test]
+fn a_value_read_long_ago_does_not_date_the_message() {
+    let mut b = Bench::new("batch_s = 1");
+    // A value carried over a reload: read 90 s before it is offered.
+    let read = Bench::ts(0);
+    b.f.offer(
+        b.at(90_000),
+        read,
+        TEMP,
+        Some(Value::Float(18.5)),
+        Quality::Good,
+    );
+    b.f.set_clock(b.at(90_000), Bench::ts(90_000));
+    let p = b.take(91_000).unwrap();
+    assert_eq!(p["ts"], "2026-11-27T21:05:36.000Z", "the message is of now");
+    assert_eq!(
+        p["points"][0]["ts"], "2026-11-27T21:04:05.000Z",
+        "the value keeps its time"
+    );
+}
+
+#[test]
 fn first_value_is_always_reported() {
     let mut b = Bench::new("");
     b.good(0, STATUS, Value::Int(0));
