@@ -378,7 +378,16 @@ impl UserStore {
             source,
         })?;
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(io)?;
+        // The accounts directory (`[journal] path`) only, never the state
+        // directory above it: that is the service's (package, systemd).
+        let mut mkdir = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut mkdir, 0o750);
+        if let Err(e) = mkdir.create(dir) {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(io(e));
+            }
+        }
         let tmp = self.path.with_extension("json.tmp");
         {
             let mut opts = std::fs::OpenOptions::new();
@@ -551,6 +560,28 @@ mod tests {
             Err(UserError::BadPassword)
         ));
         assert!(s.list().is_empty());
+    }
+
+    #[test]
+    fn the_state_directory_is_not_made_for_an_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("state").join("journal");
+        let s = UserStore::open(&missing).unwrap();
+        assert!(matches!(
+            s.add("wang", Role::Technician, "correct horse battery"),
+            Err(UserError::Io { .. })
+        ));
+        assert!(!dir.path().join("state").exists());
+        // The accounts directory itself is made, 0750.
+        std::fs::create_dir(dir.path().join("state")).unwrap();
+        s.add("wang", Role::Technician, "correct horse battery")
+            .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&missing).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o750);
+        }
     }
 
     #[test]
