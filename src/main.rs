@@ -35,7 +35,10 @@ enum Command {
         #[arg(long)]
         duration_s: Option<u64>,
     },
-    /// Manage the local web page's accounts.
+    /// Manage the local web page's accounts. Reads only `[journal] path`
+    /// from the config. Run with sudo: as root it acts as the owner of the
+    /// state directory (the service's user), so the gateway can read what
+    /// it writes.
     User {
         #[command(subcommand)]
         action: UserAction,
@@ -177,24 +180,44 @@ fn main() -> ExitCode {
     }
 }
 
-/// `estate-gateway user …`. The running gateway reads the accounts file at
-/// start: restart it (or use the page) for a new account to sign in.
+/// `estate-gateway user …`. Reads only `[journal] path` from the config
+/// (no secret is resolved), then, run as root, becomes the owner of the
+/// state directory before touching it (`web::auth::owner`): the files it
+/// writes are the service's. The running gateway sees a changed accounts
+/// file at the next sign-in.
 fn user(action: UserAction) -> ExitCode {
-    use estate_gateway::web::auth::{Role, UserStore};
-    let config = match &action {
-        UserAction::Add { config, .. } | UserAction::List { config } => config,
+    use estate_gateway::web::auth::{owner, Role, UserStore};
+    let (config, creates) = match &action {
+        UserAction::Add { config, .. } => (config, true),
+        UserAction::List { config } => (config, false),
     };
-    let cfg = match estate_gateway::config::load(config) {
-        Ok(c) => c,
+    let dir = match estate_gateway::config::journal_path(config) {
+        Ok(d) => d,
         Err(errors) => {
             eprintln!("{errors}");
             return ExitCode::from(2);
         }
     };
-    let store = match UserStore::open(&cfg.config.journal.path) {
+    match owner::decide(owner::euid(), &owner::look(&dir), creates) {
+        Ok(owner::ActAs::Caller) => {}
+        Ok(owner::ActAs::Owner(o)) => {
+            if let Err(e) = owner::become_owner(o) {
+                eprintln!(
+                    "error: cannot act as the state directory's owner (uid {}, gid {}): {e}",
+                    o.uid, o.gid
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+        Err(refusal) => {
+            eprintln!("error: {refusal}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let store = match UserStore::open(&dir) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {e}{}", permission_hint(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -226,11 +249,23 @@ fn user(action: UserAction) -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    eprintln!("error: {e}{}", permission_hint(&e));
                     ExitCode::FAILURE
                 }
             }
         }
+    }
+}
+
+/// What to do when the accounts file or directory may not be touched.
+fn permission_hint(e: &estate_gateway::web::auth::UserError) -> &'static str {
+    match e {
+        estate_gateway::web::auth::UserError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            " (the state directory is the service's: run this with sudo)"
+        }
+        _ => "",
     }
 }
 

@@ -9,9 +9,11 @@ mod parse;
 pub mod points;
 mod profiles;
 pub mod secret;
+mod state_dir;
 mod validate;
 
 pub use points::{PointMeta, PointTable};
+pub use state_dir::journal_path;
 pub use validate::is_valid_id;
 
 use crate::alarm::AlarmRuleConfig;

@@ -414,7 +414,22 @@ async fn logout(a: Authed) -> ApiResult {
 /// `GET /api/v1/setup`: whether the first technician is still to be created.
 async fn setup_status(State(state): State<WebState>) -> ApiResult {
     let page = page(&state)?;
-    Ok(Json(json!({"needed": page.setup.pending()})).into_response())
+    Ok(Json(json!({"needed": setup_pending(&page)})).into_response())
+}
+
+/// A setup token is waiting and still needed. The accounts file is read
+/// again (another process, `estate-gateway user add`, may have made a
+/// technician since the start): once a technician exists, the token is
+/// spent for good.
+fn setup_pending(page: &PageState) -> bool {
+    if !page.setup.pending() {
+        return false;
+    }
+    if page.users.has_technician() {
+        page.setup.clear();
+        return false;
+    }
+    true
 }
 
 #[derive(Deserialize)]
@@ -425,7 +440,8 @@ struct SetupBody {
 }
 
 /// `POST /api/v1/setup`: create the first technician with the one-time
-/// token printed to the log. Throttled per address like a login.
+/// token printed to the log and written to `<journal path>/setup-token`.
+/// Refused once a technician exists. Throttled per address like a login.
 async fn setup(
     State(state): State<WebState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
@@ -441,6 +457,9 @@ async fn setup(
     }
     let b: SetupBody = serde_json::from_slice(&body)
         .map_err(|_| ApiError::bad("expected {token, name, password}"))?;
+    if !setup_pending(&page) {
+        return Err(ApiError::forbidden("no setup pending or wrong setup token"));
+    }
     let addr_key = format!("addr:{}", addr.ip());
     let now = Instant::now();
     {
@@ -460,7 +479,7 @@ async fn setup(
     }
     let store = page.clone();
     let (name, pw) = (b.name.clone(), b.password);
-    let added = tokio::task::spawn_blocking(move || store.users.add(&name, Role::Technician, &pw))
+    let added = tokio::task::spawn_blocking(move || store.users.add_first_technician(&name, &pw))
         .await
         .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "setup failed"))?;
     let entry = |ok, detail| AuditEntry {
@@ -474,8 +493,14 @@ async fn setup(
     };
     match added {
         Ok(u) => {
+            page.setup.clear();
             page.audit.append(&entry(true, None));
             Ok(Json(json!({"user": u})).into_response())
+        }
+        Err(e @ UserError::TechnicianExists) => {
+            page.setup.clear();
+            page.audit.append(&entry(false, Some(e.to_string())));
+            Err(ApiError::forbidden("no setup pending or wrong setup token"))
         }
         Err(e) => {
             page.setup.restore(b.token);

@@ -206,19 +206,23 @@ pub struct PageState {
 
 impl PageState {
     /// Open the accounts in the state directory (`[journal] path`). With
-    /// no technician yet, a one-time setup token is made and logged.
+    /// no technician yet, a one-time setup token is made, logged and
+    /// written to `<journal path>/setup-token` (mode 0600), so it can be
+    /// read whatever `[log] level` hides.
     pub fn new(field: watch::Receiver<Arc<FieldHandles>>) -> Result<PageState, WebError> {
         let cfg = field.borrow().config.clone();
         let dir = cfg.config.journal.path.clone();
         let users = UserStore::open(&dir)?;
         let setup = if users.has_technician() {
-            auth::SetupToken::none()
+            auth::SetupToken::none_in(&dir)
         } else {
-            let t = auth::SetupToken::generate();
+            let t = auth::SetupToken::generate_in(&dir);
             if let Some(v) = t.peek() {
+                let file = t.file().map(|f| f.display().to_string());
                 tracing::warn!(
                     setup_token = %v,
-                    "no technician account: open the web page and create one with this one-time setup token, or run `estate-gateway user add NAME --role technician`"
+                    setup_token_file = file.as_deref().unwrap_or("(not written)"),
+                    "no technician account: open the web page and create one with this one-time setup token, or run `sudo estate-gateway user add NAME --role technician`"
                 );
             }
             t

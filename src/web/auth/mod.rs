@@ -1,10 +1,12 @@
-//! Who may use the local web page: accounts ([`users`]), sessions with
+//! Who may use the local web page: accounts ([`users`]; who the account
+//! commands act as: [`owner`]), sessions with
 //! idle expiry and a CSRF token each ([`session`]), login throttling
 //! ([`throttle`]) and the bound on password checks running at once
 //! ([`gate`]). Sessions and throttles are pure state over an injected
 //! `Instant`, so tests need no real clock.
 
 pub mod gate;
+pub mod owner;
 pub mod session;
 pub mod throttle;
 pub mod users;

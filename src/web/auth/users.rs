@@ -117,6 +117,8 @@ pub enum UserError {
     NotFound(String),
     #[error("the last technician cannot be removed")]
     LastTechnician,
+    #[error("a technician account exists already: no setup is needed")]
+    TechnicianExists,
     #[error("cannot hash password: {0}")]
     Hash(String),
     #[error("accounts file {path}: {source}")]
@@ -266,8 +268,10 @@ impl UserStore {
             .map(UserInfo::from)
     }
 
-    /// At least one technician exists.
+    /// At least one technician exists (the file read again if another
+    /// process changed it).
     pub fn has_technician(&self) -> bool {
+        self.refresh();
         self.read().iter().any(|u| u.role == Role::Technician)
     }
 
@@ -294,6 +298,31 @@ impl UserStore {
 
     /// Add an account. Blocking (argon2, fsync).
     pub fn add(&self, name: &str, role: Role, pw: &str) -> Result<UserInfo, UserError> {
+        self.add_if(name, role, pw, |_| Ok(()))
+    }
+
+    /// Add the first technician (setup): refused with
+    /// [`UserError::TechnicianExists`] if the file, read again under the
+    /// write lock, holds one already (`estate-gateway user add` may have
+    /// made one meanwhile). Blocking (argon2, fsync).
+    pub fn add_first_technician(&self, name: &str, pw: &str) -> Result<UserInfo, UserError> {
+        self.add_if(name, Role::Technician, pw, |users| {
+            if users.iter().any(|u| u.role == Role::Technician) {
+                Err(UserError::TechnicianExists)
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    /// Add an account if `allowed` by the accounts as they are on disk.
+    fn add_if(
+        &self,
+        name: &str,
+        role: Role,
+        pw: &str,
+        allowed: impl FnOnce(&[User]) -> Result<(), UserError>,
+    ) -> Result<UserInfo, UserError> {
         if !valid_name(name) {
             return Err(UserError::BadName);
         }
@@ -302,6 +331,7 @@ impl UserStore {
         }
         let hash = hash_password(pw)?;
         self.modify(|users| {
+            allowed(users)?;
             if users.iter().any(|u| u.name == name) {
                 return Err(UserError::Exists(name.to_string()));
             }
@@ -378,7 +408,16 @@ impl UserStore {
             source,
         })?;
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(io)?;
+        // The accounts directory (`[journal] path`) only, never the state
+        // directory above it: that is the service's (package, systemd).
+        let mut mkdir = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut mkdir, 0o750);
+        if let Err(e) = mkdir.create(dir) {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(io(e));
+            }
+        }
         let tmp = self.path.with_extension("json.tmp");
         {
             let mut opts = std::fs::OpenOptions::new();
@@ -416,23 +455,70 @@ fn load(path: &Path) -> Result<Option<Vec<User>>, UserError> {
     }
 }
 
+/// File name of the setup token, next to the accounts file (mode 0600,
+/// readable by the service's user and root only): for a technician who
+/// cannot see the log, e.g. with `[log] level = "error"`.
+pub const SETUP_TOKEN_FILE: &str = "setup-token";
+
 /// The one-time token that lets the first technician be created from the
-/// page. Exists only while no technician does; used once.
+/// page. Exists only while no technician does; used once. Kept in memory
+/// and, when made with [`generate_in`](Self::generate_in), in a file
+/// removed once the token is spent or no longer needed.
 #[derive(Debug, Default)]
-pub struct SetupToken(Mutex<Option<String>>);
+pub struct SetupToken {
+    value: Mutex<Option<String>>,
+    /// `<state>/setup-token`, if it was written.
+    file: Option<PathBuf>,
+}
 
 impl SetupToken {
-    /// A fresh token (32 hex digits).
+    /// A fresh token (32 hex digits), in memory only.
     pub fn generate() -> SetupToken {
-        SetupToken(Mutex::new(Some(super::random_hex(16))))
+        SetupToken {
+            value: Mutex::new(Some(super::random_hex(16))),
+            file: None,
+        }
     }
+
+    /// A fresh token, also written to `dir`/[`SETUP_TOKEN_FILE`] (mode
+    /// 0600). A file that cannot be written is logged; the token still
+    /// works.
+    pub fn generate_in(dir: &Path) -> SetupToken {
+        let mut t = SetupToken::generate();
+        let path = dir.join(SETUP_TOKEN_FILE);
+        let value = t.peek().unwrap_or_default();
+        match write_private(&path, format!("{value}\n").as_bytes()) {
+            Ok(()) => t.file = Some(path),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "setup token file not written")
+            }
+        }
+        t
+    }
+
     /// No token (a technician exists).
     pub fn none() -> SetupToken {
-        SetupToken(Mutex::new(None))
+        SetupToken::default()
     }
+
+    /// No token; a token file left in `dir` by an earlier start removed.
+    pub fn none_in(dir: &Path) -> SetupToken {
+        remove_token_file(&dir.join(SETUP_TOKEN_FILE));
+        SetupToken::none()
+    }
+
+    /// Where the token was written, if it was.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    fn value(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.value.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The token, to print once to the log.
     pub fn peek(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.value().clone()
     }
     /// A token is waiting to be used.
     pub fn pending(&self) -> bool {
@@ -440,7 +526,7 @@ impl SetupToken {
     }
     /// Use the token: true once, for the right value.
     pub fn take(&self, given: &str) -> bool {
-        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.value();
         match t.as_deref() {
             Some(v) if super::ct_eq(v.as_bytes(), given.as_bytes()) => {
                 *t = None;
@@ -451,7 +537,37 @@ impl SetupToken {
     }
     /// Put back a token whose use failed (e.g. a bad password).
     pub fn restore(&self, token: String) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(token);
+        *self.value() = Some(token);
+    }
+    /// Setup is over (the first technician was made, here or by
+    /// `estate-gateway user add`): the token is forgotten and its file
+    /// removed.
+    pub fn clear(&self) {
+        *self.value() = None;
+        if let Some(f) = &self.file {
+            remove_token_file(f);
+        }
+    }
+}
+
+/// Write `body` to a new file at `path`, readable by its owner only.
+fn write_private(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    remove_token_file(path);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(body)?;
+    f.sync_all()
+}
+
+fn remove_token_file(path: &Path) {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(file = %path.display(), error = %e, "stale setup token file not removed")
+        }
+        _ => {}
     }
 }
 
@@ -551,6 +667,83 @@ mod tests {
             Err(UserError::BadPassword)
         ));
         assert!(s.list().is_empty());
+    }
+
+    #[test]
+    fn first_technician_only_while_there_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = UserStore::open(dir.path()).unwrap();
+        assert!(!gateway.has_technician());
+        // `estate-gateway user add` while the gateway runs.
+        UserStore::open(dir.path())
+            .unwrap()
+            .add("wang", Role::Technician, "correct horse battery")
+            .unwrap();
+        assert!(gateway.has_technician(), "the file is read again");
+        assert!(matches!(
+            gateway.add_first_technician("intruder", "long enough pw"),
+            Err(UserError::TechnicianExists)
+        ));
+        assert!(gateway.get("intruder").is_none());
+        // A guard is no technician: setup stays possible beside it.
+        let other = tempfile::tempdir().unwrap();
+        let s = UserStore::open(other.path()).unwrap();
+        s.add("li", Role::Guard, "gatehouse-42!").unwrap();
+        s.add_first_technician("wang", "correct horse battery")
+            .unwrap();
+        assert!(s.has_technician());
+    }
+
+    #[test]
+    fn setup_token_file_is_private_and_removed_when_setup_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SETUP_TOKEN_FILE);
+        let t = SetupToken::generate_in(dir.path());
+        assert_eq!(t.file(), Some(path.as_path()));
+        let v = t.peek().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{v}\n"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A failed use keeps it.
+        assert!(t.take(&v));
+        t.restore(v.clone());
+        assert!(path.exists());
+        t.clear();
+        assert!(!t.pending());
+        assert!(!t.take(&v));
+        assert!(!path.exists());
+        // A later start with a technician removes a file left behind.
+        let _again = SetupToken::generate_in(dir.path());
+        assert!(path.exists());
+        let none = SetupToken::none_in(dir.path());
+        assert!(!none.pending());
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn the_state_directory_is_not_made_for_an_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("state").join("journal");
+        let s = UserStore::open(&missing).unwrap();
+        assert!(matches!(
+            s.add("wang", Role::Technician, "correct horse battery"),
+            Err(UserError::Io { .. })
+        ));
+        assert!(!dir.path().join("state").exists());
+        // The accounts directory itself is made, 0750.
+        std::fs::create_dir(dir.path().join("state")).unwrap();
+        s.add("wang", Role::Technician, "correct horse battery")
+            .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&missing).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o750);
+        }
     }
 
     #[test]
