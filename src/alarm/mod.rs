@@ -102,6 +102,7 @@ pub mod task;
 #[cfg(test)]
 mod tests;
 pub mod trouble;
+pub mod wording;
 
 pub use config::{AlarmRuleConfig, WhenDisarmed};
 

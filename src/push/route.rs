@@ -276,6 +276,19 @@ impl Wording {
         }
     }
 
+    /// The alarm's message in this language: the gateway's own messages
+    /// (communication loss, video loss, disk, drivers) are worded in
+    /// Chinese too; a rule's message is the technician's, as written.
+    fn message<'a>(&self, a: &'a AlarmView) -> std::borrow::Cow<'a, str> {
+        match self.language {
+            Language::ZhCn => crate::alarm::wording::zh(&a.message).map_or(
+                std::borrow::Cow::Borrowed(a.message.as_str()),
+                std::borrow::Cow::Owned,
+            ),
+            Language::En => std::borrow::Cow::Borrowed(a.message.as_str()),
+        }
+    }
+
     fn device(a: &AlarmView) -> String {
         match (&a.device, &a.point) {
             (Some(d), Some(p)) => format!("{d} / {p}"),
@@ -289,10 +302,11 @@ impl Wording {
         let a = &r.alarm;
         let zh = self.language == Language::ZhCn;
         let cat = self.category(a.category);
+        let message = self.message(a);
         let mut title = if zh {
-            format!("【P{} {}报警】{}", a.priority, cat, a.message)
+            format!("【P{} {}报警】{}", a.priority, cat, message)
         } else {
-            format!("[P{} {} alarm] {}", a.priority, cat, a.message)
+            format!("[P{} {} alarm] {}", a.priority, cat, message)
         };
         if let Some((step, secs)) = r.escalation {
             let mins = secs.div_ceil(60);
@@ -363,7 +377,7 @@ impl Wording {
                 a.priority,
                 self.category(a.category),
                 a.zone.as_deref().unwrap_or("-"),
-                a.message,
+                self.message(a),
                 self.local_time(a.ts)
             );
             text.push_str(&format!("\n- {line}"));
@@ -512,6 +526,25 @@ mod tests {
         assert!(!in_quiet_hours(&t, "+08:00", at(7, 0)));
         assert!(!in_quiet_hours(&t, "+08:00", at(12, 0)));
         assert!(!quiet_blocks(&t, "+08:00", at(3, 0), 2));
+    }
+
+    #[test]
+    fn the_gateways_own_messages_are_pushed_in_chinese() {
+        let c = cfg();
+        let mut e = raised(9, 2, Category::Video, "gate");
+        e.body.kind = EventKind::CameraVideoLoss;
+        e.body.alarm.as_mut().unwrap().message = "Video loss: Gate camera".into();
+        let r = route(&c, "wecom", &e).unwrap();
+        let w = |language| Wording {
+            language,
+            site: "Riverside".into(),
+            offset: parse_offset("+08:00").unwrap(),
+            alarm_link: None,
+        };
+        let (title, _, _) = w(Language::ZhCn).alarm(&r);
+        assert!(title.ends_with("视频丢失：Gate camera"), "{title}");
+        let (title, _, _) = w(Language::En).alarm(&r);
+        assert!(title.ends_with("Video loss: Gate camera"), "{title}");
     }
 
     #[test]

@@ -544,6 +544,8 @@ fn alarm_json(v: &crate::alarm::AlarmView) -> serde_json::Value {
         "priority": v.priority,
         "category": v.category,
         "message": v.message,
+        // The gateway's own messages in Chinese, for the Chinese console.
+        "message_zh": crate::alarm::wording::zh(&v.message),
         "latched": v.latched,
         "zone_disarmed": v.zone_disarmed,
     })

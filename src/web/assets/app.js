@@ -180,7 +180,7 @@ function renderAlarmRows(tbody) {
     const unacked = a.state === "active_unacked" || a.state === "returned_unacked";
     return `<tr class="${unacked ? "unacked" : ""}" data-key="${esc(a.key)}" data-state="${esc(a.state)}">
       <td data-label="${esc(t("prio"))}"><span class="prio p${a.priority}">P${a.priority}</span></td>
-      <td data-label="${esc(t("alarm"))}">${esc(a.message)}<br><small>${esc(a.key)}</small>${a.zone_disarmed ? `<br><small class="zone-disarmed">${esc(t("zone_disarmed"))}</small>` : ""}${typeof alarmExtra === "function" ? alarmExtra(a) : ""}</td>
+      <td data-label="${esc(t("alarm"))}">${esc(lang === "zh-CN" && a.message_zh ? a.message_zh : a.message)}<br><small>${esc(a.key)}</small>${a.zone_disarmed ? `<br><small class="zone-disarmed">${esc(t("zone_disarmed"))}</small>` : ""}${typeof alarmExtra === "function" ? alarmExtra(a) : ""}</td>
       <td data-label="${esc(t("state"))}" class="state">${esc(t(a.state))}</td>
       <td data-label="${esc(t("category"))}">${esc(t("cat_" + a.category))}</td>
       <td data-label="${esc(t("actions"))}">${canOperate ? `<div class="alarm-actions">
