@@ -585,3 +585,43 @@ fn the_metrics_token_must_be_readable_long_and_header_safe() {
         assert!(e.0[0].message.contains(says), "{token:?}: {e}");
     }
 }
+
+fn problem<'a>(e: &'a ConfigErrors, key: &str) -> &'a ConfigProblem {
+    e.0.iter()
+        .find(|p| p.key == key)
+        .unwrap_or_else(|| panic!("no problem at {key}: {e}"))
+}
+
+#[test]
+fn a_secret_in_any_other_form_is_refused_without_its_value() {
+    for value in [
+        "[\"Hunter2Secret\"]",
+        "[\"Hunter2Secret\", \"x\"]",
+        "[]",
+        "true",
+        "1.5",
+        "\"Hunter2Secret\"",
+    ] {
+        let text = MINIMAL.replace(
+            "[uplink]\nhost = \"127.0.0.1\"",
+            &format!("[uplink]\nhost = \"127.0.0.1\"\nusername = \"gw\"\npassword = {value}"),
+        );
+        let e = load(&text).unwrap_err();
+        assert_eq!(
+            problem(&e, "uplink.password").message,
+            INLINE_SECRET_MESSAGE,
+            "{value}: {e}"
+        );
+        // The problems are what check-config prints, the reload logs and
+        // the config.changed event carries.
+        assert!(!e.to_string().contains("Hunter2"), "{value}: {e}");
+    }
+    for (section, key) in [
+        ("\n[web]\nmetrics_token = [\"Hunter2Secret0123456\"]\n", "web.metrics_token"),
+        ("\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://10.0.0.5/main\"\nusername = \"gw\"\npassword = [\"Hunter2Secret\"]\n", "cameras[0].password"),
+    ] {
+        let e = load(&format!("{MINIMAL}{section}")).unwrap_err();
+        assert_eq!(problem(&e, key).message, INLINE_SECRET_MESSAGE, "{e}");
+        assert!(!e.to_string().contains("Hunter2"), "{e}");
+    }
+}
