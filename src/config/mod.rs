@@ -361,14 +361,17 @@ pub fn load_str_for(text: &str, path: &Path, target: Target) -> Result<LoadedCon
     findings.retain(|f| seen.insert((f.key.to_string(), f.message.clone())));
     let mut warnings = Vec::new();
     for f in findings {
-        let elsewhere = f.this_machine && target == Target::AnyMachine;
-        let message = if elsewhere {
-            format!(
+        let elsewhere = (f.this_machine || f.environment) && target == Target::AnyMachine;
+        let message = match (elsewhere, f.environment) {
+            (false, _) => f.message,
+            (true, false) => format!(
                 "{}: fine for a gateway that has it, but `run` refuses this file here",
                 f.message
-            )
-        } else {
-            f.message
+            ),
+            (true, true) => format!(
+                "{} in this shell: not checked; the service's environment must set it (e.g. an EnvironmentFile= drop-in), else `run` refuses this file",
+                f.message
+            ),
         };
         let p = problem(
             doc().and_then(|d| locate(d, &lines, &f.key)),

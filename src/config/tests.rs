@@ -175,7 +175,8 @@ fn example_config_is_valid() {
                         || p.key == "uplink.password"
                         || p.key == "web.metrics_token"
                         || p.key.starts_with("site_broker.embedded.users")
-                        || p.key.starts_with("push.channels"))
+                        || p.key.starts_with("push.channels")
+                        || p.key.starts_with("cameras["))
                         && p.message.contains("cannot read"),
                     "config/example.toml: {p}"
                 );
@@ -183,11 +184,19 @@ fn example_config_is_valid() {
             e.warnings().to_vec()
         }
     };
+    // Its second camera's password comes from the service's environment.
+    let env_unset = |p: &ConfigProblem| {
+        p.key == "cameras[1].password" && p.message.contains("CAM_NORTH_WALL_PASSWORD")
+    };
     for w in &warnings {
-        assert!(no_gpio(w), "config/example.toml: warning {w}");
+        assert!(
+            no_gpio(w) || env_unset(w),
+            "config/example.toml: warning {w}"
+        );
     }
     if crate::drivers::gpio::hw::probe().is_err() {
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let gpio = warnings.iter().filter(|w| no_gpio(w)).count();
+        assert_eq!(gpio, 1, "{warnings:?}");
         // To run here, it is refused.
         let e = load_str(&text, &path).unwrap_err();
         assert_eq!(e.0.iter().filter(|p| no_gpio(p)).count(), 1, "{e}");
@@ -624,4 +633,62 @@ fn a_secret_in_any_other_form_is_refused_without_its_value() {
         assert_eq!(problem(&e, key).message, INLINE_SECRET_MESSAGE, "{e}");
         assert!(!e.to_string().contains("Hunter2"), "{e}");
     }
+}
+
+#[test]
+fn camera_site_broker_and_push_secret_files_are_read() {
+    let camera = |enabled: bool| {
+        format!(
+            "{MINIMAL}\n[[push.channels]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"https://push.example/hook\"\nsecret = {{ file = \"/nonexistent/hook.secret\" }}\n[[push.tiers]]\nname = \"guards\"\nchannels = [\"hook\"]\n[[push.rules]]\nname = \"all\"\ntiers = [\"guards\"]\n\n[site_broker]\nhost = \"127.0.0.1\"\nusername = \"gw\"\npassword = {{ file = \"/nonexistent/broker.pw\" }}\n\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://10.0.0.5/main\"\nusername = \"gw\"\npassword = {{ file = \"/nonexistent/cam.pw\" }}\nenabled = {enabled}\n"
+        )
+    };
+    let e = load(&camera(true)).unwrap_err();
+    assert_eq!(e.0.len(), 3, "{e}");
+    assert!(
+        problem(&e, "push.channels[0].secret")
+            .message
+            .contains("/nonexistent/hook.secret"),
+        "{e}"
+    );
+    assert!(
+        problem(&e, "cameras[0].password")
+            .message
+            .contains("/nonexistent/cam.pw"),
+        "{e}"
+    );
+    assert!(
+        problem(&e, "site_broker.password")
+            .message
+            .contains("/nonexistent/broker.pw"),
+        "{e}"
+    );
+    // A disabled camera is not started: its password is not read.
+    let e = load(&camera(false)).unwrap_err();
+    assert_eq!(e.0.len(), 2, "{e}");
+    assert!(e.0.iter().all(|p| p.key != "cameras[0].password"), "{e}");
+}
+
+#[test]
+fn an_env_secret_unset_in_this_shell_is_a_warning_for_check_config() {
+    let text = MINIMAL.replace(
+        "[uplink]\nhost = \"127.0.0.1\"",
+        "[uplink]\nhost = \"127.0.0.1\"\nusername = \"gw\"\npassword = { env = \"ESTATE_GW_TEST_UPLINK_PW_UNSET\" }",
+    );
+    // check-config: the service's environment may set it.
+    let c = load_str_for(&text, Path::new("gw.toml"), Target::AnyMachine)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    let w = &c.warnings[0];
+    assert_eq!(w.key, "uplink.password");
+    assert!(
+        w.message.contains("ESTATE_GW_TEST_UPLINK_PW_UNSET")
+            && w.message.contains("service's environment"),
+        "{w}"
+    );
+    // To run here, without it: refused.
+    let e = load(&text).unwrap_err();
+    assert_eq!(
+        problem(&e, "uplink.password").message,
+        "environment variable ESTATE_GW_TEST_UPLINK_PW_UNSET is not set"
+    );
 }

@@ -1,5 +1,6 @@
 //! Semantic checks over a parsed config. Collects every finding.
 
+use super::secret::{Secret, SecretError, SecretSource};
 use super::{Config, KeyPath};
 use crate::drivers::{PointType, RegisterKind};
 use std::collections::{HashMap, HashSet};
@@ -11,6 +12,11 @@ pub(super) struct Finding {
     /// Not a problem of the file but of the machine checking it (no GPIO
     /// here): an error for a file this machine is to run, else a warning.
     pub this_machine: bool,
+    /// Not a problem of the file but of the environment checking it (a
+    /// secret's variable not set in this shell; the service's environment
+    /// may set it): an error for a file this machine is to run, else a
+    /// warning.
+    pub environment: bool,
 }
 
 impl Finding {
@@ -20,6 +26,7 @@ impl Finding {
             message,
             warning: false,
             this_machine: false,
+            environment: false,
         }
     }
 }
@@ -42,6 +49,25 @@ impl Findings {
             this_machine: true,
             ..Finding::error(key, message.into())
         });
+    }
+
+    /// Read the secret at `key` as `run` will; report why it cannot be.
+    /// The messages name the file or the variable, never the value.
+    fn secret(&mut self, key: KeyPath, src: &SecretSource) -> Option<Secret> {
+        match src.resolve() {
+            Ok(s) => Some(s),
+            Err(e @ SecretError::EnvMissing(_)) => {
+                self.0.push(Finding {
+                    environment: true,
+                    ..Finding::error(key, e.to_string())
+                });
+                None
+            }
+            Err(e) => {
+                self.err(key, e.to_string());
+                None
+            }
+        }
     }
 }
 
@@ -144,9 +170,7 @@ pub(super) fn validate(c: &Config, origins: &super::profiles::Origins) -> Vec<Fi
         if up.username.is_none() {
             f.err(u.key("username"), "a password needs a username");
         }
-        if let Err(e) = pw.resolve() {
-            f.err(u.key("password"), e.to_string());
-        }
+        f.secret(u.key("password"), pw);
     }
     if let Some(tls) = &up.tls {
         let t = u.key("tls");
@@ -159,6 +183,21 @@ pub(super) fn validate(c: &Config, origins: &super::profiles::Origins) -> Vec<Fi
             (None, None) => {}
             (Some(_), None) => f.err(t.key("key_file"), "cert_file needs key_file"),
             (None, Some(_)) => f.err(t.key("cert_file"), "key_file needs cert_file"),
+        }
+    }
+
+    // [site_broker]: its secrets (the rest is checked with the MQTT
+    // devices below).
+    if let Some(sb) = &c.site_broker {
+        let sk = root.key("site_broker");
+        if let Some(pw) = &sb.password {
+            f.secret(sk.key("password"), pw);
+        }
+        if let Some(e) = &sb.embedded {
+            for (i, u) in e.users.iter().enumerate() {
+                let key = sk.key("embedded").key("users").index(i).key("password");
+                f.secret(key, &u.password);
+            }
         }
     }
 
@@ -201,20 +240,39 @@ pub(super) fn validate(c: &Config, origins: &super::profiles::Origins) -> Vec<Fi
         );
     }
     if let Some(src) = &c.web.metrics_token {
-        match src.resolve() {
-            Err(e) => f.err(w.key("metrics_token"), e.to_string()),
-            Ok(t) if t.expose().chars().count() < crate::web::metrics::MIN_TOKEN_LEN => f.err(
+        match f.secret(w.key("metrics_token"), src) {
+            None => {}
+            Some(t) if t.expose().chars().count() < crate::web::metrics::MIN_TOKEN_LEN => f.err(
                 w.key("metrics_token"),
                 format!(
                     "the token must be at least {} characters (e.g. `openssl rand -hex 16`)",
                     crate::web::metrics::MIN_TOKEN_LEN
                 ),
             ),
-            Ok(t) if t.expose().chars().any(|ch| ch.is_whitespace() || ch.is_control()) => f.err(
+            Some(t) if t.expose().chars().any(|ch| ch.is_whitespace() || ch.is_control()) => f.err(
                 w.key("metrics_token"),
                 "the token must not contain spaces or control characters (it travels in an HTTP header)",
             ),
-            Ok(_) => {}
+            Some(_) => {}
+        }
+    }
+
+    // [[push.channels]] secrets (read at start when pushes are on).
+    if c.push.enabled {
+        for (i, ch) in c.push.channels.iter().enumerate() {
+            let k = root.key("push").key("channels").index(i);
+            for (name, src) in [("key", &ch.key), ("secret", &ch.secret)] {
+                if let Some(src) = src {
+                    f.secret(k.key(name), src);
+                }
+            }
+        }
+    }
+
+    // [[cameras]] passwords (read when an enabled camera starts).
+    for (i, cam) in c.cameras.iter().enumerate() {
+        if let (true, Some(pw)) = (cam.enabled, &cam.password) {
+            f.secret(root.key("cameras").index(i).key("password"), pw);
         }
     }
 
