@@ -71,7 +71,8 @@ pub fn validate(c: &Config, point_key: &dyn Fn(usize, usize) -> KeyPath) -> Vec<
         if sb.qos > 1 {
             err(sk.key("qos"), "must be 0 or 1".into());
         }
-        // The secrets are read by the config validator, as `[uplink]`'s.
+        // The secrets and `[site_broker.tls]` are read by the config
+        // validator, as `[uplink]`'s.
         if sb.password.is_some() && sb.username.is_none() {
             err(sk.key("username"), "a password needs a username".into());
         }
