@@ -44,7 +44,8 @@ impl Serialize for Secret {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct SecretSource {
     /// Path of a file holding the secret (trailing newline trimmed). Keep it
-    /// readable by the service user only (mode 0600).
+    /// readable by the service user only (mode 0600). A relative path is
+    /// relative to the directory of the configuration file.
     pub file: Option<PathBuf>,
     /// Name of an environment variable holding the secret (e.g. set through
     /// systemd's `LoadCredential=` or an `EnvironmentFile=`).
@@ -131,6 +132,14 @@ pub enum SecretError {
 }
 
 impl SecretSource {
+    /// Make a relative `file` relative to `base` (the configuration file's
+    /// directory).
+    pub fn resolve_path(&mut self, base: &std::path::Path) {
+        if let Some(f) = &mut self.file {
+            crate::config::relative_to(f, base);
+        }
+    }
+
     pub fn resolve(&self) -> Result<Secret, SecretError> {
         let raw = match (&self.file, &self.env) {
             (Some(path), None) => {

@@ -855,3 +855,39 @@ fn a_web_port_below_1024_is_a_warning() {
     let c = load(&format!("{MINIMAL}\n[web]\nlisten = \"127.0.0.1:8443\"\n")).unwrap();
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
 }
+
+#[test]
+fn relative_paths_are_relative_to_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    std::fs::write(etc.join("uplink.password"), "s3cret\n").unwrap();
+    std::fs::write(etc.join("platform-ca.pem"), pem_pair().0).unwrap();
+    let text = MINIMAL.replace(
+        "[uplink]\nhost = \"127.0.0.1\"",
+        "[journal]\npath = \"journal\"\n\n[uplink]\nhost = \"127.0.0.1\"\nusername = \"gw\"\npassword = { file = \"uplink.password\" }\n[uplink.tls]\nca_file = \"platform-ca.pem\"",
+    ) + "\n[clips]\npath = \"../clips\"\n";
+    let file = etc.join("gateway.toml");
+    std::fs::write(&file, &text).unwrap();
+    // The tests run in the crate's directory, which holds none of these
+    // files: they are found next to the config file.
+    assert!(!Path::new("uplink.password").exists());
+    let c = load_for(&file, Target::AnyMachine).unwrap_or_else(|e| panic!("{e}"));
+    let u = &c.config.uplink;
+    assert_eq!(u.tls.as_ref().unwrap().ca_file, etc.join("platform-ca.pem"));
+    assert_eq!(
+        u.password.as_ref().unwrap().file.as_deref(),
+        Some(etc.join("uplink.password").as_path())
+    );
+    assert_eq!(c.config.journal.path, etc.join("journal"));
+    assert_eq!(c.config.clips.path, etc.join("../clips"));
+    // Absolute paths stay as written.
+    let text = text.replace("\"platform-ca.pem\"", "\"/nonexistent/ca.pem\"");
+    let e = load_str(&text, &file).unwrap_err();
+    assert!(
+        problem(&e, "uplink.tls.ca_file")
+            .message
+            .starts_with("/nonexistent/ca.pem:"),
+        "{e}"
+    );
+}

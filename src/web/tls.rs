@@ -17,7 +17,8 @@ pub const SELF_SIGNED_KEY: &str = "web-tls.key";
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WebTlsConfig {
     /// PEM certificate chain. With `key`; without both, a self-signed
-    /// certificate is generated on first start and kept.
+    /// certificate is generated on first start and kept. A relative path
+    /// is relative to the directory of the configuration file.
     #[serde(default)]
     pub cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1). Keep it mode 0600.
