@@ -450,15 +450,20 @@ async fn udp_transport_ingests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreadable_camera_password_does_not_stop_the_gateway() {
     let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("missing.pw");
     let extra = format!(
-        "username = \"gateway\"\npassword = {{ file = \"{}/missing.pw\" }}\n",
-        dir.path().display()
+        "username = \"gateway\"\npassword = {{ file = \"{}\" }}\n",
+        pw.display()
     );
+    // The check reads the password (a file without it is refused); it
+    // goes missing between the check and the start.
+    std::fs::write(&pw, "camera-pw\n").unwrap();
     let cfg = config(
         dir.path(),
         common::free_port(),
         &camera("cam-c", "rtsp://127.0.0.1:9/x", &extra),
     );
+    std::fs::remove_file(&pw).unwrap();
     let gw = Gateway::start(cfg).await.unwrap();
     let h = health(&gw, "cam-c");
     assert!(!h.online);

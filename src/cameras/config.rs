@@ -73,7 +73,8 @@ pub enum CameraTransport {
 /// Where clips go (`[clips]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClipsConfig {
-    /// Directory of the clips (`{id}.mp4`), created if missing.
+    /// Directory of the clips (`{id}.mp4`), created if missing. A relative
+    /// path is relative to the directory of the configuration file.
     #[serde(default = "default_clip_path")]
     pub path: PathBuf,
     /// Most bytes all clips may take; the oldest are deleted first.

@@ -356,6 +356,7 @@ pub fn load_str_for(text: &str, path: &Path, target: Target) -> Result<LoadedCon
         problems.sort_by_key(|p| p.line.unwrap_or(0));
         return Err(ConfigErrors(problems, Checked::Partly, Vec::new()));
     };
+    resolve_paths(&mut config, &config_dir(path));
     let (origins, mut findings) = profiles::expand(&mut config);
     findings.extend(validate::validate(&config, &origins));
     // A problem in a profile's point is found once per device using it.
@@ -363,14 +364,17 @@ pub fn load_str_for(text: &str, path: &Path, target: Target) -> Result<LoadedCon
     findings.retain(|f| seen.insert((f.key.to_string(), f.message.clone())));
     let mut warnings = Vec::new();
     for f in findings {
-        let elsewhere = f.this_machine && target == Target::AnyMachine;
-        let message = if elsewhere {
-            format!(
+        let elsewhere = (f.this_machine || f.environment) && target == Target::AnyMachine;
+        let message = match (elsewhere, f.environment) {
+            (false, _) => f.message,
+            (true, false) => format!(
                 "{}: fine for a gateway that has it, but `run` refuses this file here",
                 f.message
-            )
-        } else {
-            f.message
+            ),
+            (true, true) => format!(
+                "{} in this shell: not checked; the service's environment must set it (e.g. an EnvironmentFile= drop-in), else `run` refuses this file",
+                f.message
+            ),
         };
         let p = problem(
             doc().and_then(|d| locate(d, &lines, &f.key)),
@@ -394,6 +398,71 @@ pub fn load_str_for(text: &str, path: &Path, target: Target) -> Result<LoadedCon
         path: path.to_path_buf(),
         warnings,
     })
+}
+
+/// The directory relative paths in the file at `path` are relative to:
+/// the file's own directory, made absolute (a gateway started from `/`
+/// and `check-config` run from anywhere read the same files).
+pub fn config_dir(path: &Path) -> PathBuf {
+    let dir = path.parent().unwrap_or(Path::new(""));
+    if dir.as_os_str().is_empty() {
+        std::env::current_dir().unwrap_or_default()
+    } else {
+        std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+    }
+}
+
+/// Make `p` relative to `base` when it is relative.
+pub fn relative_to(p: &mut PathBuf, base: &Path) {
+    if p.is_relative() && !p.as_os_str().is_empty() {
+        *p = base.join(&*p);
+    }
+}
+
+/// Make every relative path of the file (secret files, TLS files, the
+/// journal and clip directories) relative to `base`, the file's directory,
+/// so that checking and running read the same files whatever the working
+/// directory. Every path key of the config is listed here.
+fn resolve_paths(c: &mut Config, base: &Path) {
+    relative_to(&mut c.journal.path, base);
+    relative_to(&mut c.clips.path, base);
+    if let Some(pw) = &mut c.uplink.password {
+        pw.resolve_path(base);
+    }
+    if let Some(tls) = &mut c.uplink.tls {
+        tls.resolve_paths(base);
+    }
+    if let Some(sb) = &mut c.site_broker {
+        if let Some(pw) = &mut sb.password {
+            pw.resolve_path(base);
+        }
+        if let Some(tls) = &mut sb.tls {
+            tls.resolve_paths(base);
+        }
+        if let Some(e) = &mut sb.embedded {
+            for u in &mut e.users {
+                u.password.resolve_path(base);
+            }
+        }
+    }
+    if let Some(t) = &mut c.web.metrics_token {
+        t.resolve_path(base);
+    }
+    if let Some(tls) = &mut c.web.tls {
+        for p in [&mut tls.cert, &mut tls.key].into_iter().flatten() {
+            relative_to(p, base);
+        }
+    }
+    for ch in &mut c.push.channels {
+        for s in [&mut ch.key, &mut ch.secret].into_iter().flatten() {
+            s.resolve_path(base);
+        }
+    }
+    for cam in &mut c.cameras {
+        if let Some(pw) = &mut cam.password {
+            pw.resolve_path(base);
+        }
+    }
 }
 
 /// The key path of the (deepest) key written on `line`: toml's type errors

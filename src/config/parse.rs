@@ -146,9 +146,13 @@ pub(super) fn parse<'d>(
                 .map(|k| k.to_string())
                 .unwrap_or_else(|| "(value)".into()),
         };
-        // A secret written inline is quoted by the parser's message:
-        // never repeat it (it would reach logs and the web page).
-        let message = if e.message().contains("SecretSource") {
+        // A secret written inline is refused without its value (see
+        // `SecretSource`'s deserializer); should a parser message quote
+        // it anyway, never repeat it (it would reach logs, the web page
+        // and the platform).
+        let message = if e.message().contains("SecretSource")
+            || e.message().contains(INLINE_SECRET_MESSAGE)
+        {
             INLINE_SECRET_MESSAGE.to_string()
         } else {
             first_line(e.message())

@@ -37,17 +37,82 @@ impl Serialize for Secret {
     }
 }
 
-/// Where a secret comes from. Exactly one of `file` or `env`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// Where a secret comes from. Exactly one of `file` or `env`, written as a
+/// table: `{ file = "…" }` or `{ env = "…" }`. Any other form (a string, a
+/// number, an array) is refused without repeating the value: it may be the
+/// secret itself.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct SecretSource {
     /// Path of a file holding the secret (trailing newline trimmed). Keep it
-    /// readable by the service user only (mode 0600).
-    #[serde(default)]
+    /// readable by the service user only (mode 0600). A relative path is
+    /// relative to the directory of the configuration file.
     pub file: Option<PathBuf>,
     /// Name of an environment variable holding the secret (e.g. set through
     /// systemd's `LoadCredential=` or an `EnvironmentFile=`).
-    #[serde(default)]
     pub env: Option<String>,
+}
+
+/// The table form of [`SecretSource`], the only one accepted.
+#[derive(Deserialize)]
+struct SecretTable {
+    #[serde(default)]
+    file: Option<PathBuf>,
+    #[serde(default)]
+    env: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for SecretSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SecretSource, D::Error> {
+        d.deserialize_map(SecretVisitor)
+    }
+}
+
+/// Accepts a table only. serde's own errors for the other forms quote the
+/// value (a secret written inline); these name the form alone.
+struct SecretVisitor;
+
+impl SecretVisitor {
+    fn refuse<E: serde::de::Error>(&self) -> E {
+        E::custom(crate::config::INLINE_SECRET_MESSAGE)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for SecretVisitor {
+    type Value = SecretSource;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("{ file = … } or { env = … }")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<SecretSource, A::Error> {
+        let t = SecretTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        Ok(SecretSource {
+            file: t.file,
+            env: t.env,
+        })
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<SecretSource, E> {
+        Err(self.refuse())
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<SecretSource, E> {
+        Err(self.refuse())
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<SecretSource, E> {
+        Err(self.refuse())
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<SecretSource, E> {
+        Err(self.refuse())
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<SecretSource, E> {
+        Err(self.refuse())
+    }
+    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<SecretSource, E> {
+        Err(self.refuse())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<SecretSource, A::Error> {
+        Err(self.refuse())
+    }
 }
 
 /// Why a secret could not be read. Never contains the secret.
@@ -67,6 +132,14 @@ pub enum SecretError {
 }
 
 impl SecretSource {
+    /// Make a relative `file` relative to `base` (the configuration file's
+    /// directory).
+    pub fn resolve_path(&mut self, base: &std::path::Path) {
+        if let Some(f) = &mut self.file {
+            crate::config::relative_to(f, base);
+        }
+    }
+
     pub fn resolve(&self) -> Result<Secret, SecretError> {
         let raw = match (&self.file, &self.env) {
             (Some(path), None) => {

@@ -175,19 +175,29 @@ fn example_config_is_valid() {
                         || p.key == "uplink.password"
                         || p.key == "web.metrics_token"
                         || p.key.starts_with("site_broker.embedded.users")
-                        || p.key.starts_with("push.channels"))
-                        && p.message.contains("cannot read"),
+                        || p.key.starts_with("push.channels")
+                        || p.key.starts_with("cameras["))
+                        && (p.message.contains("cannot read")
+                            || p.message.contains("No such file")),
                     "config/example.toml: {p}"
                 );
             }
             e.warnings().to_vec()
         }
     };
+    // Its second camera's password comes from the service's environment.
+    let env_unset = |p: &ConfigProblem| {
+        p.key == "cameras[1].password" && p.message.contains("CAM_NORTH_WALL_PASSWORD")
+    };
     for w in &warnings {
-        assert!(no_gpio(w), "config/example.toml: warning {w}");
+        assert!(
+            no_gpio(w) || env_unset(w),
+            "config/example.toml: warning {w}"
+        );
     }
     if crate::drivers::gpio::hw::probe().is_err() {
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let gpio = warnings.iter().filter(|w| no_gpio(w)).count();
+        assert_eq!(gpio, 1, "{warnings:?}");
         // To run here, it is refused.
         let e = load_str(&text, &path).unwrap_err();
         assert_eq!(e.0.iter().filter(|p| no_gpio(p)).count(), 1, "{e}");
@@ -584,4 +594,300 @@ fn the_metrics_token_must_be_readable_long_and_header_safe() {
         assert_eq!(e.0[0].key, "web.metrics_token", "{e}");
         assert!(e.0[0].message.contains(says), "{token:?}: {e}");
     }
+}
+
+fn problem<'a>(e: &'a ConfigErrors, key: &str) -> &'a ConfigProblem {
+    e.0.iter()
+        .find(|p| p.key == key)
+        .unwrap_or_else(|| panic!("no problem at {key}: {e}"))
+}
+
+#[test]
+fn a_secret_in_any_other_form_is_refused_without_its_value() {
+    for value in [
+        "[\"Hunter2Secret\"]",
+        "[\"Hunter2Secret\", \"x\"]",
+        "[]",
+        "true",
+        "1.5",
+        "\"Hunter2Secret\"",
+    ] {
+        let text = MINIMAL.replace(
+            "[uplink]\nhost = \"127.0.0.1\"",
+            &format!("[uplink]\nhost = \"127.0.0.1\"\nusername = \"gw\"\npassword = {value}"),
+        );
+        let e = load(&text).unwrap_err();
+        assert_eq!(
+            problem(&e, "uplink.password").message,
+            INLINE_SECRET_MESSAGE,
+            "{value}: {e}"
+        );
+        // The problems are what check-config prints, the reload logs and
+        // the config.changed event carries.
+        assert!(!e.to_string().contains("Hunter2"), "{value}: {e}");
+    }
+    for (section, key) in [
+        ("\n[web]\nmetrics_token = [\"Hunter2Secret0123456\"]\n", "web.metrics_token"),
+        ("\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://10.0.0.5/main\"\nusername = \"gw\"\npassword = [\"Hunter2Secret\"]\n", "cameras[0].password"),
+    ] {
+        let e = load(&format!("{MINIMAL}{section}")).unwrap_err();
+        assert_eq!(problem(&e, key).message, INLINE_SECRET_MESSAGE, "{e}");
+        assert!(!e.to_string().contains("Hunter2"), "{e}");
+    }
+}
+
+#[test]
+fn camera_site_broker_and_push_secret_files_are_read() {
+    let camera = |enabled: bool| {
+        format!(
+            "{MINIMAL}\n[[push.channels]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"https://push.example/hook\"\nsecret = {{ file = \"/nonexistent/hook.secret\" }}\n[[push.tiers]]\nname = \"guards\"\nchannels = [\"hook\"]\n[[push.rules]]\nname = \"all\"\ntiers = [\"guards\"]\n\n[site_broker]\nhost = \"127.0.0.1\"\nusername = \"gw\"\npassword = {{ file = \"/nonexistent/broker.pw\" }}\n\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://10.0.0.5/main\"\nusername = \"gw\"\npassword = {{ file = \"/nonexistent/cam.pw\" }}\nenabled = {enabled}\n"
+        )
+    };
+    let e = load(&camera(true)).unwrap_err();
+    assert_eq!(e.0.len(), 3, "{e}");
+    assert!(
+        problem(&e, "push.channels[0].secret")
+            .message
+            .contains("/nonexistent/hook.secret"),
+        "{e}"
+    );
+    assert!(
+        problem(&e, "cameras[0].password")
+            .message
+            .contains("/nonexistent/cam.pw"),
+        "{e}"
+    );
+    assert!(
+        problem(&e, "site_broker.password")
+            .message
+            .contains("/nonexistent/broker.pw"),
+        "{e}"
+    );
+    // A disabled camera is not started: its password is not read.
+    let e = load(&camera(false)).unwrap_err();
+    assert_eq!(e.0.len(), 2, "{e}");
+    assert!(e.0.iter().all(|p| p.key != "cameras[0].password"), "{e}");
+}
+
+#[test]
+fn an_env_secret_unset_in_this_shell_is_a_warning_for_check_config() {
+    let text = MINIMAL.replace(
+        "[uplink]\nhost = \"127.0.0.1\"",
+        "[uplink]\nhost = \"127.0.0.1\"\nusername = \"gw\"\npassword = { env = \"ESTATE_GW_TEST_UPLINK_PW_UNSET\" }",
+    );
+    // check-config: the service's environment may set it.
+    let c = load_str_for(&text, Path::new("gw.toml"), Target::AnyMachine)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    let w = &c.warnings[0];
+    assert_eq!(w.key, "uplink.password");
+    assert!(
+        w.message.contains("ESTATE_GW_TEST_UPLINK_PW_UNSET")
+            && w.message.contains("service's environment"),
+        "{w}"
+    );
+    // To run here, without it: refused.
+    let e = load(&text).unwrap_err();
+    assert_eq!(
+        problem(&e, "uplink.password").message,
+        "environment variable ESTATE_GW_TEST_UPLINK_PW_UNSET is not set"
+    );
+}
+
+/// A self-signed certificate and its key, in PEM.
+fn pem_pair() -> (String, String) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    (ck.cert.pem(), ck.key_pair.serialize_pem())
+}
+
+#[test]
+fn uplink_tls_material_is_loaded_as_the_uplink_loads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pem_pair();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let (ca, crt, k) = (
+        write("ca.pem", &cert),
+        write("gw.crt", &cert),
+        write("gw.key", &key),
+    );
+    let crt2 = write("other.crt", &cert);
+    let text_file = write("notes.txt", "not a certificate\n");
+    let with = |tls: &str| load(&format!("{MINIMAL}\n[uplink.tls]\n{tls}\n"));
+    with(&format!(
+        "ca_file = \"{ca}\"\ncert_file = \"{crt}\"\nkey_file = \"{k}\""
+    ))
+    .expect("a usable CA, certificate and key");
+    for (tls, key, says) in [
+        (
+            format!("ca_file = \"{text_file}\""),
+            "uplink.tls.ca_file",
+            "no certificate",
+        ),
+        (
+            "ca_file = \"/nonexistent/ca.pem\"".to_string(),
+            "uplink.tls.ca_file",
+            "/nonexistent/ca.pem",
+        ),
+        (
+            format!("ca_file = \"{ca}\"\ncert_file = \"{k}\"\nkey_file = \"{crt}\""),
+            "uplink.tls.cert_file",
+            "no certificate",
+        ),
+        (
+            format!("ca_file = \"{ca}\"\ncert_file = \"{crt}\"\nkey_file = \"{crt2}\""),
+            "uplink.tls.key_file",
+            "no private key",
+        ),
+        (
+            format!("ca_file = \"{ca}\"\ncert_file = \"{crt}\""),
+            "uplink.tls.key_file",
+            "cert_file needs key_file",
+        ),
+    ] {
+        let e = with(&tls).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{tls}: {e}");
+        assert!(problem(&e, key).message.contains(says), "{tls}: {e}");
+    }
+}
+
+#[test]
+fn site_broker_tls_is_checked_as_the_uplinks() {
+    let base = format!("{MINIMAL}\n[site_broker]\nhost = \"127.0.0.1\"\n[site_broker.tls]\n");
+    // Every problem at once: the CA too when the client pair is half given.
+    let e = load(&format!(
+        "{base}ca_file = \"/nonexistent/ca.pem\"\ncert_file = \"/nonexistent/gw.crt\"\n"
+    ))
+    .unwrap_err();
+    assert_eq!(e.0.len(), 2, "{e}");
+    assert!(
+        problem(&e, "site_broker.tls.key_file")
+            .message
+            .contains("needs key_file"),
+        "{e}"
+    );
+    assert!(
+        problem(&e, "site_broker.tls.ca_file")
+            .message
+            .contains("/nonexistent/ca.pem"),
+        "{e}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pem_pair().0).unwrap();
+    let e = load(&format!(
+        "{base}ca_file = \"{}\"\ncert_file = \"{}\"\n",
+        ca.display(),
+        ca.display()
+    ))
+    .unwrap_err();
+    assert_eq!(e.0.len(), 1, "{e}");
+    assert_eq!(
+        problem(&e, "site_broker.tls.key_file").message,
+        "cert_file needs key_file"
+    );
+    load(&format!("{base}ca_file = \"{}\"\n", ca.display())).expect("a usable CA");
+}
+
+#[test]
+fn web_tls_needs_a_pair_the_web_server_can_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pem_pair();
+    let c = dir.path().join("web.crt");
+    let k = dir.path().join("web.key");
+    std::fs::write(&c, &cert).unwrap();
+    std::fs::write(&k, &key).unwrap();
+    let with = |tls: &str| load(&format!("{MINIMAL}\n[web.tls]\n{tls}\n"));
+    let (c, k) = (c.display(), k.display());
+    with(&format!("cert = \"{c}\"\nkey = \"{k}\"")).expect("a usable pair");
+    with("names = [\"gw.local\"]").expect("self-signed: neither cert nor key");
+    for (tls, key, says) in [
+        (
+            format!("cert = \"{c}\""),
+            "web.tls.key",
+            "`cert` needs `key`",
+        ),
+        (
+            format!("key = \"{k}\""),
+            "web.tls.cert",
+            "`key` needs `cert`",
+        ),
+        (
+            format!("cert = \"/nonexistent/web.crt\"\nkey = \"{k}\""),
+            "web.tls.cert",
+            "/nonexistent/web.crt",
+        ),
+        (
+            format!("cert = \"{c}\"\nkey = \"/nonexistent/web.key\""),
+            "web.tls.key",
+            "/nonexistent/web.key",
+        ),
+        (
+            format!("cert = \"{k}\"\nkey = \"{k}\""),
+            "web.tls.cert",
+            "no certificate",
+        ),
+        (
+            format!("cert = \"{c}\"\nkey = \"{c}\""),
+            "web.tls.key",
+            "no private key",
+        ),
+    ] {
+        let e = with(&tls).unwrap_err();
+        assert_eq!(e.0.len(), 1, "{tls}: {e}");
+        assert!(problem(&e, key).message.contains(says), "{tls}: {e}");
+    }
+}
+
+#[test]
+fn a_web_port_below_1024_is_a_warning() {
+    let c = load(&format!("{MINIMAL}\n[web]\nlisten = \"127.0.0.1:443\"\n")).unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert_eq!(c.warnings[0].key, "web.listen");
+    assert!(
+        c.warnings[0].message.contains("unprivileged"),
+        "{:?}",
+        c.warnings
+    );
+    let c = load(&format!("{MINIMAL}\n[web]\nlisten = \"127.0.0.1:8443\"\n")).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn relative_paths_are_relative_to_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    std::fs::write(etc.join("uplink.password"), "s3cret\n").unwrap();
+    std::fs::write(etc.join("platform-ca.pem"), pem_pair().0).unwrap();
+    let text = MINIMAL.replace(
+        "[uplink]\nhost = \"127.0.0.1\"",
+        "[journal]\npath = \"journal\"\n\n[uplink]\nhost = \"127.0.0.1\"\nusername = \"gw\"\npassword = { file = \"uplink.password\" }\n[uplink.tls]\nca_file = \"platform-ca.pem\"",
+    ) + "\n[clips]\npath = \"../clips\"\n";
+    let file = etc.join("gateway.toml");
+    std::fs::write(&file, &text).unwrap();
+    // The tests run in the crate's directory, which holds none of these
+    // files: they are found next to the config file.
+    assert!(!Path::new("uplink.password").exists());
+    let c = load_for(&file, Target::AnyMachine).unwrap_or_else(|e| panic!("{e}"));
+    let u = &c.config.uplink;
+    assert_eq!(u.tls.as_ref().unwrap().ca_file, etc.join("platform-ca.pem"));
+    assert_eq!(
+        u.password.as_ref().unwrap().file.as_deref(),
+        Some(etc.join("uplink.password").as_path())
+    );
+    assert_eq!(c.config.journal.path, etc.join("journal"));
+    assert_eq!(c.config.clips.path, etc.join("../clips"));
+    // Absolute paths stay as written.
+    let text = text.replace("\"platform-ca.pem\"", "\"/nonexistent/ca.pem\"");
+    let e = load_str(&text, &file).unwrap_err();
+    assert!(
+        problem(&e, "uplink.tls.ca_file")
+            .message
+            .starts_with("/nonexistent/ca.pem:"),
+        "{e}"
+    );
 }

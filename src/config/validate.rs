@@ -1,5 +1,6 @@
 //! Semantic checks over a parsed config. Collects every finding.
 
+use super::secret::{Secret, SecretError, SecretSource};
 use super::{Config, KeyPath};
 use crate::drivers::{PointType, RegisterKind};
 use std::collections::{HashMap, HashSet};
@@ -11,6 +12,11 @@ pub(super) struct Finding {
     /// Not a problem of the file but of the machine checking it (no GPIO
     /// here): an error for a file this machine is to run, else a warning.
     pub this_machine: bool,
+    /// Not a problem of the file but of the environment checking it (a
+    /// secret's variable not set in this shell; the service's environment
+    /// may set it): an error for a file this machine is to run, else a
+    /// warning.
+    pub environment: bool,
 }
 
 impl Finding {
@@ -20,6 +26,7 @@ impl Finding {
             message,
             warning: false,
             this_machine: false,
+            environment: false,
         }
     }
 }
@@ -42,6 +49,91 @@ impl Findings {
             this_machine: true,
             ..Finding::error(key, message.into())
         });
+    }
+
+    /// Read the secret at `key` as `run` will; report why it cannot be.
+    /// The messages name the file or the variable, never the value.
+    fn secret(&mut self, key: KeyPath, src: &SecretSource) -> Option<Secret> {
+        match src.resolve() {
+            Ok(s) => Some(s),
+            Err(e @ SecretError::EnvMissing(_)) => {
+                self.0.push(Finding {
+                    environment: true,
+                    ..Finding::error(key, e.to_string())
+                });
+                None
+            }
+            Err(e) => {
+                self.err(key, e.to_string());
+                None
+            }
+        }
+    }
+
+    /// `[uplink.tls]` or `[site_broker.tls]` at `key`: both of a client
+    /// certificate and key or neither, and material the connection can use,
+    /// built by the very function the connection uses.
+    fn client_tls(&mut self, key: &KeyPath, tls: &crate::uplink::TlsConfig) {
+        let half = match (&tls.cert_file, &tls.key_file) {
+            (Some(_), None) => Some(("key_file", "cert_file needs key_file")),
+            (None, Some(_)) => Some(("cert_file", "key_file needs cert_file")),
+            _ => None,
+        };
+        let checked = match half {
+            // The CA is still checked, alone.
+            Some((at, message)) => {
+                self.err(key.key(at), message);
+                crate::uplink::tls::client_config(&crate::uplink::TlsConfig {
+                    cert_file: None,
+                    key_file: None,
+                    ..tls.clone()
+                })
+            }
+            None => crate::uplink::tls::client_config(tls),
+        };
+        if let Err(crate::uplink::UplinkError::Tls { path, reason }) = checked {
+            // One file may serve as two (a combined certificate and key).
+            let key_file = tls.key_file.as_ref() == Some(&path);
+            let at = if path == tls.ca_file {
+                "ca_file"
+            } else if key_file && (tls.cert_file.as_ref() != Some(&path) || reason.contains("key"))
+            {
+                "key_file"
+            } else {
+                "cert_file"
+            };
+            self.err(key.key(at), format!("{}: {reason}", path.display()));
+        }
+    }
+
+    /// `[web.tls]`: both `cert` and `key` or neither (self-signed), and
+    /// a pair the web server can use, loaded as the web server loads it.
+    fn web_tls(&mut self, key: &KeyPath, tls: &crate::web::tls::WebTlsConfig) {
+        use crate::web::tls::TlsError;
+        let (cert, pkey) = match (&tls.cert, &tls.key) {
+            (Some(c), Some(k)) => (c, k),
+            (None, None) => return,
+            (Some(_), None) => {
+                return self.err(
+                    key.key("key"),
+                    "`cert` needs `key` (or leave out both for a self-signed certificate)",
+                )
+            }
+            (None, Some(_)) => {
+                return self.err(
+                    key.key("cert"),
+                    "`key` needs `cert` (or leave out both for a self-signed certificate)",
+                )
+            }
+        };
+        if let Err(e) = crate::web::tls::load_pair(cert, pkey) {
+            let at = match &e {
+                TlsError::NoCert(_) => "cert",
+                TlsError::Io { path, .. } if path == cert => "cert",
+                _ => "key",
+            };
+            self.err(key.key(at), e.to_string());
+        }
     }
 }
 
@@ -144,21 +236,29 @@ pub(super) fn validate(c: &Config, origins: &super::profiles::Origins) -> Vec<Fi
         if up.username.is_none() {
             f.err(u.key("username"), "a password needs a username");
         }
-        if let Err(e) = pw.resolve() {
-            f.err(u.key("password"), e.to_string());
-        }
+        f.secret(u.key("password"), pw);
     }
     if let Some(tls) = &up.tls {
-        let t = u.key("tls");
-        check_readable(&mut f, t.key("ca_file"), &tls.ca_file);
-        match (&tls.cert_file, &tls.key_file) {
-            (Some(c), Some(k)) => {
-                check_readable(&mut f, t.key("cert_file"), c);
-                check_readable(&mut f, t.key("key_file"), k);
+        f.client_tls(&u.key("tls"), tls);
+    }
+
+    // [site_broker]: its secrets and TLS (the rest is checked with the
+    // MQTT devices below).
+    if let Some(sb) = &c.site_broker {
+        let sk = root.key("site_broker");
+        if let Some(pw) = &sb.password {
+            f.secret(sk.key("password"), pw);
+        }
+        match (&sb.tls, &sb.embedded) {
+            (Some(tls), None) => f.client_tls(&sk.key("tls"), tls),
+            // With the embedded broker, `tls` is refused as not used.
+            (_, Some(e)) => {
+                for (i, u) in e.users.iter().enumerate() {
+                    let key = sk.key("embedded").key("users").index(i).key("password");
+                    f.secret(key, &u.password);
+                }
             }
             (None, None) => {}
-            (Some(_), None) => f.err(t.key("key_file"), "cert_file needs key_file"),
-            (None, Some(_)) => f.err(t.key("cert_file"), "key_file needs cert_file"),
         }
     }
 
@@ -201,20 +301,52 @@ pub(super) fn validate(c: &Config, origins: &super::profiles::Origins) -> Vec<Fi
         );
     }
     if let Some(src) = &c.web.metrics_token {
-        match src.resolve() {
-            Err(e) => f.err(w.key("metrics_token"), e.to_string()),
-            Ok(t) if t.expose().chars().count() < crate::web::metrics::MIN_TOKEN_LEN => f.err(
+        match f.secret(w.key("metrics_token"), src) {
+            None => {}
+            Some(t) if t.expose().chars().count() < crate::web::metrics::MIN_TOKEN_LEN => f.err(
                 w.key("metrics_token"),
                 format!(
                     "the token must be at least {} characters (e.g. `openssl rand -hex 16`)",
                     crate::web::metrics::MIN_TOKEN_LEN
                 ),
             ),
-            Ok(t) if t.expose().chars().any(|ch| ch.is_whitespace() || ch.is_control()) => f.err(
+            Some(t) if t.expose().chars().any(|ch| ch.is_whitespace() || ch.is_control()) => f.err(
                 w.key("metrics_token"),
                 "the token must not contain spaces or control characters (it travels in an HTTP header)",
             ),
-            Ok(_) => {}
+            Some(_) => {}
+        }
+    }
+    if let Some(tls) = &c.web.tls {
+        f.web_tls(&w.key("tls"), tls);
+    }
+    if c.web.enabled && c.web.listen.port() < 1024 && c.web.listen.port() != 0 {
+        f.warn(
+            w.key("listen"),
+            format!(
+                "port {} is below 1024: the service runs as the unprivileged user estate-gateway without CAP_NET_BIND_SERVICE, so the web page, /healthz and /metrics would not start under it (use a port from 1024 up, e.g. 8443, and forward {} to it if needed)",
+                c.web.listen.port(),
+                c.web.listen.port()
+            ),
+        );
+    }
+
+    // [[push.channels]] secrets (read at start when pushes are on).
+    if c.push.enabled {
+        for (i, ch) in c.push.channels.iter().enumerate() {
+            let k = root.key("push").key("channels").index(i);
+            for (name, src) in [("key", &ch.key), ("secret", &ch.secret)] {
+                if let Some(src) = src {
+                    f.secret(k.key(name), src);
+                }
+            }
+        }
+    }
+
+    // [[cameras]] passwords (read when an enabled camera starts).
+    for (i, cam) in c.cameras.iter().enumerate() {
+        if let (true, Some(pw)) = (cam.enabled, &cam.password) {
+            f.secret(root.key("cameras").index(i).key("password"), pw);
         }
     }
 
@@ -646,10 +778,4 @@ fn never_met(
         return Some(("low", format!("never met: {takes}, never less than {min}")));
     }
     None
-}
-
-fn check_readable(f: &mut Findings, key: KeyPath, path: &std::path::Path) {
-    if let Err(e) = std::fs::File::open(path) {
-        f.err(key, format!("cannot read {}: {e}", path.display()));
-    }
 }

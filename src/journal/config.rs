@@ -7,7 +7,8 @@ use std::time::Duration;
 /// The durable local event log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JournalConfig {
-    /// Directory of the journal's store. Created if missing.
+    /// Directory of the journal's store. Created if missing. A relative
+    /// path is relative to the directory of the configuration file.
     #[serde(default = "default_path")]
     pub path: PathBuf,
     /// Size cap of the journal on disk, in bytes. Past it, the oldest

@@ -81,6 +81,8 @@ pub struct UplinkConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TlsConfig {
     /// PEM file of the CA certificate(s) that signed the broker's certificate.
+    /// Like every path in the file, a relative path is relative to the
+    /// directory of the configuration file.
     pub ca_file: PathBuf,
     /// PEM client certificate (mutual TLS), with `key_file`.
     #[serde(default)]
@@ -88,6 +90,20 @@ pub struct TlsConfig {
     /// PEM private key of the client certificate.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Make relative file paths relative to `base` (the configuration
+    /// file's directory).
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        crate::config::relative_to(&mut self.ca_file, base);
+        for p in [&mut self.cert_file, &mut self.key_file]
+            .into_iter()
+            .flatten()
+        {
+            crate::config::relative_to(p, base);
+        }
+    }
 }
 
 impl UplinkConfig {

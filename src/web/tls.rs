@@ -17,7 +17,8 @@ pub const SELF_SIGNED_KEY: &str = "web-tls.key";
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct WebTlsConfig {
     /// PEM certificate chain. With `key`; without both, a self-signed
-    /// certificate is generated on first start and kept.
+    /// certificate is generated on first start and kept. A relative path
+    /// is relative to the directory of the configuration file.
     #[serde(default)]
     pub cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1). Keep it mode 0600.
@@ -75,29 +76,37 @@ pub fn server_config(
         }
         _ => return Err(TlsError::Half),
     };
-    let cert_pem = std::fs::read(&cert_path).map_err(io(&cert_path))?;
-    let key_pem = std::fs::read(&key_path).map_err(io(&key_path))?;
+    let (sc, sha256) = load_pair(&cert_path, &key_path)?;
+    tracing::info!(cert = %cert_path.display(), %sha256, "web server certificate");
+    Ok(sc)
+}
+
+/// The server's TLS settings from a certificate chain and key in PEM, and
+/// the SHA-256 fingerprint of the first certificate. The config check
+/// calls it too, so a pair it accepts is one the server can use.
+pub fn load_pair(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(Arc<rustls::ServerConfig>, String), TlsError> {
+    let cert_pem = std::fs::read(cert_path).map_err(io(cert_path))?;
+    let key_pem = std::fs::read(key_path).map_err(io(key_path))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<_, _>>()
-        .map_err(io(&cert_path))?;
+        .map_err(io(cert_path))?;
     let first = certs
         .first()
-        .ok_or_else(|| TlsError::NoCert(cert_path.clone()))?;
+        .ok_or_else(|| TlsError::NoCert(cert_path.to_path_buf()))?;
+    let sha256 = fingerprint(first.as_ref());
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(io(&key_path))?
-        .ok_or_else(|| TlsError::NoKey(key_path.clone()))?;
-    tracing::info!(
-        cert = %cert_path.display(),
-        sha256 = %fingerprint(first.as_ref()),
-        "web server certificate"
-    );
+        .map_err(io(key_path))?
+        .ok_or_else(|| TlsError::NoKey(key_path.to_path_buf()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut sc = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     sc.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(sc))
+    Ok((Arc::new(sc), sha256))
 }
 
 fn names(cfg: &WebTlsConfig, listen: std::net::SocketAddr) -> Vec<String> {

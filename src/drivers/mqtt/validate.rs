@@ -71,13 +71,10 @@ pub fn validate(c: &Config, point_key: &dyn Fn(usize, usize) -> KeyPath) -> Vec<
         if sb.qos > 1 {
             err(sk.key("qos"), "must be 0 or 1".into());
         }
-        if let Some(pw) = &sb.password {
-            if sb.username.is_none() {
-                err(sk.key("username"), "a password needs a username".into());
-            }
-            if let Err(e) = pw.resolve() {
-                err(sk.key("password"), e.to_string());
-            }
+        // The secrets and `[site_broker.tls]` are read by the config
+        // validator, as `[uplink]`'s.
+        if sb.password.is_some() && sb.username.is_none() {
+            err(sk.key("username"), "a password needs a username".into());
         }
         if let Some(e) = &sb.embedded {
             let ek = sk.key("embedded");
@@ -122,9 +119,6 @@ pub fn validate(c: &Config, point_key: &dyn Fn(usize, usize) -> KeyPath) -> Vec<
                         uk.key("username"),
                         format!("duplicate user {:?}", u.username),
                     );
-                }
-                if let Err(e) = u.password.resolve() {
-                    err(uk.key("password"), e.to_string());
                 }
             }
         }
