@@ -158,6 +158,16 @@ fn long_keepalive_warns() {
 }
 
 #[test]
+fn a_heartbeat_under_a_second_is_refused() {
+    let errs = load(&MINIMAL.replace("[uplink]\n", "[uplink]\nheartbeat_s = 0.2\n"))
+        .unwrap_err()
+        .0;
+    assert_eq!(errs[0].key, "uplink.heartbeat_s", "{errs:?}");
+    assert!(errs[0].message.contains("at least 1"), "{errs:?}");
+    assert!(load(&MINIMAL.replace("[uplink]\n", "[uplink]\nheartbeat_s = 1\n")).is_ok());
+}
+
+#[test]
 fn example_config_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
     let text = std::fs::read_to_string(&path).unwrap();

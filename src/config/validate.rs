@@ -214,8 +214,8 @@ pub(super) fn validate(c: &Config, origins: &super::profiles::Origins) -> Vec<Fi
             format!("{ka} s: the platform will see a dead link only after ~{:.0} s (SP6 needs ≤ 20 s; use ≤ 8)", ka * 1.5 + 3.0),
         );
     }
-    if up.heartbeat.is_zero() {
-        f.err(u.key("heartbeat_s"), "must be greater than 0");
+    if up.heartbeat < std::time::Duration::from_secs(1) {
+        f.err(u.key("heartbeat_s"), "must be at least 1 (seconds)");
     }
     if up.ack_timeout.is_zero() {
         f.err(u.key("ack_timeout_s"), "must be greater than 0");

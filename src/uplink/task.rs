@@ -344,6 +344,7 @@ impl Uplink {
     ) {
         let mut poller: Option<PollFuture> = Some(first);
         let mut parked: Option<(Box<EventLoop>, tokio::time::Instant)> = None;
+        // At least 1 s (validated; a config built in code may be shorter).
         let mut heartbeat = tokio::time::interval(self.cfg.heartbeat.max(Duration::from_secs(1)));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
