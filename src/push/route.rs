@@ -405,7 +405,7 @@ impl Wording {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::event::{AlarmInfo, NewEvent, Priority, Source};
 
@@ -438,7 +438,7 @@ mod tests {
         }
     }
 
-    fn cfg() -> PushConfig {
+    pub(crate) fn cfg() -> PushConfig {
         toml::from_str(
             r#"
             utc_offset = "+08:00"

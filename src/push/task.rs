@@ -833,59 +833,25 @@ mod tests {
         assert_eq!(mask_phone("12"), "12");
     }
 
+    /// An event of the panic button's alarm (`panel/p1`).
     fn event(kind: EventKind, state: AlarmState, seq: u64) -> Event {
-        use crate::event::{AlarmInfo, Category, Source};
-        Event {
-            id: format!("gw:{seq:016x}"),
-            seq,
-            body: NewEvent {
-                ts: Timestamp::from_unix_ms(1_795_813_445_123 + seq as i64).unwrap(),
-                kind,
-                priority: Priority::new(1).unwrap(),
-                category: Category::Intrusion,
-                source: Source {
-                    device: Some("access-main".into()),
-                    point: Some("panic".into()),
-                    zone: Some("villa-12".into()),
-                },
-                alarm: Some(AlarmInfo {
-                    key: "access-main/panic".into(),
-                    state,
-                    value: serde_json::Value::Bool(true),
-                    message: "Panic button".into(),
-                    operator: None,
-                    comment: None,
-                    latched: false,
-                }),
-                attachments: vec![],
-                detail: None,
-            },
-        }
+        let mut ev =
+            super::route::tests::raised(1, 1, crate::event::Category::Intrusion, "villa-12");
+        ev.seq = seq;
+        ev.body.kind = kind;
+        ev.body.alarm.as_mut().unwrap().state = state;
+        ev
     }
 
     #[test]
     fn escalation_ends_on_acknowledgement_or_return_to_normal_only() {
-        let cfg: PushConfig = toml::from_str(
-            r#"
-            [[channels]]
-            name = "ding"
-            kind = "dingtalk"
-            key = { env = "X" }
-            [[tiers]]
-            name = "guards"
-            channels = ["ding"]
-            [[tiers]]
-            name = "manager"
-            channels = ["ding"]
-            [[rules]]
-            name = "all"
-            tiers = ["guards", "manager"]
-            escalate_after_s = 60
-            "#,
-        )
-        .unwrap();
+        // Every alarm goes to the guards, then escalates to the manager.
+        let mut cfg = super::route::tests::cfg();
+        let all = cfg.rules.last_mut().unwrap();
+        assert_eq!(all.name, "all");
+        all.escalate_after = Some(Duration::from_secs(60));
         let mut esc = Escalations::default();
-        let tracked = |esc: &Escalations| esc.alarms.contains_key("access-main/panic");
+        let tracked = |esc: &Escalations| esc.alarms.contains_key("panel/p1");
         use AlarmState::*;
         assert!(apply(
             &cfg,
