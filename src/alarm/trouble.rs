@@ -183,23 +183,30 @@ impl Troubles {
         self.states.lock().await.has(key)
     }
 
-    /// Acknowledge the trouble `key`: recorded as `alarm.acknowledged`.
+    /// Acknowledge `key` if it is a trouble not in normal (recorded as
+    /// `alarm.acknowledged`); `None` when it is not one.
     pub async fn acknowledge(
         &self,
         key: &str,
         operator: &str,
         comment: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> Option<Result<(), String>> {
         let mut st = self.states.lock().await;
-        let ev = st
-            .acknowledge(key, Timestamp::now(), operator, comment)
-            .map_err(|e| e.to_string())?;
+        if !st.has(key) {
+            return None;
+        }
+        let ev = match st.acknowledge(key, Timestamp::now(), operator, comment) {
+            Ok(ev) => ev,
+            Err(e) => return Some(Err(e.to_string())),
+        };
         self.list.send_replace(Arc::new(st.views()));
-        self.journal
-            .record(vec![ev])
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        let recorded = self.journal.record(vec![ev]).await;
+        Some(recorded.map(|_| ()).map_err(|e| e.to_string()))
+    }
+
+    /// The troubles not in normal now.
+    pub fn current(&self) -> Arc<Vec<AlarmView>> {
+        self.list.borrow().clone()
     }
 
     /// The troubles not in normal, and their changes.

@@ -207,11 +207,11 @@ impl CommandPath {
         }
     }
 
-    /// The trouble `key` is, when it is one not in normal now.
-    async fn trouble(&self, key: &str) -> Option<&Arc<Troubles>> {
+    /// Whether `key` is one of the gateway's own alarms, not in normal now.
+    async fn is_trouble(&self, key: &str) -> bool {
         match &self.troubles {
-            Some(t) if t.has(key).await => Some(t),
-            _ => None,
+            Some(t) => t.has(key).await,
+            None => false,
         }
     }
 
@@ -270,8 +270,11 @@ impl CommandPath {
         let timeout = self.cfg.config.commands.write_timeout;
         match plan {
             Plan::Ack { key } => {
-                if let Some(t) = self.trouble(&key).await {
-                    return t.acknowledge(&key, &operator, cmd.comment.as_deref()).await;
+                if let Some(t) = &self.troubles {
+                    let comment = cmd.comment.as_deref();
+                    if let Some(done) = t.acknowledge(&key, &operator, comment).await {
+                        return done;
+                    }
                 }
                 let (tx, rx) = oneshot::channel();
                 self.alarm_request(
@@ -286,7 +289,7 @@ impl CommandPath {
                 .await
             }
             Plan::Shelve { key, duration } => {
-                if self.trouble(&key).await.is_some() {
+                if self.is_trouble(&key).await {
                     return Err(format!(
                         "alarm {key:?} is raised by the gateway itself and cannot be shelved; acknowledge it"
                     ));

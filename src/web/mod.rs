@@ -290,7 +290,7 @@ impl PageState {
     /// urgent first.
     pub fn alarm_list(&self) -> Vec<crate::alarm::AlarmView> {
         let alarms = self.live().alarms().borrow().clone();
-        let troubles = self.troubles().subscribe().borrow().clone();
+        let troubles = self.troubles().current();
         crate::alarm::trouble::merged(&alarms, &troubles)
     }
 }
