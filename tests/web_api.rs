@@ -74,26 +74,11 @@ fn web_api_end_to_end() {
     // First technician through the one-time setup token.
     assert_eq!(anon.get("/api/v1/setup").json()["needed"], true);
     let token = peers::setup_token(&rig.gw);
-    let bad = anon.send(
-        "POST",
-        "/api/v1/setup",
-        Some(&json!({"token": "0".repeat(32), "name": "wang", "password": TECH_PW})),
-        false,
-    );
+    let bad = anon.setup(&"0".repeat(32), "wang", TECH_PW);
     assert_eq!(bad.status, 403);
-    let ok = anon.send(
-        "POST",
-        "/api/v1/setup",
-        Some(&json!({"token": token, "name": "wang", "password": TECH_PW})),
-        false,
-    );
+    let ok = anon.setup(&token, "wang", TECH_PW);
     assert_eq!(ok.status, 200, "{}", ok.body);
-    let again = anon.send(
-        "POST",
-        "/api/v1/setup",
-        Some(&json!({"token": token, "name": "wang2", "password": TECH_PW})),
-        false,
-    );
+    let again = anon.setup(&token, "wang2", TECH_PW);
     assert_eq!(again.status, 403, "the setup token works once");
     assert_eq!(anon.get("/api/v1/setup").json()["needed"], false);
 

@@ -19,7 +19,6 @@ mod peers;
 
 use common::gateway::GatewayProc;
 use http::{Client, Seen};
-use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -93,12 +92,7 @@ fn setup_token_is_in_a_private_file_whatever_the_log_level() {
     let seen: Seen = Default::default();
     let mut anon = Client::new(web, &seen);
     assert_eq!(anon.get("/api/v1/setup").json()["needed"], true);
-    let ok = anon.send(
-        "POST",
-        "/api/v1/setup",
-        Some(&json!({"token": token, "name": "wang", "password": TECH_PW})),
-        false,
-    );
+    let ok = anon.setup(&token, "wang", TECH_PW);
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert!(
         !gw.dir().join("journal/setup-token").exists(),
@@ -125,12 +119,7 @@ fn setup_token_is_spent_once_a_technician_is_added_from_the_command_line() {
     );
     assert!(!gw.dir().join("journal/setup-token").exists());
     // Whoever read the token in the log or the file gets nothing with it.
-    let stranger = anon.send(
-        "POST",
-        "/api/v1/setup",
-        Some(&json!({"token": token, "name": "intruder", "password": TECH_PW})),
-        false,
-    );
+    let stranger = anon.setup(&token, "intruder", TECH_PW);
     assert_eq!(stranger.status, 403, "{}", stranger.body);
     assert_eq!(anon.login("intruder", TECH_PW).status, 401);
     assert_eq!(anon.login("wang", TECH_PW).status, 200);
@@ -152,12 +141,7 @@ fn setup_is_refused_when_a_technician_appears_before_the_token_is_used() {
     peers::add_user_cli(&gw, "wang", "technician", TECH_PW);
     let seen: Seen = Default::default();
     let mut anon = Client::new(web, &seen);
-    let stranger = anon.send(
-        "POST",
-        "/api/v1/setup",
-        Some(&json!({"token": token, "name": "intruder", "password": TECH_PW})),
-        false,
-    );
+    let stranger = anon.setup(&token, "intruder", TECH_PW);
     assert_eq!(stranger.status, 403, "{}", stranger.body);
     assert_eq!(anon.get("/api/v1/setup").json()["needed"], false);
     assert_eq!(anon.login("intruder", TECH_PW).status, 401);

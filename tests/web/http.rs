@@ -162,6 +162,16 @@ impl Client {
         self.send("POST", path, Some(&body), true)
     }
 
+    /// `POST /api/v1/setup`: the first technician, with the one-time token.
+    pub fn setup(&mut self, token: &str, name: &str, password: &str) -> Resp {
+        self.send(
+            "POST",
+            "/api/v1/setup",
+            Some(&serde_json::json!({"token": token, "name": name, "password": password})),
+            false,
+        )
+    }
+
     /// Sign in; keeps the cookie and CSRF token. Returns the response.
     pub fn login(&mut self, name: &str, password: &str) -> Resp {
         let r = self.send(
