@@ -43,7 +43,8 @@ enum Command {
         #[command(subcommand)]
         action: UserAction,
     },
-    /// Print the journal's position and each sink's backlog (gateway stopped).
+    /// Print the journal's position and the uplink's backlog (gateway
+    /// stopped). Run with sudo, it acts as the state directory's owner.
     JournalInfo {
         /// Path of the TOML configuration.
         #[arg(short, long, default_value = "/etc/estate-gateway/gateway.toml")]
@@ -140,42 +141,85 @@ fn main() -> ExitCode {
             report(runtime().block_on(estate_gateway::demo::run(duration_s)))
         }
         Command::User { action } => user(action),
-        Command::JournalInfo { config } => {
-            let cfg = match estate_gateway::config::load(&config) {
-                Ok(c) => c,
-                Err(errors) => {
-                    eprintln!("{errors}");
-                    return ExitCode::from(2);
-                }
-            };
-            let c = &cfg.config;
-            // Every sink of the configuration: opening with fewer would
-            // let the journal remove events a push channel still needs.
-            let mut sinks = vec![estate_gateway::app::UPLINK_SINK.to_string()];
-            sinks.extend(estate_gateway::push::sinks(&c.push));
-            let sinks: Vec<&str> = sinks.iter().map(String::as_str).collect();
-            match estate_gateway::journal::Journal::open(&c.journal, &c.site.gateway, &sinks) {
-                Ok(j) => {
-                    let s = j.stats();
-                    let acked = j.acked_seq(estate_gateway::app::UPLINK_SINK);
-                    println!(
-                        "{}",
-                        serde_json::json!({
-                            "last_seq": s.last_seq,
-                            "events": s.events,
-                            "telemetry": s.telemetry,
-                            "bytes_on_disk": s.bytes_on_disk,
-                            "uplink_acked_seq": acked,
-                            "uplink_backlog": s.last_seq.saturating_sub(acked),
-                        })
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::JournalInfo { config } => journal_info(&config),
+    }
+}
+
+/// Run as root, become the owner of the state directory holding `dir`
+/// (`web::auth::owner`) before touching anything in it, so what a command
+/// run with sudo writes stays the service's.
+fn act_as_state_owner(dir: &std::path::Path, creates: bool) -> Result<(), ExitCode> {
+    use estate_gateway::web::auth::owner;
+    match owner::decide(owner::euid(), &owner::look(dir), creates) {
+        Ok(owner::ActAs::Caller) => Ok(()),
+        Ok(owner::ActAs::Owner(o)) => owner::become_owner(o).map_err(|e| {
+            eprintln!(
+                "error: cannot act as the state directory's owner (uid {}, gid {}): {e}",
+                o.uid, o.gid
+            );
+            ExitCode::FAILURE
+        }),
+        Err(refusal) => {
+            eprintln!("error: {refusal}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `estate-gateway journal-info`: the journal's position and the uplink's
+/// backlog, as JSON, with the gateway stopped. The config is read as
+/// `check-config` reads it (a secret set only in the service's
+/// environment does not stop it). It never makes a journal, and run as
+/// root it acts as the state directory's owner: opening the journal
+/// writes to it (recovery, a checkpoint), and files left owned by root
+/// would keep the gateway from opening its journal at the next start.
+fn journal_info(config: &std::path::Path) -> ExitCode {
+    let cfg = match estate_gateway::config::load_for(
+        config,
+        estate_gateway::config::Target::AnyMachine,
+    ) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    let c = &cfg.config;
+    if !c.journal.path.is_dir() {
+        eprintln!(
+            "error: no journal at {} (the gateway has not run with this config yet)",
+            c.journal.path.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    if let Err(code) = act_as_state_owner(&c.journal.path, false) {
+        return code;
+    }
+    // Every sink of the configuration: opening with fewer would let the
+    // journal remove events a push channel still needs.
+    let mut sinks = vec![estate_gateway::app::UPLINK_SINK.to_string()];
+    sinks.extend(estate_gateway::push::sinks(&c.push));
+    let sinks: Vec<&str> = sinks.iter().map(String::as_str).collect();
+    match estate_gateway::journal::Journal::open(&c.journal, &c.site.gateway, &sinks) {
+        Ok(j) => {
+            let s = j.stats();
+            let acked = j.acked_seq(estate_gateway::app::UPLINK_SINK);
+            println!(
+                "{}",
+                serde_json::json!({
+                    "last_seq": s.last_seq,
+                    "events": s.events,
+                    "telemetry": s.telemetry,
+                    "bytes_on_disk": s.bytes_on_disk,
+                    "uplink_acked_seq": acked,
+                    "uplink_backlog": s.last_seq.saturating_sub(acked),
+                })
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -186,7 +230,7 @@ fn main() -> ExitCode {
 /// writes are the service's. The running gateway sees a changed accounts
 /// file at the next sign-in.
 fn user(action: UserAction) -> ExitCode {
-    use estate_gateway::web::auth::{owner, Role, UserStore};
+    use estate_gateway::web::auth::{Role, UserStore};
     let (config, creates) = match &action {
         UserAction::Add { config, .. } => (config, true),
         UserAction::List { config } => (config, false),
@@ -198,21 +242,8 @@ fn user(action: UserAction) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match owner::decide(owner::euid(), &owner::look(&dir), creates) {
-        Ok(owner::ActAs::Caller) => {}
-        Ok(owner::ActAs::Owner(o)) => {
-            if let Err(e) = owner::become_owner(o) {
-                eprintln!(
-                    "error: cannot act as the state directory's owner (uid {}, gid {}): {e}",
-                    o.uid, o.gid
-                );
-                return ExitCode::FAILURE;
-            }
-        }
-        Err(refusal) => {
-            eprintln!("error: {refusal}");
-            return ExitCode::FAILURE;
-        }
+    if let Err(code) = act_as_state_owner(&dir, creates) {
+        return code;
     }
     let store = match UserStore::open(&dir) {
         Ok(s) => s,

@@ -1,9 +1,9 @@
-//! `estate-gateway user …`, the real binary: run as root (`sudo`, as the
-//! docs say), it acts as the owner of the state directory, so the running
-//! gateway (the service's user) can read the accounts and open its
-//! journal; it never makes the state directory itself; it reads only
-//! `[journal] path`, so a secret set only in the service's environment
-//! does not stop it.
+//! `estate-gateway user …` and `journal-info`, the real binary. Run as
+//! root (`sudo`, as the docs say), they act as the owner of the state
+//! directory, so the running gateway (the service's user) can read the
+//! accounts and open its journal; they never make the state directory or
+//! the journal; a secret set only in the service's environment does not
+//! stop them (`user` reads only `[journal] path`).
 //!
 //! The root tests stand `nobody` (65534) in for the service's user and skip
 //! loudly when not run as root (they fail instead under `REQUIRE_PEERS=1`).
@@ -77,6 +77,7 @@ path = "{}/state/journal"
 [uplink]
 host = "127.0.0.1"
 port = 1
+username = "gw1"
 password = {{ env = "ESTATE_GATEWAY_TEST_UPLINK_PASSWORD_NEVER_SET" }}
 "#,
             base.path().display()
@@ -257,4 +258,67 @@ fn user_commands_need_no_secret_and_no_valid_rest_of_the_file() {
     let out = user_cmd(&["list"], &install.config(), "", None);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("wang\tTechnician"));
+}
+
+/// `estate-gateway journal-info --config CONFIG` as `uid` (this process's
+/// user if `None`).
+fn journal_info(config: &Path, uid: Option<u32>) -> Output {
+    let mut cmd = Command::new(common::gateway::bin());
+    cmd.arg("journal-info")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    cmd.output().expect("spawn estate-gateway journal-info")
+}
+
+/// Every file and directory under `dir`, with its owner's uid.
+fn owners_under(dir: &Path) -> Vec<(PathBuf, u32)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        out.push((p.clone(), std::fs::symlink_metadata(&p).unwrap().uid()));
+        if p.is_dir() {
+            out.extend(owners_under(&p));
+        }
+    }
+    out
+}
+
+#[test]
+fn journal_info_as_root_leaves_the_journal_the_services() {
+    if root_or_skip().is_none() {
+        return;
+    }
+    let install = Install::new();
+    install.make_state();
+    // Without a journal: refused, and none made (as root, too).
+    let out = journal_info(&install.config(), None);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no journal at"), "{}", stderr(&out));
+    assert_eq!(names(&install.state()), Vec::<String>::new());
+
+    // The journal directory as the running gateway makes it.
+    std::fs::create_dir(install.journal()).unwrap();
+    std::os::unix::fs::chown(install.journal(), Some(SERVICE), Some(SERVICE)).unwrap();
+    std::fs::set_permissions(install.journal(), std::fs::Permissions::from_mode(0o750)).unwrap();
+    // As root (sudo), with the uplink password set only in the service's
+    // environment: it reads the journal and every file it leaves is the
+    // service's.
+    let out = journal_info(&install.config(), None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["last_seq"], 0, "{info}");
+    let owned = owners_under(&install.journal());
+    assert!(!owned.is_empty(), "the journal's files were made");
+    for (p, uid) in &owned {
+        assert_eq!(*uid, SERVICE, "{} left owned by uid {uid}", p.display());
+    }
+    // The service's user opens it afterwards (as the gateway would).
+    let out = journal_info(&install.config(), Some(SERVICE));
+    assert!(out.status.success(), "{}", stderr(&out));
 }

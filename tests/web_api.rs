@@ -208,6 +208,16 @@ fn web_api_end_to_end() {
     // Acknowledging twice is refused by the command path, not hidden.
     let twice = guard.post("/api/v1/alarms/ack", json!({"key": ALARM_KEY}));
     assert_eq!(twice.status, 409, "{}", twice.body);
+    // The console words a refusal it knows in its own language.
+    assert_eq!(twice.json()["reason"], "not_unacked", "{}", twice.body);
+    let unknown = guard.post("/api/v1/alarms/ack", json!({"key": "no-such/point"}));
+    assert_eq!(unknown.status, 409, "{}", unknown.body);
+    assert_eq!(
+        unknown.json()["reason"],
+        "unknown_alarm",
+        "{}",
+        unknown.body
+    );
     let (_, after) = stream
         .recv_timeout(Duration::from_secs(5))
         .expect("list after ack");
@@ -400,6 +410,12 @@ video_loss_s = 1
         json!({"key": "cam-gate/video", "duration_s": 600}),
     );
     assert_eq!(shelve.status, 409, "{}", shelve.body);
+    assert_eq!(
+        shelve.json()["reason"],
+        "trouble_not_shelvable",
+        "{}",
+        shelve.body
+    );
     let ack = guard.post(
         "/api/v1/alarms/ack",
         json!({"key": "cam-gate/video", "comment": "摄像头维修中"}),
@@ -425,4 +441,5 @@ video_loss_s = 1
     assert_eq!(after[0]["state"], "active_acked", "{after}");
     let twice = guard.post("/api/v1/alarms/ack", json!({"key": "cam-gate/video"}));
     assert_eq!(twice.status, 409, "{}", twice.body);
+    assert_eq!(twice.json()["reason"], "not_unacked", "{}", twice.body);
 }

@@ -131,6 +131,8 @@ pub enum AlarmError {
     Snapshot(String),
     #[error("alarm {0:?} is a life-safety alarm and cannot be shelved")]
     NotShelvable(String),
+    #[error("not recorded in the journal: {0}")]
+    NotRecorded(String),
 }
 
 /// Saved alarm states ([`AlarmEngine::snapshot`]).

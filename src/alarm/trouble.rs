@@ -190,18 +190,22 @@ impl Troubles {
         key: &str,
         operator: &str,
         comment: Option<&str>,
-    ) -> Option<Result<(), String>> {
+    ) -> Option<Result<(), AlarmError>> {
         let mut st = self.states.lock().await;
         if !st.has(key) {
             return None;
         }
         let ev = match st.acknowledge(key, Timestamp::now(), operator, comment) {
             Ok(ev) => ev,
-            Err(e) => return Some(Err(e.to_string())),
+            Err(e) => return Some(Err(e)),
         };
         self.list.send_replace(Arc::new(st.views()));
         let recorded = self.journal.record(vec![ev]).await;
-        Some(recorded.map(|_| ()).map_err(|e| e.to_string()))
+        Some(
+            recorded
+                .map(|_| ())
+                .map_err(|e| AlarmError::NotRecorded(e.to_string())),
+        )
     }
 
     /// The troubles not in normal now.

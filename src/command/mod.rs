@@ -58,10 +58,70 @@ impl Origin {
 pub struct Outcome {
     pub ok: bool,
     pub error: Option<String>,
+    /// What kind of refusal `error` is, for the alarm refusals an operator
+    /// meets on the local console (worded there in its language).
+    pub reason: Option<Reason>,
     pub executed_at: Timestamp,
     /// What the command said about itself (action, target, operator), also
     /// when it was refused unread.
     pub summary: CommandSummary,
+}
+
+/// Refusals of an alarm action the local console words in its own
+/// language (`error` stays the English text the contract carries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// No alarm, and no trouble, with that key.
+    UnknownAlarm,
+    /// Acknowledged already, or not in alarm.
+    NotUnacked,
+    /// A life-safety alarm (priority 1): never shelved.
+    NotShelvable,
+    /// One of the gateway's own alarms: acknowledged, never shelved.
+    TroubleNotShelvable,
+}
+
+impl Reason {
+    /// Its name in the web API (`reason`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::UnknownAlarm => "unknown_alarm",
+            Reason::NotUnacked => "not_unacked",
+            Reason::NotShelvable => "not_shelvable",
+            Reason::TroubleNotShelvable => "trouble_not_shelvable",
+        }
+    }
+
+    fn of(e: &crate::alarm::AlarmError) -> Option<Reason> {
+        use crate::alarm::AlarmError as E;
+        match e {
+            E::UnknownAlarm(_) => Some(Reason::UnknownAlarm),
+            E::NotUnacked(_) => Some(Reason::NotUnacked),
+            E::NotShelvable(_) => Some(Reason::NotShelvable),
+            E::Snapshot(_) | E::NotRecorded(_) => None,
+        }
+    }
+}
+
+/// Why `perform` refused: the text, and its [`Reason`] where it has one.
+struct Refusal {
+    text: String,
+    reason: Option<Reason>,
+}
+
+impl From<String> for Refusal {
+    fn from(text: String) -> Refusal {
+        Refusal { text, reason: None }
+    }
+}
+
+impl From<&crate::alarm::AlarmError> for Refusal {
+    fn from(e: &crate::alarm::AlarmError) -> Refusal {
+        Refusal {
+            text: e.to_string(),
+            reason: Reason::of(e),
+        }
+    }
 }
 
 /// The action, target and operator a command names: recorded with every
@@ -224,6 +284,7 @@ impl CommandPath {
                 let outcome = Outcome {
                     ok: false,
                     error: Some(error),
+                    reason: None,
                     executed_at: Timestamp::now(),
                     summary,
                 };
@@ -245,11 +306,16 @@ impl CommandPath {
         let executed_at = Timestamp::now();
         let result = match check::plan(&self.cfg, cmd, executed_at) {
             Ok(plan) => self.perform(cmd, plan).await,
-            Err(e) => Err(e),
+            Err(e) => Err(Refusal::from(e)),
+        };
+        let (error, reason) = match result {
+            Ok(()) => (None, None),
+            Err(r) => (Some(r.text), r.reason),
         };
         let outcome = Outcome {
-            ok: result.is_ok(),
-            error: result.err(),
+            ok: error.is_none(),
+            error,
+            reason,
             executed_at,
             summary: CommandSummary::of(cmd),
         };
@@ -265,7 +331,7 @@ impl CommandPath {
         outcome
     }
 
-    async fn perform(&self, cmd: &Command, plan: Plan) -> Result<(), String> {
+    async fn perform(&self, cmd: &Command, plan: Plan) -> Result<(), Refusal> {
         let operator = cmd.operator.clone().unwrap_or_else(|| "platform".into());
         let timeout = self.cfg.config.commands.write_timeout;
         match plan {
@@ -273,7 +339,7 @@ impl CommandPath {
                 if let Some(t) = &self.troubles {
                     let comment = cmd.comment.as_deref();
                     if let Some(done) = t.acknowledge(&key, &operator, comment).await {
-                        return done;
+                        return done.map_err(|e| Refusal::from(&e));
                     }
                 }
                 let (tx, rx) = oneshot::channel();
@@ -290,9 +356,12 @@ impl CommandPath {
             }
             Plan::Shelve { key, duration } => {
                 if self.is_trouble(&key).await {
-                    return Err(format!(
-                        "alarm {key:?} is raised by the gateway itself and cannot be shelved; acknowledge it"
-                    ));
+                    return Err(Refusal {
+                        text: format!(
+                            "alarm {key:?} is raised by the gateway itself and cannot be shelved; acknowledge it"
+                        ),
+                        reason: Some(Reason::TroubleNotShelvable),
+                    });
                 }
                 let (tx, rx) = oneshot::channel();
                 self.alarm_request(
@@ -315,7 +384,7 @@ impl CommandPath {
                 .writers
                 .write(&device, point, value, None, timeout)
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(|e| e.to_string().into()),
             Plan::OpenDoor {
                 device,
                 point,
@@ -331,13 +400,13 @@ impl CommandPath {
                     timeout,
                 )
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(|e| e.to_string().into()),
             Plan::Arm { zone, armed } => match &self.arming {
                 Some(a) => a
                     .set(&zone, armed, &operator)
                     .await
-                    .map_err(|e| e.to_string()),
-                None => Err("arming is not running".into()),
+                    .map_err(|e| e.to_string().into()),
+                None => Err(String::from("arming is not running").into()),
             },
         }
     }
@@ -346,13 +415,14 @@ impl CommandPath {
         &self,
         req: AlarmRequest,
         rx: oneshot::Receiver<Result<(), crate::alarm::AlarmError>>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refusal> {
+        let gone = || Refusal::from(String::from("gateway is shutting down"));
         if self.alarms.send(req).await.is_err() {
-            return Err("gateway is shutting down".into());
+            return Err(gone());
         }
         match rx.await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err("gateway is shutting down".into()),
+            Ok(r) => r.map_err(|e| Refusal::from(&e)),
+            Err(_) => Err(gone()),
         }
     }
 
@@ -400,6 +470,7 @@ pub fn refusal(request_id: &str, payload: &[u8], error: &str) -> (NewEvent, Vec<
     let outcome = Outcome {
         ok: false,
         error: Some(error.to_string()),
+        reason: None,
         executed_at: Timestamp::now(),
         summary,
     };

@@ -356,6 +356,7 @@ fn unreadable_commands_keep_action_target_and_operator() {
         let outcome = Outcome {
             ok: false,
             error: Some(e.error.clone()),
+            reason: None,
             executed_at: now(),
             summary: e.summary.clone(),
         };

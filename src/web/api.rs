@@ -712,10 +712,12 @@ async fn alarm_command(a: Authed, body: axum::body::Bytes, action: &str) -> ApiR
     if outcome.ok {
         Ok(Json(json!({"ok": true, "executed_at": outcome.executed_at})).into_response())
     } else {
-        Err(ApiError::new(
-            StatusCode::CONFLICT,
-            outcome.error.unwrap_or_else(|| "refused".into()),
-        ))
+        // `reason` lets the console word the refusal in its language.
+        let body = json!({
+            "error": outcome.error.unwrap_or_else(|| "refused".into()),
+            "reason": outcome.reason.map(|r| r.as_str()),
+        });
+        Ok((StatusCode::CONFLICT, Json(body)).into_response())
     }
 }
 

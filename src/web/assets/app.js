@@ -21,6 +21,8 @@ const T = {
     disabled: "停用", good: "良好", bad: "故障", stale: "过期",
     technician: "技术员", guard: "保安", viewer: "查看者",
     shelve_minutes: "分钟", journal: "日志", uptime: "运行时间", zone_disarmed: "防区已撤防，仅记录",
+    refused_unknown_alarm: "没有这个报警（可能已恢复正常）", refused_not_unacked: "该报警无需确认（已确认或未在报警）",
+    refused_not_shelvable: "生命安全类报警不能搁置", refused_trouble_not_shelvable: "网关自身的报警不能搁置，请确认",
     cat_fire: "消防", cat_intrusion: "入侵", cat_perimeter: "周界", cat_access: "门禁", cat_hvac: "暖通", cat_video: "视频", cat_system: "系统",
   },
   "en": {
@@ -41,6 +43,8 @@ const T = {
     disabled: "disabled", good: "good", bad: "bad", stale: "stale",
     technician: "technician", guard: "guard", viewer: "viewer",
     shelve_minutes: "min", journal: "Journal", uptime: "Uptime", zone_disarmed: "zone disarmed: recorded only",
+    refused_unknown_alarm: "No such alarm (it may be back to normal)", refused_not_unacked: "This alarm is not awaiting acknowledgement",
+    refused_not_shelvable: "A life-safety alarm cannot be shelved", refused_trouble_not_shelvable: "The gateway's own alarms cannot be shelved; acknowledge it",
     cat_fire: "fire", cat_intrusion: "intrusion", cat_perimeter: "perimeter", cat_access: "access", cat_hvac: "HVAC", cat_video: "video", cat_system: "system",
   },
 };
@@ -206,8 +210,16 @@ function viewAlarms(el) {
     const r = b.classList.contains("ack")
       ? await api("POST", "/alarms/ack", { key, comment })
       : await api("POST", "/alarms/shelve", { key, comment, duration_s: 3600 });
-    $("#alarm-error").textContent = r.ok ? "" : (r.data.error || r.status);
+    $("#alarm-error").textContent = r.ok ? "" : refusalText(r, key);
   };
+}
+
+// A refused acknowledgement or shelving, in the console's language where the
+// gateway names the reason (the English text otherwise).
+function refusalText(r, key) {
+  const reason = r.data && r.data.reason;
+  if (reason) return `${t("refused_" + reason)}: ${key}`;
+  return (r.data && r.data.error) || r.status;
 }
 
 function startStream() {
