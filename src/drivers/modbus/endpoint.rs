@@ -39,9 +39,9 @@
 //! whose replies are all bit-identical to those is not decoded: it becomes
 //! a [`BusMessage::Confirmed`] of the same points, sharing the kept
 //! replies, so a consumer that needs a value decodes just that one. When
-//! only some replies changed (a coil flipped, the registers did not), only
-//! those are decoded: the `Readings` carry the points of the changed
-//! requests, whose consumers hold the others' values already. The
+//! only some replies changed (a coil flipped, the registers did not), the
+//! changed ones are decoded first, then the others: the `Readings` carry
+//! every point of the device, so each of them stays fresh. The
 //! kept replies are dropped whenever the bus may hold other values for the
 //! device than they say: a poll fails (a `DeviceStatus` may follow), the
 //! device is offline, the link is reopened, or a write to the device is
@@ -741,6 +741,19 @@ impl<C: Connector> Endpoint<C> {
             pulse,
             reply,
         } = req;
+        // Its caller gave up waiting (the bus was busy, the device slow)
+        // and reported a timeout: a door opened or a fan stopped now,
+        // seconds later, would be an action nobody is told of.
+        if reply.is_closed() {
+            let _e = self.span.enter();
+            warn!(point, value = ?value, "write not sent: its caller stopped waiting for it");
+            return;
+        }
+        // A write takes up to three requests (a bit's read-modify-write):
+        // the watchdog must allow it, as it allows a poll.
+        if let (Some(hb), Some((di, _))) = (&self.heartbeat, self.write_target(point)) {
+            hb.beat_within(self.poll_budget(di).max(self.devices[di].timeout * 3));
+        }
         let outcome = self.write_inner(point, value, pulse).await;
         if let Err(e) = &outcome {
             let _e = self.span.enter();
@@ -1112,8 +1125,9 @@ impl<C: Connector> Endpoint<C> {
         let mut replies: Vec<Reply> = Vec::with_capacity(requests);
         // A reply equal to the kept one (kept for this very plan) is not
         // decoded: its points' values are the ones last sent, which the
-        // bus holds. Only the requests whose replies changed are decoded
-        // (all of them when nothing is kept).
+        // bus holds. When every reply is such, nothing is decoded;
+        // otherwise the changed ones are decoded as they come and the
+        // others after the last reply.
         let dev = &self.devices[i];
         let kept = dev
             .last
@@ -1172,6 +1186,19 @@ impl<C: Connector> Endpoint<C> {
         }
         if let (false, Some(last)) = (changed, &kept) {
             return Ok((Polled::Same(last.clone()), replied_at));
+        }
+        // Something changed: the `Readings` carry every point, the
+        // unchanged requests' too. Left out, those would never be confirmed
+        // while another request of the device changes on every poll (a
+        // drifting temperature beside a door's contacts): their telemetry
+        // would turn `stale` and their read times stop.
+        if let Some(last) = &kept {
+            let dev = &self.devices[i];
+            for (k, reply) in replies.iter().enumerate() {
+                if last.replies.get(k).is_some_and(|raw| raw.same_as(reply)) {
+                    decode_into(&dev.plan, &dev.plan.requests[k], reply, &mut readings)?;
+                }
+            }
         }
         // The kept replies are replaced in place when no one else holds
         // them (a consumer may still have the last `Confirmed`).

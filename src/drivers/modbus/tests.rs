@@ -804,6 +804,39 @@ async fn a_write_times_out_on_a_silent_device_and_serial_keeps_silence() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_write_its_caller_gave_up_on_is_never_sent() {
+    use crate::drivers::write::WriteError;
+    let shared = fake(&[(1, Behaviour::Hang)]);
+    shared.lock().unwrap().coils[0] = false;
+    let (_rx, writers, token, h) = start_writable(&shared, LinkKind::Tcp);
+    // The endpoint is inside a poll the device does not answer (its
+    // timeout is 100 ms); the caller waits 20 ms and reports a timeout.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let short = Duration::from_millis(20);
+    assert_eq!(
+        writers
+            .write("dev-1", 2, Value::Bool(true), None, short)
+            .await,
+        Err(WriteError::Timeout(short))
+    );
+    set(&shared, 1, Behaviour::Answer);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    {
+        let s = shared.lock().unwrap();
+        assert!(s.writes.is_empty(), "written late: {:?}", s.writes);
+        assert!(!s.coils[0]);
+    }
+    // A write its caller waits for still goes out.
+    writers
+        .write("dev-1", 2, Value::Bool(true), None, W)
+        .await
+        .unwrap();
+    assert!(shared.lock().unwrap().coils[0]);
+    token.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_stopping_endpoint_writes_its_pending_pulse_releases() {
     let shared = fake(&[(1, Behaviour::Answer)]);
     shared.lock().unwrap().coils[0] = false;
@@ -1165,18 +1198,25 @@ async fn an_unchanged_poll_confirms_and_a_change_sends_readings() {
     assert_eq!(next_poll(&mut rx).await, (false, first.clone()));
     assert_eq!(next_poll(&mut rx).await, (true, first.clone()));
     assert_eq!(next_poll(&mut rx).await, (true, first.clone()));
-    // A register changes: readings of the points of its request (the
-    // registers'), not of the unchanged coil; then confirmations of all.
+    // A register changes: readings of every point, the unchanged coil's
+    // too (so it stays fresh); then confirmations of all.
     shared.lock().unwrap().holding[0] = 43;
     let mut second = first.clone();
     second[0].1 = Value::Int(43);
-    assert_eq!(next_poll(&mut rx).await, (false, second[..2].to_vec()));
+    assert_eq!(next_poll(&mut rx).await, (false, second.clone()));
     assert_eq!(next_poll(&mut rx).await, (true, second.clone()));
-    // A coil (the second request) changes: its point alone.
+    // A coil (the second request) changes: every point again.
     shared.lock().unwrap().coils[0] = false;
     second[2].1 = Value::Bool(false);
-    assert_eq!(next_poll(&mut rx).await, (false, second[2..].to_vec()));
+    assert_eq!(next_poll(&mut rx).await, (false, second.clone()));
     assert_eq!(next_poll(&mut rx).await, (true, second.clone()));
+    // One request changing on every poll keeps the other one's points in
+    // every message (none of them goes without a reading).
+    for n in 0..5u16 {
+        shared.lock().unwrap().holding[0] = 100 + n;
+        second[0].1 = Value::Int(i64::from(100 + n));
+        assert_eq!(next_poll(&mut rx).await, (false, second.clone()));
+    }
     // Both change: both requests' points.
     shared.lock().unwrap().holding[0] = 44;
     shared.lock().unwrap().coils[0] = true;
