@@ -959,8 +959,43 @@ impl<C: Connector> Endpoint<C> {
             // The bus holds the device's points as bad.
             self.devices[i].forget_replies();
         }
-        let result = self.read_device(i, timer).await;
+        let mut timer = timer;
+        let plan = self.devices[i].plan.clone();
+        let mut result = self.read_device(i, timer.as_mut()).await;
+        if !Arc::ptr_eq(&plan, &self.devices[i].plan) {
+            // The device refused a read over addresses it does not have
+            // and its plan was split: read it again now, so that a sparse
+            // register map costs one log line, not a failed poll.
+            result = self.read_device(i, timer).await;
+        }
         self.settle(i, began, result)
+    }
+
+    /// Device `i` refused request `k` with an illegal data address: when
+    /// the request reads addresses no point uses (merged across a gap, up
+    /// to `max_gap_registers` / `max_gap_bits`), read its points' own
+    /// addresses separately from now on. Many devices refuse a read that
+    /// touches one address they lack.
+    fn split_refused_read(&mut self, i: usize, k: usize) {
+        let dev = &mut self.devices[i];
+        let Some(split) = dev.plan.split_at_gaps(k) else {
+            return;
+        };
+        let r = &dev.plan.requests[k];
+        let (table, start, count, reads) = (r.table, r.start, r.count, split.requests.len());
+        dev.span.in_scope(|| {
+            warn!(
+                table = ?table,
+                start,
+                count,
+                requests = reads,
+                "the device refuses a read over addresses no point uses (illegal data address): \
+                 reading only the points' own addresses from now on (set max_gap_registers / \
+                 max_gap_bits = 0 for this device to plan it so from the start)"
+            )
+        });
+        dev.plan = Arc::new(split);
+        dev.forget_replies();
     }
 
     /// Hand a poll's messages to the bus; false once the bus is closed or
@@ -1165,6 +1200,9 @@ impl<C: Connector> Endpoint<C> {
                         self.link = None;
                         // Reconnect at the next poll: the link itself may be fine.
                         self.reconnect_at = Instant::now();
+                    }
+                    if let ModbusError::Exception { code: 2, .. } = e {
+                        self.split_refused_read(i, k);
                     }
                     return Err(e);
                 }

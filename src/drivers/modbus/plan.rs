@@ -90,6 +90,53 @@ impl ReadPlan {
     pub fn slots_of(&self, r: &ReadRequest) -> &[Slot] {
         &self.slots[r.slots.clone()]
     }
+
+    /// This plan with request `k` split where it reads addresses no point
+    /// uses, each run of adjacent points a request of its own; `None` when
+    /// request `k` has no such gap. For a device that refuses a read over
+    /// addresses it does not have (exception 2, illegal data address).
+    pub fn split_at_gaps(&self, k: usize) -> Option<ReadPlan> {
+        let r = self.requests.get(k)?;
+        let width = |s: &Slot| {
+            if r.table.is_bit() {
+                1
+            } else {
+                u32::from(s.codec.kind.registers())
+            }
+        };
+        // Runs of slots (sorted by offset) without an unused address
+        // between them: (first slot, start offset, end offset).
+        let mut runs: Vec<(usize, u32, u32)> = Vec::new();
+        for (i, s) in self.slots_of(r).iter().enumerate() {
+            let (from, to) = (u32::from(s.offset), u32::from(s.offset) + width(s));
+            match runs.last_mut() {
+                Some(run) if from <= run.2 => run.2 = run.2.max(to),
+                _ => runs.push((r.slots.start + i, from, to)),
+            }
+        }
+        if runs.len() < 2 {
+            return None;
+        }
+        let mut out = ReadPlan {
+            requests: Vec::with_capacity(self.requests.len() + runs.len() - 1),
+            slots: self.slots.clone(),
+        };
+        out.requests.extend_from_slice(&self.requests[..k]);
+        for (n, &(first, from, to)) in runs.iter().enumerate() {
+            let last = runs.get(n + 1).map_or(r.slots.end, |next| next.0);
+            for s in &mut out.slots[first..last] {
+                s.offset -= from as u16;
+            }
+            out.requests.push(ReadRequest {
+                table: r.table,
+                start: r.start + from as u16,
+                count: (to - from) as u16,
+                slots: first..last,
+            });
+        }
+        out.requests.extend_from_slice(&self.requests[k + 1..]);
+        Some(out)
+    }
 }
 
 /// Width of a point in its table: 1 bit, or its type's register count.
@@ -220,6 +267,50 @@ mod tests {
             ),
             (Holding, 0, 100)
         );
+    }
+
+    #[test]
+    fn a_request_splits_at_its_gaps_only() {
+        use RegisterKind::*;
+        let pts = [
+            pt(Holding, 0, PointType::U16),
+            pt(Holding, 1, PointType::F32), // 1..3, adjacent
+            pt(Holding, 8, PointType::U16), // gap 3..8
+            pt(Holding, 9, PointType::U16),
+            pt(Coil, 0, PointType::Bool),
+            pt(Coil, 1, PointType::Bool),
+        ];
+        let refs: Vec<(PointIndex, &PointConfig)> = pts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as PointIndex, p))
+            .collect();
+        let p = plan(&refs, LIMITS).unwrap();
+        let h = p.requests.iter().position(|r| r.table == Holding).unwrap();
+        assert_eq!((p.requests[h].start, p.requests[h].count), (0, 10));
+        let split = p.split_at_gaps(h).expect("a gap to split at");
+        assert_eq!(split.requests.len(), p.requests.len() + 1);
+        let reads: Vec<(RegisterKind, u16, u16)> = split
+            .requests
+            .iter()
+            .map(|r| (r.table, r.start, r.count))
+            .collect();
+        assert!(reads.contains(&(Holding, 0, 3)), "{reads:?}");
+        assert!(reads.contains(&(Holding, 8, 2)), "{reads:?}");
+        // Every point is still read, at its own address.
+        for r in &split.requests {
+            for s in split.slots_of(r) {
+                let cfg = &pts[s.point as usize];
+                assert_eq!(cfg.register, Some(r.table));
+                assert_eq!(cfg.address, Some(r.start + s.offset), "{s:?}");
+            }
+        }
+        // The coils (no gap) and the parts (none left) do not split.
+        let c = split.requests.iter().position(|r| r.table == Coil).unwrap();
+        assert!(split.split_at_gaps(c).is_none());
+        for k in 0..split.requests.len() {
+            assert!(split.split_at_gaps(k).is_none(), "request {k}");
+        }
     }
 
     #[test]

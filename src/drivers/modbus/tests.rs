@@ -34,6 +34,9 @@ struct FakeState {
     max_in_flight: u32,
     /// (unit, function, address, when) of every write frame.
     writes: Vec<(u8, u8, u16, Instant)>,
+    /// Holding registers the device does not have: a read touching one is
+    /// refused (exception 2).
+    holes: Vec<u16>,
 }
 
 type Shared = Arc<Mutex<FakeState>>;
@@ -110,9 +113,16 @@ impl Transport for FakeLink {
         cnt: u16,
     ) -> Result<Vec<u16>, ModbusError> {
         self.request(unit, |s| {
-            s.holding[addr as usize..(addr + cnt) as usize].to_vec()
+            if s.holes.iter().any(|h| (addr..addr + cnt).contains(h)) {
+                return Err(ModbusError::Exception {
+                    function: "read holding registers",
+                    code: 2,
+                    name: "illegal data address",
+                });
+            }
+            Ok(s.holding[addr as usize..(addr + cnt) as usize].to_vec())
         })
-        .await
+        .await?
     }
     async fn read_input(&mut self, unit: u8, addr: u16, cnt: u16) -> Result<Vec<u16>, ModbusError> {
         self.read_holding(unit, addr, cnt).await
@@ -1244,6 +1254,42 @@ async fn an_unchanged_poll_confirms_and_a_change_sends_readings() {
     assert_eq!(next_poll(&mut rx).await, (true, values));
     token.cancel();
     h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_refused_over_a_gap_is_split_and_the_device_stays_online() {
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    {
+        let mut s = shared.lock().unwrap();
+        s.holes = vec![3];
+        s.holding[8] = 9;
+    }
+    // Points at 0 and 8: one read of 0..9 (the gap is within 10), over
+    // register 3, which the device does not have.
+    let mut d = device(1, 0, 1000, 100, 1, 30);
+    let pts = [
+        point(RegisterKind::Holding, 0, PointType::U16),
+        point(RegisterKind::Holding, 8, PointType::U16),
+    ];
+    d.plan = Arc::new(plan(&[(0, &pts[0]), (1, &pts[1])], LIMITS).unwrap());
+    assert_eq!(d.plan.requests.len(), 1);
+    let (mut rx, token, h) = start(&shared, LinkKind::Tcp, vec![d]);
+    // The first poll reads both points (refused, split, read again at
+    // once), and the device is never reported offline, even with
+    // `offline_after = 1`.
+    let values = vec![(0, Value::Int(42)), (1, Value::Int(9))];
+    let m = rx.recv().await.expect("bus open");
+    assert!(matches!(m, BusMessage::Readings { .. }), "{m:?}");
+    assert_eq!(values_of(&m).unwrap().1, values);
+    for _ in 0..3 {
+        let m = rx.recv().await.expect("bus open");
+        assert!(matches!(m, BusMessage::Confirmed { .. }), "{m:?}");
+    }
+    token.cancel();
+    h.await.unwrap();
+    // One refused read, then two reads a poll.
+    let polls = 4;
+    assert_eq!(shared.lock().unwrap().requests.len(), 1 + 2 * polls);
 }
 
 #[tokio::test(start_paused = true)]
