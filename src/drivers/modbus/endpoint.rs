@@ -961,11 +961,22 @@ impl<C: Connector> Endpoint<C> {
         }
         let mut timer = timer;
         let plan = self.devices[i].plan.clone();
+        let reused = self.link.is_some() && self.kind == LinkKind::Tcp;
         let mut result = self.read_device(i, timer.as_mut()).await;
-        if !Arc::ptr_eq(&plan, &self.devices[i].plan) {
-            // The device refused a read over addresses it does not have
-            // and its plan was split: read it again now, so that a sparse
-            // register map costs one log line, not a failed poll.
+        // Read again at once, one time, when the device refused a read
+        // over addresses it does not have and its plan was split (a
+        // sparse register map costs one log line, not a failed poll), or
+        // when a connection kept open since an earlier poll turns out
+        // closed (many devices close one idle for a minute or so; the
+        // error dropped it, and the read opens a new one).
+        let split = !Arc::ptr_eq(&plan, &self.devices[i].plan);
+        let closed = reused && matches!(result, Err(ModbusError::Io(_)));
+        if split || closed {
+            if closed {
+                let dev = &self.devices[i];
+                dev.span
+                    .in_scope(|| debug!("connection found closed; reading again on a new one"));
+            }
             result = self.read_device(i, timer).await;
         }
         self.settle(i, began, result)

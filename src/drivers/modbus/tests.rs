@@ -37,12 +37,17 @@ struct FakeState {
     /// Holding registers the device does not have: a read touching one is
     /// refused (exception 2).
     holes: Vec<u16>,
+    /// Links numbered up to this one were closed by the device: a request
+    /// on one fails as a closed connection.
+    closed_upto: u32,
 }
 
 type Shared = Arc<Mutex<FakeState>>;
 
 struct FakeConnector(Shared);
-struct FakeLink(Shared);
+/// A link: the device's state, and the link's number (the `connects` count
+/// when it was opened).
+struct FakeLink(Shared, u32);
 
 /// Marks a request finished even when its future is dropped by a timeout.
 struct InFlight(Shared, usize);
@@ -63,6 +68,9 @@ impl FakeLink {
     ) -> Result<T, ModbusError> {
         let (behaviour, guard) = {
             let mut s = self.0.lock().unwrap();
+            if self.1 <= s.closed_upto {
+                return Err(ModbusError::Io("connection closed by the device".into()));
+            }
             s.in_flight += 1;
             s.max_in_flight = s.max_in_flight.max(s.in_flight);
             s.requests.push((unit, Instant::now(), None));
@@ -175,7 +183,8 @@ impl Connector for FakeConnector {
                 message: "connection refused".into(),
             })
         } else {
-            Ok(FakeLink(self.0.clone()))
+            let n = self.0.lock().unwrap().connects;
+            Ok(FakeLink(self.0.clone(), n))
         }
     }
     fn name(&self) -> &str {
@@ -1290,6 +1299,34 @@ async fn a_read_refused_over_a_gap_is_split_and_the_device_stays_online() {
     // One refused read, then two reads a poll.
     let polls = 4;
     assert_eq!(shared.lock().unwrap().requests.len(), 1 + 2 * polls);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_the_device_closed_while_idle_is_reopened_within_the_poll() {
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    // Offline after one failed poll: a failed poll would show at once.
+    let (mut rx, token, h) = start(&shared, LinkKind::Tcp, vec![device(1, 0, 1000, 100, 1, 30)]);
+    assert!(!next_poll(&mut rx).await.0);
+    assert!(next_poll(&mut rx).await.0);
+    assert_eq!(shared.lock().unwrap().connects, 1);
+    // The device closes the connection between two polls.
+    shared.lock().unwrap().closed_upto = 1;
+    // The next message is the poll's readings (a new link: nothing kept),
+    // not the device going offline.
+    let m = rx.recv().await.expect("bus open");
+    assert!(matches!(m, BusMessage::Readings { .. }), "{m:?}");
+    assert_eq!(shared.lock().unwrap().connects, 2);
+    assert!(next_poll(&mut rx).await.0);
+    // A device that closes every connection at once still fails the poll
+    // (one new connection per poll, not a loop).
+    shared.lock().unwrap().closed_upto = u32::MAX;
+    let m = rx.recv().await.expect("bus open");
+    assert!(
+        matches!(m, BusMessage::DeviceStatus { online: false, .. }),
+        "{m:?}"
+    );
+    token.cancel();
+    h.await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]
