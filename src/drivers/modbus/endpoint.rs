@@ -39,9 +39,10 @@
 //! whose replies are all bit-identical to those is not decoded: it becomes
 //! a [`BusMessage::Confirmed`] of the same points, sharing the kept
 //! replies, so a consumer that needs a value decodes just that one. When
-//! only some replies changed (a coil flipped, the registers did not), the
-//! changed ones are decoded first, then the others: the `Readings` carry
-//! every point of the device, so each of them stays fresh. The
+//! only some replies changed (a coil flipped, the registers did not), only
+//! those are decoded: the `Readings` carry the points of the changed
+//! requests, and a `Confirmed` of the unchanged requests' points follows,
+//! so every point stays fresh. The
 //! kept replies are dropped whenever the bus may hold other values for the
 //! device than they say: a poll fails (a `DeviceStatus` may follow), the
 //! device is offline, the link is reopened, or a write to the device is
@@ -60,6 +61,7 @@ use crate::point::{BusMessage, Confirmation, PointIndex, Reading, Value};
 use crate::service::liveness::Heartbeat;
 use crate::status::PollCounters;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -304,11 +306,47 @@ impl Confirmation for LastReplies {
     }
 }
 
+/// The points of a device's requests whose replies did not change in a
+/// poll where others did: the [`Confirmation`] sent after its `Readings`.
+#[derive(Debug)]
+struct Unchanged {
+    last: Arc<LastReplies>,
+    /// Those requests' slots (ranges of the plan's slots, in order).
+    slots: Vec<Range<usize>>,
+}
+
+impl Unchanged {
+    /// Entry `i`'s slot in the plan.
+    fn slot(&self, mut i: usize) -> Option<usize> {
+        for r in &self.slots {
+            if i < r.len() {
+                return Some(r.start + i);
+            }
+            i -= r.len();
+        }
+        None
+    }
+}
+
+impl Confirmation for Unchanged {
+    fn count(&self) -> usize {
+        self.slots.iter().map(|r| r.len()).sum()
+    }
+
+    fn point(&self, i: usize) -> Option<PointIndex> {
+        self.last.point(self.slot(i)?)
+    }
+
+    fn value(&self, i: usize) -> Option<Value> {
+        self.last.value(self.slot(i)?)
+    }
+}
+
 /// What a successful poll of a device produced.
 enum Polled {
     /// The points of every request whose reply differs from the kept one
-    /// (all points when nothing was kept).
-    Changed(Vec<Reading>),
+    /// (all points when nothing was kept), and the others' confirmation.
+    Changed(Vec<Reading>, Option<Arc<Unchanged>>),
     /// Every reply is bit-identical to the kept ones.
     Same(Arc<LastReplies>),
 }
@@ -953,7 +991,7 @@ impl<C: Connector> Endpoint<C> {
         &mut self,
         i: usize,
         timer: Pin<&mut tokio::time::Sleep>,
-    ) -> [Option<BusMessage>; 2] {
+    ) -> [Option<BusMessage>; 3] {
         let began = Instant::now();
         if self.devices[i].health.is_offline() {
             // The bus holds the device's points as bad.
@@ -1011,7 +1049,7 @@ impl<C: Connector> Endpoint<C> {
 
     /// Hand a poll's messages to the bus; false once the bus is closed or
     /// `stop` is cancelled while the bus is full.
-    async fn send(&mut self, messages: [Option<BusMessage>; 2], stop: &CancellationToken) -> bool {
+    async fn send(&mut self, messages: [Option<BusMessage>; 3], stop: &CancellationToken) -> bool {
         for m in messages.into_iter().flatten() {
             if !crate::drivers::send_or_stop(&self.bus, m, stop).await {
                 return false;
@@ -1027,14 +1065,14 @@ impl<C: Connector> Endpoint<C> {
         i: usize,
         began: Instant,
         result: Result<(Polled, std::time::Instant), ModbusError>,
-    ) -> [Option<BusMessage>; 2] {
+    ) -> [Option<BusMessage>; 3] {
         let now = Instant::now();
         let jitter = self.rng.f64();
         let dev = &mut self.devices[i];
         if let Some(c) = &dev.counters {
             c.record(result.is_ok(), now - began);
         }
-        let mut messages: [Option<BusMessage>; 2] = [None, None];
+        let mut messages: [Option<BusMessage>; 3] = [None, None, None];
         match result {
             Ok((polled, replied_at)) => {
                 let o = dev.health.on_success();
@@ -1051,12 +1089,20 @@ impl<C: Connector> Endpoint<C> {
                     });
                 }
                 messages[1] = Some(match polled {
-                    Polled::Changed(readings) => BusMessage::Readings {
-                        device: dev.id.clone(),
-                        ts: Timestamp::now(),
-                        replied_at,
-                        readings,
-                    },
+                    Polled::Changed(readings, rest) => {
+                        messages[2] = rest.map(|points| BusMessage::Confirmed {
+                            device: dev.id.clone(),
+                            ts: Timestamp::now(),
+                            replied_at,
+                            points,
+                        });
+                        BusMessage::Readings {
+                            device: dev.id.clone(),
+                            ts: Timestamp::now(),
+                            replied_at,
+                            readings,
+                        }
+                    }
                     Polled::Same(points) => BusMessage::Confirmed {
                         device: dev.id.clone(),
                         ts: Timestamp::now(),
@@ -1171,9 +1217,8 @@ impl<C: Connector> Endpoint<C> {
         let mut replies: Vec<Reply> = Vec::with_capacity(requests);
         // A reply equal to the kept one (kept for this very plan) is not
         // decoded: its points' values are the ones last sent, which the
-        // bus holds. When every reply is such, nothing is decoded;
-        // otherwise the changed ones are decoded as they come and the
-        // others after the last reply.
+        // bus holds. Only the requests whose replies changed are decoded
+        // (all of them when nothing is kept).
         let dev = &self.devices[i];
         let kept = dev
             .last
@@ -1236,19 +1281,23 @@ impl<C: Connector> Endpoint<C> {
         if let (false, Some(last)) = (changed, &kept) {
             return Ok((Polled::Same(last.clone()), replied_at));
         }
-        // Something changed: the `Readings` carry every point, the
-        // unchanged requests' too. Left out, those would never be confirmed
-        // while another request of the device changes on every poll (a
-        // drifting temperature beside a door's contacts): their telemetry
-        // would turn `stale` and their read times stop.
-        if let Some(last) = &kept {
-            let dev = &self.devices[i];
-            for (k, reply) in replies.iter().enumerate() {
-                if last.replies.get(k).is_some_and(|raw| raw.same_as(reply)) {
-                    decode_into(&dev.plan, &dev.plan.requests[k], reply, &mut readings)?;
-                }
+        // Something changed. The requests whose replies did not are
+        // confirmed after the `Readings`: left out, their points would go
+        // unconfirmed for as long as another request of the device changes
+        // on every poll (a drifting temperature beside a door's contacts),
+        // their telemetry turning `stale` and their read times stopping.
+        let unchanged: Vec<Range<usize>> = match &kept {
+            Some(last) => {
+                let plan = &self.devices[i].plan;
+                replies
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, reply)| last.replies.get(*k).is_some_and(|raw| raw.same_as(reply)))
+                    .map(|(k, _)| plan.requests[k].slots.clone())
+                    .collect()
             }
-        }
+            None => Vec::new(),
+        };
         // The kept replies are replaced in place when no one else holds
         // them (a consumer may still have the last `Confirmed`).
         drop(kept);
@@ -1268,7 +1317,14 @@ impl<C: Connector> Endpoint<C> {
                 }))
             }
         }
-        Ok((Polled::Changed(readings), replied_at))
+        let rest = match (unchanged.is_empty(), &dev.last) {
+            (false, Some(last)) => Some(Arc::new(Unchanged {
+                last: last.clone(),
+                slots: unchanged,
+            })),
+            _ => None,
+        };
+        Ok((Polled::Changed(readings, rest), replied_at))
     }
 
     /// The devices (tests).

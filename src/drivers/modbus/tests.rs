@@ -1217,24 +1217,28 @@ async fn an_unchanged_poll_confirms_and_a_change_sends_readings() {
     assert_eq!(next_poll(&mut rx).await, (false, first.clone()));
     assert_eq!(next_poll(&mut rx).await, (true, first.clone()));
     assert_eq!(next_poll(&mut rx).await, (true, first.clone()));
-    // A register changes: readings of every point, the unchanged coil's
-    // too (so it stays fresh); then confirmations of all.
+    // A register changes: readings of the points of its request (the
+    // registers'), then a confirmation of the unchanged coil's; then
+    // confirmations of all.
     shared.lock().unwrap().holding[0] = 43;
     let mut second = first.clone();
     second[0].1 = Value::Int(43);
-    assert_eq!(next_poll(&mut rx).await, (false, second.clone()));
+    assert_eq!(next_poll(&mut rx).await, (false, second[..2].to_vec()));
+    assert_eq!(next_poll(&mut rx).await, (true, second[2..].to_vec()));
     assert_eq!(next_poll(&mut rx).await, (true, second.clone()));
-    // A coil (the second request) changes: every point again.
+    // A coil (the second request) changes: its point, then the registers'.
     shared.lock().unwrap().coils[0] = false;
     second[2].1 = Value::Bool(false);
-    assert_eq!(next_poll(&mut rx).await, (false, second.clone()));
+    assert_eq!(next_poll(&mut rx).await, (false, second[2..].to_vec()));
+    assert_eq!(next_poll(&mut rx).await, (true, second[..2].to_vec()));
     assert_eq!(next_poll(&mut rx).await, (true, second.clone()));
-    // One request changing on every poll keeps the other one's points in
-    // every message (none of them goes without a reading).
+    // One request changing on every poll: the other one's points are
+    // confirmed after every poll's readings (none goes stale).
     for n in 0..5u16 {
         shared.lock().unwrap().holding[0] = 100 + n;
         second[0].1 = Value::Int(i64::from(100 + n));
-        assert_eq!(next_poll(&mut rx).await, (false, second.clone()));
+        assert_eq!(next_poll(&mut rx).await, (false, second[..2].to_vec()));
+        assert_eq!(next_poll(&mut rx).await, (true, second[2..].to_vec()));
     }
     // Both change: both requests' points.
     shared.lock().unwrap().holding[0] = 44;
