@@ -497,3 +497,76 @@ port = 2
     );
     assert!(rx.recv().await.is_none(), "nothing is sent");
 }
+
+/// Slave 1 answers every read 20 ms after the gateway's 150 ms timeout;
+/// slave 2, on the same line, is polled right after it. The late reply must
+/// be neither taken for slave 2's answer nor for a later one of slave 1's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtu_a_late_reply_is_not_taken_for_the_next_request() {
+    let slow = [(1, Duration::from_millis(170))];
+    let Some(sim) = ModbusSim::start_rtu_slow(&[1, 2], 19200, &slow) else {
+        return;
+    };
+    sim.write_register(1, 0, 111).await;
+    sim.write_register(2, 0, 222).await;
+    let mut text = format!(
+        r#"{HEAD}
+[[serial_buses]]
+id = "rs485-a"
+path = "{}"
+baud = 19200
+"#,
+        sim.gateway_tty.as_ref().unwrap().display()
+    );
+    for unit in [1, 2] {
+        text.push_str(&format!(
+            r#"
+[[devices]]
+id = "slave-{unit}"
+poll_interval_s = 0.25
+timeout_s = 0.15
+offline_after = 2
+[devices.modbus]
+bus = "rs485-a"
+unit = {unit}
+backoff_max_s = 1
+
+[[devices.points]]
+id = "level"
+register = "holding"
+address = 0
+type = "u16"
+"#
+        ));
+    }
+    let cfg = load(&text);
+    let level = cfg.points.find_in("slave-2", "level").unwrap();
+    let mut d = Driver::start(&cfg);
+    let mut polls_2 = 0;
+    let mut status = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(6) {
+        let m = d.next(Duration::from_secs(3), "RTU traffic").await;
+        match &m {
+            BusMessage::Readings { device, .. } | BusMessage::Confirmed { device, .. } => {
+                assert_eq!(&**device, "slave-2", "slave 1 never answers in time");
+                if let Some(v) = values_of(&m).unwrap().get(&level) {
+                    assert_eq!(*v, Value::Int(222), "slave 2's own register");
+                }
+                polls_2 += 1;
+            }
+            BusMessage::DeviceStatus { device, online, .. } => {
+                status.push((device.to_string(), *online))
+            }
+            BusMessage::Handover { .. } => panic!("a driver sent a handover mark"),
+        }
+    }
+    d.stop().await;
+    assert_eq!(
+        status,
+        vec![("slave-1".to_string(), false)],
+        "only the slow slave goes offline, once"
+    );
+    // 6 s at 0.25 s: 24 polls if never delayed.
+    assert!(polls_2 >= 15, "slave 2: only {polls_2} polls");
+}

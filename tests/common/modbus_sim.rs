@@ -146,6 +146,13 @@ impl ModbusSim {
     /// Modbus RTU at `baud` on a socat pty pair serving `units`; the gateway
     /// opens [`ModbusSim::gateway_tty`]. `None` when skipped.
     pub fn start_rtu(units: &[u8], baud: u32) -> Option<ModbusSim> {
+        Self::start_rtu_slow(units, baud, &[])
+    }
+
+    /// [`start_rtu`](Self::start_rtu), with each `(unit, delay)` of `slow`
+    /// answering its reads `delay` late (blocking the simulator meanwhile,
+    /// as a busy line would).
+    pub fn start_rtu_slow(units: &[u8], baud: u32, slow: &[(u8, Duration)]) -> Option<ModbusSim> {
         let py = python_or_skip()?;
         let socat_bin = peer_or_skip("socat", which("socat"), "apt-get install socat")?;
         let dir = tempfile::tempdir().unwrap();
@@ -163,19 +170,21 @@ impl ModbusSim {
             (sim_tty.exists() && gw_tty.exists()).then_some(())
         });
         let control_port = free_port();
-        let child = spawn_sim(
-            &py,
-            &[
-                "--rtu-port".into(),
-                sim_tty.display().to_string(),
-                "--baud".into(),
-                baud.to_string(),
-                "--control-port".into(),
-                control_port.to_string(),
-                "--units".into(),
-                units_arg(units),
-            ],
-        );
+        let mut args: Vec<String> = vec![
+            "--rtu-port".into(),
+            sim_tty.display().to_string(),
+            "--baud".into(),
+            baud.to_string(),
+            "--control-port".into(),
+            control_port.to_string(),
+            "--units".into(),
+            units_arg(units),
+        ];
+        for (unit, delay) in slow {
+            args.push("--slow".into());
+            args.push(format!("{unit}={}", delay.as_secs_f64()));
+        }
+        let child = spawn_sim(&py, &args);
         Some(ModbusSim {
             child: Some(child),
             socat: Some(socat),

@@ -15,6 +15,11 @@ With ``--changing``, every read of holding registers first writes a new
 value (a read counter) to holding register 0 of its unit, so every poll of
 a device sees changed values (benchmarks of decoding).
 
+With ``--slow UNIT=SECONDS``, every read of that unit answers SECONDS late
+(a slave slower than the gateway's timeout). The wait blocks the whole
+simulator, so the late reply goes out before the answer to any request sent
+after it.
+
 Every unit id in ``--units`` has coils, discrete inputs, holding and input
 registers at addresses 0..255, all zero at start. A request for a unit id not
 in ``--units`` gets no reply at all (like an absent slave on an RS-485 line).
@@ -29,6 +34,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 
 from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
@@ -42,10 +48,11 @@ class SharedStore:
     unknown unit ids raising NoSuchIdException (so, with
     ``ignore_missing_devices``, the server stays silent)."""
 
-    def __init__(self, core, units, changing=False):
+    def __init__(self, core, units, changing=False, slow=None):
         self.core = core
         self.units = set(units)
         self.changing = changing
+        self.slow = slow or {}
         self.reads = 0
 
     def device_ids(self):
@@ -57,6 +64,8 @@ class SharedStore:
 
     async def async_getValues(self, device_id, func_code, address, count=1):
         self._check(device_id)
+        if device_id in self.slow:
+            time.sleep(self.slow[device_id])
         if self.changing and func_code == 3:
             self.reads = (self.reads + 1) & 0xFFFF
             await self.core.async_setValues(device_id, 6, 0, [self.reads])
@@ -81,6 +90,7 @@ async def main() -> None:
     ap.add_argument("--control-port", type=int)
     ap.add_argument("--units", default="1", help="comma-separated unit ids")
     ap.add_argument("--changing", action="store_true", help="holding register 0 changes on every read")
+    ap.add_argument("--slow", action="append", default=[], help="UNIT=SECONDS: that unit's reads answer late")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.ERROR)
@@ -88,6 +98,7 @@ async def main() -> None:
     logging.getLogger("pymodbus").setLevel(logging.DEBUG if args.verbose else logging.CRITICAL)
 
     units = [int(u) for u in args.units.split(",") if u.strip()]
+    slow = {int(u): float(s) for u, s in (a.split("=") for a in args.slow)}
     devices = [device(u) for u in units]
     servers = []
     store = None
@@ -95,7 +106,7 @@ async def main() -> None:
     def add(server):
         nonlocal store
         if store is None:
-            store = SharedStore(server.context, units, args.changing)
+            store = SharedStore(server.context, units, args.changing, slow)
         server.context = store
         servers.append(server)
 

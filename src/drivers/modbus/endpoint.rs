@@ -886,6 +886,8 @@ impl<C: Connector> Endpoint<C> {
             (LinkKind::Serial { inter_frame }, Some(t)) => Some(t + inter_frame),
             _ => None,
         };
+        // Longer after a lost reply on a serial line (see `rtu::quiet_time`).
+        let ready = ready.max(self.connector.quiet_until());
         async move {
             if let Some(ready) = ready.filter(|r| *r > Instant::now()) {
                 tokio::time::sleep_until(ready).await;

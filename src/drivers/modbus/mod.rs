@@ -3,7 +3,8 @@
 //! - [`decode`]: raw words/bits → values (pure).
 //! - [`plan`]: a device's points coalesced into the fewest reads (pure).
 //! - [`health`]: offline counting, log-once, backoff (pure).
-//! - [`transport`]: the hardware traits and their tokio-modbus implementations.
+//! - [`transport`]: the hardware traits and their TCP and serial implementations,
+//!   framed by [`mbap`] (TCP) and [`rtu`] (RS-485).
 //! - [`endpoint`]: the task that polls every device behind one TCP
 //!   `host:port` or one RS-485 bus over a single shared link.
 //!
@@ -31,6 +32,7 @@ pub mod health;
 pub mod mbap;
 pub mod plan;
 pub mod probe;
+pub mod rtu;
 #[cfg(test)]
 mod tests;
 pub mod transport;

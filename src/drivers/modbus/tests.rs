@@ -1418,3 +1418,153 @@ async fn a_write_sends_readings_again_even_if_nothing_changed() {
     token.cancel();
     h.await.unwrap();
 }
+
+/// A serial endpoint with the real RTU framing on an in-memory line whose
+/// slave 1 answers after its timeout.
+mod late_rtu_reply {
+    use super::*;
+    use crate::drivers::modbus::rtu::{crc16, DuplexLine, Quiet, RtuLink};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+
+    /// Opens a new port on the line each time (a reopened serial port).
+    struct LineConnector {
+        ports: mpsc::UnboundedSender<DuplexStream>,
+        quiet: Quiet,
+    }
+
+    impl Connector for LineConnector {
+        type Link = RtuLink<DuplexLine>;
+        async fn connect(&mut self) -> Result<Self::Link, ModbusError> {
+            let (a, b) = tokio::io::duplex(1024);
+            self.ports.send(b).expect("line running");
+            // 19200 baud, 11 bits a character.
+            let char_time = Duration::from_micros(573);
+            Ok(RtuLink::new(DuplexLine(a), char_time, self.quiet.clone()))
+        }
+        fn name(&self) -> &str {
+            "line"
+        }
+        fn quiet_until(&self) -> Option<Instant> {
+            self.quiet.until()
+        }
+    }
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut f = body.to_vec();
+        f.extend_from_slice(&crc16(body).to_le_bytes());
+        f
+    }
+
+    /// Slaves 1 and 2 on one line: slave 1 answers `late` after a request,
+    /// slave 2 after 60 ms. Holding registers of slave `u` read `u` × 111,
+    /// coils read on. A reply goes out on the port open when it is sent
+    /// (a reopened port is the same wire), or nowhere.
+    async fn line(mut ports: mpsc::UnboundedReceiver<DuplexStream>, late: Duration) {
+        enum Event {
+            Port(Option<DuplexStream>),
+            Read(usize),
+            Due,
+        }
+        let mut port: Option<DuplexStream> = None;
+        let mut input = Vec::new();
+        let mut replies: Vec<(Instant, Vec<u8>)> = Vec::new();
+        let mut chunk = [0u8; 64];
+        loop {
+            let due = replies.first().map(|r| r.0);
+            let event = tokio::select! {
+                p = ports.recv() => Event::Port(p),
+                n = async {
+                    match port.as_mut() {
+                        Some(p) => p.read(&mut chunk).await.unwrap_or(0),
+                        None => std::future::pending().await,
+                    }
+                } => Event::Read(n),
+                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => Event::Due,
+            };
+            match event {
+                Event::Port(None) => return,
+                Event::Port(Some(p)) => {
+                    port = Some(p);
+                    input.clear();
+                }
+                Event::Read(0) => port = None,
+                Event::Read(n) => {
+                    input.extend_from_slice(&chunk[..n]);
+                    while input.len() >= 8 {
+                        let req: Vec<u8> = input.drain(..8).collect();
+                        let (unit, fc) = (req[0], req[1]);
+                        let cnt = u16::from_be_bytes([req[4], req[5]]) as usize;
+                        let mut body = vec![unit, fc];
+                        if fc == 3 {
+                            body.push((cnt * 2) as u8);
+                            for _ in 0..cnt {
+                                body.extend_from_slice(&(unit as u16 * 111).to_be_bytes());
+                            }
+                        } else {
+                            body.push(cnt.div_ceil(8) as u8);
+                            body.extend((0..cnt.div_ceil(8)).map(|_| 0xFF));
+                        }
+                        let after = if unit == 1 {
+                            late
+                        } else {
+                            Duration::from_millis(60)
+                        };
+                        replies.push((Instant::now() + after, frame(&body)));
+                        replies.sort_by_key(|r| r.0);
+                    }
+                }
+                Event::Due => {
+                    let (_, reply) = replies.remove(0);
+                    if let Some(p) = port.as_mut() {
+                        let _ = p.write_all(&reply).await;
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_reply_is_not_taken_for_the_next_request() {
+        let (ports, rx_ports) = mpsc::unbounded_channel();
+        // Slave 1 answers 30 ms after its 150 ms timeout, every time; slave
+        // 2 is slow enough (60 ms) that the late reply comes first if slave
+        // 2 is asked at once.
+        let wire = tokio::spawn(line(rx_ports, Duration::from_millis(180)));
+        let connector = LineConnector {
+            ports,
+            quiet: Quiet::default(),
+        };
+        // Both polled every 250 ms, slave 2 right after slave 1.
+        let devices = vec![device(1, 0, 250, 150, 2, 2), device(2, 3, 250, 150, 2, 2)];
+        let kind = LinkKind::Serial {
+            inter_frame: Duration::from_millis(2),
+        };
+        let (tx, mut rx) = mpsc::channel(64);
+        let token = CancellationToken::new();
+        let ep = Endpoint::new(connector, kind, devices, tx).with_seed(7);
+        let h = tokio::spawn(ep.run(token.clone()));
+        let t0 = Instant::now();
+        let mut polls_2 = 0;
+        let mut offline = Vec::new();
+        while Instant::now() - t0 < Duration::from_secs(10) {
+            let m = rx.recv().await.unwrap();
+            if let BusMessage::DeviceStatus { device, online, .. } = &m {
+                offline.push((device.to_string(), *online));
+                continue;
+            }
+            let (device, values) = values_of(&m).unwrap();
+            assert_eq!(&*device, "dev-2", "slave 1 never answers in time");
+            if let Some(v) = values.iter().find(|(p, _)| *p == 3) {
+                assert_eq!(v.1, Value::Int(222));
+            }
+            polls_2 += 1;
+        }
+        token.cancel();
+        h.await.unwrap();
+        wire.abort();
+        assert_eq!(offline, vec![("dev-1".to_string(), false)]);
+        // 10 s at 250 ms: 40 polls if never delayed; each of slave 1's
+        // timeouts (backed off once offline) delays one by up to 0.25 s.
+        assert!(polls_2 >= 30, "slave 2 polled {polls_2} times");
+    }
+}

@@ -1,19 +1,21 @@
 //! Hardware access behind two small traits, so the polling logic can be
 //! tested with a fake: a [`Connector`] opens a link (TCP connection, serial
-//! port), a [`Transport`] reads from it. Serial lines use tokio-modbus's RTU
-//! client; TCP links the gateway's own MBAP framing ([`super::mbap`]).
+//! port), a [`Transport`] reads from it. Both use the gateway's own framing:
+//! MBAP on TCP ([`super::mbap`]), RTU on serial lines ([`super::rtu`]).
 //!
 //! Timeouts are not the transport's business: the endpoint task wraps every
-//! call in `tokio::time::timeout` and drops the link after one.
+//! call in `tokio::time::timeout` and drops the link after one. A serial
+//! line also asks the endpoint, through [`Connector::quiet_until`], to send
+//! nothing for a while after a lost reply (see [`super::rtu`]).
 
 use super::config::{Parity, SerialBusConfig};
 use super::mbap::MbapLink;
+use super::rtu::{Quiet, RtuLink};
 use std::future::Future;
 use std::io;
 use std::time::Duration;
-use tokio_modbus::client::{Context, Reader as _, Writer as _};
-use tokio_modbus::prelude::SlaveContext as _;
-use tokio_modbus::{ExceptionCode, Slave};
+use tokio::time::Instant;
+use tokio_modbus::ExceptionCode;
 
 /// Why a request or a connection failed.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -145,111 +147,11 @@ pub trait Connector: Send {
     fn connect(&mut self) -> impl Future<Output = Result<Self::Link, ModbusError>> + Send;
     /// The endpoint's name for logs (`host:port`, `/dev/ttyUSB0`).
     fn name(&self) -> &str;
-}
-
-/// A tokio-modbus client context (an RTU line).
-pub struct ModbusLink {
-    ctx: Context,
-}
-
-fn flatten<T>(function: &'static str, r: tokio_modbus::Result<T>) -> Result<T, ModbusError> {
-    match r {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(code)) => Err(ModbusError::exception(function, code)),
-        Err(tokio_modbus::Error::Transport(e)) => Err(ModbusError::Io(e.to_string())),
-        Err(tokio_modbus::Error::Protocol(e)) => Err(ModbusError::Protocol(e.to_string())),
-    }
-}
-
-fn check_len<T>(v: Vec<T>, cnt: u16) -> Result<Vec<T>, ModbusError> {
-    if v.len() < cnt as usize {
-        Err(ModbusError::Protocol(format!(
-            "asked for {cnt} values, got {}",
-            v.len()
-        )))
-    } else {
-        Ok(v)
-    }
-}
-
-impl Transport for ModbusLink {
-    async fn read_coils(
-        &mut self,
-        unit: u8,
-        addr: u16,
-        cnt: u16,
-    ) -> Result<Vec<bool>, ModbusError> {
-        self.ctx.set_slave(Slave(unit));
-        check_len(
-            flatten("read coils", self.ctx.read_coils(addr, cnt).await)?,
-            cnt,
-        )
-    }
-    async fn read_discrete_inputs(
-        &mut self,
-        unit: u8,
-        addr: u16,
-        cnt: u16,
-    ) -> Result<Vec<bool>, ModbusError> {
-        self.ctx.set_slave(Slave(unit));
-        check_len(
-            flatten(
-                "read discrete inputs",
-                self.ctx.read_discrete_inputs(addr, cnt).await,
-            )?,
-            cnt,
-        )
-    }
-    async fn read_holding(
-        &mut self,
-        unit: u8,
-        addr: u16,
-        cnt: u16,
-    ) -> Result<Vec<u16>, ModbusError> {
-        self.ctx.set_slave(Slave(unit));
-        check_len(
-            flatten(
-                "read holding registers",
-                self.ctx.read_holding_registers(addr, cnt).await,
-            )?,
-            cnt,
-        )
-    }
-    async fn read_input(&mut self, unit: u8, addr: u16, cnt: u16) -> Result<Vec<u16>, ModbusError> {
-        self.ctx.set_slave(Slave(unit));
-        check_len(
-            flatten(
-                "read input registers",
-                self.ctx.read_input_registers(addr, cnt).await,
-            )?,
-            cnt,
-        )
-    }
-    async fn write_coil(&mut self, unit: u8, addr: u16, on: bool) -> Result<(), ModbusError> {
-        self.ctx.set_slave(Slave(unit));
-        flatten(
-            "write single coil",
-            self.ctx.write_single_coil(addr, on).await,
-        )
-    }
-    async fn write_register(&mut self, unit: u8, addr: u16, word: u16) -> Result<(), ModbusError> {
-        self.ctx.set_slave(Slave(unit));
-        flatten(
-            "write single register",
-            self.ctx.write_single_register(addr, word).await,
-        )
-    }
-    async fn write_registers(
-        &mut self,
-        unit: u8,
-        addr: u16,
-        words: Vec<u16>,
-    ) -> Result<(), ModbusError> {
-        self.ctx.set_slave(Slave(unit));
-        flatten(
-            "write multiple registers",
-            self.ctx.write_multiple_registers(addr, &words).await,
-        )
+    /// No request may go out before this instant (a serial line after a
+    /// lost reply: see [`super::rtu`]). The endpoint waits for it outside
+    /// the next request's timeout.
+    fn quiet_until(&self) -> Option<Instant> {
+        None
     }
 }
 
@@ -293,18 +195,23 @@ impl Connector for TcpConnector {
 /// Modbus RTU: one serial port for every slave on an RS-485 line.
 pub struct RtuConnector {
     bus: SerialBusConfig,
+    /// The line's quiet time, kept across the links opened on it.
+    quiet: Quiet,
 }
 
 impl RtuConnector {
     pub fn new(bus: SerialBusConfig) -> RtuConnector {
-        RtuConnector { bus }
+        RtuConnector {
+            bus,
+            quiet: Quiet::default(),
+        }
     }
 }
 
 impl Connector for RtuConnector {
-    type Link = ModbusLink;
+    type Link = RtuLink<tokio_serial::SerialStream>;
 
-    async fn connect(&mut self) -> Result<ModbusLink, ModbusError> {
+    async fn connect(&mut self) -> Result<Self::Link, ModbusError> {
         use tokio_serial::{DataBits, SerialPort as _, SerialPortBuilderExt as _, StopBits};
         let b = &self.bus;
         let err = |e: tokio_serial::Error| ModbusError::Connect {
@@ -330,14 +237,18 @@ impl Connector for RtuConnector {
             .open_native_async()
             .map_err(err)?;
         // Bytes left over from before (a late reply to a timed-out request)
-        // would be taken for the next reply.
+        // would be taken for the next reply (cleared before every request
+        // too).
         port.clear(tokio_serial::ClearBuffer::Input).map_err(err)?;
-        Ok(ModbusLink {
-            ctx: tokio_modbus::client::rtu::attach(port),
-        })
+        let char_time = Duration::from_secs_f64(b.bits_per_char() as f64 / b.baud.max(1) as f64);
+        Ok(RtuLink::new(port, char_time, self.quiet.clone()))
     }
 
     fn name(&self) -> &str {
         &self.bus.path
+    }
+
+    fn quiet_until(&self) -> Option<Instant> {
+        self.quiet.until()
     }
 }
