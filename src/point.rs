@@ -105,15 +105,12 @@ pub enum BusMessage {
         readings: Vec<Reading>,
     },
     /// A device answered a poll with exactly the values of its previous
-    /// answer for these points: the same as a [`BusMessage::Readings`] of
-    /// these points with the values last sent for them, without decoding
-    /// them again. A driver sends it only after a `Readings` or `Confirmed`
-    /// carried these points with these values, with no `DeviceStatus` of
-    /// the device since (never as the first message); a `Readings` of the
-    /// device's other points may come between (a poll where only some
-    /// replies changed: their `Readings`, then a `Confirmed` of the rest).
-    /// A consumer that does not hold the values (it did not see those
-    /// messages) decodes them from `points`.
+    /// answer: the same as a [`BusMessage::Readings`] of these points with
+    /// the values last sent for them, without decoding them again. A driver
+    /// sends it only right after a `Readings` or `Confirmed` of the same
+    /// points and values (never as the first message, nor after a
+    /// `DeviceStatus` of the device); a consumer that does not hold the
+    /// values (it did not see that message) decodes them from `points`.
     Confirmed {
         device: Arc<str>,
         ts: Timestamp,

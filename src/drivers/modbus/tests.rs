@@ -1218,27 +1218,26 @@ async fn an_unchanged_poll_confirms_and_a_change_sends_readings() {
     assert_eq!(next_poll(&mut rx).await, (true, first.clone()));
     assert_eq!(next_poll(&mut rx).await, (true, first.clone()));
     // A register changes: readings of the points of its request (the
-    // registers'), then a confirmation of the unchanged coil's; then
-    // confirmations of all.
+    // registers'), not of the unchanged coil; then confirmations of all.
     shared.lock().unwrap().holding[0] = 43;
     let mut second = first.clone();
     second[0].1 = Value::Int(43);
     assert_eq!(next_poll(&mut rx).await, (false, second[..2].to_vec()));
-    assert_eq!(next_poll(&mut rx).await, (true, second[2..].to_vec()));
     assert_eq!(next_poll(&mut rx).await, (true, second.clone()));
-    // A coil (the second request) changes: its point, then the registers'.
+    // A coil (the second request) changes: its point alone.
     shared.lock().unwrap().coils[0] = false;
     second[2].1 = Value::Bool(false);
     assert_eq!(next_poll(&mut rx).await, (false, second[2..].to_vec()));
-    assert_eq!(next_poll(&mut rx).await, (true, second[..2].to_vec()));
     assert_eq!(next_poll(&mut rx).await, (true, second.clone()));
-    // One request changing on every poll: the other one's points are
-    // confirmed after every poll's readings (none goes stale).
-    for n in 0..5u16 {
-        shared.lock().unwrap().holding[0] = 100 + n;
-        second[0].1 = Value::Int(i64::from(100 + n));
+    // One request changing on every poll: every second poll carries the
+    // other one's points too (none goes unconfirmed for long).
+    for n in 0..3u16 {
+        shared.lock().unwrap().holding[0] = 100 + 2 * n;
+        second[0].1 = Value::Int(i64::from(100 + 2 * n));
         assert_eq!(next_poll(&mut rx).await, (false, second[..2].to_vec()));
-        assert_eq!(next_poll(&mut rx).await, (true, second[2..].to_vec()));
+        shared.lock().unwrap().holding[0] = 101 + 2 * n;
+        second[0].1 = Value::Int(i64::from(101 + 2 * n));
+        assert_eq!(next_poll(&mut rx).await, (false, second.clone()));
     }
     // Both change: both requests' points.
     shared.lock().unwrap().holding[0] = 44;
@@ -1328,6 +1327,50 @@ async fn a_connection_the_device_closed_while_idle_is_reopened_within_the_poll()
     assert!(
         matches!(m, BusMessage::DeviceStatus { online: false, .. }),
         "{m:?}"
+    );
+    token.cancel();
+    h.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn what_a_poll_read_before_a_request_failed_still_goes_out() {
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    let (mut rx, token, h) = start(&shared, LinkKind::Tcp, vec![device(1, 0, 1000, 100, 3, 30)]);
+    assert!(!next_poll(&mut rx).await.0);
+    assert!(next_poll(&mut rx).await.0);
+    // The registers' read (after the coil's) is refused from now on, and
+    // the coil flips: its new value still comes with this poll.
+    {
+        let mut s = shared.lock().unwrap();
+        s.holes = vec![0];
+        s.coils[0] = false;
+    }
+    let m = rx.recv().await.expect("bus open");
+    assert_eq!(
+        values_of(&m).map(|(_, v)| v),
+        Some(vec![(2, Value::Bool(false))]),
+        "{m:?}"
+    );
+    // The next failed poll: the coil's value again (nothing is kept after
+    // a failure); the third failure takes the device offline, values or not.
+    shared.lock().unwrap().coils[0] = true;
+    let m = rx.recv().await.expect("bus open");
+    assert_eq!(
+        values_of(&m).map(|(_, v)| v),
+        Some(vec![(2, Value::Bool(true))]),
+        "{m:?}"
+    );
+    shared.lock().unwrap().coils[0] = false;
+    let m = rx.recv().await.expect("bus open");
+    assert!(
+        matches!(m, BusMessage::DeviceStatus { online: false, .. }),
+        "{m:?}"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), rx.recv())
+            .await
+            .is_err(),
+        "no readings of an offline device"
     );
     token.cancel();
     h.await.unwrap();
