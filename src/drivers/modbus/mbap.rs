@@ -16,7 +16,7 @@
 //! protocol error too, for the same reason. No timeouts here: the endpoint
 //! wraps every call (see [`super::transport`]).
 
-use super::transport::{ModbusError, Transport};
+use super::transport::{ModbusError, PduLink};
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio_modbus::ExceptionCode;
@@ -29,8 +29,6 @@ const MAX_FRAME: usize = HEADER + 253;
 pub const MAX_READ_BITS: u16 = 2000;
 /// Most registers one read may ask for (function 3, 4).
 pub const MAX_READ_WORDS: u16 = 125;
-/// Most registers one write may carry (function 16).
-pub const MAX_WRITE_WORDS: usize = 123;
 
 /// A Modbus TCP connection (any byte stream; a `TcpStream` in service).
 pub struct MbapLink<S> {
@@ -132,7 +130,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> MbapLink<S> {
         }
         Ok(total)
     }
+}
 
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> PduLink for MbapLink<S> {
     async fn read_bits(
         &mut self,
         fc: u8,
@@ -213,82 +213,10 @@ fn io_error(e: io::Error) -> ModbusError {
     ModbusError::Io(e.to_string())
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for MbapLink<S> {
-    async fn read_coils(
-        &mut self,
-        unit: u8,
-        addr: u16,
-        cnt: u16,
-    ) -> Result<Vec<bool>, ModbusError> {
-        self.read_bits(1, "read coils", unit, addr, cnt).await
-    }
-
-    async fn read_discrete_inputs(
-        &mut self,
-        unit: u8,
-        addr: u16,
-        cnt: u16,
-    ) -> Result<Vec<bool>, ModbusError> {
-        self.read_bits(2, "read discrete inputs", unit, addr, cnt)
-            .await
-    }
-
-    async fn read_holding(
-        &mut self,
-        unit: u8,
-        addr: u16,
-        cnt: u16,
-    ) -> Result<Vec<u16>, ModbusError> {
-        self.read_words(3, "read holding registers", unit, addr, cnt)
-            .await
-    }
-
-    async fn read_input(&mut self, unit: u8, addr: u16, cnt: u16) -> Result<Vec<u16>, ModbusError> {
-        self.read_words(4, "read input registers", unit, addr, cnt)
-            .await
-    }
-
-    async fn write_coil(&mut self, unit: u8, addr: u16, on: bool) -> Result<(), ModbusError> {
-        let [a0, a1] = addr.to_be_bytes();
-        let v = if on { 0xFF } else { 0x00 };
-        self.write_echoed("write single coil", unit, &[5, a0, a1, v, 0])
-            .await
-    }
-
-    async fn write_register(&mut self, unit: u8, addr: u16, word: u16) -> Result<(), ModbusError> {
-        let [a0, a1] = addr.to_be_bytes();
-        let [w0, w1] = word.to_be_bytes();
-        self.write_echoed("write single register", unit, &[6, a0, a1, w0, w1])
-            .await
-    }
-
-    async fn write_registers(
-        &mut self,
-        unit: u8,
-        addr: u16,
-        words: Vec<u16>,
-    ) -> Result<(), ModbusError> {
-        if words.is_empty() || words.len() > MAX_WRITE_WORDS {
-            return Err(protocol(format!(
-                "cannot write {} registers at once",
-                words.len()
-            )));
-        }
-        let [a0, a1] = addr.to_be_bytes();
-        let [q0, q1] = (words.len() as u16).to_be_bytes();
-        let mut pdu = Vec::with_capacity(6 + words.len() * 2);
-        pdu.extend_from_slice(&[16, a0, a1, q0, q1, (words.len() * 2) as u8]);
-        for w in &words {
-            pdu.extend_from_slice(&w.to_be_bytes());
-        }
-        self.write_echoed("write multiple registers", unit, &pdu)
-            .await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drivers::modbus::transport::Transport as _;
     use tokio::io::{duplex, DuplexStream};
 
     /// A device on the other end of an in-memory stream: reads one request,

@@ -25,7 +25,7 @@
 //! Leading bytes that cannot be a slave address (0 and 248–255: some RS-485
 //! transceivers emit one when they switch direction) are skipped.
 
-use super::transport::{ModbusError, Transport};
+use super::transport::{ModbusError, PduLink};
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -40,8 +40,6 @@ const MAX_FRAME: usize = 5 + 255;
 const MAX_READ_BITS: u16 = 2000;
 /// Most registers one read may ask for (function 3, 4).
 const MAX_READ_WORDS: u16 = 125;
-/// Most registers one write may carry (function 16).
-const MAX_WRITE_WORDS: usize = 123;
 
 /// Shortest quiet time after a lost reply. USB RS-485 adapters hand
 /// received bytes over in bursts (an FTDI chip every 16 ms by default), and
@@ -248,7 +246,9 @@ impl<L: SerialLine> RtuLink<L> {
         }
         Ok(total)
     }
+}
 
+impl<L: SerialLine> PduLink for RtuLink<L> {
     async fn read_bits(
         &mut self,
         fc: u8,
@@ -363,79 +363,6 @@ fn io_error(e: io::Error) -> ModbusError {
     ModbusError::Io(e.to_string())
 }
 
-impl<L: SerialLine> Transport for RtuLink<L> {
-    async fn read_coils(
-        &mut self,
-        unit: u8,
-        addr: u16,
-        cnt: u16,
-    ) -> Result<Vec<bool>, ModbusError> {
-        self.read_bits(1, "read coils", unit, addr, cnt).await
-    }
-
-    async fn read_discrete_inputs(
-        &mut self,
-        unit: u8,
-        addr: u16,
-        cnt: u16,
-    ) -> Result<Vec<bool>, ModbusError> {
-        self.read_bits(2, "read discrete inputs", unit, addr, cnt)
-            .await
-    }
-
-    async fn read_holding(
-        &mut self,
-        unit: u8,
-        addr: u16,
-        cnt: u16,
-    ) -> Result<Vec<u16>, ModbusError> {
-        self.read_words(3, "read holding registers", unit, addr, cnt)
-            .await
-    }
-
-    async fn read_input(&mut self, unit: u8, addr: u16, cnt: u16) -> Result<Vec<u16>, ModbusError> {
-        self.read_words(4, "read input registers", unit, addr, cnt)
-            .await
-    }
-
-    async fn write_coil(&mut self, unit: u8, addr: u16, on: bool) -> Result<(), ModbusError> {
-        let [a0, a1] = addr.to_be_bytes();
-        let v = if on { 0xFF } else { 0x00 };
-        self.write_echoed("write single coil", unit, &[5, a0, a1, v, 0])
-            .await
-    }
-
-    async fn write_register(&mut self, unit: u8, addr: u16, word: u16) -> Result<(), ModbusError> {
-        let [a0, a1] = addr.to_be_bytes();
-        let [w0, w1] = word.to_be_bytes();
-        self.write_echoed("write single register", unit, &[6, a0, a1, w0, w1])
-            .await
-    }
-
-    async fn write_registers(
-        &mut self,
-        unit: u8,
-        addr: u16,
-        words: Vec<u16>,
-    ) -> Result<(), ModbusError> {
-        if words.is_empty() || words.len() > MAX_WRITE_WORDS {
-            return Err(protocol(format!(
-                "cannot write {} registers at once",
-                words.len()
-            )));
-        }
-        let [a0, a1] = addr.to_be_bytes();
-        let [q0, q1] = (words.len() as u16).to_be_bytes();
-        let mut pdu = Vec::with_capacity(6 + words.len() * 2);
-        pdu.extend_from_slice(&[16, a0, a1, q0, q1, (words.len() * 2) as u8]);
-        for w in &words {
-            pdu.extend_from_slice(&w.to_be_bytes());
-        }
-        self.write_echoed("write multiple registers", unit, &pdu)
-            .await
-    }
-}
-
 /// An in-memory serial line for tests: one end of a duplex stream.
 #[cfg(test)]
 pub(super) struct DuplexLine(pub tokio::io::DuplexStream);
@@ -494,6 +421,7 @@ mod duplex_line {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drivers::modbus::transport::Transport as _;
     use tokio::io::{duplex, DuplexStream};
 
     const CHAR: Duration = Duration::from_millis(1);

@@ -140,6 +140,115 @@ pub trait Transport: Send {
     ) -> impl Future<Output = Result<(), ModbusError>> + Send;
 }
 
+/// The framing's part of a link (MBAP over TCP, `super::mbap`; RTU on a
+/// serial line, `super::rtu`): send one request PDU to a unit and check
+/// its reply against it. Every [`Transport`] function is built on these
+/// three the same way for both.
+pub trait PduLink: Send {
+    /// Read `cnt` bits with function `fc` (1, 2), named `function` in errors.
+    fn read_bits(
+        &mut self,
+        fc: u8,
+        function: &'static str,
+        unit: u8,
+        addr: u16,
+        cnt: u16,
+    ) -> impl Future<Output = Result<Vec<bool>, ModbusError>> + Send;
+    /// Read `cnt` registers with function `fc` (3, 4).
+    fn read_words(
+        &mut self,
+        fc: u8,
+        function: &'static str,
+        unit: u8,
+        addr: u16,
+        cnt: u16,
+    ) -> impl Future<Output = Result<Vec<u16>, ModbusError>> + Send;
+    /// A write (`pdu`: function code and data) whose reply echoes the
+    /// request's first four data bytes.
+    fn write_echoed(
+        &mut self,
+        function: &'static str,
+        unit: u8,
+        pdu: &[u8],
+    ) -> impl Future<Output = Result<(), ModbusError>> + Send;
+}
+
+/// Most registers one write may carry (function 16).
+pub const MAX_WRITE_WORDS: usize = 123;
+
+impl<T: PduLink> Transport for T {
+    async fn read_coils(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        cnt: u16,
+    ) -> Result<Vec<bool>, ModbusError> {
+        self.read_bits(1, "read coils", unit, addr, cnt).await
+    }
+
+    async fn read_discrete_inputs(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        cnt: u16,
+    ) -> Result<Vec<bool>, ModbusError> {
+        self.read_bits(2, "read discrete inputs", unit, addr, cnt)
+            .await
+    }
+
+    async fn read_holding(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        cnt: u16,
+    ) -> Result<Vec<u16>, ModbusError> {
+        self.read_words(3, "read holding registers", unit, addr, cnt)
+            .await
+    }
+
+    async fn read_input(&mut self, unit: u8, addr: u16, cnt: u16) -> Result<Vec<u16>, ModbusError> {
+        self.read_words(4, "read input registers", unit, addr, cnt)
+            .await
+    }
+
+    async fn write_coil(&mut self, unit: u8, addr: u16, on: bool) -> Result<(), ModbusError> {
+        let [a0, a1] = addr.to_be_bytes();
+        let v = if on { 0xFF } else { 0x00 };
+        self.write_echoed("write single coil", unit, &[5, a0, a1, v, 0])
+            .await
+    }
+
+    async fn write_register(&mut self, unit: u8, addr: u16, word: u16) -> Result<(), ModbusError> {
+        let [a0, a1] = addr.to_be_bytes();
+        let [w0, w1] = word.to_be_bytes();
+        self.write_echoed("write single register", unit, &[6, a0, a1, w0, w1])
+            .await
+    }
+
+    async fn write_registers(
+        &mut self,
+        unit: u8,
+        addr: u16,
+        words: Vec<u16>,
+    ) -> Result<(), ModbusError> {
+        if words.is_empty() || words.len() > MAX_WRITE_WORDS {
+            return Err(ModbusError::Protocol(format!(
+                "cannot write {} registers at once",
+                words.len()
+            )));
+        }
+        let [a0, a1] = addr.to_be_bytes();
+        let [q0, q1] = (words.len() as u16).to_be_bytes();
+        let mut pdu = Vec::with_capacity(6 + words.len() * 2);
+        pdu.extend_from_slice(&[16, a0, a1, q0, q1, (words.len() * 2) as u8]);
+        for w in &words {
+            pdu.extend_from_slice(&w.to_be_bytes());
+        }
+        self.write_echoed("write multiple registers", unit, &pdu)
+            .await
+    }
+}
+
 /// Opens links to one endpoint (a TCP host:port, or a serial port).
 pub trait Connector: Send {
     type Link: Transport;
