@@ -16,8 +16,9 @@
 //! protocol error too, for the same reason. No timeouts here: the endpoint
 //! wraps every call (see [`super::transport`]).
 
-use super::transport::{ModbusError, PduLink};
-use std::io;
+use super::transport::{
+    io_error, protocol, read_pdu, unpack_bits, unpack_words, ModbusError, PduLink,
+};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio_modbus::ExceptionCode;
 
@@ -25,10 +26,6 @@ use tokio_modbus::ExceptionCode;
 const HEADER: usize = 7;
 /// The largest frame: header + 253-byte PDU.
 const MAX_FRAME: usize = HEADER + 253;
-/// Most bits one read may ask for (function 1, 2).
-pub const MAX_READ_BITS: u16 = 2000;
-/// Most registers one read may ask for (function 3, 4).
-pub const MAX_READ_WORDS: u16 = 125;
 
 /// A Modbus TCP connection (any byte stream; a `TcpStream` in service).
 pub struct MbapLink<S> {
@@ -141,19 +138,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> PduLink for MbapLink<S> {
         addr: u16,
         cnt: u16,
     ) -> Result<Vec<bool>, ModbusError> {
-        if !(1..=MAX_READ_BITS).contains(&cnt) {
-            return Err(protocol(format!("cannot read {cnt} bits at once")));
-        }
-        let data = self.call(function, unit, &read_pdu(fc, addr, cnt)).await?;
-        let bytes = (cnt as usize).div_ceil(8);
-        match data.split_first() {
-            Some((&n, bits)) if n as usize == bytes && bits.len() == bytes => Ok((0..cnt as usize)
-                .map(|i| bits[i / 8] & (1 << (i % 8)) != 0)
-                .collect()),
-            _ => Err(protocol(format!(
-                "{function}: expected {bytes} data bytes for {cnt} bits"
-            ))),
-        }
+        let pdu = read_pdu(fc, addr, cnt)?;
+        let data = self.call(function, unit, &pdu).await?;
+        unpack_bits(function, data, cnt)
     }
 
     async fn read_words(
@@ -164,20 +151,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> PduLink for MbapLink<S> {
         addr: u16,
         cnt: u16,
     ) -> Result<Vec<u16>, ModbusError> {
-        if !(1..=MAX_READ_WORDS).contains(&cnt) {
-            return Err(protocol(format!("cannot read {cnt} registers at once")));
-        }
-        let data = self.call(function, unit, &read_pdu(fc, addr, cnt)).await?;
-        let bytes = cnt as usize * 2;
-        match data.split_first() {
-            Some((&n, words)) if n as usize == bytes && words.len() == bytes => Ok(words
-                .chunks_exact(2)
-                .map(|w| u16::from_be_bytes([w[0], w[1]]))
-                .collect()),
-            _ => Err(protocol(format!(
-                "{function}: expected {bytes} data bytes for {cnt} registers"
-            ))),
-        }
+        let pdu = read_pdu(fc, addr, cnt)?;
+        let data = self.call(function, unit, &pdu).await?;
+        unpack_words(function, data, cnt)
     }
 
     /// A write whose reply echoes the request's first four data bytes.
@@ -197,20 +173,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> PduLink for MbapLink<S> {
             )))
         }
     }
-}
-
-fn read_pdu(fc: u8, addr: u16, cnt: u16) -> [u8; 5] {
-    let [a0, a1] = addr.to_be_bytes();
-    let [c0, c1] = cnt.to_be_bytes();
-    [fc, a0, a1, c0, c1]
-}
-
-fn protocol(message: String) -> ModbusError {
-    ModbusError::Protocol(message)
-}
-
-fn io_error(e: io::Error) -> ModbusError {
-    ModbusError::Io(e.to_string())
 }
 
 #[cfg(test)]
@@ -333,7 +295,7 @@ mod tests {
         assert!(e.contains("function code 4"), "{e}");
         // Wrong byte count.
         let e = protocol_error(vec![frame(&[0, 1], 1, &[3, 4, 0, 1, 0, 2])]).await;
-        assert!(e.contains("expected 2 data bytes"), "{e}");
+        assert!(e.contains("(2 data bytes), got"), "{e}");
         // Not Modbus (protocol id).
         let mut f = frame(&[0, 1], 1, &ok);
         f[3] = 1;

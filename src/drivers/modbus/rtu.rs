@@ -25,7 +25,9 @@
 //! Leading bytes that cannot be a slave address (0 and 248–255: some RS-485
 //! transceivers emit one when they switch direction) are skipped.
 
-use super::transport::{ModbusError, PduLink};
+use super::transport::{
+    io_error, protocol, read_pdu, unpack_bits, unpack_words, ModbusError, PduLink,
+};
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -36,10 +38,6 @@ use tokio_modbus::ExceptionCode;
 /// The longest frame a reply's byte count can announce: slave id, function
 /// code, byte count, 255 data bytes, CRC (the spec's limit is 256).
 const MAX_FRAME: usize = 5 + 255;
-/// Most bits one read may ask for (function 1, 2).
-const MAX_READ_BITS: u16 = 2000;
-/// Most registers one read may ask for (function 3, 4).
-const MAX_READ_WORDS: u16 = 125;
 
 /// Shortest quiet time after a lost reply. USB RS-485 adapters hand
 /// received bytes over in bursts (an FTDI chip every 16 ms by default), and
@@ -257,18 +255,12 @@ impl<L: SerialLine> PduLink for RtuLink<L> {
         addr: u16,
         cnt: u16,
     ) -> Result<Vec<bool>, ModbusError> {
-        if !(1..=MAX_READ_BITS).contains(&cnt) {
-            return Err(protocol(format!("cannot read {cnt} bits at once")));
-        }
-        let bytes = (cnt as usize).div_ceil(8);
-        let (data, mut pending) = self
-            .call(function, unit, &read_pdu(fc, addr, cnt), 5 + bytes)
-            .await?;
-        let bits = check_count(function, data, cnt, "bits", bytes)?;
+        let pdu = read_pdu(fc, addr, cnt)?;
+        let reply_len = 5 + (cnt as usize).div_ceil(8);
+        let (data, mut pending) = self.call(function, unit, &pdu, reply_len).await?;
+        let bits = unpack_bits(function, data, cnt)?;
         pending.answered = true;
-        Ok((0..cnt as usize)
-            .map(|i| bits[i / 8] & (1 << (i % 8)) != 0)
-            .collect())
+        Ok(bits)
     }
 
     async fn read_words(
@@ -279,19 +271,12 @@ impl<L: SerialLine> PduLink for RtuLink<L> {
         addr: u16,
         cnt: u16,
     ) -> Result<Vec<u16>, ModbusError> {
-        if !(1..=MAX_READ_WORDS).contains(&cnt) {
-            return Err(protocol(format!("cannot read {cnt} registers at once")));
-        }
-        let bytes = cnt as usize * 2;
-        let (data, mut pending) = self
-            .call(function, unit, &read_pdu(fc, addr, cnt), 5 + bytes)
-            .await?;
-        let words = check_count(function, data, cnt, "registers", bytes)?;
+        let pdu = read_pdu(fc, addr, cnt)?;
+        let reply_len = 5 + cnt as usize * 2;
+        let (data, mut pending) = self.call(function, unit, &pdu, reply_len).await?;
+        let words = unpack_words(function, data, cnt)?;
         pending.answered = true;
-        Ok(words
-            .chunks_exact(2)
-            .map(|w| u16::from_be_bytes([w[0], w[1]]))
-            .collect())
+        Ok(words)
     }
 
     /// A write whose reply echoes the request's first four data bytes.
@@ -314,24 +299,6 @@ impl<L: SerialLine> PduLink for RtuLink<L> {
     }
 }
 
-/// The data bytes of a read reply (`data`: byte count, then the bytes),
-/// when they are exactly the `bytes` that `cnt` values take.
-fn check_count<'a>(
-    function: &str,
-    data: &'a [u8],
-    cnt: u16,
-    what: &str,
-    bytes: usize,
-) -> Result<&'a [u8], ModbusError> {
-    match data.split_first() {
-        Some((&n, rest)) if n as usize == bytes && rest.len() == bytes => Ok(rest),
-        Some((&n, _)) => Err(protocol(format!(
-            "{function}: asked for {cnt} {what} ({bytes} data bytes), got {n} data bytes"
-        ))),
-        None => Err(protocol(format!("{function}: reply without a byte count"))),
-    }
-}
-
 /// CRC-16/MODBUS (polynomial 0xA001 reflected, initial 0xFFFF), sent low
 /// byte first.
 pub(super) fn crc16(data: &[u8]) -> u16 {
@@ -347,20 +314,6 @@ pub(super) fn crc16(data: &[u8]) -> u16 {
         }
     }
     crc
-}
-
-fn read_pdu(fc: u8, addr: u16, cnt: u16) -> [u8; 5] {
-    let [a0, a1] = addr.to_be_bytes();
-    let [c0, c1] = cnt.to_be_bytes();
-    [fc, a0, a1, c0, c1]
-}
-
-fn protocol(message: String) -> ModbusError {
-    ModbusError::Protocol(message)
-}
-
-fn io_error(e: io::Error) -> ModbusError {
-    ModbusError::Io(e.to_string())
 }
 
 /// An in-memory serial line for tests: one end of a duplex stream.
@@ -421,7 +374,7 @@ mod duplex_line {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drivers::modbus::transport::Transport as _;
+    use crate::drivers::modbus::transport::{data_bytes, Transport as _};
     use tokio::io::{duplex, DuplexStream};
 
     const CHAR: Duration = Duration::from_millis(1);
@@ -504,11 +457,11 @@ mod tests {
     fn the_count_must_be_exactly_the_one_asked_for() {
         let f = "read holding registers";
         assert_eq!(
-            check_count(f, &[4, 1, 2, 3, 4], 2, "registers", 4),
+            data_bytes(f, &[4, 1, 2, 3, 4], 2, "registers", 4),
             Ok(&[1u8, 2, 3, 4][..])
         );
         for (data, got) in [(&[2u8, 1, 2][..], 2), (&[6, 1, 2, 3, 4, 5, 6][..], 6)] {
-            let e = check_count(f, data, 2, "registers", 4).unwrap_err();
+            let e = data_bytes(f, data, 2, "registers", 4).unwrap_err();
             assert_eq!(
                 e.to_string(),
                 format!(
@@ -517,8 +470,8 @@ mod tests {
             );
         }
         // A byte count that disagrees with the bytes that came.
-        assert!(check_count(f, &[4, 1, 2], 2, "registers", 4).is_err());
-        assert!(check_count(f, &[], 2, "registers", 4).is_err());
+        assert!(data_bytes(f, &[4, 1, 2], 2, "registers", 4).is_err());
+        assert!(data_bytes(f, &[], 2, "registers", 4).is_err());
     }
 
     async fn read_error(unit: u8, cnt: u16, reply: Vec<Vec<u8>>) -> (ModbusError, Quiet) {

@@ -175,6 +175,72 @@ pub trait PduLink: Send {
 
 /// Most registers one write may carry (function 16).
 pub const MAX_WRITE_WORDS: usize = 123;
+/// Most bits one read may ask for (function 1, 2).
+pub const MAX_READ_BITS: u16 = 2000;
+/// Most registers one read may ask for (function 3, 4).
+pub const MAX_READ_WORDS: u16 = 125;
+
+/// A read request's PDU (function `fc`, `cnt` values from `addr`), or why
+/// it cannot be sent: more values than one read may carry.
+pub(super) fn read_pdu(fc: u8, addr: u16, cnt: u16) -> Result<[u8; 5], ModbusError> {
+    let (max, what) = match fc {
+        1 | 2 => (MAX_READ_BITS, "bits"),
+        _ => (MAX_READ_WORDS, "registers"),
+    };
+    if !(1..=max).contains(&cnt) {
+        return Err(protocol(format!("cannot read {cnt} {what} at once")));
+    }
+    let [a0, a1] = addr.to_be_bytes();
+    let [c0, c1] = cnt.to_be_bytes();
+    Ok([fc, a0, a1, c0, c1])
+}
+
+/// The `cnt` bits of a read reply's `data` (its byte count, then the
+/// bytes), least significant first, when it carries exactly those.
+pub(super) fn unpack_bits(function: &str, data: &[u8], cnt: u16) -> Result<Vec<bool>, ModbusError> {
+    let bits = data_bytes(function, data, cnt, "bits", (cnt as usize).div_ceil(8))?;
+    Ok((0..cnt as usize)
+        .map(|i| bits[i / 8] & (1 << (i % 8)) != 0)
+        .collect())
+}
+
+/// The `cnt` registers of a read reply's `data`, when it carries exactly
+/// those.
+pub(super) fn unpack_words(function: &str, data: &[u8], cnt: u16) -> Result<Vec<u16>, ModbusError> {
+    let words = data_bytes(function, data, cnt, "registers", cnt as usize * 2)?;
+    Ok(words
+        .chunks_exact(2)
+        .map(|w| u16::from_be_bytes([w[0], w[1]]))
+        .collect())
+}
+
+/// The data bytes of a read reply (`data`: byte count, then the bytes),
+/// when they are exactly the `bytes` that `cnt` values take.
+pub(super) fn data_bytes<'a>(
+    function: &str,
+    data: &'a [u8],
+    cnt: u16,
+    what: &str,
+    bytes: usize,
+) -> Result<&'a [u8], ModbusError> {
+    match data.split_first() {
+        Some((&n, rest)) if n as usize == bytes && rest.len() == bytes => Ok(rest),
+        Some((&n, _)) => Err(protocol(format!(
+            "{function}: asked for {cnt} {what} ({bytes} data bytes), got {n} data bytes"
+        ))),
+        None => Err(protocol(format!("{function}: reply without a byte count"))),
+    }
+}
+
+/// A reply that does not match its request.
+pub(super) fn protocol(message: String) -> ModbusError {
+    ModbusError::Protocol(message)
+}
+
+/// A failed read or write of the link.
+pub(super) fn io_error(e: io::Error) -> ModbusError {
+    ModbusError::Io(e.to_string())
+}
 
 impl<T: PduLink> Transport for T {
     async fn read_coils(
@@ -232,7 +298,7 @@ impl<T: PduLink> Transport for T {
         words: Vec<u16>,
     ) -> Result<(), ModbusError> {
         if words.is_empty() || words.len() > MAX_WRITE_WORDS {
-            return Err(ModbusError::Protocol(format!(
+            return Err(protocol(format!(
                 "cannot write {} registers at once",
                 words.len()
             )));
