@@ -169,8 +169,8 @@ pub struct DevicePoller {
     /// The replies behind the last values sent to the bus (`None`: the
     /// next successful poll sends `Readings`).
     last: Option<Arc<LastReplies>>,
-    /// Polls in a row whose `Readings` left out unchanged requests (0 or 1).
-    partial_polls: u8,
+    /// Whether the last poll's `Readings` left out unchanged requests.
+    left_out: bool,
 }
 
 impl DevicePoller {
@@ -199,7 +199,7 @@ impl DevicePoller {
             counters: None,
             writable: HashMap::new(),
             last: None,
-            partial_polls: 0,
+            left_out: false,
         }
     }
 
@@ -1263,7 +1263,7 @@ impl<C: Connector> Endpoint<C> {
             replies.push(reply);
         }
         if let (false, Some(last)) = (changed, &kept) {
-            self.devices[i].partial_polls = 0;
+            self.devices[i].left_out = false;
             return Ok((Polled::Same(last.clone()), replied_at));
         }
         // Something changed, maybe not every request's reply. The others'
@@ -1281,12 +1281,9 @@ impl<C: Connector> Endpoint<C> {
                 .iter()
                 .enumerate()
                 .any(|(k, reply)| last.replies.get(k).is_some_and(|raw| raw.same_as(reply)));
-            if !partly {
-                dev.partial_polls = 0;
-            } else if dev.partial_polls == 0 {
-                dev.partial_polls = 1;
-            } else {
-                dev.partial_polls = 0;
+            let decode_all = partly && dev.left_out;
+            dev.left_out = partly && !decode_all;
+            if decode_all {
                 let dev = &self.devices[i];
                 for (k, reply) in replies.iter().enumerate() {
                     if last.replies.get(k).is_some_and(|raw| raw.same_as(reply)) {
