@@ -46,7 +46,11 @@ fn user_cmd(args: &[&str], config: &Path, stdin: &str, uid: Option<u32>) -> Outp
         cmd.uid(uid).gid(uid);
     }
     let mut child = cmd.spawn().expect("spawn estate-gateway user");
-    writeln!(child.stdin.take().unwrap(), "{stdin}").unwrap();
+    // A command that refuses before reading its password may be gone
+    // already: the write then fails with a broken pipe, which is fine.
+    if let Err(e) = writeln!(child.stdin.take().unwrap(), "{stdin}") {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+    }
     child.wait_with_output().unwrap()
 }
 
