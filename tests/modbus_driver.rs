@@ -357,6 +357,14 @@ async fn tcp_device_goes_offline_when_killed_and_online_when_back() {
 }
 
 fn rtu_config(tty: &Path) -> String {
+    rtu_bus_config(tty, &[1, 2, 3], 2, true)
+}
+
+/// An RS-485 line at 19200 baud on `tty` with a slave per unit of `units`
+/// (polled every 0.25 s, timeout 0.15 s, offline after 2 failures), each
+/// with its holding register 0 as `level` and, with `alarm_coil`, coil 0
+/// as `alarm`.
+fn rtu_bus_config(tty: &Path, units: &[u8], backoff_max_s: u64, alarm_coil: bool) -> String {
     let mut s = format!(
         r#"{HEAD}
 [[serial_buses]]
@@ -366,7 +374,7 @@ baud = 19200
 "#,
         tty.display()
     );
-    for unit in [1, 2, 3] {
+    for unit in units {
         s.push_str(&format!(
             r#"
 [[devices]]
@@ -377,20 +385,25 @@ offline_after = 2
 [devices.modbus]
 bus = "rs485-a"
 unit = {unit}
-backoff_max_s = 2
+backoff_max_s = {backoff_max_s}
 
 [[devices.points]]
 id = "level"
 register = "holding"
 address = 0
 type = "u16"
-
+"#
+        ));
+        if alarm_coil {
+            s.push_str(
+                r#"
 [[devices.points]]
 id = "alarm"
 register = "coil"
 address = 0
-"#
-        ));
+"#,
+            );
+        }
     }
     s
 }
@@ -509,36 +522,7 @@ async fn rtu_a_late_reply_is_not_taken_for_the_next_request() {
     };
     sim.write_register(1, 0, 111).await;
     sim.write_register(2, 0, 222).await;
-    let mut text = format!(
-        r#"{HEAD}
-[[serial_buses]]
-id = "rs485-a"
-path = "{}"
-baud = 19200
-"#,
-        sim.gateway_tty.as_ref().unwrap().display()
-    );
-    for unit in [1, 2] {
-        text.push_str(&format!(
-            r#"
-[[devices]]
-id = "slave-{unit}"
-poll_interval_s = 0.25
-timeout_s = 0.15
-offline_after = 2
-[devices.modbus]
-bus = "rs485-a"
-unit = {unit}
-backoff_max_s = 1
-
-[[devices.points]]
-id = "level"
-register = "holding"
-address = 0
-type = "u16"
-"#
-        ));
-    }
+    let text = rtu_bus_config(sim.gateway_tty.as_ref().unwrap(), &[1, 2], 1, false);
     let cfg = load(&text);
     let level = cfg.points.find_in("slave-2", "level").unwrap();
     let mut d = Driver::start(&cfg);

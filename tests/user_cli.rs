@@ -34,9 +34,16 @@ fn root_or_skip() -> Option<()> {
 /// `estate-gateway user ARGS… --config CONFIG`, `stdin` as the password,
 /// as `uid` (this process's user if `None`).
 fn user_cmd(args: &[&str], config: &Path, stdin: &str, uid: Option<u32>) -> Output {
+    let mut all = vec!["user"];
+    all.extend_from_slice(args);
+    cli(&all, config, stdin, uid)
+}
+
+/// `estate-gateway ARGS… --config CONFIG`, `stdin` as its input, as `uid`
+/// (this process's user if `None`).
+fn cli(args: &[&str], config: &Path, stdin: &str, uid: Option<u32>) -> Output {
     let mut cmd = Command::new(common::gateway::bin());
-    cmd.arg("user")
-        .args(args)
+    cmd.args(args)
         .arg("--config")
         .arg(config)
         .stdin(Stdio::piped())
@@ -45,9 +52,10 @@ fn user_cmd(args: &[&str], config: &Path, stdin: &str, uid: Option<u32>) -> Outp
     if let Some(uid) = uid {
         cmd.uid(uid).gid(uid);
     }
-    let mut child = cmd.spawn().expect("spawn estate-gateway user");
-    // A command that refuses before reading its password may be gone
-    // already: the write then fails with a broken pipe, which is fine.
+    let mut child = cmd.spawn().expect("spawn estate-gateway");
+    // A command that refuses before reading its input (or never reads it)
+    // may be gone already: the write then fails with a broken pipe, which
+    // is fine.
     if let Err(e) = writeln!(child.stdin.take().unwrap(), "{stdin}") {
         assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
     }
@@ -267,17 +275,7 @@ fn user_commands_need_no_secret_and_no_valid_rest_of_the_file() {
 /// `estate-gateway journal-info --config CONFIG` as `uid` (this process's
 /// user if `None`).
 fn journal_info(config: &Path, uid: Option<u32>) -> Output {
-    let mut cmd = Command::new(common::gateway::bin());
-    cmd.arg("journal-info")
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(uid) = uid {
-        cmd.uid(uid).gid(uid);
-    }
-    cmd.output().expect("spawn estate-gateway journal-info")
+    cli(&["journal-info"], config, "", uid)
 }
 
 /// Every file and directory under `dir`, with its owner's uid.
