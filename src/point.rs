@@ -27,6 +27,17 @@ impl Value {
             Value::Float(f) => f,
         }
     }
+    /// False for a float that is not a number or is infinite: what a
+    /// device sends for a broken sensor, an unset register or a fault
+    /// code read as an `f32`, never a measurement.
+    #[inline]
+    pub fn is_number(&self) -> bool {
+        match *self {
+            Value::Float(f) => f.is_finite(),
+            Value::Bool(_) | Value::Int(_) => true,
+        }
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         match *self {
             Value::Bool(b) => serde_json::Value::Bool(b),
@@ -43,10 +54,23 @@ impl Value {
 #[serde(rename_all = "lowercase")]
 pub enum Quality {
     Good,
-    /// The device did not answer.
+    /// The device did not answer, or answered with a value that is not a
+    /// number ([`Value::is_number`]).
     Bad,
     /// The value is older than expected.
     Stale,
+}
+
+/// A value and its quality as a consumer must take them: a value that is
+/// not a number ([`Value::is_number`]) is no value, and bad. Every
+/// consumer of readings (alarm rules, telemetry, the live view) judges
+/// them with this, so a driver needs no check of its own.
+#[inline]
+pub fn judged(value: Option<Value>, quality: Quality) -> (Option<Value>, Quality) {
+    match value {
+        Some(v) if !v.is_number() => (None, Quality::Bad),
+        _ => (value, quality),
+    }
 }
 
 /// Index of a point within the gateway's point table

@@ -299,6 +299,110 @@ fn alarm_flip_arrives_as_contract_event() {
 }
 
 // ---------------------------------------------------------------------------
+// A device that answers with a float that is not a number.
+// ---------------------------------------------------------------------------
+
+/// The registers of `v` as an `f32`, high word first (the default word
+/// and byte order).
+fn f32_words(v: f32) -> [u16; 2] {
+    let bits = v.to_bits();
+    [(bits >> 16) as u16, bits as u16]
+}
+
+/// A device that answers with NaN or infinity (a broken sensor, a fault
+/// code read as a float) has answered, but sent no measurement: the point
+/// is `bad` in telemetry and on the console, its threshold alarm is not
+/// raised by it (`+inf` is above every threshold), and the log says why,
+/// once. A number afterwards is good and judged again.
+#[test]
+fn a_value_that_is_not_a_number_is_bad_and_raises_nothing() {
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    let Some(sim) = Sim::tcp(&[1]) else { return };
+    let sub = MqttSub::start(broker.port(), &format!("{ROOT}#"));
+    sub.wait_subscribed(Duration::from_secs(10));
+    let body = format!(
+        r#"
+[[devices]]
+id = "hvac-1"
+category = "hvac"
+zone = "plant-room"
+poll_interval_s = 0.1
+timeout_s = 0.5
+[devices.modbus]
+host = "127.0.0.1"
+port = {port}
+unit = 1
+[[devices.points]]
+id = "supply-temp"
+register = "holding"
+address = 0
+type = "f32"
+
+[[alarms]]
+point = "hvac-1/supply-temp"
+high = 30.0
+priority = 3
+message = "Supply air too hot"
+"#,
+        port = sim.tcp_port()
+    );
+    let cfg = config(broker.port(), Some(2), &body).replace(
+        "[telemetry]\nenabled = false",
+        "[telemetry]\nenabled = true\nbatch_s = 0.2",
+    );
+    assert!(cfg.contains("batch_s = 0.2"), "telemetry not turned on");
+    sim.set_registers(1, 0, &f32_words(21.5));
+    let mut gw = GatewayProc::start_with("not-a-number", &cfg);
+    let temp = |what: &str, quality: &'static str, value: Value| {
+        sub.wait_json("/telemetry", Duration::from_secs(10), what, move |t| {
+            t["points"].as_array().is_some_and(|ps| {
+                ps.iter().any(|p| {
+                    p["point"] == "supply-temp" && p["quality"] == quality && p["value"] == value
+                })
+            })
+        })
+    };
+    temp("supply-temp 21.5, good", "good", serde_json::json!(21.5));
+
+    sim.set_registers(1, 0, &f32_words(f32::INFINITY));
+    temp("supply-temp bad after +inf", "bad", Value::Null);
+    // Several polls of +inf, then of NaN: still nothing raised.
+    std::thread::sleep(Duration::from_millis(600));
+    sim.set_registers(1, 0, &f32_words(f32::NAN));
+    std::thread::sleep(Duration::from_millis(600));
+    let raised = |evs: &[Value]| alarm_events(evs, "hvac-1/supply-temp", "alarm.raised").len();
+    assert_eq!(
+        raised(&events(&sub)),
+        0,
+        "raised by a value that is no number"
+    );
+    let log = gw.log();
+    assert_eq!(
+        log.matches("not a number").count(),
+        1,
+        "the log says it once, not every poll:\n{}",
+        gw.log_tail(40)
+    );
+
+    sim.set_registers(1, 0, &f32_words(35.0));
+    temp(
+        "supply-temp 35, good again",
+        "good",
+        serde_json::json!(35.0),
+    );
+    let ev = sub.wait_json("/events", Duration::from_secs(10), "alarm.raised", |e| {
+        e["kind"] == "alarm.raised"
+    });
+    assert_eq!(ev["alarm"]["key"], "hvac-1/supply-temp");
+    assert_eq!(ev["alarm"]["value"], serde_json::json!(35.0));
+    gw.wait_log("sends numbers again", Duration::from_secs(5));
+    let exit = gw.sigterm(Duration::from_secs(15));
+    assert!(exit.success(), "clean shutdown exited with {exit}");
+}
+
+// ---------------------------------------------------------------------------
 // b. device offline/online.
 // ---------------------------------------------------------------------------
 #[test]
@@ -548,7 +652,7 @@ fn kill9_repeatedly_loses_no_recorded_event() {
             while !stop.load(Ordering::Relaxed) {
                 let c = i % 2;
                 state[c] = !state[c];
-                if peers::write_coil(port, 1, 1 + c as u16, state[c]).is_ok() {
+                if peers::write(port, 1, peers::Write::Coil(1 + c as u16, state[c])).is_ok() {
                     flips.fetch_add(1, Ordering::Relaxed);
                 }
                 i += 1;
@@ -1015,12 +1119,22 @@ mod peers {
 
         /// Set a coil of `unit` (retries while the simulator starts).
         pub fn set_coil(&self, unit: u8, addr: u16, value: bool) {
+            self.write(unit, Write::Coil(addr, value));
+        }
+
+        /// Set holding registers of `unit` from `addr` on (retries while
+        /// the simulator starts).
+        pub fn set_registers(&self, unit: u8, addr: u16, words: &[u16]) {
+            self.write(unit, Write::Registers(addr, words));
+        }
+
+        fn write(&self, unit: u8, w: Write<'_>) {
             let start = Instant::now();
             loop {
-                match write_coil(self.control_port, unit, addr, value) {
+                match write(self.control_port, unit, w) {
                     Ok(()) => return,
                     Err(e) if start.elapsed() > Duration::from_secs(10) => {
-                        panic!("cannot set coil {addr} of unit {unit}: {e}")
+                        panic!("cannot write {w:?} of unit {unit}: {e}")
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }
@@ -1046,8 +1160,17 @@ mod peers {
         }
     }
 
-    /// Write one coil over Modbus TCP (function code 5).
-    pub fn write_coil(port: u16, unit: u8, addr: u16, value: bool) -> Result<(), String> {
+    /// What the test writes into the simulator.
+    #[derive(Clone, Copy, Debug)]
+    pub enum Write<'a> {
+        /// A coil (function code 5).
+        Coil(u16, bool),
+        /// Holding registers from an address on (function code 16).
+        Registers(u16, &'a [u16]),
+    }
+
+    /// One write over Modbus TCP.
+    pub fn write(port: u16, unit: u8, w: Write<'_>) -> Result<(), String> {
         use tokio_modbus::client::{tcp, Client, Writer};
         use tokio_modbus::Slave;
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -1060,10 +1183,14 @@ mod peers {
                 let mut ctx = tcp::connect_slave(sock, Slave(unit))
                     .await
                     .map_err(|e| e.to_string())?;
-                ctx.write_single_coil(addr, value)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| format!("exception {e:?}"))?;
+                match w {
+                    Write::Coil(addr, value) => ctx.write_single_coil(addr, value).await,
+                    Write::Registers(addr, words) => {
+                        ctx.write_multiple_registers(addr, words).await
+                    }
+                }
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("exception {e:?}"))?;
                 let _ = ctx.disconnect().await;
                 Ok::<(), String>(())
             };

@@ -52,6 +52,9 @@ pub(super) struct Devices {
     /// Points of each device that alarm rules watch, in table order;
     /// found on the device's first `Confirmed` (`None` before).
     watched: Vec<Option<Box<[PointIndex]>>>,
+    /// Points whose last reading was not a number ([`Value::is_number`]),
+    /// logged once when they start and when they stop.
+    not_numbers: Vec<PointIndex>,
 }
 
 impl Devices {
@@ -80,6 +83,7 @@ impl Devices {
                 points
             },
             watched: vec![None; n],
+            not_numbers: Vec::new(),
         }
     }
 
@@ -105,6 +109,7 @@ impl Devices {
                     .get(&**device)
                     .is_some_and(|&di| values.len() >= self.points[di]);
                 self.answered(device, status, t, now, *ts, |held| held || all);
+                self.log_numbers(cfg, values);
                 readings(t, now, *ts, values);
             }
             BusMessage::Confirmed {
@@ -160,13 +165,47 @@ impl Devices {
     /// as readings, not held (a `Confirmed` that follows is decoded).
     pub fn carried(
         &mut self,
+        cfg: &LoadedConfig,
         status: &GatewayStatus,
         t: &mut Targets<'_>,
         now: Instant,
         c: &Carried,
     ) {
         self.answered(&c.device, status, t, now, c.ts, |_| false);
+        self.log_numbers(cfg, &c.readings);
         readings(t, now, c.ts, &c.readings);
+    }
+
+    /// Log a point whose device starts sending a value that is not a
+    /// number (its quality turns bad: [`crate::point::judged`]), and
+    /// again when it sends numbers again; once each, not every poll.
+    fn log_numbers(&mut self, cfg: &LoadedConfig, values: &[Reading]) {
+        for r in values {
+            let number = r.value.is_number();
+            if number && self.not_numbers.is_empty() {
+                continue;
+            }
+            let listed = self.not_numbers.iter().position(|&p| p == r.point);
+            let key = || {
+                ((r.point as usize) < cfg.points.len()).then(|| cfg.points.get(r.point).key.clone())
+            };
+            match (number, listed) {
+                (false, None) => {
+                    self.not_numbers.push(r.point);
+                    tracing::warn!(
+                        point = key().as_deref(),
+                        value = ?r.value,
+                        "the device sends a value that is not a number: the point is bad \
+                         (a broken sensor, or a register that holds no float)"
+                    );
+                }
+                (true, Some(i)) => {
+                    self.not_numbers.swap_remove(i);
+                    tracing::info!(point = key().as_deref(), "the device sends numbers again");
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Values of `device` arrive at `ts`: an offline device is online
@@ -478,6 +517,7 @@ message = "Smoke loop 1"
                     readings,
                 };
                 side.devices.carried(
+                    cfg,
                     &side.status,
                     &mut Targets {
                         engine: &mut side.engine,
@@ -887,6 +927,22 @@ message = "Smoke loop 1"
                 )
             }
 
+            /// Every telemetry entry of the fence's `point`: value,
+            /// quality, ts.
+            pub fn telemetry_of(&self, point: &str) -> Vec<(Json, String, String)> {
+                self.telemetry
+                    .iter()
+                    .filter(|e| e["point"] == point)
+                    .map(|e| {
+                        (
+                            e["value"].clone(),
+                            e["quality"].as_str().unwrap().to_string(),
+                            e["ts"].as_str().unwrap().to_string(),
+                        )
+                    })
+                    .collect()
+            }
+
             pub fn kinds(&self) -> Vec<String> {
                 self.events
                     .iter()
@@ -1006,6 +1062,61 @@ message = "Smoke loop 1"
         assert_eq!(ts, task::ts(2000).to_string());
     }
 
+    /// A value that is not a number (a broken sensor's NaN, a fault code's
+    /// infinity) is no value, and bad, in the live view and telemetry, and
+    /// judges no rule (`+inf` is above the `high` threshold), however it
+    /// comes: as readings, confirmed while held, confirmed and decoded.
+    #[tokio::test]
+    async fn a_value_that_is_not_a_number_is_bad() {
+        let r = task::start(Vec::new());
+        let temp = r.point("fence/temp");
+        let inf = fence(&r, f64::INFINITY, 0, 1);
+        let nan = fence(&r, f64::NAN, 0, 1);
+        for m in [
+            task::readings("fence", task::ts(0), &inf),
+            task::confirmed("fence", task::ts(1000), inf.clone()),
+            task::readings("fence", task::ts(2000), &nan),
+            task::confirmed("fence", task::ts(3000), nan.clone()),
+            // A repeated status: the next confirmation is decoded.
+            task::status("fence", task::ts(4000), true),
+            task::confirmed("fence", task::ts(5000), inf.clone()),
+        ] {
+            r.bus.send(m).await.unwrap();
+        }
+        let done = r.stop().await;
+        let temps = done.telemetry_of("temp");
+        let bad = |ms| (Json::Null, "bad".to_string(), task::ts(ms).to_string());
+        assert_eq!(temps, [bad(0), bad(1000), bad(2000), bad(3000), bad(5000)]);
+        assert_eq!(done.kinds(), Vec::<String>::new(), "raised by no number");
+        assert_eq!(
+            done.live[temp as usize],
+            Some(Sample {
+                value: None,
+                quality: Quality::Bad,
+                ts: task::ts(5000),
+            })
+        );
+        // The other points of the device are good.
+        let spare = inf[4].0 as usize;
+        assert_eq!(done.live[spare], task::good(Value::Int(1), task::ts(5000)));
+
+        // A number after it is judged: above the threshold, raised.
+        let r = task::start(Vec::new());
+        let hot = fence(&r, 2.4, 0, 1);
+        for m in [
+            task::readings("fence", task::ts(0), &inf),
+            task::readings("fence", task::ts(1000), &hot),
+        ] {
+            r.bus.send(m).await.unwrap();
+        }
+        let done = r.stop().await;
+        assert_eq!(done.kinds(), ["alarm.raised fence/temp"]);
+        assert_eq!(
+            done.live[temp as usize],
+            task::good(Value::Float(2.4), task::ts(1000))
+        );
+    }
+
     /// The real task's bookkeeping over an outage: values, confirmations,
     /// offline and online; a `Confirmed` right after a `DeviceStatus` (which
     /// a driver does not send) is decoded, not taken as held.
@@ -1056,15 +1167,9 @@ message = "Smoke loop 1"
         }
         // Every point went bad at the outage, and good again at 4 s.
         let spare: Vec<(Json, String)> = done
-            .telemetry
-            .iter()
-            .filter(|e| e["point"] == "spare")
-            .map(|e| {
-                (
-                    e["value"].clone(),
-                    e["quality"].as_str().unwrap().to_string(),
-                )
-            })
+            .telemetry_of("spare")
+            .into_iter()
+            .map(|(value, quality, _)| (value, quality))
             .collect();
         assert_eq!(
             spare,

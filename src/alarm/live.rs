@@ -59,6 +59,12 @@ struct DeviceLive {
 
 impl Values {
     fn write(&mut self, point: usize, sample: Sample) {
+        let (value, quality) = crate::point::judged(sample.value, sample.quality);
+        let sample = Sample {
+            value,
+            quality,
+            ..sample
+        };
         let d = self.device_of[point] as usize;
         let dev = &mut self.devices[d];
         if sample.quality != Quality::Good || sample.value.is_none() {
@@ -147,14 +153,19 @@ impl LiveView {
                     v.write(p, Sample { ts, ..s })
                 }
                 _ => match c.value(i) {
-                    Some(value) => v.write(
-                        p,
-                        Sample {
-                            value: Some(value),
-                            quality: Quality::Good,
-                            ts,
-                        },
-                    ),
+                    Some(value) => {
+                        // Not a number: written bad, and the device is
+                        // not steady.
+                        steady &= value.is_number();
+                        v.write(
+                            p,
+                            Sample {
+                                value: Some(value),
+                                quality: Quality::Good,
+                                ts,
+                            },
+                        )
+                    }
                     None => steady = false,
                 },
             }

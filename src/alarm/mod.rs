@@ -573,7 +573,8 @@ impl AlarmEngine {
         quality: Quality,
         out: &mut Vec<NewEvent>,
     ) {
-        let value = value.filter(|_| quality == Quality::Good);
+        // A value that is not a number judges nothing: unknown, as bad.
+        let value = value.filter(|v| quality == Quality::Good && v.is_number());
         let armed = &*self.armed;
         for i in start..end {
             let alarm = &mut self.alarms[i as usize];

@@ -243,7 +243,7 @@ pub async fn run_with(
                         live: live.as_deref(),
                         out: &mut out,
                     };
-                    devices.carried(&status, &mut targets, now, &c);
+                    devices.carried(&cfg, &status, &mut targets, now, &c);
                 }
                 // The carried values keep the times they were read at:
                 // the telemetry's message time is now, not theirs.

@@ -242,6 +242,7 @@ impl TelemetryFilter {
             return;
         }
         self.clock = Some((now, ts));
+        let (value, quality) = crate::point::judged(value, quality);
         if quality != Quality::Good || value.is_none() {
             self.device_state[info.device as usize].steady = false;
         }
