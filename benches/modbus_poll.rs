@@ -109,7 +109,9 @@ fn run(secs: u64, changing: bool) -> bool {
                     polls += 1;
                 }
                 BusMessage::DeviceStatus { .. } => failures += 1,
-                BusMessage::Handover { .. } => unreachable!("a driver sent a handover mark"),
+                m @ (BusMessage::Handover { .. } | BusMessage::Unreadable { .. }) => {
+                    unreachable!("unexpected {m:?}")
+                }
             }
         }
         let cpu = thread_cpu() - cpu0;

@@ -150,6 +150,19 @@ pub enum BusMessage {
         /// Last error, when going offline.
         reason: Option<String>,
     },
+    /// A device answers but refuses to read some of its points: a Modbus
+    /// exception 1–3 (a function or an address the device does not
+    /// have, a point configured wrongly). `points` are every such point of
+    /// the device now, empty once there are none; a driver sends it when
+    /// they change. Those points are bad until they are read again; the
+    /// device's other points are read as usual.
+    Unreadable {
+        device: Arc<str>,
+        ts: Timestamp,
+        points: Vec<PointIndex>,
+        /// Why, while `points` is not empty.
+        reason: Option<String>,
+    },
     /// The end of one alarm task's turn on the field's bus: what was sent
     /// before it goes to that task, what follows to the next one. Sent
     /// by the bus's relay (`app::relay`) only, never by a driver; a

@@ -302,6 +302,29 @@ fn alarm_flip_arrives_as_contract_event() {
 // A device that answers with a float that is not a number.
 // ---------------------------------------------------------------------------
 
+/// One device of unit 1 on a fresh simulator, given as `[[devices]]`
+/// TOML (`@PORT@`: the simulator's port), with its `[[alarms]]`, polled
+/// every 0.1 s by a gateway with telemetry on (0.2 s batches), publishing
+/// to a fresh broker; a subscriber takes everything it publishes. `None`:
+/// a peer is missing.
+fn one_device_with_telemetry(
+    name: &str,
+    device: &str,
+) -> Option<(Broker, Sim, MqttSub, GatewayProc)> {
+    let broker = Broker::start()?;
+    let sim = Sim::tcp(&[1])?;
+    let sub = MqttSub::start(broker.port(), &format!("{ROOT}#"));
+    sub.wait_subscribed(Duration::from_secs(10));
+    let device = device.replace("@PORT@", &sim.tcp_port().to_string());
+    let cfg = config(broker.port(), Some(2), &device).replace(
+        "[telemetry]\nenabled = false",
+        "[telemetry]\nenabled = true\nbatch_s = 0.2",
+    );
+    assert!(cfg.contains("batch_s = 0.2"), "telemetry not turned on");
+    let gw = GatewayProc::start_with(name, &cfg);
+    Some((broker, sim, sub, gw))
+}
+
 /// The registers of `v` as an `f32`, high word first (the default word
 /// and byte order).
 fn f32_words(v: f32) -> [u16; 2] {
@@ -316,14 +339,7 @@ fn f32_words(v: f32) -> [u16; 2] {
 /// once. A number afterwards is good and judged again.
 #[test]
 fn a_value_that_is_not_a_number_is_bad_and_raises_nothing() {
-    let Some(broker) = Broker::start() else {
-        return;
-    };
-    let Some(sim) = Sim::tcp(&[1]) else { return };
-    let sub = MqttSub::start(broker.port(), &format!("{ROOT}#"));
-    sub.wait_subscribed(Duration::from_secs(10));
-    let body = format!(
-        r#"
+    let device = r#"
 [[devices]]
 id = "hvac-1"
 category = "hvac"
@@ -332,7 +348,7 @@ poll_interval_s = 0.1
 timeout_s = 0.5
 [devices.modbus]
 host = "127.0.0.1"
-port = {port}
+port = @PORT@
 unit = 1
 [[devices.points]]
 id = "supply-temp"
@@ -345,16 +361,12 @@ point = "hvac-1/supply-temp"
 high = 30.0
 priority = 3
 message = "Supply air too hot"
-"#,
-        port = sim.tcp_port()
-    );
-    let cfg = config(broker.port(), Some(2), &body).replace(
-        "[telemetry]\nenabled = false",
-        "[telemetry]\nenabled = true\nbatch_s = 0.2",
-    );
-    assert!(cfg.contains("batch_s = 0.2"), "telemetry not turned on");
+"#;
+    let Some((_broker, sim, sub, mut gw)) = one_device_with_telemetry("not-a-number", device)
+    else {
+        return;
+    };
     sim.set_registers(1, 0, &f32_words(21.5));
-    let mut gw = GatewayProc::start_with("not-a-number", &cfg);
     let temp = |what: &str, quality: &'static str, value: Value| {
         sub.wait_json("/telemetry", Duration::from_secs(10), what, move |t| {
             t["points"].as_array().is_some_and(|ps| {
@@ -398,6 +410,86 @@ message = "Supply air too hot"
     assert_eq!(ev["alarm"]["key"], "hvac-1/supply-temp");
     assert_eq!(ev["alarm"]["value"], serde_json::json!(35.0));
     gw.wait_log("sends numbers again", Duration::from_secs(5));
+    let exit = gw.sigterm(Duration::from_secs(15));
+    assert!(exit.success(), "clean shutdown exited with {exit}");
+}
+
+/// A fire panel configured with a point at an address the device does
+/// not have (pymodbus answers exception 2): that point is `bad`, the
+/// panel's communication-loss alarm says so (part of it goes unwatched),
+/// and its other points are read as usual: a smoke loop still raises its
+/// alarm, and the panel never goes offline.
+#[test]
+fn a_point_the_device_refuses_to_read_is_bad_and_the_rest_is_watched() {
+    let device = r#"
+[[devices]]
+id = "fire-panel"
+category = "fire"
+life_safety = true
+zone = "villa-12"
+poll_interval_s = 0.1
+timeout_s = 0.5
+offline_after = 2
+[devices.modbus]
+host = "127.0.0.1"
+port = @PORT@
+unit = 1
+[[devices.points]]
+id = "loop-1"
+register = "coil"
+address = 3
+[[devices.points]]
+id = "zones-in-alarm"
+register = "holding"
+address = 300
+type = "u16"
+
+[[alarms]]
+point = "fire-panel/loop-1"
+equals = true
+priority = 1
+message = "Smoke on loop 1"
+"#;
+    let Some((_broker, sim, sub, mut gw)) = one_device_with_telemetry("refused-read", device)
+    else {
+        return;
+    };
+    let comm = sub.wait_json("/events", Duration::from_secs(20), "comm alarm", |e| {
+        e["kind"] == "alarm.raised" && e["alarm"]["key"] == "fire-panel/comm"
+    });
+    let reason = comm["detail"]["reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("exception 2") && reason.contains("300"),
+        "the reason names the refusal and the address: {comm}"
+    );
+    sub.wait_json(
+        "/telemetry",
+        Duration::from_secs(10),
+        "zones-in-alarm bad",
+        |t| {
+            t["points"].as_array().is_some_and(|ps| {
+                ps.iter()
+                    .any(|p| p["point"] == "zones-in-alarm" && p["quality"] == "bad")
+            })
+        },
+    );
+    // The rest of the panel is watched.
+    sim.set_coil(1, 3, true);
+    let smoke = sub.wait_json("/events", Duration::from_secs(10), "smoke alarm", |e| {
+        e["kind"] == "alarm.raised" && e["alarm"]["key"] == "fire-panel/loop-1"
+    });
+    assert_eq!(smoke["priority"], 1);
+    let evs = events(&sub);
+    assert!(
+        !evs.iter().any(|e| e["kind"] == "device.offline"),
+        "the panel answers: never offline"
+    );
+    assert_eq!(
+        gw.log().matches("refuses to read some points").count(),
+        1,
+        "logged once, not every poll:\n{}",
+        gw.log_tail(40)
+    );
     let exit = gw.sigterm(Duration::from_secs(15));
     assert!(exit.success(), "clean shutdown exited with {exit}");
 }

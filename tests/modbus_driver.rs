@@ -104,7 +104,9 @@ fn values_of(m: &BusMessage) -> Option<HashMap<u32, Value>> {
                 .filter_map(|i| Some((points.point(i)?, points.value(i)?)))
                 .collect(),
         ),
-        BusMessage::DeviceStatus { .. } | BusMessage::Handover { .. } => None,
+        BusMessage::DeviceStatus { .. }
+        | BusMessage::Unreadable { .. }
+        | BusMessage::Handover { .. } => None,
     }
 }
 
@@ -452,7 +454,9 @@ async fn rtu_two_slaves_on_one_bus_and_an_absent_one() {
                 assert!(!online, "{device} online");
                 offline.push(device.to_string());
             }
-            BusMessage::Handover { .. } => panic!("a driver sent a handover mark"),
+            BusMessage::Handover { .. } | BusMessage::Unreadable { .. } => {
+                panic!("unexpected {m:?}")
+            }
         }
         if !flipped && start.elapsed() > Duration::from_secs(2) {
             // Change a value through the control port while the gateway
@@ -542,7 +546,9 @@ async fn rtu_a_late_reply_is_not_taken_for_the_next_request() {
             BusMessage::DeviceStatus { device, online, .. } => {
                 status.push((device.to_string(), *online))
             }
-            BusMessage::Handover { .. } => panic!("a driver sent a handover mark"),
+            BusMessage::Handover { .. } | BusMessage::Unreadable { .. } => {
+                panic!("unexpected {m:?}")
+            }
         }
     }
     d.stop().await;

@@ -140,20 +140,26 @@ impl Devices {
                     // Every point of the device goes bad.
                     for (pi, meta) in cfg.points.iter() {
                         if meta.device_index == di {
-                            if let Some(l) = t.live {
-                                let bad = Sample {
-                                    value: None,
-                                    quality: Quality::Bad,
-                                    ts: *ts,
-                                };
-                                l.set_values([(pi, bad)]);
-                            }
-                            t.engine.on_reading(now, *ts, pi, None, Quality::Bad, t.out);
-                            if let Some(f) = t.telemetry.as_deref_mut() {
-                                f.offer(now, *ts, pi, None, Quality::Bad);
-                            }
+                            bad(t, now, *ts, pi);
                         }
                     }
+                }
+            }
+            BusMessage::Unreadable {
+                device,
+                ts,
+                points,
+                reason,
+            } => {
+                let Some(&di) = self.index.get(&**device) else {
+                    return;
+                };
+                let unreadable = !points.is_empty();
+                t.engine
+                    .on_unreadable(now, *ts, di, unreadable, reason.as_deref(), t.out);
+                // The points read again come in the readings.
+                for &pi in points {
+                    bad(t, now, *ts, pi);
                 }
             }
             // The relay's own mark; a feed never hands it on.
@@ -279,6 +285,23 @@ pub(super) struct Targets<'a> {
     pub live: Option<&'a LiveView>,
     /// The engine's events.
     pub out: &'a mut Vec<NewEvent>,
+}
+
+/// Point `pi` has no value from `ts` on (its device is offline, or
+/// refuses to read it): bad.
+fn bad(t: &mut Targets<'_>, now: Instant, ts: Timestamp, pi: PointIndex) {
+    if let Some(l) = t.live {
+        let bad = Sample {
+            value: None,
+            quality: Quality::Bad,
+            ts,
+        };
+        l.set_values([(pi, bad)]);
+    }
+    t.engine.on_reading(now, ts, pi, None, Quality::Bad, t.out);
+    if let Some(f) = t.telemetry.as_deref_mut() {
+        f.offer(now, ts, pi, None, Quality::Bad);
+    }
 }
 
 /// Apply decoded readings, good, at `ts`.
@@ -1114,6 +1137,60 @@ message = "Smoke loop 1"
         assert_eq!(
             done.live[temp as usize],
             task::good(Value::Float(2.4), task::ts(1000))
+        );
+    }
+
+    /// Points a device refuses to read are bad while it does, and a
+    /// life-safety device's communication-loss alarm is raised meanwhile
+    /// (part of the fire panel goes unwatched); its other points are read.
+    #[tokio::test]
+    async fn points_a_device_refuses_to_read_are_bad_and_lose_communication() {
+        let r = task::start(Vec::new());
+        let (smoke, count) = (r.point("fire-panel/loop-1"), r.point("fire-panel/count"));
+        let unreadable = |ms, points: Vec<PointIndex>| BusMessage::Unreadable {
+            device: "fire-panel".into(),
+            ts: task::ts(ms),
+            reason: (!points.is_empty())
+                .then(|| "device exception 2 (illegal data address)".to_string()),
+            points,
+        };
+        let quiet = [(smoke, Value::Bool(false)), (count, Value::Int(0))];
+        for m in [
+            task::readings("fire-panel", task::ts(0), &quiet),
+            unreadable(1000, vec![count]),
+            task::confirmed("fire-panel", task::ts(2000), vec![quiet[0]]),
+            unreadable(3000, vec![]),
+            task::readings("fire-panel", task::ts(3000), &[(count, Value::Int(5))]),
+        ] {
+            r.bus.send(m).await.unwrap();
+        }
+        let done = r.stop().await;
+        let bad = (Json::Null, "bad".to_string(), task::ts(1000).to_string());
+        let counts = done.telemetry_of("count");
+        assert!(counts.contains(&bad), "{counts:?}");
+        assert_eq!(
+            counts.last().unwrap(),
+            &(
+                serde_json::json!(5),
+                "good".to_string(),
+                task::ts(3000).to_string()
+            )
+        );
+        assert_eq!(
+            done.live[smoke as usize],
+            task::good(Value::Bool(false), task::ts(2000))
+        );
+        assert_eq!(
+            done.kinds(),
+            [
+                "alarm.raised fire-panel/comm",
+                "alarm.cleared fire-panel/comm"
+            ]
+        );
+        let raised = &done.events[0];
+        assert_eq!(
+            raised["detail"]["reason"], "device exception 2 (illegal data address)",
+            "{raised}"
         );
     }
 

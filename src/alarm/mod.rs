@@ -319,7 +319,11 @@ struct DeviceInfo {
     zone: Option<Arc<str>>,
     category: Category,
     offline: bool,
-    /// Index of its communication-loss alarm (life-safety devices only).
+    /// It answers but refuses to read some of its points
+    /// ([`AlarmEngine::on_unreadable`]).
+    unreadable: bool,
+    /// Index of its communication-loss alarm (life-safety devices only):
+    /// active while the device is offline or refuses to read points.
     comm_alarm: Option<u32>,
 }
 
@@ -452,6 +456,7 @@ impl AlarmEngine {
                 zone,
                 category: d.category,
                 offline: false,
+                unreadable: false,
                 comm_alarm,
             });
         }
@@ -649,23 +654,64 @@ impl AlarmEngine {
             attachments: Vec::new(),
             detail: detail.clone(),
         });
-        if let Some(ai) = dev.comm_alarm {
-            let alarm = &mut self.alarms[ai as usize];
-            let before = alarm.saved();
-            let step = alarm.core.observe(now, Some(!online));
-            emit(
-                alarm,
-                &self.armed,
-                step.transitions,
-                ts,
-                None,
-                None,
-                detail,
-                out,
-            );
-            if alarm.saved() != before {
-                self.dirty.alarm(ai);
-            }
+        self.judge_comm(now, ts, device_index, detail, out);
+    }
+
+    /// Device `device_index` answers but refuses to read some of its
+    /// points (`unreadable`), or no longer does: a life-safety device's
+    /// communication-loss alarm is active while it does, as while it is
+    /// offline (part of a fire panel goes unwatched either way). The
+    /// points themselves go bad through their readings.
+    pub fn on_unreadable(
+        &mut self,
+        now: Instant,
+        ts: Timestamp,
+        device_index: usize,
+        unreadable: bool,
+        reason: Option<&str>,
+        out: &mut Vec<NewEvent>,
+    ) {
+        let Some(dev) = self.devices.get_mut(device_index) else {
+            return;
+        };
+        if dev.unreadable == unreadable {
+            return;
+        }
+        dev.unreadable = unreadable;
+        let detail = unreadable.then(|| serde_json::json!({ "reason": reason }));
+        self.judge_comm(now, ts, device_index, detail, out);
+    }
+
+    /// A device's communication-loss alarm, if it has one, judged again:
+    /// active while the device is offline or refuses to read points.
+    fn judge_comm(
+        &mut self,
+        now: Instant,
+        ts: Timestamp,
+        device_index: usize,
+        detail: Option<serde_json::Value>,
+        out: &mut Vec<NewEvent>,
+    ) {
+        let dev = &self.devices[device_index];
+        let Some(ai) = dev.comm_alarm else {
+            return;
+        };
+        let lost = dev.offline || dev.unreadable;
+        let alarm = &mut self.alarms[ai as usize];
+        let before = alarm.saved();
+        let step = alarm.core.observe(now, Some(lost));
+        emit(
+            alarm,
+            &self.armed,
+            step.transitions,
+            ts,
+            None,
+            None,
+            detail,
+            out,
+        );
+        if alarm.saved() != before {
+            self.dirty.alarm(ai);
         }
     }
 

@@ -234,7 +234,8 @@ fn device_of(m: &BusMessage) -> Option<&Arc<str>> {
     match m {
         BusMessage::Readings { device, .. }
         | BusMessage::Confirmed { device, .. }
-        | BusMessage::DeviceStatus { device, .. } => Some(device),
+        | BusMessage::DeviceStatus { device, .. }
+        | BusMessage::Unreadable { device, .. } => Some(device),
         BusMessage::Handover { .. } => None,
     }
 }
@@ -312,6 +313,24 @@ pub(super) fn shift(shifts: &Shifts, m: BusMessage) -> Option<BusMessage> {
                 ts,
                 replied_at,
                 points,
+            })
+        }
+        BusMessage::Unreadable {
+            device,
+            ts,
+            mut points,
+            reason,
+        } => {
+            if let Some(Some(s)) = shifts.get(&device) {
+                // A point outside the device's span is one the current
+                // table does not have: nothing to mark.
+                points.retain_mut(|p| s.forward(*p).map(|q| *p = q).is_some());
+            }
+            Some(BusMessage::Unreadable {
+                device,
+                ts,
+                points,
+                reason,
             })
         }
         other => Some(other),
@@ -399,6 +418,18 @@ mod tests {
             reason: None,
         };
         assert!(shift(&shifts, status).is_none());
+        // The points a device refuses to read move too.
+        let unreadable = |device: &str, points: Vec<u32>| BusMessage::Unreadable {
+            device: device.into(),
+            ts: Timestamp::now(),
+            points,
+            reason: Some("exception 2".into()),
+        };
+        match shift(&shifts, unreadable("a", vec![3, 9])) {
+            Some(BusMessage::Unreadable { points, .. }) => assert_eq!(points, [11]),
+            m => panic!("{m:?}"),
+        }
+        assert!(shift(&shifts, unreadable("dropped", vec![0])).is_none());
     }
 
     fn confirmed(device: &str, points: &[u32]) -> BusMessage {

@@ -110,6 +110,7 @@ async fn next_readings(bus: &mut mpsc::Receiver<BusMessage>) -> Vec<(PointIndex,
             }
             BusMessage::DeviceStatus { .. }
             | BusMessage::Confirmed { .. }
+            | BusMessage::Unreadable { .. }
             | BusMessage::Handover { .. } => continue,
         }
     }

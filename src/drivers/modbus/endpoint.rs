@@ -12,6 +12,11 @@
 //! - A link that cannot be opened is retried with exponential backoff and
 //!   jitter up to `backoff_max`; polls due meanwhile fail at once, without
 //!   I/O, so a device still goes offline after `offline_after` polls.
+//! - A read the device refuses with exception 1–3 (a function or an address
+//!   it does not have) is kept as that read's reply: its points are bad
+//!   ([`BusMessage::Unreadable`], sent when they change) and the poll goes
+//!   on, so one point configured wrongly does not take the device offline.
+//!   Other exceptions fail the poll, as does a device refusing every read.
 //! - A device that is offline for its own reasons (timeouts, exceptions) is
 //!   skipped for a growing interval, so a dead slave on a bus does not eat
 //!   the bus time of the live ones.
@@ -171,6 +176,9 @@ pub struct DevicePoller {
     last: Option<Arc<LastReplies>>,
     /// Whether the last poll's `Readings` left out unchanged requests.
     left_out: bool,
+    /// The points the device refuses to read, as last sent to the bus
+    /// ([`BusMessage::Unreadable`]).
+    unreadable: Vec<PointIndex>,
 }
 
 impl DevicePoller {
@@ -200,6 +208,7 @@ impl DevicePoller {
             writable: HashMap::new(),
             last: None,
             left_out: false,
+            unreadable: Vec::new(),
         }
     }
 
@@ -219,6 +228,19 @@ impl DevicePoller {
 enum Reply {
     Bits(Vec<bool>),
     Words(Vec<u16>),
+    /// The device refused the read with this Modbus exception (1–3: a
+    /// function or an address it does not have); its points are bad.
+    Refused(u8),
+}
+
+/// Does an exception refuse the read itself (its function, its
+/// addresses), rather than say the device is unwell (4: device failure,
+/// 6: busy, 0x0A/0x0B: a gateway's target does not answer)?
+fn refuses_read(e: &ModbusError) -> Option<u8> {
+    match *e {
+        ModbusError::Exception { code, .. } if (1..=3).contains(&code) => Some(code),
+        _ => None,
+    }
 }
 
 /// One request's reply as kept between polls: compact, compared exactly
@@ -231,6 +253,8 @@ enum Raw {
         len: u32,
         packed: Box<[u16]>,
     },
+    /// Refused with this exception code.
+    Refused(u8),
 }
 
 impl Raw {
@@ -247,6 +271,7 @@ impl Raw {
                     packed: packed.into(),
                 }
             }
+            Reply::Refused(code) => Raw::Refused(*code),
         }
     }
 
@@ -260,6 +285,7 @@ impl Raw {
                         .enumerate()
                         .all(|(k, on)| (packed[k / 16] >> (k % 16)) & 1 == *on as u16)
             }
+            (Raw::Refused(a), Reply::Refused(b)) => a == b,
             _ => false,
         }
     }
@@ -305,6 +331,7 @@ impl Confirmation for LastReplies {
         match self.replies.get(k)? {
             raw @ Raw::Bits { .. } => raw.bit(at).map(|b| s.codec.decode_bit(b)),
             Raw::Words(words) => s.codec.decode_registers(words.get(at..)?).ok(),
+            Raw::Refused(_) => None,
         }
     }
 }
@@ -334,7 +361,8 @@ async fn read_one<T: Transport>(
     })
 }
 
-/// Append the values of request `r`'s points from `reply` to `out`.
+/// Append the values of request `r`'s points from `reply` to `out`
+/// (none from a refused read).
 fn decode_into(
     plan: &ReadPlan,
     r: &ReadRequest,
@@ -352,6 +380,7 @@ fn decode_into(
                 .codec
                 .decode_registers(words.get(at..).unwrap_or(&[]))
                 .map_err(|e| ModbusError::Protocol(e.to_string()))?,
+            Reply::Refused(_) => return Ok(()),
         };
         out.push(Reading {
             point: s.point,
@@ -377,6 +406,9 @@ pub struct Endpoint<C: Connector> {
     /// The readings of a poll's requests answered before one failed, and
     /// when the last of them came (see `settle`).
     partial: Option<(Vec<Reading>, std::time::Instant)>,
+    /// A change of the points a device refuses to read, found by the
+    /// poll that `settle` handles next.
+    unreadable_change: Option<BusMessage>,
     reconnect_base: Duration,
     reconnect_max: Duration,
     bus: mpsc::Sender<BusMessage>,
@@ -432,6 +464,7 @@ impl<C: Connector> Endpoint<C> {
             link_error: None,
             last_frame: None,
             partial: None,
+            unreadable_change: None,
             reconnect_base,
             reconnect_max,
             bus,
@@ -717,6 +750,11 @@ impl<C: Connector> Endpoint<C> {
             let raw = match self.link_result(result)? {
                 Reply::Bits(b) => RawReply::Bits(b),
                 Reply::Words(w) => RawReply::Words(w),
+                // `read_one` reports a refusal as its exception (the
+                // probe fails with it); only a poll keeps it as a reply.
+                Reply::Refused(code) => {
+                    return Err(ModbusError::Protocol(format!("refused ({code})")).into())
+                }
             };
             let dev = &self.devices[i];
             decode_raw(
@@ -965,7 +1003,7 @@ impl<C: Connector> Endpoint<C> {
         &mut self,
         i: usize,
         timer: Pin<&mut tokio::time::Sleep>,
-    ) -> [Option<BusMessage>; 2] {
+    ) -> [Option<BusMessage>; 3] {
         let began = Instant::now();
         if self.devices[i].health.is_offline() {
             // The bus holds the device's points as bad.
@@ -999,10 +1037,10 @@ impl<C: Connector> Endpoint<C> {
     /// to `max_gap_registers` / `max_gap_bits`), read its points' own
     /// addresses separately from now on. Many devices refuse a read that
     /// touches one address they lack.
-    fn split_refused_read(&mut self, i: usize, k: usize) {
+    fn split_refused_read(&mut self, i: usize, k: usize) -> bool {
         let dev = &mut self.devices[i];
         let Some(split) = dev.plan.split_at_gaps(k) else {
-            return;
+            return false;
         };
         let r = &dev.plan.requests[k];
         let (table, start, count, reads) = (r.table, r.start, r.count, split.requests.len());
@@ -1019,11 +1057,49 @@ impl<C: Connector> Endpoint<C> {
         });
         dev.plan = Arc::new(split);
         dev.forget_replies();
+        true
+    }
+
+    /// The points device `i` refuses to read, from a poll's `replies`:
+    /// when they differ from those last sent, log it and keep the
+    /// [`BusMessage::Unreadable`] for `settle`.
+    fn note_unreadable(&mut self, i: usize, replies: &[Reply], reason: Option<String>) {
+        let dev = &mut self.devices[i];
+        let points: Vec<PointIndex> = replies
+            .iter()
+            .zip(&dev.plan.requests)
+            .filter(|(reply, _)| matches!(reply, Reply::Refused(_)))
+            .flat_map(|(_, r)| dev.plan.slots_of(r).iter().map(|s| s.point))
+            .collect();
+        if points == dev.unreadable {
+            return;
+        }
+        let count = points.len();
+        match &reason {
+            Some(reason) => dev.span.in_scope(|| {
+                warn!(
+                    %reason,
+                    points = count,
+                    "the device refuses to read some points: they are bad until it reads them \
+                     (check their register, address and type against the device's map)"
+                )
+            }),
+            None => dev
+                .span
+                .in_scope(|| info!("the device reads every point again")),
+        }
+        dev.unreadable.clone_from(&points);
+        self.unreadable_change = Some(BusMessage::Unreadable {
+            device: dev.id.clone(),
+            ts: Timestamp::now(),
+            points,
+            reason: reason.filter(|_| count > 0),
+        });
     }
 
     /// Hand a poll's messages to the bus; false once the bus is closed or
     /// `stop` is cancelled while the bus is full.
-    async fn send(&mut self, messages: [Option<BusMessage>; 2], stop: &CancellationToken) -> bool {
+    async fn send(&mut self, messages: [Option<BusMessage>; 3], stop: &CancellationToken) -> bool {
         for m in messages.into_iter().flatten() {
             if !crate::drivers::send_or_stop(&self.bus, m, stop).await {
                 return false;
@@ -1039,14 +1115,14 @@ impl<C: Connector> Endpoint<C> {
         i: usize,
         began: Instant,
         result: Result<(Polled, std::time::Instant), ModbusError>,
-    ) -> [Option<BusMessage>; 2] {
+    ) -> [Option<BusMessage>; 3] {
         let now = Instant::now();
         let jitter = self.rng.f64();
         let dev = &mut self.devices[i];
         if let Some(c) = &dev.counters {
             c.record(result.is_ok(), now - began);
         }
-        let mut messages: [Option<BusMessage>; 2] = [None, None];
+        let mut messages: [Option<BusMessage>; 3] = [None, None, None];
         match result {
             Ok((polled, replied_at)) => {
                 let o = dev.health.on_success();
@@ -1062,7 +1138,8 @@ impl<C: Connector> Endpoint<C> {
                         reason: None,
                     });
                 }
-                messages[1] = Some(match polled {
+                messages[1] = self.unreadable_change.take();
+                messages[2] = Some(match polled {
                     Polled::Changed(readings) => BusMessage::Readings {
                         device: dev.id.clone(),
                         ts: Timestamp::now(),
@@ -1081,6 +1158,7 @@ impl<C: Connector> Endpoint<C> {
             Err(e) => {
                 // A `DeviceStatus` may follow, or the values change meanwhile.
                 dev.forget_replies();
+                self.unreadable_change = None;
                 let o = dev.health.on_failure(&e);
                 // What the requests before the failed one read still goes
                 // out (a zone's input must not wait for the next poll
@@ -1088,7 +1166,7 @@ impl<C: Connector> Endpoint<C> {
                 // unless the device is offline now: its points are bad.
                 if let Some((readings, replied_at)) = self.partial.take() {
                     if !dev.health.is_offline() {
-                        messages[1] = Some(BusMessage::Readings {
+                        messages[2] = Some(BusMessage::Readings {
                             device: dev.id.clone(),
                             ts: Timestamp::now(),
                             replied_at,
@@ -1213,6 +1291,8 @@ impl<C: Connector> Endpoint<C> {
         });
         let mut changed = false;
         let mut replied_at = std::time::Instant::now();
+        // The first refused read's error (see `Reply::Refused`).
+        let mut refused: Option<String> = None;
         for k in 0..requests {
             self.frame_gap().await;
             let dev = &self.devices[i];
@@ -1238,15 +1318,31 @@ impl<C: Connector> Endpoint<C> {
                         // Reconnect at the next poll: the link itself may be fine.
                         self.reconnect_at = Instant::now();
                     }
-                    if let ModbusError::Exception { code: 2, .. } = e {
-                        self.split_refused_read(i, k);
+                    // A read over unused addresses refused: split, and
+                    // read again (`poll`). Else a read the device refuses
+                    // (a point it does not have): its points are bad, the
+                    // others are read.
+                    let split = matches!(e, ModbusError::Exception { code: 2, .. })
+                        && self.split_refused_read(i, k);
+                    match refuses_read(&e).filter(|_| !split) {
+                        Some(code) => {
+                            let r = &self.devices[i].plan.requests[k];
+                            refused.get_or_insert_with(|| {
+                                format!("{e}, reading {:?} {} ({} long)", r.table, r.start, r.count)
+                            });
+                            Reply::Refused(code)
+                        }
+                        None => {
+                            if !readings.is_empty() {
+                                self.partial = Some((readings, replied_at));
+                            }
+                            return Err(e);
+                        }
                     }
-                    if !readings.is_empty() {
-                        self.partial = Some((readings, replied_at));
-                    }
-                    return Err(e);
                 }
             };
+            let dev = &self.devices[i];
+            let r = &dev.plan.requests[k];
             replied_at = std::time::Instant::now();
             let unchanged = kept
                 .as_ref()
@@ -1261,6 +1357,17 @@ impl<C: Connector> Endpoint<C> {
                 }
             }
             replies.push(reply);
+        }
+        if let Some(reason) = refused {
+            if replies.iter().all(|r| matches!(r, Reply::Refused(_))) {
+                // Nothing the device has: it counts as not answering.
+                return Err(ModbusError::Protocol(format!(
+                    "the device refuses every read: {reason}"
+                )));
+            }
+            self.note_unreadable(i, &replies, Some(reason));
+        } else if !self.devices[i].unreadable.is_empty() {
+            self.note_unreadable(i, &replies, None);
         }
         if let (false, Some(last)) = (changed, &kept) {
             self.devices[i].left_out = false;

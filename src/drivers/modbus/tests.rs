@@ -37,6 +37,9 @@ struct FakeState {
     /// Holding registers the device does not have: a read touching one is
     /// refused (exception 2).
     holes: Vec<u16>,
+    /// Holding registers whose read fails with exception 4 (device
+    /// failure: the device is unwell, not the read).
+    failing: Vec<u16>,
     /// Links numbered up to this one were closed by the device: a request
     /// on one fails as a closed connection.
     closed_upto: u32,
@@ -121,11 +124,19 @@ impl Transport for FakeLink {
         cnt: u16,
     ) -> Result<Vec<u16>, ModbusError> {
         self.request(unit, |s| {
-            if s.holes.iter().any(|h| (addr..addr + cnt).contains(h)) {
+            let touches = |at: &[u16]| at.iter().any(|h| (addr..addr + cnt).contains(h));
+            if touches(&s.holes) {
                 return Err(ModbusError::Exception {
                     function: "read holding registers",
                     code: 2,
                     name: "illegal data address",
+                });
+            }
+            if touches(&s.failing) {
+                return Err(ModbusError::Exception {
+                    function: "read holding registers",
+                    code: 4,
+                    name: "server device failure",
                 });
             }
             Ok(s.holding[addr as usize..(addr + cnt) as usize].to_vec())
@@ -287,10 +298,12 @@ fn values_of(m: &BusMessage) -> Option<PollValues> {
         BusMessage::Confirmed { device, points, .. } => Some((
             device.clone(),
             (0..points.count())
-                .map(|i| (points.point(i).unwrap(), points.value(i).unwrap()))
+                .filter_map(|i| Some((points.point(i).unwrap(), points.value(i)?)))
                 .collect(),
         )),
-        BusMessage::DeviceStatus { .. } | BusMessage::Handover { .. } => None,
+        BusMessage::DeviceStatus { .. }
+        | BusMessage::Unreadable { .. }
+        | BusMessage::Handover { .. } => None,
     }
 }
 
@@ -441,7 +454,9 @@ async fn dead_slave_is_backed_off_without_stalling_the_bus() {
                 assert!(!online);
                 offline += 1;
             }
-            m @ BusMessage::Handover { .. } => panic!("a driver sent {m:?}"),
+            m @ (BusMessage::Handover { .. } | BusMessage::Unreadable { .. }) => {
+                panic!("unexpected {m:?}")
+            }
         }
     }
     token.cancel();
@@ -1304,6 +1319,67 @@ async fn a_read_refused_over_a_gap_is_split_and_the_device_stays_online() {
     assert_eq!(shared.lock().unwrap().requests.len(), 1 + 2 * polls);
 }
 
+/// A read the device refuses (a point at an address it does not have,
+/// with no gap to split at) makes that read's points bad, once, and the
+/// device's other points are read as usual: the device stays online.
+/// Points read again are readable again, once.
+#[tokio::test(start_paused = true)]
+async fn a_read_the_device_refuses_makes_its_points_bad_and_the_others_are_read() {
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    shared.lock().unwrap().holes = vec![1];
+    // Offline after one failed poll: a failed poll would show at once.
+    let (mut rx, token, h) = start(&shared, LinkKind::Tcp, vec![device(1, 0, 1000, 100, 1, 30)]);
+    let unreadable = |m: BusMessage| match m {
+        BusMessage::Unreadable { points, reason, .. } => (points, reason),
+        m => panic!("{m:?}"),
+    };
+    let (points, reason) = unreadable(rx.recv().await.unwrap());
+    assert_eq!(points, [0, 1], "the registers' read's points");
+    let reason = reason.unwrap();
+    assert!(
+        reason.contains("exception 2") && reason.contains("Holding 0 (3 long)"),
+        "{reason}"
+    );
+    // The coil is read, poll after poll; the registers' points are in no
+    // message (the confirmation has no value for them).
+    let coil = vec![(2, Value::Bool(true))];
+    assert_eq!(next_poll(&mut rx).await, (false, coil.clone()));
+    assert_eq!(next_poll(&mut rx).await, (true, coil.clone()));
+    shared.lock().unwrap().coils[0] = false;
+    let coil = vec![(2, Value::Bool(false))];
+    let m = rx.recv().await.unwrap();
+    assert_eq!(values_of(&m).map(|(_, v)| v), Some(coil.clone()), "{m:?}");
+    assert_eq!(next_poll(&mut rx).await, (true, coil.clone()));
+    // The device reads them again: they are readable, and read.
+    shared.lock().unwrap().holes.clear();
+    let (points, reason) = unreadable(rx.recv().await.unwrap());
+    assert_eq!((points, reason), (vec![], None));
+    assert_eq!(
+        next_poll(&mut rx).await,
+        (false, vec![(0, Value::Int(42)), (1, Value::Float(21.5))])
+    );
+    let all = vec![
+        (0, Value::Int(42)),
+        (1, Value::Float(21.5)),
+        (2, Value::Bool(false)),
+    ];
+    assert_eq!(next_poll(&mut rx).await, (true, all));
+    // A device that refuses every read answers nothing of use: it fails
+    // its polls, and goes offline.
+    set(&shared, 1, Behaviour::Exception(2));
+    let m = rx.recv().await.unwrap();
+    match &m {
+        BusMessage::DeviceStatus {
+            online: false,
+            reason: Some(reason),
+            ..
+        } => assert!(reason.contains("refuses every read"), "{reason}"),
+        m => panic!("{m:?}"),
+    }
+    token.cancel();
+    h.await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_connection_the_device_closed_while_idle_is_reopened_within_the_poll() {
     let shared = fake(&[(1, Behaviour::Answer)]);
@@ -1338,11 +1414,12 @@ async fn what_a_poll_read_before_a_request_failed_still_goes_out() {
     let (mut rx, token, h) = start(&shared, LinkKind::Tcp, vec![device(1, 0, 1000, 100, 3, 30)]);
     assert!(!next_poll(&mut rx).await.0);
     assert!(next_poll(&mut rx).await.0);
-    // The registers' read (after the coil's) is refused from now on, and
-    // the coil flips: its new value still comes with this poll.
+    // The registers' read (after the coil's) fails from now on (the
+    // device is unwell), and the coil flips: its new value still comes
+    // with this poll.
     {
         let mut s = shared.lock().unwrap();
-        s.holes = vec![0];
+        s.failing = vec![0];
         s.coils[0] = false;
     }
     let m = rx.recv().await.expect("bus open");
