@@ -11,12 +11,18 @@
 //! recorded as `alarm.acknowledged` and ends its push escalation. So the
 //! guards see, acknowledge and silence them as any other alarm.
 //!
-//! Troubles are not saved: after a restart their sources find the
-//! condition again and raise it anew.
+//! A trouble that waits for an acknowledgement (active or returned,
+//! unacknowledged) is saved in the journal with its events (a state
+//! `trouble/{key}`), so a restart does not lose it from the console.
+//! After a restart it is *returned, unacknowledged* until its source
+//! raises it again: whether the condition still holds is unknown, and a
+//! source only reports what it finds, so an active one restored as active
+//! would never clear. An acknowledged trouble is not saved: if its
+//! condition still holds, its source raises it anew.
 
 use super::{AlarmError, AlarmView};
 use crate::event::{AlarmState, EventKind, NewEvent, Timestamp};
-use crate::journal::{Journal, JournalError};
+use crate::journal::{Journal, JournalError, StateChange};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::{watch, Mutex};
@@ -46,7 +52,49 @@ fn is_clear(kind: EventKind) -> bool {
     )
 }
 
+/// Prefix of the troubles' saved states in the journal.
+pub const TROUBLE_STATE: &str = "trouble/";
+
 impl TroubleStates {
+    /// The troubles saved by [`saved`](Self::saved), each returned,
+    /// unacknowledged (see the module doc). A saved state that does not
+    /// read is logged and skipped.
+    pub fn restore(saved: Vec<(String, Vec<u8>)>) -> TroubleStates {
+        let mut open = BTreeMap::new();
+        for (name, data) in saved {
+            let key = name.strip_prefix(TROUBLE_STATE).unwrap_or(&name);
+            match serde_json::from_slice::<NewEvent>(&data) {
+                Ok(raised) => {
+                    open.insert(
+                        key.to_string(),
+                        Open {
+                            state: AlarmState::ReturnedUnacked,
+                            raised,
+                        },
+                    );
+                }
+                Err(e) => tracing::warn!(key, error = %e, "saved trouble does not read; dropped"),
+            }
+        }
+        TroubleStates { open }
+    }
+
+    /// The journal's state change for `key` as it is now: its raise while
+    /// it waits for an acknowledgement, else none.
+    pub fn saved(&self, key: &str) -> StateChange {
+        let data = self
+            .open
+            .get(key)
+            .filter(|o| {
+                matches!(
+                    o.state,
+                    AlarmState::ActiveUnacked | AlarmState::ReturnedUnacked
+                )
+            })
+            .and_then(|o| serde_json::to_vec(&o.raised).ok());
+        (format!("{TROUBLE_STATE}{key}"), data)
+    }
+
     /// A raise or clear of a trouble: its `alarm.state` is set to the
     /// state the trouble goes to (a clear before an acknowledgement leaves
     /// it returned, unacknowledged). Other events are left alone.
@@ -90,6 +138,11 @@ impl TroubleStates {
     /// Whether `key` is a trouble not in the normal state.
     pub fn has(&self, key: &str) -> bool {
         self.open.contains_key(key)
+    }
+
+    /// Whether any trouble is not in the normal state.
+    pub fn has_any(&self) -> bool {
+        !self.open.is_empty()
     }
 
     /// The `alarm.acknowledged` event of `key` at `ts`, and the trouble's
@@ -160,11 +213,25 @@ pub struct Troubles {
 }
 
 impl Troubles {
+    /// The troubles of `journal`, those saved there restored (see the
+    /// module doc).
     pub fn new(journal: Journal) -> Arc<Troubles> {
+        let saved = journal.load_states(TROUBLE_STATE).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "saved troubles not restored");
+            Vec::new()
+        });
+        let states = TroubleStates::restore(saved);
+        if states.has_any() {
+            tracing::info!(
+                troubles = states.open.len(),
+                "troubles waiting for an acknowledgement restored"
+            );
+        }
+        let list = watch::Sender::new(Arc::new(states.views()));
         Arc::new(Troubles {
             journal,
-            states: Mutex::new(TroubleStates::default()),
-            list: watch::Sender::new(Arc::new(Vec::new())),
+            states: Mutex::new(states),
+            list,
         })
     }
 
@@ -175,7 +242,11 @@ impl Troubles {
         let mut st = self.states.lock().await;
         st.apply(&mut ev);
         self.list.send_replace(Arc::new(st.views()));
-        self.journal.record(vec![ev]).await.map(|_| ())
+        let saved = ev.alarm.as_ref().map(|a| st.saved(&a.key));
+        self.journal
+            .record_with_states(vec![ev], saved.into_iter().collect())
+            .await
+            .map(|_| ())
     }
 
     /// Whether `key` is a trouble that is not in normal now.
@@ -200,7 +271,10 @@ impl Troubles {
             Err(e) => return Some(Err(e)),
         };
         self.list.send_replace(Arc::new(st.views()));
-        let recorded = self.journal.record(vec![ev]).await;
+        let recorded = self
+            .journal
+            .record_with_states(vec![ev], vec![st.saved(key)])
+            .await;
         Some(
             recorded
                 .map(|_| ())
@@ -322,6 +396,89 @@ mod tests {
         let mut again = ev(EventKind::AlarmRaised, "gateway/drivers", 2);
         t.apply(&mut again);
         assert_eq!(state(&again), AlarmState::ActiveUnacked);
+    }
+
+    /// What waits for an acknowledgement survives a restart, returned
+    /// (its source raises it again if it still holds); an acknowledged
+    /// trouble does not.
+    #[test]
+    fn troubles_waiting_for_an_acknowledgement_are_saved_and_restored() {
+        let mut t = TroubleStates::default();
+        let mut video = ev(EventKind::CameraVideoLoss, "cam-gate/video", 2);
+        t.apply(&mut video);
+        let mut disk = ev(EventKind::AlarmRaised, "gateway/disk", 3);
+        t.apply(&mut disk);
+        t.acknowledge("gateway/disk", disk.ts, "tech", None)
+            .unwrap();
+        let (name, data) = t.saved("cam-gate/video");
+        assert_eq!(name, "trouble/cam-gate/video");
+        let data = data.expect("active, unacknowledged: saved");
+        assert_eq!(t.saved("gateway/disk").1, None, "acknowledged: not saved");
+        assert_eq!(t.saved("gateway/none").1, None);
+        let mut back = TroubleStates::restore(vec![
+            (name, data),
+            ("trouble/broken".into(), b"{not json".to_vec()),
+        ]);
+        let views = back.views();
+        assert_eq!(views.len(), 1);
+        assert_eq!(
+            (&*views[0].key, views[0].state, views[0].priority),
+            (
+                "cam-gate/video",
+                AlarmState::ReturnedUnacked,
+                Priority::HIGH
+            )
+        );
+        // Raised again by its source: active, unacknowledged.
+        let mut again = ev(EventKind::CameraVideoLoss, "cam-gate/video", 2);
+        back.apply(&mut again);
+        assert_eq!(state(&again), AlarmState::ActiveUnacked);
+        // Acknowledged and cleared: nothing saved any more.
+        back.acknowledge("cam-gate/video", again.ts, "guard", None)
+            .unwrap();
+        let mut clear = ev(EventKind::CameraVideoRestored, "cam-gate/video", 2);
+        back.apply(&mut clear);
+        assert_eq!(back.saved("cam-gate/video").1, None);
+    }
+
+    /// Through the journal: a new registry (a restart) lists what the old
+    /// one left unacknowledged, and its acknowledgement removes it.
+    #[tokio::test]
+    async fn a_restart_keeps_unacknowledged_troubles_on_the_console() {
+        use crate::journal::MemStorage;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::journal::JournalConfig {
+            path: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        let journal = Journal::with_storage_and_wal(
+            Arc::new(MemStorage::new()),
+            Some(dir.path()),
+            &cfg,
+            "gw",
+            &["uplink"],
+        )
+        .unwrap();
+        let first = Troubles::new(journal.clone());
+        first
+            .record(ev(EventKind::CameraVideoLoss, "cam-gate/video", 2))
+            .await
+            .unwrap();
+        first
+            .record(ev(EventKind::CameraVideoRestored, "cam-gate/video", 2))
+            .await
+            .unwrap();
+        drop(first);
+        let second = Troubles::new(journal.clone());
+        let list = second.current();
+        assert_eq!(list.len(), 1, "{list:?}");
+        assert_eq!(list[0].state, AlarmState::ReturnedUnacked);
+        second
+            .acknowledge("cam-gate/video", "guard", None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(Troubles::new(journal).current().is_empty());
     }
 
     #[test]
