@@ -7,8 +7,14 @@ coil 0, with an alarm rule on the coil; the gateway forwards to a real
 mosquitto at QoS 1. Each device's coil flips at random every 2-6 s. Over the
 measured window this prints the gateway process's CPU seconds, its peak RSS,
 its own delay from the device's reply to receipt by a subscriber on the
-broker (event `ts`, taken when the reply arrived, to the subscriber's receive
-time: ms resolution), and lost alarms (flips without their event).
+broker, and lost alarms (flips without their event).
+
+The delay runs from the moment the simulated device answered the first
+coil read after a flip (its datastore read, microseconds, wall clock) to
+the subscriber's receive time of that flip's event: every device's events
+are matched to its flips in order. `delay_ts_ms_*` is the older measure,
+from the event's `ts` (taken when the reply arrived, truncated to the
+millisecond, so up to 1 ms over).
 
 Output: one JSON object on the last line.
 """
@@ -194,6 +200,22 @@ def percentile(xs, p):
     return xs[k]
 
 
+def watch_coil_replies(server, i: int, pending: list, replied: list) -> None:
+    """Note the wall-clock time at which device `i` answers a coil read
+    while a flip of its coil is `pending` (the reply that carries it)."""
+    ctx = server.context
+    read = ctx.async_getValues
+
+    async def get(device_id, func_code, address, count=1):
+        values = await read(device_id, func_code, address, count)
+        if func_code == 1 and address == 0 and pending[i]:
+            pending[i] = False
+            replied[i].append(time.time())
+        return values
+
+    ctx.async_getValues = get
+
+
 async def run(args) -> dict:
     tmp = tempfile.mkdtemp(prefix="estate-bench-")
     broker_port = free_port()
@@ -202,7 +224,9 @@ async def run(args) -> dict:
     broker = subprocess.Popen([args.mosquitto, "-c", f"{tmp}/mosquitto.conf"], stderr=subprocess.DEVNULL)
 
     servers, ports = [], []
-    for _ in range(args.devices):
+    pending = [False] * args.devices
+    replied: list[list[float]] = [[] for _ in range(args.devices)]
+    for i in range(args.devices):
         port = free_port()
         regs = [random.randrange(0, 65536) for _ in range(max(args.registers, 1))]
         dev = SimDevice(
@@ -215,6 +239,7 @@ async def run(args) -> dict:
             ),
         )
         s = ModbusTcpServer(dev, address=("127.0.0.1", port))
+        watch_coil_replies(s, i, pending, replied)
         await s.serve_forever(background=True)
         servers.append(s)
         ports.append(port)
@@ -249,6 +274,7 @@ async def run(args) -> dict:
             if now >= next_flip[i]:
                 state[i] = not state[i]
                 await servers[i].context.async_setValues(1, 5, 0, [state[i]])
+                pending[i] = True
                 flips += 1
                 next_flip[i] = now + random.uniform(args.flip_min_s, args.flip_max_s)
         await asyncio.sleep(0.02)
@@ -271,7 +297,16 @@ async def run(args) -> dict:
         await s.shutdown()
 
     alarms = [(t, e) for t, e in events if e.get("kind") in ("alarm.raised", "alarm.cleared")]
-    delays = [(t - parse_ts(e["ts"])) * 1000.0 for t, e in alarms]
+    delays_ts = [(t - parse_ts(e["ts"])) * 1000.0 for t, e in alarms]
+    # Each device's events in the order received (its seq order), matched
+    # to its flips' replies in order.
+    by_device: dict[str, list[float]] = {}
+    for t, e in alarms:
+        by_device.setdefault(e.get("source", {}).get("device", ""), []).append(t)
+    delays = []
+    for i in range(args.devices):
+        for t, at in zip(by_device.get(f"dev-{i}", []), replied[i]):
+            delays.append((t - at) * 1000.0)
     seqs = [e["seq"] for _, e in events]
     # Each flip must produce exactly one raised/cleared event; events of
     # flips made during warmup don't exist (flips start after warmup).
@@ -294,6 +329,8 @@ async def run(args) -> dict:
         "lost_alarms": lost,
         "delay_ms_p50": percentile(delays, 50) and round(percentile(delays, 50), 2),
         "delay_ms_p99": percentile(delays, 99) and round(percentile(delays, 99), 2),
+        "delay_ts_ms_p50": percentile(delays_ts, 50) and round(percentile(delays_ts, 50), 2),
+        "delay_ts_ms_p99": percentile(delays_ts, 99) and round(percentile(delays_ts, 99), 2),
         "seq_gap_free": seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else None,
         # Bytes the gateway sent to the block device (write_bytes) and passed
         # to write calls (wchar; includes the log on stderr), extrapolated.

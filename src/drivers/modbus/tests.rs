@@ -40,6 +40,8 @@ struct FakeState {
     /// Holding registers whose read fails with exception 4 (device
     /// failure: the device is unwell, not the read).
     failing: Vec<u16>,
+    /// Extra time a holding-register read takes (a long read).
+    slow_holding: Duration,
     /// Links numbered up to this one were closed by the device: a request
     /// on one fails as a closed connection.
     closed_upto: u32,
@@ -123,6 +125,8 @@ impl Transport for FakeLink {
         addr: u16,
         cnt: u16,
     ) -> Result<Vec<u16>, ModbusError> {
+        let slow = self.0.lock().unwrap().slow_holding;
+        tokio::time::sleep(slow).await;
         self.request(unit, |s| {
             let touches = |at: &[u16]| at.iter().any(|h| (addr..addr + cnt).contains(h));
             if touches(&s.holes) {
@@ -273,7 +277,9 @@ fn start(
 ) {
     let (tx, rx) = mpsc::channel(64);
     let token = CancellationToken::new();
-    let ep = Endpoint::new(FakeConnector(shared.clone()), kind, devices, tx).with_seed(7);
+    let ep = Endpoint::new(FakeConnector(shared.clone()), kind, devices, tx)
+        .with_seed(7)
+        .without_early_changes();
     let h = tokio::spawn(ep.run(token.clone()));
     (rx, token, h)
 }
@@ -612,7 +618,8 @@ async fn shutdown_is_prompt_on_a_full_bus() {
         vec![device(1, 0, 100, 100, 1, 30)],
         tx,
     )
-    .with_seed(7);
+    .with_seed(7)
+    .without_early_changes();
     let h = tokio::spawn(ep.run(token.clone()));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let polls = shared.lock().unwrap().requests.len();
@@ -699,6 +706,7 @@ fn start_writable(
         tx,
     )
     .with_seed(7)
+    .without_early_changes()
     .with_writes(wrx);
     let h = tokio::spawn(ep.run(token.clone()));
     (rx, writers, token, h)
@@ -988,6 +996,7 @@ fn start_probed(
     let token = CancellationToken::new();
     let ep = Endpoint::new(FakeConnector(shared.clone()), kind, devices, tx)
         .with_seed(7)
+        .without_early_changes()
         .with_probes(prx);
     let h = tokio::spawn(ep.run(token.clone()));
     (probers, rx, token, h)
@@ -1184,6 +1193,7 @@ async fn probes_back_to_back_keep_the_heartbeat_fresh() {
         tx,
     )
     .with_seed(7)
+    .without_early_changes()
     .with_probes(prx)
     .with_heartbeat(hb);
     let h = tokio::spawn(ep.run(token.clone()));
@@ -1317,6 +1327,71 @@ async fn a_read_refused_over_a_gap_is_split_and_the_device_stays_online() {
     // One refused read, then two reads a poll.
     let polls = 4;
     assert_eq!(shared.lock().unwrap().requests.len(), 1 + 2 * polls);
+}
+
+/// What changed in a poll's first reply goes out at once, before the
+/// poll's later requests: a zone's alarm does not wait for a long read
+/// after it (the registers' here). The rest of the poll comes in its own
+/// message; a poll whose changes all went out early sends nothing more.
+/// A device coming back online sends its status first, then its values.
+#[tokio::test(start_paused = true)]
+async fn a_change_goes_out_before_the_polls_later_requests() {
+    let shared = fake(&[(1, Behaviour::Answer)]);
+    shared.lock().unwrap().slow_holding = Duration::from_millis(300);
+    let (tx, mut rx) = mpsc::channel(64);
+    let token = CancellationToken::new();
+    let devices = vec![device(1, 0, 1000, 1000, 2, 1)];
+    let ep = Endpoint::new(FakeConnector(shared.clone()), LinkKind::Tcp, devices, tx).with_seed(7);
+    let h = tokio::spawn(ep.run(token.clone()));
+    let mut next = async || {
+        let m = rx.recv().await.expect("bus open");
+        (Instant::now(), m)
+    };
+    // The first poll: the coil (the first request) at once, then the
+    // registers after their long read.
+    let (coil_at, m) = next().await;
+    assert_eq!(values_of(&m).unwrap().1, [(2, Value::Bool(true))]);
+    let (regs_at, m) = next().await;
+    assert_eq!(
+        values_of(&m).unwrap().1,
+        [(0, Value::Int(42)), (1, Value::Float(21.5))]
+    );
+    assert!(regs_at - coil_at >= Duration::from_millis(300));
+    let (_, m) = next().await;
+    assert!(matches!(m, BusMessage::Confirmed { .. }), "{m:?}");
+    // The coil flips: it goes out before the registers are read, and
+    // nothing else comes of that poll.
+    shared.lock().unwrap().coils[0] = false;
+    let (flip_at, m) = next().await;
+    assert!(matches!(m, BusMessage::Readings { .. }), "{m:?}");
+    assert_eq!(values_of(&m).unwrap().1, [(2, Value::Bool(false))]);
+    let (at, m) = next().await;
+    assert!(
+        matches!(m, BusMessage::Confirmed { .. }),
+        "the next poll's: {m:?}"
+    );
+    assert!(
+        at - flip_at >= Duration::from_millis(900),
+        "{:?}",
+        at - flip_at
+    );
+    // Offline, then back: the status first, then all its values at once.
+    set(&shared, 1, Behaviour::Exception(4));
+    let (_, m) = next().await;
+    assert!(
+        matches!(m, BusMessage::DeviceStatus { online: false, .. }),
+        "{m:?}"
+    );
+    set(&shared, 1, Behaviour::Answer);
+    let (_, m) = next().await;
+    assert!(
+        matches!(m, BusMessage::DeviceStatus { online: true, .. }),
+        "{m:?}"
+    );
+    let (_, m) = next().await;
+    assert_eq!(values_of(&m).unwrap().1.len(), 3, "{m:?}");
+    token.cancel();
+    h.await.unwrap();
 }
 
 /// A read the device refuses (a point at an address it does not have,
@@ -1661,7 +1736,9 @@ mod late_rtu_reply {
         };
         let (tx, mut rx) = mpsc::channel(64);
         let token = CancellationToken::new();
-        let ep = Endpoint::new(connector, kind, devices, tx).with_seed(7);
+        let ep = Endpoint::new(connector, kind, devices, tx)
+            .with_seed(7)
+            .without_early_changes();
         let h = tokio::spawn(ep.run(token.clone()));
         let t0 = Instant::now();
         let mut polls_2 = 0;
