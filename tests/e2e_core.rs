@@ -490,6 +490,45 @@ message = "Smoke on loop 1"
         "logged once, not every poll:\n{}",
         gw.log_tail(40)
     );
+
+    // A reload that keeps the panel's driver (only a rule's wording
+    // changes). The driver does not say again what the panel refuses (it
+    // says it when that changes), yet the next alarm task knows it: the
+    // point is reported bad again, and the communication-loss alarm stays
+    // raised (not cleared, not raised twice).
+    let bad_reports = || {
+        sub.json_on("/telemetry")
+            .iter()
+            .flat_map(|t| t["points"].as_array().cloned().unwrap_or_default())
+            .filter(|p| p["point"] == "zones-in-alarm" && p["quality"] == "bad")
+            .count()
+    };
+    let before = bad_reports();
+    let text = std::fs::read_to_string(gw.config_path()).expect("read config");
+    gw.rewrite_config(&text.replace("Smoke on loop 1", "Smoke on loop 1, north wing"));
+    common::gateway::signal(gw.pid().expect("gateway pid"), "HUP");
+    let changed = sub.wait_json("/events", Duration::from_secs(20), "config.changed", |e| {
+        e["kind"] == "config.changed"
+    });
+    assert_eq!(changed["detail"]["ok"], true, "{changed}");
+    assert_eq!(
+        changed["detail"]["drivers"]["restarted"],
+        serde_json::json!([]),
+        "the panel's driver is kept: {changed}"
+    );
+    common::wait_for(
+        Duration::from_secs(10),
+        "zones-in-alarm reported bad after the reload",
+        || (bad_reports() > before).then_some(()),
+    );
+    // The panel is polled on meanwhile.
+    std::thread::sleep(Duration::from_millis(500));
+    let comm_events: Vec<String> = events(&sub)
+        .iter()
+        .filter(|e| e["alarm"]["key"] == "fire-panel/comm")
+        .map(|e| e["kind"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(comm_events, ["alarm.raised"], "{comm_events:?}");
     let exit = gw.sigterm(Duration::from_secs(15));
     assert!(exit.success(), "clean shutdown exited with {exit}");
 }

@@ -14,6 +14,12 @@
 //! A kept driver still numbers its points as in the point table it was
 //! started with; the lease moves each reading to the point's index in the
 //! current table ([`Shift`], per device).
+//!
+//! A driver tells which points its device refuses to read
+//! ([`BusMessage::Unreadable`]) only when that set changes. The bus keeps
+//! each device's last such set across leases and hands it to the next
+//! alarm task first, so a reload that keeps the driver does not forget a
+//! fire panel that is partly unwatched.
 
 use super::units::Shift;
 use crate::point::{BusFeed, BusMessage, Confirmation, PointIndex, Value};
@@ -30,8 +36,13 @@ pub(super) const BUS_CAPACITY: usize = 1024;
 /// that the current table lacks or numbers differently).
 pub(super) type Shifts = HashMap<Arc<str>, Option<Shift>>;
 
-/// The bus's receiving end on its way back from a lease.
-type Returned = oneshot::Receiver<mpsc::Receiver<BusMessage>>;
+/// Each device's last [`BusMessage::Unreadable`] with points in it, in its
+/// driver's numbering: what the device refuses to read now.
+type Refusals = HashMap<Arc<str>, BusMessage>;
+
+/// The bus's receiving end on its way back from a lease, with the
+/// refusals as the lease last saw them.
+type Returned = oneshot::Receiver<(mpsc::Receiver<BusMessage>, Refusals)>;
 
 /// The bus of the field side.
 pub(super) struct Relay {
@@ -40,6 +51,8 @@ pub(super) struct Relay {
     idle: Option<mpsc::Receiver<BusMessage>>,
     /// Messages a purge kept, in order: they go first to the next lease.
     held: VecDeque<BusMessage>,
+    /// What devices refuse to read, while no lease has them.
+    refusals: Refusals,
     /// While lent: the lease's turn and where the receiving end comes back.
     lent: Option<(u64, Returned)>,
     /// Turns handed out so far.
@@ -54,6 +67,7 @@ impl Relay {
             tx,
             idle: Some(rx),
             held: VecDeque::new(),
+            refusals: Refusals::new(),
             lent: None,
             turns: 0,
         }
@@ -65,14 +79,27 @@ impl Relay {
     }
 
     /// Lend the bus to a new alarm task: `first` (in the current table's
-    /// numbering), then what a purge kept and what waits in the bus, then
-    /// what drivers send, with indices moved by `shifts`. A lease still
-    /// out is detached first: one alarm task reads the bus at a time.
+    /// numbering), then what each device refuses to read, then what a
+    /// purge kept and what waits in the bus, then what drivers send, with
+    /// indices moved by `shifts`. A lease still out is detached first: one
+    /// alarm task reads the bus at a time.
     pub async fn lend(&mut self, first: Vec<BusMessage>, shifts: Shifts) -> Lease {
         self.detach().await;
         self.turns += 1;
         let turn = self.turns;
         let mut queue: VecDeque<BusMessage> = first.into();
+        let mut refusals = std::mem::take(&mut self.refusals);
+        // By device name, so that the order does not change from run to run.
+        let mut refused: Vec<&BusMessage> = refusals.values().collect();
+        refused.sort_by(|a, b| device_of(a).cmp(&device_of(b)));
+        queue.extend(
+            refused
+                .into_iter()
+                .filter_map(|m| shift(&shifts, m.clone())),
+        );
+        for m in &self.held {
+            note_refusal(&mut refusals, m);
+        }
         queue.extend(self.held.drain(..).filter_map(|m| shift(&shifts, m)));
         let rx = self.idle.take();
         if rx.is_none() {
@@ -85,6 +112,7 @@ impl Relay {
             rx,
             shifts,
             turn,
+            refusals,
             back: Some(back),
         }
     }
@@ -105,7 +133,10 @@ impl Relay {
             _ = self.tx.send(BusMessage::Handover { turn }) => returned.await.ok(),
         };
         match rx {
-            Some(rx) => self.idle = Some(rx),
+            Some((rx, refusals)) => {
+                self.idle = Some(rx);
+                self.refusals = refusals;
+            }
             None => {
                 tracing::error!(
                     "driver bus not given back; readings no longer reach the alarm engine"
@@ -119,6 +150,7 @@ impl Relay {
     /// units it stopped after detaching: their messages may be numbered in
     /// a point table no alarm task will run with (a unit started by a
     /// reload that then rolled back).
+    /// Their refusals are forgotten too: a driver started anew sends its own.
     pub fn purge(&mut self, devices: HashSet<Arc<str>>) -> usize {
         let Some(rx) = self.idle.as_mut() else {
             return 0;
@@ -126,6 +158,7 @@ impl Relay {
         if devices.is_empty() {
             return 0;
         }
+        self.refusals.retain(|d, _| !devices.contains(d));
         while let Ok(m) = rx.try_recv() {
             // Marks of turns that ended before them are spent.
             if !matches!(m, BusMessage::Handover { .. }) {
@@ -157,7 +190,9 @@ pub(super) struct Lease {
     shifts: Shifts,
     /// This lease's turn: its mark ends it.
     turn: u64,
-    back: Option<oneshot::Sender<mpsc::Receiver<BusMessage>>>,
+    /// What devices refuse to read, as the bus's messages say.
+    refusals: Refusals,
+    back: Option<oneshot::Sender<(mpsc::Receiver<BusMessage>, Refusals)>>,
 }
 
 /// What a lease does with a message from the bus.
@@ -177,17 +212,20 @@ impl Lease {
             // The mark of a turn that ended before it came (its task
             // stopped first).
             BusMessage::Handover { .. } => Taken::Skip,
-            m => match shift(&self.shifts, m) {
-                Some(m) => Taken::Message(m),
-                None => Taken::Skip,
-            },
+            m => {
+                note_refusal(&mut self.refusals, &m);
+                match shift(&self.shifts, m) {
+                    Some(m) => Taken::Message(m),
+                    None => Taken::Skip,
+                }
+            }
         }
     }
 
     fn give_back(&mut self) {
         if let (Some(rx), Some(back)) = (self.rx.take(), self.back.take()) {
             // The relay gone (the field stopped): the bus goes with it.
-            let _ = back.send(rx);
+            let _ = back.send((rx, std::mem::take(&mut self.refusals)));
         }
     }
 }
@@ -227,6 +265,18 @@ impl BusFeed for Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.give_back();
+    }
+}
+
+/// Keep `m` as its device's refusals if it is an `Unreadable` with
+/// points; one without ends them.
+fn note_refusal(refusals: &mut Refusals, m: &BusMessage) {
+    if let BusMessage::Unreadable { device, points, .. } = m {
+        if points.is_empty() {
+            refusals.remove(device);
+        } else {
+            refusals.insert(device.clone(), m.clone());
+        }
     }
 }
 
@@ -504,6 +554,89 @@ mod tests {
             }
             got
         })
+    }
+
+    /// Every message of a lease until its turn ends.
+    fn messages(mut lease: Lease) -> tokio::task::JoinHandle<Vec<BusMessage>> {
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(m) = lease.recv().await {
+                got.push(m);
+            }
+            got
+        })
+    }
+
+    /// (device, points) of each `Unreadable` among `got`.
+    fn refused(got: &[BusMessage]) -> Vec<(String, Vec<u32>)> {
+        got.iter()
+            .filter_map(|m| match m {
+                BusMessage::Unreadable { device, points, .. } => {
+                    Some((device.to_string(), points.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A driver says what its device refuses to read only when that
+    /// changes: after a reload that keeps the driver, the next alarm task
+    /// must still hear it (a fire panel partly unwatched raises its
+    /// communication-loss alarm again), moved to the new table; a set that
+    /// emptied, or a device whose driver stopped, is not handed on.
+    #[tokio::test]
+    async fn what_a_device_refuses_to_read_goes_to_the_next_alarm_task() {
+        let unreadable = |device: &str, points: Vec<u32>| BusMessage::Unreadable {
+            device: device.into(),
+            ts: Timestamp::now(),
+            points,
+            reason: Some("exception 2 (illegal data address) at holding 300".into()),
+        };
+        let mut relay = Relay::start();
+        let bus = relay.sender();
+        let first = messages(relay.lend(Vec::new(), Shifts::new()).await);
+        bus.send(unreadable("a", vec![3])).await.unwrap();
+        bus.send(unreadable("b", vec![5])).await.unwrap();
+        bus.send(unreadable("c", vec![6])).await.unwrap();
+        bus.send(readings("a", &[2])).await.unwrap();
+        relay.detach().await;
+        assert_eq!(refused(&first.await.unwrap()).len(), 3);
+
+        // The reload moved a's points; b and c are as they were.
+        let mut shifts = Shifts::new();
+        shifts.insert(
+            "a".into(),
+            Some(Shift {
+                driver: Span { first: 2, len: 3 },
+                table: 10,
+            }),
+        );
+        let second = messages(relay.lend(vec![readings("a", &[10])], shifts.clone()).await);
+        // b's device reads everything again.
+        bus.send(unreadable("b", Vec::new())).await.unwrap();
+        relay.detach().await;
+        let got = second.await.unwrap();
+        // The lease's own first messages (the carried values) come first,
+        // then the refusals, then the bus.
+        assert!(matches!(&got[0], BusMessage::Readings { .. }));
+        assert_eq!(
+            refused(&got),
+            [
+                ("a".to_string(), vec![11]),
+                ("b".to_string(), vec![5]),
+                ("c".to_string(), vec![6]),
+                ("b".to_string(), vec![]),
+            ]
+        );
+
+        // c's driver stopped (its unit changed): a new one sends its own.
+        relay.purge(["c".into()].into_iter().collect());
+        let third = messages(relay.lend(Vec::new(), shifts).await);
+        relay.detach().await;
+        assert_eq!(
+            refused(&third.await.unwrap()),
+            [("a".to_string(), vec![11])]
+        );
     }
 
     #[tokio::test]
