@@ -441,8 +441,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn readings_move_to_the_current_table() {
+    /// Device a's driver numbers its points 2..5; the table, 10..13.
+    fn a_moved() -> Shifts {
         let mut shifts = Shifts::new();
         shifts.insert(
             "a".into(),
@@ -451,6 +451,21 @@ mod tests {
                 table: 10,
             }),
         );
+        shifts
+    }
+
+    fn unreadable(device: &str, points: Vec<u32>) -> BusMessage {
+        BusMessage::Unreadable {
+            device: device.into(),
+            ts: Timestamp::now(),
+            points,
+            reason: Some("exception 2 (illegal data address) at holding 300".into()),
+        }
+    }
+
+    #[test]
+    fn readings_move_to_the_current_table() {
+        let mut shifts = a_moved();
         shifts.insert("dropped".into(), None);
         let m = shift(&shifts, readings("a", &[2, 4])).unwrap();
         assert_eq!(points(&m), vec![(10, Value::Int(2)), (12, Value::Int(4))]);
@@ -469,12 +484,6 @@ mod tests {
         };
         assert!(shift(&shifts, status).is_none());
         // The points a device refuses to read move too.
-        let unreadable = |device: &str, points: Vec<u32>| BusMessage::Unreadable {
-            device: device.into(),
-            ts: Timestamp::now(),
-            points,
-            reason: Some("exception 2".into()),
-        };
         match shift(&shifts, unreadable("a", vec![3, 9])) {
             Some(BusMessage::Unreadable { points, .. }) => assert_eq!(points, [11]),
             m => panic!("{m:?}"),
@@ -508,14 +517,7 @@ mod tests {
 
     #[test]
     fn confirmed_points_move_to_the_current_table() {
-        let mut shifts = Shifts::new();
-        shifts.insert(
-            "a".into(),
-            Some(Shift {
-                driver: Span { first: 2, len: 3 },
-                table: 10,
-            }),
-        );
+        let mut shifts = a_moved();
         shifts.insert("dropped".into(), None);
         let m = shift(&shifts, confirmed("a", &[4, 2])).unwrap();
         assert_eq!(
@@ -586,12 +588,6 @@ mod tests {
     /// emptied, or a device whose driver stopped, is not handed on.
     #[tokio::test]
     async fn what_a_device_refuses_to_read_goes_to_the_next_alarm_task() {
-        let unreadable = |device: &str, points: Vec<u32>| BusMessage::Unreadable {
-            device: device.into(),
-            ts: Timestamp::now(),
-            points,
-            reason: Some("exception 2 (illegal data address) at holding 300".into()),
-        };
         let mut relay = Relay::start();
         let bus = relay.sender();
         let first = messages(relay.lend(Vec::new(), Shifts::new()).await);
@@ -603,14 +599,7 @@ mod tests {
         assert_eq!(refused(&first.await.unwrap()).len(), 3);
 
         // The reload moved a's points; b and c are as they were.
-        let mut shifts = Shifts::new();
-        shifts.insert(
-            "a".into(),
-            Some(Shift {
-                driver: Span { first: 2, len: 3 },
-                table: 10,
-            }),
-        );
+        let shifts = a_moved();
         let second = messages(relay.lend(vec![readings("a", &[10])], shifts.clone()).await);
         // b's device reads everything again.
         bus.send(unreadable("b", Vec::new())).await.unwrap();
