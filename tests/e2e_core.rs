@@ -414,14 +414,9 @@ message = "Supply air too hot"
     assert!(exit.success(), "clean shutdown exited with {exit}");
 }
 
-/// A fire panel configured with a point at an address the device does
-/// not have (pymodbus answers exception 2): that point is `bad`, the
-/// panel's communication-loss alarm says so (part of it goes unwatched),
-/// and its other points are read as usual: a smoke loop still raises its
-/// alarm, and the panel never goes offline.
-#[test]
-fn a_point_the_device_refuses_to_read_is_bad_and_the_rest_is_watched() {
-    let device = r#"
+/// A life-safety fire panel on the simulator's port (`@PORT@`), polled
+/// every 0.1 s, without points.
+const FIRE_PANEL: &str = r#"
 [[devices]]
 id = "fire-panel"
 category = "fire"
@@ -434,6 +429,58 @@ offline_after = 2
 host = "127.0.0.1"
 port = @PORT@
 unit = 1
+"#;
+
+/// A fire panel that sends a value that is not a number for one of its
+/// points (a broken detector's analog value) has part of it unwatched:
+/// its communication-loss alarm is raised, naming the point, and returns
+/// once the point reads a number again.
+#[test]
+fn a_fire_panel_sending_a_value_that_is_not_a_number_loses_communication() {
+    let device = FIRE_PANEL.to_string()
+        + r#"
+[[devices.points]]
+id = "smoke-density"
+register = "holding"
+address = 0
+type = "f32"
+"#;
+    let Some((_broker, sim, sub, mut gw)) = one_device_with_telemetry("not-a-number-fire", &device)
+    else {
+        return;
+    };
+    let comm = |kind: &'static str| {
+        sub.wait_json("/events", Duration::from_secs(20), kind, move |e| {
+            e["kind"] == kind && e["alarm"]["key"] == "fire-panel/comm"
+        })
+    };
+    sim.set_registers(1, 0, &f32_words(f32::NAN));
+    let raised = comm("alarm.raised");
+    assert_eq!(
+        raised["detail"]["reason"],
+        "the device sends a value that is not a number for fire-panel/smoke-density",
+        "{raised}"
+    );
+    assert_eq!(raised["priority"], 1, "{raised}");
+    sim.set_registers(1, 0, &f32_words(0.2));
+    comm("alarm.cleared");
+    assert!(
+        !events(&sub).iter().any(|e| e["kind"] == "device.offline"),
+        "the panel answers: never offline"
+    );
+    let exit = gw.sigterm(Duration::from_secs(15));
+    assert!(exit.success(), "clean shutdown exited with {exit}");
+}
+
+/// A fire panel configured with a point at an address the device does
+/// not have (pymodbus answers exception 2): that point is `bad`, the
+/// panel's communication-loss alarm says so (part of it goes unwatched),
+/// and its other points are read as usual: a smoke loop still raises its
+/// alarm, and the panel never goes offline.
+#[test]
+fn a_point_the_device_refuses_to_read_is_bad_and_the_rest_is_watched() {
+    let device = FIRE_PANEL.to_string()
+        + r#"
 [[devices.points]]
 id = "loop-1"
 register = "coil"
@@ -450,7 +497,7 @@ equals = true
 priority = 1
 message = "Smoke on loop 1"
 "#;
-    let Some((_broker, sim, sub, mut gw)) = one_device_with_telemetry("refused-read", device)
+    let Some((_broker, sim, sub, mut gw)) = one_device_with_telemetry("refused-read", &device)
     else {
         return;
     };

@@ -23,7 +23,7 @@
 //! decoded in full.
 
 use super::live::{LiveView, Sample};
-use super::AlarmEngine;
+use super::{AlarmEngine, PointsFault};
 use crate::config::LoadedConfig;
 use crate::event::{NewEvent, Timestamp};
 use crate::point::{BusMessage, Confirmation, PointIndex, Quality, Reading};
@@ -109,15 +109,31 @@ impl Devices {
                     .get(&**device)
                     .is_some_and(|&di| values.len() >= self.points[di]);
                 self.answered(device, status, t, now, *ts, |held| held || all);
-                self.log_numbers(cfg, values);
+                self.judge_numbers(cfg, t, now, *ts, values);
                 readings(t, now, *ts, values);
             }
             BusMessage::Confirmed {
                 device, ts, points, ..
             } => {
                 let held = self.answered(device, status, t, now, *ts, |_| true);
-                let watched = self.watched(cfg, t.engine, device);
-                confirmed(t, now, *ts, &**points, held, watched);
+                if held {
+                    let watched = self.watched(cfg, t.engine, device);
+                    confirmed(t, now, *ts, &**points, watched);
+                } else {
+                    // The values are new to the targets (the task's first
+                    // message of the device, or after carried values):
+                    // decoded and judged as readings.
+                    let decoded: Vec<Reading> = (0..points.count())
+                        .filter_map(|i| {
+                            Some(Reading {
+                                point: points.point(i)?,
+                                value: points.value(i)?,
+                            })
+                        })
+                        .collect();
+                    self.judge_numbers(cfg, t, now, *ts, &decoded);
+                    readings(t, now, *ts, &decoded);
+                }
             }
             BusMessage::DeviceStatus {
                 device,
@@ -154,9 +170,13 @@ impl Devices {
                 let Some(&di) = self.index.get(&**device) else {
                     return;
                 };
-                let unreadable = !points.is_empty();
+                let reason = (!points.is_empty()).then(|| {
+                    reason
+                        .as_deref()
+                        .unwrap_or("the device refuses to read some points")
+                });
                 t.engine
-                    .on_unreadable(now, *ts, di, unreadable, reason.as_deref(), t.out);
+                    .on_points_fault(now, *ts, di, PointsFault::Refused, reason, t.out);
                 // The points read again come in the readings.
                 for &pi in points {
                     bad(t, now, *ts, pi);
@@ -178,28 +198,40 @@ impl Devices {
         c: &Carried,
     ) {
         self.answered(&c.device, status, t, now, c.ts, |_| false);
-        self.log_numbers(cfg, &c.readings);
+        self.judge_numbers(cfg, t, now, c.ts, &c.readings);
         readings(t, now, c.ts, &c.readings);
     }
 
-    /// Log a point whose device starts sending a value that is not a
-    /// number (its quality turns bad: [`crate::point::judged`]), and
+    /// A point whose device starts sending a value that is not a number
+    /// (its quality turns bad: [`crate::point::judged`]) is logged, and
     /// again when it sends numbers again; once each, not every poll.
-    fn log_numbers(&mut self, cfg: &LoadedConfig, values: &[Reading]) {
+    /// While a device sends such values for any of its points, part of it
+    /// is unwatched: the engine is told ([`PointsFault::NotNumbers`]), so
+    /// that a life-safety device's communication-loss alarm is active.
+    fn judge_numbers(
+        &mut self,
+        cfg: &LoadedConfig,
+        t: &mut Targets<'_>,
+        now: Instant,
+        ts: Timestamp,
+        values: &[Reading],
+    ) {
         for r in values {
             let number = r.value.is_number();
             if number && self.not_numbers.is_empty() {
                 continue;
             }
-            let listed = self.not_numbers.iter().position(|&p| p == r.point);
-            let key = || {
-                ((r.point as usize) < cfg.points.len()).then(|| cfg.points.get(r.point).key.clone())
+            let Some(meta) =
+                ((r.point as usize) < cfg.points.len()).then(|| cfg.points.get(r.point))
+            else {
+                continue;
             };
+            let listed = self.not_numbers.iter().position(|&p| p == r.point);
             match (number, listed) {
                 (false, None) => {
                     self.not_numbers.push(r.point);
                     tracing::warn!(
-                        point = key().as_deref(),
+                        point = %meta.key,
                         value = ?r.value,
                         "the device sends a value that is not a number: the point is bad \
                          (a broken sensor, or a register that holds no float)"
@@ -207,9 +239,31 @@ impl Devices {
                 }
                 (true, Some(i)) => {
                     self.not_numbers.swap_remove(i);
-                    tracing::info!(point = key().as_deref(), "the device sends numbers again");
+                    tracing::info!(point = %meta.key, "the device sends numbers again");
                 }
-                _ => {}
+                _ => continue,
+            }
+            // The device's first such point, or its last: tell the engine.
+            let di = meta.device_index;
+            let others = self
+                .not_numbers
+                .iter()
+                .any(|&p| p != r.point && cfg.points.get(p).device_index == di);
+            if !others {
+                let reason = (!number).then(|| {
+                    format!(
+                        "the device sends a value that is not a number for {}",
+                        meta.key
+                    )
+                });
+                t.engine.on_points_fault(
+                    now,
+                    ts,
+                    di,
+                    PointsFault::NotNumbers,
+                    reason.as_deref(),
+                    t.out,
+                );
             }
         }
     }
@@ -327,30 +381,17 @@ pub(super) fn readings(t: &mut Targets<'_>, now: Instant, ts: Timestamp, reading
     }
 }
 
-/// Apply a confirmation at `ts`: the same as [`readings`] with the
-/// confirmed values. `held`: the targets applied the device's previous
-/// message (so they hold these values) and nothing of the device since.
+/// Apply a confirmation at `ts` whose values the targets hold (they
+/// applied the device's previous message and nothing of the device
+/// since): the same as [`readings`] with the confirmed values.
 /// `watched`: the device's points that alarm rules watch.
 pub(super) fn confirmed(
     t: &mut Targets<'_>,
     now: Instant,
     ts: Timestamp,
     c: &dyn Confirmation,
-    held: bool,
     watched: &[PointIndex],
 ) {
-    if !held {
-        let decoded: Vec<Reading> = (0..c.count())
-            .filter_map(|i| {
-                Some(Reading {
-                    point: c.point(i)?,
-                    value: c.value(i)?,
-                })
-            })
-            .collect();
-        readings(t, now, ts, &decoded);
-        return;
-    }
     if let Some(l) = t.live {
         l.confirm(ts, c);
     }
@@ -1140,6 +1181,18 @@ message = "Smoke loop 1"
         );
     }
 
+    /// The fire panel refuses to read `points` from `ms` on (none: it
+    /// reads everything again).
+    fn refused(ms: i64, points: Vec<PointIndex>) -> BusMessage {
+        BusMessage::Unreadable {
+            device: "fire-panel".into(),
+            ts: task::ts(ms),
+            reason: (!points.is_empty())
+                .then(|| "device exception 2 (illegal data address)".to_string()),
+            points,
+        }
+    }
+
     /// Points a device refuses to read are bad while it does, and a
     /// life-safety device's communication-loss alarm is raised meanwhile
     /// (part of the fire panel goes unwatched); its other points are read.
@@ -1147,19 +1200,12 @@ message = "Smoke loop 1"
     async fn points_a_device_refuses_to_read_are_bad_and_lose_communication() {
         let r = task::start(Vec::new());
         let (smoke, count) = (r.point("fire-panel/loop-1"), r.point("fire-panel/count"));
-        let unreadable = |ms, points: Vec<PointIndex>| BusMessage::Unreadable {
-            device: "fire-panel".into(),
-            ts: task::ts(ms),
-            reason: (!points.is_empty())
-                .then(|| "device exception 2 (illegal data address)".to_string()),
-            points,
-        };
         let quiet = [(smoke, Value::Bool(false)), (count, Value::Int(0))];
         for m in [
             task::readings("fire-panel", task::ts(0), &quiet),
-            unreadable(1000, vec![count]),
+            refused(1000, vec![count]),
             task::confirmed("fire-panel", task::ts(2000), vec![quiet[0]]),
-            unreadable(3000, vec![]),
+            refused(3000, vec![]),
             task::readings("fire-panel", task::ts(3000), &[(count, Value::Int(5))]),
         ] {
             r.bus.send(m).await.unwrap();
@@ -1192,6 +1238,56 @@ message = "Smoke loop 1"
             raised["detail"]["reason"], "device exception 2 (illegal data address)",
             "{raised}"
         );
+    }
+
+    /// A life-safety device that sends a value that is not a number for a
+    /// point leaves it unwatched, as one that refuses to read it: its
+    /// communication-loss alarm is raised meanwhile, naming the point,
+    /// and returns once numbers come again. A refusal that starts and
+    /// ends meanwhile does not end it. A task whose first message of the
+    /// device is a confirmation (after a reload) judges its values too.
+    #[tokio::test]
+    async fn a_life_safety_device_sending_values_that_are_not_numbers_loses_communication() {
+        let r = task::start(Vec::new());
+        let (smoke, count) = (r.point("fire-panel/loop-1"), r.point("fire-panel/count"));
+        let quiet = [(smoke, Value::Bool(false)), (count, Value::Int(0))];
+        let nan = [(smoke, Value::Bool(false)), (count, Value::Float(f64::NAN))];
+        for m in [
+            task::readings("fire-panel", task::ts(0), &quiet),
+            task::readings("fire-panel", task::ts(1000), &nan[1..]),
+            refused(1500, vec![smoke]),
+            refused(1800, vec![]),
+            task::confirmed("fire-panel", task::ts(2000), nan.to_vec()),
+            task::readings("fire-panel", task::ts(3000), &[(count, Value::Int(4))]),
+        ] {
+            r.bus.send(m).await.unwrap();
+        }
+        let done = r.stop().await;
+        assert_eq!(
+            done.kinds(),
+            [
+                "alarm.raised fire-panel/comm",
+                "alarm.cleared fire-panel/comm"
+            ]
+        );
+        let raised = &done.events[0];
+        assert_eq!(
+            raised["detail"]["reason"],
+            "the device sends a value that is not a number for fire-panel/count",
+            "{raised}"
+        );
+        assert_eq!(raised["ts"], task::ts(1000).to_string(), "{raised}");
+        assert_eq!(done.events[1]["ts"], task::ts(3000).to_string());
+
+        // A new task (a reload), whose first message of the panel is a
+        // confirmation: decoded, and judged.
+        let r = task::start(Vec::new());
+        r.bus
+            .send(task::confirmed("fire-panel", task::ts(5000), nan.to_vec()))
+            .await
+            .unwrap();
+        let done = r.stop().await;
+        assert_eq!(done.kinds(), ["alarm.raised fire-panel/comm"]);
     }
 
     /// The real task's bookkeeping over an outage: values, confirmations,

@@ -320,11 +320,25 @@ struct DeviceInfo {
     category: Category,
     offline: bool,
     /// It answers but refuses to read some of its points
-    /// ([`AlarmEngine::on_unreadable`]).
-    unreadable: bool,
+    /// ([`AlarmEngine::on_points_fault`], [`PointsFault::Refused`]).
+    refused: bool,
+    /// It answers but sends values that are not numbers for some of its
+    /// points ([`PointsFault::NotNumbers`]).
+    not_numbers: bool,
     /// Index of its communication-loss alarm (life-safety devices only):
-    /// active while the device is offline or refuses to read points.
+    /// active while the device is offline or leaves points unwatched.
     comm_alarm: Option<u32>,
+}
+
+/// Why a device that answers leaves some of its points unwatched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PointsFault {
+    /// It refuses to read them: a Modbus exception 1–3 (a function or an
+    /// address the device does not have).
+    Refused,
+    /// It sends values for them that are not numbers (NaN, infinity: a
+    /// broken sensor, a fault code read as a float).
+    NotNumbers,
 }
 
 /// All alarm rules and their states.
@@ -456,7 +470,8 @@ impl AlarmEngine {
                 zone,
                 category: d.category,
                 offline: false,
-                unreadable: false,
+                refused: false,
+                not_numbers: false,
                 comm_alarm,
             });
         }
@@ -657,33 +672,38 @@ impl AlarmEngine {
         self.judge_comm(now, ts, device_index, detail, out);
     }
 
-    /// Device `device_index` answers but refuses to read some of its
-    /// points (`unreadable`), or no longer does: a life-safety device's
-    /// communication-loss alarm is active while it does, as while it is
-    /// offline (part of a fire panel goes unwatched either way). The
+    /// Device `device_index` answers but leaves some of its points
+    /// unwatched for `fault`, with `reason` (why, while it does; `None`
+    /// once it no longer does): a life-safety device's communication-loss
+    /// alarm is active meanwhile, as while it is offline (part of a fire
+    /// panel goes unwatched either way), the reason as its detail. The
     /// points themselves go bad through their readings.
-    pub fn on_unreadable(
+    pub fn on_points_fault(
         &mut self,
         now: Instant,
         ts: Timestamp,
         device_index: usize,
-        unreadable: bool,
+        fault: PointsFault,
         reason: Option<&str>,
         out: &mut Vec<NewEvent>,
     ) {
         let Some(dev) = self.devices.get_mut(device_index) else {
             return;
         };
-        if dev.unreadable == unreadable {
+        let flag = match fault {
+            PointsFault::Refused => &mut dev.refused,
+            PointsFault::NotNumbers => &mut dev.not_numbers,
+        };
+        if *flag == reason.is_some() {
             return;
         }
-        dev.unreadable = unreadable;
-        let detail = unreadable.then(|| serde_json::json!({ "reason": reason }));
+        *flag = reason.is_some();
+        let detail = reason.map(|r| serde_json::json!({ "reason": r }));
         self.judge_comm(now, ts, device_index, detail, out);
     }
 
     /// A device's communication-loss alarm, if it has one, judged again:
-    /// active while the device is offline or refuses to read points.
+    /// active while the device is offline or leaves points unwatched.
     fn judge_comm(
         &mut self,
         now: Instant,
@@ -696,7 +716,7 @@ impl AlarmEngine {
         let Some(ai) = dev.comm_alarm else {
             return;
         };
-        let lost = dev.offline || dev.unreadable;
+        let lost = dev.offline || dev.refused || dev.not_numbers;
         let alarm = &mut self.alarms[ai as usize];
         let before = alarm.saved();
         let step = alarm.core.observe(now, Some(lost));
