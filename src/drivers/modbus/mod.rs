@@ -47,6 +47,7 @@ use crate::status::GatewayStatus;
 use endpoint::{DevicePoller, Endpoint, LinkKind, WriteTarget};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -57,10 +58,32 @@ use transport::{RtuConnector, TcpConnector};
 /// Period an endpoint task registers its heartbeat with; each iteration
 /// then says when its next one is due (the wait for the next poll plus the
 /// poll's own budget).
-const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// Writes waiting per endpoint task; more wait in the caller's `send`.
 const WRITE_QUEUE: usize = 32;
+
+/// Most Modbus devices whose polls start at the same moment. More devices
+/// start theirs in as many phases as needed, spread evenly over the poll
+/// interval (see [`phase_offset`]).
+const DEVICES_PER_PHASE: usize = 20;
+
+/// When the `k`th of `n` Modbus devices (configuration order) starts
+/// polling, after the tasks start: at once for up to
+/// [`DEVICES_PER_PHASE`] devices; beyond that the devices take turns over
+/// `ceil(n / DEVICES_PER_PHASE)` phases, each a fraction of `interval`
+/// later than the one before.
+///
+/// Polls that start together are answered together, and the gateway
+/// handles a round of replies in a few wake-ups: cheap on the CPU. But
+/// the alarms a round finds are made durable one group commit after
+/// another while the round's replies come in, so the last waits for the
+/// commits before it. Rounds of at most 20 devices keep that wait short
+/// (a few alarms a round, not dozens) for a few more wake-ups a second.
+fn phase_offset(k: usize, n: usize, interval: Duration) -> Duration {
+    let phases = n.div_ceil(DEVICES_PER_PHASE).max(1);
+    interval * (k % phases) as u32 / phases as u32
+}
 
 /// Start one task per TCP endpoint and one per serial bus. Must be called
 /// inside a tokio runtime. Disabled devices and devices without points are
@@ -158,10 +181,15 @@ fn spawn_where(
     only: &dyn Fn(Link<'_>) -> bool,
 ) -> Vec<JoinHandle<()>> {
     let start = Instant::now();
+    let modbus_devices = cfg.config.devices.iter().filter(|d| d.modbus.is_some());
+    let phases_of = modbus_devices.count();
+    let mut modbus_k = 0;
     let mut tcp: BTreeMap<(String, u16), Vec<DevicePoller>> = BTreeMap::new();
     let mut rtu: BTreeMap<String, Vec<DevicePoller>> = BTreeMap::new();
     for (di, d) in cfg.config.devices.iter().enumerate() {
         let Some(m) = &d.modbus else { continue };
+        let phase = phase_offset(modbus_k, phases_of, d.poll_interval);
+        modbus_k += 1;
         let link = match (&m.host, &m.bus) {
             (Some(host), _) => Some(Link::Tcp { host, port: m.port }),
             (None, Some(bus)) => Some(Link::Rtu { bus }),
@@ -217,7 +245,7 @@ fn spawn_where(
             d.offline_after,
             m.backoff_max,
             plan,
-            start,
+            start + phase,
         )
         .with_writable(writable);
         poller.counters = status.map(|s| s.polls.device(&poller.id));

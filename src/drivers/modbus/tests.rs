@@ -1765,3 +1765,34 @@ mod late_rtu_reply {
         assert!(polls_2 >= 30, "slave 2 polled {polls_2} times");
     }
 }
+
+#[test]
+fn polls_of_many_devices_start_in_phases_of_at_most_20() {
+    use super::phase_offset;
+    let second = Duration::from_secs(1);
+    // Up to 20 devices: every poll starts at once.
+    for n in [1, 2, 20] {
+        assert!((0..n).all(|k| phase_offset(k, n, second).is_zero()), "{n}");
+    }
+    // 40 devices: two phases, half a second apart, 20 devices each, taking
+    // turns in configuration order.
+    let offsets: Vec<Duration> = (0..40).map(|k| phase_offset(k, 40, second)).collect();
+    assert_eq!(
+        offsets[..4],
+        [Duration::ZERO, second / 2, Duration::ZERO, second / 2]
+    );
+    assert_eq!(offsets.iter().filter(|o| o.is_zero()).count(), 20);
+    // 21, 50 and 200 devices: no phase holds more than 20, every offset is
+    // within the device's own interval.
+    for (n, phases) in [(21, 2), (50, 3), (200, 10)] {
+        let interval = Duration::from_millis(800);
+        let mut per_phase: HashMap<Duration, usize> = HashMap::new();
+        for k in 0..n {
+            let o = phase_offset(k, n, interval);
+            assert!(o < interval, "{n}: {o:?}");
+            *per_phase.entry(o).or_default() += 1;
+        }
+        assert_eq!(per_phase.len(), phases, "{n}");
+        assert!(per_phase.values().all(|&c| c <= 20), "{n}: {per_phase:?}");
+    }
+}
