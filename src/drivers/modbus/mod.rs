@@ -64,14 +64,14 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 const WRITE_QUEUE: usize = 32;
 
 /// Most Modbus devices whose polls start at the same moment. More devices
-/// start theirs in as many phases as needed, spread evenly over the poll
-/// interval (see [`phase_offset`]).
-const DEVICES_PER_PHASE: usize = 20;
+/// start theirs in as many rounds as needed, spread evenly over the poll
+/// interval (see [`round_offset`]).
+const DEVICES_PER_ROUND: usize = 20;
 
-/// When the `k`th of `n` Modbus devices (configuration order) starts
-/// polling, after the tasks start: at once for up to
-/// [`DEVICES_PER_PHASE`] devices; beyond that the devices take turns over
-/// `ceil(n / DEVICES_PER_PHASE)` phases, each a fraction of `interval`
+/// When the `k`th of `n` Modbus devices (configuration order, from 0)
+/// starts polling, after the tasks start: at once for up to
+/// [`DEVICES_PER_ROUND`] devices; beyond that the devices take turns over
+/// `ceil(n / DEVICES_PER_ROUND)` rounds, each a fraction of `interval`
 /// later than the one before.
 ///
 /// Polls that start together are answered together, and the gateway
@@ -80,9 +80,9 @@ const DEVICES_PER_PHASE: usize = 20;
 /// another while the round's replies come in, so the last waits for the
 /// commits before it. Rounds of at most 20 devices keep that wait short
 /// (a few alarms a round, not dozens) for a few more wake-ups a second.
-fn phase_offset(k: usize, n: usize, interval: Duration) -> Duration {
-    let phases = n.div_ceil(DEVICES_PER_PHASE).max(1);
-    interval * (k % phases) as u32 / phases as u32
+fn round_offset(k: usize, n: usize, interval: Duration) -> Duration {
+    let rounds = n.div_ceil(DEVICES_PER_ROUND).max(1);
+    interval * (k % rounds) as u32 / rounds as u32
 }
 
 /// Start one task per TCP endpoint and one per serial bus. Must be called
@@ -180,15 +180,81 @@ fn spawn_where(
     probers: &mut probe::Probers,
     only: &dyn Fn(Link<'_>) -> bool,
 ) -> Vec<JoinHandle<()>> {
-    let start = Instant::now();
-    let modbus_devices = cfg.config.devices.iter().filter(|d| d.modbus.is_some());
-    let phases_of = modbus_devices.count();
+    let Pollers { tcp, rtu } = pollers(cfg, status, only, Instant::now());
+    let mut handles = Vec::new();
+    for ((host, port), devices) in tcp {
+        let rx = register_writes(&devices, writers);
+        let probes = register_probes(&devices, probers);
+        let mut ep = Endpoint::new(
+            TcpConnector::new(&host, port),
+            LinkKind::Tcp,
+            devices,
+            bus.clone(),
+        )
+        .with_writes(rx)
+        .with_probes(probes);
+        if let Some(s) = status {
+            ep = ep.with_heartbeat(
+                s.liveness
+                    .register(format!("modbus tcp:{host}:{port}"), HEARTBEAT),
+            );
+        }
+        handles.push(tokio::spawn(ep.run(shutdown.clone())));
+    }
+    for (bus_id, devices) in rtu {
+        let Some(line) = cfg.config.serial_buses.iter().find(|b| b.id == bus_id) else {
+            error!(bus = %bus_id, "no [[serial_buses]] with this id; its devices are not polled");
+            continue;
+        };
+        let kind = LinkKind::Serial {
+            inter_frame: line.inter_frame_delay(),
+        };
+        let rx = register_writes(&devices, writers);
+        let probes = register_probes(&devices, probers);
+        let mut ep = Endpoint::new(RtuConnector::new(line.clone()), kind, devices, bus.clone())
+            .with_writes(rx)
+            .with_probes(probes);
+        if let Some(s) = status {
+            ep = ep.with_heartbeat(
+                s.liveness
+                    .register(format!("modbus rtu:{bus_id}"), HEARTBEAT),
+            );
+        }
+        handles.push(tokio::spawn(ep.run(shutdown.clone())));
+    }
+    handles
+}
+
+/// The polled Modbus devices, by TCP endpoint and by serial bus.
+struct Pollers {
+    tcp: BTreeMap<(String, u16), Vec<DevicePoller>>,
+    rtu: BTreeMap<String, Vec<DevicePoller>>,
+}
+
+/// Every Modbus device of `cfg` on a link `only` takes, with its read plan,
+/// its writable points and its first poll at `start` plus its
+/// [`round_offset`] (counted over all the configuration's Modbus devices,
+/// so a link restarted alone keeps its devices' rounds). Disabled
+/// devices, devices without points and devices whose reads cannot be
+/// planned are logged and left out.
+fn pollers(
+    cfg: &LoadedConfig,
+    status: Option<&GatewayStatus>,
+    only: &dyn Fn(Link<'_>) -> bool,
+    start: Instant,
+) -> Pollers {
+    let modbus_count = cfg
+        .config
+        .devices
+        .iter()
+        .filter(|d| d.modbus.is_some())
+        .count();
     let mut modbus_k = 0;
     let mut tcp: BTreeMap<(String, u16), Vec<DevicePoller>> = BTreeMap::new();
     let mut rtu: BTreeMap<String, Vec<DevicePoller>> = BTreeMap::new();
     for (di, d) in cfg.config.devices.iter().enumerate() {
         let Some(m) = &d.modbus else { continue };
-        let phase = phase_offset(modbus_k, phases_of, d.poll_interval);
+        let round = round_offset(modbus_k, modbus_count, d.poll_interval);
         modbus_k += 1;
         let link = match (&m.host, &m.bus) {
             (Some(host), _) => Some(Link::Tcp { host, port: m.port }),
@@ -245,7 +311,7 @@ fn spawn_where(
             d.offline_after,
             m.backoff_max,
             plan,
-            start + phase,
+            start + round,
         )
         .with_writable(writable);
         poller.counters = status.map(|s| s.polls.device(&poller.id));
@@ -255,49 +321,7 @@ fn spawn_where(
             (None, None) => error!(device = %d.id, "no Modbus host or bus; not polled"),
         }
     }
-
-    let mut handles = Vec::new();
-    for ((host, port), devices) in tcp {
-        let rx = register_writes(&devices, writers);
-        let probes = register_probes(&devices, probers);
-        let mut ep = Endpoint::new(
-            TcpConnector::new(&host, port),
-            LinkKind::Tcp,
-            devices,
-            bus.clone(),
-        )
-        .with_writes(rx)
-        .with_probes(probes);
-        if let Some(s) = status {
-            ep = ep.with_heartbeat(
-                s.liveness
-                    .register(format!("modbus tcp:{host}:{port}"), HEARTBEAT),
-            );
-        }
-        handles.push(tokio::spawn(ep.run(shutdown.clone())));
-    }
-    for (bus_id, devices) in rtu {
-        let Some(line) = cfg.config.serial_buses.iter().find(|b| b.id == bus_id) else {
-            error!(bus = %bus_id, "no [[serial_buses]] with this id; its devices are not polled");
-            continue;
-        };
-        let kind = LinkKind::Serial {
-            inter_frame: line.inter_frame_delay(),
-        };
-        let rx = register_writes(&devices, writers);
-        let probes = register_probes(&devices, probers);
-        let mut ep = Endpoint::new(RtuConnector::new(line.clone()), kind, devices, bus.clone())
-            .with_writes(rx)
-            .with_probes(probes);
-        if let Some(s) = status {
-            ep = ep.with_heartbeat(
-                s.liveness
-                    .register(format!("modbus rtu:{bus_id}"), HEARTBEAT),
-            );
-        }
-        handles.push(tokio::spawn(ep.run(shutdown.clone())));
-    }
-    handles
+    Pollers { tcp, rtu }
 }
 
 /// One queue for an endpoint task, registered for each of its devices.

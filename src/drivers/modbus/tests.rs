@@ -1767,32 +1767,92 @@ mod late_rtu_reply {
 }
 
 #[test]
-fn polls_of_many_devices_start_in_phases_of_at_most_20() {
-    use super::phase_offset;
+fn polls_of_many_devices_start_in_rounds_of_at_most_20() {
+    use super::round_offset;
     let second = Duration::from_secs(1);
     // Up to 20 devices: every poll starts at once.
     for n in [1, 2, 20] {
-        assert!((0..n).all(|k| phase_offset(k, n, second).is_zero()), "{n}");
+        assert!((0..n).all(|k| round_offset(k, n, second).is_zero()), "{n}");
     }
-    // 40 devices: two phases, half a second apart, 20 devices each, taking
+    // 40 devices: two rounds, half a second apart, 20 devices each, taking
     // turns in configuration order.
-    let offsets: Vec<Duration> = (0..40).map(|k| phase_offset(k, 40, second)).collect();
+    let offsets: Vec<Duration> = (0..40).map(|k| round_offset(k, 40, second)).collect();
     assert_eq!(
         offsets[..4],
         [Duration::ZERO, second / 2, Duration::ZERO, second / 2]
     );
     assert_eq!(offsets.iter().filter(|o| o.is_zero()).count(), 20);
-    // 21, 50 and 200 devices: no phase holds more than 20, every offset is
+    // 21, 50 and 200 devices: no round holds more than 20, every offset is
     // within the device's own interval.
-    for (n, phases) in [(21, 2), (50, 3), (200, 10)] {
+    for (n, rounds) in [(21, 2), (50, 3), (200, 10)] {
         let interval = Duration::from_millis(800);
-        let mut per_phase: HashMap<Duration, usize> = HashMap::new();
+        let mut per_round: HashMap<Duration, usize> = HashMap::new();
         for k in 0..n {
-            let o = phase_offset(k, n, interval);
+            let o = round_offset(k, n, interval);
             assert!(o < interval, "{n}: {o:?}");
-            *per_phase.entry(o).or_default() += 1;
+            *per_round.entry(o).or_default() += 1;
         }
-        assert_eq!(per_phase.len(), phases, "{n}");
-        assert!(per_phase.values().all(|&c| c <= 20), "{n}: {per_phase:?}");
+        assert_eq!(per_round.len(), rounds, "{n}");
+        assert!(per_round.values().all(|&c| c <= 20), "{n}: {per_round:?}");
     }
+}
+
+/// A configuration of `n` Modbus TCP devices, each alone on its port
+/// (from 5020), each with one coil, polled every `interval_s`; an MQTT
+/// device between the first two, which takes no round.
+fn many_devices(n: usize, interval_s: f64) -> crate::config::LoadedConfig {
+    let mut text = String::from(
+        "[site]\nid = \"s\"\ngateway = \"gw\"\n[uplink]\nhost = \"127.0.0.1\"\n\
+         [site_broker]\nhost = \"127.0.0.1\"\n",
+    );
+    for k in 0..n {
+        text += &format!(
+            "[[devices]]\nid = \"d{k}\"\npoll_interval_s = {interval_s}\n\
+             [devices.modbus]\nhost = \"127.0.0.1\"\nport = {}\n\
+             [[devices.points]]\nid = \"c\"\nregister = \"coil\"\naddress = 0\n",
+            5020 + k
+        );
+        if k == 0 {
+            text += "[[devices]]\nid = \"m\"\n[devices.mqtt]\nsilence_timeout_s = 60\n\
+                     [[devices.points]]\nid = \"p\"\n[devices.points.mqtt]\ntopic = \"site/m\"\n";
+        }
+    }
+    crate::config::load_str(&text, std::path::Path::new("gw.toml")).expect("config")
+}
+
+#[test]
+fn the_configurations_devices_are_polled_in_rounds_and_a_link_restarted_alone_keeps_its_round() {
+    use super::{pollers, Link};
+    let start = Instant::now();
+    let first_polls = |cfg: &crate::config::LoadedConfig, only: &dyn Fn(Link<'_>) -> bool| {
+        let p = pollers(cfg, None, only, start);
+        assert!(p.rtu.is_empty());
+        p.tcp
+            .into_iter()
+            .flat_map(|((_, port), devices)| devices.into_iter().map(move |d| (port, d.next_poll)))
+            .collect::<Vec<_>>()
+    };
+    // 20 devices: one round, at once.
+    let cfg = many_devices(20, 1.0);
+    let polls = first_polls(&cfg, &|_| true);
+    assert_eq!(polls.len(), 20);
+    assert!(polls.iter().all(|(_, at)| *at == start), "{polls:?}");
+    // 21 devices polled every 2 s: two rounds, 1 s apart, in turns.
+    let cfg = many_devices(21, 2.0);
+    let polls = first_polls(&cfg, &|_| true);
+    assert_eq!(polls.len(), 21);
+    for (port, at) in &polls {
+        let k = usize::from(*port - 5020);
+        let late = if k % 2 == 0 { 0 } else { 1 };
+        assert_eq!(*at, start + Duration::from_secs(late), "device {k}");
+    }
+    // The second device's link restarted alone (a reload): still late.
+    let only_d1 = |l: Link<'_>| {
+        l == Link::Tcp {
+            host: "127.0.0.1",
+            port: 5021,
+        }
+    };
+    let polls = first_polls(&cfg, &only_d1);
+    assert_eq!(polls, vec![(5021, start + Duration::from_secs(1))]);
 }
