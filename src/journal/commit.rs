@@ -1,25 +1,39 @@
-//! Group commit: one thread makes the journal durable for every writer.
+//! Group commit: two threads make the journal durable for every writer.
 //!
 //! A writer queues its batch (seqs given), then asks the committer to make
 //! everything up to its seq durable, and waits at once (`wait_durable`) or
-//! later (`submit`, then `Pending::wait`). The committer takes every
+//! later (`submit`, then `Pending::wait`). A committer thread takes every
 //! request queued at that moment, runs one flush (and `fsync`), and answers
 //! them all: while a flush runs, new requests pile up and share the next
 //! one. A request already covered by an earlier flush is answered at once.
 //!
 //! With a write-ahead log (the sled journal), a commit appends the events
-//! to the WAL and `fdatasync`s it. The store is checkpointed every
-//! `telemetry_flush` and when a WAL file fills up, on a background thread
-//! (the WAL switches to its other file first, so commits go on), and in
-//! line on [`CommitHandle::checkpoint`], at shutdown and after a WAL
-//! failure. Without a WAL, every commit flushes the store.
+//! to the WAL and `fdatasync`s it. The append is made holding the *lane*
+//! (the queue's receiving end), so appends keep their order; the
+//! `fdatasync` runs after letting go of it, through the thread's own
+//! handle on the WAL file, so the other thread can append and start the
+//! next commit meanwhile (a *flight*: two in the air at most). A commit is
+//! answered only once it and every commit begun before it succeeded; a
+//! failed one sends its requests, and those of every later one, back to
+//! the queue, and the journal checkpoints instead. A request that a commit
+//! in the air already covers rides with it.
 //!
-//! The I/O runs on this dedicated thread, never on the async runtime.
-//! The thread also samples the store's size.
+//! The store is checkpointed every `telemetry_flush` and when a WAL file
+//! fills up, on a background thread (the WAL switches to its other file
+//! first, so commits go on), and in line on [`CommitHandle::checkpoint`],
+//! at shutdown and after a WAL failure. Without a WAL, every commit flushes
+//! the store. Whatever runs in line (a checkpoint, a file switch, a commit
+//! without a WAL or with fsync off) first waits until no flight is in the
+//! air.
+//!
+//! The I/O runs on these dedicated threads, never on the async runtime.
+//! The lane's holder also samples the store's size.
 
 use super::{JournalError, Shared};
+use std::collections::VecDeque;
+use std::fs::File;
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -28,6 +42,12 @@ use tokio::sync::oneshot;
 const SIZE_EVERY: Duration = Duration::from_secs(1);
 
 type Reply = oneshot::Sender<Result<(), String>>;
+
+/// How many commits may be in the air at once. While one commit's
+/// `fdatasync` runs, another committer thread appends what was asked for
+/// meanwhile and starts its own, rather than waiting for the first to end
+/// (on this kind of disk the two run at the same time).
+const COMMITTERS: usize = 2;
 
 struct Request {
     upto: u64,
@@ -38,7 +58,13 @@ struct Request {
     reply: Reply,
 }
 
-/// Starts the committer thread.
+enum Msg {
+    Commit(Request),
+    /// The handle is gone: a final checkpoint, then the threads stop.
+    Stop,
+}
+
+/// Starts the committer threads.
 pub(crate) struct Committer;
 
 impl Committer {
@@ -48,20 +74,69 @@ impl Committer {
     ) -> std::io::Result<CommitHandle> {
         let (tx, rx) = mpsc::channel();
         let lazy_every = lazy_every.max(Duration::from_millis(10));
-        let thread = std::thread::Builder::new()
-            .name("journal-commit".into())
-            .spawn(move || run(shared, rx, lazy_every))?;
-        Ok(CommitHandle {
+        let now = Instant::now();
+        let control = Arc::new(Control {
+            flights: Mutex::new(Flights::default()),
+            idle: Condvar::new(),
+            lane: Mutex::new(Lane {
+                rx,
+                lazy_every,
+                next_lazy: now + lazy_every,
+                last_size: now,
+                bg: Background::default(),
+                reopen: Reopen {
+                    at: None,
+                    backoff: REOPEN_MIN,
+                    attempts: 0,
+                },
+                stopping: false,
+                stopped: false,
+            }),
+            requeue: tx.clone(),
+            shared,
+        });
+        let mut handle = CommitHandle {
             tx: Some(tx),
-            thread: Some(thread),
-        })
+            threads: Vec::new(),
+        };
+        for _ in 0..COMMITTERS {
+            let files = sync_files(&control.shared);
+            let control = control.clone();
+            // On an error, dropping `handle` stops the threads started.
+            let thread = std::thread::Builder::new()
+                .name("journal-commit".into())
+                .spawn(move || work(&control, files.as_ref()))?;
+            handle.threads.push(thread);
+        }
+        Ok(handle)
     }
 }
 
-/// The writers' side. Dropping it stops the thread after a final flush.
+/// A committer thread's own handles on the two WAL files, by index, for
+/// `fdatasync`s outside the WAL's lock. Each is its own open file
+/// description: Linux reports a failed write-back once per open file, so
+/// two `fdatasync`s in the air on one handle could both miss it. `None`
+/// (no WAL, or a file that cannot be opened): this thread commits in line.
+fn sync_files(shared: &Shared) -> Option<[File; 2]> {
+    let paths = shared.wal_paths()?;
+    let open = |p: &std::path::Path| {
+        File::open(p)
+            .inspect_err(|e| {
+                tracing::warn!(
+                    path = %p.display(),
+                    error = %e,
+                    "journal WAL file not opened for overlapping commits; committing one at a time"
+                );
+            })
+            .ok()
+    };
+    Some([open(&paths[0])?, open(&paths[1])?])
+}
+
+/// The writers' side. Dropping it stops the threads after a final flush.
 pub(crate) struct CommitHandle {
-    tx: Option<mpsc::Sender<Request>>,
-    thread: Option<JoinHandle<()>>,
+    tx: Option<mpsc::Sender<Msg>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl CommitHandle {
@@ -94,12 +169,12 @@ impl CommitHandle {
         self.tx
             .as_ref()
             .ok_or_else(stopped)?
-            .send(Request {
+            .send(Msg::Commit(Request {
                 upto,
                 states,
                 full,
                 reply,
-            })
+            }))
             .map_err(|_| stopped())?;
         Ok(rx)
     }
@@ -128,12 +203,193 @@ impl Pending {
 
 impl Drop for CommitHandle {
     fn drop(&mut self) {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Msg::Stop);
+        }
+        for t in self.threads.drain(..) {
             if t.join().is_err() {
                 tracing::error!("journal committer panicked");
             }
         }
+    }
+}
+
+/// Commits in the air, in the order they began (which is the order of
+/// their appends to the WAL). A commit counts as durable only once its
+/// own `fdatasync` and that of every commit begun before it succeeded: a
+/// later `fdatasync` says nothing of pages an earlier one failed to write.
+#[derive(Default)]
+struct Flights {
+    /// Number of the first flight in `open`.
+    first: u64,
+    open: VecDeque<Flight>,
+    /// A flight failed: those landing after it are retried too, until
+    /// none is left in the air.
+    failed: bool,
+}
+
+struct Flight {
+    /// Last seq and state ticket its append covers.
+    upto: u64,
+    states: u64,
+    waiters: Vec<Request>,
+    started: Instant,
+    /// Its `fdatasync`'s result, once landed.
+    result: Option<Result<(), String>>,
+}
+
+/// What landing a flight settled, oldest first.
+enum Landed {
+    /// Durable up to `upto` (and state ticket `states`): answer `Ok`.
+    Durable {
+        upto: u64,
+        states: u64,
+        waiters: Vec<Request>,
+    },
+    /// Not known to be durable: ask again. The journal then checkpoints.
+    Retry(Vec<Request>),
+}
+
+impl Flights {
+    /// A commit whose appends are written: its number, to land it by.
+    fn begin(&mut self, upto: u64, states: u64, waiters: Vec<Request>) -> u64 {
+        let id = self.first + self.open.len() as u64;
+        self.open.push_back(Flight {
+            upto,
+            states,
+            waiters,
+            started: Instant::now(),
+            result: None,
+        });
+        id
+    }
+
+    /// Requests that a flight in the air already covers ride with it (the
+    /// first such); the others are returned.
+    fn join(&mut self, waiters: Vec<Request>) -> Vec<Request> {
+        let mut rest = Vec::new();
+        for w in waiters {
+            let ride = self.open.iter_mut().find(|f| {
+                !matches!(f.result, Some(Err(_))) && f.upto >= w.upto && f.states >= w.states
+            });
+            match ride {
+                Some(f) => f.waiters.push(w),
+                None => rest.push(w),
+            }
+        }
+        rest
+    }
+
+    /// Flight `id`'s `fdatasync` ended: what that settles, in order.
+    fn land(&mut self, id: u64, result: Result<(), String>) -> Vec<Landed> {
+        if let Some(f) = id
+            .checked_sub(self.first)
+            .and_then(|i| self.open.get_mut(i as usize))
+        {
+            f.result = Some(result);
+        }
+        let mut settled = Vec::new();
+        while self.open.front().is_some_and(|f| f.result.is_some()) {
+            let Some(f) = self.open.pop_front() else {
+                break;
+            };
+            self.first += 1;
+            match f.result {
+                Some(Ok(())) if !self.failed => settled.push(Landed::Durable {
+                    upto: f.upto,
+                    states: f.states,
+                    waiters: f.waiters,
+                }),
+                _ => {
+                    self.failed = true;
+                    settled.push(Landed::Retry(f.waiters));
+                }
+            }
+        }
+        if self.open.is_empty() {
+            self.failed = false;
+        }
+        settled
+    }
+
+    fn is_idle(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// When the oldest flight in the air began.
+    fn oldest(&self) -> Option<Instant> {
+        self.open.front().map(|f| f.started)
+    }
+}
+
+/// What the committer threads share.
+struct Control {
+    shared: Arc<Shared>,
+    flights: Mutex<Flights>,
+    /// Notified when no flight is left in the air.
+    idle: Condvar,
+    /// Taken by the thread that waits for requests and appends them.
+    lane: Mutex<Lane>,
+    /// Puts the requests of a failed flight back in the queue.
+    requeue: mpsc::Sender<Msg>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Control {
+    /// Flight `id` ended with `result`: answer what that settles.
+    fn land(&self, id: u64, result: Result<(), String>) {
+        let mut flights = lock(&self.flights);
+        for landed in flights.land(id, result) {
+            match landed {
+                Landed::Durable {
+                    upto,
+                    states,
+                    waiters,
+                } => {
+                    self.shared.set_durable(upto, states);
+                    answer(waiters, &Ok(()));
+                }
+                Landed::Retry(waiters) => {
+                    self.shared.wal_sync_failed();
+                    for w in waiters {
+                        if let Err(mpsc::SendError(Msg::Commit(w))) =
+                            self.requeue.send(Msg::Commit(w))
+                        {
+                            let _ = w.reply.send(Err(stopped().to_string()));
+                        }
+                    }
+                }
+            }
+        }
+        if flights.is_idle() {
+            self.idle.notify_all();
+        }
+    }
+
+    /// Until no flight is in the air (before anything that must run alone:
+    /// a commit in line, a checkpoint, a file switch, the stop).
+    fn wait_idle(&self) {
+        let mut flights = lock(&self.flights);
+        while !flights.is_idle() {
+            flights = self.idle.wait(flights).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// A flight has been in the air longer than `limit` (the disk hangs):
+    /// the heartbeat stops, as it would for a commit in line.
+    fn stuck(&self, limit: Duration) -> bool {
+        lock(&self.flights)
+            .oldest()
+            .is_some_and(|t| t.elapsed() > limit)
+    }
+}
+
+fn answer(waiters: Vec<Request>, res: &Result<(), String>) {
+    for w in waiters {
+        let _ = w.reply.send(res.clone());
     }
 }
 
@@ -256,83 +512,180 @@ impl Reopen {
     }
 }
 
-fn run(shared: Arc<Shared>, rx: mpsc::Receiver<Request>, lazy_every: Duration) {
-    let mut next_lazy = Instant::now() + lazy_every;
-    let mut last_size = Instant::now();
-    let mut bg = Background::default();
-    let mut reopen = Reopen {
-        at: None,
-        backoff: REOPEN_MIN,
-        attempts: 0,
-    };
+/// The receiving side of the queue, and the upkeep done between commits.
+/// One committer thread holds it at a time: appends are made in order.
+struct Lane {
+    rx: mpsc::Receiver<Msg>,
+    lazy_every: Duration,
+    next_lazy: Instant,
+    last_size: Instant,
+    bg: Background,
+    reopen: Reopen,
+    /// A stop was read among requests: it comes next.
+    stopping: bool,
+    stopped: bool,
+}
+
+/// One committer thread: take the lane, wait for requests, append them
+/// and start their `fdatasync`; let go of the lane while it runs (so the
+/// other thread can start the next commit); land it.
+fn work(control: &Control, files: Option<&[File; 2]>) {
     loop {
-        shared.beat();
-        let mut wait = next_lazy.saturating_duration_since(Instant::now());
-        if let Some(at) = reopen.at {
-            wait = wait.min(at.saturating_duration_since(Instant::now()));
+        let mut lane = lock(&control.lane);
+        if lane.stopped {
+            return;
         }
-        match rx.recv_timeout(wait) {
-            Ok(first) => {
-                let mut waiters = vec![first];
-                while let Ok(r) = rx.try_recv() {
-                    waiters.push(r);
-                }
-                let durable = shared.durable_seq.load(Ordering::SeqCst);
-                let durable_states = shared.durable_states.load(Ordering::SeqCst);
-                let covered = waiters
-                    .iter()
-                    .all(|w| w.upto <= durable && w.states <= durable_states);
-                let full = waiters.iter().any(|w| w.full) || !shared.has_wal();
-                // With a WAL, a request covered by an earlier commit is
-                // answered at once; without one (or for a checkpoint),
-                // only when nothing else awaits a flush either.
-                let res = if covered && !full {
-                    Ok(())
-                } else if full {
-                    let dirty = shared.take_dirty();
-                    if covered && !dirty && !shared.wal_has_records() {
-                        Ok(())
-                    } else {
-                        bg.join();
-                        commit(&shared, true)
-                    }
-                } else {
-                    commit(&shared, false)
-                };
-                tracing::trace!(batch = waiters.len(), "journal group commit");
-                for w in waiters {
-                    let _ = w.reply.send(res.clone());
-                }
-                if shared.take_rotated() && !shared.store_failing() {
-                    let epoch = shared.wal_epoch();
-                    start_background(&shared, &mut bg, epoch);
+        if lane.stopping {
+            lane.stop(control);
+            return;
+        }
+        lane.upkeep(control);
+        if !control.stuck(lane.lazy_every) {
+            control.shared.beat();
+        }
+        let first = match lane.rx.recv_timeout(lane.wait()) {
+            Ok(Msg::Commit(r)) => r,
+            Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                lane.stop(control);
+                return;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+        };
+        let mut waiters = vec![first];
+        while let Ok(m) = lane.rx.try_recv() {
+            match m {
+                Msg::Commit(r) => waiters.push(r),
+                Msg::Stop => {
+                    lane.stopping = true;
+                    break;
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                bg.join();
-                if !shared.abandoned.load(Ordering::SeqCst) {
-                    let _ = commit(&shared, true);
-                }
-                break;
-            }
         }
-        // Also under a steady stream of requests (which `recv_timeout`
-        // serves before its timeout): lazily written data stays durable
-        // within `lazy_every`.
-        reopen.tick(&shared, &mut bg);
-        if Instant::now() >= next_lazy {
-            if !shared.store_failing() {
-                lazy_checkpoint(&shared, &mut bg);
-            }
-            next_lazy = Instant::now() + lazy_every;
-        }
-        if last_size.elapsed() >= SIZE_EVERY {
-            shared.refresh_size();
-            last_size = Instant::now();
+        tracing::trace!(batch = waiters.len(), "journal group commit");
+        let flight = lane.serve(control, files.is_some(), waiters);
+        drop(lane);
+        if let (Some((id, file)), Some(files)) = (flight, files) {
+            let res = files[file].sync_data().map_err(|e| {
+                tracing::error!(error = %e, "journal WAL sync failed; checkpointing instead");
+                format!("journal WAL sync failed: {e}")
+            });
+            control.land(id, res);
         }
     }
-    tracing::debug!("journal committer stopped");
+}
+
+impl Lane {
+    /// How long to wait for a request: until the next lazy checkpoint or
+    /// reopen attempt.
+    fn wait(&self) -> Duration {
+        let mut wait = self.next_lazy.saturating_duration_since(Instant::now());
+        if let Some(at) = self.reopen.at {
+            wait = wait.min(at.saturating_duration_since(Instant::now()));
+        }
+        wait
+    }
+
+    /// Serve a group of requests. With a WAL, a request covered by an
+    /// earlier commit is answered at once, one covered by a commit in the
+    /// air rides with it; the others are appended and, when nothing calls
+    /// for a commit in line, returned as a flight (number, WAL file) whose
+    /// `fdatasync` the caller runs after letting go of the lane. Without a
+    /// WAL (or for a checkpoint), a request is answered only when nothing
+    /// else awaits a flush either.
+    fn serve(
+        &mut self,
+        control: &Control,
+        can_fly: bool,
+        waiters: Vec<Request>,
+    ) -> Option<(u64, usize)> {
+        let shared = &control.shared;
+        let durable = shared.durable_seq.load(Ordering::SeqCst);
+        let durable_states = shared.durable_states.load(Ordering::SeqCst);
+        let covered = waiters
+            .iter()
+            .all(|w| w.upto <= durable && w.states <= durable_states);
+        let full = waiters.iter().any(|w| w.full) || !shared.has_wal();
+        if covered && !full {
+            answer(waiters, &Ok(()));
+            return None;
+        }
+        if full {
+            control.wait_idle();
+            let dirty = shared.take_dirty();
+            let res = if covered && !dirty && !shared.wal_has_records() {
+                Ok(())
+            } else {
+                self.bg.join();
+                commit(shared, true)
+            };
+            answer(waiters, &res);
+        } else {
+            let waiters = lock(&control.flights).join(waiters);
+            if waiters.is_empty() {
+                return None;
+            }
+            if can_fly {
+                if let Ok((upto, states)) = shared.write_pending(true) {
+                    if let Some(file) = shared.wal_file_to_sync() {
+                        let id = lock(&control.flights).begin(upto, states, waiters);
+                        return Some((id, file));
+                    }
+                }
+            }
+            control.wait_idle();
+            answer(waiters, &commit(shared, false));
+        }
+        if shared.take_rotated() && !shared.store_failing() {
+            let epoch = shared.wal_epoch();
+            start_background(shared, &mut self.bg, epoch);
+        }
+        None
+    }
+
+    /// Between commits: reopen a failing store when due, the lazy
+    /// checkpoint every `lazy_every` (also under a steady stream of
+    /// requests), and the size sample.
+    fn upkeep(&mut self, control: &Control) {
+        let shared = &control.shared;
+        let lazy_due = Instant::now() >= self.next_lazy;
+        let failing = shared.store_failing();
+        if failing || lazy_due {
+            control.wait_idle();
+        }
+        self.reopen.tick(shared, &mut self.bg);
+        if lazy_due {
+            if !shared.store_failing() {
+                lazy_checkpoint(shared, &mut self.bg);
+            }
+            self.next_lazy = Instant::now() + self.lazy_every;
+        }
+        if self.last_size.elapsed() >= SIZE_EVERY {
+            shared.refresh_size();
+            self.last_size = Instant::now();
+        }
+    }
+
+    /// The final checkpoint, once no flight is in the air; requests put
+    /// back meanwhile are answered with it.
+    fn stop(&mut self, control: &Control) {
+        self.stopped = true;
+        control.wait_idle();
+        let mut waiters = Vec::new();
+        while let Ok(m) = self.rx.try_recv() {
+            if let Msg::Commit(r) = m {
+                waiters.push(r);
+            }
+        }
+        self.bg.join();
+        let shared = &control.shared;
+        let res = if shared.abandoned.load(Ordering::SeqCst) {
+            Err(stopped().to_string())
+        } else {
+            commit(shared, true)
+        };
+        answer(waiters, &res);
+        tracing::debug!("journal committer stopped");
+    }
 }
 
 /// Write pending events, then make them durable: with a WAL one
@@ -359,5 +712,170 @@ fn commit(shared: &Shared, full: bool) -> Result<(), String> {
             tracing::error!(error = %e, "journal commit failed");
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(upto: u64, states: u64) -> (Request, oneshot::Receiver<Result<(), String>>) {
+        let (reply, rx) = oneshot::channel();
+        let r = Request {
+            upto,
+            states,
+            full: false,
+            reply,
+        };
+        (r, rx)
+    }
+
+    /// The settled flights as (durable up to, waiters) or ("retry", waiters).
+    fn outcome(settled: Vec<Landed>) -> Vec<(Option<(u64, u64)>, usize)> {
+        settled
+            .into_iter()
+            .map(|l| match l {
+                Landed::Durable {
+                    upto,
+                    states,
+                    waiters,
+                } => (Some((upto, states)), waiters.len()),
+                Landed::Retry(waiters) => (None, waiters.len()),
+            })
+            .collect()
+    }
+
+    fn waiters(n: usize) -> Vec<Request> {
+        (0..n).map(|_| request(0, 0).0).collect()
+    }
+
+    #[test]
+    fn flights_settle_in_the_order_they_began_whatever_order_they_land_in() {
+        let mut f = Flights::default();
+        let a = f.begin(3, 0, waiters(1));
+        let b = f.begin(5, 1, waiters(2));
+        let c = f.begin(9, 1, waiters(1));
+        // The second lands first: nothing is known durable yet.
+        assert!(f.land(b, Ok(())).is_empty());
+        assert!(!f.is_idle());
+        assert_eq!(
+            outcome(f.land(a, Ok(()))),
+            vec![(Some((3, 0)), 1), (Some((5, 1)), 2)]
+        );
+        assert_eq!(outcome(f.land(c, Ok(()))), vec![(Some((9, 1)), 1)]);
+        assert!(f.is_idle());
+        // Numbers go on after the queue emptied.
+        let d = f.begin(10, 1, waiters(1));
+        assert_eq!(d, c + 1);
+        assert_eq!(outcome(f.land(d, Ok(()))), vec![(Some((10, 1)), 1)]);
+    }
+
+    #[test]
+    fn a_failed_flight_and_every_flight_landing_after_it_are_retried() {
+        let mut f = Flights::default();
+        let a = f.begin(3, 0, waiters(1));
+        let b = f.begin(5, 0, waiters(2));
+        let c = f.begin(7, 0, waiters(1));
+        // The later one succeeded, but the earlier one's pages may be lost:
+        // neither is durable.
+        assert!(f.land(b, Ok(())).is_empty());
+        assert_eq!(
+            outcome(f.land(a, Err("EIO".into()))),
+            vec![(None, 1), (None, 2)]
+        );
+        assert_eq!(outcome(f.land(c, Ok(()))), vec![(None, 1)]);
+        // Once none is in the air, a new flight counts again.
+        assert!(f.is_idle());
+        let d = f.begin(8, 0, waiters(1));
+        assert_eq!(outcome(f.land(d, Ok(()))), vec![(Some((8, 0)), 1)]);
+    }
+
+    #[test]
+    fn a_request_rides_the_first_flight_in_the_air_that_covers_it() {
+        let mut f = Flights::default();
+        let a = f.begin(5, 1, Vec::new());
+        let b = f.begin(9, 2, Vec::new());
+        let (r1, _k1) = request(4, 1);
+        let (r2, _k2) = request(7, 0);
+        let (r3, _k3) = request(7, 3);
+        let (r4, _k4) = request(10, 0);
+        let rest = f.join(vec![r1, r2, r3, r4]);
+        let left: Vec<(u64, u64)> = rest.iter().map(|r| (r.upto, r.states)).collect();
+        assert_eq!(left, vec![(7, 3), (10, 0)]);
+        // A failed flight takes no riders.
+        let c = f.begin(12, 3, Vec::new());
+        assert!(f.land(b, Err("EIO".into())).is_empty());
+        let (r5, _k5) = request(8, 0);
+        assert_eq!(
+            f.join(vec![r5]).len(),
+            0,
+            "rides the last flight, not the failed one"
+        );
+        let settled = outcome(f.land(a, Ok(())));
+        assert_eq!(settled, vec![(Some((5, 1)), 1), (None, 1)]);
+        assert_eq!(outcome(f.land(c, Ok(()))), vec![(None, 1)]);
+    }
+
+    #[test]
+    fn landing_answers_durable_waiters_and_puts_failed_ones_back_in_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::journal::JournalConfig {
+            telemetry_flush: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        let mem = Arc::new(crate::journal::MemStorage::new());
+        let j = crate::journal::Journal::with_storage_and_wal(
+            mem,
+            Some(dir.path()),
+            &cfg,
+            "gw-test",
+            &["uplink"],
+        )
+        .unwrap();
+        let shared = j.inner.shared.clone();
+        let durable = shared.durable_seq.load(Ordering::SeqCst);
+        let (tx, rx) = mpsc::channel();
+        let now = Instant::now();
+        let control = Control {
+            shared: shared.clone(),
+            flights: Mutex::new(Flights::default()),
+            idle: Condvar::new(),
+            lane: Mutex::new(Lane {
+                rx,
+                lazy_every: Duration::from_secs(3600),
+                next_lazy: now,
+                last_size: now,
+                bg: Background::default(),
+                reopen: Reopen {
+                    at: None,
+                    backoff: REOPEN_MIN,
+                    attempts: 0,
+                },
+                stopping: false,
+                stopped: false,
+            }),
+            requeue: tx,
+        };
+        let (r1, mut k1) = request(durable + 2, 0);
+        let (r2, mut k2) = request(durable + 4, 0);
+        let a = lock(&control.flights).begin(durable + 2, 0, vec![r1]);
+        let b = lock(&control.flights).begin(durable + 4, 0, vec![r2]);
+        assert!(control.stuck(Duration::ZERO));
+        control.land(a, Ok(()));
+        assert_eq!(k1.try_recv().unwrap(), Ok(()));
+        assert_eq!(shared.durable_seq.load(Ordering::SeqCst), durable + 2);
+        assert!(!shared.needs_checkpoint.load(Ordering::SeqCst));
+        control.land(b, Err("EIO".into()));
+        // Not answered: asked again, and the next commit is a checkpoint.
+        assert!(k2.try_recv().is_err());
+        assert_eq!(shared.durable_seq.load(Ordering::SeqCst), durable + 2);
+        assert!(shared.needs_checkpoint.load(Ordering::SeqCst));
+        assert_eq!(shared.wal_file_to_sync(), None);
+        match lock(&control.lane).rx.try_recv() {
+            Ok(Msg::Commit(r)) => assert_eq!(r.upto, durable + 4),
+            _ => panic!("the failed flight's request was not put back"),
+        }
+        control.wait_idle();
+        assert!(!control.stuck(Duration::ZERO));
     }
 }

@@ -595,6 +595,39 @@ impl Shared {
         Ok(())
     }
 
+    /// Whether the commit of what [`write_pending`](Self::write_pending)
+    /// just appended may make it durable by an `fdatasync` of the active
+    /// WAL file outside the WAL's lock (through a handle of the committer's
+    /// own, while other such commits run): that file's index. `None` when
+    /// the commit must run in line: no WAL or fsync off, a failing store, a
+    /// checkpoint due, or a file switch to act on.
+    pub(crate) fn wal_file_to_sync(&self) -> Option<usize> {
+        if self.needs_checkpoint.load(Ordering::SeqCst)
+            || self.rotated.load(Ordering::SeqCst)
+            || self.store_failing()
+        {
+            return None;
+        }
+        self.wal()
+            .as_ref()
+            .filter(|w| w.fsyncs())
+            .map(|w| w.active())
+    }
+
+    /// Paths of the two WAL files, by index (when there is a WAL).
+    pub(crate) fn wal_paths(&self) -> Option<[std::path::PathBuf; 2]> {
+        self.wal()
+            .as_ref()
+            .map(|w| w.paths().map(|p| p.to_path_buf()))
+    }
+
+    /// A commit's `fdatasync` outside the lock failed: the next commit
+    /// is a checkpoint, and events staged since are retried by it.
+    pub(crate) fn wal_sync_failed(&self) {
+        self.needs_checkpoint.store(true, Ordering::SeqCst);
+        self.dirty.store(true, Ordering::SeqCst);
+    }
+
     /// The WAL holds records not yet checkpointed into the store.
     pub(crate) fn wal_has_records(&self) -> bool {
         self.wal().as_ref().is_some_and(|w| w.has_records())

@@ -1075,6 +1075,71 @@ fn small_wal_files_switch_and_fill_and_a_crash_loses_nothing() {
 }
 
 #[test]
+fn overlapping_commits_answer_only_what_is_durable_and_a_crash_loses_nothing() {
+    // Many writers at once on two threads, so one commit's `fdatasync`
+    // runs while the next is appended and started; small WAL files and
+    // frequent checkpoints, so file switches and checkpoints come between.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemStorage::new());
+    let cfg = JournalConfig {
+        telemetry_flush: Duration::from_millis(15),
+        ..mem_cfg()
+    };
+    let j = small_wal_journal(&mem, dir.path(), &cfg);
+    let mut got: Vec<u64> = rt.block_on(async {
+        let tasks: Vec<_> = (0..8u64)
+            .map(|t| {
+                let j = j.clone();
+                tokio::spawn(async move {
+                    let watch = j.watch();
+                    let mut seqs = Vec::new();
+                    for n in 0..40 {
+                        let rec = j.record(vec![ev(t * 1000 + n)]).await.unwrap();
+                        let durable = watch.borrow().last_seq;
+                        assert!(
+                            durable >= rec[0].seq,
+                            "seq {} answered while durable only to {durable}",
+                            rec[0].seq
+                        );
+                        seqs.push(rec[0].seq);
+                    }
+                    seqs
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    });
+    got.sort_unstable();
+    assert_eq!(got, (1..=320).collect::<Vec<_>>());
+    mem.crash();
+    j.abandon();
+    drop(rt);
+    let j = small_wal_journal(&mem, dir.path(), &cfg);
+    assert_eq!(seqs(&j, 0), (1..=320).collect::<Vec<_>>());
+    let mut payloads: Vec<u64> = j
+        .read_events(0, 1000)
+        .unwrap()
+        .iter()
+        .map(|e| detail_n(&e.payload))
+        .collect();
+    payloads.sort_unstable();
+    let mut want: Vec<u64> = (0..8u64)
+        .flat_map(|t| (0..40).map(move |n| t * 1000 + n))
+        .collect();
+    want.sort_unstable();
+    assert_eq!(payloads, want);
+}
+
+#[test]
 fn failed_checkpoints_with_full_wal_files_report_not_durable_then_recover() {
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();

@@ -472,6 +472,21 @@ impl WalPair {
         self.files[self.active].sync()
     }
 
+    /// Index (0 or 1) of the file appends go to.
+    pub fn active(&self) -> usize {
+        self.active
+    }
+
+    /// The two files' paths, by index.
+    pub fn paths(&self) -> [&Path; 2] {
+        [&self.files[0].path, &self.files[1].path]
+    }
+
+    /// Whether [`sync`](Self::sync) `fdatasync`s (fsync on).
+    pub fn fsyncs(&self) -> bool {
+        self.files[0].fsync
+    }
+
     /// Before a background checkpoint: move appends to the other file.
     /// False when that file still waits for an earlier checkpoint.
     pub fn rotate(&mut self) -> bool {
