@@ -74,24 +74,10 @@ impl Committer {
     ) -> std::io::Result<CommitHandle> {
         let (tx, rx) = mpsc::channel();
         let lazy_every = lazy_every.max(Duration::from_millis(10));
-        let now = Instant::now();
         let control = Arc::new(Control {
             flights: Mutex::new(Flights::default()),
             idle: Condvar::new(),
-            lane: Mutex::new(Lane {
-                rx,
-                lazy_every,
-                next_lazy: now + lazy_every,
-                last_size: now,
-                bg: Background::default(),
-                reopen: Reopen {
-                    at: None,
-                    backoff: REOPEN_MIN,
-                    attempts: 0,
-                },
-                stopping: false,
-                stopped: false,
-            }),
+            lane: Mutex::new(Lane::new(rx, lazy_every)),
             requeue: tx.clone(),
             shared,
         });
@@ -575,6 +561,24 @@ fn work(control: &Control, files: Option<&[File; 2]>) {
 }
 
 impl Lane {
+    fn new(rx: mpsc::Receiver<Msg>, lazy_every: Duration) -> Lane {
+        let now = Instant::now();
+        Lane {
+            rx,
+            lazy_every,
+            next_lazy: now + lazy_every,
+            last_size: now,
+            bg: Background::default(),
+            reopen: Reopen {
+                at: None,
+                backoff: REOPEN_MIN,
+                attempts: 0,
+            },
+            stopping: false,
+            stopped: false,
+        }
+    }
+
     /// How long to wait for a request: until the next lazy checkpoint or
     /// reopen attempt.
     fn wait(&self) -> Duration {
@@ -835,25 +839,11 @@ mod tests {
         let shared = j.inner.shared.clone();
         let durable = shared.durable_seq.load(Ordering::SeqCst);
         let (tx, rx) = mpsc::channel();
-        let now = Instant::now();
         let control = Control {
             shared: shared.clone(),
             flights: Mutex::new(Flights::default()),
             idle: Condvar::new(),
-            lane: Mutex::new(Lane {
-                rx,
-                lazy_every: Duration::from_secs(3600),
-                next_lazy: now,
-                last_size: now,
-                bg: Background::default(),
-                reopen: Reopen {
-                    at: None,
-                    backoff: REOPEN_MIN,
-                    attempts: 0,
-                },
-                stopping: false,
-                stopped: false,
-            }),
+            lane: Mutex::new(Lane::new(rx, Duration::from_secs(3600))),
             requeue: tx,
         };
         let (r1, mut k1) = request(durable + 2, 0);
