@@ -32,7 +32,7 @@
 use super::{JournalError, Shared};
 use std::collections::VecDeque;
 use std::fs::File;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -79,19 +79,20 @@ impl Committer {
             idle: Condvar::new(),
             lane: Mutex::new(Lane::new(rx, lazy_every)),
             requeue: tx.clone(),
+            files: (0..COMMITTERS).map(|_| sync_files(&shared)).collect(),
+            sync_failed: AtomicBool::new(false),
             shared,
         });
         let mut handle = CommitHandle {
             tx: Some(tx),
             threads: Vec::new(),
         };
-        for _ in 0..COMMITTERS {
-            let files = sync_files(&control.shared);
+        for me in 0..COMMITTERS {
             let control = control.clone();
             // On an error, dropping `handle` stops the threads started.
             let thread = std::thread::Builder::new()
                 .name("journal-commit".into())
-                .spawn(move || work(&control, files.as_ref()))?;
+                .spawn(move || work(&control, me))?;
             handle.threads.push(thread);
         }
         Ok(handle)
@@ -318,7 +319,14 @@ struct Control {
     lane: Mutex<Lane>,
     /// Puts the requests of a failed flight back in the queue.
     requeue: mpsc::Sender<Msg>,
+    /// Each committer thread's handles on the WAL files (see [`sync_files`]).
+    files: Vec<Option<[File; 2]>>,
+    /// A flight failed since the last [`wait_idle`](Control::wait_idle).
+    sync_failed: AtomicBool,
 }
+
+/// A flight in the air this long stops the heartbeat (the disk hangs).
+const STUCK_AFTER: Duration = Duration::from_secs(1);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -339,6 +347,7 @@ impl Control {
                     answer(waiters, &Ok(()));
                 }
                 Landed::Retry(waiters) => {
+                    self.sync_failed.store(true, Ordering::SeqCst);
                     self.shared.wal_sync_failed();
                     for w in waiters {
                         if let Err(mpsc::SendError(Msg::Commit(w))) =
@@ -355,21 +364,46 @@ impl Control {
         }
     }
 
+    /// Start a flight for what was just appended, unless a checkpoint is
+    /// due: checked under the flights' lock, which a failed landing holds
+    /// while it asks for one, so no flight begins after a failure it did
+    /// not see (it would publish the failed one's seqs as durable).
+    fn begin(&self, upto: u64, states: u64, waiters: Vec<Request>) -> Result<u64, Vec<Request>> {
+        let mut flights = lock(&self.flights);
+        if self.shared.needs_checkpoint.load(Ordering::SeqCst) {
+            return Err(waiters);
+        }
+        Ok(flights.begin(upto, states, waiters))
+    }
+
     /// Until no flight is in the air (before anything that must run alone:
     /// a commit in line, a checkpoint, a file switch, the stop).
+    ///
+    /// After a failed flight, every other handle on the WAL files (the
+    /// WAL's own, the other thread's) still has the write-back error to
+    /// report, once each. Reported now and dropped: the checkpoint that
+    /// follows writes the lost events to the store, and the error must not
+    /// fail the WAL reset after it (nor the other thread's next flight).
     fn wait_idle(&self) {
         let mut flights = lock(&self.flights);
         while !flights.is_idle() {
             flights = self.idle.wait(flights).unwrap_or_else(|p| p.into_inner());
         }
+        drop(flights);
+        if self.sync_failed.swap(false, Ordering::SeqCst) {
+            for file in self.files.iter().flatten().flatten() {
+                let _ = file.sync_data();
+            }
+            self.shared.wal_clear_errors();
+        }
     }
 
-    /// A flight has been in the air longer than `limit` (the disk hangs):
-    /// the heartbeat stops, as it would for a commit in line.
-    fn stuck(&self, limit: Duration) -> bool {
+    /// A flight has been in the air longer than [`STUCK_AFTER`] (the disk
+    /// hangs): the heartbeat stops, as it would for a commit in line.
+    fn stuck(&self) -> bool {
         lock(&self.flights)
             .oldest()
-            .is_some_and(|t| t.elapsed() > limit)
+            .is_some_and(|t| t.elapsed() > STUCK_AFTER)
     }
 }
 
@@ -512,10 +546,25 @@ struct Lane {
     stopped: bool,
 }
 
+/// Lands a flight as failed if its thread unwinds before landing it, so
+/// the others never wait for it forever.
+struct Landing<'a> {
+    control: &'a Control,
+    id: u64,
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        self.control
+            .land(self.id, Err("journal committer panicked".into()));
+    }
+}
+
 /// One committer thread: take the lane, wait for requests, append them
 /// and start their `fdatasync`; let go of the lane while it runs (so the
 /// other thread can start the next commit); land it.
-fn work(control: &Control, files: Option<&[File; 2]>) {
+fn work(control: &Control, me: usize) {
+    let files = control.files.get(me).and_then(Option::as_ref);
     loop {
         let mut lane = lock(&control.lane);
         if lane.stopped {
@@ -526,7 +575,7 @@ fn work(control: &Control, files: Option<&[File; 2]>) {
             return;
         }
         lane.upkeep(control);
-        if !control.stuck(lane.lazy_every) {
+        if !control.stuck() {
             control.shared.beat();
         }
         let first = match lane.rx.recv_timeout(lane.wait()) {
@@ -551,10 +600,12 @@ fn work(control: &Control, files: Option<&[File; 2]>) {
         let flight = lane.serve(control, files.is_some(), waiters);
         drop(lane);
         if let (Some((id, file)), Some(files)) = (flight, files) {
+            let landing = Landing { control, id };
             let res = files[file].sync_data().map_err(|e| {
                 tracing::error!(error = %e, "journal WAL sync failed; checkpointing instead");
                 format!("journal WAL sync failed: {e}")
             });
+            std::mem::forget(landing);
             control.land(id, res);
         }
     }
@@ -624,15 +675,17 @@ impl Lane {
             };
             answer(waiters, &res);
         } else {
-            let waiters = lock(&control.flights).join(waiters);
+            let mut waiters = lock(&control.flights).join(waiters);
             if waiters.is_empty() {
                 return None;
             }
             if can_fly {
                 if let Ok((upto, states)) = shared.write_pending(true) {
                     if let Some(file) = shared.wal_file_to_sync() {
-                        let id = lock(&control.flights).begin(upto, states, waiters);
-                        return Some((id, file));
+                        match control.begin(upto, states, waiters) {
+                            Ok(id) => return Some((id, file)),
+                            Err(back) => waiters = back,
+                        }
                     }
                 }
             }
@@ -845,12 +898,14 @@ mod tests {
             idle: Condvar::new(),
             lane: Mutex::new(Lane::new(rx, Duration::from_secs(3600))),
             requeue: tx,
+            files: vec![sync_files(&shared)],
+            sync_failed: AtomicBool::new(false),
         };
         let (r1, mut k1) = request(durable + 2, 0);
         let (r2, mut k2) = request(durable + 4, 0);
         let a = lock(&control.flights).begin(durable + 2, 0, vec![r1]);
         let b = lock(&control.flights).begin(durable + 4, 0, vec![r2]);
-        assert!(control.stuck(Duration::ZERO));
+        assert!(!control.stuck(), "stuck only after a second in the air");
         control.land(a, Ok(()));
         assert_eq!(k1.try_recv().unwrap(), Ok(()));
         assert_eq!(shared.durable_seq.load(Ordering::SeqCst), durable + 2);
@@ -865,7 +920,14 @@ mod tests {
             Ok(Msg::Commit(r)) => assert_eq!(r.upto, durable + 4),
             _ => panic!("the failed flight's request was not put back"),
         }
+        // The other handles' stale error is reported and dropped before
+        // the checkpoint.
+        assert!(control.sync_failed.load(Ordering::SeqCst));
         control.wait_idle();
-        assert!(!control.stuck(Duration::ZERO));
+        assert!(!control.sync_failed.load(Ordering::SeqCst));
+        // No flight begins while the checkpoint is due.
+        let (r3, _k3) = request(durable + 5, 0);
+        assert!(control.begin(durable + 5, 0, vec![r3]).is_err());
+        assert!(lock(&control.flights).is_idle());
     }
 }

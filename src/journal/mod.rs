@@ -628,6 +628,15 @@ impl Shared {
         self.dirty.store(true, Ordering::SeqCst);
     }
 
+    /// After a failed `fdatasync` through another handle: have the WAL's
+    /// own handles report (and drop) that write-back error now; see
+    /// `commit::Control::wait_idle`.
+    pub(crate) fn wal_clear_errors(&self) {
+        if let Some(w) = self.wal().as_ref() {
+            w.clear_reported_errors();
+        }
+    }
+
     /// The WAL holds records not yet checkpointed into the store.
     pub(crate) fn wal_has_records(&self) -> bool {
         self.wal().as_ref().is_some_and(|w| w.has_records())

@@ -472,6 +472,17 @@ impl WalPair {
         self.files[self.active].sync()
     }
 
+    /// After a failed `fdatasync` through another handle: `fdatasync`
+    /// both files through this pair's own handles, ignoring the result,
+    /// so that the write-back error Linux reports once per open file is
+    /// reported here now, not by the reset after the checkpoint that
+    /// replaces what was lost.
+    pub fn clear_reported_errors(&self) {
+        for f in &self.files {
+            let _ = f.file.sync_data();
+        }
+    }
+
     /// Index (0 or 1) of the file appends go to.
     pub fn active(&self) -> usize {
         self.active
